@@ -1,0 +1,2 @@
+//! The `redis-proxy` binary.
+fn main() {}

@@ -1,0 +1,395 @@
+//! Shared harness for the end-to-end tests: real `redis-server` processes on free loopback ports,
+//! proxy processes (either runtime) with a generated config, and a raw RESP connection.
+//!
+//! Every process started here is stopped by PID when its handle drops; nothing relies on a server on 6379.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The proxy runtimes every end-to-end scenario runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// `redis-proxy`, the mio event loop.
+    Mio,
+}
+
+impl Runtime {
+    /// Every runtime, for parametrised tests.
+    pub const ALL: &'static [Runtime] = &[Runtime::Mio];
+
+    /// The binary's name in the cargo target directory.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Runtime::Mio => "redis-proxy",
+        }
+    }
+}
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scratch_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "redis-proxy-tests-{}-{label}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A `redis-server` child process on a free loopback port, killed by PID on drop.
+pub struct RedisServer {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a standalone `redis-server` (no persistence) and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a `redis-server` with extra command-line arguments (e.g. `["--replicaof", "127.0.0.1", "7000"]`).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = scratch_dir(&format!("redis-{port}"));
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a replica of `master`.
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let port = master.port.to_string();
+        Self::start_with(&["--replicaof", "127.0.0.1", &port])
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the end-to-end tests need it. \
+                     Install it with `apt-get install redis-server redis-tools`"
+                )
+            });
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || ping(port)),
+            "redis-server on port {port} did not answer PING within 10 s"
+        );
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal (e.g. "STOP", "CONT", "KILL") to the server's process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Opens a raw RESP connection straight to this server.
+    pub fn connect(&self) -> RespConn {
+        RespConn::connect(self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A SIGSTOPped server would ignore SIGKILL until continued on some kernels; be sure.
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    if conn.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    conn.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Builds the proxy binaries once per test process, in release mode, and returns the directory holding them.
+fn binaries_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let target = workspace.join("target").join("e2e");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace)
+            .args(["build", "--release", "--bins", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("run cargo build for the proxy binaries");
+        assert!(status.success(), "building the proxy binaries failed");
+        target.join("release")
+    })
+}
+
+/// A proxy process of one runtime with a config written for it, killed by PID on drop.
+pub struct Proxy {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `servers` with `listen_port` chosen here and `extra` JSON fields merged into the
+    /// config (e.g. `r#""mode": "readsToSlaves""#`); waits until it answers PING.
+    pub fn start(runtime: Runtime, servers: &[u16], extra: &str) -> Proxy {
+        let port = free_port();
+        let dir = scratch_dir(&format!("proxy-{port}"));
+        let servers_json: Vec<String> = servers
+            .iter()
+            .map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#))
+            .collect();
+        let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+        let config = format!(
+            r#"{{"servers": [{}], "listen_port": {port}, "bind_address": "127.0.0.1"{extra}}}"#,
+            servers_json.join(", ")
+        );
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config).expect("write proxy config");
+        let stderr_path = dir.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create proxy log");
+        let child = Command::new(binaries_dir().join(runtime.binary_name()))
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the proxy binary");
+        let proxy = Proxy { port, child, dir, stderr_path };
+        assert!(
+            wait_until(Duration::from_secs(10), || ping(port)),
+            "proxy did not answer PING within 10 s; its log:\n{}",
+            proxy.log()
+        );
+        proxy
+    }
+
+    /// What the proxy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Opens a raw RESP connection to the proxy.
+    pub fn connect(&self) -> RespConn {
+        RespConn::connect(self.port)
+    }
+
+    /// A `redis` crate client for the proxy.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .and_then(|c| c.get_connection())
+            .expect("redis client connects to the proxy")
+    }
+
+    /// Whether the proxy process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking raw RESP connection with a 10 s read timeout, for byte-exact checks.
+pub struct RespConn {
+    reader: BufReader<TcpStream>,
+}
+
+/// One RESP reply as read back by [`RespConn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+...`
+    Status(String),
+    /// `-...`
+    Error(String),
+    /// `:...`
+    Int(i64),
+    /// `$...` (None for `$-1`)
+    Bulk(Option<Vec<u8>>),
+    /// `*...` (None for `*-1`)
+    Array(Option<Vec<Reply>>),
+}
+
+impl RespConn {
+    /// Connects to 127.0.0.1:`port`.
+    pub fn connect(port: u16) -> RespConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        RespConn { reader: BufReader::with_capacity(64 * 1024, stream) }
+    }
+
+    /// Writes raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write to connection");
+    }
+
+    /// Sends one command as a RESP multibulk.
+    pub fn send(&mut self, args: &[&[u8]]) {
+        self.send_raw(&encode_command(args));
+    }
+
+    /// Sends a command and reads its reply.
+    pub fn call(&mut self, args: &[&[u8]]) -> Reply {
+        self.send(args);
+        self.read_reply()
+    }
+
+    /// Reads one reply; panics on timeout or a closed connection.
+    pub fn read_reply(&mut self) -> Reply {
+        self.try_read_reply().expect("read a reply")
+    }
+
+    /// Reads one reply, or an I/O error (timeout, EOF).
+    pub fn try_read_reply(&mut self) -> std::io::Result<Reply> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(std::io::Error::other(format!("line without CRLF: {line:?}")));
+        }
+        let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+        let bad = |_| std::io::Error::other(format!("bad length line {text:?}"));
+        Ok(match line[0] {
+            b'+' => Reply::Status(text),
+            b'-' => Reply::Error(text),
+            b':' => Reply::Int(text.parse().map_err(bad)?),
+            b'$' => {
+                let len: i64 = text.parse().map_err(bad)?;
+                if len < 0 {
+                    Reply::Bulk(None)
+                } else {
+                    let mut data = vec![0u8; len as usize + 2];
+                    self.reader.read_exact(&mut data)?;
+                    data.truncate(len as usize);
+                    Reply::Bulk(Some(data))
+                }
+            }
+            b'*' => {
+                let len: i64 = text.parse().map_err(bad)?;
+                if len < 0 {
+                    Reply::Array(None)
+                } else {
+                    let mut items = Vec::with_capacity(len as usize);
+                    for _ in 0..len {
+                        items.push(self.try_read_reply()?);
+                    }
+                    Reply::Array(Some(items))
+                }
+            }
+            other => return Err(std::io::Error::other(format!("unexpected reply type {other}"))),
+        })
+    }
+
+    /// Whether the peer has closed the connection (reads EOF within the timeout).
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+    }
+
+    /// The underlying stream (for shutdown or socket options).
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+}
+
+/// Encodes a command as a RESP multibulk.
+pub fn encode_command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Shorthand for a bulk reply holding `s`.
+pub fn bulk(s: &[u8]) -> Reply {
+    Reply::Bulk(Some(s.to_vec()))
+}
+
+/// Shorthand for a `+status` reply.
+pub fn status(s: &str) -> Reply {
+    Reply::Status(s.to_string())
+}
