@@ -142,18 +142,12 @@ impl CommandFlags {
 
     /// The Redis spellings of the flags set (e.g. `"readonly"`, `"movablekeys"`), in bit order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMED
-            .iter()
-            .filter(move |(flag, _)| self.contains(*flag))
-            .map(|(_, name)| *name)
+        Self::NAMED.iter().filter(move |(flag, _)| self.contains(*flag)).map(|(_, name)| *name)
     }
 
     /// The flag with the given Redis spelling (exact, lowercase), if it is known.
     pub fn from_name(name: &str) -> Option<CommandFlags> {
-        Self::NAMED
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(flag, _)| *flag)
+        Self::NAMED.iter().find(|(_, n)| *n == name).map(|(flag, _)| *flag)
     }
 }
 
@@ -179,18 +173,13 @@ fn lowercase<'b>(name: &[u8], buf: &'b mut [u8; table::MAX_NAME_LEN]) -> Option<
 /// table name (the `"container|"` prefix of subcommands).
 #[inline]
 fn search(specs: &'static [CommandSpec], skip: usize, name: &[u8]) -> Option<&'static CommandSpec> {
-    specs
-        .binary_search_by(|spec| spec.name.as_bytes()[skip..].cmp(name))
-        .ok()
-        .map(|i| &specs[i])
+    specs.binary_search_by(|spec| spec.name.as_bytes()[skip..].cmp(name)).ok().map(|i| &specs[i])
 }
 
 /// 32-bit FNV-1a of the ASCII-lowercased `name` (the generator hashes the same way to build the index).
 #[inline]
 fn fnv1a_lowercase(name: &[u8]) -> u32 {
-    name.iter().fold(0x811C_9DC5, |h, &b| {
-        (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
-    })
+    name.iter().fold(0x811C_9DC5, |h, &b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
 }
 
 /// Looks up a top-level command by name, ASCII-case-insensitively (`GET`, `get` and `GeT` all match).
@@ -224,9 +213,7 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
 pub fn resolve(args0: &[u8], args1: Option<&[u8]>) -> Option<&'static CommandSpec> {
     let command = lookup(args0)?;
     match args1 {
-        Some(sub) if !command.subcommands.is_empty() => {
-            Some(command.subcommand(sub).unwrap_or(command))
-        }
+        Some(sub) if !command.subcommands.is_empty() => Some(command.subcommand(sub).unwrap_or(command)),
         _ => Some(command),
     }
 }
@@ -250,11 +237,7 @@ impl CommandSpec {
             return None;
         }
         let mut buf = [0u8; table::MAX_NAME_LEN];
-        search(
-            self.subcommands,
-            self.name.len() + 1,
-            lowercase(name, &mut buf)?,
-        )
+        search(self.subcommands, self.name.len() + 1, lowercase(name, &mut buf)?)
     }
 
     /// Resolves a request from its first two arguments; see the free function [`resolve`].
@@ -323,10 +306,7 @@ mod tests {
         let spec = get("get");
         assert_eq!(spec.name, "get");
         for name in ["GET", "get", "GeT", "gEt"] {
-            assert!(
-                std::ptr::eq(lookup(name.as_bytes()).unwrap(), spec),
-                "{name}"
-            );
+            assert!(std::ptr::eq(lookup(name.as_bytes()).unwrap(), spec), "{name}");
         }
         assert_eq!(lookup(b"CLIENT").unwrap().name, "client");
         assert_eq!(lookup(b"Restore-Asking").unwrap().name, "restore-asking");
@@ -334,16 +314,7 @@ mod tests {
 
     #[test]
     fn unknown_names() {
-        for name in [
-            &b""[..],
-            b"ge",
-            b"gett",
-            b"nosuchcommand",
-            b"config|get",
-            b"CONFIG|GET",
-            b"get\0",
-            b"\xff",
-        ] {
+        for name in [&b""[..], b"ge", b"gett", b"nosuchcommand", b"config|get", b"CONFIG|GET", b"get\0", b"\xff"] {
             assert!(lookup(name).is_none(), "{name:?}");
         }
         assert!(get("config").subcommand(b"nosuch").is_none());
@@ -354,30 +325,16 @@ mod tests {
     #[test]
     fn subcommand_resolution() {
         assert_eq!(resolve(b"CONFIG", Some(b"GET")).unwrap().name, "config|get");
-        assert_eq!(
-            resolve(b"client", Some(b"list")).unwrap().name,
-            "client|list"
-        );
-        assert_eq!(
-            resolve(b"OBJECT", Some(b"encoding")).unwrap().name,
-            "object|encoding"
-        );
-        assert_eq!(
-            CommandSpec::resolve(b"xinfo", Some(b"Stream"))
-                .unwrap()
-                .name,
-            "xinfo|stream"
-        );
+        assert_eq!(resolve(b"client", Some(b"list")).unwrap().name, "client|list");
+        assert_eq!(resolve(b"OBJECT", Some(b"encoding")).unwrap().name, "object|encoding");
+        assert_eq!(CommandSpec::resolve(b"xinfo", Some(b"Stream")).unwrap().name, "xinfo|stream");
         assert_eq!(get("config").subcommand(b"set").unwrap().name, "config|set");
         // Unknown subcommand or none given: the container.
         assert_eq!(resolve(b"config", Some(b"nosuch")).unwrap().name, "config");
         assert_eq!(resolve(b"config", None).unwrap().name, "config");
         // A command without subcommands ignores its first argument.
         assert_eq!(resolve(b"get", Some(b"list")).unwrap().name, "get");
-        assert!(get("config|get".split('|').next().unwrap())
-            .subcommand(b"GET")
-            .unwrap()
-            .is_subcommand());
+        assert!(get("config|get".split('|').next().unwrap()).subcommand(b"GET").unwrap().is_subcommand());
     }
 
     #[test]
@@ -387,33 +344,19 @@ mod tests {
         for spec in all() {
             assert_eq!(spec.name, spec.name.to_ascii_lowercase());
             assert!(!spec.name.contains('|'));
-            assert!(
-                spec.subcommands.windows(2).all(|w| w[0].name < w[1].name),
-                "{}",
-                spec.name
-            );
+            assert!(spec.subcommands.windows(2).all(|w| w[0].name < w[1].name), "{}", spec.name);
             for sub in spec.subcommands {
                 let (container, bare) = sub.name.split_once('|').expect("subcommand name has a |");
                 assert_eq!(container, spec.name);
                 assert!(sub.subcommands.is_empty());
+                assert!(std::ptr::eq(resolve(container.as_bytes(), Some(bare.as_bytes())).unwrap(), sub));
                 assert!(std::ptr::eq(
-                    resolve(container.as_bytes(), Some(bare.as_bytes())).unwrap(),
-                    sub
-                ));
-                assert!(std::ptr::eq(
-                    resolve(
-                        &container.to_uppercase().into_bytes(),
-                        Some(bare.to_uppercase().as_bytes())
-                    )
-                    .unwrap(),
+                    resolve(&container.to_uppercase().into_bytes(), Some(bare.to_uppercase().as_bytes())).unwrap(),
                     sub
                 ));
             }
             assert!(std::ptr::eq(lookup(spec.name.as_bytes()).unwrap(), spec));
-            assert!(std::ptr::eq(
-                lookup(spec.name.to_uppercase().as_bytes()).unwrap(),
-                spec
-            ));
+            assert!(std::ptr::eq(lookup(spec.name.to_uppercase().as_bytes()).unwrap(), spec));
         }
         assert!(redis_version().starts_with('7'));
     }
@@ -453,11 +396,7 @@ mod tests {
         assert_eq!(keys("eval", 5), Vec::<usize>::new());
         for spec in all() {
             for argc in 0..10 {
-                assert!(
-                    spec.key_indexes(argc).all(|i| i < argc && i > 0),
-                    "{}",
-                    spec.name
-                );
+                assert!(spec.key_indexes(argc).all(|i| i < argc && i > 0), "{}", spec.name);
             }
         }
     }
@@ -471,24 +410,16 @@ mod tests {
         assert!(flags("set").contains(F::WRITE | F::DENYOOM));
         assert!(flags("blpop").contains(F::BLOCKING | F::WRITE));
         assert!(flags("subscribe").contains(F::PUBSUB));
-        assert!(resolve(b"config", Some(b"set"))
-            .unwrap()
-            .flags
-            .contains(F::ADMIN));
+        assert!(resolve(b"config", Some(b"set")).unwrap().flags.contains(F::ADMIN));
         assert!(!flags("get").contains(F::ADMIN));
-        assert_eq!(
-            flags("get").names().collect::<Vec<_>>(),
-            ["readonly", "fast"]
-        );
+        assert_eq!(flags("get").names().collect::<Vec<_>>(), ["readonly", "fast"]);
         assert_eq!(F::EMPTY.names().count(), 0);
         assert!(F::EMPTY.is_empty());
     }
 
     /// The obvious, slow lookup the hash index must agree with.
     fn linear_lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-        all()
-            .iter()
-            .find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+        all().iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
     }
 
     proptest::proptest! {

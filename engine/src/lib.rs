@@ -1,4 +1,70 @@
-//! Sans-IO core of redis-proxy.
+//! Sans-IO core of redis-proxy, a Redis failover proxy.
+//!
+//! The [`Engine`] decides everything (how requests are split and routed, which backend connection carries them,
+//! how replies are matched and ordered, which server is the master and when to fail over) and does no I/O:
+//! it never reads the clock, never touches a socket, never spawns. A runtime (`redis-proxy-mio`,
+//! `redis-proxy-tokio`, or your own loop) moves bytes and time in and performs the actions that come out.
+//!
+//! # Run loop
+//!
+//! 1. Create the engine with [`Engine::new`] and the current time.
+//! 2. After **every** input, drain [`Engine::poll_action`] until it returns None and perform each action
+//!    (send, connect, close, pause or resume reading); drain [`Engine::poll_event`] for logs.
+//! 3. Sleep in your poller until I/O is ready or the instant from [`Engine::poll_timeout`] arrives.
+//! 4. For each accepted client call [`Engine::accept`]; for each read, [`Engine::handle_input`] with
+//!    [`Input::Data`] and that connection's buffer (the engine splits complete frames off it and leaves a
+//!    partial one for next time); report connects, failures, closes and write backpressure with the other
+//!    [`Input`] variants.
+//! 5. When the timeout instant has passed, call [`Engine::handle_timeout`]. Repeat.
+//!
+//! Every call takes `now`; time only moves when the runtime says so, which is what lets the tests drive the
+//! engine on a fake clock. Connection ids ([`ConnId`]) carry a generation, so an id that outlived its
+//! connection never reaches the slot's next occupant.
+//!
+//! ```no_run
+//! use bytes::BytesMut;
+//! use redis_proxy_engine::{Action, Config, Engine, Input};
+//! use std::time::Instant;
+//!
+//! let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#).unwrap();
+//! let mut engine = Engine::new(config, Instant::now());
+//! let client = engine.accept(Instant::now(), "127.0.0.1:50000".parse().unwrap());
+//! let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n"[..]);
+//! engine.handle_input(Instant::now(), Input::Data { conn: client, buf: &mut buf });
+//! while let Some(action) = engine.poll_action() {
+//!     match action {
+//!         Action::Send { conn, data } => { /* queue `data` on the socket of `conn` */ }
+//!         Action::Connect { conn, address } => { /* open a socket, later report Input::Connected */ }
+//!         Action::Close { conn } => { /* flush, then close */ }
+//!         Action::SetReadable { conn, readable } => { /* stop or resume reading */ }
+//!     }
+//! }
+//! while let Some(event) = engine.poll_event() {
+//!     eprintln!("{} {event}", event.level());
+//! }
+//! if let Some((at, reason)) = engine.poll_timeout() {
+//!     // sleep until `at` unless I/O comes first, then: engine.handle_timeout(Instant::now());
+//!     let _ = (at, reason);
+//! }
+//! ```
+//!
+//! A complete loop over plain `std::net` sockets is in `examples/std_loop.rs`.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod cli;
 pub mod command;
+pub mod config;
+pub mod conn;
+pub mod event;
+pub mod failover;
+mod proxy;
+pub mod resp;
+pub mod route;
+pub mod session;
+pub mod topology;
+
+pub use config::{Config, ConfigError, Mode, ServerAddress};
+pub use conn::ConnId;
+pub use event::{Event, Level};
+pub use proxy::{Action, Engine, Input, TimerReason};

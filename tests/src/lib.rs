@@ -50,11 +50,7 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 }
 
 fn scratch_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "redis-proxy-tests-{}-{label}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    let dir = std::env::temp_dir().join(format!("redis-proxy-tests-{}-{label}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
@@ -78,12 +74,8 @@ impl RedisServer {
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = scratch_dir(&format!("redis-{port}"));
-        let mut server = RedisServer {
-            port,
-            child: None,
-            dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut server =
+            RedisServer { port, child: None, dir, extra_args: extra_args.iter().map(|s| s.to_string()).collect() };
         server.spawn();
         server
     }
@@ -126,10 +118,7 @@ impl RedisServer {
     /// Sends a signal (e.g. "STOP", "CONT", "KILL") to the server's process.
     pub fn signal(&self, signal: &str) {
         let pid = self.pid().expect("server is running");
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
@@ -208,10 +197,8 @@ impl Proxy {
     pub fn start(runtime: Runtime, servers: &[u16], extra: &str) -> Proxy {
         let port = free_port();
         let dir = scratch_dir(&format!("proxy-{port}"));
-        let servers_json: Vec<String> = servers
-            .iter()
-            .map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#))
-            .collect();
+        let servers_json: Vec<String> =
+            servers.iter().map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#)).collect();
         let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
         let config = format!(
             r#"{{"servers": [{}], "listen_port": {port}, "bind_address": "127.0.0.1"{extra}}}"#,
@@ -364,7 +351,7 @@ impl RespConn {
     /// Whether the peer has closed the connection (reads EOF within the timeout).
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 
     /// The underlying stream (for shutdown or socket options).

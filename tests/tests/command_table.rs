@@ -42,10 +42,7 @@ fn array(reply: &Reply) -> &[Reply] {
 
 fn parse(entry: &Reply) -> Live {
     let fields = array(entry);
-    assert!(
-        fields.len() >= 10,
-        "Redis 7 COMMAND entries have 10 fields: {entry:?}"
-    );
+    assert!(fields.len() >= 10, "Redis 7 COMMAND entries have 10 fields: {entry:?}");
     Live {
         name: text(&fields[0]).to_ascii_lowercase(),
         arity: int(&fields[1]),
@@ -61,18 +58,13 @@ fn parse(entry: &Reply) -> Live {
 fn compare(live: &Live, spec: &CommandSpec, errors: &mut Vec<String>) {
     let name = &live.name;
     if spec.arity as i64 != live.arity {
-        errors.push(format!(
-            "{name}: arity {} in the table, {} live",
-            spec.arity, live.arity
-        ));
+        errors.push(format!("{name}: arity {} in the table, {} live", spec.arity, live.arity));
     }
     let mut flags = CommandFlags::EMPTY;
     for flag in &live.flags {
         match CommandFlags::from_name(flag) {
             Some(f) => flags = flags.union(f),
-            None => errors.push(format!(
-                "{name}: live flag {flag:?} has no CommandFlags const"
-            )),
+            None => errors.push(format!("{name}: live flag {flag:?} has no CommandFlags const")),
         }
     }
     if spec.flags != flags {
@@ -82,16 +74,10 @@ fn compare(live: &Live, spec: &CommandSpec, errors: &mut Vec<String>) {
             live.flags
         ));
     }
-    let table_keys = (
-        spec.first_key as i64,
-        spec.last_key as i64,
-        spec.key_step as i64,
-    );
+    let table_keys = (spec.first_key as i64, spec.last_key as i64, spec.key_step as i64);
     let live_keys = (live.first_key, live.last_key, live.key_step);
     if table_keys != live_keys {
-        errors.push(format!(
-            "{name}: key spec (first, last, step) {table_keys:?} in the table, {live_keys:?} live"
-        ));
+        errors.push(format!("{name}: key spec (first, last, step) {table_keys:?} in the table, {live_keys:?} live"));
     }
 
     let live_subs: BTreeSet<&str> = live.subcommands.iter().map(|s| s.name.as_str()).collect();
@@ -99,23 +85,14 @@ fn compare(live: &Live, spec: &CommandSpec, errors: &mut Vec<String>) {
         let (container, bare) = sub.name.split_once('|').expect("subcommand name has a |");
         assert_eq!(container, name.as_str());
         // Resolve the way a request would, upper-cased, to exercise the real lookup path.
-        match command::resolve(
-            container.to_uppercase().as_bytes(),
-            Some(bare.to_uppercase().as_bytes()),
-        ) {
+        match command::resolve(container.to_uppercase().as_bytes(), Some(bare.to_uppercase().as_bytes())) {
             Some(found) if found.name == sub.name => compare(sub, found, errors),
-            _ => errors.push(format!(
-                "{}: live subcommand missing from the table",
-                sub.name
-            )),
+            _ => errors.push(format!("{}: live subcommand missing from the table", sub.name)),
         }
     }
     for sub in spec.subcommands {
         if !live_subs.contains(sub.name) {
-            errors.push(format!(
-                "{}: in the table but not reported by the server",
-                sub.name
-            ));
+            errors.push(format!("{}: in the table but not reported by the server", sub.name));
         }
     }
 }
@@ -126,11 +103,7 @@ fn checked_in_table_matches_live_server() {
     let mut conn = server.connect();
     let reply = conn.call(&[b"COMMAND"]);
     let live: Vec<Live> = array(&reply).iter().map(parse).collect();
-    assert!(
-        live.len() > 200,
-        "COMMAND returned only {} commands",
-        live.len()
-    );
+    assert!(live.len() > 200, "COMMAND returned only {} commands", live.len());
 
     let mut errors = Vec::new();
     for cmd in &live {
@@ -142,10 +115,7 @@ fn checked_in_table_matches_live_server() {
     let live_names: BTreeSet<&str> = live.iter().map(|c| c.name.as_str()).collect();
     for spec in command::all() {
         if !live_names.contains(spec.name) {
-            errors.push(format!(
-                "{}: in the table but not reported by the server",
-                spec.name
-            ));
+            errors.push(format!("{}: in the table but not reported by the server", spec.name));
         }
     }
 

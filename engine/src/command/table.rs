@@ -32,10 +32,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|deluser",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -45,10 +42,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|dryrun",
                 arity: -4,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -68,10 +62,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|getuser",
                 arity: 3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -91,10 +82,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|list",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -104,10 +92,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|load",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -117,10 +102,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|log",
                 arity: -2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -130,10 +112,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|save",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -143,10 +122,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|setuser",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -156,10 +132,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "acl|users",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -188,25 +161,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Sent by cluster clients after an -ASK redirect
-    CommandSpec {
-        name: "asking",
-        arity: 1,
-        flags: F::FAST,
-        first_key: 0,
-        last_key: 0,
-        key_step: 0,
-        subcommands: &[],
-    },
+    CommandSpec { name: "asking", arity: 1, flags: F::FAST, first_key: 0, last_key: 0, key_step: 0, subcommands: &[] },
     // Authenticate to the server
     CommandSpec {
         name: "auth",
         arity: -2,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::NO_AUTH)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::NO_AUTH).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -286,10 +246,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "blmove",
         arity: 6,
-        flags: F::WRITE
-            .union(F::DENYOOM)
-            .union(F::NOSCRIPT)
-            .union(F::BLOCKING),
+        flags: F::WRITE.union(F::DENYOOM).union(F::NOSCRIPT).union(F::BLOCKING),
         first_key: 1,
         last_key: 2,
         key_step: 1,
@@ -329,10 +286,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "brpoplpush",
         arity: 4,
-        flags: F::WRITE
-            .union(F::DENYOOM)
-            .union(F::NOSCRIPT)
-            .union(F::BLOCKING),
+        flags: F::WRITE.union(F::DENYOOM).union(F::NOSCRIPT).union(F::BLOCKING),
         first_key: 1,
         last_key: 2,
         key_step: 1,
@@ -352,10 +306,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "bzpopmax",
         arity: -3,
-        flags: F::WRITE
-            .union(F::NOSCRIPT)
-            .union(F::BLOCKING)
-            .union(F::FAST),
+        flags: F::WRITE.union(F::NOSCRIPT).union(F::BLOCKING).union(F::FAST),
         first_key: 1,
         last_key: -2,
         key_step: 1,
@@ -365,10 +316,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "bzpopmin",
         arity: -3,
-        flags: F::WRITE
-            .union(F::NOSCRIPT)
-            .union(F::BLOCKING)
-            .union(F::FAST),
+        flags: F::WRITE.union(F::NOSCRIPT).union(F::BLOCKING).union(F::FAST),
         first_key: 1,
         last_key: -2,
         key_step: 1,
@@ -447,10 +395,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|kill",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -460,10 +405,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|list",
                 arity: -2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -473,10 +415,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|no-evict",
                 arity: 3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -486,10 +425,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|pause",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -539,10 +475,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|unblock",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -552,10 +485,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|unpause",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -938,10 +868,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "config|get",
                 arity: -3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -961,10 +888,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "config|resetstat",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -974,10 +898,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "config|rewrite",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -987,10 +908,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "config|set",
                 arity: -4,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1022,10 +940,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "debug",
         arity: -2,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1052,24 +967,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Delete a key
-    CommandSpec {
-        name: "del",
-        arity: -2,
-        flags: F::WRITE,
-        first_key: 1,
-        last_key: -1,
-        key_step: 1,
-        subcommands: &[],
-    },
+    CommandSpec { name: "del", arity: -2, flags: F::WRITE, first_key: 1, last_key: -1, key_step: 1, subcommands: &[] },
     // Discard all commands issued after MULTI
     CommandSpec {
         name: "discard",
         arity: 1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1099,11 +1002,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "eval",
         arity: -3,
-        flags: F::NOSCRIPT
-            .union(F::STALE)
-            .union(F::SKIP_MONITOR)
-            .union(F::NO_MANDATORY_KEYS)
-            .union(F::MOVABLE_KEYS),
+        flags: F::NOSCRIPT.union(F::STALE).union(F::SKIP_MONITOR).union(F::NO_MANDATORY_KEYS).union(F::MOVABLE_KEYS),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1128,11 +1027,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "evalsha",
         arity: -3,
-        flags: F::NOSCRIPT
-            .union(F::STALE)
-            .union(F::SKIP_MONITOR)
-            .union(F::NO_MANDATORY_KEYS)
-            .union(F::MOVABLE_KEYS),
+        flags: F::NOSCRIPT.union(F::STALE).union(F::SKIP_MONITOR).union(F::NO_MANDATORY_KEYS).union(F::MOVABLE_KEYS),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1157,10 +1052,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "exec",
         arity: 1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::SKIP_SLOWLOG),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::SKIP_SLOWLOG),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1220,11 +1112,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "fcall",
         arity: -3,
-        flags: F::NOSCRIPT
-            .union(F::STALE)
-            .union(F::SKIP_MONITOR)
-            .union(F::NO_MANDATORY_KEYS)
-            .union(F::MOVABLE_KEYS),
+        flags: F::NOSCRIPT.union(F::STALE).union(F::SKIP_MONITOR).union(F::NO_MANDATORY_KEYS).union(F::MOVABLE_KEYS),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1540,12 +1428,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "hello",
         arity: -1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::NO_AUTH)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::NO_AUTH).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -1774,10 +1657,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|doctor",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1787,10 +1667,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|graph",
                 arity: 3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1810,10 +1687,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|histogram",
                 arity: -2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1823,10 +1697,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|history",
                 arity: 3,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1836,10 +1707,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|latest",
                 arity: 2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1849,10 +1717,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "latency|reset",
                 arity: -2,
-                flags: F::ADMIN
-                    .union(F::NOSCRIPT)
-                    .union(F::LOADING)
-                    .union(F::STALE),
+                flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
                 first_key: 0,
                 last_key: 0,
                 key_step: 0,
@@ -1981,15 +1846,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Remove elements from a list
-    CommandSpec {
-        name: "lrem",
-        arity: 4,
-        flags: F::WRITE,
-        first_key: 1,
-        last_key: 1,
-        key_step: 1,
-        subcommands: &[],
-    },
+    CommandSpec { name: "lrem", arity: 4, flags: F::WRITE, first_key: 1, last_key: 1, key_step: 1, subcommands: &[] },
     // Set the value of an element in a list by its index
     CommandSpec {
         name: "lset",
@@ -2001,15 +1858,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Trim a list to the specified range
-    CommandSpec {
-        name: "ltrim",
-        arity: 4,
-        flags: F::WRITE,
-        first_key: 1,
-        last_key: 1,
-        key_step: 1,
-        subcommands: &[],
-    },
+    CommandSpec { name: "ltrim", arity: 4, flags: F::WRITE, first_key: 1, last_key: 1, key_step: 1, subcommands: &[] },
     // A container for memory diagnostics commands
     CommandSpec {
         name: "memory",
@@ -2166,10 +2015,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "monitor",
         arity: 1,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2209,11 +2055,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "multi",
         arity: 1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2371,15 +2213,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Ping the server
-    CommandSpec {
-        name: "ping",
-        arity: -1,
-        flags: F::FAST,
-        first_key: 0,
-        last_key: 0,
-        key_step: 0,
-        subcommands: &[],
-    },
+    CommandSpec { name: "ping", arity: -1, flags: F::FAST, first_key: 0, last_key: 0, key_step: 0, subcommands: &[] },
     // Set the value and expiration in milliseconds of a key
     CommandSpec {
         name: "psetex",
@@ -2394,10 +2228,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "psubscribe",
         arity: -2,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2407,10 +2238,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "psync",
         arity: -3,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::NO_ASYNC_LOADING)
-            .union(F::NO_MULTI),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::NO_ASYNC_LOADING).union(F::NO_MULTI),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2511,10 +2339,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "punsubscribe",
         arity: -1,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2524,12 +2349,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "quit",
         arity: -1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::NO_AUTH)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::NO_AUTH).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2566,15 +2386,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Rename a key
-    CommandSpec {
-        name: "rename",
-        arity: 3,
-        flags: F::WRITE,
-        first_key: 1,
-        last_key: 2,
-        key_step: 1,
-        subcommands: &[],
-    },
+    CommandSpec { name: "rename", arity: 3, flags: F::WRITE, first_key: 1, last_key: 2, key_step: 1, subcommands: &[] },
     // Rename a key, only if the new key does not exist
     CommandSpec {
         name: "renamenx",
@@ -2589,11 +2401,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "replconf",
         arity: -1,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::ALLOW_BUSY),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2603,10 +2411,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "replicaof",
         arity: 3,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::STALE)
-            .union(F::NO_ASYNC_LOADING),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::STALE).union(F::NO_ASYNC_LOADING),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2616,12 +2421,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "reset",
         arity: 1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::NO_AUTH)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::NO_AUTH).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2711,10 +2511,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "save",
         arity: 1,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::NO_ASYNC_LOADING)
-            .union(F::NO_MULTI),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::NO_ASYNC_LOADING).union(F::NO_MULTI),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2895,12 +2692,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "shutdown",
         arity: -1,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::NO_MULTI)
-            .union(F::ALLOW_BUSY),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE).union(F::NO_MULTI).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -2950,10 +2742,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "slaveof",
         arity: 3,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::STALE)
-            .union(F::NO_ASYNC_LOADING),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::STALE).union(F::NO_ASYNC_LOADING),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -3114,10 +2903,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "ssubscribe",
         arity: -2,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 1,
         last_key: -1,
         key_step: 1,
@@ -3137,10 +2923,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "subscribe",
         arity: -2,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -3180,10 +2963,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "sunsubscribe",
         arity: -1,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 1,
         last_key: -1,
         key_step: 1,
@@ -3203,10 +2983,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "sync",
         arity: 1,
-        flags: F::ADMIN
-            .union(F::NOSCRIPT)
-            .union(F::NO_ASYNC_LOADING)
-            .union(F::NO_MULTI),
+        flags: F::ADMIN.union(F::NOSCRIPT).union(F::NO_ASYNC_LOADING).union(F::NO_MULTI),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -3266,10 +3043,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "unsubscribe",
         arity: -1,
-        flags: F::PUBSUB
-            .union(F::NOSCRIPT)
-            .union(F::LOADING)
-            .union(F::STALE),
+        flags: F::PUBSUB.union(F::NOSCRIPT).union(F::LOADING).union(F::STALE),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -3279,11 +3053,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "unwatch",
         arity: 1,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::ALLOW_BUSY),
         first_key: 0,
         last_key: 0,
         key_step: 0,
@@ -3303,11 +3073,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "watch",
         arity: -2,
-        flags: F::NOSCRIPT
-            .union(F::LOADING)
-            .union(F::STALE)
-            .union(F::FAST)
-            .union(F::ALLOW_BUSY),
+        flags: F::NOSCRIPT.union(F::LOADING).union(F::STALE).union(F::FAST).union(F::ALLOW_BUSY),
         first_key: 1,
         last_key: -1,
         key_step: 1,
@@ -3556,15 +3322,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         subcommands: &[],
     },
     // Trims the stream to (approximately if '~' is passed) a certain size
-    CommandSpec {
-        name: "xtrim",
-        arity: -4,
-        flags: F::WRITE,
-        first_key: 1,
-        last_key: 1,
-        key_step: 1,
-        subcommands: &[],
-    },
+    CommandSpec { name: "xtrim", arity: -4, flags: F::WRITE, first_key: 1, last_key: 1, key_step: 1, subcommands: &[] },
     // Add one or more members to a sorted set, or update its score if it already exists
     CommandSpec {
         name: "zadd",
@@ -3894,43 +3652,37 @@ pub(super) const HASH_BITS: u32 = 10;
 
 /// The slots of the hash index (see [`HASH_BITS`]).
 pub(super) static HASH_SLOTS: [u16; 1024] = [
-    0, 0, 92, 140, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 0, 0, 0, 0, 0, 240, 0, 0, 0, 2, 0, 0,
-    0, 0, 11, 0, 0, 0, 33, 0, 184, 0, 0, 206, 0, 232, 166, 0, 0, 0, 0, 0, 82, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 5, 84, 127, 141, 0, 0, 0, 0, 0, 0, 91, 153, 0, 0, 0, 0, 0, 0, 221, 0, 0, 0, 209, 0,
-    0, 0, 0, 0, 122, 25, 117, 0, 0, 0, 0, 0, 108, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 81, 213, 0, 0, 0, 0, 0, 0, 0, 171, 0, 0, 0, 150, 0, 0, 0, 0, 0, 0, 167, 15, 0, 0, 0, 0, 56,
-    201, 23, 0, 0, 212, 0, 0, 120, 0, 222, 142, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 35, 0, 0, 197, 0, 0,
-    0, 145, 98, 0, 0, 0, 0, 0, 128, 0, 73, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 233, 174,
-    227, 0, 0, 0, 0, 0, 0, 0, 129, 57, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 51, 0, 0, 78,
-    0, 0, 239, 0, 0, 0, 55, 0, 0, 0, 172, 0, 0, 38, 181, 0, 0, 0, 0, 0, 0, 0, 225, 0, 124, 0, 0,
-    182, 0, 46, 44, 99, 183, 53, 0, 0, 0, 0, 77, 0, 0, 0, 0, 0, 71, 0, 111, 0, 0, 0, 0, 0, 217, 0,
-    0, 17, 0, 0, 0, 0, 231, 130, 0, 0, 0, 0, 0, 0, 0, 179, 200, 43, 0, 0, 0, 0, 88, 0, 0, 0, 0, 0,
-    0, 0, 13, 0, 0, 0, 0, 0, 0, 0, 0, 65, 0, 0, 0, 62, 0, 188, 0, 0, 131, 0, 0, 0, 0, 0, 61, 229,
-    0, 58, 0, 0, 0, 203, 0, 0, 34, 0, 0, 0, 0, 0, 0, 0, 118, 101, 26, 177, 0, 0, 16, 208, 0, 0, 0,
-    0, 189, 0, 0, 168, 52, 0, 0, 0, 0, 63, 67, 170, 185, 0, 0, 0, 0, 116, 0, 193, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 138, 0, 0, 0, 0, 228, 0, 0, 0, 161, 0, 0, 163, 0,
-    0, 0, 3, 0, 186, 199, 165, 156, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 155, 0, 0, 0, 104, 164, 0, 0, 0,
-    0, 89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 196, 210, 0, 0, 226, 0, 215, 0, 0, 157, 0, 0, 0, 0, 0, 176,
-    107, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 69, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 75,
-    149, 40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 102, 39, 83, 0, 0, 0, 0, 134, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    64, 103, 59, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 192, 234, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 211, 0, 0, 0, 0, 151, 0, 0, 0, 20, 207, 0, 0, 0, 0, 0, 0, 0, 236, 0, 114, 0,
-    0, 218, 22, 0, 27, 230, 0, 0, 0, 4, 0, 220, 0, 0, 0, 0, 0, 0, 0, 223, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 219, 0, 0, 0, 0, 0, 0, 0, 0, 205, 0, 0, 0, 97, 0, 0, 0, 0, 0, 47, 74, 0, 0, 0, 60, 0, 0, 0,
-    0, 93, 0, 86, 146, 0, 0, 0, 42, 90, 14, 110, 68, 0, 0, 202, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 96, 0, 0, 0, 95, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    178, 0, 0, 0, 0, 0, 0, 125, 173, 10, 0, 0, 0, 0, 0, 204, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 94,
-    0, 235, 0, 0, 0, 0, 0, 0, 0, 112, 0, 0, 0, 0, 0, 0, 0, 198, 0, 0, 0, 0, 0, 0, 0, 0, 187, 0, 48,
-    0, 0, 0, 0, 0, 0, 0, 9, 21, 0, 0, 0, 79, 0, 0, 0, 0, 0, 0, 70, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    18, 0, 0, 154, 0, 0, 0, 0, 0, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 152, 66, 0,
-    0, 147, 0, 0, 0, 0, 132, 0, 0, 0, 0, 29, 54, 0, 0, 0, 0, 0, 49, 0, 0, 0, 0, 41, 0, 76, 0, 0, 0,
-    0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 162, 224, 19, 106, 0, 0, 0, 0, 237, 160, 0, 0, 0, 0, 31,
-    0, 0, 0, 0, 45, 100, 0, 0, 0, 139, 0, 0, 0, 0, 0, 136, 0, 195, 37, 0, 123, 0, 0, 0, 0, 0, 0, 0,
-    194, 0, 158, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 144, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    105, 191, 113, 0, 0, 0, 214, 0, 0, 0, 0, 0, 0, 109, 0, 0, 148, 0, 72, 115, 135, 0, 0, 0, 0,
-    175, 0, 0, 0, 0, 0, 30, 143, 0, 0, 0, 0, 126, 0, 0, 87, 0, 50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    238, 0, 0, 0, 0, 121, 0, 0, 159, 0, 0, 0, 0, 85, 190, 0, 0, 133, 0, 0, 0, 0, 0, 0, 119, 0, 0,
-    0, 137, 0, 216, 0, 0, 0, 0, 0, 180, 6, 0, 0,
+    0, 0, 92, 140, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 0, 0, 0, 0, 0, 240, 0, 0, 0, 2, 0, 0, 0, 0, 11, 0, 0, 0,
+    33, 0, 184, 0, 0, 206, 0, 232, 166, 0, 0, 0, 0, 0, 82, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 84, 127, 141, 0, 0, 0,
+    0, 0, 0, 91, 153, 0, 0, 0, 0, 0, 0, 221, 0, 0, 0, 209, 0, 0, 0, 0, 0, 122, 25, 117, 0, 0, 0, 0, 0, 108, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 81, 213, 0, 0, 0, 0, 0, 0, 0, 171, 0, 0, 0, 150, 0, 0, 0, 0, 0, 0, 167, 15,
+    0, 0, 0, 0, 56, 201, 23, 0, 0, 212, 0, 0, 120, 0, 222, 142, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 35, 0, 0, 197, 0, 0, 0,
+    145, 98, 0, 0, 0, 0, 0, 128, 0, 73, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 233, 174, 227, 0, 0, 0, 0, 0, 0, 0,
+    129, 57, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 51, 0, 0, 78, 0, 0, 239, 0, 0, 0, 55, 0, 0, 0, 172, 0, 0, 38,
+    181, 0, 0, 0, 0, 0, 0, 0, 225, 0, 124, 0, 0, 182, 0, 46, 44, 99, 183, 53, 0, 0, 0, 0, 77, 0, 0, 0, 0, 0, 71, 0,
+    111, 0, 0, 0, 0, 0, 217, 0, 0, 17, 0, 0, 0, 0, 231, 130, 0, 0, 0, 0, 0, 0, 0, 179, 200, 43, 0, 0, 0, 0, 88, 0, 0,
+    0, 0, 0, 0, 0, 13, 0, 0, 0, 0, 0, 0, 0, 0, 65, 0, 0, 0, 62, 0, 188, 0, 0, 131, 0, 0, 0, 0, 0, 61, 229, 0, 58, 0, 0,
+    0, 203, 0, 0, 34, 0, 0, 0, 0, 0, 0, 0, 118, 101, 26, 177, 0, 0, 16, 208, 0, 0, 0, 0, 189, 0, 0, 168, 52, 0, 0, 0,
+    0, 63, 67, 170, 185, 0, 0, 0, 0, 116, 0, 193, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 138,
+    0, 0, 0, 0, 228, 0, 0, 0, 161, 0, 0, 163, 0, 0, 0, 3, 0, 186, 199, 165, 156, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 155, 0,
+    0, 0, 104, 164, 0, 0, 0, 0, 89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 196, 210, 0, 0, 226, 0, 215, 0, 0, 157, 0, 0, 0, 0, 0,
+    176, 107, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 69, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 75, 149, 40, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 102, 39, 83, 0, 0, 0, 0, 134, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 103, 59, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 192, 234, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 211, 0, 0, 0, 0, 151, 0, 0, 0, 20, 207,
+    0, 0, 0, 0, 0, 0, 0, 236, 0, 114, 0, 0, 218, 22, 0, 27, 230, 0, 0, 0, 4, 0, 220, 0, 0, 0, 0, 0, 0, 0, 223, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 219, 0, 0, 0, 0, 0, 0, 0, 0, 205, 0, 0, 0, 97, 0, 0, 0, 0, 0, 47, 74, 0, 0, 0, 60, 0, 0, 0, 0,
+    93, 0, 86, 146, 0, 0, 0, 42, 90, 14, 110, 68, 0, 0, 202, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 96, 0, 0,
+    0, 95, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 178, 0, 0, 0, 0, 0, 0, 125, 173, 10, 0, 0,
+    0, 0, 0, 204, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 94, 0, 235, 0, 0, 0, 0, 0, 0, 0, 112, 0, 0, 0, 0, 0, 0, 0, 198, 0,
+    0, 0, 0, 0, 0, 0, 0, 187, 0, 48, 0, 0, 0, 0, 0, 0, 0, 9, 21, 0, 0, 0, 79, 0, 0, 0, 0, 0, 0, 70, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 18, 0, 0, 154, 0, 0, 0, 0, 0, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 152, 66, 0, 0, 147,
+    0, 0, 0, 0, 132, 0, 0, 0, 0, 29, 54, 0, 0, 0, 0, 0, 49, 0, 0, 0, 0, 41, 0, 76, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 0, 0,
+    0, 0, 0, 162, 224, 19, 106, 0, 0, 0, 0, 237, 160, 0, 0, 0, 0, 31, 0, 0, 0, 0, 45, 100, 0, 0, 0, 139, 0, 0, 0, 0, 0,
+    136, 0, 195, 37, 0, 123, 0, 0, 0, 0, 0, 0, 0, 194, 0, 158, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 144, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 105, 191, 113, 0, 0, 0, 214, 0, 0, 0, 0, 0, 0, 109, 0, 0, 148, 0, 72, 115, 135, 0, 0, 0, 0,
+    175, 0, 0, 0, 0, 0, 30, 143, 0, 0, 0, 0, 126, 0, 0, 87, 0, 50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 238, 0, 0, 0, 0, 121,
+    0, 0, 159, 0, 0, 0, 0, 85, 190, 0, 0, 133, 0, 0, 0, 0, 0, 0, 119, 0, 0, 0, 137, 0, 216, 0, 0, 0, 0, 0, 180, 6, 0,
+    0,
 ];
 
 /// The longest name of a top-level command or (without its `container|` prefix) of a subcommand.

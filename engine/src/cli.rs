@@ -1,0 +1,111 @@
+//! The command line shared by every runtime binary, and the `RUST_LOG`-style level filter.
+
+use crate::event::Level;
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CliCommand {
+    /// Run the proxy with the config file at this path.
+    Run(String),
+    /// Validate the config file at this path and exit.
+    Check(String),
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// The usage text for a binary called `program`.
+pub fn usage(program: &str) -> String {
+    format!(
+        "Usage: {program} [--check] CONFIG.json\n       {program} --help | --version\n\n\
+         Runs a Redis failover proxy for the servers in CONFIG.json (see the README's config reference).\n\
+         --check validates CONFIG.json and exits (0: valid, 2: invalid).\n\
+         Logs go to stderr; RUST_LOG=error|warn|info|debug sets the level (default info)."
+    )
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<CliCommand, String> {
+    let args: Vec<String> = args.into_iter().collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--help"] | ["-h"] => Ok(CliCommand::Help),
+        ["--version"] | ["-V"] => Ok(CliCommand::Version),
+        ["--check", path] => Ok(CliCommand::Check(path.to_string())),
+        [path] if !path.starts_with('-') => Ok(CliCommand::Run(path.to_string())),
+        [] => Err("missing CONFIG.json".to_string()),
+        other => Err(format!("unexpected arguments: {}", other.join(" "))),
+    }
+}
+
+/// The most detailed level to log, from a `RUST_LOG`-style value (`error`, `warn`, `info`, `debug`, `trace`;
+/// a `target=level` list takes its last level). Unset or unknown means `info`.
+pub fn log_level(value: Option<&str>) -> Level {
+    let Some(value) = value else { return Level::Info };
+    let last = value.split(',').next_back().unwrap_or("");
+    let level = last.rsplit('=').next().unwrap_or("");
+    match level.trim().to_ascii_lowercase().as_str() {
+        "error" => Level::Error,
+        "warn" | "warning" => Level::Warn,
+        "debug" | "trace" => Level::Debug,
+        _ => Level::Info,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_command_lines() {
+        let parse = |args: &[&str]| parse_args(args.iter().map(|s| s.to_string()));
+        assert_eq!(parse(&["c.json"]), Ok(CliCommand::Run("c.json".into())));
+        assert_eq!(parse(&["--check", "c.json"]), Ok(CliCommand::Check("c.json".into())));
+        assert_eq!(parse(&["--version"]), Ok(CliCommand::Version));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(log_level(None), Level::Info);
+        assert_eq!(log_level(Some("debug")), Level::Debug);
+        assert_eq!(log_level(Some("redis_proxy=warn")), Level::Warn);
+    }
+}
+
+/// Formats one log line: `2026-11-24T21:30:00.123Z INFO message` (UTC), for a wall-clock time the runtime read.
+pub fn log_line(at: std::time::SystemTime, level: Level, message: &dyn std::fmt::Display) -> String {
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z {level} {message}",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod log_line_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_utc_timestamps() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_555_800_123);
+        assert_eq!(log_line(at, Level::Info, &"hi"), "2026-11-24T21:30:00.123Z INFO hi");
+    }
+}

@@ -1,0 +1,292 @@
+//! The proxy's configuration: a JSON file compatible with the Node.js redis-proxy's `config.json`.
+//!
+//! Parsing is strict: an unknown field, a missing `servers`, an empty list or a bad port is an error that names
+//! the field. The Node tool's `debug`, `loggers`, `slave_balance` and `softErrorCount` are accepted and ignored,
+//! each with a warning in [`Config::warnings`].
+
+use crate::resp::Limits;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// Where reads go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every request goes to the master (`"allToMaster"`, the default).
+    AllToMaster,
+    /// Read-only commands go to healthy replicas round robin, the rest to the master (`"readsToSlaves"`).
+    ReadsToSlaves,
+}
+
+/// One configured Redis server.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerAddress {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The Redis servers, master and replicas in any order (`servers`).
+    pub servers: Vec<ServerAddress>,
+    /// Port the proxy listens on (`listen_port`, default 9999).
+    pub listen_port: u16,
+    /// Address the proxy listens on (`bind_address`, default `127.0.0.1`).
+    pub bind_address: String,
+    /// Read routing (`mode`, default `allToMaster`).
+    pub mode: Mode,
+    /// How often each server is probed (`check_period`, ms, default 1000).
+    pub check_period: Duration,
+    /// How long a server may go without a valid reply before it counts as down (`down_after`, ms,
+    /// default 3 x `check_period`).
+    pub down_after: Duration,
+    /// How long a request may wait for a master before it gets an error (`hold_ms`, default
+    /// `down_after` + 3 x `check_period`, enough for a failover with the same settings).
+    pub hold: Duration,
+    /// Most requests held while there is no master, over all clients (`hold_max_requests`, default 100000).
+    pub hold_max_requests: usize,
+    /// Shared pipelined connections per server (`pool_size`, default 2).
+    pub pool_size: usize,
+    /// Most client connections at once (`max_clients`, default 10000).
+    pub max_clients: usize,
+    /// Unanswered requests one client may have in flight before the proxy stops reading it
+    /// (`max_pipeline`, default 4096).
+    pub max_pipeline: usize,
+    /// Bytes queued to a subscribed or MONITOR client that does not read before it is disconnected
+    /// (`client_output_limit`, default 32 MiB, like Redis's pub/sub hard limit).
+    pub client_output_limit: usize,
+    /// Protocol bounds (`max_bulk_len` default 512 MiB, `max_request_len` default 1 GiB).
+    pub limits: Limits,
+    /// A replica lagging more than this behind the master gets no reads (`replica_max_lag`, ms, default 10000).
+    pub replica_max_lag: Duration,
+    /// Let clients send commands that change the topology the proxy manages (`allow_topology_commands`,
+    /// default false).
+    pub allow_topology_commands: bool,
+    /// Notes about accepted-but-ignored fields, for the runtime to log.
+    pub warnings: Vec<String>,
+}
+
+/// A configuration that cannot be used; the message names the offending field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const LEGACY_FIELDS: &[&str] = &["debug", "loggers", "slave_balance", "softErrorCount"];
+
+fn error(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+fn get_u64(map: &Map<String, Value>, field: &str, default: u64, min: u64) -> Result<u64, ConfigError> {
+    match map.get(field) {
+        None => Ok(default),
+        Some(value) => match value.as_u64() {
+            Some(n) if n >= min => Ok(n),
+            _ => Err(error(format!("`{field}`: expected a whole number >= {min}, got {value}"))),
+        },
+    }
+}
+
+fn get_bool(map: &Map<String, Value>, field: &str) -> Result<bool, ConfigError> {
+    match map.get(field) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(error(format!("`{field}`: expected true or false, got {other}"))),
+    }
+}
+
+fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
+    value
+        .as_u64()
+        .filter(|p| (1..=65535).contains(p))
+        .map(|p| p as u16)
+        .ok_or_else(|| error(format!("`{field}`: expected a TCP port (1-65535), got {value}")))
+}
+
+impl Config {
+    /// Parses and validates a JSON configuration.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        let root: Value = serde_json::from_str(text).map_err(|e| error(format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = root else {
+            return Err(error("the configuration must be a JSON object"));
+        };
+        let mut warnings = Vec::new();
+        for key in map.keys() {
+            if LEGACY_FIELDS.contains(&key.as_str()) {
+                warnings.push(format!("`{key}` (from the Node.js redis-proxy) is accepted and ignored"));
+            } else if !KNOWN_FIELDS.contains(&key.as_str()) {
+                return Err(error(format!("unknown field `{key}` (known fields: {})", KNOWN_FIELDS.join(", "))));
+            }
+        }
+        let servers = parse_servers(map.get("servers"))?;
+        let listen_port = match map.get("listen_port") {
+            None => 9999,
+            Some(value) => port(value, "listen_port")?,
+        };
+        let bind_address = match map.get("bind_address") {
+            None => "127.0.0.1".to_string(),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(other) => return Err(error(format!("`bind_address`: expected an address string, got {other}"))),
+        };
+        let mode = match map.get("mode") {
+            None => Mode::AllToMaster,
+            Some(Value::String(s)) if s == "allToMaster" => Mode::AllToMaster,
+            Some(Value::String(s)) if s == "readsToSlaves" => Mode::ReadsToSlaves,
+            Some(other) => {
+                return Err(error(format!("`mode`: expected \"allToMaster\" or \"readsToSlaves\", got {other}")))
+            }
+        };
+        let check_period = get_u64(&map, "check_period", 1000, 10)?;
+        let down_after = get_u64(&map, "down_after", 3 * check_period, 1)?;
+        let hold = get_u64(&map, "hold_ms", down_after + 3 * check_period, 0)?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_bulk_len: get_u64(&map, "max_bulk_len", defaults.max_bulk_len as u64, 1)? as usize,
+            max_request_len: get_u64(&map, "max_request_len", defaults.max_request_len as u64, 1024)? as usize,
+            ..defaults
+        };
+        Ok(Config {
+            servers,
+            listen_port,
+            bind_address,
+            mode,
+            check_period: Duration::from_millis(check_period),
+            down_after: Duration::from_millis(down_after),
+            hold: Duration::from_millis(hold),
+            hold_max_requests: get_u64(&map, "hold_max_requests", 100_000, 0)? as usize,
+            pool_size: get_u64(&map, "pool_size", 2, 1)? as usize,
+            max_clients: get_u64(&map, "max_clients", 10_000, 1)? as usize,
+            max_pipeline: get_u64(&map, "max_pipeline", 4096, 1)? as usize,
+            client_output_limit: get_u64(&map, "client_output_limit", 32 * 1024 * 1024, 1024)? as usize,
+            limits,
+            replica_max_lag: Duration::from_millis(get_u64(&map, "replica_max_lag", 10_000, 0)?),
+            allow_topology_commands: get_bool(&map, "allow_topology_commands")?,
+            warnings,
+        })
+    }
+
+    /// A configuration with every default, for `servers` (handy for tests and embedding).
+    pub fn with_servers(servers: Vec<ServerAddress>) -> Config {
+        let list: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{{\"host\": {}, \"port\": {}}}", Value::String(s.host.clone()), s.port))
+            .collect();
+        Config::from_json(&format!("{{\"servers\": [{}]}}", list.join(",")))
+            .expect("a non-empty server list with valid ports is a valid configuration")
+    }
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "servers",
+    "listen_port",
+    "bind_address",
+    "mode",
+    "check_period",
+    "down_after",
+    "hold_ms",
+    "hold_max_requests",
+    "pool_size",
+    "max_clients",
+    "max_pipeline",
+    "client_output_limit",
+    "max_bulk_len",
+    "max_request_len",
+    "replica_max_lag",
+    "allow_topology_commands",
+];
+
+fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigError> {
+    let Some(value) = value else {
+        return Err(error("missing field `servers`: list the Redis servers as [{\"host\": ..., \"port\": ...}]"));
+    };
+    let Value::Array(list) = value else {
+        return Err(error(format!("`servers`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
+    };
+    if list.is_empty() {
+        return Err(error("`servers`: the list is empty; name at least one Redis server"));
+    }
+    let mut servers = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let Value::Object(fields) = entry else {
+            return Err(error(format!("`servers[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
+        };
+        if let Some(key) = fields.keys().find(|k| *k != "host" && *k != "port") {
+            return Err(error(format!("`servers[{i}]`: unknown field `{key}`")));
+        }
+        let host = match fields.get("host") {
+            Some(Value::String(h)) if !h.is_empty() => h.clone(),
+            None => "127.0.0.1".to_string(),
+            Some(other) => return Err(error(format!("`servers[{i}].host`: expected a host name, got {other}"))),
+        };
+        let Some(port_value) = fields.get("port") else {
+            return Err(error(format!("`servers[{i}].port`: missing")));
+        };
+        let address = ServerAddress { host, port: port(port_value, &format!("servers[{i}].port"))? };
+        if servers.contains(&address) {
+            return Err(error(format!("`servers[{i}]`: {address} is listed twice")));
+        }
+        servers.push(address);
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_config_works_unchanged() {
+        let config = Config::from_json(
+            r#"{ "servers": [ {"host": "127.0.0.1", "port": 6379}, {"host": "127.0.0.1", "port": 6380} ],
+                 "mode": "allToMaster", "listen_port": 9999, "bind_address": "127.0.0.1",
+                 "check_period": 5000, "pool_size": 50, "debug": false }"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers.len(), 2);
+        assert_eq!(config.check_period, Duration::from_millis(5000));
+        assert_eq!(config.down_after, Duration::from_millis(15000));
+        assert_eq!(config.pool_size, 50);
+        assert_eq!(config.warnings.len(), 1);
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_json(r#"{"servers": [{"host": "localhost", "port": 1}]}"#).unwrap();
+        assert_eq!(config.listen_port, 9999);
+        assert_eq!(config.bind_address, "127.0.0.1");
+        assert_eq!(config.mode, Mode::AllToMaster);
+        assert_eq!(config.check_period, Duration::from_millis(1000));
+        assert_eq!(config.hold, Duration::from_millis(6000));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |text: &str| Config::from_json(text).unwrap_err().0;
+        assert!(err(r#"{}"#).contains("missing field `servers`"));
+        assert!(err(r#"{"servers": []}"#).contains("`servers`: the list is empty"));
+        assert!(err(r#"{"servers": [{"port": 70000}]}"#).contains("`servers[0].port`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "listen_prot": 1}"#).contains("unknown field `listen_prot`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "check_period": "5"}"#).contains("`check_period`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "mode": "x"}"#).contains("`mode`"));
+    }
+}

@@ -1,0 +1,186 @@
+//! What the engine reports for logs, metrics and status: [`Event`]s with a [`Level`].
+
+use crate::config::ServerAddress;
+use crate::conn::ConnId;
+use crate::topology::Role;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// How much an event matters, for log filtering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something is wrong but the proxy copes.
+    Warn,
+    /// A state change an operator wants to see.
+    Info,
+    /// Detail for debugging.
+    Debug,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+        })
+    }
+}
+
+/// Something that happened inside the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A client connected.
+    ClientAccepted {
+        /// Its connection.
+        conn: ConnId,
+        /// Its address.
+        peer: SocketAddr,
+    },
+    /// A client was turned away because `max_clients` are connected.
+    ClientRejected {
+        /// Its address.
+        peer: SocketAddr,
+    },
+    /// A client left (or was closed).
+    ClientClosed {
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// A client sent something that is not RESP; it got the error and was closed.
+    ClientProtocolError {
+        /// Its connection.
+        conn: ConnId,
+        /// The error it was sent.
+        message: String,
+    },
+    /// A subscribed or MONITOR client stopped reading and its queued output passed `client_output_limit`.
+    ClientOutputLimit {
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// A server answered a probe again after being down (or for the first time).
+    ServerUp {
+        /// The server.
+        address: ServerAddress,
+    },
+    /// A server gave no valid reply for `down_after`.
+    ServerDown {
+        /// The server.
+        address: ServerAddress,
+    },
+    /// A server reported a different role (or master) than before.
+    RoleSeen {
+        /// The server.
+        address: ServerAddress,
+        /// Its role.
+        role: Role,
+        /// Its master as it reports it (replicas).
+        master: Option<String>,
+    },
+    /// Writes now go to this master.
+    MasterAdopted {
+        /// The master.
+        address: ServerAddress,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Writes no longer go to this master; new requests are held until another is confirmed.
+    MasterLost {
+        /// The former master.
+        address: ServerAddress,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A failover began: `REPLICAOF NO ONE` goes to this replica.
+    PromotionStarted {
+        /// The chosen replica.
+        address: ServerAddress,
+        /// The rule that chose it.
+        reason: String,
+    },
+    /// `REPLICAOF` was sent to a server.
+    ReplicaOfSent {
+        /// The server.
+        address: ServerAddress,
+        /// Its new master (None: `NO ONE`).
+        master: Option<ServerAddress>,
+    },
+    /// A server answered a `REPLICAOF`.
+    ReplicaOfAnswered {
+        /// The server.
+        address: ServerAddress,
+        /// Its reply, as text.
+        reply: String,
+    },
+    /// A backend connection failed or broke; requests in flight on it got an error.
+    BackendLost {
+        /// The server.
+        address: ServerAddress,
+        /// What happened.
+        reason: String,
+        /// Requests that got an error reply.
+        failed_requests: usize,
+    },
+    /// Held requests waited longer than `hold_ms` (or the hold queue was full) and got an error.
+    RequestsExpired {
+        /// How many.
+        count: usize,
+    },
+}
+
+impl Event {
+    /// The event's importance.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::ClientAccepted { .. } | Event::ClientClosed { .. } => Level::Debug,
+            Event::ClientProtocolError { .. } | Event::ClientOutputLimit { .. } | Event::ClientRejected { .. } => {
+                Level::Warn
+            }
+            Event::ServerDown { .. } | Event::MasterLost { .. } | Event::RequestsExpired { .. } => Level::Warn,
+            Event::BackendLost { failed_requests, .. } if *failed_requests > 0 => Level::Warn,
+            Event::BackendLost { .. } => Level::Debug,
+            _ => Level::Info,
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::ClientAccepted { conn, peer } => write!(f, "client {conn} connected from {peer}"),
+            Event::ClientRejected { peer } => write!(f, "client {peer} rejected: max_clients reached"),
+            Event::ClientClosed { conn } => write!(f, "client {conn} closed"),
+            Event::ClientProtocolError { conn, message } => write!(f, "client {conn} closed after: {message}"),
+            Event::ClientOutputLimit { conn } => {
+                write!(f, "client {conn} closed: it does not read and its output passed client_output_limit")
+            }
+            Event::ServerUp { address } => write!(f, "server {address} is up"),
+            Event::ServerDown { address } => write!(f, "server {address} is down (no valid reply for down_after)"),
+            Event::RoleSeen { address, role, master: Some(master) } => {
+                write!(f, "server {address} reports role {role} of {master}")
+            }
+            Event::RoleSeen { address, role, master: None } => write!(f, "server {address} reports role {role}"),
+            Event::MasterAdopted { address, reason } => write!(f, "master is {address}: {reason}"),
+            Event::MasterLost { address, reason } => write!(f, "master {address} lost: {reason}; holding writes"),
+            Event::PromotionStarted { address, reason } => {
+                write!(f, "failover: promoting {address} (REPLICAOF NO ONE); chosen by {reason}")
+            }
+            Event::ReplicaOfSent { address, master: Some(master) } => {
+                write!(f, "sent REPLICAOF {} {} to {address}", master.host, master.port)
+            }
+            Event::ReplicaOfSent { address, master: None } => write!(f, "sent REPLICAOF NO ONE to {address}"),
+            Event::ReplicaOfAnswered { address, reply } => write!(f, "{address} answered REPLICAOF: {reply}"),
+            Event::BackendLost { address, reason, failed_requests } => {
+                write!(
+                    f,
+                    "connection to {address} lost ({reason}); {failed_requests} request(s) in flight got an error"
+                )
+            }
+            Event::RequestsExpired { count } => write!(f, "{count} held request(s) got an error: no master in time"),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The failover rules: which server is the master, whom to promote, whom to re-point.
+//!
+//! [`Failover::evaluate`] is a deterministic function of the topology view and the time: two proxies that see the
+//! same facts decide the same. It returns [`Decision`]s for the engine to carry out (send `REPLICAOF`, start or
+//! stop routing); the engine feeds the servers' answers back through the view.
+
+use crate::topology::{Role, ServerId, ServerView};
+use smallvec::SmallVec;
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+/// Where the failover machine stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No master to route writes to; `since` is when it was lost (or when watching began).
+    NoMaster {
+        /// When the master was lost.
+        since: Instant,
+    },
+    /// Writes go to `master`.
+    Stable {
+        /// The routed master.
+        master: ServerId,
+    },
+    /// `REPLICAOF NO ONE` was sent to `candidate`; waiting for it to report `role:master`.
+    Promoting {
+        /// The replica being promoted.
+        candidate: ServerId,
+        /// When to give up on it and choose again.
+        deadline: Instant,
+        /// When the master was lost.
+        since: Instant,
+    },
+}
+
+/// Something the engine must do or announce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Route writes to this master from now on (it already reports `role:master`).
+    Adopt {
+        /// The master.
+        master: ServerId,
+        /// Why it was chosen.
+        reason: &'static str,
+    },
+    /// Stop routing to this master: it is down or no longer a master.
+    Lose {
+        /// The former master.
+        master: ServerId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Send `REPLICAOF NO ONE` to this replica.
+    Promote {
+        /// The chosen replica.
+        candidate: ServerId,
+        /// The rule that chose it, for the log.
+        reason: String,
+    },
+    /// Send `REPLICAOF <master>` to this server.
+    Repoint {
+        /// The server to re-point.
+        server: ServerId,
+        /// Its new master.
+        master: ServerId,
+    },
+}
+
+/// The failover phase machine.
+#[derive(Debug)]
+pub struct Failover {
+    phase: Phase,
+    down_after: Duration,
+    retry_after: Duration,
+    /// Candidates that failed during the current failover; skipped until a master is confirmed.
+    failed_candidates: SmallVec<[ServerId; 4]>,
+    /// When each server was last sent `REPLICAOF`, so it is not repeated before its INFO could confirm it.
+    repointed_at: Vec<Option<Instant>>,
+}
+
+/// How much longer than the master a replica's link may have been down before it is not promoted (as Sentinel).
+const LINK_DOWN_FACTOR: u32 = 10;
+
+impl Failover {
+    /// A machine for `servers` servers that starts with no master known.
+    pub fn new(servers: usize, now: Instant, down_after: Duration, check_period: Duration) -> Failover {
+        Failover {
+            phase: Phase::NoMaster { since: now },
+            down_after,
+            retry_after: check_period,
+            failed_candidates: SmallVec::new(),
+            repointed_at: vec![None; servers],
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The master writes go to, if any.
+    pub fn master(&self) -> Option<ServerId> {
+        match self.phase {
+            Phase::Stable { master } => Some(master),
+            _ => None,
+        }
+    }
+
+    /// When the machine next needs to be evaluated even if no fact changes (a promotion deadline).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Promoting { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Applies the rules to the current view and returns what to do, in order.
+    pub fn evaluate(&mut self, views: &[ServerView], now: Instant) -> SmallVec<[Decision; 4]> {
+        let mut decisions = SmallVec::new();
+        if let Phase::Stable { master } = self.phase {
+            let view = &views[master.0];
+            if view.down {
+                decisions.push(Decision::Lose { master, reason: "it is down" });
+                self.phase = Phase::NoMaster { since: now };
+            } else if view.is(Role::Replica) {
+                decisions.push(Decision::Lose { master, reason: "it now reports role:slave" });
+                self.phase = Phase::NoMaster { since: now };
+            }
+        }
+        if let Phase::Promoting { candidate, deadline, since } = self.phase {
+            let view = &views[candidate.0];
+            if view.is(Role::Master) {
+                self.failed_candidates.clear();
+                self.phase = Phase::Stable { master: candidate };
+                decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
+            } else if view.down || now >= deadline {
+                self.failed_candidates.push(candidate);
+                self.phase = Phase::NoMaster { since };
+            }
+        }
+        if let Phase::NoMaster { since } = self.phase {
+            if let Some(master) = existing_master(views) {
+                self.failed_candidates.clear();
+                self.phase = Phase::Stable { master };
+                decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
+            } else if facts_complete(views) {
+                let down_for = now.saturating_duration_since(since);
+                let limit = down_for + self.down_after * LINK_DOWN_FACTOR;
+                match promote_candidate(views, limit, &self.failed_candidates) {
+                    Some(candidate) => {
+                        let info = views[candidate.0].info.as_ref().expect("candidates have INFO");
+                        decisions.push(Decision::Promote {
+                            candidate,
+                            reason: format!(
+                                "lowest priority ({}), then highest offset ({}), then run id {}",
+                                info.priority,
+                                info.repl_offset,
+                                views[candidate.0].run_id()
+                            ),
+                        });
+                        self.phase = Phase::Promoting { candidate, deadline: now + self.down_after, since };
+                    }
+                    None => self.failed_candidates.clear(),
+                }
+            }
+        }
+        if let Phase::Stable { master } = self.phase {
+            self.repoint_others(views, master, now, &mut decisions);
+        }
+        decisions
+    }
+
+    fn repoint_others(
+        &mut self,
+        views: &[ServerView],
+        master: ServerId,
+        now: Instant,
+        decisions: &mut SmallVec<[Decision; 4]>,
+    ) {
+        let master_address = &views[master.0].address;
+        for (index, view) in views.iter().enumerate() {
+            let server = ServerId(index);
+            if server == master || view.down || view.info.is_none() {
+                continue;
+            }
+            let misplaced = view.is(Role::Master) || (view.is(Role::Replica) && !view.replicates(master_address));
+            if !misplaced {
+                self.repointed_at[index] = None;
+                continue;
+            }
+            let due = self.repointed_at[index].is_none_or(|at| now.saturating_duration_since(at) >= self.retry_after);
+            if due {
+                self.repointed_at[index] = Some(now);
+                decisions.push(Decision::Repoint { server, master });
+            }
+        }
+    }
+}
+
+/// Whether every server is either down or has reported INFO: only then may a replica be promoted, so that a
+/// master that merely has not answered yet is never replaced.
+fn facts_complete(views: &[ServerView]) -> bool {
+    views.iter().all(|v| v.down || v.info.is_some())
+}
+
+/// The master to adopt among servers that already report `role:master`: most attached replicas, then highest
+/// replication offset, then lowest run id.
+pub fn existing_master(views: &[ServerView]) -> Option<ServerId> {
+    views
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is(Role::Master))
+        .max_by_key(|(index, v)| {
+            let attached = views.iter().filter(|r| r.replicates(&v.address)).count();
+            let offset = v.info.as_ref().map_or(0, |i| i.repl_offset);
+            (attached, offset, Reverse(v.run_id()), Reverse(*index))
+        })
+        .map(|(index, _)| ServerId(index))
+}
+
+/// The replica to promote: reachable, priority not 0, link not down longer than `link_down_limit`, not in
+/// `excluded`; then lowest priority, highest replication offset, lowest run id.
+pub fn promote_candidate(views: &[ServerView], link_down_limit: Duration, excluded: &[ServerId]) -> Option<ServerId> {
+    views
+        .iter()
+        .enumerate()
+        .filter(|(index, v)| v.is(Role::Replica) && !excluded.contains(&ServerId(*index)))
+        .filter(|(_, v)| {
+            let info = v.info.as_ref().expect("is() implies INFO");
+            let link_ok =
+                info.link_up || info.link_down_since_secs.is_none_or(|s| Duration::from_secs(s) <= link_down_limit);
+            info.priority != 0 && link_ok
+        })
+        .min_by_key(|(index, v)| {
+            let info = v.info.as_ref().expect("is() implies INFO");
+            (info.priority, Reverse(info.repl_offset), v.run_id(), *index)
+        })
+        .map(|(index, _)| ServerId(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerAddress;
+    use crate::topology::ReplicationInfo;
+
+    fn view(port: u16, now: Instant, info: Option<ReplicationInfo>) -> ServerView {
+        let mut v = ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now);
+        v.last_ok = Some(now);
+        v.info = info;
+        v
+    }
+
+    fn master_info(run_id: &str) -> ReplicationInfo {
+        ReplicationInfo { role: Some(Role::Master), priority: 100, run_id: Some(run_id.into()), ..Default::default() }
+    }
+
+    fn replica_info(of: u16, offset: i64, priority: i64, run_id: &str) -> ReplicationInfo {
+        ReplicationInfo {
+            role: Some(Role::Replica),
+            master: Some(("127.0.0.1".into(), of)),
+            link_up: true,
+            repl_offset: offset,
+            priority,
+            run_id: Some(run_id.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn adopts_existing_setup_without_repointing() {
+        let now = Instant::now();
+        let views = vec![
+            view(1, now, Some(replica_info(2, 10, 100, "a"))),
+            view(2, now, Some(master_info("b"))),
+            view(3, now, Some(replica_info(2, 10, 100, "c"))),
+        ];
+        let mut failover = Failover::new(3, now, Duration::from_secs(3), Duration::from_secs(1));
+        let decisions = failover.evaluate(&views, now);
+        assert_eq!(decisions.as_slice(), &[Decision::Adopt { master: ServerId(1), reason: "it reports role:master" }]);
+    }
+
+    #[test]
+    fn promotes_by_priority_then_offset_then_run_id() {
+        let now = Instant::now();
+        let mut views = vec![
+            view(1, now, Some(master_info("m"))),
+            view(2, now, Some(replica_info(1, 50, 100, "b"))),
+            view(3, now, Some(replica_info(1, 90, 100, "c"))),
+            view(4, now, Some(replica_info(1, 99, 0, "d"))),
+        ];
+        let mut failover = Failover::new(4, now, Duration::from_secs(3), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, now);
+        views[0].down = true;
+        let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Lose { master: ServerId(0), .. }));
+        assert!(matches!(decisions[1], Decision::Promote { candidate: ServerId(2), .. }));
+        // Confirmed: the others (and the old master once it returns) are re-pointed.
+        views[2].info = Some(master_info("c"));
+        views[0].down = false;
+        let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(2), .. }));
+        let repointed: Vec<_> = decisions[1..]
+            .iter()
+            .map(|d| match d {
+                Decision::Repoint { server, .. } => server.0,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(repointed, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn waits_for_every_server_before_promoting() {
+        let now = Instant::now();
+        let views = vec![view(1, now, None), view(2, now, Some(replica_info(1, 5, 100, "b")))];
+        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        assert!(failover.evaluate(&views, now).is_empty());
+    }
+}

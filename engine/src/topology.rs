@@ -1,0 +1,195 @@
+//! What the proxy knows of each server: reachability from probes, role and replication facts from `INFO`.
+
+use crate::config::ServerAddress;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Index of a configured server (its position in `servers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub usize);
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server {}", self.0)
+    }
+}
+
+/// A server's replication role as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `role:master`
+    Master,
+    /// `role:slave`
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// Replication facts from one `INFO replication` (and `INFO server`) reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationInfo {
+    /// `role`
+    pub role: Option<Role>,
+    /// `master_host` and `master_port` (replicas)
+    pub master: Option<(String, u16)>,
+    /// `master_link_status:up` (replicas)
+    pub link_up: bool,
+    /// `master_link_down_since_seconds` (replicas, while the link is down)
+    pub link_down_since_secs: Option<u64>,
+    /// `master_last_io_seconds_ago` (replicas)
+    pub last_io_secs: Option<i64>,
+    /// `slave_repl_offset` on replicas, `master_repl_offset` on masters
+    pub repl_offset: i64,
+    /// `slave_priority` / `replica_priority` (replicas; 100 when absent)
+    pub priority: i64,
+    /// `connected_slaves`
+    pub connected_replicas: u64,
+    /// `run_id` (from `INFO server`)
+    pub run_id: Option<String>,
+    /// `loading:1` (from `INFO persistence`, or a `-LOADING` reply)
+    pub loading: bool,
+    /// `master_sync_in_progress:1`
+    pub sync_in_progress: bool,
+}
+
+impl ReplicationInfo {
+    /// Parses the text of an `INFO` bulk reply (any sections); unknown fields are ignored.
+    pub fn parse(text: &[u8]) -> ReplicationInfo {
+        let mut info = ReplicationInfo { priority: 100, ..ReplicationInfo::default() };
+        let mut master_host = None;
+        let mut master_port = None;
+        let mut master_offset = None;
+        let mut replica_offset = None;
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let (key, value) = (&line[..colon], &line[colon + 1..]);
+            let value_str = std::str::from_utf8(value).unwrap_or("");
+            match key {
+                b"role" => {
+                    info.role = match value {
+                        b"master" => Some(Role::Master),
+                        b"slave" | b"replica" => Some(Role::Replica),
+                        _ => None,
+                    }
+                }
+                b"master_host" => master_host = Some(value_str.to_string()),
+                b"master_port" => master_port = value_str.parse::<u16>().ok(),
+                b"master_link_status" => info.link_up = value == b"up",
+                b"master_link_down_since_seconds" => info.link_down_since_secs = value_str.parse().ok(),
+                b"master_last_io_seconds_ago" => info.last_io_secs = value_str.parse().ok(),
+                b"master_repl_offset" => master_offset = value_str.parse().ok(),
+                b"slave_repl_offset" => replica_offset = value_str.parse().ok(),
+                b"slave_priority" | b"replica_priority" => info.priority = value_str.parse().unwrap_or(100),
+                b"connected_slaves" => info.connected_replicas = value_str.parse().unwrap_or(0),
+                b"run_id" => info.run_id = Some(value_str.to_string()),
+                b"loading" => info.loading = value == b"1",
+                b"master_sync_in_progress" => info.sync_in_progress = value == b"1",
+                _ => {}
+            }
+        }
+        if let (Some(host), Some(port)) = (master_host, master_port) {
+            info.master = Some((host, port));
+        }
+        info.repl_offset = match info.role {
+            Some(Role::Replica) => replica_offset.or(master_offset).unwrap_or(0),
+            _ => master_offset.unwrap_or(0),
+        };
+        info
+    }
+}
+
+/// Everything known about one server right now.
+#[derive(Clone, Debug)]
+pub struct ServerView {
+    /// Where it is.
+    pub address: ServerAddress,
+    /// When it last gave a valid reply to a probe (None: never).
+    pub last_ok: Option<Instant>,
+    /// When the proxy started watching it (counts as the last valid reply for down detection until one arrives).
+    pub watched_since: Instant,
+    /// Whether it is considered down (no valid reply for `down_after`).
+    pub down: bool,
+    /// The last `INFO` facts, if any since it was last seen down.
+    pub info: Option<ReplicationInfo>,
+    /// When the last `INFO` facts arrived.
+    pub info_at: Option<Instant>,
+    /// A data connection to it was refused or lost since its last valid probe reply: route nothing to it for now.
+    pub suspect: bool,
+}
+
+impl ServerView {
+    /// A server nothing is known about yet.
+    pub fn new(address: ServerAddress, now: Instant) -> ServerView {
+        ServerView {
+            address,
+            last_ok: None,
+            watched_since: now,
+            down: false,
+            info: None,
+            info_at: None,
+            suspect: false,
+        }
+    }
+
+    /// The instant at which it will count as down unless a valid reply arrives first.
+    pub fn down_deadline(&self, down_after: Duration) -> Instant {
+        self.last_ok.unwrap_or(self.watched_since) + down_after
+    }
+
+    /// Whether it is up and known to report `role`.
+    pub fn is(&self, role: Role) -> bool {
+        !self.down && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
+    }
+
+    /// Whether it is up, reports itself a replica, and names `master` as its master.
+    pub fn replicates(&self, master: &ServerAddress) -> bool {
+        self.is(Role::Replica)
+            && self.info.as_ref().and_then(|i| i.master.as_ref()).is_some_and(|(h, p)| addresses_match(h, *p, master))
+    }
+
+    /// The run id, or "" when unknown (sorts first; only a tie-break).
+    pub fn run_id(&self) -> &str {
+        self.info.as_ref().and_then(|i| i.run_id.as_deref()).unwrap_or("")
+    }
+}
+
+/// Whether `host:port` as a server reports it names the configured `address`.
+pub fn addresses_match(host: &str, port: u16, address: &ServerAddress) -> bool {
+    if port != address.port {
+        return false;
+    }
+    let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
+    host.eq_ignore_ascii_case(&address.host) || (loopback(host) && loopback(&address.host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replica_info() {
+        let text = b"# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7001\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nslave_repl_offset:420\r\nslave_priority:50\r\nconnected_slaves:0\r\nmaster_repl_offset:420\r\n";
+        let info = ReplicationInfo::parse(text);
+        assert_eq!(info.role, Some(Role::Replica));
+        assert_eq!(info.master, Some(("127.0.0.1".to_string(), 7001)));
+        assert!(info.link_up);
+        assert_eq!(info.repl_offset, 420);
+        assert_eq!(info.priority, 50);
+    }
+
+    #[test]
+    fn loopback_names_match() {
+        let addr = ServerAddress { host: "localhost".into(), port: 1 };
+        assert!(addresses_match("127.0.0.1", 1, &addr));
+        assert!(!addresses_match("127.0.0.1", 2, &addr));
+        assert!(!addresses_match("10.0.0.1", 1, &addr));
+    }
+}

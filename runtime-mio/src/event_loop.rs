@@ -1,0 +1,370 @@
+//! The event loop: accept, read until WouldBlock, hand bytes to the engine, perform its actions with vectored
+//! writes, sleep until I/O or the engine's next timeout. No Redis semantics live here.
+
+use bytes::{Buf, Bytes, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use redis_proxy_engine::cli::log_line;
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per connection per turn, so one busy peer cannot starve the others.
+const READS_PER_TURN: usize = 16;
+/// Buffers handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+struct Socket {
+    id: ConnId,
+    stream: TcpStream,
+    read_buf: BytesMut,
+    out: VecDeque<Bytes>,
+    connecting: bool,
+    /// The engine wants this connection read.
+    readable: bool,
+    /// Reported WriteBlocked and not yet Drained.
+    blocked: bool,
+    /// Queued for a flush at the end of the turn.
+    dirty: bool,
+}
+
+struct Runtime {
+    poll: Poll,
+    engine: Engine,
+    sockets: Vec<Option<Socket>>,
+    dirty: Vec<usize>,
+    /// Connections that may still hold unread bytes (turn cap reached, or reading resumed).
+    read_again: Vec<usize>,
+    scratch: Box<[u8]>,
+    log_level: Level,
+}
+
+/// Runs the proxy until a fatal error (binding the listen address, or the poller failing).
+pub fn run(config: Config, log_level: Level) -> io::Result<()> {
+    let address = (config.bind_address.as_str(), config.listen_port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("cannot resolve bind_address {}", config.bind_address)))?;
+    let mut listener =
+        TcpListener::bind(address).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+    let poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut runtime = Runtime {
+        poll,
+        engine: Engine::new(config.clone(), Instant::now()),
+        sockets: Vec::new(),
+        dirty: Vec::new(),
+        read_again: Vec::new(),
+        scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        log_level,
+    };
+    for warning in &config.warnings {
+        runtime.log(Level::Warn, &format!("config: {warning}"));
+    }
+    let servers: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
+    runtime.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
+    runtime.event_loop(listener)
+}
+
+impl Runtime {
+    fn log(&self, level: Level, message: &dyn std::fmt::Display) {
+        if level <= self.log_level {
+            eprintln!("{}", log_line(SystemTime::now(), level, message));
+        }
+    }
+
+    fn event_loop(&mut self, listener: TcpListener) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.drain_engine();
+            self.flush_dirty();
+            let now = Instant::now();
+            let deadline = self.engine.poll_timeout().map(|(at, _)| at);
+            let timeout = if !self.read_again.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                // Round up: waking a hair early would only spin back into the poller.
+                deadline.map(|at| at.saturating_duration_since(now) + Duration::from_micros(999))
+            };
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(&listener),
+                    Token(index) => {
+                        if event.is_writable() || event.is_error() || event.is_write_closed() {
+                            self.on_writable(index);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_socket(index);
+                        }
+                    }
+                }
+            }
+            for index in std::mem::take(&mut self.read_again) {
+                self.read_socket(index);
+            }
+            let now = Instant::now();
+            if self.engine.poll_timeout().is_some_and(|(at, _)| at <= now) {
+                self.engine.handle_timeout(now);
+            }
+        }
+    }
+
+    fn accept_all(&mut self, listener: &TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let id = self.engine.accept(Instant::now(), peer);
+                    let registered = self.poll.registry().register(
+                        &mut stream,
+                        Token(id.index()),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    if let Err(error) = registered {
+                        self.log(Level::Error, &format!("cannot register client {peer}: {error}"));
+                        self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
+                        continue;
+                    }
+                    self.insert(Socket::new(id, stream, false));
+                    self.drain_engine();
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // EMFILE and friends: log, and let the next readiness event retry.
+                    self.log(Level::Error, &format!("accept failed: {error}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, socket: Socket) {
+        let index = socket.id.index();
+        if self.sockets.len() <= index {
+            self.sockets.resize_with(index + 1, || None);
+        }
+        self.sockets[index] = Some(socket);
+    }
+
+    fn socket(&mut self, index: usize) -> Option<&mut Socket> {
+        self.sockets.get_mut(index).and_then(Option::as_mut)
+    }
+
+    fn on_writable(&mut self, index: usize) {
+        let Some(socket) = self.socket(index) else { return };
+        let id = socket.id;
+        if socket.connecting {
+            match connect_result(&socket.stream) {
+                None => return,
+                Some(Ok(())) => {
+                    socket.connecting = false;
+                    let _ = socket.stream.set_nodelay(true);
+                    self.engine.handle_input(Instant::now(), Input::Connected { conn: id });
+                    self.drain_engine();
+                }
+                Some(Err(error)) => {
+                    self.forget(index);
+                    let reason = error.to_string();
+                    self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn: id, reason: &reason });
+                    self.drain_engine();
+                    return;
+                }
+            }
+        }
+        self.flush(index);
+    }
+
+    fn read_socket(&mut self, index: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(socket) = self.sockets.get_mut(index).and_then(Option::as_mut) else { return };
+            if !socket.readable || socket.connecting {
+                return;
+            }
+            let id = socket.id;
+            match socket.stream.read(&mut self.scratch) {
+                Ok(0) => return self.closed_by_peer(index),
+                Ok(n) => {
+                    socket.read_buf.extend_from_slice(&self.scratch[..n]);
+                    let mut buf = std::mem::take(&mut socket.read_buf);
+                    self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
+                    if let Some(socket) = self.socket(index).filter(|s| s.id == id) {
+                        socket.read_buf = buf;
+                    }
+                    self.drain_engine();
+                    if n < READ_CHUNK {
+                        return;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.closed_by_peer(index),
+            }
+        }
+        self.read_again.push(index);
+    }
+
+    fn closed_by_peer(&mut self, index: usize) {
+        if let Some(socket) = self.forget(index) {
+            self.engine.handle_input(Instant::now(), Input::Closed { conn: socket.id });
+            self.drain_engine();
+        }
+    }
+
+    fn forget(&mut self, index: usize) -> Option<Socket> {
+        let mut socket = self.sockets.get_mut(index)?.take()?;
+        let _ = self.poll.registry().deregister(&mut socket.stream);
+        Some(socket)
+    }
+
+    /// Performs every pending action and logs every pending event.
+    fn drain_engine(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Send { conn, data } => {
+                    if let Some(socket) = self.socket(conn.index()).filter(|s| s.id == conn) {
+                        socket.out.push_back(data);
+                        if !socket.dirty {
+                            socket.dirty = true;
+                            self.dirty.push(conn.index());
+                        }
+                    }
+                }
+                Action::Connect { conn, address } => self.connect(conn, &address.host, address.port),
+                Action::Close { conn } => {
+                    if self.socket(conn.index()).is_some_and(|s| s.id == conn) {
+                        self.flush(conn.index());
+                        if let Some(socket) = self.forget(conn.index()) {
+                            let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                }
+                Action::SetReadable { conn, readable } => {
+                    if let Some(socket) = self.socket(conn.index()).filter(|s| s.id == conn) {
+                        socket.readable = readable;
+                        if readable {
+                            self.read_again.push(conn.index());
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.log(event.level(), &event);
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, host: &str, port: u16) {
+        let result = resolve(host, port).and_then(|address| {
+            let mut stream = TcpStream::connect(address)?;
+            self.poll.registry().register(&mut stream, Token(conn.index()), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match result {
+            Ok(stream) => self.insert(Socket::new(conn, stream, true)),
+            Err(error) => {
+                let reason = error.to_string();
+                self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn, reason: &reason });
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for index in std::mem::take(&mut self.dirty) {
+            if let Some(socket) = self.socket(index) {
+                socket.dirty = false;
+                self.flush(index);
+            }
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes, in vectored writes.
+    fn flush(&mut self, index: usize) {
+        let Some(socket) = self.socket(index) else { return };
+        if socket.connecting {
+            return;
+        }
+        let id = socket.id;
+        let mut failed = false;
+        while !socket.out.is_empty() {
+            let slices: Vec<IoSlice<'_>> = socket.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+            match socket.stream.write_vectored(&slices) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(mut written) => {
+                    while written > 0 {
+                        let front = socket.out.front_mut().expect("written bytes came from the queue");
+                        if written >= front.len() {
+                            written -= front.len();
+                            socket.out.pop_front();
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            return self.closed_by_peer(index);
+        }
+        let now_blocked = !socket.out.is_empty();
+        if now_blocked != socket.blocked {
+            socket.blocked = now_blocked;
+            let input = if now_blocked { Input::WriteBlocked { conn: id } } else { Input::Drained { conn: id } };
+            self.engine.handle_input(Instant::now(), input);
+            self.drain_engine();
+        }
+    }
+}
+
+impl Socket {
+    fn new(id: ConnId, stream: TcpStream, connecting: bool) -> Socket {
+        Socket {
+            id,
+            stream,
+            read_buf: BytesMut::new(),
+            out: VecDeque::new(),
+            connecting,
+            readable: true,
+            blocked: false,
+            dirty: false,
+        }
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{host} resolves to no address")))
+}
+
+/// Whether a non-blocking connect finished: None while in progress.
+fn connect_result(stream: &TcpStream) -> Option<io::Result<()>> {
+    match stream.take_error() {
+        Ok(Some(error)) | Err(error) => return Some(Err(error)),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => Some(Ok(())),
+        Err(error) if error.kind() == io::ErrorKind::NotConnected => None,
+        Err(error) => Some(Err(error)),
+    }
+}
