@@ -105,8 +105,6 @@ const MAX_IDLE_PRIVATE: usize = 16;
 /// The connections the engine keeps to one configured server.
 struct Server {
     probe: Option<ConnId>,
-    /// When the outstanding probe was sent (None: no probe outstanding).
-    probe_sent_at: Option<Instant>,
     shared: Vec<Option<ConnId>>,
     idle_private: Vec<ConnId>,
 }
@@ -181,7 +179,6 @@ impl Engine {
             .iter()
             .map(|_| Server {
                 probe: None,
-                probe_sent_at: None,
                 shared: vec![None; config.pool_size],
                 idle_private: Vec::new(),
             })
@@ -435,7 +432,7 @@ impl Engine {
         // A client that is gone needs nothing more.
         let private = self.client(conn)?.private;
         let wants_private = pin > Pin::Shared || private.is_some();
-        let Some(target_server) = self.route(&held.request, wants_private) else {
+        let Some(target_server) = self.route(now, &held.request, wants_private) else {
             return Some(held);
         };
         let backend = if wants_private {
@@ -482,7 +479,7 @@ impl Engine {
     }
 
     /// The server a forwarded request goes to, or None when it must wait for a master.
-    fn route(&mut self, request: &Request, private: bool) -> Option<ServerId> {
+    fn route(&mut self, now: Instant, request: &Request, private: bool) -> Option<ServerId> {
         let master = self.failover.master().filter(|m| !self.views[m.0].suspect);
         if !private && self.config.mode == Mode::ReadsToSlaves {
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
@@ -491,9 +488,12 @@ impl Engine {
             });
             if read_only {
                 if let Some(routed) = self.failover.master() {
-                    if let Some(replica) =
-                        route::read_replica(&self.views, routed, &mut self.replica_cursor, self.config.replica_max_lag)
-                    {
+                    let policy = route::ReadPolicy {
+                        now,
+                        max_lag: self.config.replica_max_lag,
+                        probe_late_after: self.config.check_period / 2,
+                    };
+                    if let Some(replica) = route::read_replica(&self.views, routed, &mut self.replica_cursor, &policy) {
                         return Some(replica);
                     }
                 }
@@ -677,7 +677,7 @@ impl Engine {
             Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
             Purpose::Probe if server.probe == Some(conn) => {
                 server.probe = None;
-                server.probe_sent_at = None;
+                self.views[backend.server.0].probe_pending_since = None;
             }
             _ => server.idle_private.retain(|c| *c != conn),
         }
@@ -782,7 +782,7 @@ impl Engine {
                     self.servers[index].probe = Some(conn);
                     self.send_probe(now, server);
                 }
-                Some(conn) => match self.servers[index].probe_sent_at {
+                Some(conn) => match self.views[index].probe_pending_since {
                     None => self.send_probe(now, server),
                     Some(sent) if now.saturating_duration_since(sent) >= self.config.down_after => {
                         // A hung server: drop the connection and try a fresh one next round.
@@ -799,7 +799,7 @@ impl Engine {
         let Some(Conn::Backend(backend)) = self.conns.get_mut(conn) else { return };
         backend.waiters.push_back(Waiter::Probe(crate::backend::Probe::Ping));
         backend.waiters.push_back(Waiter::Probe(crate::backend::Probe::Info));
-        self.servers[server.0].probe_sent_at = Some(now);
+        self.views[server.0].probe_pending_since = Some(now);
         self.actions
             .push_back(Action::Send { conn, data: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nINFO\r\n") });
     }
@@ -828,7 +828,7 @@ impl Engine {
                 }
             }
             Probe::Info => {
-                self.servers[server.0].probe_sent_at = None;
+                self.views[server.0].probe_pending_since = None;
                 if let Some(text) = bulk_payload(frame) {
                     let info = ReplicationInfo::parse(text);
                     self.record_info(now, server, info);
@@ -938,7 +938,7 @@ impl Engine {
         let Some(Conn::Backend(backend)) = self.conns.get_mut(conn) else { return };
         backend.waiters.push_back(Waiter::Probe(Probe::ReplicaOf));
         backend.waiters.push_back(Waiter::Probe(Probe::Info));
-        self.servers[server.0].probe_sent_at.get_or_insert(now);
+        self.views[server.0].probe_pending_since.get_or_insert(now);
         self.actions.push_back(Action::Send { conn, data: request.frame().clone() });
         self.actions.push_back(Action::Send { conn, data: Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n") });
         let address = self.views[server.0].address.clone();

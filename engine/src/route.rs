@@ -1,12 +1,28 @@
 //! Where a request goes: the master, or (in `readsToSlaves`) a healthy replica chosen round robin.
 
 use crate::topology::{ServerId, ServerView};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Whether `view` may serve reads for `master`: up, linked to it, not loading or syncing, not lagging.
-pub fn is_readable_replica(view: &ServerView, master: &ServerView, max_lag: Duration) -> bool {
+/// What makes a replica fit to serve reads.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPolicy {
+    /// The time now.
+    pub now: Instant,
+    /// A replica whose `master_last_io_seconds_ago` exceeds this gets no reads.
+    pub max_lag: Duration,
+    /// A replica whose probe has gone unanswered this long gets no reads (it may be hung).
+    pub probe_late_after: Duration,
+}
+
+/// Whether `view` may serve reads for `master`: up, answering probes, linked to it, not syncing, not lagging.
+pub fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPolicy) -> bool {
     let Some(info) = view.info.as_ref() else { return false };
+    let max_lag = policy.max_lag;
+    let probe_late = view
+        .probe_pending_since
+        .is_some_and(|since| policy.now.saturating_duration_since(since) > policy.probe_late_after);
     !view.suspect
+        && !probe_late
         && view.replicates(&master.address)
         && info.link_up
         && !info.sync_in_progress
@@ -14,11 +30,11 @@ pub fn is_readable_replica(view: &ServerView, master: &ServerView, max_lag: Dura
 }
 
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
-pub fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, max_lag: Duration) -> Option<ServerId> {
+pub fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, policy: &ReadPolicy) -> Option<ServerId> {
     let count = views.len();
     for step in 0..count {
         let index = (*cursor + step) % count;
-        if index != master.0 && is_readable_replica(&views[index], &views[master.0], max_lag) {
+        if index != master.0 && is_readable_replica(&views[index], &views[master.0], policy) {
             *cursor = index + 1;
             return Some(ServerId(index));
         }

@@ -123,6 +123,8 @@ pub struct ServerView {
     pub info_at: Option<Instant>,
     /// A data connection to it was refused or lost since its last valid probe reply: route nothing to it for now.
     pub suspect: bool,
+    /// Since when a probe has been waiting for its answer (None: none outstanding).
+    pub probe_pending_since: Option<Instant>,
 }
 
 impl ServerView {
@@ -136,6 +138,7 @@ impl ServerView {
             info: None,
             info_at: None,
             suspect: false,
+            probe_pending_since: None,
         }
     }
 
