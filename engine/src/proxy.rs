@@ -177,11 +177,7 @@ impl Engine {
         let servers = config
             .servers
             .iter()
-            .map(|_| Server {
-                probe: None,
-                shared: vec![None; config.pool_size],
-                idle_private: Vec::new(),
-            })
+            .map(|_| Server { probe: None, shared: vec![None; config.pool_size], idle_private: Vec::new() })
             .collect::<Vec<_>>();
         let failover = Failover::new(servers.len(), now, config.down_after, config.check_period);
         Engine {

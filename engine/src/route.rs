@@ -30,7 +30,12 @@ pub fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &Read
 }
 
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
-pub fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, policy: &ReadPolicy) -> Option<ServerId> {
+pub fn read_replica(
+    views: &[ServerView],
+    master: ServerId,
+    cursor: &mut usize,
+    policy: &ReadPolicy,
+) -> Option<ServerId> {
     let count = views.len();
     for step in 0..count {
         let index = (*cursor + step) % count;
@@ -73,9 +78,13 @@ mod tests {
             view(5, replica(true, 1)),
         ];
         let mut cursor = 0;
-        let lag = Duration::from_secs(10);
+        let policy = ReadPolicy {
+            now: Instant::now(),
+            max_lag: Duration::from_secs(10),
+            probe_late_after: Duration::from_secs(1),
+        };
         let picks: Vec<usize> =
-            (0..4).map(|_| read_replica(&views, ServerId(0), &mut cursor, lag).unwrap().0).collect();
+            (0..4).map(|_| read_replica(&views, ServerId(0), &mut cursor, &policy).unwrap().0).collect();
         assert_eq!(picks, vec![1, 4, 1, 4]);
     }
 }
