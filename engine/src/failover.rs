@@ -139,7 +139,8 @@ impl Failover {
             }
         }
         if let Phase::NoMaster { since } = self.phase {
-            if let Some(master) = existing_master(views) {
+            let master = if facts_known_or_unreachable(views) { existing_master(views) } else { None };
+            if let Some(master) = master {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master };
                 decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
@@ -201,6 +202,13 @@ impl Failover {
 /// master that merely has not answered yet is never replaced.
 fn facts_complete(views: &[ServerView]) -> bool {
     views.iter().all(|v| v.down || v.info.is_some())
+}
+
+/// Whether every server has reported INFO, is down, or refused the probe's connection: enough to choose among
+/// the masters that exist (a server that cannot be reached now cannot be a better master), without waiting
+/// `down_after` for a server that is plainly not there.
+fn facts_known_or_unreachable(views: &[ServerView]) -> bool {
+    views.iter().all(|v| v.down || v.info.is_some() || v.unreachable)
 }
 
 /// The master to adopt among servers that already report `role:master`: most attached replicas, then highest
@@ -308,6 +316,19 @@ mod tests {
             })
             .collect();
         assert_eq!(repointed, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn several_masters_wait_for_every_server_then_the_one_with_replicas_wins() {
+        let now = Instant::now();
+        let mut views = vec![view(1, now, Some(master_info("a"))), view(2, now, None), view(3, now, None)];
+        let mut failover = Failover::new(3, now, Duration::from_secs(3), Duration::from_secs(1));
+        assert!(failover.evaluate(&views, now).is_empty(), "server 2 and 3 have not answered yet");
+        views[1].info = Some(master_info("b"));
+        views[2].info = Some(replica_info(2, 0, 100, "c"));
+        let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
+        assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
     }
 
     #[test]

@@ -476,7 +476,9 @@ impl Engine {
 
     /// The server a forwarded request goes to, or None when it must wait for a master.
     fn route(&mut self, now: Instant, request: &Request, private: bool) -> Option<ServerId> {
-        let master = self.failover.master().filter(|m| !self.views[m.0].suspect);
+        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
+        // (for it, or for a failover) instead of failing one by one.
+        let master = self.failover.master().filter(|m| !self.views[m.0].suspect && !self.views[m.0].unreachable);
         if !private && self.config.mode == Mode::ReadsToSlaves {
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let read_only = spec.is_some_and(|s| {
@@ -687,8 +689,11 @@ impl Engine {
         self.detach_backend(conn, &backend);
         let address = self.views[backend.server.0].address.clone();
         let mut failed = 0;
-        let message =
-            format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run");
+        let message = if backend.connected {
+            format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run")
+        } else {
+            format!("ERR redis-proxy could not reach {address} ({reason}); the command was not sent")
+        };
         let error = resp::error_reply(&message);
         for waiter in &backend.waiters {
             if let Waiter::Client { conn: client, seq } = *waiter {
@@ -696,7 +701,11 @@ impl Engine {
                 self.deliver(now, client, seq, error.clone());
             }
         }
-        if backend.purpose != Purpose::Probe {
+        if backend.purpose == Purpose::Probe {
+            self.views[backend.server.0].unreachable = true;
+            // An unreachable server may be what a choice among several masters was waiting for.
+            self.evaluate_failover(now);
+        } else {
             self.views[backend.server.0].suspect = true;
         }
         if let Purpose::Private { owner: Some(owner) } = backend.purpose {
@@ -813,6 +822,7 @@ impl Engine {
                     view.last_ok = Some(now);
                     let was_unavailable = view.down || view.suspect;
                     view.suspect = false;
+                    view.unreachable = false;
                     if view.down {
                         view.down = false;
                         self.events.push_back(Event::ServerUp { address: view.address.clone() });

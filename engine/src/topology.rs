@@ -125,6 +125,8 @@ pub struct ServerView {
     pub suspect: bool,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub probe_pending_since: Option<Instant>,
+    /// The probe connection failed or broke since the last valid reply.
+    pub unreachable: bool,
 }
 
 impl ServerView {
@@ -139,6 +141,7 @@ impl ServerView {
             info_at: None,
             suspect: false,
             probe_pending_since: None,
+            unreachable: false,
         }
     }
 

@@ -278,10 +278,21 @@ pub enum Reply {
 impl RespConn {
     /// Connects to 127.0.0.1:`port`.
     pub fn connect(port: u16) -> RespConn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        RespConn { reader: BufReader::with_capacity(64 * 1024, stream) }
+        Self::try_connect(port, Duration::from_secs(10)).expect("connect")
+    }
+
+    /// Connects to 127.0.0.1:`port` with a read timeout, or says why it could not.
+    pub fn try_connect(port: u16, read_timeout: Duration) -> std::io::Result<RespConn> {
+        let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(read_timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(RespConn { reader: BufReader::with_capacity(64 * 1024, stream) })
+    }
+
+    /// Sends a command and reads its reply, or returns the I/O error.
+    pub fn try_call(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        self.reader.get_mut().write_all(&encode_command(args))?;
+        self.try_read_reply()
     }
 
     /// Writes raw bytes.
@@ -358,6 +369,28 @@ impl RespConn {
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
     }
+}
+
+/// What a server says of its replication role: `("master", None)` or `("slave", Some(master_port))`;
+/// None when it does not answer within a second.
+pub fn replication_role(port: u16) -> Option<(String, Option<u16>)> {
+    let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
+    let Reply::Bulk(Some(text)) = conn.try_call(&[b"INFO", b"replication"]).ok()? else { return None };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(str::to_string)
+    };
+    let role = field("role")?;
+    let master_port = field("master_port").and_then(|p| p.trim().parse().ok());
+    Some((role, master_port))
+}
+
+/// An `INFO` field of a server, if it answers.
+pub fn info_field(port: u16, section: &str, name: &str) -> Option<String> {
+    let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
+    let Reply::Bulk(Some(text)) = conn.try_call(&[b"INFO", section.as_bytes()]).ok()? else { return None };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string())
 }
 
 /// Encodes a command as a RESP multibulk.

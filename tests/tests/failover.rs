@@ -1,0 +1,295 @@
+//! Issue 3 end to end: a master with two replicas behind the proxy; the master is killed, hung, restarted;
+//! writes must resume on a promoted replica, and every server must end up replicating the new master.
+
+use redis_proxy_tests::{bulk, replication_role, status, wait_until, Proxy, RedisServer, Reply, RespConn, Runtime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const FAST: &str = r#""check_period": 100"#;
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// A master on the first server and replicas of it on the others.
+fn cluster(replicas: usize) -> Vec<RedisServer> {
+    let master = RedisServer::start();
+    let mut servers = vec![];
+    for _ in 0..replicas {
+        servers.push(RedisServer::start_replica_of(&master));
+    }
+    servers.insert(0, master);
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    assert!(
+        wait_until(CONVERGE, || ports[1..]
+            .iter()
+            .all(|p| replication_role(*p) == Some(("slave".into(), Some(ports[0]))))),
+        "replicas did not attach"
+    );
+    servers
+}
+
+fn ports(servers: &[RedisServer]) -> Vec<u16> {
+    servers.iter().map(|s| s.port).collect()
+}
+
+/// Waits until the replicas' offsets equal the master's (all acknowledged writes replicated).
+fn wait_caught_up(master: &RedisServer) {
+    let mut conn = master.connect();
+    let Reply::Int(acked) = conn.call(&[b"WAIT", b"2", b"5000"]) else { panic!("WAIT failed") };
+    assert_eq!(acked, 2, "replicas did not acknowledge the writes");
+}
+
+/// The port of the one server that reports role:master among `candidates`, once exactly one does and every
+/// other reachable candidate replicates it.
+fn converged_master(candidates: &[u16]) -> Option<u16> {
+    let roles: Vec<_> = candidates.iter().map(|p| (*p, replication_role(*p))).collect();
+    let masters: Vec<u16> =
+        roles.iter().filter(|(_, r)| r.as_ref().is_some_and(|(role, _)| role == "master")).map(|(p, _)| *p).collect();
+    let [master] = masters[..] else { return None };
+    let all_follow = roles.iter().all(|(port, role)| match role {
+        None => true,
+        Some((r, _)) if r == "master" => *port == master,
+        Some((_, of)) => *of == Some(master),
+    });
+    all_follow.then_some(master)
+}
+
+struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<WriteStats>,
+}
+
+#[derive(Debug)]
+struct WriteStats {
+    acked: usize,
+    errors: usize,
+    longest_gap: Duration,
+}
+
+/// Writes sequenced keys through the proxy every few ms until stopped (or 60 s), recording the longest gap
+/// between two acknowledged writes: the outage a client sees.
+fn start_write_load(port: u16) -> WriteLoad {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut stats = WriteStats { acked: 0, errors: 0, longest_gap: Duration::ZERO };
+        let mut last_ack = Instant::now();
+        let mut conn: Option<RespConn> = None;
+        let mut seq = 0u64;
+        while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+            if conn.is_none() {
+                conn = RespConn::try_connect(port, Duration::from_secs(5)).ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                let key = format!("load:{seq}");
+                match c.try_call(&[b"SET", key.as_bytes(), b"x"]) {
+                    Ok(Reply::Status(ok)) if ok == "OK" => {
+                        stats.acked += 1;
+                        stats.longest_gap = stats.longest_gap.max(last_ack.elapsed());
+                        last_ack = Instant::now();
+                    }
+                    Ok(_) => stats.errors += 1,
+                    Err(_) => {
+                        stats.errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            seq += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stats
+    });
+    WriteLoad { stop, handle }
+}
+
+impl WriteLoad {
+    fn finish(self) -> WriteStats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("write load thread")
+    }
+}
+
+/// Waits until a write through the proxy succeeds; returns how long it took.
+fn wait_for_write(proxy: &Proxy) -> Duration {
+    let started = Instant::now();
+    let ok = wait_until(CONVERGE, || {
+        RespConn::try_connect(proxy.port, Duration::from_secs(5))
+            .and_then(|mut c| c.try_call(&[b"SET", b"probe-write", b"1"]))
+            .is_ok_and(|r| r == status("OK"))
+    });
+    assert!(ok, "writes did not resume through the proxy; its log:\n{}", proxy.log());
+    started.elapsed()
+}
+
+fn write_sequenced_keys(proxy: &Proxy, prefix: &str, count: usize) {
+    let mut conn = proxy.connect();
+    for i in 0..count {
+        let key = format!("{prefix}:{i}");
+        assert_eq!(conn.call(&[b"SET", key.as_bytes(), i.to_string().as_bytes()]), status("OK"));
+    }
+}
+
+fn assert_keys_present(port: u16, prefix: &str, count: usize) {
+    let mut conn = RespConn::connect(port);
+    for i in 0..count {
+        let key = format!("{prefix}:{i}");
+        assert_eq!(conn.call(&[b"GET", key.as_bytes()]), bulk(i.to_string().as_bytes()), "acknowledged {key} lost");
+    }
+}
+
+#[test]
+fn sigkill_of_the_master_promotes_a_replica_and_the_old_master_rejoins_as_its_replica() {
+    for &runtime in Runtime::ALL {
+        let mut servers = cluster(2);
+        let all = ports(&servers);
+        let proxy = Proxy::start(runtime, &all, FAST);
+        write_sequenced_keys(&proxy, "before", 500);
+        wait_caught_up(&servers[0]);
+
+        let load = start_write_load(proxy.port);
+        std::thread::sleep(Duration::from_millis(300));
+        servers[0].kill();
+        wait_for_write(&proxy);
+        std::thread::sleep(Duration::from_millis(300));
+        let stats = load.finish();
+        eprintln!("{runtime:?}: SIGKILL failover, check_period 100: {stats:?}");
+
+        assert!(wait_until(CONVERGE, || converged_master(&all[1..]).is_some()), "replicas did not converge");
+        let new_master = converged_master(&all[1..]).unwrap();
+        assert_keys_present(new_master, "before", 500);
+        // The proxy routes writes to the new master.
+        let mut conn = proxy.connect();
+        assert_eq!(conn.call(&[b"SET", b"after", b"1"]), status("OK"));
+        assert_eq!(RespConn::connect(new_master).call(&[b"GET", b"after"]), bulk(b"1"));
+
+        // The old master comes back as a standalone master and must be re-pointed before it gets any request.
+        servers[0].restart();
+        let rejoined = wait_until(CONVERGE, || replication_role(all[0]) == Some(("slave".into(), Some(new_master))));
+        assert!(rejoined, "old master was not re-attached; proxy log:\n{}", proxy.log());
+        assert_eq!(converged_master(&all), Some(new_master));
+    }
+}
+
+#[test]
+fn a_hung_master_is_failed_over_and_re_attached_when_it_wakes() {
+    for &runtime in Runtime::ALL {
+        let servers = cluster(2);
+        let all = ports(&servers);
+        let proxy = Proxy::start(runtime, &all, FAST);
+        write_sequenced_keys(&proxy, "before", 200);
+        wait_caught_up(&servers[0]);
+        let load = start_write_load(proxy.port);
+        std::thread::sleep(Duration::from_millis(300));
+        servers[0].signal("STOP");
+        wait_for_write(&proxy);
+        let stats = load.finish();
+        eprintln!("{runtime:?}: SIGSTOP failover, check_period 100: {stats:?}");
+        assert!(wait_until(CONVERGE, || converged_master(&all[1..]).is_some()));
+        let new_master = converged_master(&all[1..]).unwrap();
+        assert_keys_present(new_master, "before", 200);
+        servers[0].signal("CONT");
+        let rejoined = wait_until(CONVERGE, || replication_role(all[0]) == Some(("slave".into(), Some(new_master))));
+        assert!(rejoined, "woken master was not re-attached; proxy log:\n{}", proxy.log());
+    }
+}
+
+#[test]
+fn two_masters_killed_in_a_row() {
+    for &runtime in Runtime::ALL {
+        let mut servers = cluster(2);
+        let all = ports(&servers);
+        let proxy = Proxy::start(runtime, &all, FAST);
+        servers[0].kill();
+        wait_for_write(&proxy);
+        assert!(wait_until(CONVERGE, || converged_master(&all[1..]).is_some()));
+        let second = converged_master(&all[1..]).unwrap();
+        write_sequenced_keys(&proxy, "mid", 100);
+        let index = all.iter().position(|p| *p == second).unwrap();
+        let mut conn = RespConn::connect(second);
+        let acked = conn.call(&[b"WAIT", b"1", b"5000"]);
+        let roles: Vec<_> = all.iter().map(|p| (p, replication_role(*p))).collect();
+        assert_eq!(acked, Reply::Int(1), "roles {roles:?}; proxy log:\n{}", proxy.log());
+        servers[index].kill();
+        wait_for_write(&proxy);
+        let last = all.iter().copied().find(|p| *p != all[0] && *p != second).unwrap();
+        assert!(wait_until(CONVERGE, || replication_role(last) == Some(("master".into(), None))));
+        assert_keys_present(last, "mid", 100);
+    }
+}
+
+#[test]
+fn all_servers_down_then_one_returns() {
+    for &runtime in Runtime::ALL {
+        let mut servers = cluster(1);
+        let all = ports(&servers);
+        let proxy = Proxy::start(runtime, &all, r#""check_period": 100, "hold_ms": 500"#);
+        servers[0].kill();
+        servers[1].kill();
+        let mut conn = proxy.connect();
+        // Held for hold_ms, then a clear error; the client connection stays open.
+        let reply = conn.call(&[b"SET", b"k", b"v"]);
+        assert!(matches!(&reply, Reply::Error(e) if e.starts_with("MASTERDOWN")), "got {reply:?}");
+        assert_eq!(conn.call(&[b"PING"]), status("PONG"));
+        // The replica comes back still configured as a replica of the dead master: the proxy promotes it.
+        servers[1].restart();
+        wait_for_write(&proxy);
+        assert_eq!(replication_role(all[1]), Some(("master".into(), None)));
+        assert_eq!(conn.call(&[b"SET", b"k", b"v"]), status("OK"));
+    }
+}
+
+#[test]
+fn two_proxies_converge_on_one_master() {
+    for &runtime in Runtime::ALL {
+        let mut servers = cluster(2);
+        let all = ports(&servers);
+        let a = Proxy::start(runtime, &all, FAST);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        let b = Proxy::start(runtime, &reversed, FAST);
+        servers[0].kill();
+        wait_for_write(&a);
+        wait_for_write(&b);
+        assert!(wait_until(CONVERGE, || converged_master(&all[1..]).is_some()));
+        let master = converged_master(&all[1..]).unwrap();
+        for (proxy, key) in [(&a, "via-a"), (&b, "via-b")] {
+            let mut conn = proxy.connect();
+            assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"1"]), status("OK"));
+        }
+        let mut direct = RespConn::connect(master);
+        assert_eq!(direct.call(&[b"GET", b"via-a"]), bulk(b"1"));
+        assert_eq!(direct.call(&[b"GET", b"via-b"]), bulk(b"1"));
+    }
+}
+
+#[test]
+fn an_existing_setup_is_adopted_without_replicaof() {
+    for &runtime in Runtime::ALL {
+        let servers = cluster(2);
+        let all = ports(&servers);
+        let mut order = all.clone();
+        order.rotate_left(1);
+        let proxy = Proxy::start(runtime, &order, FAST);
+        let mut conn = proxy.connect();
+        assert_eq!(conn.call(&[b"SET", b"adopted", b"1"]), status("OK"));
+        assert_eq!(RespConn::connect(all[0]).call(&[b"GET", b"adopted"]), bulk(b"1"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!proxy.log().contains("REPLICAOF"), "no REPLICAOF may be sent; log:\n{}", proxy.log());
+        assert_eq!(converged_master(&all), Some(all[0]));
+    }
+}
+
+#[test]
+fn a_stray_replica_is_re_pointed_at_the_master() {
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let other = RedisServer::start();
+        let stray = RedisServer::start_replica_of(&other);
+        // `other` is a master with a replica, `master` one without: the rule picks `other` (most replicas).
+        let all = vec![master.port, other.port, stray.port];
+        let proxy = Proxy::start(runtime, &all, FAST);
+        assert!(wait_until(CONVERGE, || converged_master(&all) == Some(other.port)), "log:\n{}", proxy.log());
+    }
+}
