@@ -56,8 +56,9 @@ pub struct Config {
     /// How long a request may wait for a master before it gets an error (`hold_ms`, default
     /// `down_after` + 3 x `check_period`, enough for a failover with the same settings).
     pub hold: Duration,
-    /// Most requests held while there is no master, over all clients (`hold_max_requests`, default 100000).
-    pub hold_max_requests: usize,
+    /// Most memory held requests may take, over all clients (`hold_max_bytes`, default 64 MiB); past it a
+    /// request that would wait gets an error at once.
+    pub hold_max_bytes: usize,
     /// Shared pipelined connections per server (`pool_size`, default 2).
     pub pool_size: usize,
     /// Most client connections at once (`max_clients`, default 10000).
@@ -173,7 +174,7 @@ impl Config {
             check_period: Duration::from_millis(check_period),
             down_after: Duration::from_millis(down_after),
             hold: Duration::from_millis(hold),
-            hold_max_requests: get_u64(&map, "hold_max_requests", 100_000, 0)? as usize,
+            hold_max_bytes: get_u64(&map, "hold_max_bytes", 64 * 1024 * 1024, 0)? as usize,
             pool_size: get_u64(&map, "pool_size", 2, 1)? as usize,
             max_clients: get_u64(&map, "max_clients", 10_000, 1)? as usize,
             max_pipeline: get_u64(&map, "max_pipeline", 4096, 1)? as usize,
@@ -204,7 +205,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "check_period",
     "down_after",
     "hold_ms",
-    "hold_max_requests",
+    "hold_max_bytes",
     "pool_size",
     "max_clients",
     "max_pipeline",

@@ -116,6 +116,13 @@ struct HeldRequest {
     since: Instant,
 }
 
+impl HeldRequest {
+    /// The memory it takes while held: its bytes and its bookkeeping.
+    fn cost(&self) -> usize {
+        self.request.frame().len() + std::mem::size_of::<HeldRequest>()
+    }
+}
+
 struct Client {
     scanner: RequestScanner,
     session: Session,
@@ -131,6 +138,9 @@ struct Client {
     paused: bool,
     write_blocked: bool,
     bytes_while_blocked: usize,
+    /// Its private connection passes every frame straight through (set once the first passthrough request
+    /// went out, after all earlier replies came back).
+    passthrough: bool,
     /// Whether `hold_deadlines` has an entry for this client.
     hold_tracked: bool,
     /// QUIT or a protocol error: close once the queued replies are out, read nothing more.
@@ -143,7 +153,7 @@ impl Client {
     }
 
     fn is_passthrough(&self) -> bool {
-        self.private.is_some() && self.session.lasting_pin == Some(Pin::Passthrough)
+        self.passthrough && self.private.is_some()
     }
 }
 
@@ -164,7 +174,8 @@ pub struct Engine {
     events: VecDeque<Event>,
     next_probe: Instant,
     clients: usize,
-    held_total: usize,
+    /// Memory taken by held requests over all clients (see [`HeldRequest::cost`]).
+    held_bytes: usize,
     /// (deadline, client) in deadline order, for expiring held requests; stale entries are skipped.
     hold_deadlines: VecDeque<(Instant, ConnId)>,
     replica_cursor: usize,
@@ -190,7 +201,7 @@ impl Engine {
             events: VecDeque::new(),
             next_probe: now,
             clients: 0,
-            held_total: 0,
+            held_bytes: 0,
             hold_deadlines: VecDeque::new(),
             replica_cursor: 0,
         }
@@ -267,6 +278,7 @@ impl Engine {
             write_blocked: false,
             bytes_while_blocked: 0,
             hold_tracked: false,
+            passthrough: false,
             closing: false,
         }));
         if let Some(Conn::Client(client)) = self.conns.get_mut(conn) {
@@ -377,15 +389,15 @@ impl Engine {
 
     /// Queues a request that cannot go out yet; past the global bound it gets an error instead.
     fn hold(&mut self, conn: ConnId, held: HeldRequest) {
-        if self.held_total >= self.config.hold_max_requests {
+        if self.held_bytes + held.cost() > self.config.hold_max_bytes {
             self.events.push_back(Event::RequestsExpired { count: 1 });
             self.reply_local(conn, resp::error_reply(&self.hold_error()));
             return;
         }
         let deadline = held.since + self.config.hold;
         let Some(client) = client_mut(&mut self.conns, conn) else { return };
+        self.held_bytes += held.cost();
         client.held.push_back(held);
-        self.held_total += 1;
         if !client.hold_tracked {
             client.hold_tracked = true;
             let at = self.hold_deadlines.partition_point(|(d, _)| *d <= deadline);
@@ -451,14 +463,15 @@ impl Engine {
             self.shared_conn(now, target_server, slot)
         };
         let client = self.client(conn).expect("client checked above");
-        let entering_passthrough =
-            pin == Pin::Passthrough && client.last_backend.is_some_and(|b| b == backend) && client.in_flight() > 0;
+        // Order barrier: a switch of connection, or into passthrough (where replies are no longer counted), waits
+        // until every earlier reply is in.
+        let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
             return Some(held);
         }
         client.last_backend = Some(backend);
-        let passthrough = client.session.lasting_pin == Some(Pin::Passthrough);
-        let waiter = if passthrough {
+        client.passthrough |= entering_passthrough;
+        let waiter = if client.passthrough {
             None
         } else {
             let seq = client.first_seq + client.slots.len() as u64;
@@ -560,11 +573,11 @@ impl Engine {
         loop {
             let Some(client) = self.client(conn) else { return };
             let Some(held) = client.held.pop_front() else { return };
-            self.held_total -= 1;
+            self.held_bytes -= held.cost();
             if let Some(held) = self.execute(now, conn, held) {
+                self.held_bytes += held.cost();
                 let Some(client) = self.client(conn) else { return };
                 client.held.push_front(held);
-                self.held_total += 1;
                 return;
             }
         }
@@ -611,7 +624,7 @@ impl Engine {
     fn remove_client(&mut self, conn: ConnId, close: bool) {
         let Some(Conn::Client(client)) = self.conns.remove(conn) else { return };
         self.clients -= 1;
-        self.held_total -= client.held.len();
+        self.held_bytes -= client.held.iter().map(HeldRequest::cost).sum::<usize>();
         if close {
             self.actions.push_back(Action::Close { conn });
         }
@@ -952,7 +965,7 @@ impl Engine {
     }
 
     fn run_all_held(&mut self, now: Instant) {
-        if self.held_total == 0 {
+        if self.held_bytes == 0 {
             return;
         }
         let waiting: Vec<ConnId> = self.hold_deadlines.iter().map(|(_, c)| *c).collect();
@@ -984,8 +997,9 @@ impl Engine {
                     self.hold_deadlines.insert(at, (next, conn));
                     break;
                 }
-                client.held.pop_front();
-                self.held_total -= 1;
+                if let Some(expired_request) = client.held.pop_front() {
+                    self.held_bytes -= expired_request.cost();
+                }
                 expired += 1;
                 self.reply_local(conn, error.clone());
             }

@@ -219,3 +219,40 @@ fn quit_answers_ok_and_closes() {
         assert!(conn.is_closed_by_peer());
     });
 }
+
+#[test]
+fn a_pinned_client_can_pipeline_into_subscribe_mode() {
+    each_runtime(|_, proxy| {
+        let mut conn = proxy.connect();
+        assert_eq!(conn.call(&[b"CLIENT", b"SETNAME", b"pinned"]), status("OK"));
+        assert_eq!(conn.call(&[b"SET", b"a", b"1"]), status("OK"));
+        conn.send_raw(&encode_command(&[b"GET", b"a"]));
+        conn.send_raw(&encode_command(&[b"SUBSCRIBE", b"ch1", b"ch2"]));
+        assert_eq!(conn.read_reply(), bulk(b"1"));
+        assert_eq!(conn.read_reply(), Reply::Array(Some(vec![bulk(b"subscribe"), bulk(b"ch1"), Reply::Int(1)])));
+        assert_eq!(conn.read_reply(), Reply::Array(Some(vec![bulk(b"subscribe"), bulk(b"ch2"), Reply::Int(2)])));
+        assert_eq!(proxy.connect().call(&[b"PUBLISH", b"ch2", b"m"]), Reply::Int(1));
+        assert_eq!(conn.read_reply(), Reply::Array(Some(vec![bulk(b"message"), bulk(b"ch2"), bulk(b"m")])));
+        assert_eq!(conn.call(&[b"CLIENT", b"GETNAME"]).clone(), Reply::Error(
+            "ERR Can't execute 'client|getname': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context".into()
+        ));
+    });
+}
+
+#[test]
+fn hello_and_client_name_stay_with_their_client() {
+    each_runtime(|_, proxy| {
+        let mut conn = proxy.connect();
+        let hello = conn.call(&[b"HELLO", b"2", b"SETNAME", b"mine"]);
+        assert!(matches!(hello, Reply::Array(Some(_))), "HELLO 2 answers with a list: {hello:?}");
+        assert_eq!(conn.call(&[b"CLIENT", b"GETNAME"]), bulk(b"mine"));
+        // Another client (on the shared connections) has no name.
+        let mut other = proxy.connect();
+        assert_eq!(other.call(&[b"CLIENT", b"GETNAME"]), Reply::Bulk(None));
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..3 {
+            assert_eq!(proxy.connect().call(&[b"CLIENT", b"GETNAME"]), Reply::Bulk(None));
+        }
+    });
+}
