@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// The proxy runtimes every end-to-end scenario runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {

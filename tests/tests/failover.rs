@@ -1,115 +1,12 @@
 //! Issue 3 end to end: a master with two replicas behind the proxy; the master is killed, hung, restarted;
 //! writes must resume on a promoted replica, and every server must end up replicating the new master.
 
+use redis_proxy_tests::cluster::{cluster, converged_master, ports, start_write_load, wait_caught_up};
 use redis_proxy_tests::{bulk, replication_role, status, wait_until, Proxy, RedisServer, Reply, RespConn, Runtime};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const FAST: &str = r#""check_period": 100"#;
-const CONVERGE: Duration = Duration::from_secs(15);
-
-/// A master on the first server and replicas of it on the others.
-fn cluster(replicas: usize) -> Vec<RedisServer> {
-    let master = RedisServer::start();
-    let mut servers = vec![];
-    for _ in 0..replicas {
-        servers.push(RedisServer::start_replica_of(&master));
-    }
-    servers.insert(0, master);
-    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
-    assert!(
-        wait_until(CONVERGE, || ports[1..]
-            .iter()
-            .all(|p| replication_role(*p) == Some(("slave".into(), Some(ports[0]))))),
-        "replicas did not attach"
-    );
-    servers
-}
-
-fn ports(servers: &[RedisServer]) -> Vec<u16> {
-    servers.iter().map(|s| s.port).collect()
-}
-
-/// Waits until the replicas' offsets equal the master's (all acknowledged writes replicated).
-fn wait_caught_up(master: &RedisServer) {
-    let mut conn = master.connect();
-    let Reply::Int(acked) = conn.call(&[b"WAIT", b"2", b"5000"]) else { panic!("WAIT failed") };
-    assert_eq!(acked, 2, "replicas did not acknowledge the writes");
-}
-
-/// The port of the one server that reports role:master among `candidates`, once exactly one does and every
-/// other reachable candidate replicates it.
-fn converged_master(candidates: &[u16]) -> Option<u16> {
-    let roles: Vec<_> = candidates.iter().map(|p| (*p, replication_role(*p))).collect();
-    let masters: Vec<u16> =
-        roles.iter().filter(|(_, r)| r.as_ref().is_some_and(|(role, _)| role == "master")).map(|(p, _)| *p).collect();
-    let [master] = masters[..] else { return None };
-    let all_follow = roles.iter().all(|(port, role)| match role {
-        None => true,
-        Some((r, _)) if r == "master" => *port == master,
-        Some((_, of)) => *of == Some(master),
-    });
-    all_follow.then_some(master)
-}
-
-struct WriteLoad {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<WriteStats>,
-}
-
-#[derive(Debug)]
-struct WriteStats {
-    acked: usize,
-    errors: usize,
-    longest_gap: Duration,
-}
-
-/// Writes sequenced keys through the proxy every few ms until stopped (or 60 s), recording the longest gap
-/// between two acknowledged writes: the outage a client sees.
-fn start_write_load(port: u16) -> WriteLoad {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut stats = WriteStats { acked: 0, errors: 0, longest_gap: Duration::ZERO };
-        let mut last_ack = Instant::now();
-        let mut conn: Option<RespConn> = None;
-        let mut seq = 0u64;
-        while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-            if conn.is_none() {
-                conn = RespConn::try_connect(port, Duration::from_secs(5)).ok();
-            }
-            if let Some(c) = conn.as_mut() {
-                let key = format!("load:{seq}");
-                match c.try_call(&[b"SET", key.as_bytes(), b"x"]) {
-                    Ok(Reply::Status(ok)) if ok == "OK" => {
-                        stats.acked += 1;
-                        stats.longest_gap = stats.longest_gap.max(last_ack.elapsed());
-                        last_ack = Instant::now();
-                    }
-                    Ok(_) => stats.errors += 1,
-                    Err(_) => {
-                        stats.errors += 1;
-                        conn = None;
-                    }
-                }
-            }
-            seq += 1;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        stats
-    });
-    WriteLoad { stop, handle }
-}
-
-impl WriteLoad {
-    fn finish(self) -> WriteStats {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("write load thread")
-    }
-}
+const CONVERGE: Duration = redis_proxy_tests::cluster::CONVERGE;
 
 /// Waits until a write through the proxy succeeds; returns how long it took.
 fn wait_for_write(proxy: &Proxy) -> Duration {

@@ -1,0 +1,62 @@
+//! Measures the write outage a client sees when the master is SIGKILLed: a master with two replicas behind the
+//! proxy, a steady write load through it, the master killed, the longest gap between two acknowledged writes
+//! reported per run and as a median.
+//!
+//! `cargo run --release -p redis-proxy-tests --example failover_outage -- [RUNS] [CHECK_PERIOD_MS] [mio|tokio]`
+//! (defaults: 5 runs, the proxy's default settings, mio). Needs `redis-server`; everything runs on 127.0.0.1.
+
+use redis_proxy_tests::cluster::{cluster, ports, start_write_load, CONVERGE};
+use redis_proxy_tests::{status, wait_until, Proxy, RespConn, Runtime};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs: usize = args.first().map_or(5, |a| a.parse().expect("RUNS is a number"));
+    let check_period: Option<u64> = args.get(1).map(|a| a.parse().expect("CHECK_PERIOD_MS is a number"));
+    let runtime = match args.get(2).map(String::as_str) {
+        None | Some("mio") => Runtime::Mio,
+        Some(other) => Runtime::ALL
+            .iter()
+            .copied()
+            .find(|r| r.binary_name().ends_with(other))
+            .unwrap_or_else(|| panic!("unknown runtime {other}")),
+    };
+    let extra = check_period.map(|ms| format!(r#""check_period": {ms}"#)).unwrap_or_default();
+    let setting = check_period.map_or("defaults".to_string(), |ms| format!("check_period {ms} ms"));
+    let mut outages = Vec::new();
+    for run in 1..=runs {
+        let mut servers = cluster(2);
+        let proxy = Proxy::start(runtime, &ports(&servers), &extra);
+        let load = start_write_load(proxy.port);
+        std::thread::sleep(Duration::from_millis(500));
+        let killed_at = Instant::now();
+        servers[0].kill();
+        let resumed = wait_until(CONVERGE, || {
+            RespConn::try_connect(proxy.port, Duration::from_secs(5))
+                .and_then(|mut c| c.try_call(&[b"SET", b"outage-probe", b"1"]))
+                .is_ok_and(|r| r == status("OK"))
+        });
+        assert!(resumed, "writes did not resume; proxy log:\n{}", proxy.log());
+        let first_write = killed_at.elapsed();
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = load.finish();
+        println!(
+            "run {run}: longest gap between acknowledged writes {:.0} ms (first write after the kill at {:.0} ms; \
+             {} acked, {} errors)",
+            stats.longest_gap.as_secs_f64() * 1000.0,
+            first_write.as_secs_f64() * 1000.0,
+            stats.acked,
+            stats.errors
+        );
+        outages.push(stats.longest_gap);
+    }
+    outages.sort();
+    let median = outages[outages.len() / 2];
+    println!(
+        "{} ({setting}): median write outage over {runs} SIGKILL failovers: {:.0} ms (min {:.0}, max {:.0})",
+        runtime.binary_name(),
+        median.as_secs_f64() * 1000.0,
+        outages[0].as_secs_f64() * 1000.0,
+        outages[outages.len() - 1].as_secs_f64() * 1000.0
+    );
+}
