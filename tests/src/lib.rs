@@ -31,6 +31,13 @@ impl Runtime {
     }
 }
 
+/// Serialises the timing-sensitive scenarios (failover, routing) of one test binary: on a 2-core machine, several
+/// at once could starve a proxy's probes long enough to look like a dead server.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
@@ -168,11 +175,13 @@ fn ping(port: u16) -> bool {
 }
 
 /// Builds the proxy binaries once per test process, in release mode, and returns the directory holding them.
+///
+/// Cargo has released its build lock by the time tests run, so this shares the workspace's target directory.
 fn binaries_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-        let target = workspace.join("target").join("e2e");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace)
             .args(["build", "--release", "--bins", "--target-dir"])

@@ -38,6 +38,7 @@ fn assert_keys_present(port: u16, prefix: &str, count: usize) {
 
 #[test]
 fn sigkill_of_the_master_promotes_a_replica_and_the_old_master_rejoins_as_its_replica() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let mut servers = cluster(2);
         let all = ports(&servers);
@@ -71,6 +72,7 @@ fn sigkill_of_the_master_promotes_a_replica_and_the_old_master_rejoins_as_its_re
 
 #[test]
 fn a_hung_master_is_failed_over_and_re_attached_when_it_wakes() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster(2);
         let all = ports(&servers);
@@ -94,6 +96,7 @@ fn a_hung_master_is_failed_over_and_re_attached_when_it_wakes() {
 
 #[test]
 fn two_masters_killed_in_a_row() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let mut servers = cluster(2);
         let all = ports(&servers);
@@ -118,6 +121,7 @@ fn two_masters_killed_in_a_row() {
 
 #[test]
 fn all_servers_down_then_one_returns() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let mut servers = cluster(1);
         let all = ports(&servers);
@@ -139,6 +143,7 @@ fn all_servers_down_then_one_returns() {
 
 #[test]
 fn two_proxies_converge_on_one_master() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let mut servers = cluster(2);
         let all = ports(&servers);
@@ -163,6 +168,7 @@ fn two_proxies_converge_on_one_master() {
 
 #[test]
 fn an_existing_setup_is_adopted_without_replicaof() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster(2);
         let all = ports(&servers);
@@ -180,6 +186,7 @@ fn an_existing_setup_is_adopted_without_replicaof() {
 
 #[test]
 fn a_stray_replica_is_re_pointed_at_the_master() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let master = RedisServer::start();
         let other = RedisServer::start();

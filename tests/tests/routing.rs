@@ -39,6 +39,7 @@ fn proxy_for(runtime: Runtime, servers: &[RedisServer], mode: &str) -> Proxy {
 
 #[test]
 fn reads_go_to_replicas_round_robin_and_writes_to_the_master() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
@@ -65,6 +66,7 @@ fn reads_go_to_replicas_round_robin_and_writes_to_the_master() {
 
 #[test]
 fn a_pipeline_of_reads_and_writes_keeps_its_order() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
@@ -87,6 +89,7 @@ fn a_pipeline_of_reads_and_writes_keeps_its_order() {
 
 #[test]
 fn a_stopped_replica_stops_getting_reads() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
@@ -108,6 +111,7 @@ fn a_stopped_replica_stops_getting_reads() {
 
 #[test]
 fn all_to_master_sends_nothing_to_replicas() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "allToMaster");
@@ -123,6 +127,7 @@ fn all_to_master_sends_nothing_to_replicas() {
 
 #[test]
 fn topology_commands_are_refused_unless_allowed() {
+    let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "allToMaster");
