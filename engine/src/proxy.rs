@@ -1,7 +1,7 @@
 //! The [`Engine`]: clients, backend connections, probes and failover tied together behind the sans-IO contract.
 
 use crate::backend::{Backend, Purpose, Waiter};
-use crate::command;
+use crate::command::{self, CommandFlags, CommandSpec};
 use crate::config::{Config, Mode, ServerAddress};
 use crate::conn::{ConnId, ConnTable};
 use crate::event::Event;
@@ -112,6 +112,8 @@ struct Server {
 /// A request waiting in a client's queue, already classified.
 struct HeldRequest {
     request: Request,
+    /// The command, if Redis knows it.
+    spec: Option<&'static CommandSpec>,
     handling: Handling,
     since: Instant,
 }
@@ -375,7 +377,7 @@ impl Engine {
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            let held = HeldRequest { request, handling, since: now };
+            let held = HeldRequest { request, spec, handling, since: now };
             if client.held.is_empty() {
                 if let Some(held) = self.execute(now, conn, held) {
                     self.hold(conn, held);
@@ -440,7 +442,7 @@ impl Engine {
         // A client that is gone needs nothing more.
         let private = self.client(conn)?.private;
         let wants_private = pin > Pin::Shared || private.is_some();
-        let Some(target_server) = self.route(now, &held.request, wants_private) else {
+        let Some(target_server) = self.route(now, held.spec, wants_private) else {
             return Some(held);
         };
         let backend = if wants_private {
@@ -488,15 +490,13 @@ impl Engine {
     }
 
     /// The server a forwarded request goes to, or None when it must wait for a master.
-    fn route(&mut self, now: Instant, request: &Request, private: bool) -> Option<ServerId> {
+    fn route(&mut self, now: Instant, spec: Option<&'static CommandSpec>, private: bool) -> Option<ServerId> {
         // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
         // (for it, or for a failover) instead of failing one by one.
         let master = self.failover.master().filter(|m| !self.views[m.0].suspect && !self.views[m.0].unreachable);
         if !private && self.config.mode == Mode::ReadsToSlaves {
-            let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
-            let read_only = spec.is_some_and(|s| {
-                s.flags.contains(command::CommandFlags::READONLY) && !s.flags.contains(command::CommandFlags::WRITE)
-            });
+            let read_only = spec
+                .is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE));
             if read_only {
                 if let Some(routed) = self.failover.master() {
                     let policy = route::ReadPolicy {
@@ -718,8 +718,14 @@ impl Engine {
             self.views[backend.server.0].unreachable = true;
             // An unreachable server may be what a choice among several masters was waiting for.
             self.evaluate_failover(now);
-        } else {
+        } else if !backend.connected || failed > 0 {
+            // A refused connection, or one lost with requests on it, may mean a dead server: route nothing more to
+            // it until a probe hears from it (at once, if its probe connection still works). An idle connection
+            // closed by the server (its `timeout` setting) is just reopened when needed.
             self.views[backend.server.0].suspect = true;
+            if self.views[backend.server.0].probe_pending_since.is_none() {
+                self.send_probe(now, backend.server);
+            }
         }
         if let Purpose::Private { owner: Some(owner) } = backend.purpose {
             if let Some(client) = self.client(owner) {
