@@ -411,12 +411,19 @@ impl ReplyScanner {
                 continue;
             }
             let Some(&kind) = buf.get(self.pos) else { return Ok(None) };
+            // A line (type byte and body, without CRLF) may be at most `max_inline_len` long. The bound is the
+            // same whether the line is complete or not, so a reply is accepted or refused the same way however
+            // its bytes are split into reads. An unterminated line is only known to be too long once it holds
+            // more than the bound plus one byte, as that byte may be the CR of a line exactly at the bound.
             let Some(cr) = find_line_end(buf, self.pos) else {
-                if buf.len() - self.pos > self.limits.max_inline_len {
+                if buf.len() - self.pos > self.limits.max_inline_len + 1 {
                     return Err(ProtocolError::InvalidLength);
                 }
                 return Ok(None);
             };
+            if cr - self.pos > self.limits.max_inline_len {
+                return Err(ProtocolError::InvalidLength);
+            }
             let body = &buf[self.pos + 1..cr];
             self.pos = cr + 2;
             match kind {
@@ -632,6 +639,26 @@ mod tests {
         }
         assert_eq!(frames.len(), 7);
         assert_eq!(&frames[2][..], b"*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn long_reply_line_is_refused_however_it_is_split() {
+        let limits = Limits { max_inline_len: 8, ..Limits::default() };
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = ReplyScanner::new(limits);
+            let mut buf = BytesMut::new();
+            let mut result = Ok(None);
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                result = scanner.next_reply(&mut buf);
+            }
+            result
+        };
+        // Found by the resp_reply fuzz target: whole, the line was accepted; split, it was refused.
+        assert_eq!(scan(&[b"+123456789\r\n"]), Err(ProtocolError::InvalidLength));
+        assert_eq!(scan(&[b"+12345", b"6789\r\n"]), Err(ProtocolError::InvalidLength));
+        // A line exactly at the bound passes, also when its CR and LF arrive apart.
+        assert_eq!(scan(&[b"+1234567\r", b"\n"]), Ok(Some(Bytes::from_static(b"+1234567\r\n"))));
     }
 
     #[test]
