@@ -424,6 +424,10 @@ impl ReplyScanner {
             if cr - self.pos > self.limits.max_inline_len {
                 return Err(ProtocolError::InvalidLength);
             }
+            if cr == self.pos {
+                // An empty line (a bare CRLF): there is no type byte, and no body to slice after it.
+                return Err(ProtocolError::UnknownType(kind));
+            }
             let body = &buf[self.pos + 1..cr];
             self.pos = cr + 2;
             match kind {
@@ -659,6 +663,20 @@ mod tests {
         assert_eq!(scan(&[b"+12345", b"6789\r\n"]), Err(ProtocolError::InvalidLength));
         // A line exactly at the bound passes, also when its CR and LF arrive apart.
         assert_eq!(scan(&[b"+1234567\r", b"\n"]), Ok(Some(Bytes::from_static(b"+1234567\r\n"))));
+    }
+
+    #[test]
+    fn empty_reply_line_is_an_error_not_a_panic() {
+        // Found by the resp_reply fuzz target: a bare CRLF sliced buf[pos + 1..pos] and panicked.
+        for input in [&b"\r\n"[..], b"+OK\r\n\r\n", b"*2\r\n:1\r\n\r\n"] {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::from(input);
+            let mut result = scanner.next_reply(&mut buf);
+            while let Ok(Some(_)) = result {
+                result = scanner.next_reply(&mut buf);
+            }
+            assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
+        }
     }
 
     #[test]
