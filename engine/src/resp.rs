@@ -203,12 +203,17 @@ impl RequestScanner {
             if first != b'*' {
                 return self.next_inline(buf);
             }
+            // Header lines are bounded alike complete or not (see `ReplyScanner::next_reply`), so the error a
+            // client gets does not depend on how its bytes were split into reads.
             let Some(cr) = find_line_end(buf, 0) else {
-                if buf.len() > self.limits.max_inline_len {
+                if buf.len() > self.limits.max_inline_len + 1 {
                     return Err(ProtocolError::TooBigMultibulkCount);
                 }
                 return Ok(None);
             };
+            if cr > self.limits.max_inline_len {
+                return Err(ProtocolError::TooBigMultibulkCount);
+            }
             let count = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
             if count > self.limits.max_multibulk_len as i64 {
                 return Err(ProtocolError::InvalidMultibulkLength);
@@ -239,11 +244,14 @@ impl RequestScanner {
                         return Err(ProtocolError::ExpectedBulk(kind));
                     }
                     let Some(cr) = find_line_end(buf, self.pos) else {
-                        if buf.len() - self.pos > self.limits.max_inline_len {
+                        if buf.len() - self.pos > self.limits.max_inline_len + 1 {
                             return Err(ProtocolError::TooBigBulkCount);
                         }
                         return Ok(None);
                     };
+                    if cr - self.pos > self.limits.max_inline_len {
+                        return Err(ProtocolError::TooBigBulkCount);
+                    }
                     let len = parse_int(&buf[self.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
                     if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
                         return Err(ProtocolError::InvalidBulkLength);
@@ -606,6 +614,28 @@ mod tests {
         assert_eq!(err(b"*1\r\n:1\r\n"), "Protocol error: expected '$', got ':'");
         assert_eq!(err(b"set a \"b\r\n"), "Protocol error: unbalanced quotes in request");
         assert_eq!(err(&vec![b'a'; 70 * 1024]), "Protocol error: too big inline request");
+    }
+
+    #[test]
+    fn long_header_line_gets_one_error_however_it_is_split() {
+        let limits = Limits { max_inline_len: 24, ..Limits::default() };
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = RequestScanner::new(limits);
+            let mut buf = BytesMut::new();
+            let mut result = Ok(None);
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                result = scanner.next_request(&mut buf);
+            }
+            result
+        };
+        // Found by the resp_request fuzz target: whole, "invalid bulk length"; split, "too big bulk count string".
+        let long_bulk = b"*1\r\n$0000000000000000000000004\r\nPING\r\n";
+        assert_eq!(scan(&[long_bulk]), Err(ProtocolError::TooBigBulkCount));
+        assert_eq!(scan(&[&long_bulk[..30], &long_bulk[30..]]), Err(ProtocolError::TooBigBulkCount));
+        let long_count = b"*0000000000000000000000001\r\n$4\r\nPING\r\n";
+        assert_eq!(scan(&[long_count]), Err(ProtocolError::TooBigMultibulkCount));
+        assert_eq!(scan(&[&long_count[..26], &long_count[26..]]), Err(ProtocolError::TooBigMultibulkCount));
     }
 
     #[test]
