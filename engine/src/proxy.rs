@@ -689,6 +689,18 @@ impl Engine {
     fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
         let Some(Conn::Backend(backend)) = self.conns.remove(conn) else { return };
         self.detach_backend(conn, &backend);
+        // The owner loses its private connection before any error is delivered: delivering runs the owner's held
+        // requests, which must not be sent on (or wait forever for) this connection.
+        let mut orphaned = None;
+        if let Purpose::Private { owner: Some(owner) } = backend.purpose {
+            if let Some(client) = self.client(owner) {
+                if client.private == Some(conn) {
+                    client.private = None;
+                    client.closing = true;
+                    orphaned = Some(owner);
+                }
+            }
+        }
         let address = self.views[backend.server.0].address.clone();
         let mut failed = 0;
         let message =
@@ -703,14 +715,8 @@ impl Engine {
         if backend.purpose != Purpose::Probe {
             self.views[backend.server.0].suspect = true;
         }
-        if let Purpose::Private { owner: Some(owner) } = backend.purpose {
-            if let Some(client) = self.client(owner) {
-                if client.private == Some(conn) {
-                    client.private = None;
-                    client.closing = true;
-                    self.close_if_done(owner);
-                }
-            }
+        if let Some(owner) = orphaned {
+            self.close_if_done(owner);
         }
         self.events.push_back(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
     }
