@@ -356,6 +356,18 @@ impl Engine {
                     let message = format!("ERR {error}");
                     buf.clear();
                     self.events.push_back(Event::ClientProtocolError { conn, message: message.clone() });
+                    // Requests held so far were never sent, and the client is about to be closed: each gets an
+                    // error now, so that the protocol error stays the last reply, in the order of the stream.
+                    let dropped = std::mem::take(&mut client.held);
+                    self.held_total -= dropped.len();
+                    for _ in &dropped {
+                        self.reply_local(
+                            conn,
+                            resp::error_reply(
+                                "ERR redis-proxy did not send this command: a protocol error followed it",
+                            ),
+                        );
+                    }
                     self.reply_local(conn, resp::error_reply(&message));
                     if let Some(client) = self.client(conn) {
                         client.closing = true;
@@ -504,7 +516,8 @@ impl Engine {
 
     fn reply_local(&mut self, conn: ConnId, reply: Bytes) {
         let Some(client) = self.client(conn) else { return };
-        if client.is_passthrough() || client.slots.is_empty() {
+        // Behind replies still awaited, also in passthrough mode (entered while earlier requests were in flight).
+        if client.slots.is_empty() {
             self.send_to_client(conn, reply);
             return;
         }
