@@ -58,6 +58,8 @@ pub mod config;
 pub mod conn;
 pub mod event;
 pub mod failover;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod proxy;
 pub mod resp;
 pub mod route;

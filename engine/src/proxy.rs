@@ -363,6 +363,18 @@ impl Engine {
                     let message = format!("ERR {error}");
                     buf.clear();
                     self.events.push_back(Event::ClientProtocolError { conn, message: message.clone() });
+                    // Requests held so far were never sent, and the client is about to be closed: each gets an
+                    // error now, so that the protocol error stays the last reply, in the order of the stream.
+                    let dropped = std::mem::take(&mut client.held);
+                    self.held_total -= dropped.len();
+                    for _ in &dropped {
+                        self.reply_local(
+                            conn,
+                            resp::error_reply(
+                                "ERR redis-proxy did not send this command: a protocol error followed it",
+                            ),
+                        );
+                    }
                     self.reply_local(conn, resp::error_reply(&message));
                     if let Some(client) = self.client(conn) {
                         client.closing = true;
@@ -515,7 +527,8 @@ impl Engine {
 
     fn reply_local(&mut self, conn: ConnId, reply: Bytes) {
         let Some(client) = self.client(conn) else { return };
-        if client.is_passthrough() || client.slots.is_empty() {
+        // Behind replies still awaited, also in passthrough mode (entered while earlier requests were in flight).
+        if client.slots.is_empty() {
             self.send_to_client(conn, reply);
             return;
         }
@@ -700,6 +713,18 @@ impl Engine {
     fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
         let Some(Conn::Backend(backend)) = self.conns.remove(conn) else { return };
         self.detach_backend(conn, &backend);
+        // The owner loses its private connection before any error is delivered: delivering runs the owner's held
+        // requests, which must not be sent on (or wait forever for) this connection.
+        let mut orphaned = None;
+        if let Purpose::Private { owner: Some(owner) } = backend.purpose {
+            if let Some(client) = self.client(owner) {
+                if client.private == Some(conn) {
+                    client.private = None;
+                    client.closing = true;
+                    orphaned = Some(owner);
+                }
+            }
+        }
         let address = self.views[backend.server.0].address.clone();
         let mut failed = 0;
         let message = if backend.connected {
@@ -727,14 +752,8 @@ impl Engine {
                 self.send_probe(now, backend.server);
             }
         }
-        if let Purpose::Private { owner: Some(owner) } = backend.purpose {
-            if let Some(client) = self.client(owner) {
-                if client.private == Some(conn) {
-                    client.private = None;
-                    client.closing = true;
-                    self.close_if_done(owner);
-                }
-            }
+        if let Some(owner) = orphaned {
+            self.close_if_done(owner);
         }
         self.events.push_back(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
     }

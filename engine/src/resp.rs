@@ -203,12 +203,17 @@ impl RequestScanner {
             if first != b'*' {
                 return self.next_inline(buf);
             }
+            // Header lines are bounded alike complete or not (see `ReplyScanner::next_reply`), so the error a
+            // client gets does not depend on how its bytes were split into reads.
             let Some(cr) = find_line_end(buf, 0) else {
-                if buf.len() > self.limits.max_inline_len {
+                if buf.len() > self.limits.max_inline_len + 1 {
                     return Err(ProtocolError::TooBigMultibulkCount);
                 }
                 return Ok(None);
             };
+            if cr > self.limits.max_inline_len {
+                return Err(ProtocolError::TooBigMultibulkCount);
+            }
             let count = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
             if count > self.limits.max_multibulk_len as i64 {
                 return Err(ProtocolError::InvalidMultibulkLength);
@@ -239,11 +244,14 @@ impl RequestScanner {
                         return Err(ProtocolError::ExpectedBulk(kind));
                     }
                     let Some(cr) = find_line_end(buf, self.pos) else {
-                        if buf.len() - self.pos > self.limits.max_inline_len {
+                        if buf.len() - self.pos > self.limits.max_inline_len + 1 {
                             return Err(ProtocolError::TooBigBulkCount);
                         }
                         return Ok(None);
                     };
+                    if cr - self.pos > self.limits.max_inline_len {
+                        return Err(ProtocolError::TooBigBulkCount);
+                    }
                     let len = parse_int(&buf[self.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
                     if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
                         return Err(ProtocolError::InvalidBulkLength);
@@ -411,12 +419,23 @@ impl ReplyScanner {
                 continue;
             }
             let Some(&kind) = buf.get(self.pos) else { return Ok(None) };
+            // A line (type byte and body, without CRLF) may be at most `max_inline_len` long. The bound is the
+            // same whether the line is complete or not, so a reply is accepted or refused the same way however
+            // its bytes are split into reads. An unterminated line is only known to be too long once it holds
+            // more than the bound plus one byte, as that byte may be the CR of a line exactly at the bound.
             let Some(cr) = find_line_end(buf, self.pos) else {
-                if buf.len() - self.pos > self.limits.max_inline_len {
+                if buf.len() - self.pos > self.limits.max_inline_len + 1 {
                     return Err(ProtocolError::InvalidLength);
                 }
                 return Ok(None);
             };
+            if cr - self.pos > self.limits.max_inline_len {
+                return Err(ProtocolError::InvalidLength);
+            }
+            if cr == self.pos {
+                // An empty line (a bare CRLF): there is no type byte, and no body to slice after it.
+                return Err(ProtocolError::UnknownType(kind));
+            }
             let body = &buf[self.pos + 1..cr];
             self.pos = cr + 2;
             match kind {
@@ -598,6 +617,28 @@ mod tests {
     }
 
     #[test]
+    fn long_header_line_gets_one_error_however_it_is_split() {
+        let limits = Limits { max_inline_len: 24, ..Limits::default() };
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = RequestScanner::new(limits);
+            let mut buf = BytesMut::new();
+            let mut result = Ok(None);
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                result = scanner.next_request(&mut buf);
+            }
+            result
+        };
+        // Found by the resp_request fuzz target: whole, "invalid bulk length"; split, "too big bulk count string".
+        let long_bulk = b"*1\r\n$0000000000000000000000004\r\nPING\r\n";
+        assert_eq!(scan(&[long_bulk]), Err(ProtocolError::TooBigBulkCount));
+        assert_eq!(scan(&[&long_bulk[..30], &long_bulk[30..]]), Err(ProtocolError::TooBigBulkCount));
+        let long_count = b"*0000000000000000000000001\r\n$4\r\nPING\r\n";
+        assert_eq!(scan(&[long_count]), Err(ProtocolError::TooBigMultibulkCount));
+        assert_eq!(scan(&[&long_count[..26], &long_count[26..]]), Err(ProtocolError::TooBigMultibulkCount));
+    }
+
+    #[test]
     fn large_value_is_resumed_not_rescanned() {
         let value = vec![7u8; 1 << 20];
         let mut frame = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).into_bytes();
@@ -632,6 +673,40 @@ mod tests {
         }
         assert_eq!(frames.len(), 7);
         assert_eq!(&frames[2][..], b"*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn long_reply_line_is_refused_however_it_is_split() {
+        let limits = Limits { max_inline_len: 8, ..Limits::default() };
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = ReplyScanner::new(limits);
+            let mut buf = BytesMut::new();
+            let mut result = Ok(None);
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                result = scanner.next_reply(&mut buf);
+            }
+            result
+        };
+        // Found by the resp_reply fuzz target: whole, the line was accepted; split, it was refused.
+        assert_eq!(scan(&[b"+123456789\r\n"]), Err(ProtocolError::InvalidLength));
+        assert_eq!(scan(&[b"+12345", b"6789\r\n"]), Err(ProtocolError::InvalidLength));
+        // A line exactly at the bound passes, also when its CR and LF arrive apart.
+        assert_eq!(scan(&[b"+1234567\r", b"\n"]), Ok(Some(Bytes::from_static(b"+1234567\r\n"))));
+    }
+
+    #[test]
+    fn empty_reply_line_is_an_error_not_a_panic() {
+        // Found by the resp_reply fuzz target: a bare CRLF sliced buf[pos + 1..pos] and panicked.
+        for input in [&b"\r\n"[..], b"+OK\r\n\r\n", b"*2\r\n:1\r\n\r\n"] {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::from(input);
+            let mut result = scanner.next_reply(&mut buf);
+            while let Ok(Some(_)) = result {
+                result = scanner.next_reply(&mut buf);
+            }
+            assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
+        }
     }
 
     #[test]

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seed files of fuzz/corpus/<target>/seed-*. Run from anywhere; rewrites the seeds only."""
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(target, name, data):
+    with open(os.path.join(HERE, "corpus", target, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def mb(*args):
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+def scanner_input(payload, sizes=()):
+    """The scanner targets' format: a count byte, that many chunk sizes (each byte + 1), then the payload."""
+    return bytes([len(sizes)]) + bytes(s - 1 for s in sizes) + payload
+
+
+REQUESTS = {
+    "get": mb(b"GET", b"k"),
+    "pipeline": mb(b"SET", b"k", b"v") + mb(b"GET", b"k") + mb(b"INCR", b"n") + mb(b"PING"),
+    "inline": b"PING\r\nset a \"b c\" 'd e'\r\nget  a\n\r\n",
+    "inline-escapes": b'set k "\\x41\\n\\t\\"q\\"" \'it\\\'s\'\r\n',
+    "unbalanced-quotes": b'set k "abc\r\n',
+    "binary-value": mb(b"SET", b"k", bytes(range(256))),
+    "big-bulk-header": b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$536870912\r\nabc",
+    "too-big-bulk": b"*1\r\n$536870913\r\n",
+    "huge-multibulk": b"*2147483648\r\n",
+    "empty-and-negative": b"*0\r\n*-1\r\n\r\n" + mb(b"PING"),
+    "leading-zeros": b"*02\r\n$03\r\nGET\r\n$-0\r\n\r\n",
+    "expected-bulk": b"*1\r\n:1\r\n",
+    "missing-terminator": b"*1\r\n$3\r\nGETxx",
+    "garbage": bytes([0x00, 0xFF, 0x2A, 0x0D, 0x24, 0x0A, 0x80, 0x7F]) * 4,
+    "long-inline": b"a" * 100 + b"\r\n",
+    "crlf-split": b"*1\r\r\n$4\r\nPING\r\n",
+}
+for name, payload in REQUESTS.items():
+    write("resp_request", name, scanner_input(payload))
+write("resp_request", "pipeline-chunked", scanner_input(REQUESTS["pipeline"], (1, 3, 7)))
+write("resp_request", "big-bulk-chunked", scanner_input(REQUESTS["big-bulk-header"], (5, 2)))
+
+REPLIES = {
+    "simple": b"+OK\r\n-ERR wrong\r\n:1000\r\n$-1\r\n*-1\r\n$0\r\n\r\n",
+    "nested": b"*2\r\n*2\r\n:1\r\n$3\r\nabc\r\n*0\r\n",
+    "resp3": b"%2\r\n+a\r\n:1\r\n+b\r\n~1\r\n,1.5\r\n_\r\n#t\r\n(3492890328409238509324850943850943825024385\r\n"
+    b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n",
+    "push": b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n",
+    "attribute": b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:1\r\n",
+    "info": bulk(b"# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n"),
+    "deep": b"*1\r\n" * 200 + b":1\r\n",
+    "big-bulk-header": b"$536870912\r\nabc",
+    "unknown-type": b"?what\r\n",
+    "bad-length": b"$abc\r\n*x\r\n",
+    "garbage": bytes([0x2A, 0x31, 0x0D, 0x0A, 0xFF, 0x00, 0x24]) * 3,
+    "long-line": b"+" + b"x" * 100 + b"\r\n",
+}
+for name, payload in REPLIES.items():
+    write("resp_reply", name, scanner_input(payload))
+write("resp_reply", "resp3-chunked", scanner_input(REPLIES["resp3"], (1, 2, 3, 11)))
+
+# engine_client_bytes: a Setup (7 bytes), then operations (see Op::decode in engine/src/fuzzing.rs).
+COMMANDS = ["PING", "GET", "SET", "MGET", "DEL", "INCR", "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT",
+            "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "MONITOR", "BLPOP", "QUIT", "RESET", "HELLO", "AUTH", "CLIENT",
+            "INFO", "REPLICAOF", "CONFIG", "PUBLISH", "ECHO", "EVAL", "WAIT", "SHUTDOWN", "FLUSHALL", "NOSUCHCOMMAND"]
+ARGS = ["k", "0", "1", "2", "ch", "SETNAME", "TRACKING", "on", "off", "NO", "ONE", "3", "v", "SET"]
+
+
+def setup(servers=1, reads_to_slaves=False, pool=1, pipeline=7, clients=5, hold_max=9, small=False):
+    return bytes([servers - 1, int(reads_to_slaves), pool - 1, pipeline - 1, clients - 1, hold_max, int(small)])
+
+
+ACCEPT, TIMEOUT = b"\x00", b"\x07"
+
+
+def client_bytes(c, data):
+    return bytes([1, c, len(data)]) + data
+
+
+def command(c, name, *args, inline=False):
+    return bytes([2, c, COMMANDS.index(name), len(args)] + [ARGS.index(a) for a in args] + [int(inline)])
+
+
+def advance(ms):
+    return bytes([6, ms & 0xFF, ms >> 8])
+
+
+def connected(b=0):
+    return bytes([8, b])
+
+
+def answer(b, count=1, flavor=6):
+    return bytes([12, b, count - 1, flavor])
+
+
+def backend_bytes(b, data):
+    return bytes([11, b, len(data)]) + data
+
+
+# One server: the probe connects, answers PING and INFO (role:master), so the master is adopted.
+MASTER_UP = TIMEOUT + connected() + answer(0, 2)
+write("engine_client_bytes", "get-set", setup() + MASTER_UP + ACCEPT + command(0, "SET", "k", "v")
+      + command(0, "GET", "k", inline=True) + connected() + answer(1, 2) + ACCEPT + command(1, "INCR", "k")
+      + answer(1, 1, 2))
+write("engine_client_bytes", "pipeline-before-master", setup() + ACCEPT + client_bytes(0, mb(b"GET", b"a") * 3)
+      + MASTER_UP + connected() + answer(1, 3))
+write("engine_client_bytes", "protocol-error-in-flight", setup() + MASTER_UP + ACCEPT + command(0, "GET", "k")
+      + client_bytes(0, b"*1\r\n:1\r\n") + connected() + answer(1))
+write("engine_client_bytes", "protocol-error-held", setup() + ACCEPT + command(0, "GET", "k")
+      + client_bytes(0, b"set k \"v\r\n") + MASTER_UP)
+write("engine_client_bytes", "multi-exec", setup() + MASTER_UP + ACCEPT + command(0, "MULTI") + command(0, "SET", "k", "v")
+      + command(0, "EXEC") + connected() + answer(1, 3) + answer(1))
+write("engine_client_bytes", "subscribe", setup() + MASTER_UP + ACCEPT + command(0, "SUBSCRIBE", "ch") + connected()
+      + answer(1) + answer(1, 1, 3) + bytes([4, 0]) + answer(1, 1, 3) + command(0, "UNSUBSCRIBE", "ch")
+      + answer(1) + bytes([5, 0]))
+write("engine_client_bytes", "select-quit", setup() + MASTER_UP + ACCEPT + command(0, "SELECT", "1") + command(0, "GET", "k")
+      + command(0, "QUIT") + client_bytes(0, b"garbage\x00") + connected() + answer(1, 2) + answer(1))
+write("engine_client_bytes", "failover", setup(servers=2) + TIMEOUT + connected(0) + connected(0) + answer(0, 2)
+      + answer(0, 2) + ACCEPT + command(0, "SET", "k", "v") + connected() + advance(400) + TIMEOUT
+      + answer(0, 4) + answer(0, 4) + command(0, "GET", "k") + connected() + answer(0, 2))
+write("engine_client_bytes", "reads-to-slaves", setup(servers=3, reads_to_slaves=True, pool=2) + TIMEOUT
+      + connected() * 3 + answer(0, 2) + answer(0, 2) + answer(0, 2) + ACCEPT + ACCEPT + command(0, "GET", "k")
+      + command(1, "SET", "k", "v") + command(0, "MGET", "k", "0") + connected() * 3 + answer(0, 2) + answer(1, 2)
+      + answer(2, 2))
+write("engine_client_bytes", "bad-replies", setup() + MASTER_UP + ACCEPT + command(0, "GET", "k") + connected()
+      + backend_bytes(1, b"?bad\r\n") + command(0, "GET", "k") + connected() + backend_bytes(0, b"+OK\r\n+extra\r\n"))
+write("engine_client_bytes", "max-clients-and-stale", setup(clients=1) + ACCEPT + ACCEPT + bytes([13, 0, 0])
+      + bytes([3, 0]) + bytes([13, 0, 3]) + bytes([9, 0]) + bytes([13, 0, 1]))
+write("engine_client_bytes", "backpressure", setup(pipeline=2) + MASTER_UP + ACCEPT + client_bytes(0, mb(b"GET", b"k") * 5)
+      + connected() + answer(1, 2) + bytes([4, 0]) + answer(1, 3) + bytes([5, 0]))
