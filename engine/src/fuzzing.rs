@@ -162,7 +162,7 @@ struct Setup {
     pool_size: u8,
     max_pipeline: u8,
     max_clients: u8,
-    hold_max_requests: u8,
+    hold_budget: u8,
     small_limits: bool,
 }
 
@@ -273,14 +273,14 @@ impl Harness {
         let limits = if setup.small_limits { ", \"max_bulk_len\": 64, \"max_request_len\": 1024" } else { "" };
         let json = format!(
             "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500, \
-             \"pool_size\": {}, \"max_pipeline\": {}, \"max_clients\": {}, \"hold_max_requests\": {}, \
+             \"pool_size\": {}, \"max_pipeline\": {}, \"max_clients\": {}, \"hold_max_bytes\": {}, \
              \"client_output_limit\": 1024{limits}}}",
             list.join(","),
             if setup.reads_to_slaves { "readsToSlaves" } else { "allToMaster" },
             setup.pool_size % 3 + 1,
             setup.max_pipeline % 8 + 1,
             setup.max_clients % 6 + 1,
-            setup.hold_max_requests % 10,
+            usize::from(setup.hold_budget % 10) * 256,
         );
         let config = Config::from_json(&json).expect("the harness writes valid configurations");
         let now = Instant::now();

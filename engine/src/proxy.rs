@@ -366,7 +366,7 @@ impl Engine {
                     // Requests held so far were never sent, and the client is about to be closed: each gets an
                     // error now, so that the protocol error stays the last reply, in the order of the stream.
                     let dropped = std::mem::take(&mut client.held);
-                    self.held_total -= dropped.len();
+                    self.held_bytes -= dropped.iter().map(HeldRequest::cost).sum::<usize>();
                     for _ in &dropped {
                         self.reply_local(
                             conn,
@@ -707,6 +707,15 @@ impl Engine {
         }
     }
 
+    /// Closes a backend connection the engine gives up on and fails its requests (see [`Engine::backend_lost`]).
+    /// Failing requests can close other connections, so a connection already gone is skipped.
+    fn close_and_fail(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if matches!(self.conns.get(conn), Some(Conn::Backend(_))) {
+            self.actions.push_back(Action::Close { conn });
+            self.backend_lost(now, conn, reason);
+        }
+    }
+
     /// A backend connection failed, broke or was closed by the engine: every request in flight on it gets an
     /// error (a write may or may not have run: never retried), and a private connection's client is closed
     /// because the state it built is gone.
@@ -769,8 +778,7 @@ impl Engine {
                 Ok(None) => return,
                 Err(error) => {
                     buf.clear();
-                    self.actions.push_back(Action::Close { conn });
-                    self.backend_lost(now, conn, &format!("bad reply: {error}"));
+                    self.close_and_fail(now, conn, &format!("bad reply: {error}"));
                     return;
                 }
             };
@@ -785,8 +793,7 @@ impl Engine {
             let Some(Conn::Backend(backend)) = self.conns.get_mut(conn) else { return };
             let Some(waiter) = backend.waiters.pop_front() else {
                 // A reply nobody asked for: the connection is out of step and cannot be trusted.
-                self.actions.push_back(Action::Close { conn });
-                self.backend_lost(now, conn, "unexpected reply");
+                self.close_and_fail(now, conn, "unexpected reply");
                 buf.clear();
                 return;
             };
@@ -924,8 +931,7 @@ impl Engine {
             .filter(|id| matches!(self.conns.get(*id), Some(Conn::Backend(b)) if b.server == server))
             .collect();
         for conn in conns {
-            self.actions.push_back(Action::Close { conn });
-            self.backend_lost(now, conn, reason);
+            self.close_and_fail(now, conn, reason);
         }
         self.views[server.0].suspect = false;
     }
@@ -952,8 +958,7 @@ impl Engine {
                         })
                         .collect();
                     for conn in conns {
-                        self.actions.push_back(Action::Close { conn });
-                        self.backend_lost(now, conn, "master lost");
+                        self.close_and_fail(now, conn, "master lost");
                     }
                 }
                 Decision::Promote { candidate, reason } => {
