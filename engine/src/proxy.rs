@@ -585,6 +585,12 @@ impl Engine {
     fn run_held(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(client) = self.client(conn) else { return };
+            if client.closing {
+                // After QUIT nothing more is sent, as Redis reads nothing after it.
+                let dropped = std::mem::take(&mut client.held);
+                self.held_bytes -= dropped.iter().map(HeldRequest::cost).sum::<usize>();
+                return;
+            }
             let Some(held) = client.held.pop_front() else { return };
             self.held_bytes -= held.cost();
             if let Some(held) = self.execute(now, conn, held) {
