@@ -310,8 +310,20 @@ impl Runtime {
         let id = socket.id;
         let mut failed = false;
         while !socket.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> = socket.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-            match socket.stream.write_vectored(&slices) {
+            // This runs once per reply written: no heap allocation, and a plain write for the common single
+            // buffer (most client replies at pipeline depth 1).
+            let result = if socket.out.len() == 1 {
+                socket.stream.write(&socket.out[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, data) in slices.iter_mut().zip(socket.out.iter()) {
+                    *slot = IoSlice::new(data);
+                    count += 1;
+                }
+                socket.stream.write_vectored(&slices[..count])
+            };
+            match result {
                 Ok(0) => {
                     failed = true;
                     break;
