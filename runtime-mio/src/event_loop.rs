@@ -18,11 +18,16 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 16;
 /// Buffers handed to one `writev`.
 const MAX_IOVECS: usize = 64;
+/// A read buffer that has held more than this is replaced by a fresh one once the engine has taken its frames,
+/// so one large value does not pin its allocation for the rest of the connection's life.
+const SHRINK_READ_BUF_AFTER: usize = 4 * READ_CHUNK;
 
 struct Socket {
     id: ConnId,
     stream: TcpStream,
     read_buf: BytesMut,
+    /// The most `read_buf` has held since it was last replaced (its allocation is at least this large).
+    read_buf_peak: usize,
     out: VecDeque<Bytes>,
     connecting: bool,
     /// The engine wants this connection read.
@@ -197,9 +202,16 @@ impl Runtime {
                 Ok(0) => return self.closed_by_peer(index),
                 Ok(n) => {
                     socket.read_buf.extend_from_slice(&self.scratch[..n]);
+                    socket.read_buf_peak = socket.read_buf_peak.max(socket.read_buf.len());
                     let mut buf = std::mem::take(&mut socket.read_buf);
                     self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
                     if let Some(socket) = self.socket(index).filter(|s| s.id == id) {
+                        if socket.read_buf_peak > SHRINK_READ_BUF_AFTER && buf.len() <= READ_CHUNK {
+                            // The frames split off share the large allocation; copying the small rest lets it go
+                            // once they are written.
+                            buf = BytesMut::from(&buf[..]);
+                            socket.read_buf_peak = buf.len();
+                        }
                         socket.read_buf = buf;
                     }
                     self.drain_engine();
@@ -298,8 +310,20 @@ impl Runtime {
         let id = socket.id;
         let mut failed = false;
         while !socket.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> = socket.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-            match socket.stream.write_vectored(&slices) {
+            // This runs once per reply written: no heap allocation, and a plain write for the common single
+            // buffer (most client replies at pipeline depth 1).
+            let result = if socket.out.len() == 1 {
+                socket.stream.write(&socket.out[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, data) in slices.iter_mut().zip(socket.out.iter()) {
+                    *slot = IoSlice::new(data);
+                    count += 1;
+                }
+                socket.stream.write_vectored(&slices[..count])
+            };
+            match result {
                 Ok(0) => {
                     failed = true;
                     break;
@@ -343,6 +367,7 @@ impl Socket {
             id,
             stream,
             read_buf: BytesMut::new(),
+            read_buf_peak: 0,
             out: VecDeque::new(),
             connecting,
             readable: true,

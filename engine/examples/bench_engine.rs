@@ -1,0 +1,271 @@
+//! Engine micro-benchmark: a fixed GET/SET mix pushed through the engine alone, no sockets.
+//!
+//! One server is adopted as master by feeding its probe the `+PONG` and `INFO` replies; then `--clients`
+//! clients do round trips in turns: every client's request bytes go in (`Input::Data`), the actions that come
+//! out are performed against a fake server that answers each forwarded request, the replies go back in on the
+//! backend connections, and the `Send`s to the clients come out. Buffers are kept per connection and appended
+//! to, as a runtime does.
+//!
+//! ```text
+//! cargo run --release -p redis-proxy-engine --example bench_engine -- [--mode get|set|mix] [--requests N]
+//!     [--clients C] [--pipeline P] [--value-size B] [--quiet]
+//! ```
+//!
+//! It prints ns per round trip. `bench/instructions.sh` runs it under `valgrind --tool=callgrind` with
+//! collection switched on only inside [`round_trips`], which gives instructions per round trip without setup.
+
+use bytes::BytesMut;
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Input};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Which requests the clients send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    Get,
+    Set,
+    /// Alternating GET and SET.
+    Mixed,
+}
+
+struct Options {
+    mix: Mix,
+    requests: u64,
+    clients: usize,
+    pipeline: usize,
+    value_size: usize,
+    quiet: bool,
+}
+
+fn parse_options() -> Options {
+    let mut options =
+        Options { mix: Mix::Get, requests: 1_000_000, clients: 50, pipeline: 1, value_size: 3, quiet: false };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        match arg.as_str() {
+            "--mode" => {
+                options.mix = match value().as_str() {
+                    "get" => Mix::Get,
+                    "set" => Mix::Set,
+                    "mix" => Mix::Mixed,
+                    other => usage(&format!("unknown mode {other}")),
+                }
+            }
+            "--requests" => options.requests = value().parse().unwrap_or_else(|_| usage("bad --requests")),
+            "--clients" => options.clients = value().parse().unwrap_or_else(|_| usage("bad --clients")),
+            "--pipeline" => options.pipeline = value().parse().unwrap_or_else(|_| usage("bad --pipeline")),
+            "--value-size" => options.value_size = value().parse().unwrap_or_else(|_| usage("bad --value-size")),
+            "--quiet" => options.quiet = true,
+            "--help" | "-h" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if options.clients == 0 || options.pipeline == 0 {
+        usage("--clients and --pipeline must be at least 1");
+    }
+    options
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("bench_engine: {problem}");
+    }
+    eprintln!(
+        "usage: bench_engine [--mode get|set|mix] [--requests N] [--clients C] [--pipeline P] [--value-size B] \
+         [--quiet]"
+    );
+    std::process::exit(2);
+}
+
+/// The engine, the connections it opened, and one read buffer per connection.
+struct Rig {
+    engine: Engine,
+    now: Instant,
+    clients: Vec<ConnId>,
+    client_bufs: Vec<BytesMut>,
+    /// Backend connections the engine opened, with their read buffers and the replies the fake server owes them.
+    backends: Vec<FakeBackend>,
+    get_request: Vec<u8>,
+    set_request: Vec<u8>,
+    get_reply: Vec<u8>,
+    /// Replies delivered to clients, and their bytes.
+    replies: u64,
+    reply_bytes: u64,
+}
+
+struct FakeBackend {
+    conn: ConnId,
+    buf: BytesMut,
+    /// Bytes the fake server will send back on the next turn.
+    owed: Vec<u8>,
+}
+
+const INFO_REPLY: &str = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n";
+
+impl Rig {
+    fn new(clients: usize, value_size: usize) -> Rig {
+        let now = Instant::now();
+        let mut config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#)
+            .expect("the benchmark's configuration is valid");
+        config.max_clients = clients.max(config.max_clients);
+        let value = vec![b'x'; value_size];
+        let mut set_request = format!("*3\r\n$3\r\nSET\r\n$16\r\nkey:__rand_int__\r\n${value_size}\r\n").into_bytes();
+        set_request.extend_from_slice(&value);
+        set_request.extend_from_slice(b"\r\n");
+        let mut get_reply = format!("${value_size}\r\n").into_bytes();
+        get_reply.extend_from_slice(&value);
+        get_reply.extend_from_slice(b"\r\n");
+        let mut rig = Rig {
+            engine: Engine::new(config, now),
+            now,
+            clients: Vec::new(),
+            client_bufs: Vec::new(),
+            backends: Vec::new(),
+            get_request: b"*2\r\n$3\r\nGET\r\n$16\r\nkey:__rand_int__\r\n".to_vec(),
+            set_request,
+            get_reply,
+            replies: 0,
+            reply_bytes: 0,
+        };
+        rig.adopt_master();
+        for port in 0..clients {
+            let peer = format!("127.0.0.1:{}", 20_000 + port).parse().expect("a valid address");
+            let conn = rig.engine.accept(now, peer);
+            rig.clients.push(conn);
+            rig.client_bufs.push(BytesMut::new());
+        }
+        rig.drain();
+        while rig.engine.poll_event().is_some() {}
+        rig
+    }
+
+    /// Runs the first probe and answers it as a master, so requests are forwarded instead of held.
+    fn adopt_master(&mut self) {
+        self.engine.handle_timeout(self.now);
+        self.drain();
+        let probe = self.backends[0].conn;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"+PONG\r\n");
+        buf.extend_from_slice(format!("${}\r\n{INFO_REPLY}\r\n", INFO_REPLY.len()).as_bytes());
+        self.backends[0].owed.clear();
+        self.engine.handle_input(self.now, Input::Data { conn: probe, buf: &mut buf });
+        self.drain();
+        while self.engine.poll_event().is_some() {}
+        assert!(self.engine.master().is_some(), "the fake server was not adopted as master");
+    }
+
+    /// Performs every action: connects succeed at once, sends to a backend are answered, sends to clients counted.
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Send { conn, data } => {
+                    if let Some(backend) = self.backends.iter_mut().find(|b| b.conn == conn) {
+                        answer(&mut backend.owed, &data, self.get_request.len(), &self.get_reply);
+                    } else {
+                        self.replies += 1;
+                        self.reply_bytes += data.len() as u64;
+                        black_box(data);
+                    }
+                }
+                Action::Connect { conn, .. } => {
+                    self.backends.push(FakeBackend { conn, buf: BytesMut::new(), owed: Vec::new() });
+                    self.engine.handle_input(self.now, Input::Connected { conn });
+                }
+                Action::Close { conn } => panic!("the engine closed {conn} during the benchmark"),
+                Action::SetReadable { .. } => {}
+            }
+        }
+    }
+}
+
+/// What the fake server answers to one forwarded request: the engine forwards each request as its own `Send`,
+/// and the benchmark's GET and SET requests have different lengths, so the length says which it is.
+fn answer(owed: &mut Vec<u8>, data: &[u8], get_request_len: usize, get_reply: &[u8]) {
+    if data.len() == get_request_len {
+        owed.extend_from_slice(get_reply);
+    } else if data.starts_with(b"*3\r\n$3\r\nSET\r\n") {
+        owed.extend_from_slice(b"+OK\r\n");
+    } else {
+        // The probe's PING and INFO, answered in `adopt_master`.
+    }
+}
+
+/// `turns` turns: every client sends `pipeline` requests (each in its own `Input::Data`), then every backend
+/// connection gets the replies it is owed in one `Input::Data`. Returns the number of round trips.
+#[inline(never)]
+fn round_trips(rig: &mut Rig, turns: u64, pipeline: usize, mix: Mix) -> u64 {
+    let mut sent = 0u64;
+    let mut next_is_get = true;
+    for _ in 0..turns {
+        for index in 0..rig.clients.len() {
+            let conn = rig.clients[index];
+            for _ in 0..pipeline {
+                let request = match mix {
+                    Mix::Get => &rig.get_request,
+                    Mix::Set => &rig.set_request,
+                    Mix::Mixed => {
+                        next_is_get = !next_is_get;
+                        if next_is_get {
+                            &rig.get_request
+                        } else {
+                            &rig.set_request
+                        }
+                    }
+                };
+                rig.client_bufs[index].extend_from_slice(request);
+                sent += 1;
+            }
+            let buf = &mut rig.client_bufs[index];
+            rig.engine.handle_input(rig.now, Input::Data { conn, buf });
+            rig.drain();
+        }
+        for index in 0..rig.backends.len() {
+            let backend = &mut rig.backends[index];
+            if backend.owed.is_empty() {
+                continue;
+            }
+            backend.buf.extend_from_slice(&backend.owed);
+            backend.owed.clear();
+            let conn = backend.conn;
+            rig.engine.handle_input(rig.now, Input::Data { conn, buf: &mut rig.backends[index].buf });
+            rig.drain();
+        }
+    }
+    sent
+}
+
+fn main() {
+    let options = parse_options();
+    let mut rig = Rig::new(options.clients, options.value_size);
+    let per_turn = (options.clients * options.pipeline) as u64;
+    let turns = options.requests.div_ceil(per_turn);
+    // Warm up (opens the shared backend connections) outside the measured part, unless asked for nothing.
+    if options.requests > 0 {
+        round_trips(&mut rig, 2, options.pipeline, options.mix);
+    }
+    let replies_before = rig.replies;
+    let started = Instant::now();
+    let sent = round_trips(&mut rig, turns, options.pipeline, options.mix);
+    let elapsed = started.elapsed();
+    let replies = rig.replies - replies_before;
+    assert_eq!(replies, sent, "every request got exactly one reply");
+    if !options.quiet {
+        let mode = match options.mix {
+            Mix::Get => "get",
+            Mix::Set => "set",
+            Mix::Mixed => "mix",
+        };
+        let ns = if sent > 0 { elapsed.as_nanos() as f64 / sent as f64 } else { 0.0 };
+        println!(
+            "mode={mode} clients={} pipeline={} value={}B round_trips={sent} backends={} elapsed={:.3}s \
+             ns_per_round_trip={ns:.1} ({:.2} M round trips/s)",
+            options.clients,
+            options.pipeline,
+            options.value_size,
+            rig.backends.len(),
+            elapsed.as_secs_f64(),
+            if ns > 0.0 { 1e3 / ns } else { 0.0 },
+        );
+    }
+}
