@@ -91,7 +91,19 @@ impl std::error::Error for ProtocolError {}
 
 /// Finds the CRLF-terminated line starting at `from`; returns the index of its `\r`.
 fn find_line_end(buf: &[u8], from: usize) -> Option<usize> {
+    // Header lines are a few bytes long: a plain loop finds their end before memchr's set-up would.
+    let short_end = buf.len().min(from + 16);
     let mut at = from;
+    while at < short_end {
+        if buf[at] == b'\r' {
+            match buf.get(at + 1) {
+                Some(b'\n') => return Some(at),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        at += 1;
+    }
     loop {
         let cr = at + memchr::memchr(b'\r', &buf[at..])?;
         match buf.get(cr + 1) {
@@ -125,7 +137,7 @@ fn parse_int(digits: &[u8]) -> Option<i64> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     frame: Bytes,
-    args: SmallVec<[(usize, usize); 6]>,
+    args: SmallVec<[(u32, u32); 5]>,
 }
 
 impl Request {
@@ -137,7 +149,7 @@ impl Request {
         for arg in args {
             let arg = arg.as_ref();
             put_bulk_header(&mut out, arg.len());
-            ranges.push((out.len(), out.len() + arg.len()));
+            ranges.push((out.len() as u32, (out.len() + arg.len()) as u32));
             out.extend_from_slice(arg);
             out.extend_from_slice(b"\r\n");
         }
@@ -156,12 +168,12 @@ impl Request {
 
     /// Argument `index` (0 is the command name), if present.
     pub fn arg(&self, index: usize) -> Option<&[u8]> {
-        self.args.get(index).map(|&(start, end)| &self.frame[start..end])
+        self.args.get(index).map(|&(start, end)| &self.frame[start as usize..end as usize])
     }
 
     /// Every argument in order.
     pub fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.args.iter().map(|&(start, end)| &self.frame[start..end])
+        self.args.iter().map(|&(start, end)| &self.frame[start as usize..end as usize])
     }
 
     /// Whether the request has no arguments at all (an empty line or `*0`): Redis ignores those.
@@ -180,7 +192,7 @@ pub struct RequestScanner {
     remaining: Option<usize>,
     /// Length of the bulk string whose header was read and whose body is awaited.
     bulk_len: Option<usize>,
-    args: SmallVec<[(usize, usize); 6]>,
+    args: SmallVec<[(u32, u32); 5]>,
 }
 
 impl RequestScanner {
@@ -228,56 +240,74 @@ impl RequestScanner {
             self.remaining = Some(count as usize);
             self.args.clear();
         }
-        while let Some(remaining) = self.remaining {
-            if remaining == 0 {
-                let frame = buf.split_to(self.pos).freeze();
-                self.pos = 0;
-                self.remaining = None;
-                let args = std::mem::take(&mut self.args);
-                return Ok(Some(Request { frame, args }));
-            }
-            let len = match self.bulk_len {
+        // Work on locals and store them back only when the request is incomplete: this loop runs for every
+        // argument of every request.
+        let mut remaining = self.remaining.unwrap_or(0);
+        let mut pos = self.pos;
+        let mut pending_len = self.bulk_len.take();
+        while remaining > 0 {
+            let len = match pending_len.take() {
                 Some(len) => len,
                 None => {
-                    let Some(&kind) = buf.get(self.pos) else { return Ok(None) };
+                    let Some(&kind) = buf.get(pos) else {
+                        self.suspend(pos, remaining, None);
+                        return Ok(None);
+                    };
                     if kind != b'$' {
                         return Err(ProtocolError::ExpectedBulk(kind));
                     }
-                    let Some(cr) = find_line_end(buf, self.pos) else {
-                        if buf.len() - self.pos > self.limits.max_inline_len + 1 {
+                    let Some(cr) = find_line_end(buf, pos) else {
+                        if buf.len() - pos > self.limits.max_inline_len + 1 {
                             return Err(ProtocolError::TooBigBulkCount);
                         }
+                        self.suspend(pos, remaining, None);
                         return Ok(None);
                     };
-                    if cr - self.pos > self.limits.max_inline_len {
+                    if cr - pos > self.limits.max_inline_len {
                         return Err(ProtocolError::TooBigBulkCount);
                     }
-                    let len = parse_int(&buf[self.pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
+                    let len = parse_int(&buf[pos + 1..cr]).ok_or(ProtocolError::InvalidBulkLength)?;
                     if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
                         return Err(ProtocolError::InvalidBulkLength);
                     }
-                    if cr + 4 + len as usize > self.limits.max_request_len {
+                    if cr + 4 + len as usize > self.max_request_len() {
                         return Err(ProtocolError::RequestTooBig);
                     }
-                    self.pos = cr + 2;
-                    self.bulk_len = Some(len as usize);
+                    pos = cr + 2;
                     len as usize
                 }
             };
-            if buf.len() < self.pos + len + 2 {
+            if buf.len() < pos + len + 2 {
                 // Reserve for the whole value at once so a large value is not copied on every regrowth.
-                buf.reserve(self.pos + len + 2 - buf.len());
+                buf.reserve(pos + len + 2 - buf.len());
+                self.suspend(pos, remaining, Some(len));
                 return Ok(None);
             }
-            if &buf[self.pos + len..self.pos + len + 2] != b"\r\n" {
+            if &buf[pos + len..pos + len + 2] != b"\r\n" {
                 return Err(ProtocolError::MissingBulkTerminator);
             }
-            self.args.push((self.pos, self.pos + len));
-            self.pos += len + 2;
-            self.bulk_len = None;
-            self.remaining = Some(remaining - 1);
+            // Positions fit in u32: `max_request_len` is capped below 4 GiB.
+            self.args.push((pos as u32, (pos + len) as u32));
+            pos += len + 2;
+            remaining -= 1;
         }
-        Ok(None)
+        let frame = buf.split_to(pos).freeze();
+        self.pos = 0;
+        self.remaining = None;
+        let args = std::mem::take(&mut self.args);
+        Ok(Some(Request { frame, args }))
+    }
+
+    /// Remembers where an incomplete request stands, to resume from there when more bytes arrive.
+    fn suspend(&mut self, pos: usize, remaining: usize, bulk_len: Option<usize>) {
+        self.pos = pos;
+        self.remaining = Some(remaining);
+        self.bulk_len = bulk_len;
+    }
+
+    /// The request size limit, capped so that argument positions fit in `u32`.
+    fn max_request_len(&self) -> usize {
+        self.limits.max_request_len.min(u32::MAX as usize)
     }
 
     /// Parses an inline command (as telnet and `redis-cli` send them) and re-encodes it as a multibulk.
