@@ -15,16 +15,19 @@ use std::time::{Duration, Instant};
 pub enum Runtime {
     /// `redis-proxy`, the mio event loop.
     Mio,
+    /// `redis-proxy-tokio`, the tokio runtime.
+    Tokio,
 }
 
 impl Runtime {
     /// Every runtime, for parametrised tests.
-    pub const ALL: &'static [Runtime] = &[Runtime::Mio];
+    pub const ALL: &'static [Runtime] = &[Runtime::Mio, Runtime::Tokio];
 
     /// The binary's name in the cargo target directory.
     pub fn binary_name(self) -> &'static str {
         match self {
             Runtime::Mio => "redis-proxy",
+            Runtime::Tokio => "redis-proxy-tokio",
         }
     }
 }
