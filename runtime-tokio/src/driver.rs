@@ -10,7 +10,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
@@ -520,7 +519,7 @@ async fn io_task(
                 if buf.capacity() - buf.len() < MIN_READ_ROOM {
                     buf.reserve(READ_CHUNK);
                 }
-                match ready.and_then(|()| read_once(&stream, &mut buf)) {
+                match ready.and_then(|()| stream.try_read_buf(&mut buf)) {
                     Ok(0) => Message::Closed(id),
                     Ok(_) => Message::Data(id, buf.split()),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -533,26 +532,5 @@ async fn io_task(
         if sender.send(message).await.is_err() || last {
             return;
         }
-    }
-}
-
-/// One `read` into `buf`'s spare room. A short read means the socket's receive queue is now empty, so it also
-/// clears tokio's readiness flag: the next wait goes to the poller instead of paying for a `read` that
-/// returns EWOULDBLOCK. (Bytes that arrive meanwhile raise a new edge, which tokio's tick check keeps.)
-fn read_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let mut short_read = None;
-    let result = stream.try_io(Interest::READABLE, || {
-        let room = buf.capacity() - buf.len();
-        let n = stream.try_read_buf(buf)?;
-        if n == 0 || n == room {
-            Ok(n)
-        } else {
-            short_read = Some(n);
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-    });
-    match short_read {
-        Some(n) => Ok(n),
-        None => result,
     }
 }
