@@ -125,6 +125,8 @@ impl Driver {
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
         let mut armed = None;
         let mut batch = Vec::with_capacity(MESSAGES_PER_TURN);
+        // After a failed accept (e.g. out of file descriptors), accepting pauses until then; traffic goes on.
+        let mut accept_paused_until = None;
         loop {
             self.finish_turn();
             let deadline = self.engine.poll_timeout().map(|(at, _)| at);
@@ -139,10 +141,13 @@ impl Driver {
                         self.handle_message(message);
                     }
                 }
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept(), if accept_paused_until.is_none() => match accepted {
                     Ok((stream, peer)) => self.accepted(stream, peer),
-                    Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                    Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                 },
+                () = resume_accepting(accept_paused_until), if accept_paused_until.is_some() => {
+                    accept_paused_until = None;
+                }
                 () = &mut timer => {}
             }
             self.check_timer();
@@ -415,6 +420,14 @@ impl Socket {
             blocked: false,
             dirty: false,
         }
+    }
+}
+
+/// Completes at `at` (never, for None); created lazily, so a disabled `select!` branch costs nothing.
+async fn resume_accepting(at: Option<TokioInstant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
