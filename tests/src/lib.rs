@@ -17,16 +17,19 @@ pub mod cluster;
 pub enum Runtime {
     /// `redis-proxy`, the mio event loop.
     Mio,
+    /// `redis-proxy-tokio`, the tokio runtime.
+    Tokio,
 }
 
 impl Runtime {
     /// Every runtime, for parametrised tests.
-    pub const ALL: &'static [Runtime] = &[Runtime::Mio];
+    pub const ALL: &'static [Runtime] = &[Runtime::Mio, Runtime::Tokio];
 
     /// The binary's name in the cargo target directory.
     pub fn binary_name(self) -> &'static str {
         match self {
             Runtime::Mio => "redis-proxy",
+            Runtime::Tokio => "redis-proxy-tokio",
         }
     }
 }
@@ -255,6 +258,18 @@ impl Proxy {
     /// Whether the proxy process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal (e.g. "TERM", "INT") to the proxy process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// How the proxy process exited, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 

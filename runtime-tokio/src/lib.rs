@@ -1,0 +1,122 @@
+//! The redis-proxy engine driven by tokio: run the proxy inside your own tokio service.
+//!
+//! This crate only moves bytes and time. Every decision (parsing, routing, reply ordering, failover) is made by
+//! [`redis_proxy_engine::Engine`]; the runtime accepts sockets, hands what it reads to the engine, performs the
+//! [`Action`](redis_proxy_engine::Action)s that come out, and calls the engine when its timer is due.
+//!
+//! ```no_run
+//! use redis_proxy_tokio::{Config, Proxy};
+//!
+//! # async fn example() -> std::io::Result<()> {
+//! let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}], "listen_port": 9999}"#)
+//!     .expect("valid config");
+//! let proxy = Proxy::bind(config).await?;
+//! let mut events = proxy.subscribe();
+//! tokio::spawn(async move {
+//!     while let Ok(event) = events.recv().await {
+//!         println!("{} {event}", event.level());
+//!     }
+//! });
+//! proxy.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+//!
+//! # Design
+//!
+//! One task owns the [`Engine`](redis_proxy_engine::Engine) (the future returned by [`Proxy::run`]). It accepts
+//! clients, receives what the connections read over one `mpsc` channel, writes to the sockets itself (vectored
+//! `try_write`, once per turn for everything queued in that turn, so replies to pipelined requests leave in one
+//! `writev`), and sleeps on one reusable timer armed from `Engine::poll_timeout`. Each connection has a small I/O
+//! task that reads its socket while the engine wants it read, and waits for writability when the engine task could
+//! not write everything. The engine task compares the engine's deadline against `Instant::now()` on every turn
+//! rather than trusting the timer branch, so tokio's cooperative budget (which may make a due timer report
+//! `Pending`) can delay a timeout by at most one turn, never lose it.
+//!
+//! # Which tokio runtime
+//!
+//! Any: the futures are `Send`, so [`Proxy::run`] can be spawned on a multi-thread runtime. The
+//! `redis-proxy-tokio` binary uses a **current-thread** runtime: every byte goes through the one engine task
+//! anyway, so more worker threads add cross-thread wake-ups (futex calls, cache-line traffic) and no parallelism.
+//! On the benchmark machine (2 cores: the load generator on one, servers and proxy on the other) a second worker
+//! would only compete with `redis-server` for its core; measured there (`redis-benchmark -t set,get -n 200000
+//! -c 50`), the default multi-thread runtime spent 4.3-4.6 s of CPU per run against 3.4-3.9 s for current-thread,
+//! with lower throughput.
+//!
+//! # Shutdown
+//!
+//! When the `shutdown` future passed to [`Proxy::run`] completes, the proxy stops accepting and stops reading
+//! clients, keeps forwarding the replies still in flight until no reply has been sent to a client for
+//! [`SHUTDOWN_QUIET`] (at most [`SHUTDOWN_GRACE`]), then writes what is queued, sends each client a FIN and waits
+//! (within the grace period) for the client to close its side, so clients see every reply and then a clean
+//! end of stream, not a reset.
+//!
+//! The quiet period is a heuristic: the engine does not tell a runtime which clients still await replies, so a
+//! reply slower than [`SHUTDOWN_QUIET`] (a long `BLPOP`, a slow script) is not waited for; its client gets the
+//! end of stream instead.
+
+mod driver;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+pub use redis_proxy_engine::{Config, Event, Level};
+
+/// How many engine events a slow [`Proxy::subscribe`] receiver may fall behind before it skips some
+/// (it then gets `RecvError::Lagged` with the count).
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// On shutdown, how long no reply may have gone to any client before the clients are closed.
+pub const SHUTDOWN_QUIET: Duration = Duration::from_millis(50);
+
+/// On shutdown, the longest the proxy waits for replies in flight and for clients to close their side.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A proxy bound to its listen address, ready to [`run`](Proxy::run).
+pub struct Proxy {
+    listener: TcpListener,
+    config: Config,
+    events: broadcast::Sender<Event>,
+}
+
+impl Proxy {
+    /// Binds `config.bind_address:config.listen_port` (port 0 picks a free port; see [`Proxy::local_addr`]).
+    pub async fn bind(config: Config) -> io::Result<Proxy> {
+        let address = tokio::net::lookup_host((config.bind_address.as_str(), config.listen_port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::other(format!("cannot resolve bind_address {}", config.bind_address)))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(Proxy { listener, config, events })
+    }
+
+    /// The address the proxy accepts clients on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A receiver of every [`Event`] the engine reports from now on (server up/down, failover steps, client
+    /// errors ...), in order. It ends (`RecvError::Closed`) after [`Proxy::run`] returns.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs the proxy until `shutdown` completes, then closes the clients cleanly (see the crate docs).
+    ///
+    /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
+    /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        driver::Driver::new(self.config, self.events).run(self.listener, shutdown).await
+    }
+}
+
+/// Runs a proxy for `config` until `shutdown` completes: [`Proxy::bind`] then [`Proxy::run`].
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    Proxy::bind(config).await?.run(shutdown).await
+}
