@@ -41,10 +41,22 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+/// Returns a TCP port on 127.0.0.1 that is free now and that no other test of this process was given.
+///
+/// Ports come from a per-process sequence below Linux's ephemeral range (32768+), so a server started by one
+/// test cannot take the port just chosen for another test's proxy, nor collide with outgoing connections.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 60) as u16 * 200, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = if port >= 32_000 { 20_000 + port % 12_000 } else { port };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
