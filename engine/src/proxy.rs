@@ -390,11 +390,7 @@ impl Engine {
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
             let held = HeldRequest { request, spec, handling, since: now };
-            if client.held.is_empty() {
-                if let Some(held) = self.execute(now, conn, held) {
-                    self.hold(conn, held);
-                }
-            } else {
+            if !client.held.is_empty() || !self.execute(now, conn, &held) {
                 self.hold(conn, held);
             }
         }
@@ -430,12 +426,13 @@ impl Engine {
         }
     }
 
-    /// Runs a classified request now, or gives it back (Some) when it must wait (no master, or an order barrier).
-    fn execute(&mut self, now: Instant, conn: ConnId, held: HeldRequest) -> Option<HeldRequest> {
+    /// Runs a classified request now (true), or leaves it to the caller to hold (false) when it must wait: no
+    /// master, or an order barrier.
+    fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
         let pin = match &held.handling {
             Handling::Local(reply) => {
                 self.reply_local(conn, reply.clone());
-                return None;
+                return true;
             }
             Handling::LocalThenClose(reply) => {
                 self.reply_local(conn, reply.clone());
@@ -443,19 +440,20 @@ impl Engine {
                     client.closing = true;
                 }
                 self.close_if_done(conn);
-                return None;
+                return true;
             }
             Handling::Refuse(message) => {
                 self.reply_local(conn, resp::error_reply(message));
-                return None;
+                return true;
             }
             Handling::Forward(pin) => *pin,
         };
         // A client that is gone needs nothing more.
-        let private = self.client(conn)?.private;
+        let Some(client) = self.client(conn) else { return true };
+        let private = client.private;
         let wants_private = pin > Pin::Shared || private.is_some();
         let Some(target_server) = self.route(now, held.spec, wants_private) else {
-            return Some(held);
+            return false;
         };
         let backend = if wants_private {
             match private {
@@ -463,7 +461,7 @@ impl Engine {
                 None => {
                     // Order barrier: the private connection must not overtake requests still in flight elsewhere.
                     if self.client(conn).is_some_and(|c| c.in_flight() > 0) {
-                        return Some(held);
+                        return false;
                     }
                     let backend = self.acquire_private(now, target_server, conn);
                     if let Some(client) = self.client(conn) {
@@ -481,7 +479,7 @@ impl Engine {
         // until every earlier reply is in.
         let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
-            return Some(held);
+            return false;
         }
         client.last_backend = Some(backend);
         client.passthrough |= entering_passthrough;
@@ -498,7 +496,7 @@ impl Engine {
             }
         }
         self.actions.push_back(Action::Send { conn: backend, data: held.request.frame().clone() });
-        None
+        true
     }
 
     /// The server a forwarded request goes to, or None when it must wait for a master.
@@ -577,6 +575,11 @@ impl Engine {
                 }
             }
         }
+        // Held requests, a paused read and a pending close are the rare cases; a reply usually needs none.
+        let Some(client) = self.client(conn) else { return };
+        if client.held.is_empty() && !client.paused && !client.closing {
+            return;
+        }
         self.run_held(now, conn);
         self.update_reading(conn);
         self.close_if_done(conn);
@@ -593,7 +596,7 @@ impl Engine {
             }
             let Some(held) = client.held.pop_front() else { return };
             self.held_bytes -= held.cost();
-            if let Some(held) = self.execute(now, conn, held) {
+            if !self.execute(now, conn, &held) {
                 self.held_bytes += held.cost();
                 let Some(client) = self.client(conn) else { return };
                 client.held.push_front(held);

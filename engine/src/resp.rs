@@ -114,6 +114,27 @@ fn find_line_end(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// Reads `<digits>\r\n` at `at` when it is a plain number of at most 9 digits; returns it and where the next line
+/// starts. Anything else (a sign, more digits, a missing CRLF, the end of the buffer) is None.
+fn small_number_line(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    let mut pos = at;
+    loop {
+        let byte = *buf.get(pos)?;
+        if byte.is_ascii_digit() {
+            if pos - at == 9 {
+                return None;
+            }
+            value = value * 10 + usize::from(byte - b'0');
+            pos += 1;
+        } else if byte == b'\r' && pos > at && buf.get(pos + 1) == Some(&b'\n') {
+            return Some((value, pos + 2));
+        } else {
+            return None;
+        }
+    }
+}
+
 /// Parses a decimal integer the way Redis's `string2ll` does (optional '-', digits only, no overflow).
 fn parse_int(digits: &[u8]) -> Option<i64> {
     let (negative, digits) = match digits.split_first() {
@@ -211,6 +232,10 @@ impl RequestScanner {
     /// After an error the connection must be closed: the stream is out of step.
     pub fn next_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         if self.remaining.is_none() {
+            if let Some(len) = self.scan_complete_small(buf) {
+                let frame = buf.split_to(len).freeze();
+                return Ok(Some(Request { frame, args: std::mem::take(&mut self.args) }));
+            }
             let Some(&first) = buf.first() else { return Ok(None) };
             if first != b'*' {
                 return self.next_inline(buf);
@@ -296,6 +321,44 @@ impl RequestScanner {
         self.remaining = None;
         let args = std::mem::take(&mut self.args);
         Ok(Some(Request { frame, args }))
+    }
+
+    /// The common case in one pass: a complete, well-formed multibulk at the front of `buf` with small lengths.
+    /// Returns its length with `self.args` filled, or None (args cleared) for anything else, which the general
+    /// path then scans from the start with every check and error of its own.
+    fn scan_complete_small(&mut self, buf: &[u8]) -> Option<usize> {
+        self.args.clear();
+        let found = self.scan_small_into_args(buf);
+        if found.is_none() {
+            self.args.clear();
+        }
+        found
+    }
+
+    fn scan_small_into_args(&mut self, buf: &[u8]) -> Option<usize> {
+        if buf.first() != Some(&b'*') {
+            return None;
+        }
+        let (count, mut pos) = small_number_line(buf, 1)?;
+        if count == 0 || count > self.limits.max_multibulk_len {
+            return None;
+        }
+        for _ in 0..count {
+            if buf.get(pos) != Some(&b'$') {
+                return None;
+            }
+            let (len, start) = small_number_line(buf, pos + 1)?;
+            let end = start + len;
+            if len > self.limits.max_bulk_len || buf.get(end..end + 2) != Some(b"\r\n") {
+                return None;
+            }
+            pos = end + 2;
+            if pos > self.max_request_len() {
+                return None;
+            }
+            self.args.push((start as u32, end as u32));
+        }
+        Some(pos)
     }
 
     /// Remembers where an incomplete request stands, to resume from there when more bytes arrive.
