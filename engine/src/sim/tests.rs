@@ -1,0 +1,106 @@
+//! The failover simulation under proptest-generated fault schedules, and the shrunk schedules it once failed on.
+
+use super::harness::{run, Fault, Scenario};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// Server 0 the master, every other server its replica.
+fn standard(servers: usize) -> Vec<usize> {
+    vec![0; servers]
+}
+
+fn fault(servers: usize, engines: usize) -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        3 => (0..servers).prop_map(Fault::Crash),
+        3 => (0..servers, prop_oneof![Just(0u64), 1..400u64])
+            .prop_map(|(server, load_ms)| Fault::Restart { server, load_ms }),
+        2 => (0..servers).prop_map(Fault::Hang),
+        2 => (0..servers).prop_map(Fault::Unhang),
+        1 => (0..servers, prop_oneof![Just(0u64), Just(50), Just(150), Just(250), Just(1000)])
+            .prop_map(|(server, ms)| Fault::Slow { server, ms }),
+        1 => (0..engines, 0..servers).prop_map(|(engine, server)| Fault::Partition { engine, server }),
+        1 => (0..engines, 0..servers).prop_map(|(engine, server)| Fault::Heal { engine, server }),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (2..=4usize, 1..=2usize).prop_flat_map(|(servers, engines)| {
+        (
+            prop_oneof![3 => Just(standard(servers)), 1 => vec(0..servers, servers)],
+            vec(prop_oneof![4 => Just(100i64), 1 => Just(0i64), 1 => 1..200i64], servers),
+            0..100u64,
+            1..=2usize,
+            prop_oneof![Just(20u64), Just(50), Just(150)],
+            vec((0..4_000u64, fault(servers, engines)), 0..8),
+            any::<bool>(),
+        )
+            .prop_map(
+                move |(master_of, priorities, second_engine_delay_ms, clients, interval, faults, restart_at_end)| {
+                    Scenario {
+                        master_of,
+                        priorities,
+                        engines,
+                        second_engine_delay_ms,
+                        clients_per_engine: clients,
+                        client_interval_ms: interval,
+                        faults,
+                        restart_at_end,
+                    }
+                },
+            )
+    })
+}
+
+fn check(scenario: &Scenario) {
+    if let Err(violation) = run(scenario) {
+        panic!("{violation}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn failover_invariants_hold_under_faults(scenario in scenario()) {
+        if let Err(violation) = run(&scenario) {
+            prop_assert!(false, "{}", violation);
+        }
+    }
+}
+
+#[test]
+fn master_crash_promotes_the_replica_and_keeps_acknowledged_writes() {
+    let scenario = Scenario {
+        master_of: standard(3),
+        priorities: vec![100; 3],
+        engines: 2,
+        second_engine_delay_ms: 37,
+        clients_per_engine: 2,
+        client_interval_ms: 20,
+        faults: vec![(1_000, Fault::Crash(0)), (3_000, Fault::Restart { server: 0, load_ms: 100 })],
+        restart_at_end: false,
+    };
+    let outcome = run(&scenario).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(outcome.promotions, 1, "{}", outcome.trace.join("\n"));
+    assert_ne!(outcome.final_master, Some(0));
+    assert!(outcome.acked_writes > 100);
+}
+
+#[test]
+fn quiet_run_adopts_the_existing_master_without_failover() {
+    let scenario = Scenario {
+        master_of: standard(4),
+        priorities: vec![100; 4],
+        engines: 2,
+        second_engine_delay_ms: 50,
+        clients_per_engine: 1,
+        client_interval_ms: 50,
+        faults: Vec::new(),
+        restart_at_end: false,
+    };
+    let outcome = run(&scenario).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(outcome.promotions, 0);
+    assert_eq!(outcome.final_master, Some(0));
+    assert_eq!(outcome.errors, 0);
+    check(&scenario);
+}
