@@ -177,6 +177,15 @@ impl Failover {
         now: Instant,
         decisions: &mut SmallVec<[Decision; 4]>,
     ) {
+        // Re-point only while the master plainly answers. A master that has been silent for half of `down_after`
+        // may be dead: another proxy may already have counted it down and promoted a replica, and re-pointing that
+        // new master (or its replicas) to the silent one would undo the failover. (Another proxy promotes at the
+        // earliest `down_after - check_period` after our last valid reply, more than `down_after / 2` with the
+        // default `down_after` of 3 x `check_period`; a healthy master answers every `check_period`.)
+        let silent_for = views[master.0].last_ok.map(|ok| now.saturating_duration_since(ok));
+        if silent_for.is_none_or(|silent| silent > self.down_after / 2) {
+            return;
+        }
         let master_address = &views[master.0].address;
         for (index, view) in views.iter().enumerate() {
             let server = ServerId(index);
@@ -308,6 +317,31 @@ mod tests {
             })
             .collect();
         assert_eq!(repointed, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn does_not_repoint_a_new_master_to_a_silent_one() {
+        // Found by the simulation: this proxy's master has crashed but is not yet down here; another proxy has
+        // already promoted server 1. Re-pointing server 1 to the silent master would undo that failover.
+        let start = Instant::now();
+        let down_after = Duration::from_secs(3);
+        let mut views = vec![
+            view(1, start, Some(master_info("a"))),
+            view(2, start, Some(replica_info(1, 10, 100, "b"))),
+            view(3, start, Some(replica_info(1, 10, 100, "c"))),
+        ];
+        let mut failover = Failover::new(3, start, down_after, Duration::from_secs(1));
+        let _ = failover.evaluate(&views, start);
+        let later = start + Duration::from_millis(2_000);
+        views[1].info = Some(master_info("b"));
+        views[1].last_ok = Some(later);
+        views[2].info = Some(replica_info(2, 10, 100, "c"));
+        views[2].last_ok = Some(later);
+        assert!(failover.evaluate(&views, later).is_empty());
+        // While the master answers, the stray master is re-pointed as before.
+        views[0].last_ok = Some(later);
+        let decisions = failover.evaluate(&views, later);
+        assert_eq!(decisions[0], Decision::Repoint { server: ServerId(1), master: ServerId(0) });
     }
 
     #[test]
