@@ -20,10 +20,11 @@
 //! # Invariants (checked after every step, or at the named moment)
 //!
 //! 1. A `SET` is sent only to a server that is a master in the model at that moment. With two engines, one may
-//!    still write to a master another engine has just demoted, for as long as it takes to see it: one check period
-//!    plus the server's delays ([`stale_master_allowance`]); the write gets `-READONLY`.
+//!    still write to a master another engine has just demoted, for as long as it takes to see it: its next probe,
+//!    or `down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
 //! 2. The engines never route to two different masters for longer than [`split_allowance`] (one check period plus
-//!    network and server delays), except while a partition lasts: engines that see different servers cannot agree.
+//!    network and server delays), except while a partition lasts and [`PARTITION_AFTERMATH_MS`] after: engines
+//!    that see different servers cannot agree (they fight: one re-points what the other promotes).
 //! 3. Every client request gets exactly one reply, of the right kind (`+OK` or an error for `SET`; the written
 //!    value, nil or an error for `GET`), and a `GET` never returns a value other than the one written for its key.
 //!    No request is executed twice. The engine never closes a client, never acts on a connection it was told is
@@ -58,6 +59,10 @@ pub const REPLICATION_PERIOD_MS: u64 = 10;
 pub const SETTLE_MS: u64 = 5_000;
 /// How long after convergence every outstanding request must have been answered.
 pub const DRAIN_MS: u64 = 2_000;
+/// How long after a partition heals the engines may still route to different masters: an engine that was cut
+/// off sees the server again at its next probe (one check period), unless the server fails meanwhile, in which
+/// case the other engine counts it down within `down_after`.
+pub const PARTITION_AFTERMATH_MS: u64 = CHECK_PERIOD_MS + DOWN_AFTER_MS + 4 * LATENCY_MS;
 /// Most requests a simulated client has in flight before it waits.
 const MAX_OUTSTANDING: usize = 8;
 /// Lines of trace kept for a violation report.
@@ -165,9 +170,10 @@ impl fmt::Display for Violation {
     }
 }
 
-/// How long an engine may keep writing to a server after it was demoted: until its next `INFO` of it comes back.
+/// How long an engine may keep writing to a server another engine demoted: until its next `INFO` of it comes back
+/// (one check period plus the round trip), or, if the server stops answering first, until it counts it down.
 pub fn stale_master_allowance(slow_ms: u64) -> u64 {
-    CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms + 1
+    (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(DOWN_AFTER_MS) + 1
 }
 
 /// How long two engines may route to different masters: one check period plus the delays of the replies that
@@ -195,10 +201,21 @@ enum Delivery {
 }
 
 enum Net {
-    Connect { key: Key },
-    ToServer { key: Key, data: Bytes },
-    Process { key: Key, data: Bytes },
-    ToEngine { key: Key, what: Delivery },
+    Connect {
+        key: Key,
+    },
+    ToServer {
+        key: Key,
+        data: Bytes,
+    },
+    /// A server works through its backlog.
+    Drain {
+        server: usize,
+    },
+    ToEngine {
+        key: Key,
+        what: Delivery,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -254,9 +271,9 @@ struct Sim<'a> {
     faults: Vec<(u64, Fault)>,
     next_fault: usize,
     partitions: BTreeSet<(usize, usize)>,
-    /// Arrival-ordered requests buffered by hung servers.
-    inbox: Vec<Vec<(Key, Bytes)>>,
-    busy_until: Vec<u64>,
+    /// Per server, what arrived and is not processed yet, in arrival order, each with the time it may be
+    /// processed (arrival plus the server's delay): a slow server's queue, and everything a hung server buffers.
+    backlog: Vec<VecDeque<(u64, Key, Bytes)>>,
     next_replication: u64,
     heal_at: u64,
     healed: bool,
@@ -264,6 +281,8 @@ struct Sim<'a> {
     converged: bool,
     end_at: u64,
     split_since: Option<u64>,
+    /// When the last partition ended.
+    partition_healed_at: Option<u64>,
     max_slow: u64,
     excused: Vec<bool>,
     /// Errors to the writes sent after convergence (a failure if there is a master to write to).
@@ -309,8 +328,7 @@ impl<'a> Sim<'a> {
             faults,
             next_fault: 0,
             partitions: BTreeSet::new(),
-            inbox: vec![Vec::new(); count],
-            busy_until: vec![0; count],
+            backlog: vec![VecDeque::new(); count],
             next_replication: REPLICATION_PERIOD_MS,
             heal_at,
             healed: false,
@@ -318,6 +336,7 @@ impl<'a> Sim<'a> {
             converged: false,
             end_at: converge_at + DRAIN_MS,
             split_since: None,
+            partition_healed_at: None,
             max_slow: max_slow.unwrap_or(0),
             excused: Vec::new(),
             late_failures: Vec::new(),
@@ -495,14 +514,13 @@ impl<'a> Sim<'a> {
             Fault::Crash(s) => {
                 if self.cluster.servers[s].health != Health::Crashed {
                     self.cluster.crash(s);
-                    self.inbox[s].clear();
+                    self.backlog[s].clear();
                     self.kill_conns(|_, server| server == s);
                 }
             }
             Fault::Restart { server, load_ms } => {
                 if self.cluster.servers[server].health == Health::Crashed {
                     self.cluster.restart(server, self.now, load_ms);
-                    self.busy_until[server] = self.now;
                 }
             }
             Fault::Hang(s) => {
@@ -519,7 +537,9 @@ impl<'a> Sim<'a> {
                 }
             }
             Fault::Heal { engine, server } => {
-                self.partitions.remove(&(engine, server));
+                if self.partitions.remove(&(engine, server)) && self.partitions.is_empty() {
+                    self.partition_healed_at = Some(self.now);
+                }
             }
         }
         Ok(())
@@ -528,13 +548,15 @@ impl<'a> Sim<'a> {
     fn heal(&mut self) -> Result<(), String> {
         self.healed = true;
         self.note("heal".to_string());
-        self.partitions.clear();
+        if !self.partitions.is_empty() {
+            self.partitions.clear();
+            self.partition_healed_at = Some(self.now);
+        }
         for s in 0..self.cluster.servers.len() {
             self.cluster.servers[s].slow_ms = 0;
             self.unhang(s)?;
             if self.scenario.restart_at_end && self.cluster.servers[s].health == Health::Crashed {
                 self.cluster.restart(s, self.now, 0);
-                self.busy_until[s] = self.now;
             }
         }
         Ok(())
@@ -546,8 +568,21 @@ impl<'a> Sim<'a> {
         }
         self.cluster.servers[s].health = Health::Up;
         self.cluster.holders_dirty = true;
-        for (key, data) in std::mem::take(&mut self.inbox[s]) {
-            self.process(key, data)?;
+        self.drain_backlog(s)
+    }
+
+    /// Processes, in arrival order, what server `s` has had long enough (unless it is hung or crashed).
+    fn drain_backlog(&mut self, s: usize) -> Result<(), String> {
+        while self.cluster.servers[s].health == Health::Up {
+            match self.backlog[s].front() {
+                Some(&(ready, _, _)) if ready <= self.now => {
+                    let (_, key, data) = self.backlog[s].pop_front().expect("front exists");
+                    if self.conns.get(&key).is_some_and(|c| c.side == ServerSide::Alive) {
+                        self.process(key, data)?;
+                    }
+                }
+                _ => break,
+            }
         }
         Ok(())
     }
@@ -588,28 +623,16 @@ impl<'a> Sim<'a> {
                 }
                 let s = conn.server;
                 let server = &self.cluster.servers[s];
-                if server.health == Health::Hung {
-                    self.inbox[s].push((key, data));
-                } else if server.slow_ms == 0 && self.busy_until[s] <= self.now {
+                if server.health == Health::Up && server.slow_ms == 0 && self.backlog[s].is_empty() {
                     self.process(key, data)?;
                 } else {
-                    let at = (self.now + server.slow_ms).max(self.busy_until[s]);
-                    self.busy_until[s] = at;
-                    self.schedule(at, Net::Process { key, data });
+                    let last = self.backlog[s].back().map_or(0, |&(ready, _, _)| ready);
+                    let ready = (self.now + server.slow_ms).max(last);
+                    self.backlog[s].push_back((ready, key, data));
+                    self.schedule(ready, Net::Drain { server: s });
                 }
             }
-            Net::Process { key, data } => {
-                let Some(conn) = self.conns.get(&key) else { return Ok(()) };
-                if conn.side != ServerSide::Alive {
-                    return Ok(());
-                }
-                let s = conn.server;
-                if self.cluster.servers[s].health == Health::Hung {
-                    self.inbox[s].push((key, data));
-                } else {
-                    self.process(key, data)?;
-                }
-            }
+            Net::Drain { server } => self.drain_backlog(server)?,
             Net::ToEngine { key, what } => {
                 let now = self.at(self.now);
                 let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
@@ -927,7 +950,9 @@ impl<'a> Sim<'a> {
             }
         }
         let routed: BTreeSet<usize> = (0..self.engines.len()).filter_map(|e| self.routed_master(e)).collect();
-        if routed.len() > 1 && self.partitions.is_empty() {
+        let partitioned = !self.partitions.is_empty()
+            || self.partition_healed_at.is_some_and(|at| self.now < at + PARTITION_AFTERMATH_MS);
+        if routed.len() > 1 && !partitioned {
             let since = *self.split_since.get_or_insert(self.now);
             if self.now - since > split_allowance(self.max_slow) {
                 return Err(format!("the engines have routed to different masters {routed:?} since {since} ms"));
