@@ -76,6 +76,10 @@ pub struct Failover {
     failed_candidates: SmallVec<[ServerId; 4]>,
     /// When each server was last sent `REPLICAOF`, so it is not repeated before its INFO could confirm it.
     repointed_at: Vec<Option<Instant>>,
+    /// The run id the routed master had when it was adopted ("" if unknown).
+    master_run_id: String,
+    /// After losing a master that restarted: choose again only from INFO that arrived since then.
+    fresh_facts_since: Option<Instant>,
 }
 
 /// How much longer than the master a replica's link may have been down before it is not promoted (as Sentinel).
@@ -89,6 +93,8 @@ impl Failover {
             down_after,
             retry_after: check_period,
             failed_candidates: SmallVec::new(),
+            master_run_id: String::new(),
+            fresh_facts_since: None,
             repointed_at: vec![None; servers],
         }
     }
@@ -125,6 +131,13 @@ impl Failover {
             } else if view.is(Role::Replica) {
                 decisions.push(Decision::Lose { master, reason: "it now reports role:slave" });
                 self.phase = Phase::NoMaster { since: now };
+            } else if view.info.is_some() && !self.master_run_id.is_empty() && view.run_id() != self.master_run_id {
+                // It restarted within down_after: its data is as of the crash, and another proxy that did count it
+                // down may have promoted a replica meanwhile. Choose again from the facts, as that proxy did, rather
+                // than re-point the other master to this one (two proxies would undo each other's choice forever).
+                decisions.push(Decision::Lose { master, reason: "it restarted (new run id)" });
+                self.phase = Phase::NoMaster { since: now };
+                self.fresh_facts_since = Some(now);
             }
         }
         if let Phase::Promoting { candidate, deadline, since } = self.phase {
@@ -132,6 +145,7 @@ impl Failover {
             if view.is(Role::Master) {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master: candidate };
+                self.master_run_id = view.run_id().to_string();
                 decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
             } else if view.down || now >= deadline {
                 self.failed_candidates.push(candidate);
@@ -139,9 +153,17 @@ impl Failover {
             }
         }
         if let Phase::NoMaster { since } = self.phase {
+            let stale = self
+                .fresh_facts_since
+                .is_some_and(|t| views.iter().any(|v| !v.down && v.info_at.is_none_or(|at| at < t)));
+            if stale {
+                return decisions;
+            }
+            self.fresh_facts_since = None;
             if let Some(master) = existing_master(views) {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master };
+                self.master_run_id = views[master.0].run_id().to_string();
                 decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
             } else if facts_complete(views) {
                 let down_for = now.saturating_duration_since(since);
@@ -342,6 +364,32 @@ mod tests {
         views[0].last_ok = Some(later);
         let decisions = failover.evaluate(&views, later);
         assert_eq!(decisions[0], Decision::Repoint { server: ServerId(1), master: ServerId(0) });
+    }
+
+    #[test]
+    fn a_restarted_master_is_chosen_again_from_fresh_facts() {
+        // Found by the simulation: our master restarted within down_after while another proxy promoted server 1.
+        let start = Instant::now();
+        let mut views =
+            vec![view(1, start, Some(master_info("a"))), view(2, start, Some(replica_info(1, 10, 100, "b")))];
+        let mut failover = Failover::new(2, start, Duration::from_secs(3), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, start);
+        let later = start + Duration::from_millis(2_900);
+        views[0].info = Some(ReplicationInfo { repl_offset: 10, ..master_info("a2") });
+        views[0].last_ok = Some(later);
+        views[0].info_at = Some(later);
+        let decisions = failover.evaluate(&views, later);
+        assert_eq!(
+            decisions.as_slice(),
+            &[Decision::Lose { master: ServerId(0), reason: "it restarted (new run id)" }]
+        );
+        // Server 1's INFO of this round: it is a master with more data, so it is the one to route to.
+        views[1].info = Some(ReplicationInfo { repl_offset: 12, ..master_info("b") });
+        views[1].info_at = Some(later);
+        views[1].last_ok = Some(later);
+        let decisions = failover.evaluate(&views, later);
+        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
+        assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
     }
 
     #[test]
