@@ -22,7 +22,8 @@
 //! 1. A `SET` is sent only to a server that is a master in the model at that moment. With two engines, one may
 //!    still write to a master another engine has just demoted, for as long as it takes to see it: its next probe,
 //!    or `down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
-//! 2. The engines never route to two different masters for longer than [`split_allowance`] (one check period plus
+//! 2. The engines never route to two different running masters (a crashed or hung one takes no writes; an engine
+//!    counts it down within `down_after`) for longer than [`split_allowance`] (one check period plus
 //!    network and server delays), except while a partition lasts and [`PARTITION_AFTERMATH_MS`] after: engines
 //!    that see different servers cannot agree (they fight: one re-points what the other promotes).
 //! 3. Every client request gets exactly one reply, of the right kind (`+OK` or an error for `SET`; the written
@@ -949,7 +950,12 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        let routed: BTreeSet<usize> = (0..self.engines.len()).filter_map(|e| self.routed_master(e)).collect();
+        // Split brain is two running masters taking writes: an engine still routing to a server that crashed or
+        // hung (it counts it down within down_after) sends writes nowhere.
+        let routed: BTreeSet<usize> = (0..self.engines.len())
+            .filter_map(|e| self.routed_master(e))
+            .filter(|&s| self.cluster.servers[s].health == Health::Up)
+            .collect();
         let partitioned = !self.partitions.is_empty()
             || self.partition_healed_at.is_some_and(|at| self.now < at + PARTITION_AFTERMATH_MS);
         if routed.len() > 1 && !partitioned {

@@ -228,3 +228,20 @@ fn regression_master_restarts_just_within_down_after() {
         restart_at_end: false,
     });
 }
+
+/// Found by the deep search: the master (server 1) hangs; engine 1 promotes server 0, which crashes right after
+/// confirming, so engine 1 routes to a dead server until it counts it down, while engine 0 keeps server 1, which
+/// resumed within its `down_after`. Only one running master ever takes writes.
+#[test]
+fn regression_new_master_crashes_right_after_promotion() {
+    check(&Scenario {
+        master_of: vec![1, 0],
+        priorities: vec![100, 100],
+        engines: 2,
+        second_engine_delay_ms: 22,
+        clients_per_engine: 1,
+        client_interval_ms: 20,
+        faults: vec![(3102, Fault::Hang(1)), (3326, Fault::Crash(0))],
+        restart_at_end: false,
+    });
+}
