@@ -76,6 +76,10 @@ pub struct Failover {
     failed_candidates: SmallVec<[ServerId; 4]>,
     /// When each server was last sent `REPLICAOF`, so it is not repeated before its INFO could confirm it.
     repointed_at: Vec<Option<Instant>>,
+    /// The run id the routed master had when it was adopted ("" if unknown).
+    master_run_id: String,
+    /// After losing a master that restarted: choose again only from INFO that arrived since then.
+    fresh_facts_since: Option<Instant>,
 }
 
 /// How much longer than the master a replica's link may have been down before it is not promoted (as Sentinel).
@@ -89,6 +93,8 @@ impl Failover {
             down_after,
             retry_after: check_period,
             failed_candidates: SmallVec::new(),
+            master_run_id: String::new(),
+            fresh_facts_since: None,
             repointed_at: vec![None; servers],
         }
     }
@@ -119,12 +125,24 @@ impl Failover {
         let mut decisions = SmallVec::new();
         if let Phase::Stable { master } = self.phase {
             let view = &views[master.0];
+            // Whatever the reason, the next choice waits for INFO that every running server sent after the loss
+            // (the engine probes them at once): a choice made from the round of INFO that revealed the loss could
+            // rest on another server's older INFO and contradict the proxy that caused the change.
             if view.down {
                 decisions.push(Decision::Lose { master, reason: "it is down" });
                 self.phase = Phase::NoMaster { since: now };
+                self.fresh_facts_since = Some(now);
             } else if view.is(Role::Replica) {
                 decisions.push(Decision::Lose { master, reason: "it now reports role:slave" });
                 self.phase = Phase::NoMaster { since: now };
+                self.fresh_facts_since = Some(now);
+            } else if view.info.is_some() && !self.master_run_id.is_empty() && view.run_id() != self.master_run_id {
+                // It restarted within down_after: its data is as of the crash, and another proxy that did count it
+                // down may have promoted a replica meanwhile. Choose again from the facts, as that proxy did, rather
+                // than re-point the other master to this one (two proxies would undo each other's choice forever).
+                decisions.push(Decision::Lose { master, reason: "it restarted (new run id)" });
+                self.phase = Phase::NoMaster { since: now };
+                self.fresh_facts_since = Some(now);
             }
         }
         if let Phase::Promoting { candidate, deadline, since } = self.phase {
@@ -132,6 +150,7 @@ impl Failover {
             if view.is(Role::Master) {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master: candidate };
+                self.master_run_id = view.run_id().to_string();
                 decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
             } else if view.down || now >= deadline {
                 self.failed_candidates.push(candidate);
@@ -139,10 +158,18 @@ impl Failover {
             }
         }
         if let Phase::NoMaster { since } = self.phase {
+            let stale = self
+                .fresh_facts_since
+                .is_some_and(|t| views.iter().any(|v| !v.down && v.info_at.is_none_or(|at| at < t)));
+            if stale {
+                return decisions;
+            }
+            self.fresh_facts_since = None;
             let master = if facts_known_or_unreachable(views) { existing_master(views) } else { None };
             if let Some(master) = master {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master };
+                self.master_run_id = views[master.0].run_id().to_string();
                 decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
             } else if facts_complete(views) {
                 let down_for = now.saturating_duration_since(since);
@@ -178,6 +205,15 @@ impl Failover {
         now: Instant,
         decisions: &mut SmallVec<[Decision; 4]>,
     ) {
+        // Re-point only while the master plainly answers. A master that has been silent for half of `down_after`
+        // may be dead: another proxy may already have counted it down and promoted a replica, and re-pointing that
+        // new master (or its replicas) to the silent one would undo the failover. (Another proxy promotes at the
+        // earliest `down_after - check_period` after our last valid reply, more than `down_after / 2` with the
+        // default `down_after` of 3 x `check_period`; a healthy master answers every `check_period`.)
+        let silent_for = views[master.0].last_ok.map(|ok| now.saturating_duration_since(ok));
+        if silent_for.is_none_or(|silent| silent > self.down_after / 2) {
+            return;
+        }
         let master_address = &views[master.0].address;
         for (index, view) in views.iter().enumerate() {
             let server = ServerId(index);
@@ -301,8 +337,14 @@ mod tests {
         let _ = failover.evaluate(&views, now);
         views[0].down = true;
         let decisions = failover.evaluate(&views, now);
-        assert!(matches!(decisions[0], Decision::Lose { master: ServerId(0), .. }));
-        assert!(matches!(decisions[1], Decision::Promote { candidate: ServerId(2), .. }));
+        assert_eq!(decisions.as_slice(), &[Decision::Lose { master: ServerId(0), reason: "it is down" }]);
+        // The choice waits for INFO sent after the loss.
+        let later = now + Duration::from_millis(1);
+        for v in &mut views[1..] {
+            v.info_at = Some(later);
+        }
+        let decisions = failover.evaluate(&views, later);
+        assert!(matches!(decisions[0], Decision::Promote { candidate: ServerId(2), .. }));
         // Confirmed: the others (and the old master once it returns) are re-pointed.
         views[2].info = Some(master_info("c"));
         views[0].down = false;
@@ -327,6 +369,57 @@ mod tests {
         views[1].info = Some(master_info("b"));
         views[2].info = Some(replica_info(2, 0, 100, "c"));
         let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
+        assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+    }
+
+    #[test]
+    fn does_not_repoint_a_new_master_to_a_silent_one() {
+        // Found by the simulation: this proxy's master has crashed but is not yet down here; another proxy has
+        // already promoted server 1. Re-pointing server 1 to the silent master would undo that failover.
+        let start = Instant::now();
+        let down_after = Duration::from_secs(3);
+        let mut views = vec![
+            view(1, start, Some(master_info("a"))),
+            view(2, start, Some(replica_info(1, 10, 100, "b"))),
+            view(3, start, Some(replica_info(1, 10, 100, "c"))),
+        ];
+        let mut failover = Failover::new(3, start, down_after, Duration::from_secs(1));
+        let _ = failover.evaluate(&views, start);
+        let later = start + Duration::from_millis(2_000);
+        views[1].info = Some(master_info("b"));
+        views[1].last_ok = Some(later);
+        views[2].info = Some(replica_info(2, 10, 100, "c"));
+        views[2].last_ok = Some(later);
+        assert!(failover.evaluate(&views, later).is_empty());
+        // While the master answers, the stray master is re-pointed as before.
+        views[0].last_ok = Some(later);
+        let decisions = failover.evaluate(&views, later);
+        assert_eq!(decisions[0], Decision::Repoint { server: ServerId(1), master: ServerId(0) });
+    }
+
+    #[test]
+    fn a_restarted_master_is_chosen_again_from_fresh_facts() {
+        // Found by the simulation: our master restarted within down_after while another proxy promoted server 1.
+        let start = Instant::now();
+        let mut views =
+            vec![view(1, start, Some(master_info("a"))), view(2, start, Some(replica_info(1, 10, 100, "b")))];
+        let mut failover = Failover::new(2, start, Duration::from_secs(3), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, start);
+        let later = start + Duration::from_millis(2_900);
+        views[0].info = Some(ReplicationInfo { repl_offset: 10, ..master_info("a2") });
+        views[0].last_ok = Some(later);
+        views[0].info_at = Some(later);
+        let decisions = failover.evaluate(&views, later);
+        assert_eq!(
+            decisions.as_slice(),
+            &[Decision::Lose { master: ServerId(0), reason: "it restarted (new run id)" }]
+        );
+        // Server 1's INFO of this round: it is a master with more data, so it is the one to route to.
+        views[1].info = Some(ReplicationInfo { repl_offset: 12, ..master_info("b") });
+        views[1].info_at = Some(later);
+        views[1].last_ok = Some(later);
+        let decisions = failover.evaluate(&views, later);
         assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
         assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
     }

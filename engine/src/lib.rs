@@ -64,6 +64,8 @@ mod proxy;
 pub mod resp;
 pub mod route;
 pub mod session;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod topology;
 
 pub use config::{Config, ConfigError, Mode, ServerAddress};

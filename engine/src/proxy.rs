@@ -874,7 +874,7 @@ impl Engine {
                 if valid {
                     let view = &mut self.views[server.0];
                     view.last_ok = Some(now);
-                    let was_unavailable = view.down || view.suspect;
+                    let was_unavailable = view.down || view.suspect || view.unreachable;
                     view.suspect = false;
                     view.unreachable = false;
                     if view.down {
@@ -957,6 +957,12 @@ impl Engine {
                 Decision::Lose { master, reason } => {
                     let address = self.views[master.0].address.clone();
                     self.events.push_back(Event::MasterLost { address, reason });
+                    // The next choice waits for fresh INFO from every running server: ask for it now.
+                    for index in 0..self.servers.len() {
+                        if self.views[index].probe_pending_since.is_none() {
+                            self.send_probe(now, ServerId(index));
+                        }
+                    }
                     // Requests in flight on the old master get errors now rather than hanging.
                     let conns: Vec<ConnId> = self
                         .conns

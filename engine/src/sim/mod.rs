@@ -1,0 +1,13 @@
+//! A deterministic simulation of the engine against modelled Redis servers, for tests and fuzzing.
+//!
+//! [`model`] holds the servers; [`harness`] drives one or two [`crate::Engine`]s on a fake clock, carries their
+//! bytes to and from the model over simulated connections, runs a few clients, applies a fault [`Scenario`] and
+//! checks the failover invariants after every step. Available in the engine's own tests and, with the `sim`
+//! feature, to other crates (the fuzz targets).
+
+pub mod harness;
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+pub use harness::{run, Fault, Outcome, Scenario, Violation};

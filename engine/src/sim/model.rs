@@ -1,0 +1,462 @@
+//! A model of a small group of Redis servers: health, roles, replication links and offsets, run ids, priorities,
+//! and a key-value store, answering the commands the engine sends exactly as Redis 7 does.
+//!
+//! A server's dataset is its replication log: a list of write ids (each id is one `SET` executed once, somewhere).
+//! Its replication offset is the log's length. A replica whose log is a prefix of its master's copies the missing
+//! tail (a partial resync); otherwise it does a full sync and takes the master's log whole, dropping writes its
+//! master never had, as Redis does. Because write ids are unique and logs only grow by appending new ids or by
+//! copying another log's prefix, write `w` is held by a server exactly when `log[position(w)] == w`.
+//!
+//! Restarts: a crashed server comes back as a master (a Redis without `replicaof` in its config file) with its
+//! dataset as of the crash (persistence on, e.g. AOF with `appendfsync always`), its offset as of the crash, and a
+//! new run id; it may spend a while loading (`loading:1`, `-LOADING` to most commands).
+
+use crate::config::ServerAddress;
+use crate::resp::{self, Request};
+use crate::topology::addresses_match;
+use bytes::{Bytes, BytesMut};
+
+/// Whether a server process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Running and answering.
+    Up,
+    /// Killed: connections are closed, connects are refused.
+    Crashed,
+    /// Stopped (SIGSTOP): the kernel accepts connections and buffers requests, nothing is answered until resumed.
+    Hung,
+}
+
+/// A server's replication role in the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimRole {
+    /// `role:master`
+    Master,
+    /// `role:slave` of server `master` (None: an address outside the modelled group, never reachable).
+    Replica {
+        /// Index of its master.
+        master: Option<usize>,
+    },
+}
+
+/// One executed `SET`.
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// The key.
+    pub key: Bytes,
+    /// The value.
+    pub value: Bytes,
+    /// Where it sits in every log that holds it.
+    pub position: usize,
+    /// The server that executed it.
+    pub server: usize,
+    /// When it was executed (simulated ms).
+    pub at_ms: u64,
+}
+
+/// One modelled Redis server.
+#[derive(Clone, Debug)]
+pub struct SimServer {
+    /// Where it listens.
+    pub address: ServerAddress,
+    /// Whether it runs.
+    pub health: Health,
+    /// Extra delay before it processes what arrives (a busy server), in ms.
+    pub slow_ms: u64,
+    /// Master or replica.
+    pub role: SimRole,
+    /// Whether its link to its master is up (replicas).
+    pub link_up: bool,
+    /// When its link went down (None: never connected since it was last pointed somewhere).
+    pub link_down_since_ms: Option<u64>,
+    /// When it last heard from its master.
+    pub last_io_ms: u64,
+    /// Its dataset and replication stream: write ids in order; the offset is the length.
+    pub log: Vec<u64>,
+    /// Its run id (40 hex digits), new at every restart.
+    pub run_id: String,
+    /// `replica-priority`.
+    pub priority: i64,
+    /// Loading its dataset until then (after a restart).
+    pub loading_until_ms: u64,
+    /// Incremented at every restart; connections belong to one incarnation.
+    pub incarnation: u32,
+    /// When it last stopped being a master by `REPLICAOF host port`.
+    pub demoted_at_ms: Option<u64>,
+}
+
+impl SimServer {
+    /// Whether it answers now (up and not loading).
+    pub fn serving(&self, now_ms: u64) -> bool {
+        self.health == Health::Up && now_ms >= self.loading_until_ms
+    }
+
+    /// Its replication offset.
+    pub fn offset(&self) -> i64 {
+        self.log.len() as i64
+    }
+
+    /// Whether it holds `write`.
+    pub fn holds(&self, write: &Write, id: u64) -> bool {
+        self.log.get(write.position) == Some(&id)
+    }
+}
+
+/// What executing one command changed, for the harness's bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// A `SET` created this write.
+    pub wrote: Option<u64>,
+    /// A `SET` for a key that had already been written: the same request ran twice.
+    pub duplicate_write: bool,
+    /// `REPLICAOF NO ONE` turned a replica into a master.
+    pub promoted: bool,
+    /// `REPLICAOF host port` turned a master into a replica.
+    pub demoted: bool,
+}
+
+/// The modelled servers and every write ever executed.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// The servers, in configuration order.
+    pub servers: Vec<SimServer>,
+    /// Every executed write, by id.
+    pub writes: Vec<Write>,
+    /// Set when datasets or availability changed in a way that may have removed a write's last available copy.
+    pub holders_dirty: bool,
+}
+
+/// The port of server `index`.
+pub fn port_of(index: usize) -> u16 {
+    7000 + index as u16
+}
+
+fn run_id(server: usize, incarnation: u32) -> String {
+    // splitmix64, twice, for 40 deterministic hex digits.
+    let mut state = (server as u64) << 32 | u64::from(incarnation);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let text = format!("{:016x}{:016x}{:016x}", next(), next(), next());
+    text[..40].to_string()
+}
+
+fn simple(text: &'static [u8]) -> Bytes {
+    Bytes::from_static(text)
+}
+
+fn bulk(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 16);
+    resp::put_bulk_header(&mut out, payload.len());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
+
+impl Cluster {
+    /// `count` servers on 127.0.0.1:7000.., all up; `master_of[i] == i` makes server `i` a master, any other
+    /// index makes it a replica of that server (link up at the first replication tick); `priorities` per server.
+    pub fn new(master_of: &[usize], priorities: &[i64]) -> Cluster {
+        let servers = master_of
+            .iter()
+            .enumerate()
+            .map(|(index, &of)| SimServer {
+                address: ServerAddress { host: "127.0.0.1".into(), port: port_of(index) },
+                health: Health::Up,
+                slow_ms: 0,
+                role: if of == index { SimRole::Master } else { SimRole::Replica { master: Some(of) } },
+                link_up: false,
+                link_down_since_ms: None,
+                last_io_ms: 0,
+                log: Vec::new(),
+                run_id: run_id(index, 0),
+                priority: priorities.get(index).copied().unwrap_or(100),
+                loading_until_ms: 0,
+                incarnation: 0,
+                demoted_at_ms: None,
+            })
+            .collect();
+        Cluster { servers, writes: Vec::new(), holders_dirty: false }
+    }
+
+    /// The server listening on `address`, if any.
+    pub fn server_at(&self, address: &ServerAddress) -> Option<usize> {
+        self.servers.iter().position(|s| s.address == *address)
+    }
+
+    /// Kills server `index` (the harness closes its connections).
+    pub fn crash(&mut self, index: usize) {
+        self.servers[index].health = Health::Crashed;
+        self.holders_dirty = true;
+    }
+
+    /// Starts a crashed server again: a master with its data as of the crash, a new run id, loading for a while.
+    pub fn restart(&mut self, index: usize, now_ms: u64, load_ms: u64) {
+        let server = &mut self.servers[index];
+        server.health = Health::Up;
+        server.incarnation += 1;
+        server.run_id = run_id(index, server.incarnation);
+        server.role = SimRole::Master;
+        server.link_up = false;
+        server.link_down_since_ms = None;
+        server.loading_until_ms = now_ms + load_ms;
+        self.holders_dirty = true;
+    }
+
+    /// Executes one request on server `index` at `now_ms` and returns the reply Redis would send.
+    pub fn execute(&mut self, index: usize, now_ms: u64, request: &Request) -> (Bytes, Effect) {
+        let mut effect = Effect::default();
+        let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
+        let loading = now_ms < self.servers[index].loading_until_ms;
+        let reply = match name.as_slice() {
+            b"INFO" => bulk(self.info(index, now_ms).as_bytes()),
+            b"RESET" => simple(b"+RESET\r\n"),
+            _ if loading => simple(LOADING),
+            b"PING" => simple(b"+PONG\r\n"),
+            b"REPLICAOF" | b"SLAVEOF" => self.replicaof(index, now_ms, request, &mut effect),
+            b"SET" => match (request.arg(1), request.arg(2)) {
+                (Some(key), Some(value)) if request.arg_count() == 3 => {
+                    if self.servers[index].role != SimRole::Master {
+                        simple(b"-READONLY You can't write against a read only replica.\r\n")
+                    } else {
+                        let key = Bytes::copy_from_slice(key);
+                        effect.duplicate_write = self.writes.iter().any(|w| w.key == key);
+                        let id = self.writes.len() as u64;
+                        let server = &mut self.servers[index];
+                        self.writes.push(Write {
+                            key,
+                            value: Bytes::copy_from_slice(value),
+                            position: server.log.len(),
+                            server: index,
+                            at_ms: now_ms,
+                        });
+                        server.log.push(id);
+                        effect.wrote = Some(id);
+                        simple(b"+OK\r\n")
+                    }
+                }
+                _ => simple(b"-ERR syntax error\r\n"),
+            },
+            b"GET" => match request.arg(1) {
+                Some(key) if request.arg_count() == 2 => {
+                    let found = self.servers[index]
+                        .log
+                        .iter()
+                        .rev()
+                        .map(|&id| &self.writes[id as usize])
+                        .find(|w| w.key == key);
+                    match found {
+                        Some(write) => bulk(&write.value),
+                        None => simple(b"$-1\r\n"),
+                    }
+                }
+                _ => simple(b"-ERR wrong number of arguments for 'get' command\r\n"),
+            },
+            _ => {
+                let shown = String::from_utf8_lossy(request.arg(0).unwrap_or_default()).into_owned();
+                Bytes::from(format!("-ERR unknown command '{shown}', with args beginning with: \r\n"))
+            }
+        };
+        (reply, effect)
+    }
+
+    fn replicaof(&mut self, index: usize, now_ms: u64, request: &Request, effect: &mut Effect) -> Bytes {
+        let (Some(host), Some(port), 3) = (request.arg(1), request.arg(2), request.arg_count()) else {
+            return simple(b"-ERR wrong number of arguments for 'replicaof' command\r\n");
+        };
+        if host.eq_ignore_ascii_case(b"no") && port.eq_ignore_ascii_case(b"one") {
+            let server = &mut self.servers[index];
+            if server.role != SimRole::Master {
+                server.role = SimRole::Master;
+                server.link_up = false;
+                server.link_down_since_ms = None;
+                effect.promoted = true;
+            }
+            return simple(b"+OK\r\n");
+        }
+        let host = String::from_utf8_lossy(host).into_owned();
+        let Some(port) = std::str::from_utf8(port).ok().and_then(|p| p.parse::<u16>().ok()) else {
+            return simple(b"-ERR Invalid master port\r\n");
+        };
+        let master = self.servers.iter().position(|s| addresses_match(&host, port, &s.address));
+        let server = &mut self.servers[index];
+        if server.role == (SimRole::Replica { master }) {
+            return simple(b"+OK Already connected to specified master\r\n");
+        }
+        if server.role == SimRole::Master {
+            server.demoted_at_ms = Some(now_ms);
+            effect.demoted = true;
+        }
+        server.role = SimRole::Replica { master };
+        server.link_up = false;
+        server.link_down_since_ms = None;
+        simple(b"+OK\r\n")
+    }
+
+    /// One replication round at `now_ms`: every running replica whose master runs catches up with it (partial
+    /// resync when its log is a prefix of the master's, full sync otherwise). A crashed master takes the link down
+    /// at once; a hung one leaves it up but sends nothing (Redis notices only after `repl-timeout`, 60 s).
+    pub fn replicate(&mut self, now_ms: u64) {
+        for index in 0..self.servers.len() {
+            let replica = &self.servers[index];
+            if !replica.serving(now_ms) {
+                continue;
+            }
+            let SimRole::Replica { master } = replica.role else { continue };
+            let source = master.filter(|&m| m != index).map(|m| &self.servers[m]);
+            let reachable = source.map(|s| (s.health, s.serving(now_ms)));
+            match reachable {
+                Some((Health::Hung, _)) => {}
+                Some((_, true)) => {
+                    let master_log = &source.expect("reachable").log;
+                    let log = &self.servers[index].log;
+                    let prefix = log.len() <= master_log.len()
+                        && log.last().is_none_or(|&last| master_log[log.len() - 1] == last);
+                    let new_log = if prefix {
+                        let mut grown = log.clone();
+                        grown.extend_from_slice(&master_log[log.len()..]);
+                        grown
+                    } else {
+                        self.holders_dirty = true;
+                        master_log.clone()
+                    };
+                    let replica = &mut self.servers[index];
+                    replica.log = new_log;
+                    replica.link_up = true;
+                    replica.link_down_since_ms = None;
+                    replica.last_io_ms = now_ms;
+                }
+                _ => {
+                    let replica = &mut self.servers[index];
+                    if replica.link_up {
+                        replica.link_up = false;
+                        replica.link_down_since_ms = Some(now_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The text of `INFO` (server, persistence and replication sections) with Redis 7's field names.
+    pub fn info(&self, index: usize, now_ms: u64) -> String {
+        let server = &self.servers[index];
+        let loading = u8::from(now_ms < server.loading_until_ms);
+        let mut text = format!(
+            "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nrun_id:{}\r\ntcp_port:{}\r\n\r\n\
+             # Persistence\r\nloading:{loading}\r\n\r\n# Replication\r\n",
+            server.run_id, server.address.port
+        );
+        let offset = server.offset();
+        match server.role {
+            SimRole::Master => text.push_str("role:master\r\n"),
+            SimRole::Replica { master } => {
+                let (host, port) = match master {
+                    Some(m) => (self.servers[m].address.host.clone(), self.servers[m].address.port),
+                    None => ("10.255.255.1".to_string(), 6379),
+                };
+                let secs = |since: u64| (now_ms.saturating_sub(since) / 1000) as i64;
+                text.push_str(&format!(
+                    "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\n\
+                     master_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:{offset}\r\n\
+                     slave_repl_offset:{offset}\r\n",
+                    if server.link_up { "up" } else { "down" },
+                    if server.link_up { secs(server.last_io_ms) } else { -1 },
+                ));
+                if !server.link_up {
+                    let down = server.link_down_since_ms.map_or(-1, secs);
+                    text.push_str(&format!("master_link_down_since_seconds:{down}\r\n"));
+                }
+                text.push_str(&format!(
+                    "slave_priority:{}\r\nslave_read_only:1\r\nreplica_announced:1\r\n",
+                    server.priority
+                ));
+            }
+        }
+        let replicas: Vec<usize> = (0..self.servers.len())
+            .filter(|&r| {
+                let other = &self.servers[r];
+                other.role == (SimRole::Replica { master: Some(index) })
+                    && other.link_up
+                    && other.health != Health::Crashed
+            })
+            .collect();
+        text.push_str(&format!("connected_slaves:{}\r\n", replicas.len()));
+        for (n, &r) in replicas.iter().enumerate() {
+            let other = &self.servers[r];
+            text.push_str(&format!(
+                "slave{n}:ip={},port={},state=online,offset={},lag=0\r\n",
+                other.address.host,
+                other.address.port,
+                other.offset()
+            ));
+        }
+        text.push_str(&format!(
+            "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_repl_offset:{offset}\r\n\
+             second_repl_offset:-1\r\nrepl_backlog_active:1\r\n",
+            server.run_id
+        ));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{ReplicationInfo, Role};
+
+    fn request(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    #[test]
+    fn info_parses_as_the_engine_expects() {
+        let mut cluster = Cluster::new(&[0, 0, 1], &[100, 50, 100]);
+        cluster.execute(0, 0, &request(&["SET", "k", "v"]));
+        cluster.replicate(10);
+        let master = ReplicationInfo::parse(cluster.info(0, 10).as_bytes());
+        assert_eq!(master.role, Some(Role::Master));
+        assert_eq!(master.repl_offset, 1);
+        assert_eq!(master.connected_replicas, 1);
+        assert_eq!(master.run_id.as_deref(), Some(cluster.servers[0].run_id.as_str()));
+        let replica = ReplicationInfo::parse(cluster.info(1, 10).as_bytes());
+        assert_eq!(replica.role, Some(Role::Replica));
+        assert_eq!(replica.master, Some(("127.0.0.1".to_string(), 7000)));
+        assert!(replica.link_up);
+        assert_eq!(replica.priority, 50);
+        assert_eq!(replica.repl_offset, 1);
+        cluster.crash(0);
+        cluster.replicate(2010);
+        let replica = ReplicationInfo::parse(cluster.info(1, 5010).as_bytes());
+        assert!(!replica.link_up);
+        assert_eq!(replica.link_down_since_secs, Some(3));
+    }
+
+    #[test]
+    fn replicas_refuse_writes_and_full_sync_drops_unreplicated_writes() {
+        let mut cluster = Cluster::new(&[0, 0], &[100, 100]);
+        let (reply, _) = cluster.execute(1, 0, &request(&["SET", "a", "1"]));
+        assert!(reply.starts_with(b"-READONLY"));
+        cluster.execute(0, 0, &request(&["SET", "a", "1"]));
+        cluster.replicate(1);
+        cluster.execute(0, 2, &request(&["SET", "b", "2"]));
+        cluster.crash(0);
+        let (_, effect) = cluster.execute(1, 3, &request(&["REPLICAOF", "NO", "ONE"]));
+        assert!(effect.promoted);
+        cluster.execute(1, 4, &request(&["SET", "c", "3"]));
+        cluster.restart(0, 5, 0);
+        assert_eq!(cluster.servers[0].role, SimRole::Master);
+        let (_, effect) = cluster.execute(0, 6, &request(&["REPLICAOF", "127.0.0.1", "7001"]));
+        assert!(effect.demoted);
+        cluster.replicate(7);
+        let (reply, _) = cluster.execute(0, 8, &request(&["GET", "b"]));
+        assert_eq!(&reply[..], b"$-1\r\n");
+        let (reply, _) = cluster.execute(0, 8, &request(&["GET", "c"]));
+        assert_eq!(&reply[..], b"$1\r\n3\r\n");
+    }
+}
