@@ -28,7 +28,9 @@ fn main() {
         let mut servers = cluster(2);
         let proxy = Proxy::start(runtime, &ports(&servers), &extra);
         let load = start_write_load(proxy.port);
-        std::thread::sleep(Duration::from_millis(500));
+        // Kill at a different point of the probe cycle in each run, so the runs sample the whole cycle.
+        let phase = (run as u64 * 7919) % 1000 * check_period.unwrap_or(1000) / 1000;
+        std::thread::sleep(Duration::from_millis(500 + phase));
         let killed_at = Instant::now();
         servers[0].kill();
         let resumed = wait_until(CONVERGE, || {
