@@ -1,5 +1,6 @@
 //! The command line shared by every runtime binary, and the `RUST_LOG`-style level filter.
 
+use crate::config::Config;
 use crate::event::Level;
 
 /// What the command line asks for.
@@ -13,6 +14,54 @@ pub enum CliCommand {
     Help,
     /// Print the version.
     Version,
+}
+
+/// What a runtime binary does after reading its command line and configuration.
+#[derive(Debug)]
+pub enum Startup {
+    /// Run the proxy with this configuration (its `warnings` are for the log).
+    Run(Config),
+    /// Print these and exit with `code` without running (help, version, `--check`, or an error).
+    Exit {
+        /// The process exit code: 0, or 2 for a bad command line or configuration.
+        code: u8,
+        /// Text for standard output.
+        stdout: String,
+        /// Text for standard error.
+        stderr: String,
+    },
+}
+
+/// Decides what `program` does for `args` (after the program name), reading the config file with `read_file`
+/// (the caller does the I/O). Every runtime binary shares this command line.
+pub fn startup<I, F>(program: &str, args: I, read_file: F) -> Startup
+where
+    I: IntoIterator<Item = String>,
+    F: FnOnce(&str) -> std::io::Result<String>,
+{
+    let exit = |code: u8, stdout: String, stderr: String| Startup::Exit { code, stdout, stderr };
+    let (path, check_only) = match parse_args(args) {
+        Err(message) => return exit(2, String::new(), format!("{program}: {message}\n\n{}\n", usage(program))),
+        Ok(CliCommand::Help) => return exit(0, format!("{}\n", usage(program)), String::new()),
+        Ok(CliCommand::Version) => {
+            return exit(0, format!("{program} {}\n", env!("CARGO_PKG_VERSION")), String::new());
+        }
+        Ok(CliCommand::Check(path)) => (path, true),
+        Ok(CliCommand::Run(path)) => (path, false),
+    };
+    let config = match read_file(&path) {
+        Err(error) => return exit(2, String::new(), format!("{program}: cannot read {path}: {error}\n")),
+        Ok(text) => match Config::from_json(&text) {
+            Ok(config) => config,
+            Err(error) => return exit(2, String::new(), format!("{program}: {path}: {error}\n")),
+        },
+    };
+    if !check_only {
+        return Startup::Run(config);
+    }
+    let warnings: String = config.warnings.iter().map(|w| format!("{program}: {path}: warning: {w}\n")).collect();
+    let valid = format!("{path}: configuration is valid ({} servers)\n", config.servers.len());
+    exit(0, valid, warnings)
 }
 
 /// The usage text for a binary called `program`.
@@ -64,6 +113,22 @@ mod tests {
         assert_eq!(parse(&["--version"]), Ok(CliCommand::Version));
         assert!(parse(&[]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn startup_runs_checks_and_refuses() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let good = |_: &str| Ok(r#"{"servers": [{"port": 6379}], "debug": true}"#.to_string());
+        assert!(matches!(startup("p", args(&["c.json"]), good), Startup::Run(_)));
+        let Startup::Exit { code: 0, stdout, stderr } = startup("p", args(&["--check", "c.json"]), good) else {
+            panic!("--check exits 0 on a valid config");
+        };
+        assert!(stdout.contains("valid") && stderr.contains("`debug`"));
+        let bad = |_: &str| Ok(r#"{"servers": []}"#.to_string());
+        assert!(matches!(startup("p", args(&["c.json"]), bad), Startup::Exit { code: 2, .. }));
+        let missing = |_: &str| Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(matches!(startup("p", args(&["c.json"]), missing), Startup::Exit { code: 2, .. }));
+        assert!(matches!(startup("p", args(&[]), good), Startup::Exit { code: 2, .. }));
     }
 
     #[test]

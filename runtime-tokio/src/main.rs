@@ -1,6 +1,6 @@
 //! `redis-proxy-tokio`: the engine driven by tokio on a current-thread runtime; same command line as `redis-proxy`.
 
-use redis_proxy_engine::cli::{self, log_line, CliCommand};
+use redis_proxy_engine::cli::{self, log_line, Startup};
 use redis_proxy_engine::{Config, Level};
 use redis_proxy_tokio::Proxy;
 use std::process::ExitCode;
@@ -10,45 +10,14 @@ use tokio::sync::broadcast::error::RecvError;
 const PROGRAM: &str = "redis-proxy-tokio";
 
 fn main() -> ExitCode {
-    let command = match cli::parse_args(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("{PROGRAM}: {message}\n\n{}", cli::usage(PROGRAM));
-            return ExitCode::from(2);
+    let config = match cli::startup(PROGRAM, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
+        Startup::Run(config) => config,
+        Startup::Exit { code, stdout, stderr } => {
+            print!("{stdout}");
+            eprint!("{stderr}");
+            return ExitCode::from(code);
         }
     };
-    let (path, check_only) = match command {
-        CliCommand::Help => {
-            println!("{}", cli::usage(PROGRAM));
-            return ExitCode::SUCCESS;
-        }
-        CliCommand::Version => {
-            println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        CliCommand::Check(path) => (path, true),
-        CliCommand::Run(path) => (path, false),
-    };
-    let config = match std::fs::read_to_string(&path) {
-        Ok(text) => match Config::from_json(&text) {
-            Ok(config) => config,
-            Err(error) => {
-                eprintln!("{PROGRAM}: {path}: {error}");
-                return ExitCode::from(2);
-            }
-        },
-        Err(error) => {
-            eprintln!("{PROGRAM}: cannot read {path}: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    if check_only {
-        for warning in &config.warnings {
-            eprintln!("{PROGRAM}: {path}: warning: {warning}");
-        }
-        println!("{path}: configuration is valid ({} servers)", config.servers.len());
-        return ExitCode::SUCCESS;
-    }
     let log_level = cli::log_level(std::env::var("RUST_LOG").ok().as_deref());
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
