@@ -7,20 +7,22 @@ use mio::{Events, Interest, Poll, Token};
 use redis_proxy_engine::cli::log_line;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime};
 
 const LISTENER: Token = Token(usize::MAX);
-/// Bytes read per `read` call.
-const READ_CHUNK: usize = 64 * 1024;
+/// Free room a read buffer gets before a read (more while reads keep filling it, up to `MAX_READ_ROOM`).
+const MIN_READ_ROOM: usize = 4 * 1024;
+/// The most room a read buffer is grown to for one read, while a peer keeps sending.
+const MAX_READ_ROOM: usize = 1024 * 1024;
 /// Reads per connection per turn, so one busy peer cannot starve the others.
 const READS_PER_TURN: usize = 16;
 /// Buffers handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 /// A read buffer that has held more than this is replaced by a fresh one once the engine has taken its frames,
 /// so one large value does not pin its allocation for the rest of the connection's life.
-const SHRINK_READ_BUF_AFTER: usize = 4 * READ_CHUNK;
+const SHRINK_READ_BUF_AFTER: usize = 4 * 64 * 1024;
 
 struct Socket {
     id: ConnId,
@@ -28,6 +30,8 @@ struct Socket {
     read_buf: BytesMut,
     /// The most `read_buf` has held since it was last replaced (its allocation is at least this large).
     read_buf_peak: usize,
+    /// Room to give the read buffer before the next read: doubles while reads fill it.
+    read_room: usize,
     out: VecDeque<Bytes>,
     connecting: bool,
     /// The engine wants this connection read.
@@ -45,7 +49,6 @@ struct Runtime {
     dirty: Vec<usize>,
     /// Connections that may still hold unread bytes (turn cap reached, or reading resumed).
     read_again: Vec<usize>,
-    scratch: Box<[u8]>,
     log_level: Level,
 }
 
@@ -65,7 +68,6 @@ pub fn run(config: Config, log_level: Level) -> io::Result<()> {
         sockets: Vec::new(),
         dirty: Vec::new(),
         read_again: Vec::new(),
-        scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
         log_level,
     };
     for warning in &config.warnings {
@@ -198,15 +200,24 @@ impl Runtime {
                 return;
             }
             let id = socket.id;
-            match socket.stream.read(&mut self.scratch) {
+            if socket.read_buf.capacity() - socket.read_buf.len() < MIN_READ_ROOM {
+                socket.read_buf.reserve(socket.read_room);
+            }
+            let room = socket.read_buf.capacity() - socket.read_buf.len();
+            match recv_into(&socket.stream, &mut socket.read_buf) {
                 Ok(0) => return self.closed_by_peer(index),
                 Ok(n) => {
-                    socket.read_buf.extend_from_slice(&self.scratch[..n]);
+                    socket.read_room = if n == room { (room * 2).min(MAX_READ_ROOM) } else { MIN_READ_ROOM };
                     socket.read_buf_peak = socket.read_buf_peak.max(socket.read_buf.len());
                     let mut buf = std::mem::take(&mut socket.read_buf);
                     self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
                     if let Some(socket) = self.socket(index).filter(|s| s.id == id) {
-                        if socket.read_buf_peak > SHRINK_READ_BUF_AFTER && buf.len() <= READ_CHUNK {
+                        if buf.is_empty() {
+                            // Nothing partial is left: let go of the allocation (the frames split off keep it
+                            // alive only until they are written), so an idle connection holds no buffer.
+                            buf = BytesMut::new();
+                            socket.read_buf_peak = 0;
+                        } else if socket.read_buf_peak > SHRINK_READ_BUF_AFTER && buf.len() <= MIN_READ_ROOM {
                             // The frames split off share the large allocation; copying the small rest lets it go
                             // once they are written.
                             buf = BytesMut::from(&buf[..]);
@@ -215,7 +226,7 @@ impl Runtime {
                         socket.read_buf = buf;
                     }
                     self.drain_engine();
-                    if n < READ_CHUNK {
+                    if n < room {
                         return;
                     }
                 }
@@ -368,6 +379,7 @@ impl Socket {
             stream,
             read_buf: BytesMut::new(),
             read_buf_peak: 0,
+            read_room: MIN_READ_ROOM,
             out: VecDeque::new(),
             connecting,
             readable: true,
@@ -375,6 +387,15 @@ impl Socket {
             dirty: false,
         }
     }
+}
+
+/// Reads from `stream` straight into the spare capacity of `buf` (no zeroing, no copy) and extends it.
+fn recv_into(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let n = socket2::SockRef::from(stream).recv(buf.spare_capacity_mut())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (it returns how many it wrote, at
+    // most the slice's length), so the buffer may grow over them.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
