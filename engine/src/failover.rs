@@ -143,6 +143,14 @@ impl Failover {
                 decisions.push(Decision::Lose { master, reason: "it restarted (new run id)" });
                 self.phase = Phase::NoMaster { since: now };
                 self.fresh_facts_since = Some(now);
+            } else if let Some(newer) = superseding_master(views, master) {
+                // Another proxy (or an operator) promoted a replica of our master: that master continues our
+                // master's history, so it is the newer one. Every proxy that sees both follows it, instead of each
+                // re-pointing the other's choice.
+                decisions.push(Decision::Lose { master, reason: "one of its replicas was promoted" });
+                decisions.push(Decision::Adopt { master: newer, reason: "it was promoted from the master's history" });
+                self.phase = Phase::Stable { master: newer };
+                self.master_run_id = views[newer.0].run_id().to_string();
             }
         }
         if let Phase::Promoting { candidate, deadline, since } = self.phase {
@@ -232,6 +240,16 @@ impl Failover {
             }
         }
     }
+}
+
+/// A server that reports `role:master` and continues the replication history of `master` (its `master_replid2`
+/// is `master`'s `master_replid`): it was promoted from `master`'s replicas after `master` last changed history.
+pub fn superseding_master(views: &[ServerView], master: ServerId) -> Option<ServerId> {
+    views
+        .iter()
+        .enumerate()
+        .find(|(index, v)| *index != master.0 && v.is(Role::Master) && v.continues_history_of(&views[master.0]))
+        .map(|(index, _)| ServerId(index))
 }
 
 /// Whether every server is either down or has reported INFO: only then may a replica be promoted, so that a
@@ -422,6 +440,37 @@ mod tests {
         let decisions = failover.evaluate(&views, later);
         assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
         assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+    }
+
+    #[test]
+    fn a_master_promoted_from_ours_is_followed_and_ours_re_pointed() {
+        // Another proxy, cut off from server 0, promoted server 1; this proxy still reaches server 0.
+        let now = Instant::now();
+        let with_ids = |info: ReplicationInfo, replid: &str, replid2: Option<&str>| ReplicationInfo {
+            replid: Some(replid.into()),
+            replid2: replid2.map(Into::into),
+            ..info
+        };
+        let mut views = vec![
+            view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
+            view(2, now, Some(replica_info(1, 10, 100, "b"))),
+        ];
+        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, now);
+        views[1].info = Some(with_ids(master_info("b"), "history-b", Some("history-a")));
+        let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Lose { master: ServerId(0), .. }));
+        assert!(matches!(decisions[1], Decision::Adopt { master: ServerId(1), .. }));
+        assert_eq!(decisions[2], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+        // The proxy on server 1 sees server 0 as a stray master (no shared history the other way): re-point it.
+        let mut other = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut only_b = views.clone();
+        only_b[0].unreachable = true;
+        only_b[0].info = None;
+        let _ = other.evaluate(&only_b, now);
+        assert_eq!(other.master(), Some(ServerId(1)));
+        let decisions = other.evaluate(&views, now);
+        assert_eq!(decisions.as_slice(), &[Decision::Repoint { server: ServerId(0), master: ServerId(1) }]);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct ReplicationInfo {
     pub loading: bool,
     /// `master_sync_in_progress:1`
     pub sync_in_progress: bool,
+    /// `master_replid`: the replication history this server serves (masters) or follows (replicas).
+    pub replid: Option<String>,
+    /// `master_replid2`: the history it continued when it was promoted (None when all zeros: never promoted).
+    pub replid2: Option<String>,
 }
 
 impl ReplicationInfo {
@@ -90,6 +94,8 @@ impl ReplicationInfo {
                 b"slave_priority" | b"replica_priority" => info.priority = value_str.parse().unwrap_or(100),
                 b"connected_slaves" => info.connected_replicas = value_str.parse().unwrap_or(0),
                 b"run_id" => info.run_id = Some(value_str.to_string()),
+                b"master_replid" => info.replid = Some(value_str.to_string()),
+                b"master_replid2" if value.iter().any(|&b| b != b'0') => info.replid2 = Some(value_str.to_string()),
                 b"loading" => info.loading = value == b"1",
                 b"master_sync_in_progress" => info.sync_in_progress = value == b"1",
                 _ => {}
@@ -161,6 +167,14 @@ impl ServerView {
             && self.info.as_ref().and_then(|i| i.master.as_ref()).is_some_and(|(h, p)| addresses_match(h, *p, master))
     }
 
+    /// Whether this server was promoted from the replication history `other` serves: then it continues that
+    /// history and is the newer master of the two.
+    pub fn continues_history_of(&self, other: &ServerView) -> bool {
+        let replid2 = self.info.as_ref().and_then(|i| i.replid2.as_deref());
+        let other_replid = other.info.as_ref().and_then(|i| i.replid.as_deref());
+        replid2.is_some() && replid2 == other_replid
+    }
+
     /// The run id, or "" when unknown (sorts first; only a tie-break).
     pub fn run_id(&self) -> &str {
         self.info.as_ref().and_then(|i| i.run_id.as_deref()).unwrap_or("")
@@ -189,6 +203,17 @@ mod tests {
         assert!(info.link_up);
         assert_eq!(info.repl_offset, 420);
         assert_eq!(info.priority, 50);
+        assert_eq!(info.replid2, None);
+    }
+
+    #[test]
+    fn parses_replication_ids_of_a_promoted_master() {
+        let text = b"role:master\r\nmaster_replid:bbbb\r\nmaster_replid2:aaaa\r\nmaster_replid2x:1\r\n";
+        let info = ReplicationInfo::parse(text);
+        assert_eq!(info.replid.as_deref(), Some("bbbb"));
+        assert_eq!(info.replid2.as_deref(), Some("aaaa"));
+        let never = ReplicationInfo::parse(b"master_replid2:0000000000000000000000000000000000000000\r\n");
+        assert_eq!(never.replid2, None);
     }
 
     #[test]
