@@ -926,23 +926,26 @@ impl Engine {
                 view.down = true;
                 view.info = None;
                 self.events.push_back(Event::ServerDown { address: view.address.clone() });
-                self.close_server_conns(now, ServerId(index), "server is down");
+                self.close_backends_of(now, ServerId(index), false, "server is down");
+                self.views[index].suspect = false;
             }
         }
     }
 
-    /// Closes every connection to `server` (probe included); in-flight requests get errors.
-    fn close_server_conns(&mut self, now: Instant, server: ServerId, reason: &str) {
+    /// Closes the connections to `server` (the probe too unless `keep_probe`); in-flight requests get errors.
+    fn close_backends_of(&mut self, now: Instant, server: ServerId, keep_probe: bool, reason: &str) {
         let conns: Vec<ConnId> = self
             .conns
             .ids()
             .into_iter()
-            .filter(|id| matches!(self.conns.get(*id), Some(Conn::Backend(b)) if b.server == server))
+            .filter(|id| {
+                matches!(self.conns.get(*id), Some(Conn::Backend(b))
+                    if b.server == server && !(keep_probe && b.purpose == Purpose::Probe))
+            })
             .collect();
         for conn in conns {
             self.close_and_fail(now, conn, reason);
         }
-        self.views[server.0].suspect = false;
     }
 
     fn evaluate_failover(&mut self, now: Instant) {
@@ -964,17 +967,7 @@ impl Engine {
                         }
                     }
                     // Requests in flight on the old master get errors now rather than hanging.
-                    let conns: Vec<ConnId> = self
-                        .conns
-                        .ids()
-                        .into_iter()
-                        .filter(|id| {
-                            matches!(self.conns.get(*id), Some(Conn::Backend(b)) if b.server == master && b.purpose != Purpose::Probe)
-                        })
-                        .collect();
-                    for conn in conns {
-                        self.close_and_fail(now, conn, "master lost");
-                    }
+                    self.close_backends_of(now, master, true, "master lost");
                 }
                 Decision::Promote { candidate, reason } => {
                     let address = self.views[candidate.0].address.clone();
