@@ -37,6 +37,12 @@ fn proxy_for(runtime: Runtime, servers: &[RedisServer], mode: &str) -> Proxy {
     proxy
 }
 
+/// Writes `key` through the proxy and waits until both replicas have it.
+fn set_everywhere(servers: &[RedisServer], conn: &mut RespConn, key: &[u8], value: &[u8]) {
+    assert_eq!(conn.call(&[b"SET", key, value]), status("OK"));
+    assert_eq!(servers[0].connect().call(&[b"WAIT", b"2", b"5000"]), Reply::Int(2));
+}
+
 #[test]
 fn reads_go_to_replicas_round_robin_and_writes_to_the_master() {
     let _serial = redis_proxy_tests::exclusive();
@@ -44,8 +50,7 @@ fn reads_go_to_replicas_round_robin_and_writes_to_the_master() {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
         let mut conn = proxy.connect();
-        assert_eq!(conn.call(&[b"SET", b"k", b"v"]), status("OK"));
-        assert_eq!(servers[0].connect().call(&[b"WAIT", b"2", b"5000"]), Reply::Int(2));
+        set_everywhere(&servers, &mut conn, b"k", b"v");
         reset_stats(&servers);
         let names: [&[u8]; 3] = [b"GET", b"get", b"gEt"];
         for i in 0..10_000 {
@@ -71,8 +76,7 @@ fn a_pipeline_of_reads_and_writes_keeps_its_order() {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
         let mut conn = proxy.connect();
-        assert_eq!(conn.call(&[b"SET", b"a", b"1"]), status("OK"));
-        assert_eq!(servers[0].connect().call(&[b"WAIT", b"2", b"5000"]), Reply::Int(2));
+        set_everywhere(&servers, &mut conn, b"a", b"1");
         for _ in 0..50 {
             let mut batch = Vec::new();
             for args in [&[&b"GET"[..], b"a"][..], &[b"SET", b"b", b"2"], &[b"GET", b"a"], &[b"SET", b"c", b"3"]] {
@@ -94,8 +98,7 @@ fn a_stopped_replica_stops_getting_reads() {
         let servers = cluster();
         let proxy = proxy_for(runtime, &servers, "readsToSlaves");
         let mut conn = proxy.connect();
-        assert_eq!(conn.call(&[b"SET", b"k", b"v"]), status("OK"));
-        assert_eq!(servers[0].connect().call(&[b"WAIT", b"2", b"5000"]), Reply::Int(2));
+        set_everywhere(&servers, &mut conn, b"k", b"v");
         servers[1].signal("STOP");
         // Within about a check period (100 ms) its late probe takes it out of the rotation.
         std::thread::sleep(Duration::from_millis(250));
