@@ -181,6 +181,8 @@ pub struct Engine {
     /// (deadline, client) in deadline order, for expiring held requests; stale entries are skipped.
     hold_deadlines: VecDeque<(Instant, ConnId)>,
     replica_cursor: usize,
+    /// [`Engine::begin_shutdown`] was called.
+    shutting_down: bool,
 }
 
 impl Engine {
@@ -206,6 +208,7 @@ impl Engine {
             held_bytes: 0,
             hold_deadlines: VecDeque::new(),
             replica_cursor: 0,
+            shutting_down: false,
         }
     }
 
@@ -287,7 +290,10 @@ impl Engine {
             client.shared_slot = conn.index() % self.config.pool_size;
         }
         self.clients += 1;
-        if self.clients > self.config.max_clients {
+        if self.shutting_down {
+            self.actions.push_back(Action::Send { conn, data: resp::error_reply("ERR redis-proxy is shutting down") });
+            self.remove_client(conn, true);
+        } else if self.clients > self.config.max_clients {
             self.events.push_back(Event::ClientRejected { peer });
             self.actions.push_back(Action::Send { conn, data: resp::error_reply("ERR max number of clients reached") });
             self.remove_client(conn, true);
@@ -295,6 +301,32 @@ impl Engine {
             self.events.push_back(Event::ClientAccepted { conn, peer });
         }
         conn
+    }
+
+    /// Begins a graceful shutdown: no client is read any more, requests still held get an error, and each client
+    /// is closed ([`Action::Close`]) as soon as every reply it awaits has been sent. New clients are turned away.
+    /// The shutdown is complete when [`Engine::client_count`] is 0; a runtime bounds the wait (a `BLPOP 0` may
+    /// never be answered).
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        let _ = now;
+        self.shutting_down = true;
+        let error = resp::error_reply("ERR redis-proxy is shutting down; the command was not sent");
+        for conn in self.conns.ids() {
+            let Some(client) = client_mut(&mut self.conns, conn) else { continue };
+            let held = std::mem::take(&mut client.held);
+            client.closing = true;
+            self.held_bytes -= held.iter().map(HeldRequest::cost).sum::<usize>();
+            for _ in &held {
+                self.reply_local(conn, error.clone());
+            }
+            if let Some(client) = client_mut(&mut self.conns, conn) {
+                if !client.paused {
+                    client.paused = true;
+                    self.actions.push_back(Action::SetReadable { conn, readable: false });
+                }
+            }
+            self.close_if_done(conn);
+        }
     }
 
     /// Hands the engine something that happened on a connection.
@@ -1063,4 +1095,67 @@ fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
     }
     let header_end = memchr::memchr(b'\n', frame)? + 1;
     frame.get(header_end..frame.len().checked_sub(2)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(engine: &mut Engine) -> Vec<Action> {
+        std::iter::from_fn(|| engine.poll_action()).collect()
+    }
+
+    /// An engine whose one server answered its first probe as a master.
+    fn engine_with_master(now: Instant) -> Engine {
+        let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#).unwrap();
+        let mut engine = Engine::new(config, now);
+        engine.handle_timeout(now);
+        let probe = drain(&mut engine)
+            .into_iter()
+            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
+            .expect("the probe connection is opened at once");
+        engine.handle_input(now, Input::Connected { conn: probe });
+        let info = b"role:master\r\nrun_id:abc\r\n";
+        let mut reply = BytesMut::from(&b"+PONG\r\n"[..]);
+        reply.extend_from_slice(format!("${}\r\n", info.len()).as_bytes());
+        reply.extend_from_slice(info);
+        reply.extend_from_slice(b"\r\n");
+        engine.handle_input(now, Input::Data { conn: probe, buf: &mut reply });
+        assert!(engine.master().is_some());
+        drain(&mut engine);
+        engine
+    }
+
+    #[test]
+    fn shutdown_closes_idle_clients_at_once_and_busy_ones_after_their_reply() {
+        let now = Instant::now();
+        let mut engine = engine_with_master(now);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let idle = engine.accept(now, peer);
+        let busy = engine.accept(now, peer);
+        drain(&mut engine);
+        let mut request = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
+        engine.handle_input(now, Input::Data { conn: busy, buf: &mut request });
+        let shared = drain(&mut engine)
+            .into_iter()
+            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
+            .expect("a shared connection is opened");
+
+        engine.begin_shutdown(now);
+        let actions = drain(&mut engine);
+        assert!(actions.contains(&Action::Close { conn: idle }));
+        assert!(!actions.contains(&Action::Close { conn: busy }), "a reply is still awaited");
+        assert_eq!(engine.client_count(), 1);
+        assert!(matches!(engine.accept(now, peer), late if engine.client_count() == 1 && late != busy));
+
+        engine.handle_input(now, Input::Connected { conn: shared });
+        let mut reply = BytesMut::from(&b"$1\r\nv\r\n"[..]);
+        engine.handle_input(now, Input::Data { conn: shared, buf: &mut reply });
+        let actions = drain(&mut engine);
+        let sent = Action::Send { conn: busy, data: Bytes::from_static(b"$1\r\nv\r\n") };
+        let closed = Action::Close { conn: busy };
+        let position = |wanted: &Action| actions.iter().position(|a| a == wanted);
+        assert!(position(&sent) < position(&closed) && position(&closed).is_some(), "{actions:?}");
+        assert_eq!(engine.client_count(), 0);
+    }
 }

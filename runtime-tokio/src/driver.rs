@@ -100,8 +100,8 @@ pub(crate) struct Driver {
     receiver: mpsc::Receiver<Message>,
     /// Connections closed with bytes still queued, finishing in the background.
     closers: JoinSet<()>,
-    /// When a reply was last queued for a client (for the shutdown drain).
-    last_client_send: Instant,
+    /// Set once shutdown began: until then clients close after the grace period's end.
+    shutdown_deadline: Option<TokioInstant>,
 }
 
 impl Driver {
@@ -116,7 +116,7 @@ impl Driver {
             sender,
             receiver,
             closers: JoinSet::new(),
-            last_client_send: Instant::now(),
+            shutdown_deadline: None,
         }
     }
 
@@ -157,29 +157,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Stops reading clients, forwards the replies still in flight until they stop coming, then closes every
-    /// client cleanly: queued bytes, FIN, and (within the grace period) the client's own close.
+    /// Lets the engine finish: it stops reading clients and closes each once its replies are out; clients still
+    /// waiting when the grace period ends are closed then. Every close writes what is queued, sends a FIN and
+    /// waits (within the grace period) for the client's own close.
     async fn drain_for_shutdown(&mut self, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) {
         let hard_deadline = Instant::now() + crate::SHUTDOWN_GRACE;
-        for socket in self.sockets.iter_mut().flatten() {
-            if socket.kind == Kind::Client {
-                socket.readable = false;
-                if let Some(io) = &socket.io {
-                    io.reading.send_replace(false);
-                }
-            }
-        }
-        self.last_client_send = Instant::now();
+        self.shutdown_deadline = Some(TokioInstant::from_std(hard_deadline));
+        self.engine.begin_shutdown(Instant::now());
         let mut batch = Vec::with_capacity(MESSAGES_PER_TURN);
         loop {
             self.finish_turn();
-            let now = Instant::now();
-            let quiet_at = self.last_client_send + crate::SHUTDOWN_QUIET;
-            if now >= quiet_at || now >= hard_deadline {
+            if self.engine.client_count() == 0 || Instant::now() >= hard_deadline {
                 break;
             }
-            let engine_deadline = self.engine.poll_timeout().map_or(quiet_at, |(at, _)| at);
-            timer.as_mut().reset(TokioInstant::from_std(engine_deadline.min(quiet_at)));
+            let engine_deadline = self.engine.poll_timeout().map_or(hard_deadline, |(at, _)| at);
+            timer.as_mut().reset(TokioInstant::from_std(engine_deadline.min(hard_deadline)));
             tokio::select! {
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
                     for message in batch.drain(..) {
@@ -305,9 +297,6 @@ impl Driver {
                 Action::Send { conn, data } => {
                     let Some(socket) = self.socket_of(conn) else { continue };
                     socket.out.push_back(data);
-                    if socket.kind == Kind::Client {
-                        self.last_client_send = Instant::now();
-                    }
                     self.mark_dirty(conn.index());
                 }
                 Action::Connect { conn, address } => {
@@ -351,6 +340,11 @@ impl Driver {
         }
         let mut socket = self.sockets[conn.index()].take().expect("checked above");
         let Some(io) = socket.io.take() else { return };
+        if let (Some(deadline), Kind::Client) = (self.shutdown_deadline, socket.kind) {
+            // Shutting down: the client gets its replies, a FIN, and time to close its side (no reset).
+            self.closers.spawn(close_gracefully(io.stream, socket.out, deadline, true));
+            return;
+        }
         let _ = write_now(&io.stream, &mut socket.out);
         if socket.out.is_empty() {
             let _ = SockRef::from(&*io.stream).shutdown(Shutdown::Write);

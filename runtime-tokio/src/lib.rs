@@ -44,15 +44,12 @@
 //!
 //! # Shutdown
 //!
-//! When the `shutdown` future passed to [`Proxy::run`] completes, the proxy stops accepting and stops reading
-//! clients, keeps forwarding the replies still in flight until no reply has been sent to a client for
-//! [`SHUTDOWN_QUIET`] (at most [`SHUTDOWN_GRACE`]), then writes what is queued, sends each client a FIN and waits
-//! (within the grace period) for the client to close its side, so clients see every reply and then a clean
-//! end of stream, not a reset.
-//!
-//! The quiet period is a heuristic: the engine does not tell a runtime which clients still await replies, so a
-//! reply slower than [`SHUTDOWN_QUIET`] (a long `BLPOP`, a slow script) is not waited for; its client gets the
-//! end of stream instead.
+//! When the `shutdown` future passed to [`Proxy::run`] completes, the proxy stops accepting and asks the engine
+//! to shut down ([`Engine::begin_shutdown`](redis_proxy_engine::Engine::begin_shutdown)): no client is read any
+//! more, and the engine closes each client as soon as every reply it awaits has been sent. Each closed client gets
+//! what is queued, a FIN, and (within [`SHUTDOWN_GRACE`]) time to close its side, so it sees every reply and then a
+//! clean end of stream, not a reset. Clients still awaiting a reply when the grace period ends (a `BLPOP 0`) are
+//! closed the same way then.
 
 mod driver;
 
@@ -68,9 +65,6 @@ pub use redis_proxy_engine::{Config, Event, Level};
 /// How many engine events a slow [`Proxy::subscribe`] receiver may fall behind before it skips some
 /// (it then gets `RecvError::Lagged` with the count).
 pub const EVENT_CAPACITY: usize = 4096;
-
-/// On shutdown, how long no reply may have gone to any client before the clients are closed.
-pub const SHUTDOWN_QUIET: Duration = Duration::from_millis(50);
 
 /// On shutdown, the longest the proxy waits for replies in flight and for clients to close their side.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
