@@ -6,12 +6,17 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use redis_proxy_engine::cli::log_line;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime};
 
 const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// After SIGINT/SIGTERM, the longest the proxy waits for clients to get the replies they await.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Free room a read buffer gets before a read (more while reads keep filling it, up to `MAX_READ_ROOM`).
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// The most room a read buffer is grown to for one read, while a peer keeps sending.
@@ -62,6 +67,8 @@ pub fn run(config: Config, log_level: Level) -> io::Result<()> {
         TcpListener::bind(address).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let mut runtime = Runtime {
         poll,
         engine: Engine::new(config.clone(), Instant::now()),
@@ -75,7 +82,7 @@ pub fn run(config: Config, log_level: Level) -> io::Result<()> {
     }
     let servers: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
     runtime.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
-    runtime.event_loop(listener)
+    runtime.event_loop(listener, signals)
 }
 
 impl Runtime {
@@ -85,13 +92,23 @@ impl Runtime {
         }
     }
 
-    fn event_loop(&mut self, listener: TcpListener) -> io::Result<()> {
+    /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) has closed every client or run out of
+    /// time; a second signal ends the wait.
+    fn event_loop(&mut self, mut listener: TcpListener, mut signals: Signals) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let mut shutdown_deadline: Option<Instant> = None;
         loop {
             self.drain_engine();
             self.flush_dirty();
             let now = Instant::now();
-            let deadline = self.engine.poll_timeout().map(|(at, _)| at);
+            if shutdown_deadline.is_some_and(|at| self.engine.client_count() == 0 || now >= at) {
+                self.log(Level::Info, &"shutdown complete");
+                return Ok(());
+            }
+            let deadline = match (self.engine.poll_timeout().map(|(at, _)| at), shutdown_deadline) {
+                (Some(engine), Some(shutdown)) => Some(engine.min(shutdown)),
+                (engine, shutdown) => engine.or(shutdown),
+            };
             let timeout = if !self.read_again.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -107,6 +124,19 @@ impl Runtime {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(&listener),
+                    SIGNALS => {
+                        if signals.pending().next().is_none() {
+                            continue;
+                        }
+                        if shutdown_deadline.is_some() {
+                            self.log(Level::Warn, &"second signal: exiting without waiting for clients");
+                            return Ok(());
+                        }
+                        self.log(Level::Info, &"signal received: closing clients once their replies are out");
+                        let _ = self.poll.registry().deregister(&mut listener);
+                        self.engine.begin_shutdown(Instant::now());
+                        shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                    }
                     Token(index) => {
                         if event.is_writable() || event.is_error() || event.is_write_closed() {
                             self.on_writable(index);

@@ -1,6 +1,6 @@
 //! Issue 2's "done means": a proxy in front of one master behaves exactly like Redis, every byte intact.
 
-use redis_proxy_tests::{bulk, encode_command, status, Proxy, RedisServer, Reply, RespConn, Runtime};
+use redis_proxy_tests::{bulk, encode_command, status, wait_until, Proxy, RedisServer, Reply, RespConn, Runtime};
 use std::io::Write;
 use std::time::Duration;
 
@@ -255,4 +255,24 @@ fn hello_and_client_name_stay_with_their_client() {
             assert_eq!(proxy.connect().call(&[b"CLIENT", b"GETNAME"]), Reply::Bulk(None));
         }
     });
+}
+
+#[test]
+fn sigterm_delivers_the_replies_clients_await_then_closes_them_and_exits_zero() {
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let mut proxy = Proxy::start(runtime, &[master.port], "");
+        let mut idle = proxy.connect();
+        assert_eq!(idle.call(&[b"PING"]), status("PONG"));
+        let mut waiting = proxy.connect();
+        waiting.send(&[b"BLPOP", b"queue", b"1"]);
+        std::thread::sleep(Duration::from_millis(200));
+        proxy.signal("TERM");
+        // The blocked client still gets its answer (a timeout after 1 s), then the end of the stream.
+        assert_eq!(waiting.read_reply(), Reply::Array(None), "{runtime:?}");
+        assert!(waiting.is_closed_by_peer());
+        assert!(idle.is_closed_by_peer());
+        assert!(wait_until(Duration::from_secs(5), || !proxy.is_running()), "the proxy exits after SIGTERM");
+        assert_eq!(proxy.exit_status().and_then(|s| s.code()), Some(0), "log:\n{}", proxy.log());
+    }
 }
