@@ -43,8 +43,6 @@ pub enum Waiter {
         /// Its reply slot.
         seq: u64,
     },
-    /// Nobody: read and drop.
-    Discard,
     /// The `RESET` that cleans a released private connection.
     Reset,
     /// A probe.

@@ -840,7 +840,6 @@ impl Engine {
             };
             match waiter {
                 Waiter::Client { conn: client, seq } => self.deliver(now, client, seq, frame),
-                Waiter::Discard => {}
                 Waiter::Reset => self.reset_done(conn, &frame),
                 Waiter::Probe(probe) => self.probe_reply(now, conn, probe, &frame),
             }

@@ -626,48 +626,6 @@ pub fn error_reply(message: &str) -> Bytes {
     out.freeze()
 }
 
-/// Whether a reply frame is an error (`-...`).
-pub fn is_error_reply(frame: &[u8]) -> bool {
-    frame.first() == Some(&b'-')
-}
-
-/// Splits a complete reply frame into its top-level elements when it is an array or push of simple items.
-///
-/// Used for pub/sub confirmations (`subscribe`, channel, count); returns None for anything else.
-pub fn flat_aggregate_items(frame: &[u8]) -> Option<SmallVec<[&[u8]; 4]>> {
-    let kind = *frame.first()?;
-    if kind != b'*' && kind != b'>' {
-        return None;
-    }
-    let cr = find_line_end(frame, 0)?;
-    let count = usize::try_from(parse_int(&frame[1..cr])?).ok()?;
-    let mut items = SmallVec::new();
-    let mut pos = cr + 2;
-    for _ in 0..count {
-        let kind = *frame.get(pos)?;
-        let cr = find_line_end(frame, pos)?;
-        match kind {
-            b'$' => {
-                let len = usize::try_from(parse_int(&frame[pos + 1..cr])?).ok()?;
-                let start = cr + 2;
-                items.push(frame.get(start..start + len)?);
-                pos = start + len + 2;
-            }
-            b':' | b'+' => {
-                items.push(&frame[pos + 1..cr]);
-                pos = cr + 2;
-            }
-            _ => return None,
-        }
-    }
-    Some(items)
-}
-
-/// Parses an integer argument or reply field as Redis does.
-pub fn parse_integer(digits: &[u8]) -> Option<i64> {
-    parse_int(digits)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,12 +758,6 @@ mod tests {
             }
             assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
         }
-    }
-
-    #[test]
-    fn flat_items_of_subscribe_confirmation() {
-        let items = flat_aggregate_items(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n").unwrap();
-        assert_eq!(&items[..], &[&b"subscribe"[..], b"ch", b"1"]);
     }
 
     fn arb_reply(depth: u32) -> BoxedStrategy<Vec<u8>> {
