@@ -379,6 +379,19 @@ impl Clients {
         Ok(Some(Waiter::Client { conn, seq }))
     }
 
+    /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
+    /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
+    pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
+        let client = self.conns.get_mut(conn)?;
+        client.slots.push_back(None);
+        Some(client.first_seq + client.slots.len() as u64 - 1)
+    }
+
+    /// Whether `conn` is a connected client.
+    pub(crate) fn contains(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some()
+    }
+
     /// Whether `conn` passes every frame of its private connection straight through.
     pub(crate) fn is_passthrough(&self, conn: ConnId) -> bool {
         self.conns.get(conn).is_some_and(Client::is_passthrough)

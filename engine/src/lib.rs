@@ -66,10 +66,11 @@
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
 //! | `client` | the clients: reply slots in request order, held requests, backpressure, pass-through |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
-//! | `monitor` | the probe schedule, `INFO` into server views, each server's health (sends through `pool`) |
+//! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
 //! | `route` | where a request goes: master, a readable replica, or nowhere yet |
+//! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `command-table` publishes the command table (for the
@@ -102,6 +103,7 @@ mod session;
 #[cfg(test)]
 mod sim;
 mod topology;
+mod wait;
 
 pub use config::{Config, ConfigError, Mode, ServerAddress};
 pub use conn::ConnId;

@@ -8,7 +8,8 @@
 //! accepts connections and buffers requests, and executes all of them when it resumes (as a SIGSTOPped Redis does
 //! after SIGCONT), also those on connections the engine has closed meanwhile; their replies go nowhere. A crash
 //! closes every connection to the server (the engine gets [`Input::Closed`]) and refuses new ones
-//! ([`Input::ConnectFailed`]). A partition of engine `e` from server `s` does the same, for `e` only. Replication
+//! ([`Input::Refused`]). A partition of engine `e` from server `s` closes that engine's connections and fails its
+//! new ones ([`Input::ConnectFailed`], as a host that is unreachable). Replication
 //! runs every [`REPLICATION_PERIOD_MS`], so a write can be acknowledged before any replica has it.
 //!
 //! # Phases of a run
@@ -21,7 +22,7 @@
 //!
 //! 1. A `SET` is sent only to a server that is a master in the model at that moment. With two engines, one may
 //!    still write to a master another engine has just demoted, for as long as it takes to see it: its next probe,
-//!    or `down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
+//!    or `busy_down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
 //! 2. The engines never route to two different running masters (a crashed or hung one takes no writes; an engine
 //!    counts it down within `down_after`) for longer than [`split_allowance`] (one check period plus
 //!    network and server delays), except while a partition lasts and [`PARTITION_AFTERMATH_MS`] after: engines
@@ -38,6 +39,12 @@
 //!    to the server that ran it (a failover or split view was under way); or a replica that lacked it was promoted
 //!    while no running replica of the same priority had it, or while the server that ran it was still running
 //!    (promoted away from a live master, whose unreplicated tail Redis then discards).
+//! 6. Busy is not dead: no engine counts a running server it can reach down before [`BUSY_DOWN_AFTER_MS`] have
+//!    passed since that engine last received a probe answer from it (it accepts connections, so it is busy, not
+//!    gone), unless a crash, restart or partition touched it within [`DISTURBED_MS`].
+//! 7. A crash is acted on at once: an engine routing to a master that crashes stops routing to it within
+//!    [`CRASH_ACTED_ON_MS`] (the closed connections, one reconnect refused), unless it is cut off from it or the
+//!    server was disturbed within one check period before (the reconnect is then rate-limited).
 
 use super::model::{port_of, Cluster, Health, SimRole};
 use crate::resp::{Limits, ReplyScanner, RequestScanner};
@@ -52,6 +59,12 @@ use std::time::{Duration, Instant};
 pub(crate) const CHECK_PERIOD_MS: u64 = 100;
 /// The engines' `down_after` (their default: 3 x `check_period`).
 pub(crate) const DOWN_AFTER_MS: u64 = 3 * CHECK_PERIOD_MS;
+/// The engines' `busy_down_after`: longer than the slowest server's delay (1000 ms), shorter than long hangs.
+pub(crate) const BUSY_DOWN_AFTER_MS: u64 = 2_000;
+/// How long after a crash, restart or partition a server may be counted down from evidence that came from it.
+pub(crate) const DISTURBED_MS: u64 = DOWN_AFTER_MS + CHECK_PERIOD_MS + 4 * LATENCY_MS;
+/// How soon an engine stops routing to a master that crashed: the close, one refused reconnect, the failover.
+pub(crate) const CRASH_ACTED_ON_MS: u64 = 6 * LATENCY_MS;
 /// One-way delay between an engine and a server.
 pub(crate) const LATENCY_MS: u64 = 1;
 /// How often replicas catch up with their masters.
@@ -172,9 +185,11 @@ impl fmt::Display for Violation {
 }
 
 /// How long an engine may keep writing to a server another engine demoted: until its next `INFO` of it comes back
-/// (one check period plus the round trip), or, if the server stops answering first, until it counts it down.
+/// (one check period plus the round trip), or, if the server stops answering first while still accepting
+/// connections (hung: busy, not dead), until it counts it down after `busy_down_after`. Such writes wait in the
+/// server and get `-READONLY` when it resumes.
 pub(crate) fn stale_master_allowance(slow_ms: u64) -> u64 {
-    (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(DOWN_AFTER_MS) + 1
+    (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(BUSY_DOWN_AFTER_MS) + 1
 }
 
 /// How long two engines may route to different masters: one check period plus the delays of the replies that
@@ -196,6 +211,7 @@ type Key = (usize, ConnId);
 
 enum Delivery {
     Connected,
+    Refused,
     ConnectFailed,
     Closed,
     Data(Bytes),
@@ -285,6 +301,12 @@ struct Sim<'a> {
     /// When the last partition ended.
     partition_healed_at: Option<u64>,
     max_slow: u64,
+    /// Per (engine, server): when the engine last received a probe answer (`PONG` or `INFO`) from the server.
+    last_probe_answer: BTreeMap<(usize, usize), u64>,
+    /// Per server: when a crash, restart, partition or heal last touched it.
+    disturbed_at: Vec<Option<u64>>,
+    /// Per engine: the master it routed to when that crashed, and when.
+    crashed_master: Vec<Option<(usize, u64)>>,
     excused: Vec<bool>,
     /// Errors to the writes sent after convergence (a failure if there is a master to write to).
     late_failures: Vec<String>,
@@ -300,6 +322,7 @@ impl<'a> Sim<'a> {
         let mut config = Config::with_servers(servers);
         config.check_period = Duration::from_millis(CHECK_PERIOD_MS);
         config.down_after = Duration::from_millis(DOWN_AFTER_MS);
+        config.busy_down_after = Duration::from_millis(BUSY_DOWN_AFTER_MS);
         config.hold = Duration::from_millis(DOWN_AFTER_MS + 3 * CHECK_PERIOD_MS);
         let mut faults = scenario.faults.clone();
         faults.sort_by_key(|(at, _)| *at);
@@ -339,6 +362,9 @@ impl<'a> Sim<'a> {
             split_since: None,
             partition_healed_at: None,
             max_slow: max_slow.unwrap_or(0),
+            last_probe_answer: BTreeMap::new(),
+            disturbed_at: vec![None; count],
+            crashed_master: vec![None; scenario.engines],
             excused: Vec::new(),
             late_failures: Vec::new(),
             trace: VecDeque::new(),
@@ -514,6 +540,13 @@ impl<'a> Sim<'a> {
         match fault {
             Fault::Crash(s) => {
                 if self.cluster.servers[s].health != Health::Crashed {
+                    let recently = self.disturbed_at[s].is_some_and(|at| self.now < at + CHECK_PERIOD_MS);
+                    for e in 0..self.engines.len() {
+                        if !recently && !self.partitions.contains(&(e, s)) && self.routed_master(e) == Some(s) {
+                            self.crashed_master[e] = Some((s, self.now));
+                        }
+                    }
+                    self.disturbed_at[s] = Some(self.now);
                     self.cluster.crash(s);
                     self.backlog[s].clear();
                     self.kill_conns(|_, server| server == s);
@@ -521,6 +554,7 @@ impl<'a> Sim<'a> {
             }
             Fault::Restart { server, load_ms } => {
                 if self.cluster.servers[server].health == Health::Crashed {
+                    self.disturbed_at[server] = Some(self.now);
                     self.cluster.restart(server, self.now, load_ms);
                 }
             }
@@ -533,11 +567,13 @@ impl<'a> Sim<'a> {
             Fault::Unhang(s) => self.unhang(s)?,
             Fault::Slow { server, ms } => self.cluster.servers[server].slow_ms = ms,
             Fault::Partition { engine, server } => {
+                self.disturbed_at[server] = Some(self.now);
                 if self.partitions.insert((engine, server)) {
                     self.kill_conns(|e, s| e == engine && s == server);
                 }
             }
             Fault::Heal { engine, server } => {
+                self.disturbed_at[server] = Some(self.now);
                 if self.partitions.remove(&(engine, server)) && self.partitions.is_empty() {
                     self.partition_healed_at = Some(self.now);
                 }
@@ -549,6 +585,9 @@ impl<'a> Sim<'a> {
     fn heal(&mut self) -> Result<(), String> {
         self.healed = true;
         self.note("heal".to_string());
+        for &(_, s) in &self.partitions {
+            self.disturbed_at[s] = Some(self.now);
+        }
         if !self.partitions.is_empty() {
             self.partitions.clear();
             self.partition_healed_at = Some(self.now);
@@ -557,6 +596,7 @@ impl<'a> Sim<'a> {
             self.cluster.servers[s].slow_ms = 0;
             self.unhang(s)?;
             if self.scenario.restart_at_end && self.cluster.servers[s].health == Health::Crashed {
+                self.disturbed_at[s] = Some(self.now);
                 self.cluster.restart(s, self.now, 0);
             }
         }
@@ -611,10 +651,14 @@ impl<'a> Sim<'a> {
             Net::Connect { key } => {
                 let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
                 let server = conn.server;
-                let refused = self.cluster.servers[server].health == Health::Crashed
-                    || self.partitions.contains(&(key.0, server));
-                conn.side = if refused { ServerSide::Dead } else { ServerSide::Alive };
-                let what = if refused { Delivery::ConnectFailed } else { Delivery::Connected };
+                let refused = self.cluster.servers[server].health == Health::Crashed;
+                let cut_off = self.partitions.contains(&(key.0, server));
+                conn.side = if refused || cut_off { ServerSide::Dead } else { ServerSide::Alive };
+                let what = match (refused, cut_off) {
+                    (_, true) => Delivery::ConnectFailed,
+                    (true, false) => Delivery::Refused,
+                    (false, false) => Delivery::Connected,
+                };
                 self.schedule(self.now + LATENCY_MS, Net::ToEngine { key, what });
             }
             Net::ToServer { key, data } => {
@@ -643,15 +687,24 @@ impl<'a> Sim<'a> {
                 let engine = self.engines[key.0].as_mut().expect("connections belong to started engines");
                 match what {
                     Delivery::Connected => engine.handle_input(now, Input::Connected { conn: key.1 }),
+                    Delivery::Refused => {
+                        conn.engine_open = false;
+                        engine.handle_input(now, Input::Refused { conn: key.1 });
+                    }
                     Delivery::ConnectFailed => {
                         conn.engine_open = false;
-                        engine.handle_input(now, Input::ConnectFailed { conn: key.1, reason: "connection refused" });
+                        engine.handle_input(now, Input::ConnectFailed { conn: key.1, reason: "host unreachable" });
                     }
                     Delivery::Closed => {
                         conn.engine_open = false;
                         engine.handle_input(now, Input::Closed { conn: key.1 });
                     }
                     Delivery::Data(data) => {
+                        // Clients send only SET and GET: a PONG or an INFO text is a probe's answer.
+                        let finder = |needle: &[u8]| memchr::memmem::find(&data, needle).is_some();
+                        if finder(b"+PONG\r\n") || finder(b"role:") {
+                            self.last_probe_answer.insert((key.0, conn.server), self.now);
+                        }
                         conn.engine_buf.extend_from_slice(&data);
                         engine.handle_input(now, Input::Data { conn: key.1, buf: &mut conn.engine_buf });
                     }
@@ -768,6 +821,9 @@ impl<'a> Sim<'a> {
         }
         while let Some(engine) = self.engines[e].as_mut() {
             let Some(event) = engine.poll_event() else { break };
+            if let Event::ServerDown { address, .. } = &event {
+                self.check_counted_down(e, address.port)?;
+            }
             if matches!(
                 event,
                 Event::MasterAdopted { .. }
@@ -956,6 +1012,15 @@ impl<'a> Sim<'a> {
             .filter_map(|e| self.routed_master(e))
             .filter(|&s| self.cluster.servers[s].health == Health::Up)
             .collect();
+        for e in 0..self.engines.len() {
+            let Some((s, crashed_at)) = self.crashed_master[e] else { continue };
+            let cut_off = self.partitions.contains(&(e, s));
+            if self.routed_master(e) != Some(s) || self.cluster.servers[s].health != Health::Crashed || cut_off {
+                self.crashed_master[e] = None;
+            } else if self.now > crashed_at + CRASH_ACTED_ON_MS {
+                return Err(format!("engine {e} still routes to server {s}, which crashed at {crashed_at} ms"));
+            }
+        }
         let partitioned = !self.partitions.is_empty()
             || self.partition_healed_at.is_some_and(|at| self.now < at + PARTITION_AFTERMATH_MS);
         if routed.len() > 1 && !partitioned {
@@ -965,6 +1030,24 @@ impl<'a> Sim<'a> {
             }
         } else {
             self.split_since = None;
+        }
+        Ok(())
+    }
+
+    /// Invariant 6: engine `e` counted the server on `port` down; it must not be running, reachable and answering
+    /// within `busy_down_after`.
+    fn check_counted_down(&self, e: usize, port: u16) -> Result<(), String> {
+        let Some(s) = (0..self.cluster.servers.len()).find(|&s| port_of(s) == port) else { return Ok(()) };
+        let disturbed = self.disturbed_at[s].is_some_and(|at| self.now < at + DISTURBED_MS);
+        if self.cluster.servers[s].health == Health::Crashed || disturbed || self.partitions.contains(&(e, s)) {
+            return Ok(());
+        }
+        let last = self.last_probe_answer.get(&(e, s)).copied().unwrap_or(self.engine_start[e]);
+        if self.now - last < BUSY_DOWN_AFTER_MS {
+            return Err(format!(
+                "engine {e} counted server {s} down although it is running and last answered {} ms ago",
+                self.now - last
+            ));
         }
         Ok(())
     }
