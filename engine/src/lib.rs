@@ -54,7 +54,6 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
-pub mod cli;
 pub mod command;
 pub mod config;
 pub mod conn;

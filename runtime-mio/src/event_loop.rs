@@ -4,14 +4,14 @@
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use redis_proxy_engine::cli::log_line;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use redis_proxy_runtime_common::Logger;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -54,11 +54,11 @@ struct Runtime {
     dirty: Vec<usize>,
     /// Connections that may still hold unread bytes (turn cap reached, or reading resumed).
     read_again: Vec<usize>,
-    log_level: Level,
+    logger: Logger,
 }
 
 /// Runs the proxy until a fatal error (binding the listen address, or the poller failing).
-pub fn run(config: Config, log_level: Level) -> io::Result<()> {
+pub fn run(config: Config, logger: Logger) -> io::Result<()> {
     let address = (config.bind_address.as_str(), config.listen_port)
         .to_socket_addrs()?
         .next()
@@ -69,29 +69,19 @@ pub fn run(config: Config, log_level: Level) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    logger.listening(address, &config.servers);
     let mut runtime = Runtime {
         poll,
-        engine: Engine::new(config.clone(), Instant::now()),
+        engine: Engine::new(config, Instant::now()),
         sockets: Vec::new(),
         dirty: Vec::new(),
         read_again: Vec::new(),
-        log_level,
+        logger,
     };
-    for warning in &config.warnings {
-        runtime.log(Level::Warn, &format!("config: {warning}"));
-    }
-    let servers: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
-    runtime.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
     runtime.event_loop(listener, signals)
 }
 
 impl Runtime {
-    fn log(&self, level: Level, message: &dyn std::fmt::Display) {
-        if level <= self.log_level {
-            eprintln!("{}", log_line(SystemTime::now(), level, message));
-        }
-    }
-
     /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) has closed every client or run out of
     /// time; a second signal ends the wait.
     fn event_loop(&mut self, mut listener: TcpListener, mut signals: Signals) -> io::Result<()> {
@@ -102,7 +92,7 @@ impl Runtime {
             self.flush_dirty();
             let now = Instant::now();
             if shutdown_deadline.is_some_and(|at| self.engine.client_count() == 0 || now >= at) {
-                self.log(Level::Info, &"shutdown complete");
+                self.logger.log(Level::Info, &"shutdown complete");
                 return Ok(());
             }
             let deadline = match (self.engine.poll_timeout().map(|(at, _)| at), shutdown_deadline) {
@@ -129,10 +119,10 @@ impl Runtime {
                             continue;
                         }
                         if shutdown_deadline.is_some() {
-                            self.log(Level::Warn, &"second signal: exiting without waiting for clients");
+                            self.logger.log(Level::Warn, &"second signal: exiting without waiting for clients");
                             return Ok(());
                         }
-                        self.log(Level::Info, &"signal received: closing clients once their replies are out");
+                        self.logger.log(Level::Info, &"signal received: closing clients once their replies are out");
                         let _ = self.poll.registry().deregister(&mut listener);
                         self.engine.begin_shutdown(Instant::now());
                         shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
@@ -169,7 +159,7 @@ impl Runtime {
                         Interest::READABLE | Interest::WRITABLE,
                     );
                     if let Err(error) = registered {
-                        self.log(Level::Error, &format!("cannot register client {peer}: {error}"));
+                        self.logger.log(Level::Error, &format!("cannot register client {peer}: {error}"));
                         self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
                         continue;
                     }
@@ -180,7 +170,7 @@ impl Runtime {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
                     // EMFILE and friends: log, and let the next readiness event retry.
-                    self.log(Level::Error, &format!("accept failed: {error}"));
+                    self.logger.log(Level::Error, &format!("accept failed: {error}"));
                     return;
                 }
             }
@@ -314,7 +304,7 @@ impl Runtime {
             }
         }
         while let Some(event) = self.engine.poll_event() {
-            self.log(event.level(), &event);
+            self.logger.log(event.level(), &event);
         }
     }
 
