@@ -23,7 +23,8 @@ async fn run(config: Config, logger: Logger) -> io::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let servers = config.servers.clone();
-    let proxy = Proxy::bind(config).await?;
+    let mut proxy = Proxy::bind(config).await?;
+    proxy.set_logger(logger);
     logger.listening(proxy.local_addr()?, &servers);
     let mut events = proxy.subscribe();
     let event_log = tokio::spawn(async move {
