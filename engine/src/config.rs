@@ -76,6 +76,9 @@ pub struct Config {
     /// Let clients send commands that change the topology the proxy manages (`allow_topology_commands`,
     /// default false).
     pub allow_topology_commands: bool,
+    /// After SIGINT/SIGTERM, the longest clients get to receive the replies they await before they are closed
+    /// (`shutdown_grace`, ms, default 2000).
+    pub shutdown_grace: Duration,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -182,6 +185,7 @@ impl Config {
             limits,
             replica_max_lag: Duration::from_millis(get_u64(&map, "replica_max_lag", 10_000, 0)?),
             allow_topology_commands: get_bool(&map, "allow_topology_commands")?,
+            shutdown_grace: Duration::from_millis(get_u64(&map, "shutdown_grace", 2000, 0)?),
             warnings,
         })
     }
@@ -214,6 +218,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "max_request_len",
     "replica_max_lag",
     "allow_topology_commands",
+    "shutdown_grace",
 ];
 
 fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigError> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Where the failover machine stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// No master to route writes to; `since` is when it was lost (or when watching began).
     NoMaster {
         /// When the master was lost.
@@ -35,7 +35,7 @@ pub enum Phase {
 
 /// Something the engine must do or announce.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Route writes to this master from now on (it already reports `role:master`).
     Adopt {
         /// The master.
@@ -68,7 +68,7 @@ pub enum Decision {
 
 /// The failover phase machine.
 #[derive(Debug)]
-pub struct Failover {
+pub(crate) struct Failover {
     phase: Phase,
     down_after: Duration,
     retry_after: Duration,
@@ -87,7 +87,7 @@ const LINK_DOWN_FACTOR: u32 = 10;
 
 impl Failover {
     /// A machine for `servers` servers that starts with no master known.
-    pub fn new(servers: usize, now: Instant, down_after: Duration, check_period: Duration) -> Failover {
+    pub(crate) fn new(servers: usize, now: Instant, down_after: Duration, check_period: Duration) -> Failover {
         Failover {
             phase: Phase::NoMaster { since: now },
             down_after,
@@ -99,13 +99,8 @@ impl Failover {
         }
     }
 
-    /// The current phase.
-    pub fn phase(&self) -> &Phase {
-        &self.phase
-    }
-
     /// The master writes go to, if any.
-    pub fn master(&self) -> Option<ServerId> {
+    pub(crate) fn master(&self) -> Option<ServerId> {
         match self.phase {
             Phase::Stable { master } => Some(master),
             _ => None,
@@ -113,7 +108,7 @@ impl Failover {
     }
 
     /// When the machine next needs to be evaluated even if no fact changes (a promotion deadline).
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Promoting { deadline, .. } => Some(deadline),
             _ => None,
@@ -121,14 +116,14 @@ impl Failover {
     }
 
     /// Applies the rules to the current view and returns what to do, in order.
-    pub fn evaluate(&mut self, views: &[ServerView], now: Instant) -> SmallVec<[Decision; 4]> {
+    pub(crate) fn evaluate(&mut self, views: &[ServerView], now: Instant) -> SmallVec<[Decision; 4]> {
         let mut decisions = SmallVec::new();
         if let Phase::Stable { master } = self.phase {
             let view = &views[master.0];
             // Whatever the reason, the next choice waits for INFO that every running server sent after the loss
             // (the engine probes them at once): a choice made from the round of INFO that revealed the loss could
             // rest on another server's older INFO and contradict the proxy that caused the change.
-            if view.down {
+            if view.is_down() {
                 decisions.push(Decision::Lose { master, reason: "it is down" });
                 self.phase = Phase::NoMaster { since: now };
                 self.fresh_facts_since = Some(now);
@@ -160,7 +155,7 @@ impl Failover {
                 self.phase = Phase::Stable { master: candidate };
                 self.master_run_id = view.run_id().to_string();
                 decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
-            } else if view.down || now >= deadline {
+            } else if view.is_down() || now >= deadline {
                 self.failed_candidates.push(candidate);
                 self.phase = Phase::NoMaster { since };
             }
@@ -168,7 +163,7 @@ impl Failover {
         if let Phase::NoMaster { since } = self.phase {
             let stale = self
                 .fresh_facts_since
-                .is_some_and(|t| views.iter().any(|v| !v.down && v.info_at.is_none_or(|at| at < t)));
+                .is_some_and(|t| views.iter().any(|v| !v.is_down() && v.info_at.is_none_or(|at| at < t)));
             if stale {
                 return decisions;
             }
@@ -225,7 +220,7 @@ impl Failover {
         let master_address = &views[master.0].address;
         for (index, view) in views.iter().enumerate() {
             let server = ServerId(index);
-            if server == master || view.down || view.info.is_none() {
+            if server == master || view.is_down() || view.info.is_none() {
                 continue;
             }
             let misplaced = view.is(Role::Master) || (view.is(Role::Replica) && !view.replicates(master_address));
@@ -244,7 +239,7 @@ impl Failover {
 
 /// A server that reports `role:master` and continues the replication history of `master` (its `master_replid2`
 /// is `master`'s `master_replid`): it was promoted from `master`'s replicas after `master` last changed history.
-pub fn superseding_master(views: &[ServerView], master: ServerId) -> Option<ServerId> {
+pub(crate) fn superseding_master(views: &[ServerView], master: ServerId) -> Option<ServerId> {
     views
         .iter()
         .enumerate()
@@ -255,19 +250,19 @@ pub fn superseding_master(views: &[ServerView], master: ServerId) -> Option<Serv
 /// Whether every server is either down or has reported INFO: only then may a replica be promoted, so that a
 /// master that merely has not answered yet is never replaced.
 fn facts_complete(views: &[ServerView]) -> bool {
-    views.iter().all(|v| v.down || v.info.is_some())
+    views.iter().all(|v| v.is_down() || v.info.is_some())
 }
 
 /// Whether every server has reported INFO, is down, or refused the probe's connection: enough to choose among
 /// the masters that exist (a server that cannot be reached now cannot be a better master), without waiting
 /// `down_after` for a server that is plainly not there.
 fn facts_known_or_unreachable(views: &[ServerView]) -> bool {
-    views.iter().all(|v| v.down || v.info.is_some() || v.unreachable)
+    views.iter().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable())
 }
 
 /// The master to adopt among servers that already report `role:master`: most attached replicas, then highest
 /// replication offset, then lowest run id.
-pub fn existing_master(views: &[ServerView]) -> Option<ServerId> {
+pub(crate) fn existing_master(views: &[ServerView]) -> Option<ServerId> {
     views
         .iter()
         .enumerate()
@@ -282,7 +277,11 @@ pub fn existing_master(views: &[ServerView]) -> Option<ServerId> {
 
 /// The replica to promote: reachable, priority not 0, link not down longer than `link_down_limit`, not in
 /// `excluded`; then lowest priority, highest replication offset, lowest run id.
-pub fn promote_candidate(views: &[ServerView], link_down_limit: Duration, excluded: &[ServerId]) -> Option<ServerId> {
+pub(crate) fn promote_candidate(
+    views: &[ServerView],
+    link_down_limit: Duration,
+    excluded: &[ServerId],
+) -> Option<ServerId> {
     views
         .iter()
         .enumerate()
@@ -304,6 +303,7 @@ pub fn promote_candidate(views: &[ServerView], link_down_limit: Duration, exclud
 mod tests {
     use super::*;
     use crate::config::ServerAddress;
+    use crate::topology::Health;
     use crate::topology::ReplicationInfo;
 
     fn view(port: u16, now: Instant, info: Option<ReplicationInfo>) -> ServerView {
@@ -353,7 +353,7 @@ mod tests {
         ];
         let mut failover = Failover::new(4, now, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
-        views[0].down = true;
+        views[0].health = Health::Down;
         let decisions = failover.evaluate(&views, now);
         assert_eq!(decisions.as_slice(), &[Decision::Lose { master: ServerId(0), reason: "it is down" }]);
         // The choice waits for INFO sent after the loss.
@@ -365,7 +365,7 @@ mod tests {
         assert!(matches!(decisions[0], Decision::Promote { candidate: ServerId(2), .. }));
         // Confirmed: the others (and the old master once it returns) are re-pointed.
         views[2].info = Some(master_info("c"));
-        views[0].down = false;
+        views[0].health = Health::Up;
         let decisions = failover.evaluate(&views, now);
         assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(2), .. }));
         let repointed: Vec<_> = decisions[1..]
@@ -465,7 +465,7 @@ mod tests {
         // The proxy on server 1 sees server 0 as a stray master (no shared history the other way): re-point it.
         let mut other = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
         let mut only_b = views.clone();
-        only_b[0].unreachable = true;
+        only_b[0].health = Health::Unreachable;
         only_b[0].info = None;
         let _ = other.evaluate(&only_b, now);
         assert_eq!(other.master(), Some(ServerId(1)));

@@ -37,7 +37,7 @@ impl Default for Limits {
 
 /// A protocol violation; its `Display` is the text Redis sends after `-ERR `.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProtocolError {
+pub(crate) enum ProtocolError {
     /// A multibulk count that is not a number or out of range.
     InvalidMultibulkLength,
     /// A bulk length that is not a number or out of range.
@@ -156,14 +156,14 @@ fn parse_int(digits: &[u8]) -> Option<i64> {
 
 /// One client request: the frame as received (multibulk form) and where each argument lies in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     frame: Bytes,
     args: SmallVec<[(u32, u32); 5]>,
 }
 
 impl Request {
     /// Builds a request from arguments, encoding it as a RESP multibulk.
-    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
+    pub(crate) fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
         let mut out = BytesMut::new();
         let mut ranges = SmallVec::new();
         put_array_header(&mut out, args.len());
@@ -178,34 +178,34 @@ impl Request {
     }
 
     /// The request's bytes in RESP multibulk form, ready to forward.
-    pub fn frame(&self) -> &Bytes {
+    pub(crate) fn frame(&self) -> &Bytes {
         &self.frame
     }
 
     /// How many arguments, counting the command name.
-    pub fn arg_count(&self) -> usize {
+    pub(crate) fn arg_count(&self) -> usize {
         self.args.len()
     }
 
     /// Argument `index` (0 is the command name), if present.
-    pub fn arg(&self, index: usize) -> Option<&[u8]> {
+    pub(crate) fn arg(&self, index: usize) -> Option<&[u8]> {
         self.args.get(index).map(|&(start, end)| &self.frame[start as usize..end as usize])
     }
 
     /// Every argument in order.
-    pub fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    pub(crate) fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.args.iter().map(|&(start, end)| &self.frame[start as usize..end as usize])
     }
 
     /// Whether the request has no arguments at all (an empty line or `*0`): Redis ignores those.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.args.is_empty()
     }
 }
 
 /// Resumable scanner for client requests: RESP multibulks of bulk strings, or inline commands.
 #[derive(Debug)]
-pub struct RequestScanner {
+pub(crate) struct RequestScanner {
     limits: Limits,
     /// Bytes of the buffer already validated for the request in progress.
     pos: usize,
@@ -218,19 +218,20 @@ pub struct RequestScanner {
 
 impl RequestScanner {
     /// A scanner enforcing `limits`.
-    pub fn new(limits: Limits) -> RequestScanner {
+    pub(crate) fn new(limits: Limits) -> RequestScanner {
         RequestScanner { limits, pos: 0, remaining: None, bulk_len: None, args: SmallVec::new() }
     }
 
     /// Bytes of a partial request already buffered and validated (how far a resumed scan starts).
-    pub fn partial_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn partial_len(&self) -> usize {
         self.pos
     }
 
     /// Splits the next complete request off the front of `buf`; `Ok(None)` means more bytes are needed.
     ///
     /// After an error the connection must be closed: the stream is out of step.
-    pub fn next_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    pub(crate) fn next_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         if self.remaining.is_none() {
             if let Some(len) = self.scan_complete_small(buf) {
                 let frame = buf.split_to(len).freeze();
@@ -479,7 +480,7 @@ fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 
 /// Resumable scanner for replies from a server: any RESP2 or RESP3 frame, nested aggregates included.
 #[derive(Debug)]
-pub struct ReplyScanner {
+pub(crate) struct ReplyScanner {
     limits: Limits,
     pos: usize,
     /// Elements still expected at each open aggregate level.
@@ -489,12 +490,12 @@ pub struct ReplyScanner {
 
 impl ReplyScanner {
     /// A scanner enforcing `limits`.
-    pub fn new(limits: Limits) -> ReplyScanner {
+    pub(crate) fn new(limits: Limits) -> ReplyScanner {
         ReplyScanner { limits, pos: 0, open: SmallVec::new(), bulk_len: None }
     }
 
     /// Splits the next complete reply off the front of `buf`; `Ok(None)` means more bytes are needed.
-    pub fn next_reply(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+    pub(crate) fn next_reply(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
         loop {
             if let Some(len) = self.bulk_len {
                 if buf.len() < self.pos + len + 2 {
@@ -589,14 +590,14 @@ impl ReplyScanner {
 }
 
 /// Appends `*<len>\r\n`.
-pub fn put_array_header(out: &mut BytesMut, len: usize) {
+pub(crate) fn put_array_header(out: &mut BytesMut, len: usize) {
     out.put_u8(b'*');
     put_decimal(out, len);
     out.put_slice(b"\r\n");
 }
 
 /// Appends `$<len>\r\n`.
-pub fn put_bulk_header(out: &mut BytesMut, len: usize) {
+pub(crate) fn put_bulk_header(out: &mut BytesMut, len: usize) {
     out.put_u8(b'$');
     put_decimal(out, len);
     out.put_slice(b"\r\n");
@@ -618,7 +619,7 @@ fn put_decimal(out: &mut BytesMut, value: usize) {
 }
 
 /// Encodes an error reply `-<message>\r\n`, replacing CR and LF in the message so the frame stays valid.
-pub fn error_reply(message: &str) -> Bytes {
+pub(crate) fn error_reply(message: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 3);
     out.put_u8(b'-');
     out.extend(message.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));

@@ -1,27 +1,30 @@
-//! Where a request goes: the master, or (in `readsToSlaves`) a healthy replica chosen round robin.
+//! Where a request goes: the routed master, or (in `readsToSlaves`) a healthy replica chosen round robin; nowhere
+//! (hold it) while no master is routable.
 
+use crate::command::{CommandFlags, CommandSpec};
+use crate::config::{Config, Mode};
 use crate::topology::{ServerId, ServerView};
 use std::time::{Duration, Instant};
 
 /// What makes a replica fit to serve reads.
 #[derive(Clone, Copy, Debug)]
-pub struct ReadPolicy {
+struct ReadPolicy {
     /// The time now.
-    pub now: Instant,
+    now: Instant,
     /// A replica whose `master_last_io_seconds_ago` exceeds this gets no reads.
-    pub max_lag: Duration,
+    max_lag: Duration,
     /// A replica whose probe has gone unanswered this long gets no reads (it may be hung).
-    pub probe_late_after: Duration,
+    probe_late_after: Duration,
 }
 
-/// Whether `view` may serve reads for `master`: up, answering probes, linked to it, not syncing, not lagging.
-pub fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPolicy) -> bool {
+/// Whether `view` may serve reads for `master`: routable, answering probes, linked to it, not syncing, not lagging.
+fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPolicy) -> bool {
     let Some(info) = view.info.as_ref() else { return false };
     let max_lag = policy.max_lag;
     let probe_late = view
         .probe_pending_since
         .is_some_and(|since| policy.now.saturating_duration_since(since) > policy.probe_late_after);
-    !view.suspect
+    view.is_routable()
         && !probe_late
         && view.replicates(&master.address)
         && info.link_up
@@ -30,12 +33,7 @@ pub fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &Read
 }
 
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
-pub fn read_replica(
-    views: &[ServerView],
-    master: ServerId,
-    cursor: &mut usize,
-    policy: &ReadPolicy,
-) -> Option<ServerId> {
+fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, policy: &ReadPolicy) -> Option<ServerId> {
     let count = views.len();
     for step in 0..count {
         let index = (*cursor + step) % count;
@@ -45,6 +43,52 @@ pub fn read_replica(
         }
     }
     None
+}
+
+/// The routing decision and its round-robin position.
+pub(crate) struct Router {
+    reads_to_replicas: bool,
+    max_lag: Duration,
+    probe_late_after: Duration,
+    cursor: usize,
+}
+
+impl Router {
+    /// Routing as `config` says.
+    pub(crate) fn new(config: &Config) -> Router {
+        Router {
+            reads_to_replicas: config.mode == Mode::ReadsToSlaves,
+            max_lag: config.replica_max_lag,
+            probe_late_after: config.check_period / 2,
+            cursor: 0,
+        }
+    }
+
+    /// The server a forwarded request for `spec` goes to, or None when it must wait for a master. `private` says
+    /// it goes on the client's private connection (always to the master); `master` is the routed master.
+    pub(crate) fn route(
+        &mut self,
+        now: Instant,
+        spec: Option<&'static CommandSpec>,
+        private: bool,
+        views: &[ServerView],
+        master: Option<ServerId>,
+    ) -> Option<ServerId> {
+        let routed = master?;
+        if !private && self.reads_to_replicas {
+            let read_only = spec
+                .is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE));
+            if read_only {
+                let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
+                if let Some(replica) = read_replica(views, routed, &mut self.cursor, &policy) {
+                    return Some(replica);
+                }
+            }
+        }
+        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
+        // (for it, or for a failover) instead of failing one by one.
+        views[routed.0].is_routable().then_some(routed)
+    }
 }
 
 #[cfg(test)]

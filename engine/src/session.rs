@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 /// How private a backend connection a client needs, from least to most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Pin {
+pub(crate) enum Pin {
     /// Any shared connection will do.
     Shared,
     /// A private connection while the state lasts (MULTI, WATCH, SELECT of another db, a blocking command);
@@ -25,7 +25,7 @@ pub enum Pin {
 
 /// What to do with one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Handling {
+pub(crate) enum Handling {
     /// Forward it on a connection with at least this privacy.
     Forward(Pin),
     /// Answer it here with this reply.
@@ -38,17 +38,17 @@ pub enum Handling {
 
 /// The connection state one client has built up.
 #[derive(Clone, Debug, Default)]
-pub struct Session {
+pub(crate) struct Session {
     /// The client selected a db other than 0 (or one the proxy cannot know).
-    pub other_db: bool,
+    pub(crate) other_db: bool,
     /// Inside MULTI.
-    pub in_multi: bool,
+    pub(crate) in_multi: bool,
     /// WATCH is active.
-    pub watching: bool,
+    pub(crate) watching: bool,
     /// A blocking command is in flight.
-    pub blocking: bool,
+    pub(crate) blocking: bool,
     /// The strongest pin any request so far demanded that lasts for the client's life.
-    pub lasting_pin: Option<Pin>,
+    pub(crate) lasting_pin: Option<Pin>,
 }
 
 /// `CONFIG SET` parameters that would change replication or lock the proxy out.
@@ -80,12 +80,12 @@ fn refuse_topology(what: &str) -> Handling {
 
 impl Session {
     /// Whether the client's private connection (if any) could be released now: no state would be lost.
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         !self.other_db && !self.in_multi && !self.watching && !self.blocking && self.lasting_pin.is_none()
     }
 
     /// The privacy the client's state demands right now.
-    pub fn current_pin(&self) -> Pin {
+    pub(crate) fn current_pin(&self) -> Pin {
         match self.lasting_pin {
             Some(pin) => pin,
             None if self.is_clean() => Pin::Shared,
@@ -97,7 +97,7 @@ impl Session {
     ///
     /// `pinned` says whether the client holds a private connection now; `allow_topology` whether commands that
     /// change replication may pass.
-    pub fn classify(
+    pub(crate) fn classify(
         &mut self,
         request: &Request,
         spec: Option<&'static CommandSpec>,
@@ -206,7 +206,7 @@ impl Session {
 }
 
 /// Encodes `$<len>\r\n<data>\r\n`.
-pub fn bulk_reply(data: &[u8]) -> Bytes {
+pub(crate) fn bulk_reply(data: &[u8]) -> Bytes {
     let mut out = bytes::BytesMut::with_capacity(data.len() + 16);
     crate::resp::put_bulk_header(&mut out, data.len());
     out.extend_from_slice(data);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// Index of a configured server (its position in `servers`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServerId(pub usize);
+pub(crate) struct ServerId(pub(crate) usize);
 
 impl fmt::Display for ServerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -34,38 +34,38 @@ impl fmt::Display for Role {
 
 /// Replication facts from one `INFO replication` (and `INFO server`) reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplicationInfo {
+pub(crate) struct ReplicationInfo {
     /// `role`
-    pub role: Option<Role>,
+    pub(crate) role: Option<Role>,
     /// `master_host` and `master_port` (replicas)
-    pub master: Option<(String, u16)>,
+    pub(crate) master: Option<(String, u16)>,
     /// `master_link_status:up` (replicas)
-    pub link_up: bool,
+    pub(crate) link_up: bool,
     /// `master_link_down_since_seconds` (replicas, while the link is down)
-    pub link_down_since_secs: Option<u64>,
+    pub(crate) link_down_since_secs: Option<u64>,
     /// `master_last_io_seconds_ago` (replicas)
-    pub last_io_secs: Option<i64>,
+    pub(crate) last_io_secs: Option<i64>,
     /// `slave_repl_offset` on replicas, `master_repl_offset` on masters
-    pub repl_offset: i64,
+    pub(crate) repl_offset: i64,
     /// `slave_priority` / `replica_priority` (replicas; 100 when absent)
-    pub priority: i64,
+    pub(crate) priority: i64,
     /// `connected_slaves`
-    pub connected_replicas: u64,
+    pub(crate) connected_replicas: u64,
     /// `run_id` (from `INFO server`)
-    pub run_id: Option<String>,
+    pub(crate) run_id: Option<String>,
     /// `loading:1` (from `INFO persistence`, or a `-LOADING` reply)
-    pub loading: bool,
+    pub(crate) loading: bool,
     /// `master_sync_in_progress:1`
-    pub sync_in_progress: bool,
+    pub(crate) sync_in_progress: bool,
     /// `master_replid`: the replication history this server serves (masters) or follows (replicas).
-    pub replid: Option<String>,
+    pub(crate) replid: Option<String>,
     /// `master_replid2`: the history it continued when it was promoted (None when all zeros: never promoted).
-    pub replid2: Option<String>,
+    pub(crate) replid2: Option<String>,
 }
 
 impl ReplicationInfo {
     /// Parses the text of an `INFO` bulk reply (any sections); unknown fields are ignored.
-    pub fn parse(text: &[u8]) -> ReplicationInfo {
+    pub(crate) fn parse(text: &[u8]) -> ReplicationInfo {
         let mut info = ReplicationInfo { priority: 100, ..ReplicationInfo::default() };
         let mut master_host = None;
         let mut master_port = None;
@@ -112,77 +112,100 @@ impl ReplicationInfo {
     }
 }
 
+/// How a server is doing, as the probes and data connections tell it; the worse state wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Health {
+    /// It answers probes (or nothing has gone wrong yet).
+    Up,
+    /// A data connection to it was refused or lost since its last valid probe reply: route nothing to it until a
+    /// probe hears from it again.
+    Suspect,
+    /// Its probe connection failed or broke since the last valid reply.
+    Unreachable,
+    /// No valid reply for `down_after`.
+    Down,
+}
+
 /// Everything known about one server right now.
 #[derive(Clone, Debug)]
-pub struct ServerView {
+pub(crate) struct ServerView {
     /// Where it is.
-    pub address: ServerAddress,
+    pub(crate) address: ServerAddress,
     /// When it last gave a valid reply to a probe (None: never).
-    pub last_ok: Option<Instant>,
+    pub(crate) last_ok: Option<Instant>,
     /// When the proxy started watching it (counts as the last valid reply for down detection until one arrives).
-    pub watched_since: Instant,
-    /// Whether it is considered down (no valid reply for `down_after`).
-    pub down: bool,
+    pub(crate) watched_since: Instant,
+    /// How it is doing.
+    pub(crate) health: Health,
     /// The last `INFO` facts, if any since it was last seen down.
-    pub info: Option<ReplicationInfo>,
+    pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
-    pub info_at: Option<Instant>,
-    /// A data connection to it was refused or lost since its last valid probe reply: route nothing to it for now.
-    pub suspect: bool,
+    pub(crate) info_at: Option<Instant>,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
-    pub probe_pending_since: Option<Instant>,
-    /// The probe connection failed or broke since the last valid reply.
-    pub unreachable: bool,
+    pub(crate) probe_pending_since: Option<Instant>,
 }
 
 impl ServerView {
     /// A server nothing is known about yet.
-    pub fn new(address: ServerAddress, now: Instant) -> ServerView {
+    pub(crate) fn new(address: ServerAddress, now: Instant) -> ServerView {
         ServerView {
             address,
             last_ok: None,
             watched_since: now,
-            down: false,
+            health: Health::Up,
             info: None,
             info_at: None,
-            suspect: false,
             probe_pending_since: None,
-            unreachable: false,
         }
     }
 
     /// The instant at which it will count as down unless a valid reply arrives first.
-    pub fn down_deadline(&self, down_after: Duration) -> Instant {
+    pub(crate) fn down_deadline(&self, down_after: Duration) -> Instant {
         self.last_ok.unwrap_or(self.watched_since) + down_after
     }
 
+    /// Whether it counts as down.
+    pub(crate) fn is_down(&self) -> bool {
+        self.health == Health::Down
+    }
+
+    /// Whether its probe connection failed (or it is down).
+    pub(crate) fn is_unreachable(&self) -> bool {
+        self.health >= Health::Unreachable
+    }
+
+    /// Whether requests may be routed to it: nothing has gone wrong since its last valid probe reply.
+    pub(crate) fn is_routable(&self) -> bool {
+        self.health == Health::Up
+    }
+
     /// Whether it is up and known to report `role`.
-    pub fn is(&self, role: Role) -> bool {
-        !self.down && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
+    pub(crate) fn is(&self, role: Role) -> bool {
+        !self.is_down() && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
     }
 
     /// Whether it is up, reports itself a replica, and names `master` as its master.
-    pub fn replicates(&self, master: &ServerAddress) -> bool {
+    pub(crate) fn replicates(&self, master: &ServerAddress) -> bool {
         self.is(Role::Replica)
             && self.info.as_ref().and_then(|i| i.master.as_ref()).is_some_and(|(h, p)| addresses_match(h, *p, master))
     }
 
     /// Whether this server was promoted from the replication history `other` serves: then it continues that
     /// history and is the newer master of the two.
-    pub fn continues_history_of(&self, other: &ServerView) -> bool {
+    pub(crate) fn continues_history_of(&self, other: &ServerView) -> bool {
         let replid2 = self.info.as_ref().and_then(|i| i.replid2.as_deref());
         let other_replid = other.info.as_ref().and_then(|i| i.replid.as_deref());
         replid2.is_some() && replid2 == other_replid
     }
 
     /// The run id, or "" when unknown (sorts first; only a tie-break).
-    pub fn run_id(&self) -> &str {
+    pub(crate) fn run_id(&self) -> &str {
         self.info.as_ref().and_then(|i| i.run_id.as_deref()).unwrap_or("")
     }
 }
 
 /// Whether `host:port` as a server reports it names the configured `address`.
-pub fn addresses_match(host: &str, port: u16, address: &ServerAddress) -> bool {
+pub(crate) fn addresses_match(host: &str, port: u16, address: &ServerAddress) -> bool {
     if port != address.port {
         return false;
     }

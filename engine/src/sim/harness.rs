@@ -49,21 +49,21 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// The engines' `check_period` in the simulation.
-pub const CHECK_PERIOD_MS: u64 = 100;
+pub(crate) const CHECK_PERIOD_MS: u64 = 100;
 /// The engines' `down_after` (their default: 3 x `check_period`).
-pub const DOWN_AFTER_MS: u64 = 3 * CHECK_PERIOD_MS;
+pub(crate) const DOWN_AFTER_MS: u64 = 3 * CHECK_PERIOD_MS;
 /// One-way delay between an engine and a server.
-pub const LATENCY_MS: u64 = 1;
+pub(crate) const LATENCY_MS: u64 = 1;
 /// How often replicas catch up with their masters.
-pub const REPLICATION_PERIOD_MS: u64 = 10;
+pub(crate) const REPLICATION_PERIOD_MS: u64 = 10;
 /// How long after healing everything must have converged.
-pub const SETTLE_MS: u64 = 5_000;
+pub(crate) const SETTLE_MS: u64 = 5_000;
 /// How long after convergence every outstanding request must have been answered.
-pub const DRAIN_MS: u64 = 2_000;
+pub(crate) const DRAIN_MS: u64 = 2_000;
 /// How long after a partition heals the engines may still route to different masters: an engine that was cut
 /// off sees the server again at its next probe (one check period), unless the server fails meanwhile, in which
 /// case the other engine counts it down within `down_after`.
-pub const PARTITION_AFTERMATH_MS: u64 = CHECK_PERIOD_MS + DOWN_AFTER_MS + 4 * LATENCY_MS;
+pub(crate) const PARTITION_AFTERMATH_MS: u64 = CHECK_PERIOD_MS + DOWN_AFTER_MS + 4 * LATENCY_MS;
 /// Most requests a simulated client has in flight before it waits.
 const MAX_OUTSTANDING: usize = 8;
 /// Lines of trace kept for a violation report.
@@ -71,7 +71,7 @@ const TRACE_LINES: usize = 200;
 
 /// A fault, applied at a scheduled simulated time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Kill the server (no-op if it is not running).
     Crash(usize),
     /// Start a crashed server again; it loads its data for `load_ms` (no-op if it runs).
@@ -110,55 +110,55 @@ pub enum Fault {
 
 /// One simulated run: the servers, the engines, the clients and the faults.
 #[derive(Clone, Debug)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// Initial topology: `master_of[i] == i` makes server `i` a master, another index makes it that one's replica.
-    pub master_of: Vec<usize>,
+    pub(crate) master_of: Vec<usize>,
     /// `replica-priority` per server.
-    pub priorities: Vec<i64>,
+    pub(crate) priorities: Vec<i64>,
     /// How many engines watch the servers (1 or 2).
-    pub engines: usize,
+    pub(crate) engines: usize,
     /// When the second engine starts (ms), so the two probe out of step.
-    pub second_engine_delay_ms: u64,
+    pub(crate) second_engine_delay_ms: u64,
     /// Clients per engine.
-    pub clients_per_engine: usize,
+    pub(crate) clients_per_engine: usize,
     /// Each client sends a request this often (ms).
-    pub client_interval_ms: u64,
+    pub(crate) client_interval_ms: u64,
     /// Faults and when (ms), in any order.
-    pub faults: Vec<(u64, Fault)>,
+    pub(crate) faults: Vec<(u64, Fault)>,
     /// Whether healing restarts the crashed servers too.
-    pub restart_at_end: bool,
+    pub(crate) restart_at_end: bool,
 }
 
 /// What a passing run did, for statistics.
 #[derive(Clone, Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Requests the clients sent.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Error replies they got.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Writes acknowledged with `+OK`.
-    pub acked_writes: u64,
+    pub(crate) acked_writes: u64,
     /// Acknowledged writes missing at the end, each within Redis's asynchronous-replication window.
-    pub lost_in_window: u64,
+    pub(crate) lost_in_window: u64,
     /// The master everything converged on, if any.
-    pub final_master: Option<usize>,
+    pub(crate) final_master: Option<usize>,
     /// Failovers (`REPLICAOF NO ONE` executed by a replica).
-    pub promotions: u64,
+    pub(crate) promotions: u64,
     /// Simulated time, ms.
-    pub simulated_ms: u64,
+    pub(crate) simulated_ms: u64,
     /// The last faults, engine events and model changes.
-    pub trace: Vec<String>,
+    pub(crate) trace: Vec<String>,
 }
 
 /// A broken invariant: when, what, and the trace that led there.
 #[derive(Clone, Debug)]
-pub struct Violation {
+pub(crate) struct Violation {
     /// Simulated time, ms.
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
     /// What broke.
-    pub message: String,
+    pub(crate) message: String,
     /// The last faults, engine events and model changes.
-    pub trace: Vec<String>,
+    pub(crate) trace: Vec<String>,
 }
 
 impl fmt::Display for Violation {
@@ -173,18 +173,18 @@ impl fmt::Display for Violation {
 
 /// How long an engine may keep writing to a server another engine demoted: until its next `INFO` of it comes back
 /// (one check period plus the round trip), or, if the server stops answering first, until it counts it down.
-pub fn stale_master_allowance(slow_ms: u64) -> u64 {
+pub(crate) fn stale_master_allowance(slow_ms: u64) -> u64 {
     (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(DOWN_AFTER_MS) + 1
 }
 
 /// How long two engines may route to different masters: one check period plus the delays of the replies that
 /// tell the slower engine, and one promotion round trip.
-pub fn split_allowance(max_slow_ms: u64) -> u64 {
+pub(crate) fn split_allowance(max_slow_ms: u64) -> u64 {
     CHECK_PERIOD_MS + 4 * LATENCY_MS + 2 * max_slow_ms + 1
 }
 
 /// Runs `scenario` to the end; Err with the first broken invariant.
-pub fn run(scenario: &Scenario) -> Result<Outcome, Violation> {
+pub(crate) fn run(scenario: &Scenario) -> Result<Outcome, Violation> {
     let mut sim = Sim::new(scenario);
     match sim.run() {
         Ok(()) => Ok(Outcome { trace: sim.trace.into_iter().collect(), ..sim.outcome }),

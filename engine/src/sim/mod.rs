@@ -2,12 +2,9 @@
 //!
 //! [`model`] holds the servers; [`harness`] drives one or two [`crate::Engine`]s on a fake clock, carries their
 //! bytes to and from the model over simulated connections, runs a few clients, applies a fault [`Scenario`] and
-//! checks the failover invariants after every step. Available in the engine's own tests and, with the `sim`
-//! feature, to other crates (the fuzz targets).
+//! checks the failover invariants after every step.
 
-pub mod harness;
-pub mod model;
+mod harness;
+mod model;
 #[cfg(test)]
 mod tests;
-
-pub use harness::{run, Fault, Outcome, Scenario, Violation};

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 /// Whether a server process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// Running and answering.
     Up,
     /// Killed: connections are closed, connects are refused.
@@ -29,7 +29,7 @@ pub enum Health {
 
 /// A server's replication role in the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SimRole {
+pub(crate) enum SimRole {
     /// `role:master`
     Master,
     /// `role:slave` of server `master` (None: an address outside the modelled group, never reachable).
@@ -41,93 +41,93 @@ pub enum SimRole {
 
 /// One executed `SET`.
 #[derive(Clone, Debug)]
-pub struct Write {
+pub(crate) struct Write {
     /// The key.
-    pub key: Bytes,
+    pub(crate) key: Bytes,
     /// The value.
-    pub value: Bytes,
+    pub(crate) value: Bytes,
     /// Where it sits in every log that holds it.
-    pub position: usize,
+    pub(crate) position: usize,
     /// The server that executed it.
-    pub server: usize,
+    pub(crate) server: usize,
     /// When it was executed (simulated ms).
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
 }
 
 /// One modelled Redis server.
 #[derive(Clone, Debug)]
-pub struct SimServer {
+pub(crate) struct SimServer {
     /// Where it listens.
-    pub address: ServerAddress,
+    pub(crate) address: ServerAddress,
     /// Whether it runs.
-    pub health: Health,
+    pub(crate) health: Health,
     /// Extra delay before it processes what arrives (a busy server), in ms.
-    pub slow_ms: u64,
+    pub(crate) slow_ms: u64,
     /// Master or replica.
-    pub role: SimRole,
+    pub(crate) role: SimRole,
     /// Whether its link to its master is up (replicas).
-    pub link_up: bool,
+    pub(crate) link_up: bool,
     /// When its link went down (None: never connected since it was last pointed somewhere).
-    pub link_down_since_ms: Option<u64>,
+    pub(crate) link_down_since_ms: Option<u64>,
     /// When it last heard from its master.
-    pub last_io_ms: u64,
+    pub(crate) last_io_ms: u64,
     /// Its dataset and replication stream: write ids in order; the offset is the length.
-    pub log: Vec<u64>,
+    pub(crate) log: Vec<u64>,
     /// Its run id (40 hex digits), new at every restart.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// `replica-priority`.
-    pub priority: i64,
+    pub(crate) priority: i64,
     /// Loading its dataset until then (after a restart).
-    pub loading_until_ms: u64,
+    pub(crate) loading_until_ms: u64,
     /// Incremented at every restart; connections belong to one incarnation.
-    pub incarnation: u32,
+    pub(crate) incarnation: u32,
     /// When it last stopped being a master by `REPLICAOF host port`.
-    pub demoted_at_ms: Option<u64>,
+    pub(crate) demoted_at_ms: Option<u64>,
 }
 
 impl SimServer {
     /// Whether it answers now (up and not loading).
-    pub fn serving(&self, now_ms: u64) -> bool {
+    pub(crate) fn serving(&self, now_ms: u64) -> bool {
         self.health == Health::Up && now_ms >= self.loading_until_ms
     }
 
     /// Its replication offset.
-    pub fn offset(&self) -> i64 {
+    pub(crate) fn offset(&self) -> i64 {
         self.log.len() as i64
     }
 
     /// Whether it holds `write`.
-    pub fn holds(&self, write: &Write, id: u64) -> bool {
+    pub(crate) fn holds(&self, write: &Write, id: u64) -> bool {
         self.log.get(write.position) == Some(&id)
     }
 }
 
 /// What executing one command changed, for the harness's bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Effect {
+pub(crate) struct Effect {
     /// A `SET` created this write.
-    pub wrote: Option<u64>,
+    pub(crate) wrote: Option<u64>,
     /// A `SET` for a key that had already been written: the same request ran twice.
-    pub duplicate_write: bool,
+    pub(crate) duplicate_write: bool,
     /// `REPLICAOF NO ONE` turned a replica into a master.
-    pub promoted: bool,
+    pub(crate) promoted: bool,
     /// `REPLICAOF host port` turned a master into a replica.
-    pub demoted: bool,
+    pub(crate) demoted: bool,
 }
 
 /// The modelled servers and every write ever executed.
 #[derive(Clone, Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The servers, in configuration order.
-    pub servers: Vec<SimServer>,
+    pub(crate) servers: Vec<SimServer>,
     /// Every executed write, by id.
-    pub writes: Vec<Write>,
+    pub(crate) writes: Vec<Write>,
     /// Set when datasets or availability changed in a way that may have removed a write's last available copy.
-    pub holders_dirty: bool,
+    pub(crate) holders_dirty: bool,
 }
 
 /// The port of server `index`.
-pub fn port_of(index: usize) -> u16 {
+pub(crate) fn port_of(index: usize) -> u16 {
     7000 + index as u16
 }
 
@@ -162,7 +162,7 @@ const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
 impl Cluster {
     /// `count` servers on 127.0.0.1:7000.., all up; `master_of[i] == i` makes server `i` a master, any other
     /// index makes it a replica of that server (link up at the first replication tick); `priorities` per server.
-    pub fn new(master_of: &[usize], priorities: &[i64]) -> Cluster {
+    pub(crate) fn new(master_of: &[usize], priorities: &[i64]) -> Cluster {
         let servers = master_of
             .iter()
             .enumerate()
@@ -186,18 +186,18 @@ impl Cluster {
     }
 
     /// The server listening on `address`, if any.
-    pub fn server_at(&self, address: &ServerAddress) -> Option<usize> {
+    pub(crate) fn server_at(&self, address: &ServerAddress) -> Option<usize> {
         self.servers.iter().position(|s| s.address == *address)
     }
 
     /// Kills server `index` (the harness closes its connections).
-    pub fn crash(&mut self, index: usize) {
+    pub(crate) fn crash(&mut self, index: usize) {
         self.servers[index].health = Health::Crashed;
         self.holders_dirty = true;
     }
 
     /// Starts a crashed server again: a master with its data as of the crash, a new run id, loading for a while.
-    pub fn restart(&mut self, index: usize, now_ms: u64, load_ms: u64) {
+    pub(crate) fn restart(&mut self, index: usize, now_ms: u64, load_ms: u64) {
         let server = &mut self.servers[index];
         server.health = Health::Up;
         server.incarnation += 1;
@@ -210,7 +210,7 @@ impl Cluster {
     }
 
     /// Executes one request on server `index` at `now_ms` and returns the reply Redis would send.
-    pub fn execute(&mut self, index: usize, now_ms: u64, request: &Request) -> (Bytes, Effect) {
+    pub(crate) fn execute(&mut self, index: usize, now_ms: u64, request: &Request) -> (Bytes, Effect) {
         let mut effect = Effect::default();
         let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
         let loading = now_ms < self.servers[index].loading_until_ms;
@@ -302,7 +302,7 @@ impl Cluster {
     /// One replication round at `now_ms`: every running replica whose master runs catches up with it (partial
     /// resync when its log is a prefix of the master's, full sync otherwise). A crashed master takes the link down
     /// at once; a hung one leaves it up but sends nothing (Redis notices only after `repl-timeout`, 60 s).
-    pub fn replicate(&mut self, now_ms: u64) {
+    pub(crate) fn replicate(&mut self, now_ms: u64) {
         for index in 0..self.servers.len() {
             let replica = &self.servers[index];
             if !replica.serving(now_ms) {
@@ -344,7 +344,7 @@ impl Cluster {
     }
 
     /// The text of `INFO` (server, persistence and replication sections) with Redis 7's field names.
-    pub fn info(&self, index: usize, now_ms: u64) -> String {
+    pub(crate) fn info(&self, index: usize, now_ms: u64) -> String {
         let server = &self.servers[index];
         let loading = u8::from(now_ms < server.loading_until_ms);
         let mut text = format!(

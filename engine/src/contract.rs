@@ -1,0 +1,119 @@
+//! The sans-IO surface: what a runtime hands the engine ([`Input`]), what it must do ([`Action`]), why the engine
+//! wants the clock ([`TimerReason`]), and the queue the engine's machines fill ([`Outbox`]).
+
+use crate::config::ServerAddress;
+use crate::conn::ConnId;
+use crate::event::Event;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// What the runtime must do; drained with [`crate::Engine::poll_action`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Queue `data` for writing on `conn` (also while it is still connecting: write once connected).
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Open a TCP connection to `address` and report [`Input::Connected`] or [`Input::ConnectFailed`] for `conn`.
+    Connect {
+        /// The id the new connection carries.
+        conn: ConnId,
+        /// Where to connect.
+        address: ServerAddress,
+    },
+    /// Close `conn` once every byte queued for it has been written (as Redis does after `QUIT`); read nothing
+    /// more from it and report nothing more about it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Stop (`false`) or resume (`true`) reading from `conn`; on resume, read what the socket already holds.
+    SetReadable {
+        /// The connection.
+        conn: ConnId,
+        /// Whether to read.
+        readable: bool,
+    },
+}
+
+/// Something that happened on a connection, handed to [`crate::Engine::handle_input`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// Bytes arrived on `conn`; the engine splits complete frames off `buf` and leaves a partial one in it.
+    /// Keep `buf` per connection and append the next read to it.
+    Data {
+        /// The connection.
+        conn: ConnId,
+        /// The connection's read buffer.
+        buf: &'a mut BytesMut,
+    },
+    /// A connection asked for with [`Action::Connect`] is established.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection asked for with [`Action::Connect`] could not be established.
+    ConnectFailed {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: &'a str,
+    },
+    /// The peer closed `conn`, or it failed; the runtime has closed it.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Writing to `conn` would block: its peer is not reading as fast as the engine sends.
+    WriteBlocked {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Everything queued for `conn` after a [`Input::WriteBlocked`] has been written.
+    Drained {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Why the engine wants [`crate::Engine::handle_timeout`] at the instant [`crate::Engine::poll_timeout`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerReason {
+    /// Time to probe the servers.
+    Probe,
+    /// The server at this position of `servers` will count as down unless it answers first.
+    DownCheck(usize),
+    /// A promotion must be confirmed by then.
+    FailoverDeadline,
+    /// The oldest held request expires.
+    HoldExpiry,
+    /// The shutdown grace ends: clients still connected are closed.
+    ShutdownGrace,
+}
+
+/// The actions and events the machines produce, in order, until the runtime drains them.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) actions: VecDeque<Action>,
+    pub(crate) events: VecDeque<Event>,
+}
+
+impl Outbox {
+    /// Queues `data` for `conn`.
+    pub(crate) fn send(&mut self, conn: ConnId, data: Bytes) {
+        self.actions.push_back(Action::Send { conn, data });
+    }
+
+    /// Asks the runtime to close `conn` after flushing it.
+    pub(crate) fn close(&mut self, conn: ConnId) {
+        self.actions.push_back(Action::Close { conn });
+    }
+
+    /// Reports `event`.
+    pub(crate) fn event(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+}

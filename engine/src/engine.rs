@@ -1,0 +1,427 @@
+//! The [`Engine`]: the coordinator that feeds each machine's outcomes to the others behind the sans-IO contract.
+//!
+//! It owns the machines and decides nothing itself beyond their order: a client's request goes `client` (split,
+//! classify) -> `route` (which server) -> `pool` (which connection) -> `client` (a reply slot); a reply comes
+//! back `pool` (whose) -> `client` (in order); probe replies go to `monitor`, and whatever changes a server's
+//! standing goes to `failover`, whose decisions come back here to be carried out.
+
+use crate::client::{Clients, HeldRequest, NextRequest};
+use crate::config::{Config, ServerAddress};
+use crate::conn::{ConnId, Lane};
+use crate::contract::{Action, Input, Outbox, TimerReason};
+use crate::event::Event;
+use crate::failover::{Decision, Failover};
+use crate::monitor::{Monitor, ProbeOutcome};
+use crate::pool::{Pool, Purpose, Waiter};
+use crate::resp;
+use crate::route::Router;
+use crate::session::{Handling, Pin};
+use crate::topology::ServerId;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The sans-IO proxy. See the crate documentation for the call order.
+pub struct Engine {
+    clients: Clients,
+    pool: Pool,
+    monitor: Monitor,
+    failover: Failover,
+    router: Router,
+    out: Outbox,
+    shutdown_grace: Duration,
+    /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Engine {
+    /// An engine for `config`; it starts probing the servers at the first [`Engine::handle_timeout`].
+    pub fn new(config: Config, now: Instant) -> Engine {
+        Engine {
+            clients: Clients::new(&config),
+            pool: Pool::new(&config.servers, config.pool_size, config.limits),
+            monitor: Monitor::new(&config, now),
+            failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
+            router: Router::new(&config),
+            out: Outbox::default(),
+            shutdown_grace: config.shutdown_grace,
+            shutdown_deadline: None,
+        }
+    }
+
+    /// The master writes go to now, if any.
+    pub fn master(&self) -> Option<&ServerAddress> {
+        self.failover.master().map(|m| self.monitor.address(m))
+    }
+
+    /// Number of client connections open.
+    pub fn client_count(&self) -> usize {
+        self.clients.count()
+    }
+
+    /// The next thing the runtime must do, until None.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.actions.pop_front()
+    }
+
+    /// The next event to log or count, until None.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`], and why; None when nothing is pending.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        [
+            Some(self.monitor.deadline()),
+            self.failover.deadline().map(|at| (at, TimerReason::FailoverDeadline)),
+            self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
+            self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
+    }
+
+    /// A client connected from `peer`; returns the id its events and actions carry.
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
+        let _ = now;
+        let conn = self.clients.accept(peer, self.shutdown_deadline.is_some(), &mut self.out);
+        self.release_departed();
+        conn
+    }
+
+    /// Begins a graceful shutdown: no client is read any more, requests still held get an error, and each client
+    /// is closed ([`Action::Close`]) as soon as every reply it awaits has been sent; clients still waiting when
+    /// `shutdown_grace` has passed (a `BLPOP 0`) are closed then. New clients are turned away. The shutdown is
+    /// complete when [`Engine::client_count`] is 0.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.shutdown_deadline = Some(now + self.shutdown_grace);
+        self.clients.begin_shutdown(&mut self.out);
+        self.release_departed();
+    }
+
+    /// Hands the engine something that happened on a connection.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Data { conn, buf } => match conn.lane() {
+                Lane::Client => self.client_data(now, conn, buf),
+                Lane::Backend => self.backend_data(now, conn, buf),
+            },
+            Input::Connected { conn } => self.pool.connected(conn),
+            Input::ConnectFailed { conn, reason } => self.backend_lost(now, conn, &format!("connect failed: {reason}")),
+            Input::Closed { conn } => match conn.lane() {
+                Lane::Client => self.clients.remove(conn, false, &mut self.out),
+                Lane::Backend => self.backend_lost(now, conn, "closed by the server"),
+            },
+            Input::WriteBlocked { conn } => self.clients.set_write_blocked(conn, true, &mut self.out),
+            Input::Drained { conn } => self.clients.set_write_blocked(conn, false, &mut self.out),
+        }
+        self.release_departed();
+    }
+
+    /// Lets the engine act on time: probes, down detection, failover deadlines, held requests that expire, the end
+    /// of the shutdown grace.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.monitor.tick(now, &mut self.pool, &mut self.out);
+        for server in self.monitor.detect_down(now, &mut self.out) {
+            self.close_backends_of(now, server, false, "server is down");
+        }
+        self.evaluate_failover(now);
+        self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
+        if self.shutdown_deadline.is_some_and(|at| now >= at) {
+            self.clients.close_all(&mut self.out);
+        }
+        self.release_departed();
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
+        while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+            if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
+                self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
+            }
+        }
+        self.clients.update_reading(conn, &mut self.out);
+    }
+
+    /// Runs a classified request now (true), or leaves it to the caller to hold (false) when it must wait: no
+    /// master, or an order barrier.
+    fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let pin = match &held.handling {
+            Handling::Local(reply) => {
+                self.clients.reply_local(conn, reply.clone(), &mut self.out);
+                return true;
+            }
+            Handling::LocalThenClose(reply) => {
+                self.clients.reply_local(conn, reply.clone(), &mut self.out);
+                self.clients.close_after_replies(conn, &mut self.out);
+                return true;
+            }
+            Handling::Refuse(message) => {
+                self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
+                return true;
+            }
+            Handling::Forward(pin) => *pin,
+        };
+        // A client that is gone needs nothing more.
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let wants_private = pin > Pin::Shared || state.private.is_some();
+        let master = self.failover.master();
+        let Some(server) = self.router.route(now, held.spec, wants_private, self.monitor.views(), master) else {
+            return false;
+        };
+        let backend = match (wants_private, state.private) {
+            (true, Some(existing)) => existing,
+            // Order barrier: the private connection must not overtake requests still in flight elsewhere.
+            (true, None) if state.in_flight > 0 => return false,
+            (true, None) => {
+                let backend = self.pool.acquire_private(server, conn, &mut self.out);
+                self.clients.set_private(conn, backend);
+                backend
+            }
+            (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
+        };
+        let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
+        true
+    }
+
+    fn run_held(&mut self, now: Instant, conn: ConnId) {
+        while let Some(held) = self.clients.pop_held(conn) {
+            if !self.execute(now, conn, &held) {
+                self.clients.unpop_held(conn, held);
+                return;
+            }
+        }
+    }
+
+    fn run_all_held(&mut self, now: Instant) {
+        if !self.clients.any_held() {
+            return;
+        }
+        for conn in self.clients.holding() {
+            self.run_held(now, conn);
+            self.clients.update_reading(conn, &mut self.out);
+        }
+    }
+
+    /// Fills a client's reply slot; if replies went out, releases a private connection its state no longer
+    /// needs, runs held requests, resumes reading and finishes a pending close.
+    fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
+        if !self.clients.deliver(conn, seq, reply, &mut self.out) {
+            return;
+        }
+        if let Some(private) = self.clients.settle(conn) {
+            self.pool.release_private(private, false, &mut self.out);
+        }
+        if self.clients.needs_attention(conn) {
+            self.run_held(now, conn);
+            self.clients.update_reading(conn, &mut self.out);
+            self.clients.close_if_done(conn, &mut self.out);
+        }
+    }
+
+    /// Hands the pool the private connections of clients that left.
+    fn release_departed(&mut self) {
+        for departed in self.clients.take_departed() {
+            self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+        }
+    }
+
+    // ------------------------------------------------------------------ backends
+
+    fn backend_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
+        loop {
+            let (frame, owner) = match self.pool.next_reply(conn, buf) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return,
+                Err(error) => {
+                    buf.clear();
+                    self.close_and_fail(now, conn, &format!("bad reply: {error}"));
+                    return;
+                }
+            };
+            if let Some(owner) = owner {
+                if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
+                    self.clients.push(owner, frame, &mut self.out);
+                    continue;
+                }
+            }
+            match self.pool.pop_waiter(conn) {
+                Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
+                Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
+                Some(Waiter::Probe(probe)) => {
+                    let Some(server) = self.pool.server_of(conn) else { continue };
+                    match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
+                        ProbeOutcome::Nothing => {}
+                        ProbeOutcome::Recovered => {
+                            self.evaluate_failover(now);
+                            self.run_all_held(now);
+                        }
+                        ProbeOutcome::Facts => self.evaluate_failover(now),
+                    }
+                }
+                None => {
+                    // A reply nobody asked for: the connection is out of step and cannot be trusted.
+                    self.close_and_fail(now, conn, "unexpected reply");
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes the connections to `server` (the probe too unless `keep_probe`); in-flight requests get errors.
+    fn close_backends_of(&mut self, now: Instant, server: ServerId, keep_probe: bool, reason: &str) {
+        for conn in self.pool.conns_of(server, keep_probe) {
+            self.close_and_fail(now, conn, reason);
+        }
+    }
+
+    /// Closes a backend connection the engine gives up on and fails its requests (see [`Engine::backend_lost`]).
+    /// Failing requests can close other connections, so a connection already gone is skipped.
+    fn close_and_fail(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if self.pool.contains(conn) {
+            self.out.close(conn);
+            self.backend_lost(now, conn, reason);
+        }
+    }
+
+    /// A backend connection failed, broke or was closed by the engine: every request in flight on it gets an
+    /// error (a write may or may not have run: never retried), and a private connection's client is closed
+    /// because the state it built is gone.
+    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        let Some(lost) = self.pool.remove(conn) else { return };
+        // The owner loses its private connection before any error is delivered: delivering runs the owner's held
+        // requests, which must not be sent on (or wait forever for) this connection.
+        let orphaned = match lost.purpose {
+            Purpose::Private { owner: Some(owner) } if self.clients.private_lost(owner, conn) => Some(owner),
+            _ => None,
+        };
+        let address = self.monitor.address(lost.server).clone();
+        let message = if lost.connected {
+            format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run")
+        } else {
+            format!("ERR redis-proxy could not reach {address} ({reason}); the command was not sent")
+        };
+        let error = resp::error_reply(&message);
+        let mut failed = 0;
+        for waiter in &lost.waiters {
+            if let Waiter::Client { conn: client, seq } = *waiter {
+                failed += 1;
+                self.deliver(now, client, seq, error.clone());
+            }
+        }
+        if lost.purpose == Purpose::Probe {
+            self.monitor.probe_lost(lost.server);
+            // An unreachable server may be what a choice among several masters was waiting for.
+            self.evaluate_failover(now);
+        } else if !lost.connected || failed > 0 {
+            // A refused connection, or one lost with requests on it, may mean a dead server. An idle connection
+            // closed by the server (its `timeout` setting) is just reopened when needed.
+            self.monitor.data_conn_lost(now, lost.server, &mut self.pool, &mut self.out);
+        }
+        if let Some(owner) = orphaned {
+            self.clients.close_if_done(owner, &mut self.out);
+        }
+        self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
+    }
+
+    // ------------------------------------------------------------------ failover
+
+    fn evaluate_failover(&mut self, now: Instant) {
+        for decision in self.failover.evaluate(self.monitor.views(), now) {
+            match decision {
+                Decision::Adopt { master, reason } => {
+                    let address = self.monitor.address(master).clone();
+                    self.out.event(Event::MasterAdopted { address, reason });
+                    self.run_all_held(now);
+                }
+                Decision::Lose { master, reason } => {
+                    let address = self.monitor.address(master).clone();
+                    self.out.event(Event::MasterLost { address, reason });
+                    // The next choice waits for fresh INFO from every running server: ask for it now.
+                    self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
+                    // Requests in flight on the old master get errors now rather than hanging.
+                    self.close_backends_of(now, master, true, "master lost");
+                }
+                Decision::Promote { candidate, reason } => {
+                    let address = self.monitor.address(candidate).clone();
+                    self.out.event(Event::PromotionStarted { address, reason });
+                    self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
+                }
+                Decision::Repoint { server, master } => {
+                    self.monitor.send_replicaof(now, server, Some(master), &mut self.pool, &mut self.out)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn drain(engine: &mut Engine) -> Vec<Action> {
+        std::iter::from_fn(|| engine.poll_action()).collect()
+    }
+
+    /// An engine whose one server answered its first probe as a master.
+    fn engine_with_master(now: Instant) -> Engine {
+        let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#).unwrap();
+        let mut engine = Engine::new(config, now);
+        engine.handle_timeout(now);
+        let probe = drain(&mut engine)
+            .into_iter()
+            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
+            .expect("the probe connection is opened at once");
+        engine.handle_input(now, Input::Connected { conn: probe });
+        let info = b"role:master\r\nrun_id:abc\r\n";
+        let mut reply = BytesMut::from(&b"+PONG\r\n"[..]);
+        reply.extend_from_slice(format!("${}\r\n", info.len()).as_bytes());
+        reply.extend_from_slice(info);
+        reply.extend_from_slice(b"\r\n");
+        engine.handle_input(now, Input::Data { conn: probe, buf: &mut reply });
+        assert!(engine.master().is_some());
+        drain(&mut engine);
+        engine
+    }
+
+    #[test]
+    fn shutdown_closes_idle_clients_at_once_and_busy_ones_after_their_reply() {
+        let now = Instant::now();
+        let mut engine = engine_with_master(now);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let idle = engine.accept(now, peer);
+        let busy = engine.accept(now, peer);
+        drain(&mut engine);
+        let mut request = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
+        engine.handle_input(now, Input::Data { conn: busy, buf: &mut request });
+        let shared = drain(&mut engine)
+            .into_iter()
+            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
+            .expect("a shared connection is opened");
+
+        engine.begin_shutdown(now);
+        let actions = drain(&mut engine);
+        assert!(actions.contains(&Action::Close { conn: idle }));
+        assert!(!actions.contains(&Action::Close { conn: busy }), "a reply is still awaited");
+        assert_eq!(engine.client_count(), 1);
+        assert!(matches!(engine.accept(now, peer), late if engine.client_count() == 1 && late != busy));
+
+        engine.handle_input(now, Input::Connected { conn: shared });
+        let mut reply = BytesMut::from(&b"$1\r\nv\r\n"[..]);
+        engine.handle_input(now, Input::Data { conn: shared, buf: &mut reply });
+        let actions = drain(&mut engine);
+        let sent = Action::Send { conn: busy, data: Bytes::from_static(b"$1\r\nv\r\n") };
+        let closed = Action::Close { conn: busy };
+        let position = |wanted: &Action| actions.iter().position(|a| a == wanted);
+        assert!(position(&sent) < position(&closed) && position(&closed).is_some(), "{actions:?}");
+        assert_eq!(engine.client_count(), 0);
+    }
+}

@@ -1,0 +1,243 @@
+//! Backend connections: shared pipelined ones per server, private ones (RESET before reuse), probe connections,
+//! the FIFO that matches each connection's replies to their requests, and what is left when one is lost.
+
+use crate::config::ServerAddress;
+use crate::conn::{ConnId, ConnTable, Lane};
+use crate::contract::{Action, Outbox};
+use crate::resp::{Limits, ProtocolError, ReplyScanner};
+use crate::topology::ServerId;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// Released private connections kept per server for reuse; more are closed (reconnecting is cheap, sockets are not).
+const MAX_IDLE_PRIVATE: usize = 16;
+
+/// What a backend connection is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool.
+    Shared { slot: usize },
+    /// Private to one client while its session carries state; `owner` None while being cleaned or idle.
+    Private { owner: Option<ConnId> },
+    /// The monitor's probe connection (PING, INFO, REPLICAOF).
+    Probe,
+}
+
+/// A probe request awaiting its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    Ping,
+    Info,
+    ReplicaOf,
+}
+
+/// Who gets the next reply on a backend connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    /// Reply slot `seq` of client `conn` (a stale id finds no client and the reply is dropped).
+    Client { conn: ConnId, seq: u64 },
+    /// The `RESET` that cleans a released private connection.
+    Reset,
+    /// A probe.
+    Probe(Probe),
+}
+
+/// One connection to a server.
+struct Backend {
+    server: ServerId,
+    purpose: Purpose,
+    /// Whether the runtime reported it connected.
+    connected: bool,
+    scanner: ReplyScanner,
+    /// Replies expected, in order.
+    waiters: VecDeque<Waiter>,
+}
+
+/// A backend connection that is gone, with what was waiting on it.
+pub(crate) struct LostBackend {
+    pub(crate) server: ServerId,
+    pub(crate) purpose: Purpose,
+    /// Whether it had been connected (a request on it may have run).
+    pub(crate) connected: bool,
+    pub(crate) waiters: VecDeque<Waiter>,
+}
+
+/// The connections the engine keeps to one server (the probe connection is the monitor's).
+struct ServerConns {
+    address: ServerAddress,
+    shared: Vec<Option<ConnId>>,
+    idle_private: Vec<ConnId>,
+}
+
+/// Every backend connection, by server.
+pub(crate) struct Pool {
+    conns: ConnTable<Backend>,
+    servers: Vec<ServerConns>,
+    limits: Limits,
+}
+
+impl Pool {
+    /// A pool with `pool_size` shared slots for each of `servers`.
+    pub(crate) fn new(servers: &[ServerAddress], pool_size: usize, limits: Limits) -> Pool {
+        let servers = servers
+            .iter()
+            .map(|address| ServerConns {
+                address: address.clone(),
+                shared: vec![None; pool_size],
+                idle_private: Vec::new(),
+            })
+            .collect();
+        Pool { conns: ConnTable::new(Lane::Backend), servers, limits }
+    }
+
+    /// Opens a connection to `server`; the runtime reports the outcome.
+    pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> ConnId {
+        let backend = Backend {
+            server,
+            purpose,
+            connected: false,
+            scanner: ReplyScanner::new(self.limits),
+            waiters: VecDeque::new(),
+        };
+        let conn = self.conns.insert(backend);
+        out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
+        conn
+    }
+
+    /// The shared connection in `slot` of `server`, opened if there is none.
+    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, out: &mut Outbox) -> ConnId {
+        if let Some(conn) = self.servers[server.0].shared[slot] {
+            return conn;
+        }
+        let conn = self.open(server, Purpose::Shared { slot }, out);
+        self.servers[server.0].shared[slot] = Some(conn);
+        conn
+    }
+
+    /// A private connection to `server` for `owner`: an idle clean one, or a new one.
+    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, out: &mut Outbox) -> ConnId {
+        while let Some(idle) = self.servers[server.0].idle_private.pop() {
+            if let Some(backend) = self.conns.get_mut(idle) {
+                backend.purpose = Purpose::Private { owner: Some(owner) };
+                return idle;
+            }
+        }
+        self.open(server, Purpose::Private { owner: Some(owner) }, out)
+    }
+
+    /// Hands back a private connection whose client no longer needs it: cleaned with `RESET` and pooled when
+    /// `+RESET` comes back ([`Pool::reset_done`]), or closed when it cannot be cleaned (requests still on it, or
+    /// `passthrough`: the server pushes frames at it).
+    pub(crate) fn release_private(&mut self, conn: ConnId, passthrough: bool, out: &mut Outbox) {
+        let Some(backend) = self.conns.get_mut(conn) else { return };
+        if passthrough || !backend.waiters.is_empty() {
+            self.close(conn, out);
+            return;
+        }
+        backend.purpose = Purpose::Private { owner: None };
+        backend.waiters.push_back(Waiter::Reset);
+        out.send(conn, Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n"));
+    }
+
+    /// A `RESET` reply arrived on `conn`: pool it for reuse if it is clean and goes to the routed `master`.
+    pub(crate) fn reset_done(&mut self, conn: ConnId, frame: &[u8], master: Option<ServerId>, out: &mut Outbox) {
+        let Some(backend) = self.conns.get(conn) else { return };
+        let server = backend.server;
+        let released = backend.purpose == (Purpose::Private { owner: None });
+        let reusable = frame == b"+RESET\r\n"
+            && backend.waiters.is_empty()
+            && released
+            && self.servers[server.0].idle_private.len() < MAX_IDLE_PRIVATE
+            && master == Some(server);
+        if reusable {
+            self.servers[server.0].idle_private.push(conn);
+        } else if released {
+            self.close(conn, out);
+        }
+    }
+
+    /// Sends `data` (one request per waiter, or one in pass-through where nobody waits) on `conn`.
+    pub(crate) fn send(&mut self, conn: ConnId, waiters: &[Waiter], data: Bytes, out: &mut Outbox) {
+        if let Some(backend) = self.conns.get_mut(conn) {
+            backend.waiters.extend(waiters);
+        }
+        out.send(conn, data);
+    }
+
+    /// The runtime connected `conn`.
+    pub(crate) fn connected(&mut self, conn: ConnId) {
+        if let Some(backend) = self.conns.get_mut(conn) {
+            backend.connected = true;
+        }
+    }
+
+    /// Whether `conn` is one of ours and open.
+    pub(crate) fn contains(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some()
+    }
+
+    /// The server `conn` goes to.
+    pub(crate) fn server_of(&self, conn: ConnId) -> Option<ServerId> {
+        self.conns.get(conn).map(|b| b.server)
+    }
+
+    /// The next complete reply on `conn`, with the client that owns the connection if it is private.
+    pub(crate) fn next_reply(
+        &mut self,
+        conn: ConnId,
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Bytes, Option<ConnId>)>, ProtocolError> {
+        let Some(backend) = self.conns.get_mut(conn) else {
+            buf.clear();
+            return Ok(None);
+        };
+        let owner = match backend.purpose {
+            Purpose::Private { owner } => owner,
+            _ => None,
+        };
+        Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
+    }
+
+    /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step).
+    pub(crate) fn pop_waiter(&mut self, conn: ConnId) -> Option<Waiter> {
+        self.conns.get_mut(conn)?.waiters.pop_front()
+    }
+
+    /// Closes `conn` without failing anything on it (it awaits nothing a client needs).
+    pub(crate) fn close(&mut self, conn: ConnId, out: &mut Outbox) {
+        if let Some(backend) = self.conns.remove(conn) {
+            out.close(conn);
+            self.detach(conn, &backend);
+        }
+    }
+
+    /// Forgets `conn` (failed, broken, or given up on) and returns what was waiting on it.
+    pub(crate) fn remove(&mut self, conn: ConnId) -> Option<LostBackend> {
+        let backend = self.conns.remove(conn)?;
+        self.detach(conn, &backend);
+        Some(LostBackend {
+            server: backend.server,
+            purpose: backend.purpose,
+            connected: backend.connected,
+            waiters: backend.waiters,
+        })
+    }
+
+    /// The connections to `server`, probe included unless `keep_probe`.
+    pub(crate) fn conns_of(&self, server: ServerId, keep_probe: bool) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, b)| b.server == server && !(keep_probe && b.purpose == Purpose::Probe))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn detach(&mut self, conn: ConnId, backend: &Backend) {
+        let server = &mut self.servers[backend.server.0];
+        match backend.purpose {
+            Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
+            Purpose::Shared { .. } | Purpose::Probe => {}
+            Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
+        }
+    }
+}
