@@ -1,8 +1,9 @@
-//! A connection the proxy closes (after `QUIT`, after a protocol error) first gets every byte queued for it, however
-//! slowly it reads, then a clean end of stream: the meaning of `Action::Close` in every runtime, as in Redis.
+//! A connection the proxy closes (after `QUIT`, after a protocol error, at shutdown) first gets every byte queued
+//! for it, however slowly it reads, then a clean end of stream: the meaning of `Action::Close` in every runtime, as
+//! in Redis.
 
-use redis_proxy_tests::{encode_command, status, Proxy, RedisServer, Reply, RespConn, Runtime};
-use std::time::Duration;
+use redis_proxy_tests::{encode_command, status, wait_until, Proxy, RedisServer, Reply, RespConn, Runtime};
+use std::time::{Duration, Instant};
 
 /// Replies pipelined behind one another: with 1 MiB each, far more than the kernel's socket buffers hold, so most
 /// of them wait in the proxy when it is told to close.
@@ -65,5 +66,24 @@ fn protocol_error_behind_large_replies_arrives_complete_before_the_close() {
             other => panic!("{runtime:?}: expected the protocol error, got {other:?}; log:\n{}", proxy.log()),
         }
         assert!(conn.is_closed_by_peer(), "{runtime:?}: a clean end of stream (not a reset) after the error");
+    }
+}
+
+#[test]
+fn sigterm_closes_a_client_blocked_forever_once_shutdown_grace_ends_and_exits_zero() {
+    const GRACE_MS: u64 = 300;
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let mut proxy = Proxy::start(runtime, &[master.port], &format!(r#""shutdown_grace": {GRACE_MS}"#));
+        let mut blocked = proxy.connect();
+        blocked.send(&[b"BLPOP", b"never-pushed", b"0"]);
+        std::thread::sleep(Duration::from_millis(200));
+        let signalled = Instant::now();
+        proxy.signal("TERM");
+        assert!(blocked.is_closed_by_peer(), "{runtime:?}: a clean end of stream for the blocked client");
+        let waited = signalled.elapsed();
+        assert!(waited >= Duration::from_millis(GRACE_MS), "{runtime:?}: closed after {waited:?}, before the grace");
+        assert!(wait_until(Duration::from_secs(5), || !proxy.is_running()), "{runtime:?}: exits after the grace");
+        assert_eq!(proxy.exit_status().and_then(|s| s.code()), Some(0), "{runtime:?}: log:\n{}", proxy.log());
     }
 }
