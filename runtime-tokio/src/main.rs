@@ -47,5 +47,8 @@ async fn run(config: Config, logger: Logger) -> io::Result<()> {
     };
     let result = proxy.run(shutdown).await;
     let _ = event_log.await;
+    if result.is_ok() {
+        logger.log(Level::Info, &"shutdown complete");
+    }
     result
 }
