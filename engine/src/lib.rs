@@ -79,9 +79,6 @@
 #![warn(unreachable_pub)]
 
 mod client;
-// Leaves the engine with the shared runtime crate.
-#[allow(missing_docs)]
-pub mod cli;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]
