@@ -19,7 +19,7 @@ pub enum CliCommand {
 #[derive(Debug)]
 pub enum Startup {
     /// Run the proxy with this configuration (its `warnings` are for the log).
-    Run(Config),
+    Run(Box<Config>),
     /// Print these and exit with `code` without running (help, version, `--check`, or an error).
     Exit {
         /// The process exit code: 0, or 2 for a bad command line or configuration.
@@ -56,7 +56,7 @@ where
         },
     };
     if !check_only {
-        return Startup::Run(config);
+        return Startup::Run(Box::new(config));
     }
     let warnings: String = config.warnings.iter().map(|w| format!("{program}: {path}: warning: {w}\n")).collect();
     let valid = format!("{path}: configuration is valid ({} servers)\n", config.servers.len());

@@ -11,7 +11,8 @@
 //!   `Drained` edges the engine hears about;
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
-//! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes.
+//! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own).
 //!
 //! Nothing here knows about Redis, and nothing here is an event loop.
 
@@ -26,7 +27,7 @@ pub use log::Logger;
 pub use socket_table::SocketTable;
 pub use write_queue::{WriteQueue, MAX_IOVECS};
 
-use redis_proxy_engine::{Config, Engine, Level};
+use redis_proxy_engine::{Config, ConnId, Engine, Input, Level};
 use std::io;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -37,7 +38,7 @@ use std::time::Instant;
 /// configuration.
 pub fn main(program: &str, run: impl FnOnce(Config, Logger) -> io::Result<()>) -> ExitCode {
     let config = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
-        cli::Startup::Run(config) => config,
+        cli::Startup::Run(config) => *config,
         cli::Startup::Exit { code, stdout, stderr } => {
             print!("{stdout}");
             eprint!("{stderr}");
@@ -70,6 +71,16 @@ pub fn fire_due_timer(engine: &mut Engine, now: Instant, logger: Option<&Logger>
     }
     engine.handle_timeout(now);
     true
+}
+
+/// Reports a connect to a server that failed: a refusal as [`Input::Refused`] (nothing listens there: the
+/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`].
+pub fn connect_failed(engine: &mut Engine, now: Instant, conn: ConnId, error: &io::Error) {
+    if error.kind() == io::ErrorKind::ConnectionRefused {
+        engine.handle_input(now, Input::Refused { conn });
+    } else {
+        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string() });
+    }
 }
 
 /// Whether a shutdown that began with [`Engine::begin_shutdown`] is over: the engine has closed every client

@@ -6,7 +6,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
 use redis_proxy_runtime_common::{
-    fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -213,8 +213,7 @@ impl Runtime {
                 }
                 Some(Err(error)) => {
                     self.forget(id);
-                    let reason = error.to_string();
-                    self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn: id, reason: &reason });
+                    connect_failed(&mut self.engine, Instant::now(), id, &error);
                     self.drain_engine();
                     return;
                 }
@@ -316,10 +315,7 @@ impl Runtime {
         });
         match result {
             Ok(stream) => self.sockets.insert(conn, Socket::new(stream, true)),
-            Err(error) => {
-                let reason = error.to_string();
-                self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn, reason: &reason });
-            }
+            Err(error) => connect_failed(&mut self.engine, Instant::now(), conn, &error),
         }
     }
 

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input};
 use redis_proxy_runtime_common::{
-    fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
 use socket2::SockRef;
 use std::future::Future;
@@ -41,7 +41,7 @@ enum Message {
     /// A connect the engine asked for succeeded.
     Connected(ConnId, TcpStream),
     /// A connect the engine asked for failed.
-    ConnectFailed(ConnId, String),
+    ConnectFailed(ConnId, io::Error),
 }
 
 /// Aborts its task when dropped, so no task outlives the connection it serves.
@@ -202,7 +202,7 @@ impl Driver {
             }
             Message::ConnectFailed(conn, reason) => {
                 if self.sockets.remove(conn).is_some() {
-                    self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn, reason: &reason });
+                    connect_failed(&mut self.engine, Instant::now(), conn, &reason);
                     self.drain_engine();
                 }
             }
@@ -255,7 +255,7 @@ impl Driver {
                                 let _ = stream.set_nodelay(true);
                                 Message::Connected(conn, stream)
                             }
-                            Err(error) => Message::ConnectFailed(conn, error.to_string()),
+                            Err(error) => Message::ConnectFailed(conn, error),
                         };
                         let _ = sender.send(message).await;
                     });
