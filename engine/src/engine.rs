@@ -6,6 +6,7 @@
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
 use crate::client::{Clients, HeldRequest, NextRequest};
+use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
@@ -30,6 +31,8 @@ pub struct Engine {
     failover: Failover,
     router: Router,
     waits: Waits,
+    /// How many times a master has been adopted: a write acknowledged in an earlier epoch may have been lost.
+    master_epoch: u64,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -46,6 +49,7 @@ impl Engine {
             failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
             router: Router::new(&config),
             waits: Waits::default(),
+            master_epoch: 0,
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
@@ -211,7 +215,9 @@ impl Engine {
             }
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
-        let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
+        let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
+        let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
     }
@@ -223,7 +229,9 @@ impl Engine {
             return false;
         }
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
-        self.waits.add(now, conn, seq, replicas, timeout);
+        // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
+        let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
+        self.waits.add(now, conn, seq, replicas, timeout, void);
         for index in 0..self.monitor.views().len() {
             self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
         }
@@ -400,6 +408,7 @@ impl Engine {
         for decision in self.failover.evaluate(self.monitor.views(), now) {
             match decision {
                 Decision::Adopt { master, reason } => {
+                    self.master_epoch += 1;
                     let address = self.monitor.address(master).clone();
                     self.out.event(Event::MasterAdopted { address, reason });
                     self.run_all_held(now);
