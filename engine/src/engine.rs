@@ -118,6 +118,17 @@ impl Engine {
                 Lane::Client => self.client_data(now, conn, buf),
                 Lane::Backend => self.backend_data(now, conn, buf),
             },
+            other => self.connection_changed(now, other),
+        }
+        self.release_departed();
+    }
+
+    /// Everything but data: kept out of line so that the data path stays small.
+    #[cold]
+    #[inline(never)]
+    fn connection_changed(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Data { .. } => {}
             Input::Connected { conn } => {
                 self.pool.connected(conn);
                 self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
@@ -133,7 +144,6 @@ impl Engine {
             Input::WriteBlocked { conn } => self.clients.set_write_blocked(conn, true, &mut self.out),
             Input::Drained { conn } => self.clients.set_write_blocked(conn, false, &mut self.out),
         }
-        self.release_departed();
     }
 
     /// Lets the engine act on time: probes, down detection, failover deadlines, held requests that expire, the end
