@@ -893,11 +893,8 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Op::Get { key, value } => {
-                    let mut expected = BytesMut::new();
-                    crate::resp::put_bulk_header(&mut expected, value.len());
-                    expected.extend_from_slice(&value);
-                    expected.extend_from_slice(b"\r\n");
-                    if !error && &reply[..] != b"$-1\r\n" && reply[..] != expected[..] {
+                    let expected = crate::resp::bulk_reply(&value);
+                    if !error && &reply[..] != b"$-1\r\n" && reply != expected {
                         return Err(format!("client {index}: GET {key:?} got {:?}, wrote {value:?}", show(&reply)));
                     }
                 }

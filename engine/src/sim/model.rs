@@ -12,9 +12,9 @@
 //! new run id; it may spend a while loading (`loading:1`, `-LOADING` to most commands).
 
 use crate::config::ServerAddress;
-use crate::resp::{self, Request};
+use crate::resp::{bulk_reply, Request};
 use crate::topology::addresses_match;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Whether a server process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,14 +149,6 @@ fn simple(text: &'static [u8]) -> Bytes {
     Bytes::from_static(text)
 }
 
-fn bulk(payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 16);
-    resp::put_bulk_header(&mut out, payload.len());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
-}
-
 const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
 
 impl Cluster {
@@ -215,7 +207,7 @@ impl Cluster {
         let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
         let loading = now_ms < self.servers[index].loading_until_ms;
         let reply = match name.as_slice() {
-            b"INFO" => bulk(self.info(index, now_ms).as_bytes()),
+            b"INFO" => bulk_reply(self.info(index, now_ms).as_bytes()),
             b"RESET" => simple(b"+RESET\r\n"),
             _ if loading => simple(LOADING),
             b"PING" => simple(b"+PONG\r\n"),
@@ -252,7 +244,7 @@ impl Cluster {
                         .map(|&id| &self.writes[id as usize])
                         .find(|w| w.key == key);
                     match found {
-                        Some(write) => bulk(&write.value),
+                        Some(write) => bulk_reply(&write.value),
                         None => simple(b"$-1\r\n"),
                     }
                 }
