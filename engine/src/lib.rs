@@ -72,8 +72,9 @@
 //! | `route` | where a request goes: master, a readable replica, or nowhere yet |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
-//! The `fuzzing` feature publishes the fuzz target bodies; `command-table` publishes the command table (for the
-//! drift test against a live server).
+//! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
+//! driver) that the tests, the fuzz targets and the benchmark share; `command-table` publishes the command table
+//! (for the drift test against a live server).
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -101,6 +102,8 @@ mod route;
 mod session;
 #[cfg(test)]
 mod sim;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 mod topology;
 
 pub use config::{Config, ConfigError, Mode, ServerAddress};
