@@ -7,7 +7,7 @@ use crate::{Action, Config, ConnId, Engine, Event, Input, ServerAddress};
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A configuration with `servers` servers on 127.0.0.1, ports 7000 upwards, and every other setting at its
 /// default.
@@ -62,7 +62,11 @@ pub struct Driver {
 impl Driver {
     /// An engine for `config` that has not probed yet.
     pub fn new(config: Config) -> Driver {
-        let clock = FakeClock::new();
+        Driver::with_clock(config, FakeClock::new())
+    }
+
+    /// An engine for `config` made at `clock`'s time, which it keeps.
+    pub fn with_clock(config: Config, clock: FakeClock) -> Driver {
         let probes = vec![None; config.servers.len()];
         Driver {
             engine: Engine::new(config.clone(), clock.now()),
@@ -174,7 +178,12 @@ impl Driver {
         conns
     }
 
-    /// The peer closed `conn`.
+    /// The connection the engine asked for could not be established.
+    pub fn connect_failed(&mut self, conn: ConnId, reason: &str) {
+        self.engine.handle_input(self.clock.now(), Input::ConnectFailed { conn, reason });
+    }
+
+    /// The peer closed `conn`, or it broke.
     pub fn closed(&mut self, conn: ConnId) {
         self.bufs.remove(&conn);
         self.engine.handle_input(self.clock.now(), Input::Closed { conn });
@@ -183,6 +192,12 @@ impl Driver {
     /// Moves the clock by `by` and lets the engine act on the time.
     pub fn advance(&mut self, by: Duration) {
         let now = self.clock.advance(by);
+        self.engine.handle_timeout(now);
+    }
+
+    /// Moves the clock to `at` (unless that has passed) and lets the engine act on the time.
+    pub fn advance_to(&mut self, at: Instant) {
+        let now = self.clock.advance_to(at);
         self.engine.handle_timeout(now);
     }
 }
