@@ -97,6 +97,8 @@ mod failover;
 pub mod fuzzing;
 mod monitor;
 mod pool;
+#[cfg(test)]
+mod request_path_tests;
 mod resp;
 mod route;
 mod session;
