@@ -20,6 +20,17 @@ fn connect_to(actions: &[Action], port: u16) -> ConnId {
     conn
 }
 
+/// Asserts that `actions` are exactly: open a connection to server `server`, then send each of `frames` on it;
+/// reports it connected and returns it.
+fn expect_new_connection(kit: &mut Driver, actions: &[Action], server: usize, frames: &[&'static [u8]]) -> ConnId {
+    let conn = connect_to(actions, port_of(server));
+    let mut expected = vec![Action::Connect { conn, address: kit.config.servers[server].clone() }];
+    expected.extend(frames.iter().map(|frame| send(conn, frame)));
+    assert_eq!(actions, expected);
+    kit.connected(conn);
+    conn
+}
+
 const GET_A: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n";
 const GET_B: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nb\r\n";
 const SET_A: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
@@ -82,12 +93,7 @@ fn a_switch_to_a_private_connection_waits_for_replies_in_flight() {
     kit.drain();
     kit.feed(client, GET_A);
     let actions = kit.drain();
-    let shared = connect_to(&actions, port_of(0));
-    assert_eq!(
-        actions,
-        [Action::Connect { conn: shared, address: kit.config.servers[0].clone() }, send(shared, GET_A)]
-    );
-    kit.connected(shared);
+    let shared = expect_new_connection(&mut kit, &actions, 0, &[GET_A]);
 
     // MULTI needs a private connection; the GET's reply is still due on the shared one, so MULTI waits.
     kit.feed(client, b"*1\r\n$5\r\nMULTI\r\n");
@@ -116,16 +122,7 @@ fn held_requests_go_out_in_order_once_a_master_is_adopted() {
     assert_eq!(kit.drain(), [], "no master yet: both requests are held");
 
     let actions = kit.probe_round(&mut [FakeServer::master(port_of(0))]);
-    let shared = connect_to(&actions, port_of(0));
-    assert_eq!(
-        actions,
-        [
-            Action::Connect { conn: shared, address: kit.config.servers[0].clone() },
-            send(shared, GET_A),
-            send(shared, GET_B)
-        ]
-    );
-    kit.connected(shared);
+    let shared = expect_new_connection(&mut kit, &actions, 0, &[GET_A, GET_B]);
     kit.feed(shared, b"$1\r\n1\r\n$1\r\n2\r\n");
     assert_eq!(kit.drain(), [send(client, b"$1\r\n1\r\n"), send(client, b"$1\r\n2\r\n")]);
 }
@@ -165,11 +162,10 @@ fn subscribe_passes_pushed_frames_straight_through() {
     let mut kit = Driver::with_master(config(1));
     let client = kit.accept();
     kit.drain();
-    kit.feed(client, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n");
+    let subscribe: &'static [u8] = b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n";
+    kit.feed(client, subscribe);
     let actions = kit.drain();
-    let private = connect_to(&actions, port_of(0));
-    assert_eq!(sent_on(&actions, private), b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n");
-    kit.connected(private);
+    let private = expect_new_connection(&mut kit, &actions, 0, &[subscribe]);
     let confirmation: &[u8] = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
     let message: &[u8] = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n";
     kit.feed(private, confirmation);
@@ -191,16 +187,7 @@ fn quit_after_pipelined_requests_answers_them_then_ok_then_closes() {
     kit.drain();
     kit.feed(client, &[GET_A, GET_B, b"*1\r\n$4\r\nQUIT\r\n"].concat());
     let actions = kit.drain();
-    let shared = connect_to(&actions, port_of(0));
-    assert_eq!(
-        actions,
-        [
-            Action::Connect { conn: shared, address: kit.config.servers[0].clone() },
-            send(shared, GET_A),
-            send(shared, GET_B)
-        ]
-    );
-    kit.connected(shared);
+    let shared = expect_new_connection(&mut kit, &actions, 0, &[GET_A, GET_B]);
     kit.feed(shared, b"$1\r\n1\r\n$1\r\n2\r\n");
     assert_eq!(
         kit.drain(),
@@ -236,12 +223,7 @@ fn a_protocol_error_waits_behind_replies_in_flight() {
     kit.drain();
     kit.feed(client, &[GET_A, b"*x\r\n"].concat());
     let actions = kit.drain();
-    let shared = connect_to(&actions, port_of(0));
-    assert_eq!(
-        actions,
-        [Action::Connect { conn: shared, address: kit.config.servers[0].clone() }, send(shared, GET_A)]
-    );
-    kit.connected(shared);
+    let shared = expect_new_connection(&mut kit, &actions, 0, &[GET_A]);
     kit.feed(shared, b"$1\r\n1\r\n");
     assert_eq!(
         kit.drain(),
