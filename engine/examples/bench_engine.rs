@@ -1,14 +1,14 @@
 //! Engine micro-benchmark: a fixed GET/SET mix pushed through the engine alone, no sockets.
 //!
 //! The test kit's [`Driver::with_master`] adopts one server as master (its probe answered by the kit's fake
-//! server); then `--clients`
-//! clients do round trips in turns: every client's request bytes go in (`Input::Data`), the actions that come
-//! out are performed against a fake server that answers each forwarded request, the replies go back in on the
-//! backend connections, and the `Send`s to the clients come out. Buffers are kept per connection and appended
-//! to, as a runtime does.
+//! server); then `--clients` clients do round trips in turns: every client's request bytes go in
+//! (`Input::Data`), the actions that come out are performed against a fake server that answers each forwarded
+//! request, the replies go back in on the backend connections, and the `Send`s to the clients come out. Buffers
+//! are kept per connection and appended to, as a runtime does. (Needs the engine's `testkit` feature, which the
+//! engine's own dev-dependency turns on for its examples.)
 //!
 //! ```text
-//! cargo run --release -p redis-proxy-engine --features testkit --example bench_engine -- [--mode get|set|mix] [--requests N]
+//! cargo run --release -p redis-proxy-engine --example bench_engine -- [--mode get|set|mix] [--requests N]
 //!     [--clients C] [--pipeline P] [--value-size B] [--quiet]
 //! ```
 //!
