@@ -14,6 +14,8 @@
 mod clock;
 mod driver;
 mod server;
+// Only the fuzz harness and the simulation tap streams with the engine's scanner (see `server::split_multibulk`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod stream;
 
 pub use clock::FakeClock;
