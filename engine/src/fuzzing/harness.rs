@@ -1,4 +1,4 @@
-//! The engine target: an [`Engine`] driven through decoded [`Op`]s by the test kit's [`Driver`], with a model of
+//! The engine target: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`], with a model of
 //! every connection it opened, checking the connection contract after every input.
 
 use super::input::{Op, Setup, ARGS, COMMANDS};
@@ -6,7 +6,7 @@ use super::servers;
 use crate::conn::ConnId;
 use crate::resp::{Limits, Request};
 use crate::testkit::stream::RequestStream;
-use crate::testkit::{Driver, FakeServer};
+use crate::testkit::{master_and_replicas, Driver, FakeServer};
 use crate::{Action, Event, Input};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -62,7 +62,7 @@ struct Harness {
 impl Harness {
     fn new(setup: &Setup) -> Harness {
         let config = setup.config();
-        let servers = servers::servers(config.servers.len());
+        let servers = master_and_replicas(&config.servers);
         Harness {
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
             driver: Driver::new(config),

@@ -2,15 +2,7 @@
 //! faults varied by a flavour byte, and every other command with one of a few kinds of reply.
 
 use crate::resp::Request;
-use crate::testkit::{port_of, FakeServer};
-
-/// `count` servers on the kit's ports: server 0 a master, every other one its replica.
-pub(super) fn servers(count: usize) -> Vec<FakeServer> {
-    let master = crate::testkit::config(count).servers[0].clone();
-    (0..count)
-        .map(|i| if i == 0 { FakeServer::master(port_of(i)) } else { FakeServer::replica_of(port_of(i), &master) })
-        .collect()
-}
+use crate::testkit::FakeServer;
 
 /// Appends to `out` what `server` answers to `request`; `flavor` varies it.
 pub(super) fn answer(server: &mut FakeServer, request: &Request, flavor: u8, out: &mut Vec<u8>) {

@@ -31,6 +31,23 @@ pub fn connects(actions: &[Action]) -> Vec<(ConnId, ServerAddress)> {
         .collect()
 }
 
+/// Fake servers for `servers`: the first a master, every other one its replica (link up, offset 0).
+pub fn master_and_replicas(servers: &[ServerAddress]) -> Vec<FakeServer> {
+    servers
+        .iter()
+        .enumerate()
+        .map(
+            |(i, address)| {
+                if i == 0 {
+                    FakeServer::master(address.port)
+                } else {
+                    FakeServer::replica_of(address.port, &servers[0])
+                }
+            },
+        )
+        .collect()
+}
+
 /// Everything `actions` send on `conn`, concatenated.
 pub fn sent_on(actions: &[Action], conn: ConnId) -> Vec<u8> {
     let mut out = Vec::new();
@@ -83,20 +100,7 @@ impl Driver {
     pub fn with_master(config: Config) -> Driver {
         let mut driver = Driver::new(config);
         let master = driver.config.servers[0].clone();
-        let mut servers: Vec<FakeServer> =
-            driver
-                .config
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(i, address)| {
-                    if i == 0 {
-                        FakeServer::master(address.port)
-                    } else {
-                        FakeServer::replica_of(address.port, &master)
-                    }
-                })
-                .collect();
+        let mut servers = master_and_replicas(&driver.config.servers);
         driver.probe_round(&mut servers);
         assert_eq!(driver.engine.master(), Some(&master), "server 0 was not adopted as master");
         driver.drain();
@@ -106,7 +110,8 @@ impl Driver {
 
     /// Runs a probe round now: every server's probe connection is opened (and reported connected) if it is not
     /// yet, and what the probes send is answered by `servers` (one per configured server, in order). Returns the
-    /// actions that were not part of probing.
+    /// other actions of the round, then everything the engine did with the replies (which may include more on the
+    /// probe connections, such as `REPLICAOF`).
     pub fn probe_round(&mut self, servers: &mut [FakeServer]) -> Vec<Action> {
         assert_eq!(servers.len(), self.config.servers.len(), "one fake server per configured server");
         self.engine.handle_timeout(self.clock.now());
@@ -133,11 +138,6 @@ impl Driver {
         });
         actions.extend(self.drain());
         actions
-    }
-
-    /// The probe connection of server `index`, once opened.
-    pub fn probe_of(&self, index: usize) -> Option<ConnId> {
-        self.probes[index]
     }
 
     /// A client connects (from 127.0.0.1, a new port each time).
