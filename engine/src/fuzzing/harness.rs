@@ -1,5 +1,5 @@
-//! The engine target: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`], with a model of
-//! every connection it opened, checking the connection contract after every input.
+//! The engine target: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`],
+//! with a model of every connection it opened, checking the connection contract after every input.
 
 use super::input::{Op, Setup, ARGS, COMMANDS};
 use super::servers;
