@@ -77,6 +77,8 @@ struct Client {
     hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
+    /// The master epoch of its oldest write not yet covered by a `WAIT` (None: none since the last `WAIT`).
+    unconfirmed_writes_since: Option<u64>,
 }
 
 impl Client {
@@ -158,6 +160,7 @@ impl Clients {
             hold_tracked: false,
             passthrough: false,
             closing: false,
+            unconfirmed_writes_since: None,
         });
         let pool_size = self.config.pool_size;
         if let Some(client) = self.conns.get_mut(conn) {
@@ -361,9 +364,16 @@ impl Clients {
 
     /// Takes a reply slot for a request of `conn` about to go out on `backend`, and returns who its reply is for
     /// (`Ok(None)` in pass-through, where replies are not counted). `Err(())` is the order barrier: a switch of
-    /// connection, or into pass-through, waits until every earlier reply is in.
+    /// connection, or into pass-through, waits until every earlier reply is in. `write_epoch` is the master epoch
+    /// when the request is a write to the master.
     #[allow(clippy::result_unit_err)]
-    pub(crate) fn start_request(&mut self, conn: ConnId, backend: ConnId, pin: Pin) -> Result<Option<Waiter>, ()> {
+    pub(crate) fn start_request(
+        &mut self,
+        conn: ConnId,
+        backend: ConnId,
+        pin: Pin,
+        write_epoch: Option<u64>,
+    ) -> Result<Option<Waiter>, ()> {
         let Some(client) = self.conns.get_mut(conn) else { return Err(()) };
         let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
@@ -371,12 +381,34 @@ impl Clients {
         }
         client.last_backend = Some(backend);
         client.passthrough |= entering_passthrough;
+        if let Some(epoch) = write_epoch {
+            client.unconfirmed_writes_since.get_or_insert(epoch);
+        }
         if client.passthrough {
             return Ok(None);
         }
         let seq = client.first_seq + client.slots.len() as u64;
         client.slots.push_back(None);
         Ok(Some(Waiter::Client { conn, seq }))
+    }
+
+    /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
+    /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
+    pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
+        let client = self.conns.get_mut(conn)?;
+        client.slots.push_back(None);
+        Some(client.first_seq + client.slots.len() as u64 - 1)
+    }
+
+    /// The master epoch of the oldest write of `conn` that no `WAIT` has covered yet, and forgets it: the `WAIT`
+    /// now starting covers it.
+    pub(crate) fn take_unconfirmed_writes(&mut self, conn: ConnId) -> Option<u64> {
+        self.conns.get_mut(conn)?.unconfirmed_writes_since.take()
+    }
+
+    /// Whether `conn` is a connected client.
+    pub(crate) fn contains(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some()
     }
 
     /// Whether `conn` passes every frame of its private connection straight through.

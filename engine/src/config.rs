@@ -53,6 +53,12 @@ pub struct Config {
     /// How long a server may go without a valid reply before it counts as down (`down_after`, ms,
     /// default 3 x `check_period`).
     pub down_after: Duration,
+    /// How long a server that is alive but busy (it answers `-BUSY` or `-LOADING`, or accepts new connections but
+    /// does not answer: a long script, `DEBUG SLEEP`, `CLIENT PAUSE`, `SIGSTOP`) may go without a valid reply
+    /// before it counts as down (`busy_down_after`, ms, default 30000, as Sentinel's `down-after-milliseconds`).
+    /// At this bound a server still answering `-BUSY` is first sent `SCRIPT KILL` (or `FUNCTION KILL`) and gets
+    /// `down_after` more.
+    pub busy_down_after: Duration,
     /// How long a request may wait for a master before it gets an error (`hold_ms`, default
     /// `down_after` + 3 x `check_period`, enough for a failover with the same settings).
     pub hold: Duration,
@@ -163,6 +169,12 @@ impl Config {
         let check_period = get_u64(&map, "check_period", 1000, 10)?;
         let down_after = get_u64(&map, "down_after", 3 * check_period, 1)?;
         let hold = get_u64(&map, "hold_ms", down_after + 3 * check_period, 0)?;
+        let busy_down_after = get_u64(&map, "busy_down_after", 30_000.max(down_after), 1)?;
+        if busy_down_after < down_after {
+            return Err(error(format!(
+                "`busy_down_after` ({busy_down_after} ms) must not be shorter than `down_after` ({down_after} ms)"
+            )));
+        }
         let defaults = Limits::default();
         let limits = Limits {
             max_bulk_len: get_u64(&map, "max_bulk_len", defaults.max_bulk_len as u64, 1)? as usize,
@@ -177,6 +189,7 @@ impl Config {
             check_period: Duration::from_millis(check_period),
             down_after: Duration::from_millis(down_after),
             hold: Duration::from_millis(hold),
+            busy_down_after: Duration::from_millis(busy_down_after),
             hold_max_bytes: get_u64(&map, "hold_max_bytes", 64 * 1024 * 1024, 0)? as usize,
             pool_size: get_u64(&map, "pool_size", 2, 1)? as usize,
             max_clients: get_u64(&map, "max_clients", 10_000, 1)? as usize,
@@ -208,6 +221,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "mode",
     "check_period",
     "down_after",
+    "busy_down_after",
     "hold_ms",
     "hold_max_bytes",
     "pool_size",

@@ -62,6 +62,12 @@ pub enum Input<'a> {
         /// Why, for the log.
         reason: &'a str,
     },
+    /// A connection asked for with [`Action::Connect`] was refused (`ECONNREFUSED`): nothing listens there, so
+    /// the server's process is gone. Report other connect failures as [`Input::ConnectFailed`].
+    Refused {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The peer closed `conn`, or it failed; the runtime has closed it.
     Closed {
         /// The connection.
@@ -84,8 +90,11 @@ pub enum Input<'a> {
 pub enum TimerReason {
     /// Time to probe the servers.
     Probe,
-    /// The server at this position of `servers` will count as down unless it answers first.
+    /// The server at this position of `servers` will count as down (or be sent `SCRIPT KILL`) unless it answers
+    /// first.
     DownCheck(usize),
+    /// A `WAIT` polls the replicas' offsets, or times out.
+    Wait,
     /// A promotion must be confirmed by then.
     FailoverDeadline,
     /// The oldest held request expires.

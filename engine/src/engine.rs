@@ -6,6 +6,7 @@
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
 use crate::client::{Clients, HeldRequest, NextRequest};
+use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
@@ -17,6 +18,7 @@ use crate::resp;
 use crate::route::Router;
 use crate::session::{Handling, Pin};
 use crate::topology::ServerId;
+use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,6 +30,9 @@ pub struct Engine {
     monitor: Monitor,
     failover: Failover,
     router: Router,
+    waits: Waits,
+    /// How many times a master has been adopted: a write acknowledged in an earlier epoch may have been lost.
+    master_epoch: u64,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -43,6 +48,8 @@ impl Engine {
             monitor: Monitor::new(&config, now),
             failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
             router: Router::new(&config),
+            waits: Waits::default(),
+            master_epoch: 0,
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
@@ -78,6 +85,7 @@ impl Engine {
             Some(self.monitor.deadline()),
             self.failover.deadline().map(|at| (at, TimerReason::FailoverDeadline)),
             self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
+            self.waits.deadline().map(|at| (at, TimerReason::Wait)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
         ]
         .into_iter()
@@ -110,11 +118,17 @@ impl Engine {
                 Lane::Client => self.client_data(now, conn, buf),
                 Lane::Backend => self.backend_data(now, conn, buf),
             },
-            Input::Connected { conn } => self.pool.connected(conn),
-            Input::ConnectFailed { conn, reason } => self.backend_lost(now, conn, &format!("connect failed: {reason}")),
+            Input::Connected { conn } => {
+                self.pool.connected(conn);
+                self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
+            }
+            Input::ConnectFailed { conn, reason } => {
+                self.backend_lost(now, conn, &format!("connect failed: {reason}"), false)
+            }
+            Input::Refused { conn } => self.backend_lost(now, conn, "connection refused", true),
             Input::Closed { conn } => match conn.lane() {
                 Lane::Client => self.clients.remove(conn, false, &mut self.out),
-                Lane::Backend => self.backend_lost(now, conn, "closed by the server"),
+                Lane::Backend => self.backend_lost(now, conn, "closed by the server", false),
             },
             Input::WriteBlocked { conn } => self.clients.set_write_blocked(conn, true, &mut self.out),
             Input::Drained { conn } => self.clients.set_write_blocked(conn, false, &mut self.out),
@@ -126,10 +140,16 @@ impl Engine {
     /// of the shutdown grace.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.monitor.tick(now, &mut self.pool, &mut self.out);
-        for server in self.monitor.detect_down(now, &mut self.out) {
+        for server in self.monitor.detect_down(now, &mut self.pool, &mut self.out) {
             self.close_backends_of(now, server, false, "server is down");
         }
         self.evaluate_failover(now);
+        if self.waits.poll_due(now) {
+            for index in 0..self.monitor.views().len() {
+                self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
+            }
+        }
+        self.settle_waits(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
@@ -165,6 +185,16 @@ impl Engine {
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
                 return true;
             }
+            Handling::OutOfBand => {
+                // Its own connection to the master, so that it never waits behind the script it must stop.
+                let Some(master) = self.failover.master() else { return false };
+                let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+                let backend = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out);
+                let waiter = Waiter::Client { conn, seq };
+                self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
+                return true;
+            }
+            Handling::Wait { replicas, timeout } => return self.start_wait(now, conn, *replicas, *timeout),
             Handling::Forward(pin) => *pin,
         };
         // A client that is gone needs nothing more.
@@ -185,9 +215,36 @@ impl Engine {
             }
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
-        let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
+        let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
+        let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
+    }
+
+    /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then).
+    fn start_wait(&mut self, now: Instant, conn: ConnId, replicas: u64, timeout: Option<Duration>) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        if state.in_flight > 0 || self.failover.master().is_none() {
+            return false;
+        }
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
+        let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
+        self.waits.add(now, conn, seq, replicas, timeout, void);
+        for index in 0..self.monitor.views().len() {
+            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
+        }
+        true
+    }
+
+    /// Answers the `WAIT`s that are done.
+    fn settle_waits(&mut self, now: Instant) {
+        let clients = &self.clients;
+        let done = self.waits.settle(now, self.monitor.views(), self.failover.master(), |c| clients.contains(c));
+        for wait in done {
+            self.deliver(now, wait.client, wait.seq, wait.reply);
+        }
     }
 
     fn run_held(&mut self, now: Instant, conn: ConnId) {
@@ -251,18 +308,18 @@ impl Engine {
                     continue;
                 }
             }
-            match self.pool.pop_waiter(conn) {
+            match self.pool.pop_waiter(conn, &mut self.out) {
                 Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
                     match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
                         ProbeOutcome::Nothing => {}
-                        ProbeOutcome::Recovered => {
+                        ProbeOutcome::Recovered | ProbeOutcome::Facts => {
                             self.evaluate_failover(now);
                             self.run_all_held(now);
                         }
-                        ProbeOutcome::Facts => self.evaluate_failover(now),
+                        ProbeOutcome::Offset => self.settle_waits(now),
                     }
                 }
                 None => {
@@ -287,14 +344,14 @@ impl Engine {
     fn close_and_fail(&mut self, now: Instant, conn: ConnId, reason: &str) {
         if self.pool.contains(conn) {
             self.out.close(conn);
-            self.backend_lost(now, conn, reason);
+            self.backend_lost(now, conn, reason, false);
         }
     }
 
-    /// A backend connection failed, broke or was closed by the engine: every request in flight on it gets an
-    /// error (a write may or may not have run: never retried), and a private connection's client is closed
-    /// because the state it built is gone.
-    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
+    /// A backend connection failed, was `refused`, broke or was closed by the engine: every request in flight on it
+    /// gets an error (a write may or may not have run: never retried), a private connection's client is closed
+    /// because the state it built is gone, and the monitor weighs the evidence.
+    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str, refused: bool) {
         let Some(lost) = self.pool.remove(conn) else { return };
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
@@ -316,19 +373,33 @@ impl Engine {
                 self.deliver(now, client, seq, error.clone());
             }
         }
-        if lost.purpose == Purpose::Probe {
-            self.monitor.probe_lost(lost.server);
-            // An unreachable server may be what a choice among several masters was waiting for.
+        self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
+        let went_down = refused && self.monitor.refused(lost.server, &mut self.out);
+        if went_down {
+            self.close_backends_of(now, lost.server, false, "server is down");
+        }
+        if refused {
+            self.monitor.knock_refused(lost.server, conn);
+        } else if !lost.connected {
+            self.monitor.connect_failed(lost.server, conn);
+        }
+        match lost.purpose {
+            Purpose::Knock => {}
+            Purpose::Probe => self.monitor.probe_lost(now, lost.server, &mut self.pool, &mut self.out),
+            // A connection that never opened, or one lost with requests on it, may mean a dead server. An idle
+            // connection closed by the server (its `timeout` setting) is just reopened when needed.
+            _ if !lost.connected || failed > 0 => {
+                self.monitor.data_conn_lost(now, lost.server, &mut self.pool, &mut self.out)
+            }
+            _ => {}
+        }
+        if went_down || matches!(lost.purpose, Purpose::Probe | Purpose::Knock) {
+            // A server gone or unreachable may be what a choice among several masters was waiting for.
             self.evaluate_failover(now);
-        } else if !lost.connected || failed > 0 {
-            // A refused connection, or one lost with requests on it, may mean a dead server. An idle connection
-            // closed by the server (its `timeout` setting) is just reopened when needed.
-            self.monitor.data_conn_lost(now, lost.server, &mut self.pool, &mut self.out);
         }
         if let Some(owner) = orphaned {
             self.clients.close_if_done(owner, &mut self.out);
         }
-        self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
     }
 
     // ------------------------------------------------------------------ failover
@@ -337,6 +408,7 @@ impl Engine {
         for decision in self.failover.evaluate(self.monitor.views(), now) {
             match decision {
                 Decision::Adopt { master, reason } => {
+                    self.master_epoch += 1;
                     let address = self.monitor.address(master).clone();
                     self.out.event(Event::MasterAdopted { address, reason });
                     self.run_all_held(now);

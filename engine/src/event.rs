@@ -67,10 +67,27 @@ pub enum Event {
         /// The server.
         address: ServerAddress,
     },
-    /// A server gave no valid reply for `down_after`.
+    /// A server counts as down.
     ServerDown {
         /// The server.
         address: ServerAddress,
+        /// The evidence.
+        reason: &'static str,
+    },
+    /// A server is alive but does not answer (a script, a slow command, a pause, a stopped process): it is not
+    /// down, and requests still wait for it, until `busy_down_after`.
+    ServerBusy {
+        /// The server.
+        address: ServerAddress,
+        /// The evidence.
+        evidence: &'static str,
+    },
+    /// A server busy for `busy_down_after` was sent `SCRIPT KILL` or `FUNCTION KILL` before counting as down.
+    KillSent {
+        /// The server.
+        address: ServerAddress,
+        /// The command sent.
+        command: &'static str,
     },
     /// A server reported a different role (or master) than before.
     RoleSeen {
@@ -109,10 +126,12 @@ pub enum Event {
         /// Its new master (None: `NO ONE`).
         master: Option<ServerAddress>,
     },
-    /// A server answered a `REPLICAOF`.
-    ReplicaOfAnswered {
+    /// A server answered a `REPLICAOF` or `SCRIPT KILL` the proxy sent.
+    CommandAnswered {
         /// The server.
         address: ServerAddress,
+        /// The command.
+        command: &'static str,
         /// Its reply, as text.
         reply: String,
     },
@@ -140,7 +159,11 @@ impl Event {
             Event::ClientProtocolError { .. } | Event::ClientOutputLimit { .. } | Event::ClientRejected { .. } => {
                 Level::Warn
             }
-            Event::ServerDown { .. } | Event::MasterLost { .. } | Event::RequestsExpired { .. } => Level::Warn,
+            Event::ServerDown { .. }
+            | Event::ServerBusy { .. }
+            | Event::KillSent { .. }
+            | Event::MasterLost { .. }
+            | Event::RequestsExpired { .. } => Level::Warn,
             Event::BackendLost { failed_requests, .. } if *failed_requests > 0 => Level::Warn,
             Event::BackendLost { .. } => Level::Debug,
             _ => Level::Info,
@@ -159,7 +182,13 @@ impl fmt::Display for Event {
                 write!(f, "client {conn} closed: it does not read and its output passed client_output_limit")
             }
             Event::ServerUp { address } => write!(f, "server {address} is up"),
-            Event::ServerDown { address } => write!(f, "server {address} is down (no valid reply for down_after)"),
+            Event::ServerDown { address, reason } => write!(f, "server {address} is down: {reason}"),
+            Event::ServerBusy { address, evidence } => {
+                write!(f, "server {address} is busy ({evidence}): not down, requests wait for it up to busy_down_after")
+            }
+            Event::KillSent { address, command } => {
+                write!(f, "server {address} stayed busy for busy_down_after: sent {command} before failing it over")
+            }
             Event::RoleSeen { address, role, master: Some(master) } => {
                 write!(f, "server {address} reports role {role} of {master}")
             }
@@ -173,7 +202,7 @@ impl fmt::Display for Event {
                 write!(f, "sent REPLICAOF {} {} to {address}", master.host, master.port)
             }
             Event::ReplicaOfSent { address, master: None } => write!(f, "sent REPLICAOF NO ONE to {address}"),
-            Event::ReplicaOfAnswered { address, reply } => write!(f, "{address} answered REPLICAOF: {reply}"),
+            Event::CommandAnswered { address, command, reply } => write!(f, "{address} answered {command}: {reply}"),
             Event::BackendLost { address, reason, failed_requests } => {
                 write!(
                     f,

@@ -16,8 +16,9 @@
 //!    partial one for next time); report connects, failures, closes and write backpressure with the other
 //!    [`Input`] variants.
 //! 5. When the timeout instant has passed, call [`Engine::handle_timeout`]. Repeat.
-//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping until
-//!    [`Engine::client_count`] is 0 (or your own deadline passes).
+//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
+//!    until [`Engine::client_count`] is 0: the engine closes every client once its replies are out, and the rest
+//!    when its `shutdown_grace` ends.
 //!
 //! Every call takes `now`; time only moves when the runtime says so, which is what lets the tests drive the
 //! engine on a fake clock. Connection ids ([`ConnId`]) carry a generation, so an id that outlived its
@@ -66,10 +67,11 @@
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
 //! | `client` | the clients: reply slots in request order, held requests, backpressure, pass-through |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
-//! | `monitor` | the probe schedule, `INFO` into server views, each server's health (sends through `pool`) |
+//! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
 //! | `route` | where a request goes: master, a readable replica, or nowhere yet |
+//! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
@@ -79,9 +81,6 @@
 #![warn(unreachable_pub)]
 
 mod client;
-// Leaves the engine with the shared runtime crate.
-#[allow(missing_docs)]
-pub mod cli;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]
@@ -107,6 +106,7 @@ mod sim;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod topology;
+mod wait;
 
 pub use config::{Config, ConfigError, Mode, ServerAddress};
 pub use conn::ConnId;

@@ -1,6 +1,16 @@
 //! Watching the servers: the probe schedule (`PING` + `INFO` every `check_period` on a connection of its own),
-//! the evidence probes and data connections gather, and what it makes of it: one [`ServerView`] per server with
-//! its [`Health`] and its last `INFO` facts. `REPLICAOF` goes out on the probe connection too.
+//! the evidence probes and connections gather, and what it makes of it: one [`ServerView`] per server with its
+//! [`Health`] and its last `INFO` facts. `REPLICAOF` and `SCRIPT KILL` go out on the probe connection too.
+//!
+//! Three kinds of evidence, three answers (Sentinel's experience is the guide):
+//! - the process is gone: a connect is refused (a closed probe connection is reopened at once to find out).
+//!   Down at once.
+//! - alive but busy: it answers `-BUSY` or `-LOADING`, or its probe is late while a fresh connection to it (a
+//!   "knock") is accepted (a long script, `DEBUG SLEEP`, `CLIENT PAUSE`, `SIGSTOP`). Down only after
+//!   `busy_down_after`; a server still answering `-BUSY` then is sent `SCRIPT KILL` first and gets `down_after`
+//!   more.
+//! - unreachable: silent, and knocks time out (host or network gone). Down after `down_after`, once at least one
+//!   knock has confirmed it.
 
 use crate::config::{Config, ServerAddress};
 use crate::conn::ConnId;
@@ -15,6 +25,7 @@ use std::time::{Duration, Instant};
 
 const PING_AND_INFO: &[u8] = b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nINFO\r\n";
 const INFO: &[u8] = b"*1\r\n$4\r\nINFO\r\n";
+const INFO_REPLICATION: &[u8] = b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n";
 
 /// What a probe reply changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +37,40 @@ pub(crate) enum ProbeOutcome {
     Recovered,
     /// Fresh `INFO` facts: the failover rules must look at them.
     Facts,
+    /// A fresh replication offset (for `WAIT`).
+    Offset,
+}
+
+/// What the monitor keeps per server beyond its view: its connections and the evidence they gathered.
+#[derive(Clone, Debug, Default)]
+struct Watch {
+    probe: Option<ConnId>,
+    /// When the probe connection was last reopened at once after a loss (at most once per `check_period`, so a
+    /// server that closes every connection is not hammered).
+    reopened_at: Option<Instant>,
+    /// The liveness check under way, and when it started.
+    knock: Option<(ConnId, Instant)>,
+    /// Knocks that timed out since the last valid reply: the confirmation that a silent server is unreachable.
+    knocks_timed_out: u32,
+    /// The latest proof that the process is alive while it does not answer (a knock accepted, `-BUSY`,
+    /// `-LOADING`); cleared by a valid reply or a knock that timed out.
+    alive_at: Option<Instant>,
+    /// The last probe reply was `-BUSY`: the command that ends what keeps it busy.
+    kill: Option<&'static str>,
+    /// When that command was sent (once per busy spell).
+    kill_sent_at: Option<Instant>,
+    /// An `INFO replication` for `WAIT` is outstanding.
+    offset_pending: bool,
 }
 
 /// The probe schedule and what it has learnt.
 pub(crate) struct Monitor {
     views: Vec<ServerView>,
-    /// Each server's probe connection.
-    probes: Vec<Option<ConnId>>,
+    watches: Vec<Watch>,
     next_probe: Instant,
     check_period: Duration,
     down_after: Duration,
+    busy_down_after: Duration,
 }
 
 impl Monitor {
@@ -43,10 +78,11 @@ impl Monitor {
     pub(crate) fn new(config: &Config, now: Instant) -> Monitor {
         Monitor {
             views: config.servers.iter().map(|a| ServerView::new(a.clone(), now)).collect(),
-            probes: vec![None; config.servers.len()],
+            watches: vec![Watch::default(); config.servers.len()],
             next_probe: now,
             check_period: config.check_period,
             down_after: config.down_after,
+            busy_down_after: config.busy_down_after,
         }
     }
 
@@ -60,19 +96,41 @@ impl Monitor {
         &self.views[server.0].address
     }
 
-    /// The next instant the monitor must act: a probe round, or a server about to count as down.
+    /// The instant `server` counts as down (or is sent `SCRIPT KILL`, or its knock times out) unless it answers
+    /// first; None once it is down.
+    fn down_deadline(&self, index: usize) -> Option<Instant> {
+        let (view, watch) = (&self.views[index], &self.watches[index]);
+        if view.is_down() {
+            return None;
+        }
+        let base = view.last_ok.unwrap_or(view.watched_since);
+        let deadline = if let Some(sent) = watch.kill_sent_at {
+            sent + self.down_after
+        } else if watch.alive_at.is_some() {
+            base + self.busy_down_after
+        } else {
+            base + self.down_after
+        };
+        let Some((_, started)) = watch.knock else { return Some(deadline) };
+        let knock_timeout = started + self.check_period;
+        // A silent server whose only open question is the knock waits for its answer; otherwise the earlier wins.
+        let awaiting_knock = watch.kill_sent_at.is_none() && watch.alive_at.is_none() && watch.knocks_timed_out == 0;
+        Some(if awaiting_knock { knock_timeout } else { deadline.min(knock_timeout) })
+    }
+
+    /// The next instant the monitor must act: a probe round, or a server's deadline.
     pub(crate) fn deadline(&self) -> (Instant, TimerReason) {
         let mut best = (self.next_probe, TimerReason::Probe);
-        for (index, view) in self.views.iter().enumerate() {
-            let at = view.down_deadline(self.down_after);
-            if !view.is_down() && at < best.0 {
+        for index in 0..self.views.len() {
+            if let Some(at) = self.down_deadline(index).filter(|at| *at < best.0) {
                 best = (at, TimerReason::DownCheck(index));
             }
         }
         best
     }
 
-    /// Probes every server when a round is due; a probe unanswered for `down_after` has its connection replaced.
+    /// Probes every server when a round is due. A server whose probe is late gets a knock: is it still accepting
+    /// connections?
     pub(crate) fn tick(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
         if now < self.next_probe {
             return;
@@ -80,28 +138,36 @@ impl Monitor {
         self.next_probe = now + self.check_period;
         for index in 0..self.views.len() {
             let server = ServerId(index);
-            match self.probes[index] {
-                None => {
-                    self.probes[index] = Some(pool.open(server, Purpose::Probe, out));
-                    self.send_probe(now, server, pool, out);
-                }
-                Some(conn) => match self.views[index].probe_pending_since {
-                    None => self.send_probe(now, server, pool, out),
-                    Some(sent) if now.saturating_duration_since(sent) >= self.down_after => {
-                        // A hung server: drop the connection and try a fresh one next round.
+            match (self.watches[index].probe, self.views[index].probe_pending_since) {
+                (None, _) => self.open_probe(now, server, pool, out),
+                (Some(_), None) => self.send_probe(now, server, pool, out),
+                (Some(conn), Some(sent)) if self.views[index].is_down() => {
+                    // A down server's probe connect may hang (host gone): try a fresh one now and then.
+                    if now.saturating_duration_since(sent) >= self.down_after {
                         pool.close(conn, out);
-                        self.probes[index] = None;
-                        self.views[index].probe_pending_since = None;
+                        self.open_probe(now, server, pool, out);
                     }
-                    Some(_) => {}
-                },
+                }
+                (Some(_), Some(_)) => self.knock(now, server, pool, out),
             }
+        }
+    }
+
+    fn open_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+        self.watches[server.0].probe = Some(pool.open(server, Purpose::Probe, out));
+        self.watches[server.0].offset_pending = false;
+        self.send_probe(now, server, pool, out);
+    }
+
+    fn knock(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+        if self.watches[server.0].knock.is_none() {
+            self.watches[server.0].knock = Some((pool.open(server, Purpose::Knock, out), now));
         }
     }
 
     /// Sends `PING` and `INFO` to `server` now.
     pub(crate) fn send_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let Some(conn) = self.probes[server.0] else { return };
+        let Some(conn) = self.watches[server.0].probe else { return };
         let waiters = [Waiter::Probe(Probe::Ping), Waiter::Probe(Probe::Info)];
         pool.send(conn, &waiters, Bytes::from_static(PING_AND_INFO), out);
         self.views[server.0].probe_pending_since = Some(now);
@@ -116,6 +182,14 @@ impl Monitor {
         }
     }
 
+    /// Asks `server` for its replication offset now (for `WAIT`), unless such a question is outstanding.
+    pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+        let watch = &mut self.watches[server.0];
+        let Some(conn) = watch.probe.filter(|_| !watch.offset_pending) else { return };
+        watch.offset_pending = true;
+        pool.send(conn, &[Waiter::Probe(Probe::Offset { sent_at: now })], Bytes::from_static(INFO_REPLICATION), out);
+    }
+
     /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection.
     pub(crate) fn send_replicaof(
         &mut self,
@@ -125,7 +199,7 @@ impl Monitor {
         pool: &mut Pool,
         out: &mut Outbox,
     ) {
-        let Some(conn) = self.probes[server.0] else { return };
+        let Some(conn) = self.watches[server.0].probe else { return };
         let target = master.map(|m| self.views[m.0].address.clone());
         let request = match &target {
             Some(address) => Request::from_args(&[
@@ -151,28 +225,15 @@ impl Monitor {
         frame: &[u8],
         out: &mut Outbox,
     ) -> ProbeOutcome {
-        let view = &mut self.views[server.0];
         match probe {
-            Probe::Ping => {
-                let valid =
-                    frame.starts_with(b"+PONG") || frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN");
-                if !valid {
-                    return ProbeOutcome::Nothing;
-                }
-                view.last_ok = Some(now);
-                let was = std::mem::replace(&mut view.health, Health::Up);
-                if was == Health::Down {
-                    out.event(Event::ServerUp { address: view.address.clone() });
-                }
-                if was == Health::Up {
-                    ProbeOutcome::Nothing
-                } else {
-                    ProbeOutcome::Recovered
-                }
-            }
+            Probe::Ping => self.ping_reply(now, server, frame, out),
             Probe::Info => {
-                view.probe_pending_since = None;
+                self.views[server.0].probe_pending_since = None;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
+                // An INFO answered is as good a sign of life as a PONG (a PING may not have been sent for a while:
+                // a promotion's REPLICAOF keeps the probe busy).
+                self.answered(now, server, out);
+                let view = &mut self.views[server.0];
                 let info = ReplicationInfo::parse(text);
                 let changed = view.info.as_ref().is_none_or(|old| old.role != info.role || old.master != info.master);
                 if let (true, Some(role)) = (changed, info.role) {
@@ -186,20 +247,127 @@ impl Monitor {
                 view.info_at = Some(now);
                 ProbeOutcome::Facts
             }
-            Probe::ReplicaOf => {
+            Probe::Offset { sent_at } => {
+                self.watches[server.0].offset_pending = false;
+                let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
+                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text).repl_offset));
+                ProbeOutcome::Offset
+            }
+            Probe::ReplicaOf | Probe::Kill => {
+                let address = self.views[server.0].address.clone();
                 let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
-                out.event(Event::ReplicaOfAnswered { address: view.address.clone(), reply });
+                let command = if probe == Probe::Kill { "SCRIPT KILL" } else { "REPLICAOF" };
+                out.event(Event::CommandAnswered { address, command, reply });
                 ProbeOutcome::Nothing
             }
         }
     }
 
-    /// The probe connection of `server` failed or broke.
-    pub(crate) fn probe_lost(&mut self, server: ServerId) {
-        self.probes[server.0] = None;
-        let view = &mut self.views[server.0];
+    fn ping_reply(&mut self, now: Instant, server: ServerId, frame: &[u8], out: &mut Outbox) -> ProbeOutcome {
+        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        let busy = if frame.starts_with(b"-BUSY") {
+            let function = memchr::memmem::find(frame, b"FUNCTION KILL").is_some();
+            watch.kill = Some(if function { "FUNCTION KILL" } else { "SCRIPT KILL" });
+            Some("it answers -BUSY")
+        } else if frame.starts_with(b"-LOADING") {
+            Some("it answers -LOADING")
+        } else {
+            None
+        };
+        if let Some(evidence) = busy {
+            watch.alive_at = Some(now);
+            if view.health == Health::Up {
+                view.health = Health::Busy;
+                out.event(Event::ServerBusy { address: view.address.clone(), evidence });
+            }
+            return ProbeOutcome::Nothing;
+        }
+        if !(frame.starts_with(b"+PONG") || frame.starts_with(b"-MASTERDOWN")) {
+            return ProbeOutcome::Nothing;
+        }
+        if self.answered(now, server, out) {
+            ProbeOutcome::Recovered
+        } else {
+            ProbeOutcome::Nothing
+        }
+    }
+
+    /// `server` gave a valid answer: it is up. Returns whether it was not routable before.
+    fn answered(&mut self, now: Instant, server: ServerId, out: &mut Outbox) -> bool {
+        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        view.last_ok = Some(now);
+        *watch =
+            Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
+        let was = std::mem::replace(&mut view.health, Health::Up);
+        if was == Health::Down {
+            out.event(Event::ServerUp { address: view.address.clone() });
+        }
+        was > Health::Busy
+    }
+
+    /// `conn` was accepted; if it is a knock, the process is alive, and the knock is closed.
+    pub(crate) fn knock_accepted(&mut self, now: Instant, conn: ConnId, pool: &mut Pool, out: &mut Outbox) {
+        let Some(index) = self.watches.iter().position(|w| w.knock.is_some_and(|(k, _)| k == conn)) else {
+            return;
+        };
+        pool.close(conn, out);
+        let (view, watch) = (&mut self.views[index], &mut self.watches[index]);
+        watch.knock = None;
+        watch.alive_at = Some(now);
+        if view.health == Health::Up && view.probe_pending_since.is_some() {
+            view.health = Health::Busy;
+            out.event(Event::ServerBusy {
+                address: view.address.clone(),
+                evidence: "its probe is late but it accepts connections",
+            });
+        }
+    }
+
+    /// The knock connection `conn` timed out: no proof of life.
+    fn knock_timed_out(&mut self, index: usize) {
+        let watch = &mut self.watches[index];
+        watch.knock = None;
+        watch.alive_at = None;
+        watch.knocks_timed_out += 1;
+    }
+
+    /// A new connection to `server` (a knock, a probe, a data connection) failed without being refused: the host
+    /// or the network may be gone, so whatever proved it alive no longer does.
+    pub(crate) fn connect_failed(&mut self, server: ServerId, conn: ConnId) {
+        let watch = &mut self.watches[server.0];
+        if watch.knock.is_some_and(|(k, _)| k == conn) {
+            watch.knock = None;
+        }
+        watch.alive_at = None;
+        watch.knocks_timed_out += 1;
+    }
+
+    /// Forgets the knock `conn` if it was one (it was refused: [`Monitor::refused`] weighs that).
+    pub(crate) fn knock_refused(&mut self, server: ServerId, conn: ConnId) {
+        let watch = &mut self.watches[server.0];
+        if watch.knock.is_some_and(|(k, _)| k == conn) {
+            watch.knock = None;
+        }
+    }
+
+    /// A connect to `server` was refused: its process is gone. Returns whether that made it down.
+    pub(crate) fn refused(&mut self, server: ServerId, out: &mut Outbox) -> bool {
+        self.mark_down(server.0, "a connection to it was refused (its process is gone)", out)
+    }
+
+    /// The probe connection of `server` failed or broke: reopened at once (at most once per `check_period`) to
+    /// tell a gone process (refused) from a closed connection.
+    pub(crate) fn probe_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        watch.probe = None;
+        watch.offset_pending = false;
         view.probe_pending_since = None;
         view.health = view.health.max(Health::Unreachable);
+        let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
+        if !view.is_down() && !recently {
+            watch.reopened_at = Some(now);
+            self.open_probe(now, server, pool, out);
+        }
     }
 
     /// A data connection to `server` was refused, or lost with requests on it: it may be dead. Route nothing more
@@ -212,19 +380,62 @@ impl Monitor {
         }
     }
 
-    /// Marks down every server that gave no valid reply for `down_after`, and returns them.
-    pub(crate) fn detect_down(&mut self, now: Instant, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
+    /// Acts on every deadline that has passed: a knock that timed out, a busy server sent `SCRIPT KILL`, a
+    /// server now down. Returns the servers that went down.
+    pub(crate) fn detect_down(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
         let mut newly_down = SmallVec::new();
-        for (index, view) in self.views.iter_mut().enumerate() {
-            if !view.is_down() && now >= view.down_deadline(self.down_after) {
-                view.health = Health::Down;
-                view.info = None;
-                out.event(Event::ServerDown { address: view.address.clone() });
+        for index in 0..self.views.len() {
+            if let Some((conn, started)) = self.watches[index].knock {
+                if now >= started + self.check_period {
+                    pool.close(conn, out);
+                    self.knock_timed_out(index);
+                }
+            }
+            if self.down_deadline(index).is_none_or(|at| now < at) {
+                continue;
+            }
+            let watch = &mut self.watches[index];
+            if let (Some(kill), None, Some(probe)) = (watch.kill, watch.kill_sent_at, watch.probe) {
+                watch.kill_sent_at = Some(now);
+                pool.send(probe, &[Waiter::Probe(Probe::Kill)], kill_request(kill), out);
+                out.event(Event::KillSent { address: self.views[index].address.clone(), command: kill });
+                continue;
+            }
+            let reason = if watch.kill_sent_at.is_some() {
+                "still busy after busy_down_after and a kill"
+            } else if watch.alive_at.is_some() {
+                "alive but not answering for busy_down_after"
+            } else if watch.knocks_timed_out == 0 {
+                // Silent, and nothing says whether it is alive: one knock decides, within check_period.
+                self.knock(now, ServerId(index), pool, out);
+                continue;
+            } else {
+                "no valid reply for down_after, and new connections time out"
+            };
+            if self.mark_down(index, reason, out) {
                 newly_down.push(ServerId(index));
             }
         }
         newly_down
     }
+
+    fn mark_down(&mut self, index: usize, reason: &'static str, out: &mut Outbox) -> bool {
+        let view = &mut self.views[index];
+        if view.is_down() {
+            return false;
+        }
+        view.health = Health::Down;
+        view.info = None;
+        let probe = self.watches[index].probe;
+        self.watches[index] = Watch { probe, ..Watch::default() };
+        out.event(Event::ServerDown { address: view.address.clone(), reason });
+        true
+    }
+}
+
+fn kill_request(kill: &str) -> Bytes {
+    let (command, sub) = kill.split_once(' ').unwrap_or((kill, ""));
+    Request::from_args(&[command, sub]).frame().clone()
 }
 
 /// The payload of a bulk string reply, if `frame` is one.

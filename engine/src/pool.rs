@@ -8,6 +8,7 @@ use crate::resp::{Limits, ProtocolError, ReplyScanner};
 use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Released private connections kept per server for reuse; more are closed (reconnecting is cheap, sockets are not).
 const MAX_IDLE_PRIVATE: usize = 16;
@@ -21,6 +22,11 @@ pub(crate) enum Purpose {
     Private { owner: Option<ConnId> },
     /// The monitor's probe connection (PING, INFO, REPLICAOF).
     Probe,
+    /// The monitor's liveness check: a fresh connection that only has to be accepted, then is closed.
+    Knock,
+    /// One request of `owner` that must reach a busy server at once (`SCRIPT KILL`): its own connection, closed
+    /// after the reply.
+    OutOfBand { owner: ConnId },
 }
 
 /// A probe request awaiting its reply.
@@ -29,6 +35,12 @@ pub(crate) enum Probe {
     Ping,
     Info,
     ReplicaOf,
+    /// `SCRIPT KILL` or `FUNCTION KILL` to a server that stayed busy for `busy_down_after`.
+    Kill,
+    /// `INFO replication` for the replication offset only, sent at that instant (for `WAIT`).
+    Offset {
+        sent_at: Instant,
+    },
 }
 
 /// Who gets the next reply on a backend connection.
@@ -198,9 +210,15 @@ impl Pool {
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
     }
 
-    /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step).
-    pub(crate) fn pop_waiter(&mut self, conn: ConnId) -> Option<Waiter> {
-        self.conns.get_mut(conn)?.waiters.pop_front()
+    /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step). An
+    /// out-of-band connection is closed once its reply is in.
+    pub(crate) fn pop_waiter(&mut self, conn: ConnId, out: &mut Outbox) -> Option<Waiter> {
+        let backend = self.conns.get_mut(conn)?;
+        let waiter = backend.waiters.pop_front();
+        if matches!(backend.purpose, Purpose::OutOfBand { .. }) && backend.waiters.is_empty() {
+            self.close(conn, out);
+        }
+        waiter
     }
 
     /// Closes `conn` without failing anything on it (it awaits nothing a client needs).
@@ -236,7 +254,7 @@ impl Pool {
         let server = &mut self.servers[backend.server.0];
         match backend.purpose {
             Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
-            Purpose::Shared { .. } | Purpose::Probe => {}
+            Purpose::Shared { .. } | Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => {}
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
         }
     }

@@ -7,6 +7,7 @@
 use crate::command::{CommandFlags, CommandSpec};
 use crate::resp::{bulk_reply, Request};
 use bytes::Bytes;
+use std::time::Duration;
 
 /// How private a backend connection a client needs, from least to most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,6 +35,16 @@ pub(crate) enum Handling {
     LocalThenClose(Bytes),
     /// Refuse it with this error message (without the leading `-`).
     Refuse(String),
+    /// Send it to the master at once on a connection of its own, never queued behind another request (`SCRIPT
+    /// KILL`, `FUNCTION KILL`, `SHUTDOWN`: they must reach a server that is busy running a script).
+    OutOfBand,
+    /// `WAIT`, answered by the proxy: how many replicas have applied this client's earlier writes.
+    Wait {
+        /// Replicas to wait for.
+        replicas: u64,
+        /// How long at most (None: for ever, as `WAIT n 0`).
+        timeout: Option<Duration>,
+    },
 }
 
 /// The connection state one client has built up.
@@ -84,6 +95,10 @@ impl Session {
         !self.other_db && !self.in_multi && !self.watching && !self.blocking && self.lasting_pin.is_none()
     }
 
+    fn is_passthrough(&self) -> bool {
+        self.lasting_pin == Some(Pin::Passthrough)
+    }
+
     /// The privacy the client's state demands right now.
     pub(crate) fn current_pin(&self) -> Pin {
         match self.lasting_pin {
@@ -105,6 +120,14 @@ impl Session {
         allow_topology: bool,
     ) -> Handling {
         let Some(spec) = spec else {
+            if request.arg(0).is_some_and(|name| name.eq_ignore_ascii_case(b"waitaof")) {
+                // Redis 7.2's WAITAOF (unknown to the 7.0 table) would count a proxy connection's fsyncs.
+                return Handling::Refuse(
+                    "ERR redis-proxy does not support WAITAOF: it would count the fsyncs of a proxy connection, \
+                     not of this client's writes"
+                        .to_string(),
+                );
+            }
             return Handling::Forward(self.current_pin());
         };
         let arg1 = request.arg(1);
@@ -168,6 +191,21 @@ impl Session {
             "replicaof" | "slaveof" | "failover" | "shutdown" if !allow_topology => {
                 return refuse_topology(spec.name);
             }
+            // Inside MULTI they are only queued; in pass-through the client's own connection answers.
+            "script|kill" | "function|kill" | "shutdown" if !self.in_multi && !self.is_passthrough() => {
+                return Handling::OutOfBand;
+            }
+            "wait" if !self.in_multi && !self.is_passthrough() => {
+                let number = |arg: Option<&[u8]>| std::str::from_utf8(arg?).ok()?.parse::<u64>().ok();
+                match (request.arg_count(), number(arg1), number(request.arg(2))) {
+                    (3, Some(replicas), Some(timeout_ms)) => {
+                        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+                        return Handling::Wait { replicas, timeout };
+                    }
+                    // Redis answers malformed arguments with its own error at once.
+                    _ => Pin::Shared,
+                }
+            }
             "sync" | "psync" => {
                 return Handling::Refuse("ERR redis-proxy does not let clients replicate through it".to_string());
             }
@@ -191,7 +229,7 @@ impl Session {
                 }
                 Pin::Shared
             }
-            "wait" | "waitaof" => {
+            "wait" => {
                 self.blocking = true;
                 Pin::Shared
             }
@@ -250,6 +288,22 @@ mod tests {
         assert!(matches!(classify(&mut s, &["REPLICAOF", "NO", "ONE"], false), Handling::Refuse(_)));
         assert!(matches!(classify(&mut s, &["config", "set", "replica-priority", "0"], false), Handling::Refuse(_)));
         assert_eq!(classify(&mut s, &["config", "set", "maxmemory", "1"], false), Handling::Forward(Pin::Shared));
+    }
+
+    #[test]
+    fn kills_go_out_of_band_and_wait_is_answered_here() {
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["SCRIPT", "KILL"], false), Handling::OutOfBand);
+        assert_eq!(classify(&mut s, &["function", "kill"], false), Handling::OutOfBand);
+        assert_eq!(
+            classify(&mut s, &["WAIT", "1", "100"], false),
+            Handling::Wait { replicas: 1, timeout: Some(Duration::from_millis(100)) }
+        );
+        assert_eq!(classify(&mut s, &["WAIT", "2", "0"], false), Handling::Wait { replicas: 2, timeout: None });
+        assert_eq!(classify(&mut s, &["WAIT", "x", "0"], false), Handling::Forward(Pin::Shared));
+        assert!(matches!(classify(&mut s, &["WAITAOF", "1", "0", "0"], false), Handling::Refuse(_)));
+        assert_eq!(classify(&mut s, &["MULTI"], false), Handling::Forward(Pin::Transient));
+        assert_eq!(classify(&mut s, &["WAIT", "1", "100"], true), Handling::Forward(Pin::Transient));
     }
 
     #[test]

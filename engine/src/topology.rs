@@ -2,7 +2,7 @@
 
 use crate::config::ServerAddress;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Index of a configured server (its position in `servers`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,6 +117,10 @@ impl ReplicationInfo {
 pub(crate) enum Health {
     /// It answers probes (or nothing has gone wrong yet).
     Up,
+    /// Alive but not answering: it replies `-BUSY` or `-LOADING`, or its probe is late while its port still
+    /// accepts connections. Requests still go to it (they wait, as they would on Redis itself); it counts as down
+    /// only after `busy_down_after`.
+    Busy,
     /// A data connection to it was refused or lost since its last valid probe reply: route nothing to it until a
     /// probe hears from it again.
     Suspect,
@@ -141,6 +145,8 @@ pub(crate) struct ServerView {
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
     pub(crate) info_at: Option<Instant>,
+    /// The replication offset from the newest `INFO replication` sent for `WAIT`, with when it was sent.
+    pub(crate) offset_seen: Option<(Instant, i64)>,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
 }
@@ -155,13 +161,9 @@ impl ServerView {
             health: Health::Up,
             info: None,
             info_at: None,
+            offset_seen: None,
             probe_pending_since: None,
         }
-    }
-
-    /// The instant at which it will count as down unless a valid reply arrives first.
-    pub(crate) fn down_deadline(&self, down_after: Duration) -> Instant {
-        self.last_ok.unwrap_or(self.watched_since) + down_after
     }
 
     /// Whether it counts as down.
@@ -174,9 +176,9 @@ impl ServerView {
         self.health >= Health::Unreachable
     }
 
-    /// Whether requests may be routed to it: nothing has gone wrong since its last valid probe reply.
+    /// Whether requests may be routed to it: nothing but busyness has shown since its last valid probe reply.
     pub(crate) fn is_routable(&self) -> bool {
-        self.health == Health::Up
+        self.health <= Health::Busy
     }
 
     /// Whether it is up and known to report `role`.

@@ -1,64 +1,71 @@
 //! The event loop: accept, read until WouldBlock, hand bytes to the engine, perform its actions with vectored
 //! writes, sleep until I/O or the engine's next timeout. No Redis semantics live here.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use redis_proxy_engine::cli::log_line;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use redis_proxy_runtime_common::{
+    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant, SystemTime};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
-/// After SIGINT/SIGTERM, the longest the proxy waits for clients to get the replies they await.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Set in the token of a closing socket, over its index in `Runtime::closing`: the engine hands a closed
+/// connection's index to the next connection at once, so a socket still flushing cannot keep it.
+const CLOSING: usize = 1 << (usize::BITS - 2);
 /// Free room a read buffer gets before a read (more while reads keep filling it, up to `MAX_READ_ROOM`).
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// The most room a read buffer is grown to for one read, while a peer keeps sending.
 const MAX_READ_ROOM: usize = 1024 * 1024;
 /// Reads per connection per turn, so one busy peer cannot starve the others.
 const READS_PER_TURN: usize = 16;
-/// Buffers handed to one `writev`.
-const MAX_IOVECS: usize = 64;
 /// A read buffer that has held more than this is replaced by a fresh one once the engine has taken its frames,
 /// so one large value does not pin its allocation for the rest of the connection's life.
 const SHRINK_READ_BUF_AFTER: usize = 4 * 64 * 1024;
 
 struct Socket {
-    id: ConnId,
     stream: TcpStream,
     read_buf: BytesMut,
     /// The most `read_buf` has held since it was last replaced (its allocation is at least this large).
     read_buf_peak: usize,
     /// Room to give the read buffer before the next read: doubles while reads fill it.
     read_room: usize,
-    out: VecDeque<Bytes>,
+    out: WriteQueue,
     connecting: bool,
     /// The engine wants this connection read.
     readable: bool,
-    /// Reported WriteBlocked and not yet Drained.
-    blocked: bool,
-    /// Queued for a flush at the end of the turn.
-    dirty: bool,
+}
+
+/// A socket the engine closed that still has bytes to write.
+struct ClosingSocket {
+    stream: TcpStream,
+    closing: Closing,
+    /// The peer shut down its side: nothing more to discard.
+    peer_closed: bool,
 }
 
 struct Runtime {
     poll: Poll,
     engine: Engine,
-    sockets: Vec<Option<Socket>>,
-    dirty: Vec<usize>,
-    /// Connections that may still hold unread bytes (turn cap reached, or reading resumed).
-    read_again: Vec<usize>,
-    log_level: Level,
+    sockets: SocketTable<Socket>,
+    /// Closed by the engine, still flushing; the token is `CLOSING` | index.
+    closing: Vec<Option<ClosingSocket>>,
+    /// Connections with bytes queued this turn, written at its end.
+    dirty: Vec<ConnId>,
+    /// Sockets that may still hold unread bytes (turn cap reached, or reading resumed).
+    read_again: Vec<Token>,
+    logger: Logger,
 }
 
-/// Runs the proxy until a fatal error (binding the listen address, or the poller failing).
-pub fn run(config: Config, log_level: Level) -> io::Result<()> {
+/// Runs the proxy until a fatal error (binding the listen address, or the poller failing), or until a shutdown
+/// asked for by SIGINT/SIGTERM is complete.
+pub fn run(config: Config, logger: Logger) -> io::Result<()> {
     let address = (config.bind_address.as_str(), config.listen_port)
         .to_socket_addrs()?
         .next()
@@ -69,50 +76,38 @@ pub fn run(config: Config, log_level: Level) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    logger.listening(address, &config.servers);
     let mut runtime = Runtime {
         poll,
-        engine: Engine::new(config.clone(), Instant::now()),
-        sockets: Vec::new(),
+        engine: Engine::new(config, Instant::now()),
+        sockets: SocketTable::new(),
+        closing: Vec::new(),
         dirty: Vec::new(),
         read_again: Vec::new(),
-        log_level,
+        logger,
     };
-    for warning in &config.warnings {
-        runtime.log(Level::Warn, &format!("config: {warning}"));
-    }
-    let servers: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
-    runtime.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
     runtime.event_loop(listener, signals)
 }
 
 impl Runtime {
-    fn log(&self, level: Level, message: &dyn std::fmt::Display) {
-        if level <= self.log_level {
-            eprintln!("{}", log_line(SystemTime::now(), level, message));
-        }
-    }
-
-    /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) has closed every client or run out of
-    /// time; a second signal ends the wait.
-    fn event_loop(&mut self, mut listener: TcpListener, mut signals: Signals) -> io::Result<()> {
+    /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) is complete: the engine has closed every
+    /// client and every closed socket has written what was queued for it. A second signal ends the wait.
+    fn event_loop(&mut self, listener: TcpListener, mut signals: Signals) -> io::Result<()> {
+        let mut listener = Some(listener);
         let mut events = Events::with_capacity(1024);
-        let mut shutdown_deadline: Option<Instant> = None;
         loop {
             self.drain_engine();
             self.flush_dirty();
             let now = Instant::now();
-            if shutdown_deadline.is_some_and(|at| self.engine.client_count() == 0 || now >= at) {
-                self.log(Level::Info, &"shutdown complete");
+            if listener.is_none() && shutdown_complete(&self.engine, self.closing_count()) {
+                self.logger.log(Level::Info, &"shutdown complete");
                 return Ok(());
             }
-            let deadline = match (self.engine.poll_timeout().map(|(at, _)| at), shutdown_deadline) {
-                (Some(engine), Some(shutdown)) => Some(engine.min(shutdown)),
-                (engine, shutdown) => engine.or(shutdown),
-            };
+            let deadline = earliest(self.engine.poll_timeout().map(|(at, _)| at), self.closing_deadline());
             let timeout = if !self.read_again.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                // Round up: waking a hair early would only spin back into the poller.
+                // Round up: waking a hair early would only spin back into the poller. None: sleep until I/O.
                 deadline.map(|at| at.saturating_duration_since(now) + Duration::from_micros(999))
             };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
@@ -123,37 +118,55 @@ impl Runtime {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(&listener),
+                    LISTENER => {
+                        if let Some(listener) = &listener {
+                            self.accept_all(listener);
+                        }
+                    }
                     SIGNALS => {
-                        if signals.pending().next().is_none() {
-                            continue;
-                        }
-                        if shutdown_deadline.is_some() {
-                            self.log(Level::Warn, &"second signal: exiting without waiting for clients");
+                        let Some(signal) = signals.pending().next() else { continue };
+                        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                        let Some(mut stopped) = listener.take() else {
+                            self.logger.log(Level::Warn, &format!("{name} again: exiting without waiting for clients"));
                             return Ok(());
-                        }
-                        self.log(Level::Info, &"signal received: closing clients once their replies are out");
-                        let _ = self.poll.registry().deregister(&mut listener);
+                        };
+                        self.logger.log(Level::Info, &format!("{name}: closing clients and shutting down"));
+                        let _ = self.poll.registry().deregister(&mut stopped);
                         self.engine.begin_shutdown(Instant::now());
-                        shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                    }
+                    Token(token) if token & CLOSING != 0 => {
+                        let slot = token & !CLOSING;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.discard_closing_input(slot);
+                        }
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
+                            self.flush_closing(slot);
+                        }
                     }
                     Token(index) => {
+                        let Some((id, _)) = self.sockets.at(index) else { continue };
                         if event.is_writable() || event.is_error() || event.is_write_closed() {
-                            self.on_writable(index);
+                            self.on_writable(id);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_socket(index);
+                            self.read_socket(id);
                         }
                     }
                 }
             }
-            for index in std::mem::take(&mut self.read_again) {
-                self.read_socket(index);
+            for token in std::mem::take(&mut self.read_again) {
+                match token {
+                    Token(token) if token & CLOSING != 0 => self.discard_closing_input(token & !CLOSING),
+                    Token(index) => {
+                        if let Some((id, _)) = self.sockets.at(index) {
+                            self.read_socket(id);
+                        }
+                    }
+                }
             }
             let now = Instant::now();
-            if self.engine.poll_timeout().is_some_and(|(at, _)| at <= now) {
-                self.engine.handle_timeout(now);
-            }
+            fire_due_timer(&mut self.engine, now, Some(&self.logger));
+            self.abandon_stalled(now);
         }
     }
 
@@ -169,39 +182,26 @@ impl Runtime {
                         Interest::READABLE | Interest::WRITABLE,
                     );
                     if let Err(error) = registered {
-                        self.log(Level::Error, &format!("cannot register client {peer}: {error}"));
+                        self.logger.log(Level::Error, &format!("cannot register client {peer}: {error}"));
                         self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
                         continue;
                     }
-                    self.insert(Socket::new(id, stream, false));
+                    self.sockets.insert(id, Socket::new(stream, false));
                     self.drain_engine();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
                     // EMFILE and friends: log, and let the next readiness event retry.
-                    self.log(Level::Error, &format!("accept failed: {error}"));
+                    self.logger.log(Level::Error, &format!("accept failed: {error}"));
                     return;
                 }
             }
         }
     }
 
-    fn insert(&mut self, socket: Socket) {
-        let index = socket.id.index();
-        if self.sockets.len() <= index {
-            self.sockets.resize_with(index + 1, || None);
-        }
-        self.sockets[index] = Some(socket);
-    }
-
-    fn socket(&mut self, index: usize) -> Option<&mut Socket> {
-        self.sockets.get_mut(index).and_then(Option::as_mut)
-    }
-
-    fn on_writable(&mut self, index: usize) {
-        let Some(socket) = self.socket(index) else { return };
-        let id = socket.id;
+    fn on_writable(&mut self, id: ConnId) {
+        let Some(socket) = self.sockets.get_mut(id) else { return };
         if socket.connecting {
             match connect_result(&socket.stream) {
                 None => return,
@@ -212,36 +212,34 @@ impl Runtime {
                     self.drain_engine();
                 }
                 Some(Err(error)) => {
-                    self.forget(index);
-                    let reason = error.to_string();
-                    self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn: id, reason: &reason });
+                    self.forget(id);
+                    connect_failed(&mut self.engine, Instant::now(), id, &error);
                     self.drain_engine();
                     return;
                 }
             }
         }
-        self.flush(index);
+        self.flush(id);
     }
 
-    fn read_socket(&mut self, index: usize) {
+    fn read_socket(&mut self, id: ConnId) {
         for _ in 0..READS_PER_TURN {
-            let Some(socket) = self.sockets.get_mut(index).and_then(Option::as_mut) else { return };
+            let Some(socket) = self.sockets.get_mut(id) else { return };
             if !socket.readable || socket.connecting {
                 return;
             }
-            let id = socket.id;
             if socket.read_buf.capacity() - socket.read_buf.len() < MIN_READ_ROOM {
                 socket.read_buf.reserve(socket.read_room);
             }
             let room = socket.read_buf.capacity() - socket.read_buf.len();
             match recv_into(&socket.stream, &mut socket.read_buf) {
-                Ok(0) => return self.closed_by_peer(index),
+                Ok(0) => return self.closed_by_peer(id),
                 Ok(n) => {
                     socket.read_room = if n == room { (room * 2).min(MAX_READ_ROOM) } else { MIN_READ_ROOM };
                     socket.read_buf_peak = socket.read_buf_peak.max(socket.read_buf.len());
                     let mut buf = std::mem::take(&mut socket.read_buf);
                     self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
-                    if let Some(socket) = self.socket(index).filter(|s| s.id == id) {
+                    if let Some(socket) = self.sockets.get_mut(id) {
                         if buf.is_empty() {
                             // Nothing partial is left: let go of the allocation (the frames split off keep it
                             // alive only until they are written), so an idle connection holds no buffer.
@@ -262,21 +260,21 @@ impl Runtime {
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.closed_by_peer(index),
+                Err(_) => return self.closed_by_peer(id),
             }
         }
-        self.read_again.push(index);
+        self.read_again.push(Token(id.index()));
     }
 
-    fn closed_by_peer(&mut self, index: usize) {
-        if let Some(socket) = self.forget(index) {
-            self.engine.handle_input(Instant::now(), Input::Closed { conn: socket.id });
+    fn closed_by_peer(&mut self, id: ConnId) {
+        if self.forget(id).is_some() {
+            self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
             self.drain_engine();
         }
     }
 
-    fn forget(&mut self, index: usize) -> Option<Socket> {
-        let mut socket = self.sockets.get_mut(index)?.take()?;
+    fn forget(&mut self, id: ConnId) -> Option<Socket> {
+        let mut socket = self.sockets.remove(id)?;
         let _ = self.poll.registry().deregister(&mut socket.stream);
         Some(socket)
     }
@@ -286,35 +284,26 @@ impl Runtime {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Send { conn, data } => {
-                    if let Some(socket) = self.socket(conn.index()).filter(|s| s.id == conn) {
-                        socket.out.push_back(data);
-                        if !socket.dirty {
-                            socket.dirty = true;
-                            self.dirty.push(conn.index());
+                    if let Some(socket) = self.sockets.get_mut(conn) {
+                        if socket.out.push(data) {
+                            self.dirty.push(conn);
                         }
                     }
                 }
                 Action::Connect { conn, address } => self.connect(conn, &address.host, address.port),
-                Action::Close { conn } => {
-                    if self.socket(conn.index()).is_some_and(|s| s.id == conn) {
-                        self.flush(conn.index());
-                        if let Some(socket) = self.forget(conn.index()) {
-                            let _ = socket.stream.shutdown(std::net::Shutdown::Both);
-                        }
-                    }
-                }
+                Action::Close { conn } => self.close(conn),
                 Action::SetReadable { conn, readable } => {
-                    if let Some(socket) = self.socket(conn.index()).filter(|s| s.id == conn) {
+                    if let Some(socket) = self.sockets.get_mut(conn) {
                         socket.readable = readable;
                         if readable {
-                            self.read_again.push(conn.index());
+                            self.read_again.push(Token(conn.index()));
                         }
                     }
                 }
             }
         }
         while let Some(event) = self.engine.poll_event() {
-            self.log(event.level(), &event);
+            self.logger.log(event.level(), &event);
         }
     }
 
@@ -325,98 +314,153 @@ impl Runtime {
             Ok(stream)
         });
         match result {
-            Ok(stream) => self.insert(Socket::new(conn, stream, true)),
-            Err(error) => {
-                let reason = error.to_string();
-                self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn, reason: &reason });
-            }
+            Ok(stream) => self.sockets.insert(conn, Socket::new(stream, true)),
+            Err(error) => connect_failed(&mut self.engine, Instant::now(), conn, &error),
         }
     }
 
     fn flush_dirty(&mut self) {
-        for index in std::mem::take(&mut self.dirty) {
-            if let Some(socket) = self.socket(index) {
-                socket.dirty = false;
-                self.flush(index);
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(socket) = self.sockets.get_mut(id) {
+                socket.out.unschedule();
+                self.flush(id);
             }
         }
     }
 
-    /// Writes as much of the queue as the socket takes, in vectored writes.
-    fn flush(&mut self, index: usize) {
-        let Some(socket) = self.socket(index) else { return };
+    /// Writes as much of the queue as the socket takes, and tells the engine when that blocks or drains.
+    fn flush(&mut self, id: ConnId) {
+        let Some(socket) = self.sockets.get_mut(id) else { return };
         if socket.connecting {
             return;
         }
-        let id = socket.id;
-        let mut failed = false;
-        while !socket.out.is_empty() {
-            // This runs once per reply written: no heap allocation, and a plain write for the common single
-            // buffer (most client replies at pipeline depth 1).
-            let result = if socket.out.len() == 1 {
-                socket.stream.write(&socket.out[0])
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (slot, data) in slices.iter_mut().zip(socket.out.iter()) {
-                    *slot = IoSlice::new(data);
-                    count += 1;
-                }
-                socket.stream.write_vectored(&slices[..count])
-            };
-            match result {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(mut written) => {
-                    while written > 0 {
-                        let front = socket.out.front_mut().expect("written bytes came from the queue");
-                        if written >= front.len() {
-                            written -= front.len();
-                            socket.out.pop_front();
-                        } else {
-                            front.advance(written);
-                            written = 0;
-                        }
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
+        if socket.out.write_with(writer(&socket.stream)).is_err() {
+            return self.closed_by_peer(id);
         }
-        if failed {
-            return self.closed_by_peer(index);
-        }
-        let now_blocked = !socket.out.is_empty();
-        if now_blocked != socket.blocked {
-            socket.blocked = now_blocked;
-            let input = if now_blocked { Input::WriteBlocked { conn: id } } else { Input::Drained { conn: id } };
+        if let Some(input) = socket.out.backpressure(id) {
             self.engine.handle_input(Instant::now(), input);
             self.drain_engine();
         }
     }
+
+    /// The engine is done with `id`: its socket writes what is queued (in the background if the socket does not
+    /// take it all now), then shuts down its write side, so the peer reads every byte and then a clean end.
+    fn close(&mut self, id: ConnId) {
+        let Some(mut socket) = self.forget(id) else { return };
+        if socket.connecting {
+            return;
+        }
+        let mut closing = Closing::new(socket.out, Instant::now());
+        match closing.flush(Instant::now(), writer(&socket.stream)) {
+            CloseStep::Finish => finish_close(&socket.stream),
+            CloseStep::Abandon => {}
+            CloseStep::Wait => {
+                let slot = self.closing.iter().position(Option::is_none).unwrap_or(self.closing.len());
+                let token = Token(CLOSING | slot);
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if self.poll.registry().register(&mut socket.stream, token, interest).is_err() {
+                    return;
+                }
+                let entry = ClosingSocket { stream: socket.stream, closing, peer_closed: false };
+                if slot == self.closing.len() {
+                    self.closing.push(Some(entry));
+                } else {
+                    self.closing[slot] = Some(entry);
+                }
+                self.discard_closing_input(slot);
+            }
+        }
+    }
+
+    /// Reads and drops what a closing socket's peer sent (the engine is done with it; see `Closing`).
+    fn discard_closing_input(&mut self, slot: usize) {
+        let Some(entry) = self.closing.get_mut(slot).and_then(Option::as_mut) else { return };
+        if entry.peer_closed {
+            return;
+        }
+        match Closing::discard_input(|buf| (&entry.stream).read(buf)) {
+            Ok(Discarded::Empty) => {}
+            Ok(Discarded::PeerClosed) => entry.peer_closed = true,
+            Ok(Discarded::More) => self.read_again.push(Token(CLOSING | slot)),
+            Err(_) => {
+                self.end_closing(slot);
+            }
+        }
+    }
+
+    fn flush_closing(&mut self, slot: usize) {
+        let Some(entry) = self.closing.get_mut(slot).and_then(Option::as_mut) else { return };
+        match entry.closing.flush(Instant::now(), writer(&entry.stream)) {
+            CloseStep::Wait => {}
+            CloseStep::Finish => {
+                if let Some(entry) = self.end_closing(slot) {
+                    finish_close(&entry.stream);
+                }
+            }
+            CloseStep::Abandon => {
+                self.end_closing(slot);
+            }
+        }
+    }
+
+    fn end_closing(&mut self, slot: usize) -> Option<ClosingSocket> {
+        let mut entry = self.closing.get_mut(slot)?.take()?;
+        let _ = self.poll.registry().deregister(&mut entry.stream);
+        Some(entry)
+    }
+
+    /// Gives up the closing sockets that took nothing for `CLOSE_STALL`.
+    fn abandon_stalled(&mut self, now: Instant) {
+        for slot in 0..self.closing.len() {
+            if self.closing[slot].as_ref().is_some_and(|entry| entry.closing.deadline() <= now) {
+                self.flush_closing(slot);
+            }
+        }
+    }
+
+    fn closing_count(&self) -> usize {
+        self.closing.iter().flatten().count()
+    }
+
+    fn closing_deadline(&self) -> Option<Instant> {
+        self.closing.iter().flatten().map(|entry| entry.closing.deadline()).min()
+    }
 }
 
 impl Socket {
-    fn new(id: ConnId, stream: TcpStream, connecting: bool) -> Socket {
+    fn new(stream: TcpStream, connecting: bool) -> Socket {
         Socket {
-            id,
             stream,
             read_buf: BytesMut::new(),
             read_buf_peak: 0,
             read_room: MIN_READ_ROOM,
-            out: VecDeque::new(),
+            out: WriteQueue::new(),
             connecting,
             readable: true,
-            blocked: false,
-            dirty: false,
         }
     }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One non-blocking write of `stream`: a plain `write` for the common single buffer (most client replies at
+/// pipeline depth 1), `writev` for more.
+fn writer(stream: &TcpStream) -> impl FnMut(&[IoSlice<'_>]) -> io::Result<usize> + '_ {
+    move |slices| match slices {
+        [one] => (&*stream).write(one),
+        _ => (&*stream).write_vectored(slices),
+    }
+}
+
+/// Sends the FIN after the last byte, the peer's unread input dropped first.
+fn finish_close(stream: &TcpStream) {
+    Closing::drain_before_fin(|buf| (&*stream).read(buf));
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Reads from `stream` straight into the spare capacity of `buf` (no zeroing, no copy) and extends it.

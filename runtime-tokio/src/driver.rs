@@ -1,11 +1,13 @@
 //! The engine task and the per-connection I/O tasks. No Redis semantics live here: bytes in, actions out, time.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input};
+use redis_proxy_runtime_common::{
+    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+};
 use socket2::SockRef;
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
@@ -19,14 +21,10 @@ use tokio::time::Instant as TokioInstant;
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much room, the read buffer grows (to `READ_CHUNK`) before the next read.
 const MIN_READ_ROOM: usize = 4 * 1024;
-/// Buffers handed to one `writev`.
-const MAX_IOVECS: usize = 64;
 /// Messages the engine task takes from the channel per turn, before it flushes what they produced.
 const MESSAGES_PER_TURN: usize = 256;
 /// Messages in flight from the I/O tasks to the engine task before the I/O tasks wait.
 const CHANNEL_CAPACITY: usize = 1024;
-/// How long a closed connection may take to write what was still queued for it.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// A deadline far enough away to stand for "none" (tokio's timer cannot be left unarmed).
@@ -43,13 +41,7 @@ enum Message {
     /// A connect the engine asked for succeeded.
     Connected(ConnId, TcpStream),
     /// A connect the engine asked for failed.
-    ConnectFailed(ConnId, String),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Client,
-    Backend,
+    ConnectFailed(ConnId, io::Error),
 }
 
 /// Aborts its task when dropped, so no task outlives the connection it serves.
@@ -71,57 +63,56 @@ struct Io {
 }
 
 struct Socket {
-    id: ConnId,
-    kind: Kind,
     /// None while connecting.
     io: Option<Io>,
     /// The connect task, then the I/O task.
     _task: TaskGuard,
-    out: VecDeque<Bytes>,
+    out: WriteQueue,
     /// Bytes read but not yet handed in (a partial frame, or data read just before a pause took effect).
     read_buf: BytesMut,
     /// The engine wants this connection read.
     readable: bool,
-    /// Reported WriteBlocked and not yet Drained.
-    blocked: bool,
-    /// Queued for a flush at the end of the turn.
-    dirty: bool,
 }
 
 /// The task that owns the engine.
 pub(crate) struct Driver {
     engine: Engine,
     events: broadcast::Sender<Event>,
-    sockets: Vec<Option<Socket>>,
-    dirty: Vec<usize>,
+    logger: Option<Logger>,
+    sockets: SocketTable<Socket>,
+    /// Connections with bytes queued this turn, written at its end.
+    dirty: Vec<ConnId>,
     /// Connections whose reading resumed with bytes already buffered.
-    resumed: Vec<usize>,
+    resumed: Vec<ConnId>,
     sender: mpsc::Sender<Message>,
     receiver: mpsc::Receiver<Message>,
-    /// Connections closed with bytes still queued, finishing in the background.
+    /// Connections the engine closed that still have bytes to write, finishing in the background.
     closers: JoinSet<()>,
-    /// Set once shutdown began: until then clients close after the grace period's end.
-    shutdown_deadline: Option<TokioInstant>,
 }
 
 impl Driver {
-    pub(crate) fn new(config: Config, events: broadcast::Sender<Event>) -> Driver {
+    pub(crate) fn new(config: Config, events: broadcast::Sender<Event>, logger: Option<Logger>) -> Driver {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         Driver {
             engine: Engine::new(config, Instant::now()),
             events,
-            sockets: Vec::new(),
+            logger,
+            sockets: SocketTable::new(),
             dirty: Vec::new(),
             resumed: Vec::new(),
             sender,
             receiver,
             closers: JoinSet::new(),
-            shutdown_deadline: None,
         }
     }
 
+    /// Runs until `shutdown` completes and the shutdown it starts is over: the engine stops reading clients and
+    /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
+    /// connection writes what is queued for it.
     pub(crate) async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut shutdown = pin!(shutdown);
+        // None once shutdown began: nobody new is accepted.
+        let mut listener = Some(listener);
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
         let mut armed = None;
         let mut batch = Vec::with_capacity(MESSAGES_PER_TURN);
@@ -129,101 +120,64 @@ impl Driver {
         let mut accept_paused_until = None;
         loop {
             self.finish_turn();
+            if listener.is_none() && shutdown_complete(&self.engine, self.closers.len()) {
+                return Ok(());
+            }
             let deadline = self.engine.poll_timeout().map(|(at, _)| at);
             if deadline != armed {
                 armed = deadline;
                 timer.as_mut().reset(tokio_deadline(deadline));
             }
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if listener.is_some() => {
+                    listener = None;
+                    self.engine.begin_shutdown(Instant::now());
+                }
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
                     for message in batch.drain(..) {
                         self.handle_message(message);
                     }
                 }
-                accepted = listener.accept(), if accept_paused_until.is_none() => match accepted {
+                accepted = accept(listener.as_ref()), if accept_paused_until.is_none() => match accepted {
                     Ok((stream, peer)) => self.accepted(stream, peer),
                     Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                 },
                 () = resume_accepting(accept_paused_until), if accept_paused_until.is_some() => {
                     accept_paused_until = None;
                 }
+                Some(_) = self.closers.join_next(), if !self.closers.is_empty() => {}
                 () = &mut timer => {}
             }
-            self.check_timer();
-        }
-        drop(listener);
-        self.drain_for_shutdown(timer).await;
-        Ok(())
-    }
-
-    /// Lets the engine finish: it stops reading clients and closes each once its replies are out; clients still
-    /// waiting when the grace period ends are closed then. Every close writes what is queued, sends a FIN and
-    /// waits (within the grace period) for the client's own close.
-    async fn drain_for_shutdown(&mut self, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) {
-        let hard_deadline = Instant::now() + crate::SHUTDOWN_GRACE;
-        self.shutdown_deadline = Some(TokioInstant::from_std(hard_deadline));
-        self.engine.begin_shutdown(Instant::now());
-        let mut batch = Vec::with_capacity(MESSAGES_PER_TURN);
-        loop {
-            self.finish_turn();
-            if self.engine.client_count() == 0 || Instant::now() >= hard_deadline {
-                break;
-            }
-            let engine_deadline = self.engine.poll_timeout().map_or(hard_deadline, |(at, _)| at);
-            timer.as_mut().reset(TokioInstant::from_std(engine_deadline.min(hard_deadline)));
-            tokio::select! {
-                _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
-                    for message in batch.drain(..) {
-                        self.handle_message(message);
-                    }
-                }
-                () = &mut timer => {}
-            }
-            self.check_timer();
-        }
-        let deadline = TokioInstant::from_std(hard_deadline);
-        for index in 0..self.sockets.len() {
-            let Some(socket) = self.sockets[index].take() else { continue };
-            if let (Kind::Client, Some(io)) = (socket.kind, socket.io) {
-                self.closers.spawn(close_gracefully(io.stream, socket.out, deadline, true));
+            // By the clock, not by which branch woke us: a timer polled with the cooperative budget spent reports
+            // Pending even when due.
+            if fire_due_timer(&mut self.engine, Instant::now(), self.logger.as_ref()) {
+                self.drain_engine();
             }
         }
-        while self.closers.join_next().await.is_some() {}
     }
 
     /// Performs what the engine asked for, handing in data buffered for connections whose reading resumed,
     /// then writes every connection that got bytes this turn.
     fn finish_turn(&mut self) {
         self.drain_engine();
-        while let Some(index) = self.resumed.pop() {
-            self.hand_in_buffered(index);
+        while let Some(id) = self.resumed.pop() {
+            self.hand_in_buffered(id);
         }
         while !self.dirty.is_empty() {
-            for index in std::mem::take(&mut self.dirty) {
-                if let Some(socket) = self.socket(index) {
-                    socket.dirty = false;
-                    self.flush(index);
+            for id in std::mem::take(&mut self.dirty) {
+                if let Some(socket) = self.sockets.get_mut(id) {
+                    socket.out.unschedule();
+                    self.flush(id);
                 }
             }
         }
         while self.closers.try_join_next().is_some() {}
     }
 
-    /// Calls `handle_timeout` if the engine's deadline has passed by the clock (not by which branch woke us:
-    /// a timer polled with the cooperative budget spent reports Pending even when due).
-    fn check_timer(&mut self) {
-        let now = Instant::now();
-        if self.engine.poll_timeout().is_some_and(|(at, _)| at <= now) {
-            self.engine.handle_timeout(now);
-            self.drain_engine();
-        }
-    }
-
     fn handle_message(&mut self, message: Message) {
         match message {
             Message::Data(conn, chunk) => {
-                let Some(socket) = self.socket_of(conn) else { return };
+                let Some(socket) = self.sockets.get_mut(conn) else { return };
                 if socket.read_buf.is_empty() {
                     socket.read_buf = chunk;
                 } else {
@@ -231,29 +185,24 @@ impl Driver {
                     socket.read_buf.unsplit(chunk);
                 }
                 if socket.readable {
-                    self.hand_in_buffered(conn.index());
+                    self.hand_in_buffered(conn);
                 }
             }
             Message::Closed(conn) => self.closed_by_peer(conn),
-            Message::Writable(conn) => {
-                if self.socket_of(conn).is_some() {
-                    self.flush(conn.index());
-                }
-            }
+            Message::Writable(conn) => self.flush(conn),
             Message::Connected(conn, stream) => {
                 let sender = self.sender.clone();
-                let Some(socket) = self.socket_of(conn).filter(|s| s.io.is_none()) else { return };
+                let Some(socket) = self.sockets.get_mut(conn).filter(|s| s.io.is_none()) else { return };
                 let (io, task) = spawn_io(conn, stream, sender);
                 socket.io = Some(io);
                 socket._task = task;
                 self.engine.handle_input(Instant::now(), Input::Connected { conn });
                 self.drain_engine();
-                self.mark_dirty(conn.index());
+                self.mark_dirty(conn);
             }
             Message::ConnectFailed(conn, reason) => {
-                if self.socket_of(conn).is_some() {
-                    self.sockets[conn.index()] = None;
-                    self.engine.handle_input(Instant::now(), Input::ConnectFailed { conn, reason: &reason });
+                if self.sockets.remove(conn).is_some() {
+                    connect_failed(&mut self.engine, Instant::now(), conn, &reason);
                     self.drain_engine();
                 }
             }
@@ -264,27 +213,25 @@ impl Driver {
         let _ = stream.set_nodelay(true);
         let id = self.engine.accept(Instant::now(), peer);
         let (io, task) = spawn_io(id, stream, self.sender.clone());
-        self.insert(Socket::new(id, Kind::Client, Some(io), task));
+        self.sockets.insert(id, Socket::new(Some(io), task));
         self.drain_engine();
     }
 
-    fn hand_in_buffered(&mut self, index: usize) {
-        let Some(socket) = self.socket(index) else { return };
+    fn hand_in_buffered(&mut self, id: ConnId) {
+        let Some(socket) = self.sockets.get_mut(id) else { return };
         if !socket.readable || socket.read_buf.is_empty() {
             return;
         }
-        let id = socket.id;
         let mut buf = std::mem::take(&mut socket.read_buf);
         self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
-        if let Some(socket) = self.socket_of(id) {
+        if let Some(socket) = self.sockets.get_mut(id) {
             socket.read_buf = buf;
         }
         self.drain_engine();
     }
 
     fn closed_by_peer(&mut self, conn: ConnId) {
-        if self.socket_of(conn).is_some() {
-            self.sockets[conn.index()] = None;
+        if self.sockets.remove(conn).is_some() {
             self.engine.handle_input(Instant::now(), Input::Closed { conn });
             self.drain_engine();
         }
@@ -295,9 +242,10 @@ impl Driver {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Send { conn, data } => {
-                    let Some(socket) = self.socket_of(conn) else { continue };
-                    socket.out.push_back(data);
-                    self.mark_dirty(conn.index());
+                    let Some(socket) = self.sockets.get_mut(conn) else { continue };
+                    if socket.out.push(data) {
+                        self.dirty.push(conn);
+                    }
                 }
                 Action::Connect { conn, address } => {
                     let sender = self.sender.clone();
@@ -307,21 +255,21 @@ impl Driver {
                                 let _ = stream.set_nodelay(true);
                                 Message::Connected(conn, stream)
                             }
-                            Err(error) => Message::ConnectFailed(conn, error.to_string()),
+                            Err(error) => Message::ConnectFailed(conn, error),
                         };
                         let _ = sender.send(message).await;
                     });
-                    self.insert(Socket::new(conn, Kind::Backend, None, TaskGuard(task)));
+                    self.sockets.insert(conn, Socket::new(None, TaskGuard(task)));
                 }
                 Action::Close { conn } => self.close(conn),
                 Action::SetReadable { conn, readable } => {
-                    let Some(socket) = self.socket_of(conn) else { continue };
+                    let Some(socket) = self.sockets.get_mut(conn) else { continue };
                     socket.readable = readable;
                     if let Some(io) = &socket.io {
                         io.reading.send_replace(readable);
                     }
                     if readable && !socket.read_buf.is_empty() {
-                        self.resumed.push(conn.index());
+                        self.resumed.push(conn);
                     }
                 }
             }
@@ -332,69 +280,42 @@ impl Driver {
         }
     }
 
-    /// Writes what the socket takes now; what is left is written in the background (for at most
-    /// `CLOSE_LINGER`) before the FIN.
+    /// The engine is done with `conn`: its socket writes what is queued (in a background task if the socket does
+    /// not take it all now), then shuts down its write side, so the peer reads every byte and then a clean end.
     fn close(&mut self, conn: ConnId) {
-        if self.socket_of(conn).is_none() {
-            return;
-        }
-        let mut socket = self.sockets[conn.index()].take().expect("checked above");
+        let Some(mut socket) = self.sockets.remove(conn) else { return };
+        // Still connecting: nothing was sent, dropping the connect task is the close.
         let Some(io) = socket.io.take() else { return };
-        if let (Some(deadline), Kind::Client) = (self.shutdown_deadline, socket.kind) {
-            // Shutting down: the client gets its replies, a FIN, and time to close its side (no reset).
-            self.closers.spawn(close_gracefully(io.stream, socket.out, deadline, true));
-            return;
-        }
-        let _ = write_now(&io.stream, &mut socket.out);
-        if socket.out.is_empty() {
-            let _ = SockRef::from(&*io.stream).shutdown(Shutdown::Write);
-        } else {
-            let deadline = TokioInstant::now() + CLOSE_LINGER;
-            self.closers.spawn(close_gracefully(io.stream, socket.out, deadline, false));
+        let now = Instant::now();
+        let mut closing = Closing::new(socket.out, now);
+        match closing.flush(now, |slices| io.stream.try_write_vectored(slices)) {
+            CloseStep::Finish => finish_close(&io.stream),
+            CloseStep::Abandon => {}
+            CloseStep::Wait => {
+                self.closers.spawn(flush_then_close(io.stream, closing));
+            }
         }
     }
 
-    fn insert(&mut self, socket: Socket) {
-        let index = socket.id.index();
-        if self.sockets.len() <= index {
-            self.sockets.resize_with(index + 1, || None);
-        }
-        self.sockets[index] = Some(socket);
-    }
-
-    fn socket(&mut self, index: usize) -> Option<&mut Socket> {
-        self.sockets.get_mut(index).and_then(Option::as_mut)
-    }
-
-    /// The socket of `conn`, unless its slot now belongs to a newer connection.
-    fn socket_of(&mut self, conn: ConnId) -> Option<&mut Socket> {
-        self.socket(conn.index()).filter(|s| s.id == conn)
-    }
-
-    fn mark_dirty(&mut self, index: usize) {
-        if let Some(socket) = self.socket(index) {
-            if !socket.dirty {
-                socket.dirty = true;
-                self.dirty.push(index);
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(socket) = self.sockets.get_mut(id) {
+            if socket.out.schedule() {
+                self.dirty.push(id);
             }
         }
     }
 
     /// Writes as much of the queue as the socket takes; reports WriteBlocked / Drained on changes.
-    fn flush(&mut self, index: usize) {
-        let Some(socket) = self.socket(index) else { return };
+    fn flush(&mut self, id: ConnId) {
+        let Some(socket) = self.sockets.get_mut(id) else { return };
         let Some(io) = &socket.io else { return };
-        let id = socket.id;
-        if write_now(&io.stream, &mut socket.out).is_err() {
+        if socket.out.write_with(|slices| io.stream.try_write_vectored(slices)).is_err() {
             return self.closed_by_peer(id);
         }
-        let now_blocked = !socket.out.is_empty();
-        if now_blocked {
+        if !socket.out.is_empty() {
             io.want_write.notify_one();
         }
-        if now_blocked != socket.blocked {
-            socket.blocked = now_blocked;
-            let input = if now_blocked { Input::WriteBlocked { conn: id } } else { Input::Drained { conn: id } };
+        if let Some(input) = socket.out.backpressure(id) {
             self.engine.handle_input(Instant::now(), input);
             self.drain_engine();
         }
@@ -402,19 +323,49 @@ impl Driver {
 }
 
 impl Socket {
-    fn new(id: ConnId, kind: Kind, io: Option<Io>, task: TaskGuard) -> Socket {
-        Socket {
-            id,
-            kind,
-            io,
-            _task: task,
-            out: VecDeque::new(),
-            read_buf: BytesMut::new(),
-            readable: true,
-            blocked: false,
-            dirty: false,
+    fn new(io: Option<Io>, task: TaskGuard) -> Socket {
+        Socket { io, _task: task, out: WriteQueue::new(), read_buf: BytesMut::new(), readable: true }
+    }
+}
+
+/// Accepts the next client; never completes once the listener is gone (shutting down).
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a closed connection's queue as the socket takes it, discarding what the peer still sends, then sends
+/// the FIN; gives up after `CLOSE_STALL` without progress or when the socket breaks.
+async fn flush_then_close(stream: Arc<TcpStream>, mut closing: Closing) {
+    let mut peer_closed = false;
+    loop {
+        tokio::select! {
+            ready = stream.writable() => if ready.is_err() {
+                return;
+            },
+            ready = stream.readable(), if !peer_closed => {
+                match ready.and_then(|()| Closing::discard_input(|buf| stream.try_read(buf))) {
+                    Ok(Discarded::PeerClosed) => peer_closed = true,
+                    Ok(Discarded::Empty | Discarded::More) => {}
+                    Err(_) => return,
+                }
+            }
+            () = tokio::time::sleep_until(TokioInstant::from_std(closing.deadline())) => {}
+        }
+        match closing.flush(Instant::now(), |slices| stream.try_write_vectored(slices)) {
+            CloseStep::Wait => {}
+            CloseStep::Finish => return finish_close(&stream),
+            CloseStep::Abandon => return,
         }
     }
+}
+
+/// Sends the FIN after the last byte, the peer's unread input dropped first.
+fn finish_close(stream: &TcpStream) {
+    Closing::drain_before_fin(|buf| stream.try_read(buf));
+    let _ = SockRef::from(stream).shutdown(Shutdown::Write);
 }
 
 /// Completes at `at` (never, for None); created lazily, so a disabled `select!` branch costs nothing.
@@ -430,59 +381,6 @@ fn tokio_deadline(at: Option<Instant>) -> TokioInstant {
         Some(at) => TokioInstant::from_std(at),
         None => TokioInstant::now() + FAR_FUTURE,
     }
-}
-
-/// Writes from the front of `out` with vectored writes until it is empty or the socket would block.
-fn write_now(stream: &TcpStream, out: &mut VecDeque<Bytes>) -> io::Result<()> {
-    while !out.is_empty() {
-        let slices: Vec<IoSlice<'_>> = out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-        match stream.try_write_vectored(&slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut written) => {
-                while written > 0 {
-                    let front = out.front_mut().expect("written bytes came from the queue");
-                    if written >= front.len() {
-                        written -= front.len();
-                        out.pop_front();
-                    } else {
-                        front.advance(written);
-                        written = 0;
-                    }
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
-
-/// Writes `out` (until `deadline`), sends FIN, and with `await_peer` reads and discards until the peer closes its
-/// side too, so the close is an orderly FIN exchange rather than a reset.
-async fn close_gracefully(stream: Arc<TcpStream>, mut out: VecDeque<Bytes>, deadline: TokioInstant, await_peer: bool) {
-    let finish = async {
-        while !out.is_empty() {
-            stream.writable().await?;
-            write_now(&stream, &mut out)?;
-        }
-        SockRef::from(&*stream).shutdown(Shutdown::Write)?;
-        if !await_peer {
-            return Ok(());
-        }
-        let mut sink = [0u8; 4096];
-        loop {
-            stream.readable().await?;
-            match stream.try_read(&mut sink) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
-    };
-    let _ = tokio::time::timeout_at(deadline, finish).await;
 }
 
 /// Starts the I/O task of an established connection.

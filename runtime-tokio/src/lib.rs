@@ -42,38 +42,40 @@
 //! -c 50`), the default multi-thread runtime spent 4.3-4.6 s of CPU per run against 3.4-3.9 s for current-thread,
 //! with lower throughput.
 //!
-//! # Shutdown
+//! # Closing and shutdown
+//!
+//! A connection the engine closes (after `QUIT`, a protocol error, or at shutdown) first gets every byte queued for
+//! it, however slowly it reads, then a FIN: a background task writes what the socket did not take at once and gives
+//! up only after [`CLOSE_STALL`] without the socket taking a byte. What the peer sends meanwhile is read and
+//! dropped, so the close never turns into a reset.
 //!
 //! When the `shutdown` future passed to [`Proxy::run`] completes, the proxy stops accepting and asks the engine
 //! to shut down ([`Engine::begin_shutdown`](redis_proxy_engine::Engine::begin_shutdown)): no client is read any
-//! more, and the engine closes each client as soon as every reply it awaits has been sent. Each closed client gets
-//! what is queued, a FIN, and (within [`SHUTDOWN_GRACE`]) time to close its side, so it sees every reply and then a
-//! clean end of stream, not a reset. Clients still awaiting a reply when the grace period ends (a `BLPOP 0`) are
-//! closed the same way then.
+//! more, the engine closes each client as soon as every reply it awaits has been sent, and the rest when its
+//! `shutdown_grace` ends. [`Proxy::run`] returns once no client is left and every closed connection has written
+//! what was queued for it.
 
 mod driver;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 pub use redis_proxy_engine::{Config, Event, Level};
+pub use redis_proxy_runtime_common::{Logger, CLOSE_STALL};
 
 /// How many engine events a slow [`Proxy::subscribe`] receiver may fall behind before it skips some
 /// (it then gets `RecvError::Lagged` with the count).
 pub const EVENT_CAPACITY: usize = 4096;
-
-/// On shutdown, the longest the proxy waits for replies in flight and for clients to close their side.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A proxy bound to its listen address, ready to [`run`](Proxy::run).
 pub struct Proxy {
     listener: TcpListener,
     config: Config,
     events: broadcast::Sender<Event>,
+    logger: Option<Logger>,
 }
 
 impl Proxy {
@@ -87,7 +89,7 @@ impl Proxy {
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, config, events })
+        Ok(Proxy { listener, config, events, logger: None })
     }
 
     /// The address the proxy accepts clients on.
@@ -101,12 +103,18 @@ impl Proxy {
         self.events.subscribe()
     }
 
+    /// Logs what the runtime itself notices (at debug level: which engine timer fired) with `logger`. Without one
+    /// the proxy writes no log of its own: the engine's events go to [`Proxy::subscribe`] receivers.
+    pub fn set_logger(&mut self, logger: Logger) {
+        self.logger = Some(logger);
+    }
+
     /// Runs the proxy until `shutdown` completes, then closes the clients cleanly (see the crate docs).
     ///
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        driver::Driver::new(self.config, self.events).run(self.listener, shutdown).await
+        driver::Driver::new(self.config, self.events, self.logger).run(self.listener, shutdown).await
     }
 }
 

@@ -8,7 +8,8 @@
 //! accepts connections and buffers requests, and executes all of them when it resumes (as a SIGSTOPped Redis does
 //! after SIGCONT), also those on connections the engine has closed meanwhile; their replies go nowhere. A crash
 //! closes every connection to the server (the engine gets [`Input::Closed`]) and refuses new ones
-//! ([`Input::ConnectFailed`]). A partition of engine `e` from server `s` does the same, for `e` only. Replication
+//! ([`Input::Refused`]). A partition of engine `e` from server `s` closes that engine's connections and fails its
+//! new ones ([`Input::ConnectFailed`], as a host that is unreachable). Replication
 //! runs every [`REPLICATION_PERIOD_MS`], so a write can be acknowledged before any replica has it.
 //!
 //! # Phases of a run
@@ -21,7 +22,7 @@
 //!
 //! 1. A `SET` is sent only to a server that is a master in the model at that moment. With two engines, one may
 //!    still write to a master another engine has just demoted, for as long as it takes to see it: its next probe,
-//!    or `down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
+//!    or `busy_down_after` if the server stops answering ([`stale_master_allowance`]); the write gets `-READONLY`.
 //! 2. The engines never route to two different running masters (a crashed or hung one takes no writes; an engine
 //!    counts it down within `down_after`) for longer than [`split_allowance`] (one check period plus
 //!    network and server delays), except while a partition lasts and [`PARTITION_AFTERMATH_MS`] after: engines
@@ -38,6 +39,12 @@
 //!    to the server that ran it (a failover or split view was under way); or a replica that lacked it was promoted
 //!    while no running replica of the same priority had it, or while the server that ran it was still running
 //!    (promoted away from a live master, whose unreplicated tail Redis then discards).
+//! 6. Busy is not dead: no engine counts a running server it can reach down before [`BUSY_DOWN_AFTER_MS`] have
+//!    passed since that engine last received a probe answer from it (it accepts connections, so it is busy, not
+//!    gone), unless a crash, restart or partition touched it within [`DISTURBED_MS`].
+//! 7. A crash is acted on at once: an engine routing to a master that crashed stops routing to it within
+//!    [`CRASH_ACTED_ON_MS`] (the closed connections, one reconnect refused), unless it is cut off from it or the
+//!    server was disturbed within one check period before (the reconnect is then rate-limited).
 
 mod clients;
 mod faults;
@@ -48,8 +55,8 @@ use self::clients::Client;
 use self::network::{Net, NetConn};
 use super::model::Cluster;
 use super::scenario::{
-    Fault, Outcome, Scenario, Violation, CHECK_PERIOD_MS, DOWN_AFTER_MS, DRAIN_MS, LATENCY_MS, REPLICATION_PERIOD_MS,
-    SETTLE_MS,
+    Fault, Outcome, Scenario, Violation, BUSY_DOWN_AFTER_MS, CHECK_PERIOD_MS, DOWN_AFTER_MS, DRAIN_MS, LATENCY_MS,
+    REPLICATION_PERIOD_MS, SETTLE_MS,
 };
 use crate::testkit::{self, Driver, FakeClock};
 use crate::{Action, Config, ConnId, Event};
@@ -103,6 +110,12 @@ struct Sim<'a> {
     /// When the last partition ended.
     partition_healed_at: Option<u64>,
     max_slow: u64,
+    /// Per (engine, server): when the engine last received a probe answer (`PONG` or `INFO`) from the server.
+    last_probe_answer: BTreeMap<(usize, usize), u64>,
+    /// Per server: when a crash, restart, partition or heal last touched it.
+    disturbed_at: Vec<Option<u64>>,
+    /// Per engine: the master it routed to when that crashed, and when.
+    crashed_master: Vec<Option<(usize, u64)>>,
     excused: Vec<bool>,
     /// Errors to the writes sent after convergence (a failure if there is a master to write to).
     late_failures: Vec<String>,
@@ -116,6 +129,7 @@ impl<'a> Sim<'a> {
         let mut config = testkit::config(count);
         config.check_period = Duration::from_millis(CHECK_PERIOD_MS);
         config.down_after = Duration::from_millis(DOWN_AFTER_MS);
+        config.busy_down_after = Duration::from_millis(BUSY_DOWN_AFTER_MS);
         config.hold = Duration::from_millis(DOWN_AFTER_MS + 3 * CHECK_PERIOD_MS);
         let mut faults = scenario.faults.clone();
         faults.sort_by_key(|(at, _)| *at);
@@ -154,6 +168,9 @@ impl<'a> Sim<'a> {
             split_since: None,
             partition_healed_at: None,
             max_slow: max_slow.unwrap_or(0),
+            last_probe_answer: BTreeMap::new(),
+            disturbed_at: vec![None; count],
+            crashed_master: vec![None; scenario.engines],
             excused: Vec::new(),
             late_failures: Vec::new(),
             trace: VecDeque::new(),
@@ -337,6 +354,9 @@ impl<'a> Sim<'a> {
         }
         while let Some(driver) = self.engines[e].as_mut() {
             let Some(event) = driver.engine.poll_event() else { break };
+            if let Event::ServerDown { address, .. } = &event {
+                self.check_counted_down(e, address.port)?;
+            }
             if matches!(
                 event,
                 Event::MasterAdopted { .. }

@@ -7,6 +7,12 @@ use std::fmt;
 pub(crate) const CHECK_PERIOD_MS: u64 = 100;
 /// The engines' `down_after` (their default: 3 x `check_period`).
 pub(crate) const DOWN_AFTER_MS: u64 = 3 * CHECK_PERIOD_MS;
+/// The engines' `busy_down_after`: longer than the slowest server's delay (1000 ms), shorter than long hangs.
+pub(crate) const BUSY_DOWN_AFTER_MS: u64 = 2_000;
+/// How long after a crash, restart or partition a server may be counted down from evidence that came from it.
+pub(crate) const DISTURBED_MS: u64 = DOWN_AFTER_MS + CHECK_PERIOD_MS + 4 * LATENCY_MS;
+/// How soon an engine stops routing to a master that crashed: the close, one refused reconnect, the failover.
+pub(crate) const CRASH_ACTED_ON_MS: u64 = 6 * LATENCY_MS;
 /// One-way delay between an engine and a server.
 pub(crate) const LATENCY_MS: u64 = 1;
 /// How often replicas catch up with their masters.
@@ -123,9 +129,11 @@ impl fmt::Display for Violation {
 }
 
 /// How long an engine may keep writing to a server another engine demoted: until its next `INFO` of it comes back
-/// (one check period plus the round trip), or, if the server stops answering first, until it counts it down.
+/// (one check period plus the round trip), or, if the server stops answering first while still accepting
+/// connections (hung: busy, not dead), until it counts it down after `busy_down_after`. Such writes wait in the
+/// server and get `-READONLY` when it resumes.
 pub(crate) fn stale_master_allowance(slow_ms: u64) -> u64 {
-    (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(DOWN_AFTER_MS) + 1
+    (CHECK_PERIOD_MS + 2 * LATENCY_MS + 2 * slow_ms).max(BUSY_DOWN_AFTER_MS) + 1
 }
 
 /// How long two engines may route to different masters: one check period plus the delays of the replies that

@@ -30,6 +30,13 @@ fn fault(servers: usize, engines: usize) -> impl Strategy<Value = Fault> {
     ]
 }
 
+/// A server stopped for a while and resumed: shorter than `busy_down_after` (it must not be failed over), about as
+/// long, or longer (it must be).
+fn hang_spell(servers: usize) -> impl Strategy<Value = [(u64, Fault); 2]> {
+    (0..3_000u64, target(servers), prop_oneof![Just(500u64), Just(1_800), Just(2_100), Just(3_000)])
+        .prop_map(|(at, server, ms)| [(at, Fault::Hang(server)), (at + ms, Fault::Unhang(server))])
+}
+
 fn scenario() -> impl Strategy<Value = Scenario> {
     (2..=4usize, 1..=2usize).prop_flat_map(|(servers, engines)| {
         (
@@ -40,9 +47,20 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             prop_oneof![Just(20u64), Just(50), Just(150)],
             vec((0..4_000u64, fault(servers, engines)), 0..8),
             any::<bool>(),
+            vec(hang_spell(servers), 0..2),
         )
             .prop_map(
-                move |(master_of, priorities, second_engine_delay_ms, clients, interval, faults, restart_at_end)| {
+                move |(
+                    master_of,
+                    priorities,
+                    second_engine_delay_ms,
+                    clients,
+                    interval,
+                    mut faults,
+                    restart_at_end,
+                    spells,
+                )| {
+                    faults.extend(spells.into_iter().flatten());
                     Scenario {
                         master_of,
                         priorities,
@@ -186,7 +204,7 @@ fn generated_schedules_cause_failovers() {
     let cases = 100;
     for _ in 0..cases {
         let scenario = strategy.new_tree(&mut runner).expect("a scenario").current();
-        let outcome = run(&scenario).unwrap_or_else(|v| panic!("{v}"));
+        let outcome = run(&scenario).unwrap_or_else(|v| panic!("{v}\n{scenario:?}"));
         with_failover += usize::from(outcome.promotions > 0);
         with_errors += usize::from(outcome.errors > 0);
         with_loss += usize::from(outcome.lost_in_window > 0);

@@ -183,6 +183,11 @@ impl Driver {
         self.engine.handle_input(self.clock.now(), Input::ConnectFailed { conn, reason });
     }
 
+    /// The server refused the connection the engine asked for: nothing listens there.
+    pub fn refused(&mut self, conn: ConnId) {
+        self.engine.handle_input(self.clock.now(), Input::Refused { conn });
+    }
+
     /// The peer closed `conn`, or it broke.
     pub fn closed(&mut self, conn: ConnId) {
         self.bufs.remove(&conn);

@@ -1,7 +1,7 @@
 //! Faults applied to the model at their scheduled time, and the healing at the end of the fault phase.
 
 use super::super::model::Health;
-use super::super::scenario::Fault;
+use super::super::scenario::{Fault, CHECK_PERIOD_MS};
 use super::Sim;
 
 impl Sim<'_> {
@@ -21,6 +21,13 @@ impl Sim<'_> {
         match fault {
             Fault::Crash(s) => {
                 if self.cluster.servers[s].health != Health::Crashed {
+                    let recently = self.disturbed_at[s].is_some_and(|at| self.clock.ms() < at + CHECK_PERIOD_MS);
+                    for e in 0..self.engines.len() {
+                        if !recently && !self.partitions.contains(&(e, s)) && self.routed_master(e) == Some(s) {
+                            self.crashed_master[e] = Some((s, self.clock.ms()));
+                        }
+                    }
+                    self.disturbed_at[s] = Some(self.clock.ms());
                     self.cluster.crash(s);
                     self.backlog[s].clear();
                     self.kill_conns(|_, server| server == s);
@@ -28,6 +35,7 @@ impl Sim<'_> {
             }
             Fault::Restart { server, load_ms } => {
                 if self.cluster.servers[server].health == Health::Crashed {
+                    self.disturbed_at[server] = Some(self.clock.ms());
                     self.cluster.restart(server, self.clock.ms(), load_ms);
                 }
             }
@@ -40,11 +48,13 @@ impl Sim<'_> {
             Fault::Unhang(s) => self.unhang(s)?,
             Fault::Slow { server, ms } => self.cluster.servers[server].slow_ms = ms,
             Fault::Partition { engine, server } => {
+                self.disturbed_at[server] = Some(self.clock.ms());
                 if self.partitions.insert((engine, server)) {
                     self.kill_conns(|e, s| e == engine && s == server);
                 }
             }
             Fault::Heal { engine, server } => {
+                self.disturbed_at[server] = Some(self.clock.ms());
                 if self.partitions.remove(&(engine, server)) && self.partitions.is_empty() {
                     self.partition_healed_at = Some(self.clock.ms());
                 }
@@ -56,6 +66,9 @@ impl Sim<'_> {
     pub(super) fn heal(&mut self) -> Result<(), String> {
         self.healed = true;
         self.note("heal".to_string());
+        for &(_, s) in &self.partitions {
+            self.disturbed_at[s] = Some(self.clock.ms());
+        }
         if !self.partitions.is_empty() {
             self.partitions.clear();
             self.partition_healed_at = Some(self.clock.ms());
@@ -64,6 +77,7 @@ impl Sim<'_> {
             self.cluster.servers[s].slow_ms = 0;
             self.unhang(s)?;
             if self.scenario.restart_at_end && self.cluster.servers[s].health == Health::Crashed {
+                self.disturbed_at[s] = Some(self.clock.ms());
                 self.cluster.restart(s, self.clock.ms(), 0);
             }
         }

@@ -1,8 +1,11 @@
 //! The failover invariants, checked after every step, at convergence and at the end (see the harness docs).
 
 use super::super::model::{Health, SimRole};
-use super::super::scenario::{split_allowance, PARTITION_AFTERMATH_MS};
+use super::super::scenario::{
+    split_allowance, BUSY_DOWN_AFTER_MS, CRASH_ACTED_ON_MS, DISTURBED_MS, PARTITION_AFTERMATH_MS,
+};
 use super::Sim;
+use crate::testkit::port_of;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,6 +59,15 @@ impl Sim<'_> {
             .filter_map(|e| self.routed_master(e))
             .filter(|&s| self.cluster.servers[s].health == Health::Up)
             .collect();
+        for e in 0..self.engines.len() {
+            let Some((s, crashed_at)) = self.crashed_master[e] else { continue };
+            let cut_off = self.partitions.contains(&(e, s));
+            if self.routed_master(e) != Some(s) || self.cluster.servers[s].health != Health::Crashed || cut_off {
+                self.crashed_master[e] = None;
+            } else if self.clock.ms() > crashed_at + CRASH_ACTED_ON_MS {
+                return Err(format!("engine {e} still routes to server {s}, which crashed at {crashed_at} ms"));
+            }
+        }
         let partitioned = !self.partitions.is_empty()
             || self.partition_healed_at.is_some_and(|at| self.clock.ms() < at + PARTITION_AFTERMATH_MS);
         if routed.len() > 1 && !partitioned {
@@ -65,6 +77,25 @@ impl Sim<'_> {
             }
         } else {
             self.split_since = None;
+        }
+        Ok(())
+    }
+
+    /// Invariant 6: engine `e` counted the server on `port` down; it must not be running, reachable and answering
+    /// within `busy_down_after`.
+    pub(super) fn check_counted_down(&self, e: usize, port: u16) -> Result<(), String> {
+        let Some(s) = (0..self.cluster.servers.len()).find(|&s| port_of(s) == port) else { return Ok(()) };
+        let now = self.clock.ms();
+        let disturbed = self.disturbed_at[s].is_some_and(|at| now < at + DISTURBED_MS);
+        if self.cluster.servers[s].health == Health::Crashed || disturbed || self.partitions.contains(&(e, s)) {
+            return Ok(());
+        }
+        let last = self.last_probe_answer.get(&(e, s)).copied().unwrap_or(self.engine_start[e]);
+        if now - last < BUSY_DOWN_AFTER_MS {
+            return Err(format!(
+                "engine {e} counted server {s} down although it is running and last answered {} ms ago",
+                now - last
+            ));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 pub(super) enum Delivery {
     Connected,
+    Refused,
     ConnectFailed,
     Closed,
     Data(Bytes),
@@ -104,10 +105,14 @@ impl Sim<'_> {
             Net::Connect { key } => {
                 let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
                 let server = conn.server;
-                let refused = self.cluster.servers[server].health == Health::Crashed
-                    || self.partitions.contains(&(key.0, server));
-                conn.side = if refused { ServerSide::Dead } else { ServerSide::Alive };
-                let what = if refused { Delivery::ConnectFailed } else { Delivery::Connected };
+                let refused = self.cluster.servers[server].health == Health::Crashed;
+                let cut_off = self.partitions.contains(&(key.0, server));
+                conn.side = if refused || cut_off { ServerSide::Dead } else { ServerSide::Alive };
+                let what = match (refused, cut_off) {
+                    (_, true) => Delivery::ConnectFailed,
+                    (true, false) => Delivery::Refused,
+                    (false, false) => Delivery::Connected,
+                };
                 self.schedule(self.clock.ms() + LATENCY_MS, Net::ToEngine { key, what });
             }
             Net::ToServer { key, data } => {
@@ -133,12 +138,21 @@ impl Sim<'_> {
                     return Ok(());
                 }
                 conn.engine_open = matches!(what, Delivery::Connected | Delivery::Data(_));
+                let server = conn.server;
                 let (e, id) = key;
                 match what {
                     Delivery::Connected => self.driver(e).connected(id),
-                    Delivery::ConnectFailed => self.driver(e).connect_failed(id, "connection refused"),
+                    Delivery::Refused => self.driver(e).refused(id),
+                    Delivery::ConnectFailed => self.driver(e).connect_failed(id, "host unreachable"),
                     Delivery::Closed => self.driver(e).closed(id),
-                    Delivery::Data(data) => self.driver(e).feed(id, &data),
+                    Delivery::Data(data) => {
+                        // Clients send only SET and GET: a PONG or an INFO text is a probe's answer.
+                        let finder = |needle: &[u8]| memchr::memmem::find(&data, needle).is_some();
+                        if finder(b"+PONG\r\n") || finder(b"role:") {
+                            self.last_probe_answer.insert((e, server), self.clock.ms());
+                        }
+                        self.driver(e).feed(id, &data);
+                    }
                 }
                 self.drain(key.0)?;
             }

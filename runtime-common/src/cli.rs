@@ -1,7 +1,6 @@
 //! The command line shared by every runtime binary, and the `RUST_LOG`-style level filter.
 
-use crate::config::Config;
-use crate::event::Level;
+use redis_proxy_engine::{Config, Level};
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +19,7 @@ pub enum CliCommand {
 #[derive(Debug)]
 pub enum Startup {
     /// Run the proxy with this configuration (its `warnings` are for the log).
-    Run(Config),
+    Run(Box<Config>),
     /// Print these and exit with `code` without running (help, version, `--check`, or an error).
     Exit {
         /// The process exit code: 0, or 2 for a bad command line or configuration.
@@ -57,7 +56,7 @@ where
         },
     };
     if !check_only {
-        return Startup::Run(config);
+        return Startup::Run(Box::new(config));
     }
     let warnings: String = config.warnings.iter().map(|w| format!("{program}: {path}: warning: {w}\n")).collect();
     let valid = format!("{path}: configuration is valid ({} servers)\n", config.servers.len());
@@ -136,41 +135,5 @@ mod tests {
         assert_eq!(log_level(None), Level::Info);
         assert_eq!(log_level(Some("debug")), Level::Debug);
         assert_eq!(log_level(Some("redis_proxy=warn")), Level::Warn);
-    }
-}
-
-/// Formats one log line: `2026-11-24T21:30:00.123Z INFO message` (UTC), for a wall-clock time the runtime read.
-pub fn log_line(at: std::time::SystemTime, level: Level, message: &dyn std::fmt::Display) -> String {
-    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z {level} {message}",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod log_line_tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn formats_utc_timestamps() {
-        let at = UNIX_EPOCH + Duration::from_millis(1_795_555_800_123);
-        assert_eq!(log_line(at, Level::Info, &"hi"), "2026-11-24T21:30:00.123Z INFO hi");
     }
 }

@@ -1,0 +1,111 @@
+//! What every redis-proxy runtime needs besides its event loop.
+//!
+//! The engine (`redis-proxy-engine`) decides everything and does no I/O; a runtime (`redis-proxy-mio`,
+//! `redis-proxy-tokio`) moves bytes and time. What the runtimes would otherwise each write again lives here:
+//!
+//! - [`main`]: the binaries' shared `main` (command line, `--check`, `--help`, `--version`, exit codes);
+//!   [`cli`] for its parts;
+//! - [`log::Logger`]: log lines on standard error, filtered by `RUST_LOG`;
+//! - [`SocketTable`]: sockets by [`ConnId`](redis_proxy_engine::ConnId) index, with the generation checked;
+//! - [`WriteQueue`]: a connection's pending output, written with vectored writes, and the `WriteBlocked` /
+//!   `Drained` edges the engine hears about;
+//! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
+//!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
+//! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own).
+//!
+//! Nothing here knows about Redis, and nothing here is an event loop.
+
+pub mod cli;
+pub mod closing;
+pub mod log;
+pub mod socket_table;
+pub mod write_queue;
+
+pub use closing::{CloseStep, Closing, Discarded, CLOSE_STALL};
+pub use log::Logger;
+pub use socket_table::SocketTable;
+pub use write_queue::{WriteQueue, MAX_IOVECS};
+
+use redis_proxy_engine::{Config, ConnId, Engine, Input, Level};
+use std::io;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// The `main` of a runtime binary called `program`: reads the command line and the configuration file, answers
+/// `--help`, `--version` and `--check`, logs the configuration's warnings, then runs `run` with the configuration
+/// and a logger set by `RUST_LOG`. Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
+/// configuration.
+pub fn main(program: &str, run: impl FnOnce(Config, Logger) -> io::Result<()>) -> ExitCode {
+    let config = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
+        cli::Startup::Run(config) => *config,
+        cli::Startup::Exit { code, stdout, stderr } => {
+            print!("{stdout}");
+            eprint!("{stderr}");
+            return ExitCode::from(code);
+        }
+    };
+    let logger = Logger::from_env();
+    for warning in &config.warnings {
+        logger.log(Level::Warn, &format!("config: {warning}"));
+    }
+    match run(config, logger) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Calls [`Engine::handle_timeout`] if the engine's timer is due at `now`, logging its reason at debug level (to
+/// find what wakes an idle proxy); returns whether it was due. A runtime checks the clock rather than trusting
+/// which wake-up it got, so an early or lost wake-up delays a timeout by at most one turn.
+pub fn fire_due_timer(engine: &mut Engine, now: Instant, logger: Option<&Logger>) -> bool {
+    let Some((at, reason)) = engine.poll_timeout() else { return false };
+    if at > now {
+        return false;
+    }
+    if let Some(logger) = logger.filter(|l| l.enabled(Level::Debug)) {
+        logger.log(Level::Debug, &format!("timer: {reason:?}"));
+    }
+    engine.handle_timeout(now);
+    true
+}
+
+/// Reports a connect to a server that failed: a refusal as [`Input::Refused`] (nothing listens there: the
+/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`].
+pub fn connect_failed(engine: &mut Engine, now: Instant, conn: ConnId, error: &io::Error) {
+    if error.kind() == io::ErrorKind::ConnectionRefused {
+        engine.handle_input(now, Input::Refused { conn });
+    } else {
+        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string() });
+    }
+}
+
+/// Whether a shutdown that began with [`Engine::begin_shutdown`] is over: the engine has closed every client
+/// (its `shutdown_grace` bounds how long replies in flight may take) and no closed connection still has bytes
+/// to write (`closing`: how many do; each is bounded by [`CLOSE_STALL`]).
+pub fn shutdown_complete(engine: &Engine, closing: usize) -> bool {
+    engine.client_count() == 0 && closing == 0
+}
+
+#[cfg(test)]
+fn test_conn() -> redis_proxy_engine::ConnId {
+    test_conns().0
+}
+
+/// Two ids from a real engine with the same index and different generations (the engine's ids cannot be made up).
+#[cfg(test)]
+fn test_conns() -> (redis_proxy_engine::ConnId, redis_proxy_engine::ConnId) {
+    use redis_proxy_engine::Input;
+    let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 1}]}"#).expect("valid config");
+    let now = Instant::now();
+    let mut engine = Engine::new(config, now);
+    let peer = "127.0.0.1:50000".parse().expect("an address");
+    let first = engine.accept(now, peer);
+    engine.handle_input(now, Input::Closed { conn: first });
+    let second = engine.accept(now, peer);
+    assert_eq!(first.index(), second.index(), "the engine reuses a freed slot");
+    (first, second)
+}

@@ -1,0 +1,86 @@
+//! Log lines on standard error: a UTC timestamp, the level, the message; filtered by `RUST_LOG`.
+
+use crate::cli::log_level;
+use redis_proxy_engine::{Level, ServerAddress};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes log lines at or above a level to standard error. Cheap to copy into every task that logs.
+#[derive(Clone, Copy, Debug)]
+pub struct Logger {
+    level: Level,
+}
+
+impl Logger {
+    /// A logger of `level` and everything more severe.
+    pub fn new(level: Level) -> Logger {
+        Logger { level }
+    }
+
+    /// A logger of the level `RUST_LOG` names (`info` when unset or unknown).
+    pub fn from_env() -> Logger {
+        Logger::new(log_level(std::env::var("RUST_LOG").ok().as_deref()))
+    }
+
+    /// Whether a message of `level` would be written (to skip formatting one that would not).
+    pub fn enabled(&self, level: Level) -> bool {
+        level <= self.level
+    }
+
+    /// Writes `message` with the current time, if `level` passes the filter.
+    pub fn log(&self, level: Level, message: &dyn fmt::Display) {
+        if self.enabled(level) {
+            eprintln!("{}", log_line(SystemTime::now(), level, message));
+        }
+    }
+
+    /// Logs where the proxy accepts clients and which servers stand behind it: the first line of every run.
+    pub fn listening(&self, address: SocketAddr, servers: &[ServerAddress]) {
+        let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        self.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
+    }
+}
+
+/// Formats one log line: `2026-11-24T21:30:00.123Z INFO message` (UTC), for a wall-clock time the runtime read.
+pub fn log_line(at: SystemTime, level: Level, message: &dyn fmt::Display) -> String {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z {level} {message}",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_555_800_123);
+        assert_eq!(log_line(at, Level::Info, &"hi"), "2026-11-24T21:30:00.123Z INFO hi");
+    }
+
+    #[test]
+    fn filters_by_level() {
+        let logger = Logger::new(Level::Warn);
+        assert!(logger.enabled(Level::Error) && logger.enabled(Level::Warn));
+        assert!(!logger.enabled(Level::Info) && !logger.enabled(Level::Debug));
+    }
+}
