@@ -447,63 +447,33 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{config, connects, Driver};
     use bytes::Bytes;
-
-    fn drain(engine: &mut Engine) -> Vec<Action> {
-        std::iter::from_fn(|| engine.poll_action()).collect()
-    }
-
-    /// An engine whose one server answered its first probe as a master.
-    fn engine_with_master(now: Instant) -> Engine {
-        let config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#).unwrap();
-        let mut engine = Engine::new(config, now);
-        engine.handle_timeout(now);
-        let probe = drain(&mut engine)
-            .into_iter()
-            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
-            .expect("the probe connection is opened at once");
-        engine.handle_input(now, Input::Connected { conn: probe });
-        let info = b"role:master\r\nrun_id:abc\r\n";
-        let mut reply = BytesMut::from(&b"+PONG\r\n"[..]);
-        reply.extend_from_slice(format!("${}\r\n", info.len()).as_bytes());
-        reply.extend_from_slice(info);
-        reply.extend_from_slice(b"\r\n");
-        engine.handle_input(now, Input::Data { conn: probe, buf: &mut reply });
-        assert!(engine.master().is_some());
-        drain(&mut engine);
-        engine
-    }
 
     #[test]
     fn shutdown_closes_idle_clients_at_once_and_busy_ones_after_their_reply() {
-        let now = Instant::now();
-        let mut engine = engine_with_master(now);
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let idle = engine.accept(now, peer);
-        let busy = engine.accept(now, peer);
-        drain(&mut engine);
-        let mut request = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
-        engine.handle_input(now, Input::Data { conn: busy, buf: &mut request });
-        let shared = drain(&mut engine)
-            .into_iter()
-            .find_map(|a| if let Action::Connect { conn, .. } = a { Some(conn) } else { None })
-            .expect("a shared connection is opened");
+        let mut kit = Driver::with_master(config(1));
+        let idle = kit.accept();
+        let busy = kit.accept();
+        kit.drain();
+        kit.feed(busy, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let [(shared, _)] = connects(&kit.drain())[..] else { panic!("one shared connection is opened") };
 
-        engine.begin_shutdown(now);
-        let actions = drain(&mut engine);
+        let now = kit.clock.now();
+        kit.engine.begin_shutdown(now);
+        let actions = kit.drain();
         assert!(actions.contains(&Action::Close { conn: idle }));
         assert!(!actions.contains(&Action::Close { conn: busy }), "a reply is still awaited");
-        assert_eq!(engine.client_count(), 1);
-        assert!(matches!(engine.accept(now, peer), late if engine.client_count() == 1 && late != busy));
+        assert_eq!(kit.engine.client_count(), 1);
+        assert!(matches!(kit.accept(), late if kit.engine.client_count() == 1 && late != busy));
 
-        engine.handle_input(now, Input::Connected { conn: shared });
-        let mut reply = BytesMut::from(&b"$1\r\nv\r\n"[..]);
-        engine.handle_input(now, Input::Data { conn: shared, buf: &mut reply });
-        let actions = drain(&mut engine);
+        kit.connected(shared);
+        kit.feed(shared, b"$1\r\nv\r\n");
+        let actions = kit.drain();
         let sent = Action::Send { conn: busy, data: Bytes::from_static(b"$1\r\nv\r\n") };
         let closed = Action::Close { conn: busy };
         let position = |wanted: &Action| actions.iter().position(|a| a == wanted);
         assert!(position(&sent) < position(&closed) && position(&closed).is_some(), "{actions:?}");
-        assert_eq!(engine.client_count(), 0);
+        assert_eq!(kit.engine.client_count(), 0);
     }
 }

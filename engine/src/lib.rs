@@ -74,8 +74,9 @@
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
-//! The `fuzzing` feature publishes the fuzz target bodies; `command-table` publishes the command table (for the
-//! drift test against a live server).
+//! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
+//! driver) that the tests, the fuzz targets and the benchmark share; `command-table` publishes the command table
+//! (for the drift test against a live server).
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -95,11 +96,15 @@ mod failover;
 pub mod fuzzing;
 mod monitor;
 mod pool;
+#[cfg(test)]
+mod request_path_tests;
 mod resp;
 mod route;
 mod session;
 #[cfg(test)]
 mod sim;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 mod topology;
 mod wait;
 
