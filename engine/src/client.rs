@@ -265,13 +265,23 @@ impl Clients {
         self.hold_deadlines.front().map(|(at, _)| *at)
     }
 
-    /// Queues a request that cannot go out yet; past the global bound it gets an error instead.
-    pub(crate) fn hold(&mut self, conn: ConnId, held: HeldRequest, master_known: bool, out: &mut Outbox) {
+    /// Queues a request that cannot go out yet; past the global bound it gets an error instead, in its turn: behind
+    /// the client's earlier held requests, in place of the request (whose bytes are dropped).
+    pub(crate) fn hold(&mut self, conn: ConnId, mut held: HeldRequest, master_known: bool, out: &mut Outbox) {
         if self.held_bytes + held.cost() > self.config.hold_max_bytes {
             out.event(Event::RequestsExpired { count: 1 });
-            let error = resp::error_reply(&self.hold_error(master_known));
-            self.reply_local(conn, error, out);
-            return;
+            let message = self.hold_error(master_known);
+            if !self.has_held(conn) {
+                self.reply_local(conn, resp::error_reply(&message), out);
+                return;
+            }
+            // A marker of a few bytes; the client's reading is paused by `max_pipeline`, which bounds them.
+            held = HeldRequest {
+                request: Request::from_args::<&[u8]>(&[]),
+                spec: None,
+                handling: Handling::Refuse(message),
+                ..held
+            };
         }
         let deadline = held.since + self.config.hold;
         let Some(client) = self.conns.get_mut(conn) else { return };

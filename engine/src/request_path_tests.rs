@@ -236,10 +236,8 @@ fn a_protocol_error_waits_behind_replies_in_flight() {
 }
 
 /// The error for a request over the hold budget must not overtake the reply of an earlier request still held:
-/// the client would take it for that request's reply. Today `Clients::hold` sends it at once (client.rs), ahead
-/// of the held GET; un-ignore once the error queues behind the held requests.
+/// the client would take it for that request's reply.
 #[test]
-#[ignore = "known bug: an over-budget request's error overtakes the client's held requests"]
 fn an_over_budget_error_waits_behind_held_requests() {
     let held_cost = GET_A.len() + std::mem::size_of::<HeldRequest>();
     let mut kit =
