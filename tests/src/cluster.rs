@@ -12,10 +12,15 @@ pub const CONVERGE: Duration = Duration::from_secs(15);
 
 /// A master on the first server and replicas of it on the others.
 pub fn cluster(replicas: usize) -> Vec<RedisServer> {
-    let master = RedisServer::start();
+    cluster_with(replicas, &[])
+}
+
+/// Like [`cluster`], every server started with `extra_args` (e.g. `["--enable-debug-command", "local"]`).
+pub fn cluster_with(replicas: usize, extra_args: &[&str]) -> Vec<RedisServer> {
+    let master = RedisServer::start_with(extra_args);
     let mut servers = vec![];
     for _ in 0..replicas {
-        servers.push(RedisServer::start_replica_of(&master));
+        servers.push(RedisServer::start_replica_of_with(&master, extra_args));
     }
     servers.insert(0, master);
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
