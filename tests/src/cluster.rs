@@ -33,6 +33,16 @@ pub fn cluster_with(replicas: usize, extra_args: &[&str]) -> Vec<RedisServer> {
     servers
 }
 
+/// Like [`cluster_with`], but the replicas synchronise without Redis's default 5 s diskless-sync delay and have
+/// finished their initial synchronisation on return, so a promoted replica holds every earlier write.
+pub fn synced_cluster(replicas: usize, extra_args: &[&str]) -> Vec<RedisServer> {
+    let mut args = vec!["--repl-diskless-sync-delay", "0"];
+    args.extend_from_slice(extra_args);
+    let servers = cluster_with(replicas, &args);
+    wait_caught_up(&servers[0]);
+    servers
+}
+
 /// The servers' ports.
 pub fn ports(servers: &[RedisServer]) -> Vec<u16> {
     servers.iter().map(|s| s.port).collect()

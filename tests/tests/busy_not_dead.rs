@@ -3,7 +3,7 @@
 //! failed over at once; `SCRIPT KILL` reaches a busy server; `WAIT` counts only the client's own writes and blocks
 //! no other client. A master with two replicas behind the proxy, on both runtimes.
 
-use redis_proxy_tests::cluster::{cluster, cluster_with, converged_master, ports, start_write_load, wait_caught_up};
+use redis_proxy_tests::cluster::{converged_master, ports, start_write_load, synced_cluster};
 use redis_proxy_tests::{bulk, replication_role, status, wait_until, Proxy, Reply, RespConn, Runtime};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,11 +93,10 @@ fn get_loop(proxy: &Proxy, key: &'static str, run: Duration) -> JoinHandle<Vec<(
 fn a_long_script_on_the_master_is_not_a_failover() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster(2);
+        let servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, FAST);
         assert_eq!(proxy.connect().call(&[b"SET", b"k", b"v"]), status("OK"));
-        wait_caught_up(&servers[0]);
 
         let started = Instant::now();
         let script = call_in_thread(&proxy, &["EVAL", SPIN, "0", "6000"]);
@@ -133,7 +132,7 @@ fn a_long_script_on_the_master_is_not_a_failover() {
 fn script_kill_from_another_client_reaches_a_busy_master() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster(2);
+        let servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, FAST);
         assert_eq!(proxy.connect().call(&[b"SET", b"k", b"v"]), status("OK"));
@@ -163,7 +162,7 @@ fn script_kill_from_another_client_reaches_a_busy_master() {
 fn debug_sleep_and_client_pause_are_not_a_failover() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster_with(2, DEBUG_ARGS);
+        let servers = synced_cluster(2, DEBUG_ARGS);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, r#""check_period": 100, "allow_topology_commands": true"#);
         assert_eq!(proxy.connect().call(&[b"SET", b"k", b"v"]), status("OK"));
@@ -206,7 +205,7 @@ fn debug_sleep_and_client_pause_are_not_a_failover() {
 fn a_sigstop_shorter_than_busy_down_after_is_not_a_failover() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster(2);
+        let servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, FAST);
         let load = start_write_load(proxy.port);
@@ -260,7 +259,7 @@ fn acked_writer(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<(Vec<u64>, Vec<S
 fn a_sigstop_longer_than_busy_down_after_fails_over_and_the_old_master_is_re_pointed_first() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster(2);
+        let servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, r#""check_period": 100, "busy_down_after": 4000"#);
         let stop = Arc::new(AtomicBool::new(false));
@@ -328,12 +327,11 @@ fn assert_wait_zero(conn: &mut RespConn, what: &str, proxy: &Proxy) {
 fn wait_counts_only_the_clients_own_writes_and_blocks_no_one_else() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let servers = cluster(2);
+        let servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, FAST);
         let mut shared = proxy.connect();
         assert_eq!(shared.call(&[b"SET", b"a", b"1"]), status("OK"));
-        wait_caught_up(&servers[0]);
 
         servers[1].signal("STOP");
         servers[2].signal("STOP");
@@ -395,7 +393,7 @@ fn wait_counts_only_the_clients_own_writes_and_blocks_no_one_else() {
 fn sigkill_of_the_master_with_default_settings_resumes_writes_within_a_second() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
-        let mut servers = cluster(2);
+        let mut servers = synced_cluster(2, &[]);
         let all = ports(&servers);
         let proxy = Proxy::start(runtime, &all, "");
         let load = start_write_load(proxy.port);
