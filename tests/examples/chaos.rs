@@ -48,10 +48,11 @@ impl Rng {
 #[derive(Default)]
 struct ClientReport {
     acked: u64,
-    /// Keys acknowledged and then confirmed by a `WAIT 1 200` answering >= 1 on the same connection.
-    confirmed: Vec<String>,
-    /// Keys acknowledged but not confirmed (WAIT answered 0, failed, or the connection broke first).
-    unconfirmed: Vec<String>,
+    /// Writes (key, value) acknowledged and then confirmed by a `WAIT 1 200` answering >= 1 on the same
+    /// connection.
+    confirmed: Vec<(String, String)>,
+    /// Writes acknowledged but not confirmed (WAIT answered 0, failed, or the connection broke first).
+    unconfirmed: Vec<(String, String)>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -67,11 +68,12 @@ fn note(report: &mut ClientReport, kind: String) {
     *report.errors.entry(kind).or_default() += 1;
 }
 
-/// Writes `SET chaos:<id>:<seq> <seq>` through the proxy until `until`, with `WAIT 1 200` after every 20th.
-fn run_client(id: u64, port: u16, until: Instant) -> ClientReport {
+/// Writes `SET chaos:<id>:<seq> <seq>@<ms since started>` through the proxy until `until`, with `WAIT 1 200` after
+/// every 20th.
+fn run_client(id: u64, port: u16, started: Instant, until: Instant) -> ClientReport {
     let mut report = ClientReport::default();
     let mut conn: Option<RespConn> = None;
-    let mut pending: Vec<String> = Vec::new();
+    let mut pending: Vec<(String, String)> = Vec::new();
     for seq in 0..10_000_000u64 {
         if Instant::now() >= until {
             break;
@@ -88,11 +90,12 @@ fn run_client(id: u64, port: u16, until: Instant) -> ClientReport {
             },
         };
         let key = format!("chaos:{id}:{seq}");
+        let value = format!("{seq}@{}", started.elapsed().as_millis());
         let mut broken = false;
-        match c.try_call(&[b"SET", key.as_bytes(), seq.to_string().as_bytes()]) {
+        match c.try_call(&[b"SET", key.as_bytes(), value.as_bytes()]) {
             Ok(reply) if reply == status("OK") => {
                 report.acked += 1;
-                pending.push(key);
+                pending.push((key, value));
             }
             Ok(Reply::Error(e)) => note(&mut report, error_kind(&e)),
             Ok(other) => note(&mut report, format!("unexpected reply to SET: {other:?}")),
@@ -217,7 +220,7 @@ fn main() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let port = proxy.port;
-            std::thread::spawn(move || run_client(id, port, chaos_end))
+            std::thread::spawn(move || run_client(id, port, started, chaos_end))
         })
         .collect();
 
@@ -297,14 +300,14 @@ fn main() {
     let proxy_alive = proxy.is_running();
 
     let acked: u64 = reports.iter().map(|r| r.acked).sum();
-    let confirmed: Vec<&String> = reports.iter().flat_map(|r| &r.confirmed).collect();
-    let unconfirmed: Vec<&String> = reports.iter().flat_map(|r| &r.unconfirmed).collect();
+    let confirmed: Vec<&(String, String)> = reports.iter().flat_map(|r| &r.confirmed).collect();
+    let unconfirmed: Vec<&(String, String)> = reports.iter().flat_map(|r| &r.unconfirmed).collect();
     let (lost_confirmed, lost_unconfirmed) = match final_master {
         Some(master) => {
             let mut conn = RespConn::connect(master);
-            (count_lost(&mut conn, &confirmed), count_lost(&mut conn, &unconfirmed))
+            (lost_writes(&mut conn, &confirmed), lost_writes(&mut conn, &unconfirmed))
         }
-        None => (usize::MAX, usize::MAX),
+        None => (vec![], vec![]),
     };
     let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
     for (kind, n) in reports.iter().flat_map(|r| &r.errors) {
@@ -324,10 +327,17 @@ fn main() {
         unconfirmed.len()
     );
     match final_master {
-        Some(master) => println!(
-            "lost after the run (read back from the final master {master}): confirmed {lost_confirmed} (must be 0), \
-             unconfirmed {lost_unconfirmed} (allowed)"
-        ),
+        Some(master) => {
+            println!(
+                "lost after the run (read back from the final master {master}): confirmed {} (must be 0), \
+                 unconfirmed {} (allowed)",
+                lost_confirmed.len(),
+                lost_unconfirmed.len()
+            );
+            if !lost_confirmed.is_empty() {
+                println!("lost confirmed writes: {}", ranges(&lost_confirmed));
+            }
+        }
         None => println!("the servers did not settle on one master within 30 s: lost writes NOT checked"),
     }
     println!(
@@ -342,7 +352,7 @@ fn main() {
     let max_rss = samples.rss.iter().map(|(_, kb)| *kb).max().unwrap_or(0);
     println!("proxy RSS over time: {}; max {max_rss} kB; proxy still running: {proxy_alive}", rss.join(" "));
 
-    let failed = false_failovers > 0 || lost_confirmed > 0 || final_master.is_none() || !proxy_alive;
+    let failed = false_failovers > 0 || !lost_confirmed.is_empty() || final_master.is_none() || !proxy_alive;
     if failed {
         println!("FAILED: a must-be-0 figure is not 0 (or the run could not be checked)");
         std::process::exit(1);
@@ -361,19 +371,42 @@ fn describe(reply: std::io::Result<Reply>) -> String {
     }
 }
 
-/// How many of `keys` (`chaos:<id>:<seq>`) do not hold their `<seq>` on the server behind `conn`.
-fn count_lost(conn: &mut RespConn, keys: &[&String]) -> usize {
-    let mut lost = 0;
-    for batch in keys.chunks(500) {
+/// The writes among `writes` whose key does not hold the value written on the server behind `conn`.
+fn lost_writes<'a>(conn: &mut RespConn, writes: &[&'a (String, String)]) -> Vec<&'a (String, String)> {
+    let mut lost = Vec::new();
+    for batch in writes.chunks(500) {
         let mut args: Vec<&[u8]> = vec![b"MGET"];
-        args.extend(batch.iter().map(|k| k.as_bytes()));
+        args.extend(batch.iter().map(|(k, _)| k.as_bytes()));
         let Reply::Array(Some(values)) = conn.call(&args) else { panic!("MGET did not answer an array") };
-        for (key, value) in batch.iter().zip(values) {
-            let seq = key.rsplit(':').next().unwrap_or_default();
-            if value != Reply::Bulk(Some(seq.as_bytes().to_vec())) {
-                lost += 1;
+        for (write, value) in batch.iter().zip(values) {
+            if value != Reply::Bulk(Some(write.1.as_bytes().to_vec())) {
+                lost.push(*write);
             }
         }
     }
     lost
+}
+
+/// Lost writes as runs of consecutive sequence numbers per client, each with the time its first write was sent
+/// (`chaos:1:200..=260 (sent at 12.345 s)`), at most 10.
+fn ranges(writes: &[&(String, String)]) -> String {
+    let mut parsed: Vec<(u64, u64, &str)> = writes
+        .iter()
+        .filter_map(|(key, value)| {
+            let mut parts = key.split(':').skip(1);
+            let at = value.split('@').nth(1)?;
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, at))
+        })
+        .collect();
+    parsed.sort_unstable();
+    let mut runs: Vec<(u64, u64, u64, &str)> = Vec::new();
+    for (client, seq, at) in parsed {
+        match runs.last_mut() {
+            Some((c, _, last, _)) if *c == client && *last + 1 == seq => *last = seq,
+            _ => runs.push((client, seq, seq, at)),
+        }
+    }
+    let shown: Vec<String> =
+        runs.iter().take(10).map(|(c, a, b, at)| format!("chaos:{c}:{a}..={b} (sent at {at} ms)")).collect();
+    format!("{}{}", shown.join(" "), if runs.len() > 10 { " ..." } else { "" })
 }
