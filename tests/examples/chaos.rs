@@ -210,6 +210,14 @@ fn main() {
     let all = ports(&servers);
     let mut proxy = Proxy::start(runtime, &all, &format!(r#""check_period": {CHECK_PERIOD_MS}"#));
     let started = Instant::now();
+    let started_utc =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() % 86_400.0);
+    let started_utc = format!(
+        "{:02}:{:02}:{:06.3}",
+        (started_utc / 3600.0) as u64,
+        (started_utc / 60.0) as u64 % 60,
+        started_utc % 60.0
+    );
     let chaos_end = started + Duration::from_secs(seconds);
 
     let stop_sampling = Arc::new(AtomicBool::new(false));
@@ -336,6 +344,14 @@ fn main() {
             );
             if !lost_confirmed.is_empty() {
                 println!("lost confirmed writes: {}", ranges(&lost_confirmed));
+                println!("the proxy's topology decisions (times are UTC; the run started at {started_utc}):");
+                let log = proxy.log();
+                let decisions = log.lines().filter(|l| {
+                    ["master is", "promoting", "REPLICAOF", " lost:", "is down", "is up"].iter().any(|w| l.contains(w))
+                });
+                for line in decisions.take(300) {
+                    println!("  {line}");
+                }
             }
         }
         None => println!("the servers did not settle on one master within 30 s: lost writes NOT checked"),
