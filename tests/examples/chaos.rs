@@ -173,14 +173,19 @@ fn sample(all: Vec<u16>, proxy_pid: u32, stop: Arc<AtomicBool>, limit: Duration)
     samples
 }
 
-/// One master that every other server replicates with its link up.
+/// One master that every other server replicates with its link up, and that lists every one of them as an
+/// online replica (initial synchronisation done): only then does the driver inject the next fault.
 fn settled(all: &[u16]) -> Option<u16> {
     let master = converged_master(all)?;
     let links_up = all
         .iter()
         .filter(|p| **p != master)
         .all(|p| info_field(*p, "replication", "master_link_status").as_deref() == Some("up"));
-    links_up.then_some(master)
+    let mut conn = RespConn::try_connect(master, Duration::from_secs(1)).ok()?;
+    let Ok(Reply::Bulk(Some(info))) = conn.try_call(&[b"INFO", b"replication"]) else { return None };
+    let online =
+        String::from_utf8_lossy(&info).lines().filter(|l| l.starts_with("slave") && l.contains("state=online")).count();
+    (links_up && online == all.len() - 1).then_some(master)
 }
 
 /// How many promotions the proxy has logged.
@@ -240,6 +245,7 @@ fn main() -> ExitCode {
         if Instant::now() >= chaos_end {
             break;
         }
+        let at = started.elapsed();
         let before = promotions(&proxy);
         let master = converged_master(&all);
         // Half the faults hit the master, the others any server.
@@ -291,7 +297,7 @@ fn main() -> ExitCode {
         }
         println!(
             "t={:5.1}s {name} on {port}{} ({detail}): promotions +{promoted}{verdict}; {}",
-            started.elapsed().as_secs_f64(),
+            at.as_secs_f64(),
             if on_master { " (master)" } else { "" },
             if ok { format!("settled in {} ms", settled_in.elapsed().as_millis()) } else { "NOT settled".into() }
         );
