@@ -164,7 +164,7 @@ impl Sim<'_> {
     fn check_wait(&self, index: usize, keys: &[Bytes], reported: usize) -> Result<(), String> {
         let writes = &self.cluster.writes;
         for key in keys {
-            let Some(id) = writes.iter().position(|w| &w.key == key) else { continue };
+            let Some(id) = writes.iter().position(|w| w.key == key) else { continue };
             let holders = self.cluster.servers.iter().filter(|s| s.holds(&writes[id], id as u64)).count();
             if reported > holders.saturating_sub(1) {
                 return Err(format!(
