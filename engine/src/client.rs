@@ -5,10 +5,13 @@ use crate::command::{self, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
+use crate::cursor::{self, Cursors, Issuer, ScanCall};
 use crate::event::Event;
+use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
 use crate::resp::{self, Request, RequestScanner};
 use crate::session::{Handling, Pin, Session};
+use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +22,8 @@ pub(crate) struct HeldRequest {
     pub(crate) request: Request,
     /// The command, if Redis knows it.
     pub(crate) spec: Option<&'static CommandSpec>,
+    /// The `SCAN`-family call it makes, if it is one.
+    pub(crate) scan: Option<ScanCall>,
     pub(crate) handling: Handling,
     pub(crate) since: Instant,
 }
@@ -77,6 +82,10 @@ struct Client {
     hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
+    /// The cursors returned to it, once it has made a `SCAN`-family call (boxed: most clients never do).
+    cursors: Option<Box<Cursors>>,
+    /// How far its writes are known to have replicated (`read_your_writes`).
+    fence: ReadFence,
 }
 
 impl Client {
@@ -99,6 +108,9 @@ pub(crate) struct Clients {
     hold_deadlines: VecDeque<(Instant, ConnId)>,
     /// Clients removed since the coordinator last asked, whose private connections it must hand back.
     departed: Vec<Departed>,
+    /// Set when a reply answered a client's newest write (read fences need fresh offsets); taken by the
+    /// coordinator.
+    write_answered: bool,
     config: ClientLimits,
 }
 
@@ -123,6 +135,7 @@ impl Clients {
             held_bytes: 0,
             hold_deadlines: VecDeque::new(),
             departed: Vec::new(),
+            write_answered: false,
             config: ClientLimits {
                 limits: config.limits,
                 pool_size: config.pool_size,
@@ -158,6 +171,8 @@ impl Clients {
             hold_tracked: false,
             passthrough: false,
             closing: false,
+            cursors: None,
+            fence: ReadFence::default(),
         });
         let pool_size = self.config.pool_size;
         if let Some(client) = self.conns.get_mut(conn) {
@@ -206,7 +221,8 @@ impl Clients {
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now });
+            let scan = cursor::scan_call(&request);
+            return NextRequest::Request(HeldRequest { request, spec, scan, handling, since: now });
         }
     }
 
@@ -379,6 +395,43 @@ impl Clients {
         Ok(Some(Waiter::Client { conn, seq }))
     }
 
+    /// Who issued the cursor the `SCAN`-family `call` of `conn` continues.
+    pub(crate) fn cursor_issuer(&self, conn: ConnId, call: &ScanCall) -> Issuer {
+        if call.starts() {
+            return Issuer::Anyone;
+        }
+        match self.conns.get(conn).and_then(|c| c.cursors.as_deref()) {
+            Some(cursors) => cursors.issuer(call),
+            None => Issuer::Unknown,
+        }
+    }
+
+    /// The `SCAN`-family `call` of `conn` went to `server` with reply slot `seq`: its reply's cursor is remembered.
+    pub(crate) fn scan_sent(&mut self, conn: ConnId, seq: u64, call: &ScanCall, server: ServerId) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            client.cursors.get_or_insert_default().sent(seq, call, server);
+        }
+    }
+
+    /// A request of `conn` that may change data went out with reply slot `seq`: its reads stay on the master
+    /// until it has replicated.
+    pub(crate) fn write_sent(&mut self, conn: ConnId, seq: u64) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            client.fence.write_sent(seq);
+        }
+    }
+
+    /// Where the reads of `conn` may go given its writes; `master_offset` is the master's newest offset reading
+    /// with its request's serial.
+    pub(crate) fn read_floor(&mut self, conn: ConnId, master_offset: Option<(u64, i64)>) -> ReadFloor {
+        self.conns.get_mut(conn).map_or(ReadFloor::Any, |c| c.fence.floor(master_offset))
+    }
+
+    /// Whether a reply answered some client's newest write since the last call (then the offsets must be read).
+    pub(crate) fn take_write_answered(&mut self) -> bool {
+        std::mem::take(&mut self.write_answered)
+    }
+
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
     /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
     pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
@@ -409,12 +462,26 @@ impl Clients {
     }
 
     /// Fills the reply slot `seq` of `conn` and sends every reply now next in order. Returns whether replies went
-    /// out (the client may then have room for held requests, or be done).
-    pub(crate) fn deliver(&mut self, conn: ConnId, seq: u64, reply: Bytes, out: &mut Outbox) -> bool {
+    /// out (the client may then have room for held requests, or be done). `next_offset_serial` is the serial
+    /// the next offset request will carry (a read fence's proof must come from it or a later one).
+    pub(crate) fn deliver(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        reply: Bytes,
+        next_offset_serial: u64,
+        out: &mut Outbox,
+    ) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
         let Some(index) = seq.checked_sub(client.first_seq).map(|i| i as usize) else { return false };
         if index >= client.slots.len() {
             return false;
+        }
+        if let Some(cursors) = client.cursors.as_deref_mut() {
+            cursors.reply(seq, &reply);
+        }
+        if client.fence.replied(seq, next_offset_serial) {
+            self.write_answered = true;
         }
         if index > 0 {
             client.slots[index] = Some(reply);

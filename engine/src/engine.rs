@@ -9,12 +9,14 @@ use crate::client::{Clients, HeldRequest, NextRequest};
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
+use crate::cursor::Issuer;
 use crate::event::Event;
 use crate::failover::{Decision, Failover};
+use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome};
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
-use crate::route::Router;
+use crate::route::{Demand, Route, Router};
 use crate::session::{Handling, Pin};
 use crate::topology::ServerId;
 use crate::wait::Waits;
@@ -30,6 +32,7 @@ pub struct Engine {
     failover: Failover,
     router: Router,
     waits: Waits,
+    fence_poll: FencePoll,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -46,6 +49,7 @@ impl Engine {
             failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
             router: Router::new(&config),
             waits: Waits::default(),
+            fence_poll: FencePoll::default(),
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
@@ -82,6 +86,7 @@ impl Engine {
             self.failover.deadline().map(|at| (at, TimerReason::FailoverDeadline)),
             self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
+            self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
         ]
         .into_iter()
@@ -140,10 +145,9 @@ impl Engine {
             self.close_backends_of(now, server, false, "server is down");
         }
         self.evaluate_failover(now);
-        if self.waits.poll_due(now) {
-            for index in 0..self.monitor.views().len() {
-                self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
-            }
+        let waits_due = self.waits.poll_due(now);
+        if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) || waits_due {
+            self.request_offsets(now);
         }
         self.settle_waits(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
@@ -197,8 +201,28 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let Some(server) = self.router.route(now, held.spec, wants_private, self.monitor.views(), master) else {
-            return false;
+        let replica_read = self.router.replica_read(held.spec, wants_private);
+        let floor = if replica_read && self.router.read_your_writes() {
+            let master_offset = master.and_then(|m| {
+                let view = &self.monitor.views()[m.0];
+                view.offset_seen.map(|(_, offset)| (view.offset_serial, offset))
+            });
+            self.clients.read_floor(conn, master_offset)
+        } else {
+            ReadFloor::Any
+        };
+        let issuer = match &held.scan {
+            Some(call) => self.clients.cursor_issuer(conn, call),
+            None => Issuer::Anyone,
+        };
+        let demand = Demand { replica_read, issuer, floor };
+        let server = match self.router.route(now, demand, self.monitor.views(), master) {
+            Route::Server(server) => server,
+            Route::Wait => return false,
+            Route::Refuse(message) => {
+                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
+                return true;
+            }
         };
         let backend = match (wants_private, state.private) {
             (true, Some(existing)) => existing,
@@ -212,8 +236,23 @@ impl Engine {
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
         let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        if let Some(Waiter::Client { seq, .. }) = waiter {
+            if let Some(call) = &held.scan {
+                self.clients.scan_sent(conn, seq, call, server);
+            }
+            if !replica_read && self.router.fences(held.spec, wants_private) {
+                self.clients.write_sent(conn, seq);
+            }
+        }
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
+    }
+
+    /// Asks every server for its replication offset (for `WAIT` and read fences).
+    fn request_offsets(&mut self, now: Instant) {
+        for index in 0..self.monitor.views().len() {
+            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
+        }
     }
 
     /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then).
@@ -224,9 +263,7 @@ impl Engine {
         }
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         self.waits.add(now, conn, seq, replicas, timeout);
-        for index in 0..self.monitor.views().len() {
-            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
-        }
+        self.request_offsets(now);
         true
     }
 
@@ -261,7 +298,15 @@ impl Engine {
     /// Fills a client's reply slot; if replies went out, releases a private connection its state no longer
     /// needs, runs held requests, resumes reading and finishes a pending close.
     fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
-        if !self.clients.deliver(conn, seq, reply, &mut self.out) {
+        let delivered = self.clients.deliver(conn, seq, reply, self.monitor.next_offset_serial(), &mut self.out);
+        if self.router.read_your_writes() && self.clients.take_write_answered() {
+            // A fenced client's write is answered: read the offsets that prove where it has replicated.
+            self.fence_poll.demand(now, self.monitor.next_offset_serial());
+            if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
+                self.request_offsets(now);
+            }
+        }
+        if !delivered {
             return;
         }
         if let Some(private) = self.clients.settle(conn) {
@@ -311,7 +356,13 @@ impl Engine {
                             self.evaluate_failover(now);
                             self.run_all_held(now);
                         }
-                        ProbeOutcome::Offset => self.settle_waits(now),
+                        ProbeOutcome::Offset => {
+                            self.settle_waits(now);
+                            // While fences wait, the next poll goes out as soon as one is due.
+                            if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
+                                self.request_offsets(now);
+                            }
+                        }
                     }
                 }
                 None => {

@@ -37,9 +37,11 @@ pub(crate) enum Probe {
     ReplicaOf,
     /// `SCRIPT KILL` or `FUNCTION KILL` to a server that stayed busy for `busy_down_after`.
     Kill,
-    /// `INFO replication` for the replication offset only, sent at that instant (for `WAIT`).
+    /// `INFO replication` for the replication offset only (for `WAIT` and read fences), sent at that instant with
+    /// that serial.
     Offset {
         sent_at: Instant,
+        serial: u64,
     },
 }
 

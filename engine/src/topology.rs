@@ -147,6 +147,8 @@ pub(crate) struct ServerView {
     pub(crate) info_at: Option<Instant>,
     /// The replication offset from the newest `INFO replication` sent for `WAIT`, with when it was sent.
     pub(crate) offset_seen: Option<(Instant, i64)>,
+    /// The serial of the offset request `offset_seen` answered (see [`crate::monitor::Monitor::next_offset_serial`]).
+    pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
 }
@@ -162,6 +164,7 @@ impl ServerView {
             info: None,
             info_at: None,
             offset_seen: None,
+            offset_serial: 0,
             probe_pending_since: None,
         }
     }
@@ -198,6 +201,15 @@ impl ServerView {
         let replid2 = self.info.as_ref().and_then(|i| i.replid2.as_deref());
         let other_replid = other.info.as_ref().and_then(|i| i.replid.as_deref());
         replid2.is_some() && replid2 == other_replid
+    }
+
+    /// Its newest known replication offset: from an offset request or the periodic `INFO`, whichever came later.
+    pub(crate) fn latest_offset(&self) -> Option<i64> {
+        let periodic = self.info.as_ref().zip(self.info_at).map(|(info, at)| (at, info.repl_offset));
+        match (self.offset_seen, periodic) {
+            (Some(seen), Some(periodic)) => Some(if seen.0 >= periodic.0 { seen.1 } else { periodic.1 }),
+            (seen, periodic) => seen.or(periodic).map(|(_, offset)| offset),
+        }
     }
 
     /// The run id, or "" when unknown (sorts first; only a tie-break).
