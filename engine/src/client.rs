@@ -5,7 +5,7 @@ use crate::command::{self, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
-use crate::cursor::{self, Cursors, Issuer, ScanCall};
+use crate::cursor::{Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
@@ -22,8 +22,6 @@ pub(crate) struct HeldRequest {
     pub(crate) request: Request,
     /// The command, if Redis knows it.
     pub(crate) spec: Option<&'static CommandSpec>,
-    /// The `SCAN`-family call it makes, if it is one.
-    pub(crate) scan: Option<ScanCall>,
     pub(crate) handling: Handling,
     pub(crate) since: Instant,
 }
@@ -82,8 +80,16 @@ struct Client {
     hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
-    /// The cursors returned to it, once it has made a `SCAN`-family call (boxed: most clients never do).
-    cursors: Option<Box<Cursors>>,
+    /// What splitting reads to replicas must know of it, once it matters (boxed and absent in `allToMaster`, so
+    /// a reply costs one check).
+    reads: Option<Box<ReadTracking>>,
+}
+
+/// A client's facts that bend where its reads go in `readsToSlaves`.
+#[derive(Default)]
+struct ReadTracking {
+    /// The `SCAN`-family cursors returned to it.
+    cursors: Cursors,
     /// How far its writes are known to have replicated (`read_your_writes`).
     fence: ReadFence,
 }
@@ -111,6 +117,9 @@ pub(crate) struct Clients {
     /// Set when a reply answered a client's newest write (read fences need fresh offsets); taken by the
     /// coordinator.
     write_answered: bool,
+    /// The serial the monitor's next offset request carries (a fence's proof must come from it or a later one);
+    /// kept current by the coordinator.
+    next_offset_serial: u64,
     config: ClientLimits,
 }
 
@@ -136,6 +145,7 @@ impl Clients {
             hold_deadlines: VecDeque::new(),
             departed: Vec::new(),
             write_answered: false,
+            next_offset_serial: 0,
             config: ClientLimits {
                 limits: config.limits,
                 pool_size: config.pool_size,
@@ -171,8 +181,7 @@ impl Clients {
             hold_tracked: false,
             passthrough: false,
             closing: false,
-            cursors: None,
-            fence: ReadFence::default(),
+            reads: None,
         });
         let pool_size = self.config.pool_size;
         if let Some(client) = self.conns.get_mut(conn) {
@@ -221,8 +230,7 @@ impl Clients {
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            let scan = cursor::scan_call(&request);
-            return NextRequest::Request(HeldRequest { request, spec, scan, handling, since: now });
+            return NextRequest::Request(HeldRequest { request, spec, handling, since: now });
         }
     }
 
@@ -400,8 +408,8 @@ impl Clients {
         if call.starts() {
             return Issuer::Anyone;
         }
-        match self.conns.get(conn).and_then(|c| c.cursors.as_deref()) {
-            Some(cursors) => cursors.issuer(call),
+        match self.conns.get(conn).and_then(|c| c.reads.as_deref()) {
+            Some(reads) => reads.cursors.issuer(call),
             None => Issuer::Unknown,
         }
     }
@@ -409,7 +417,7 @@ impl Clients {
     /// The `SCAN`-family `call` of `conn` went to `server` with reply slot `seq`: its reply's cursor is remembered.
     pub(crate) fn scan_sent(&mut self, conn: ConnId, seq: u64, call: &ScanCall, server: ServerId) {
         if let Some(client) = self.conns.get_mut(conn) {
-            client.cursors.get_or_insert_default().sent(seq, call, server);
+            client.reads.get_or_insert_default().cursors.sent(seq, call, server);
         }
     }
 
@@ -417,14 +425,20 @@ impl Clients {
     /// until it has replicated.
     pub(crate) fn write_sent(&mut self, conn: ConnId, seq: u64) {
         if let Some(client) = self.conns.get_mut(conn) {
-            client.fence.write_sent(seq);
+            client.reads.get_or_insert_default().fence.write_sent(seq);
         }
     }
 
     /// Where the reads of `conn` may go given its writes; `master_offset` is the master's newest offset reading
     /// with its request's serial.
     pub(crate) fn read_floor(&mut self, conn: ConnId, master_offset: Option<(u64, i64)>) -> ReadFloor {
-        self.conns.get_mut(conn).map_or(ReadFloor::Any, |c| c.fence.floor(master_offset))
+        let reads = self.conns.get_mut(conn).and_then(|c| c.reads.as_deref_mut());
+        reads.map_or(ReadFloor::Any, |r| r.fence.floor(master_offset))
+    }
+
+    /// The monitor's next offset request will carry `serial`.
+    pub(crate) fn set_next_offset_serial(&mut self, serial: u64) {
+        self.next_offset_serial = serial;
     }
 
     /// Whether a reply answered some client's newest write since the last call (then the offsets must be read).
@@ -462,26 +476,18 @@ impl Clients {
     }
 
     /// Fills the reply slot `seq` of `conn` and sends every reply now next in order. Returns whether replies went
-    /// out (the client may then have room for held requests, or be done). `next_offset_serial` is the serial
-    /// the next offset request will carry (a read fence's proof must come from it or a later one).
-    pub(crate) fn deliver(
-        &mut self,
-        conn: ConnId,
-        seq: u64,
-        reply: Bytes,
-        next_offset_serial: u64,
-        out: &mut Outbox,
-    ) -> bool {
+    /// out (the client may then have room for held requests, or be done).
+    pub(crate) fn deliver(&mut self, conn: ConnId, seq: u64, reply: Bytes, out: &mut Outbox) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
         let Some(index) = seq.checked_sub(client.first_seq).map(|i| i as usize) else { return false };
         if index >= client.slots.len() {
             return false;
         }
-        if let Some(cursors) = client.cursors.as_deref_mut() {
-            cursors.reply(seq, &reply);
-        }
-        if client.fence.replied(seq, next_offset_serial) {
-            self.write_answered = true;
+        if let Some(reads) = client.reads.as_deref_mut() {
+            reads.cursors.reply(seq, &reply);
+            if reads.fence.replied(seq, self.next_offset_serial) {
+                self.write_answered = true;
+            }
         }
         if index > 0 {
             client.slots[index] = Some(reply);

@@ -9,7 +9,7 @@ use crate::client::{Clients, HeldRequest, NextRequest};
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
-use crate::cursor::Issuer;
+use crate::cursor::{self, Issuer, ScanCall};
 use crate::event::Event;
 use crate::failover::{Decision, Failover};
 use crate::fence::{FencePoll, ReadFloor};
@@ -23,6 +23,14 @@ use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// What a request routed with reads split must leave behind once it is sent.
+struct SplitFacts {
+    /// Its `SCAN`-family call, whose reply's cursor is remembered.
+    scan: Option<ScanCall>,
+    /// It may write: the client's reads stay on the master until it has replicated.
+    fences: bool,
+}
 
 /// The sans-IO proxy. See the crate documentation for the call order.
 pub struct Engine {
@@ -201,25 +209,16 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let replica_read = self.router.replica_read(held.spec, wants_private);
-        let floor = if replica_read && self.router.read_your_writes() {
-            let master_offset = master.and_then(|m| {
-                let view = &self.monitor.views()[m.0];
-                view.offset_seen.map(|(_, offset)| (view.offset_serial, offset))
-            });
-            self.clients.read_floor(conn, master_offset)
+        let (route, split) = if self.router.splits_reads() {
+            self.route_split(now, conn, held, wants_private, master)
         } else {
-            ReadFloor::Any
+            (self.router.route_to_master(self.monitor.views(), master), None)
         };
-        let issuer = match &held.scan {
-            Some(call) => self.clients.cursor_issuer(conn, call),
-            None => Issuer::Anyone,
-        };
-        let demand = Demand { replica_read, issuer, floor };
-        let server = match self.router.route(now, demand, self.monitor.views(), master) {
+        let server = match route {
             Route::Server(server) => server,
             Route::Wait => return false,
-            Route::Refuse(message) => {
+            Route::Refuse(refusal) => {
+                let message = refusal.message(self.monitor.views());
                 self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
                 return true;
             }
@@ -236,11 +235,11 @@ impl Engine {
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
         let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
-        if let Some(Waiter::Client { seq, .. }) = waiter {
-            if let Some(call) = &held.scan {
+        if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
+            if let Some(call) = &split.scan {
                 self.clients.scan_sent(conn, seq, call, server);
             }
-            if !replica_read && self.router.fences(held.spec, wants_private) {
+            if split.fences {
                 self.clients.write_sent(conn, seq);
             }
         }
@@ -248,11 +247,45 @@ impl Engine {
         true
     }
 
+    /// Routes a request where reads are split (`readsToSlaves`): the client's `SCAN` cursors and, with
+    /// `read_your_writes`, its writes bend the choice; returns what must be remembered once it is sent. Out of
+    /// line, so that the `allToMaster` path stays short.
+    #[inline(never)]
+    fn route_split(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        held: &HeldRequest,
+        private: bool,
+        master: Option<ServerId>,
+    ) -> (Route, Option<SplitFacts>) {
+        let replica_read = self.router.replica_read(held.spec, private);
+        let floor = if replica_read && self.router.read_your_writes() {
+            let master_offset = master.and_then(|m| {
+                let view = &self.monitor.views()[m.0];
+                view.offset_seen.map(|(_, offset)| (view.offset_serial, offset))
+            });
+            self.clients.read_floor(conn, master_offset)
+        } else {
+            ReadFloor::Any
+        };
+        let scan = cursor::scan_call(&held.request);
+        let issuer = match &scan {
+            Some(call) => self.clients.cursor_issuer(conn, call),
+            None => Issuer::Anyone,
+        };
+        let demand = Demand { replica_read, issuer, floor };
+        let route = self.router.route(now, demand, self.monitor.views(), master);
+        let fences = !replica_read && self.router.fences(held.spec, private);
+        (route, Some(SplitFacts { scan, fences }))
+    }
+
     /// Asks every server for its replication offset (for `WAIT` and read fences).
     fn request_offsets(&mut self, now: Instant) {
         for index in 0..self.monitor.views().len() {
             self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
         }
+        self.clients.set_next_offset_serial(self.monitor.next_offset_serial());
     }
 
     /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then).
@@ -298,8 +331,8 @@ impl Engine {
     /// Fills a client's reply slot; if replies went out, releases a private connection its state no longer
     /// needs, runs held requests, resumes reading and finishes a pending close.
     fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
-        let delivered = self.clients.deliver(conn, seq, reply, self.monitor.next_offset_serial(), &mut self.out);
-        if self.router.read_your_writes() && self.clients.take_write_answered() {
+        let delivered = self.clients.deliver(conn, seq, reply, &mut self.out);
+        if self.clients.take_write_answered() {
             // A fenced client's write is answered: read the offsets that prove where it has replicated.
             self.fence_poll.demand(now, self.monitor.next_offset_serial());
             if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {

@@ -79,8 +79,8 @@ pub(crate) enum Route {
     Server(ServerId),
     /// Nowhere yet: hold it until a master is routable.
     Wait,
-    /// Nowhere: answer the client with this error (without the leading `-`).
-    Refuse(String),
+    /// Nowhere: answer the client with an error.
+    Refuse(Refusal),
 }
 
 /// The routing decision and its round-robin position.
@@ -144,12 +144,7 @@ impl Router {
         }
         if demand.replica_read {
             if demand.issuer == Issuer::Unknown {
-                return Route::Refuse(
-                    "ERR redis-proxy: this SCAN cursor was not returned on this connection, and with readsToSlaves \
-                     only the server that issued a cursor can continue it; restart the iteration from 0 on one \
-                     connection"
-                        .to_string(),
-                );
+                return Route::Refuse(Refusal::UnknownCursor);
             }
             let min_offset = match demand.floor {
                 ReadFloor::Any => Some(None),
@@ -163,12 +158,20 @@ impl Router {
                 }
             }
         }
-        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
-        // (for it, or for a failover) instead of failing one by one.
         Self::to_master(views, routed)
     }
 
+    /// The routed master for a request that goes nowhere else (every request in `allToMaster`).
+    pub(crate) fn route_to_master(&self, views: &[ServerView], master: Option<ServerId>) -> Route {
+        match master {
+            Some(master) => Self::to_master(views, master),
+            None => Route::Wait,
+        }
+    }
+
     fn to_master(views: &[ServerView], master: ServerId) -> Route {
+        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
+        // (for it, or for a failover) instead of failing one by one.
         if views[master.0].is_routable() {
             Route::Server(master)
         } else {
@@ -193,11 +196,39 @@ impl Router {
         if replica_read && is_readable_replica(&views[issuer.0], &views[master.0], &policy) {
             return Route::Server(issuer);
         }
-        Route::Refuse(format!(
-            "ERR redis-proxy: the SCAN cursor was issued by {}, which is no longer serving reads; restart the \
-             iteration from 0",
-            views[issuer.0].address
-        ))
+        Route::Refuse(Refusal::CursorServerGone(issuer))
+    }
+
+    /// Whether reads are split (`readsToSlaves`): only then do cursors and writes bend the route. In
+    /// `allToMaster` every cursor comes from the master (an iteration that spans a failover is not detected).
+    pub(crate) fn splits_reads(&self) -> bool {
+        self.reads_to_replicas
+    }
+}
+
+/// Why a request is answered with an error instead of being routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server that issued the `SCAN` cursor no longer serves this client's reads.
+    CursorServerGone(ServerId),
+    /// Nothing says which server issued the `SCAN` cursor.
+    UnknownCursor,
+}
+
+impl Refusal {
+    /// The error message (without the leading `-`).
+    pub(crate) fn message(self, views: &[ServerView]) -> String {
+        match self {
+            Refusal::CursorServerGone(issuer) => format!(
+                "ERR redis-proxy: the SCAN cursor was issued by {}, which is no longer serving reads; restart the \
+                 iteration from 0",
+                views[issuer.0].address
+            ),
+            Refusal::UnknownCursor => "ERR redis-proxy: this SCAN cursor was not returned on this connection, and \
+                                       in readsToSlaves only the server that issued a cursor can continue it; \
+                                       restart the iteration from 0 on one connection"
+                .to_string(),
+        }
     }
 }
 
