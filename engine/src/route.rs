@@ -317,11 +317,9 @@ mod tests {
         assert_eq!(router.route(now, from_master, &views, master), Route::Server(ServerId(0)));
         // The issuing replica lost its link: the iteration cannot go on anywhere else.
         views[2].info.as_mut().unwrap().link_up = false;
-        let Route::Refuse(message) =
-            router.route(now, read(Issuer::Server(ServerId(2)), ReadFloor::Any), &views, master)
-        else {
-            panic!("a cursor of an unusable replica must be refused")
-        };
+        let route = router.route(now, read(Issuer::Server(ServerId(2)), ReadFloor::Any), &views, master);
+        let Route::Refuse(refusal) = route else { panic!("a cursor of an unusable replica must be refused") };
+        let message = refusal.message(&views);
         assert!(message.contains("issued by 127.0.0.1:3, which is no longer serving reads"), "{message}");
         // A cursor of a master that was replaced (failover) is refused too.
         let old_master = read(Issuer::Server(ServerId(0)), ReadFloor::Any);
