@@ -83,6 +83,17 @@ pub(crate) enum Route {
     Refuse(Refusal),
 }
 
+/// Whether `spec` is a read that a replica answers as the master would. Three read-only commands do not:
+/// `EVALSHA_RO` (`SCRIPT LOAD` is not replicated, so a replica answers `NOSCRIPT` for a script loaded through the
+/// proxy), and `TOUCH` and `OBJECT` (they update or report the access time and frequency of a key on the server
+/// they reach, and the master's are the ones its eviction uses).
+fn same_on_a_replica(spec: &CommandSpec) -> bool {
+    spec.flags.contains(CommandFlags::READONLY)
+        && !spec.flags.contains(CommandFlags::WRITE)
+        && !matches!(spec.name, "evalsha_ro" | "touch" | "object")
+        && !spec.name.starts_with("object|")
+}
+
 /// The routing decision and its round-robin position.
 pub(crate) struct Router {
     reads_to_replicas: bool,
@@ -105,12 +116,11 @@ impl Router {
         }
     }
 
-    /// Whether a request for `spec` may be read from a replica: `readsToSlaves`, a command Redis flags read-only,
-    /// and not bound to the client's private connection (which goes to the master).
+    /// Whether a request for `spec` may be read from a replica: `readsToSlaves`, a command Redis flags read-only
+    /// that means the same on a replica, and not bound to the client's private connection (which goes to the
+    /// master).
     pub(crate) fn replica_read(&self, spec: Option<&'static CommandSpec>, private: bool) -> bool {
-        self.reads_to_replicas
-            && !private
-            && spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE))
+        self.reads_to_replicas && !private && spec.is_some_and(same_on_a_replica)
     }
 
     /// Whether clients' writes fence their reads (`read_your_writes` in `readsToSlaves`).
