@@ -466,7 +466,12 @@ impl Clients {
 
     /// Whether a reply answered some client's newest write since the last call (then the offsets must be read).
     pub(crate) fn take_write_answered(&mut self) -> bool {
-        std::mem::take(&mut self.write_answered)
+        // Read before written: this runs for every reply, and is almost always false.
+        if !self.write_answered {
+            return false;
+        }
+        self.write_answered = false;
+        true
     }
 
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or

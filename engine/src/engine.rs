@@ -133,6 +133,7 @@ impl Engine {
             },
             other => self.connection_changed(now, other),
         }
+        self.after_replies(now);
         self.release_departed();
     }
 
@@ -176,6 +177,7 @@ impl Engine {
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
         }
+        self.after_replies(now);
         self.release_departed();
     }
 
@@ -223,19 +225,14 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let (route, split) = if self.router.splits_reads() {
-            self.route_split(now, conn, held, wants_private, master)
-        } else {
-            (self.router.route_to_master(self.monitor.views(), master), None)
-        };
-        let server = match route {
-            Route::Server(server) => server,
-            Route::Wait => return false,
-            Route::Refuse(refusal) => {
-                let message = refusal.message(self.monitor.views());
-                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
-                return true;
+        let (server, split) = if self.router.splits_reads() {
+            match self.route_split(now, conn, held, wants_private, master) {
+                Ok(routed) => routed,
+                Err(ran) => return ran,
             }
+        } else {
+            let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
+            (server, None)
         };
         let backend = match (wants_private, state.private) {
             (true, Some(existing)) => existing,
@@ -252,20 +249,16 @@ impl Engine {
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
         let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
-            if let Some(call) = &split.scan {
-                self.clients.scan_sent(conn, seq, call, server);
-            }
-            if split.fences {
-                self.clients.write_sent(conn, seq);
-            }
+            self.split_sent(conn, seq, split, server);
         }
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
     }
 
     /// Routes a request where reads are split (`readsToSlaves`): the client's `SCAN` cursors and, with
-    /// `read_your_writes`, its writes bend the choice; returns what must be remembered once it is sent. Out of
-    /// line, so that the `allToMaster` path stays short.
+    /// `read_your_writes`, its writes bend the choice. Returns the server and what must be remembered once the
+    /// request is sent, or what [`Engine::execute`] returns when it is not sent (held: false; answered here with
+    /// an error: true). Out of line, so that the `allToMaster` path stays short.
     #[inline(never)]
     fn route_split(
         &mut self,
@@ -274,7 +267,7 @@ impl Engine {
         held: &HeldRequest,
         private: bool,
         master: Option<ServerId>,
-    ) -> (Route, Option<SplitFacts>) {
+    ) -> Result<(ServerId, Option<SplitFacts>), bool> {
         let replica_read = self.router.replica_read(held.spec, private);
         let floor = if replica_read && self.router.read_your_writes() {
             let master_offset = master.and_then(|m| {
@@ -291,9 +284,29 @@ impl Engine {
             None => Issuer::Anyone,
         };
         let demand = Demand { replica_read, issuer, floor };
-        let route = self.router.route(now, demand, self.monitor.views(), master);
+        let server = match self.router.route(now, demand, self.monitor.views(), master) {
+            Route::Server(server) => server,
+            Route::Wait => return Err(false),
+            Route::Refuse(refusal) => {
+                let message = refusal.message(self.monitor.views());
+                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
+                return Err(true);
+            }
+        };
         let fences = !replica_read && self.router.fences(held.spec, private);
-        (route, Some(SplitFacts { scan, fences }))
+        Ok((server, Some(SplitFacts { scan, fences })))
+    }
+
+    /// A request routed with reads split went to `server` with reply slot `seq`: its cursor and its write are
+    /// remembered for the client.
+    #[inline(never)]
+    fn split_sent(&mut self, conn: ConnId, seq: u64, split: SplitFacts, server: ServerId) {
+        if let Some(call) = &split.scan {
+            self.clients.scan_sent(conn, seq, call, server);
+        }
+        if split.fences {
+            self.clients.write_sent(conn, seq);
+        }
     }
 
     /// Asks every server for its replication offset (for `WAIT` and read fences).
@@ -349,15 +362,7 @@ impl Engine {
     /// Fills a client's reply slot; if replies went out, releases a private connection its state no longer
     /// needs, runs held requests, resumes reading and finishes a pending close.
     fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
-        let delivered = self.clients.deliver(conn, seq, reply, &mut self.out);
-        if self.clients.take_write_answered() {
-            // A fenced client's write is answered: read the offsets that prove where it has replicated.
-            self.fence_poll.demand(now, self.monitor.next_offset_serial());
-            if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
-                self.request_offsets(now);
-            }
-        }
-        if !delivered {
+        if !self.clients.deliver(conn, seq, reply, &mut self.out) {
             return;
         }
         if let Some(private) = self.clients.settle(conn) {
@@ -367,6 +372,23 @@ impl Engine {
             self.run_held(now, conn);
             self.clients.update_reading(conn, &mut self.out);
             self.clients.close_if_done(conn, &mut self.out);
+        }
+    }
+
+    /// Replies that answered fenced clients' writes need the offsets that prove where the writes have
+    /// replicated: asked for once per input (not per reply), at its end.
+    fn after_replies(&mut self, now: Instant) {
+        if self.clients.take_write_answered() {
+            self.fence_write_answered(now);
+        }
+    }
+
+    /// Out of line: it only happens with `read_your_writes`.
+    #[inline(never)]
+    fn fence_write_answered(&mut self, now: Instant) {
+        self.fence_poll.demand(now, self.monitor.next_offset_serial());
+        if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
+            self.request_offsets(now);
         }
     }
 

@@ -119,6 +119,7 @@ impl Pool {
     }
 
     /// The shared connection in `slot` of `server`, opened if there is none.
+    #[inline(always)] // On every request's path; the engine's request routing is otherwise too large to inline it.
     pub(crate) fn shared(&mut self, server: ServerId, slot: usize, out: &mut Outbox) -> ConnId {
         if let Some(conn) = self.servers[server.0].shared[slot] {
             return conn;

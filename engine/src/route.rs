@@ -171,17 +171,16 @@ impl Router {
         Self::to_master(views, routed)
     }
 
-    /// The routed master for a request that goes nowhere else (every request in `allToMaster`).
-    pub(crate) fn route_to_master(&self, views: &[ServerView], master: Option<ServerId>) -> Route {
-        match master {
-            Some(master) => Self::to_master(views, master),
-            None => Route::Wait,
-        }
+    /// The routed master for a request that goes nowhere else (every request in `allToMaster`), or None when it
+    /// must wait for one.
+    pub(crate) fn route_to_master(&self, views: &[ServerView], master: Option<ServerId>) -> Option<ServerId> {
+        let master = master?;
+        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
+        // (for it, or for a failover) instead of failing one by one.
+        views[master.0].is_routable().then_some(master)
     }
 
     fn to_master(views: &[ServerView], master: ServerId) -> Route {
-        // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
-        // (for it, or for a failover) instead of failing one by one.
         if views[master.0].is_routable() {
             Route::Server(master)
         } else {
