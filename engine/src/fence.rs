@@ -127,22 +127,68 @@ impl FencePoll {
     fn settled(&self, views: &[ServerView], master: Option<ServerId>) -> bool {
         let Some(master) = master else { return false };
         let Some(needs) = self.needs_serial else { return true };
-        let target = match views[master.0].offset_seen {
-            Some(_) if views[master.0].offset_serial >= needs => views[master.0].offset_seen.map(|(_, o)| o),
-            _ => None,
+        let view = &views[master.0];
+        let Some((_, reading)) = view.offset_seen.as_ref().filter(|_| view.offset_serial >= needs) else {
+            return false;
         };
-        let Some(target) = target else { return false };
-        let address = &views[master.0].address;
+        let history = reading.replid.as_deref();
         views
             .iter()
-            .filter(|v| v.replicates(address) && v.is_routable())
-            .all(|v| v.latest_offset().is_some_and(|o| o >= target))
+            .filter(|v| v.replicates(&view.address) && v.is_routable())
+            .all(|v| v.has_applied(history, reading.repl_offset))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ServerAddress;
+    use crate::topology::{ReplicationInfo, Role};
+
+    /// A master and one replica, each with an offset reading of `offsets` in one history, the master's read by
+    /// offset request `serial`.
+    fn views(now: Instant, serial: u64, offsets: [i64; 2]) -> Vec<ServerView> {
+        let info = |role, offset| ReplicationInfo {
+            role: Some(role),
+            master: (role == Role::Replica).then(|| ("127.0.0.1".to_string(), 1)),
+            link_up: true,
+            repl_offset: offset,
+            replid: Some("history".into()),
+            ..Default::default()
+        };
+        let mut views: Vec<ServerView> = [(1, Role::Master), (2, Role::Replica)]
+            .into_iter()
+            .zip(offsets)
+            .map(|((port, role), offset)| {
+                let mut view = ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now);
+                view.info = Some(info(role, 0));
+                view.info_at = Some(now);
+                view.offset_seen = Some((now, info(role, offset)));
+                view
+            })
+            .collect();
+        views[0].offset_serial = serial;
+        views
+    }
+
+    #[test]
+    fn offsets_are_polled_until_every_replica_has_the_last_write() {
+        let t0 = Instant::now();
+        let mut poll = FencePoll::default();
+        assert!(!poll.poll_due(t0, &views(t0, 0, [0, 0]), Some(ServerId(0))), "nothing to wait for");
+        poll.demand(t0, 5);
+        assert!(poll.poll_due(t0, &views(t0, 4, [100, 100]), Some(ServerId(0))), "the master's proof is older");
+        let soon = t0 + Duration::from_millis(1);
+        assert!(!poll.poll_due(soon, &views(soon, 4, [100, 100]), Some(ServerId(0))), "not again within 2 ms");
+        let later = t0 + POLL_EVERY;
+        assert!(poll.poll_due(later, &views(later, 5, [120, 110]), Some(ServerId(0))), "the replica is behind");
+        let settled = later + POLL_EVERY;
+        assert!(!poll.poll_due(settled, &views(settled, 5, [120, 120]), Some(ServerId(0))));
+        assert_eq!(poll.deadline(), None, "settled: polling stops");
+        poll.demand(settled, 6);
+        let expired = settled + POLL_FOR;
+        assert!(!poll.poll_due(expired, &views(expired, 0, [0, 0]), Some(ServerId(0))), "bounded in time");
+    }
 
     #[test]
     fn a_fence_holds_reads_on_the_master_until_the_write_offset_is_known() {

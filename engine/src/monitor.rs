@@ -263,9 +263,13 @@ impl Monitor {
                 self.watches[server.0].offset_pending = false;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
                 let view = &mut self.views[server.0];
-                view.offset_seen = Some((sent_at, ReplicationInfo::parse(text).repl_offset));
+                view.offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
                 view.offset_serial = serial;
-                ProbeOutcome::Offset
+                if self.answered(now, server, out) {
+                    ProbeOutcome::Recovered
+                } else {
+                    ProbeOutcome::Offset
+                }
             }
             Probe::ReplicaOf | Probe::Kill => {
                 let address = self.views[server.0].address.clone();

@@ -49,7 +49,8 @@ fn read_replica(
     min_offset: Option<i64>,
 ) -> Option<ServerId> {
     let count = views.len();
-    let caught_up = |view: &ServerView| min_offset.is_none_or(|min| view.latest_offset().is_some_and(|o| o >= min));
+    let history = views[master.0].latest_reading().and_then(|info| info.replid.as_deref());
+    let caught_up = |view: &ServerView| min_offset.is_none_or(|min| view.has_applied(history, min));
     for step in 0..count {
         let index = (*cursor + step) % count;
         if index != master.0 && is_readable_replica(&views[index], &views[master.0], policy) && caught_up(&views[index])
@@ -289,13 +290,11 @@ mod tests {
             link_up: true,
             last_io_secs: Some(0),
             repl_offset: offset,
+            replid: Some("history".into()),
             ..Default::default()
         };
-        let mut views = vec![
-            view(1, ReplicationInfo { role: Some(Role::Master), ..Default::default() }),
-            view(2, replica(100)),
-            view(3, replica(200)),
-        ];
+        let master = ReplicationInfo { role: Some(Role::Master), replid: Some("history".into()), ..Default::default() };
+        let mut views = vec![view(1, master), view(2, replica(100)), view(3, replica(200))];
         for v in &mut views {
             v.info_at = Some(Instant::now());
         }
@@ -366,6 +365,11 @@ mod tests {
         assert_eq!(route(&mut router, ReadFloor::Offset(201)), Route::Server(ServerId(0)), "no replica has it yet");
         let spread: Vec<Route> = (0..2).map(|_| route(&mut router, ReadFloor::Offset(100))).collect();
         assert!(spread.contains(&Route::Server(ServerId(1))) && spread.contains(&Route::Server(ServerId(2))));
+        // An offset of another replication history (a server before its resync) proves nothing.
+        let mut resyncing = views.clone();
+        resyncing[2].info.as_mut().unwrap().replid = Some("its own".into());
+        let read = read(Issuer::Anyone, ReadFloor::Offset(150));
+        assert_eq!(router.route(now, read, &resyncing, master), Route::Server(ServerId(0)));
     }
 
     #[test]

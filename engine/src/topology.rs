@@ -158,8 +158,8 @@ pub(crate) struct ServerView {
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
     pub(crate) info_at: Option<Instant>,
-    /// The replication offset from the newest `INFO replication` sent for `WAIT`, with when it was sent.
-    pub(crate) offset_seen: Option<(Instant, i64)>,
+    /// The newest `INFO replication` sent for `WAIT`: when it was sent, and what it said.
+    pub(crate) offset_seen: Option<(Instant, ReplicationInfo)>,
     /// The serial of the offset request `offset_seen` answered (see [`crate::monitor::Monitor::next_offset_serial`]).
     pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
@@ -216,13 +216,22 @@ impl ServerView {
         replid2.is_some() && replid2 == other_replid
     }
 
-    /// Its newest known replication offset: from an offset request or the periodic `INFO`, whichever came later.
-    pub(crate) fn latest_offset(&self) -> Option<i64> {
-        let periodic = self.info.as_ref().zip(self.info_at).map(|(info, at)| (at, info.repl_offset));
-        match (self.offset_seen, periodic) {
-            (Some(seen), Some(periodic)) => Some(if seen.0 >= periodic.0 { seen.1 } else { periodic.1 }),
-            (seen, periodic) => seen.or(periodic).map(|(_, offset)| offset),
+    /// Its newest replication facts: from an offset request or the periodic `INFO`, whichever is newer.
+    pub(crate) fn latest_reading(&self) -> Option<&ReplicationInfo> {
+        let periodic = self.info.as_ref().zip(self.info_at);
+        match (self.offset_seen.as_ref(), periodic) {
+            (Some((seen_at, seen)), Some((info, info_at))) => Some(if *seen_at >= info_at { seen } else { info }),
+            (Some((_, seen)), None) => Some(seen),
+            (None, Some((info, _))) => Some(info),
+            (None, None) => None,
         }
+    }
+
+    /// Whether its newest facts show it has processed the replication stream of `history` (the master's
+    /// `master_replid`) up to `offset`: offsets of another history (its own before a resync) mean nothing.
+    pub(crate) fn has_applied(&self, history: Option<&str>, offset: i64) -> bool {
+        self.latest_reading()
+            .is_some_and(|info| history.is_some() && info.replid.as_deref() == history && info.repl_offset >= offset)
     }
 
     /// The run id, or "" when unknown (sorts first; only a tie-break).
