@@ -466,7 +466,7 @@ impl Clients {
 
     /// Whether a reply answered some client's newest write since the last call (then the offsets must be read).
     pub(crate) fn take_write_answered(&mut self) -> bool {
-        // Read before written: this runs for every reply, and is almost always false.
+        // Read before written: this runs after every input, and is almost always false.
         if !self.write_answered {
             return false;
         }

@@ -57,8 +57,10 @@ fn iterate(conn: &mut RespConn, command: &str, key: Option<&str>, count: usize) 
     let mut seen = Vec::new();
     let mut cursor = b"0".to_vec();
     let pairs = matches!(command, "HSCAN" | "ZSCAN");
-    // A full iteration of ITEMS entries with COUNT >= 10 takes a few hundred calls; the bound only stops a loop.
+    let started = Instant::now();
+    // A full iteration of ITEMS entries with COUNT >= 10 takes a few hundred calls; the bounds only stop a loop.
     for _ in 0..100 * ITEMS {
+        assert!(started.elapsed() < Duration::from_secs(60), "{command} took over 60 s");
         let mut args: Vec<&[u8]> = vec![command.as_bytes()];
         args.extend(key.map(str::as_bytes));
         let count = count.to_string();
@@ -156,12 +158,16 @@ fn read_your_writes_reads_back_every_write_while_other_reads_reach_replicas() {
         let stop = Arc::new(AtomicBool::new(false));
         let reader = background_reader(proxy.port, stop.clone());
         let mut conn = proxy.connect();
+        let started = Instant::now();
+        let in_time = || started.elapsed() < Duration::from_secs(120);
         for i in 0..10_000 {
+            assert!(in_time(), "{runtime:?}: 10,000 rounds took over 120 s");
             let value = i.to_string();
             assert_eq!(conn.call(&[b"SET", b"k", value.as_bytes()]), status("OK"));
             assert_eq!(conn.call(&[b"GET", b"k"]), bulk(value.as_bytes()), "{runtime:?} round {i}");
         }
         for i in 0..10_000 {
+            assert!(in_time(), "{runtime:?}: 10,000 pipelined rounds took over 120 s");
             let value = format!("p{i}");
             let mut batch = encode_command(&[b"SET", b"k", value.as_bytes()]);
             batch.extend(encode_command(&[b"GET", b"k"]));
