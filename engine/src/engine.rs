@@ -129,11 +129,16 @@ impl Engine {
         match input {
             Input::Data { conn, buf } => match conn.lane() {
                 Lane::Client => self.client_data(now, conn, buf),
-                Lane::Backend => self.backend_data(now, conn, buf),
+                Lane::Backend => {
+                    self.backend_data(now, conn, buf);
+                    self.after_replies(now);
+                }
             },
-            other => self.connection_changed(now, other),
+            other => {
+                self.connection_changed(now, other);
+                self.after_replies(now);
+            }
         }
-        self.after_replies(now);
         self.release_departed();
     }
 
@@ -383,7 +388,7 @@ impl Engine {
     }
 
     /// Replies that answered fenced clients' writes need the offsets that prove where the writes have
-    /// replicated: asked for once per input (not per reply), at its end.
+    /// replicated: asked for once per input that can carry replies (not per reply), at its end.
     fn after_replies(&mut self, now: Instant) {
         if self.clients.take_write_answered() {
             self.fence_write_answered(now);
