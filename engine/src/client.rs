@@ -5,10 +5,13 @@ use crate::command::{self, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
+use crate::cursor::{Cursors, Issuer, ScanCall};
 use crate::event::Event;
+use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
 use crate::resp::{self, Request, RequestScanner};
 use crate::session::{Handling, Pin, Session};
+use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -79,6 +82,18 @@ struct Client {
     closing: bool,
     /// The master epoch of its oldest write not yet covered by a `WAIT` (None: none since the last `WAIT`).
     unconfirmed_writes_since: Option<u64>,
+    /// What splitting reads to replicas must know of it, once it matters (boxed and absent in `allToMaster`, so
+    /// a reply costs one check).
+    reads: Option<Box<ReadTracking>>,
+}
+
+/// A client's facts that bend where its reads go in `readsToSlaves`.
+#[derive(Default)]
+struct ReadTracking {
+    /// The `SCAN`-family cursors returned to it.
+    cursors: Cursors,
+    /// How far its writes are known to have replicated (`read_your_writes`).
+    fence: ReadFence,
 }
 
 impl Client {
@@ -101,6 +116,12 @@ pub(crate) struct Clients {
     hold_deadlines: VecDeque<(Instant, ConnId)>,
     /// Clients removed since the coordinator last asked, whose private connections it must hand back.
     departed: Vec<Departed>,
+    /// Set when a reply answered a client's newest write (read fences need fresh offsets); taken by the
+    /// coordinator.
+    write_answered: bool,
+    /// The serial the monitor's next offset request carries (a fence's proof must come from it or a later one);
+    /// kept current by the coordinator.
+    next_offset_serial: u64,
     config: ClientLimits,
 }
 
@@ -125,6 +146,8 @@ impl Clients {
             held_bytes: 0,
             hold_deadlines: VecDeque::new(),
             departed: Vec::new(),
+            write_answered: false,
+            next_offset_serial: 0,
             config: ClientLimits {
                 limits: config.limits,
                 pool_size: config.pool_size,
@@ -160,6 +183,7 @@ impl Clients {
             hold_tracked: false,
             passthrough: false,
             closing: false,
+            reads: None,
             unconfirmed_writes_since: None,
         });
         let pool_size = self.config.pool_size;
@@ -402,6 +426,54 @@ impl Clients {
         Ok(Some(Waiter::Client { conn, seq }))
     }
 
+    /// Who issued the cursor the `SCAN`-family `call` of `conn` continues.
+    pub(crate) fn cursor_issuer(&self, conn: ConnId, call: &ScanCall) -> Issuer {
+        if call.starts() {
+            return Issuer::Anyone;
+        }
+        match self.conns.get(conn).and_then(|c| c.reads.as_deref()) {
+            Some(reads) => reads.cursors.issuer(call),
+            None => Issuer::Unknown,
+        }
+    }
+
+    /// The `SCAN`-family `call` of `conn` went to `server` with reply slot `seq`: its reply's cursor is remembered.
+    pub(crate) fn scan_sent(&mut self, conn: ConnId, seq: u64, call: &ScanCall, server: ServerId) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            client.reads.get_or_insert_default().cursors.sent(seq, call, server);
+        }
+    }
+
+    /// A request of `conn` that may change data went out with reply slot `seq`: its reads stay on the master
+    /// until it has replicated.
+    pub(crate) fn write_sent(&mut self, conn: ConnId, seq: u64) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            client.reads.get_or_insert_default().fence.write_sent(seq);
+        }
+    }
+
+    /// Where the reads of `conn` may go given its writes; `master_offset` is the master's newest offset reading
+    /// with its request's serial.
+    pub(crate) fn read_floor(&mut self, conn: ConnId, master_offset: Option<(u64, i64)>) -> ReadFloor {
+        let reads = self.conns.get_mut(conn).and_then(|c| c.reads.as_deref_mut());
+        reads.map_or(ReadFloor::Any, |r| r.fence.floor(master_offset))
+    }
+
+    /// The monitor's next offset request will carry `serial`.
+    pub(crate) fn set_next_offset_serial(&mut self, serial: u64) {
+        self.next_offset_serial = serial;
+    }
+
+    /// Whether a reply answered some client's newest write since the last call (then the offsets must be read).
+    pub(crate) fn take_write_answered(&mut self) -> bool {
+        // Read before written: this runs after every input, and is almost always false.
+        if !self.write_answered {
+            return false;
+        }
+        self.write_answered = false;
+        true
+    }
+
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
     /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
     pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
@@ -444,6 +516,12 @@ impl Clients {
         let Some(index) = seq.checked_sub(client.first_seq).map(|i| i as usize) else { return false };
         if index >= client.slots.len() {
             return false;
+        }
+        if let Some(reads) = client.reads.as_deref_mut() {
+            reads.cursors.reply(seq, &reply);
+            if reads.fence.replied(seq, self.next_offset_serial) {
+                self.write_answered = true;
+            }
         }
         if index > 0 {
             client.slots[index] = Some(reply);

@@ -79,6 +79,9 @@ pub struct Config {
     pub limits: Limits,
     /// A replica lagging more than this behind the master gets no reads (`replica_max_lag`, ms, default 10000).
     pub replica_max_lag: Duration,
+    /// In `readsToSlaves`, after a client's write its reads go to the master until a replica is known (from
+    /// replication offsets) to have applied it (`read_your_writes`, default true).
+    pub read_your_writes: bool,
     /// Let clients send commands that change the topology the proxy manages (`allow_topology_commands`,
     /// default false).
     pub allow_topology_commands: bool,
@@ -117,9 +120,9 @@ fn get_u64(map: &Map<String, Value>, field: &str, default: u64, min: u64) -> Res
     }
 }
 
-fn get_bool(map: &Map<String, Value>, field: &str) -> Result<bool, ConfigError> {
+fn get_bool(map: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ConfigError> {
     match map.get(field) {
-        None => Ok(false),
+        None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(error(format!("`{field}`: expected true or false, got {other}"))),
     }
@@ -197,7 +200,8 @@ impl Config {
             client_output_limit: get_u64(&map, "client_output_limit", 32 * 1024 * 1024, 1024)? as usize,
             limits,
             replica_max_lag: Duration::from_millis(get_u64(&map, "replica_max_lag", 10_000, 0)?),
-            allow_topology_commands: get_bool(&map, "allow_topology_commands")?,
+            read_your_writes: get_bool(&map, "read_your_writes", true)?,
+            allow_topology_commands: get_bool(&map, "allow_topology_commands", false)?,
             shutdown_grace: Duration::from_millis(get_u64(&map, "shutdown_grace", 2000, 0)?),
             warnings,
         })
@@ -231,6 +235,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "max_bulk_len",
     "max_request_len",
     "replica_max_lag",
+    "read_your_writes",
     "allow_topology_commands",
     "shutdown_grace",
 ];
@@ -297,6 +302,9 @@ mod tests {
         assert_eq!(config.mode, Mode::AllToMaster);
         assert_eq!(config.check_period, Duration::from_millis(1000));
         assert_eq!(config.hold, Duration::from_millis(6000));
+        assert!(config.read_your_writes);
+        let off = Config::from_json(r#"{"servers": [{"port": 1}], "read_your_writes": false}"#).unwrap();
+        assert!(!off.read_your_writes);
     }
 
     #[test]

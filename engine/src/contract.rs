@@ -95,6 +95,8 @@ pub enum TimerReason {
     DownCheck(usize),
     /// A `WAIT` polls the replicas' offsets, or times out.
     Wait,
+    /// Clients' reads wait on the master until their writes reach a replica: the offsets are polled.
+    ReadFence,
     /// A promotion must be confirmed by then.
     FailoverDeadline,
     /// The oldest held request expires.

@@ -10,18 +10,28 @@ use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
+use crate::cursor::{self, Issuer, ScanCall};
 use crate::event::Event;
 use crate::failover::{Decision, Failover};
+use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome};
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
-use crate::route::Router;
+use crate::route::{Demand, Route, Router};
 use crate::session::{Handling, Pin};
-use crate::topology::ServerId;
+use crate::topology::{Role, ServerId};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// What a request routed with reads split must leave behind once it is sent.
+struct SplitFacts {
+    /// Its `SCAN`-family call, whose reply's cursor is remembered.
+    scan: Option<ScanCall>,
+    /// It may write: the client's reads stay on the master until it has replicated.
+    fences: bool,
+}
 
 /// The sans-IO proxy. See the crate documentation for the call order.
 pub struct Engine {
@@ -31,6 +41,7 @@ pub struct Engine {
     failover: Failover,
     router: Router,
     waits: Waits,
+    fence_poll: FencePoll,
     /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
     /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
     master_epoch: u64,
@@ -52,6 +63,7 @@ impl Engine {
             failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
             router: Router::new(&config),
             waits: Waits::default(),
+            fence_poll: FencePoll::default(),
             master_epoch: 0,
             master_history: None,
             out: Outbox::default(),
@@ -90,6 +102,7 @@ impl Engine {
             self.failover.deadline().map(|at| (at, TimerReason::FailoverDeadline)),
             self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
+            self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
         ]
         .into_iter()
@@ -120,9 +133,15 @@ impl Engine {
         match input {
             Input::Data { conn, buf } => match conn.lane() {
                 Lane::Client => self.client_data(now, conn, buf),
-                Lane::Backend => self.backend_data(now, conn, buf),
+                Lane::Backend => {
+                    self.backend_data(now, conn, buf);
+                    self.after_replies(now);
+                }
             },
-            other => self.connection_changed(now, other),
+            other => {
+                self.connection_changed(now, other);
+                self.after_replies(now);
+            }
         }
         self.release_departed();
     }
@@ -158,16 +177,16 @@ impl Engine {
             self.close_backends_of(now, server, false, "server is down");
         }
         self.evaluate_failover(now);
-        if self.waits.poll_due(now) {
-            for index in 0..self.monitor.views().len() {
-                self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
-            }
+        let waits_due = self.waits.poll_due(now);
+        if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) || waits_due {
+            self.request_offsets(now);
         }
         self.settle_waits(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
         }
+        self.after_replies(now);
         self.release_departed();
     }
 
@@ -218,8 +237,14 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let Some(server) = self.router.route(now, held.spec, wants_private, self.monitor.views(), master) else {
-            return false;
+        let (server, split) = if self.router.splits_reads() {
+            match self.route_split(now, conn, held, wants_private, master) {
+                Ok(routed) => routed,
+                Err(ran) => return ran,
+            }
+        } else {
+            let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
+            (server, None)
         };
         let backend = match (wants_private, state.private) {
             (true, Some(existing)) => existing,
@@ -235,8 +260,75 @@ impl Engine {
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
         let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
+        if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
+            self.split_sent(conn, seq, split, server);
+        }
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
+    }
+
+    /// Routes a request where reads are split (`readsToSlaves`): the client's `SCAN` cursors and, with
+    /// `read_your_writes`, its writes bend the choice. Returns the server and what must be remembered once the
+    /// request is sent, or what [`Engine::execute`] returns when it is not sent (held: false; answered here with
+    /// an error: true). Out of line, so that the `allToMaster` path stays short.
+    #[inline(never)]
+    fn route_split(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        held: &HeldRequest,
+        private: bool,
+        master: Option<ServerId>,
+    ) -> Result<(ServerId, Option<SplitFacts>), bool> {
+        let replica_read = self.router.replica_read(held.spec, private);
+        let floor = if replica_read && self.router.read_your_writes() {
+            let master_offset = master.and_then(|m| {
+                let view = &self.monitor.views()[m.0];
+                // Read from a server that still said it was the master (as `WAIT` requires).
+                let reading = view.offset_seen.as_ref().filter(|(_, info)| info.role == Some(Role::Master));
+                reading.map(|(_, info)| (view.offset_serial, info.repl_offset))
+            });
+            self.clients.read_floor(conn, master_offset)
+        } else {
+            ReadFloor::Any
+        };
+        let scan = cursor::scan_call(&held.request);
+        let issuer = match &scan {
+            Some(call) => self.clients.cursor_issuer(conn, call),
+            None => Issuer::Anyone,
+        };
+        let demand = Demand { replica_read, issuer, floor };
+        let server = match self.router.route(now, demand, self.monitor.views(), master) {
+            Route::Server(server) => server,
+            Route::Wait => return Err(false),
+            Route::Refuse(refusal) => {
+                let message = refusal.message(self.monitor.views());
+                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
+                return Err(true);
+            }
+        };
+        let fences = !replica_read && self.router.fences(held.spec, private);
+        Ok((server, Some(SplitFacts { scan, fences })))
+    }
+
+    /// A request routed with reads split went to `server` with reply slot `seq`: its cursor and its write are
+    /// remembered for the client.
+    #[inline(never)]
+    fn split_sent(&mut self, conn: ConnId, seq: u64, split: SplitFacts, server: ServerId) {
+        if let Some(call) = &split.scan {
+            self.clients.scan_sent(conn, seq, call, server);
+        }
+        if split.fences {
+            self.clients.write_sent(conn, seq);
+        }
+    }
+
+    /// Asks every server for its replication offset (for `WAIT` and read fences).
+    fn request_offsets(&mut self, now: Instant) {
+        for index in 0..self.monitor.views().len() {
+            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
+        }
+        self.clients.set_next_offset_serial(self.monitor.next_offset_serial());
     }
 
     /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then).
@@ -249,9 +341,7 @@ impl Engine {
         // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
         let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
         self.waits.add(now, conn, seq, replicas, timeout, void, self.master_epoch);
-        for index in 0..self.monitor.views().len() {
-            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
-        }
+        self.request_offsets(now);
         true
     }
 
@@ -301,6 +391,23 @@ impl Engine {
         }
     }
 
+    /// Replies that answered fenced clients' writes need the offsets that prove where the writes have
+    /// replicated: asked for once per input that can carry replies (not per reply), at its end.
+    fn after_replies(&mut self, now: Instant) {
+        if self.clients.take_write_answered() {
+            self.fence_write_answered(now);
+        }
+    }
+
+    /// Out of line: it only happens with `read_your_writes`.
+    #[inline(never)]
+    fn fence_write_answered(&mut self, now: Instant) {
+        self.fence_poll.demand(now, self.monitor.next_offset_serial());
+        if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
+            self.request_offsets(now);
+        }
+    }
+
     /// Hands the pool the private connections of clients that left.
     fn release_departed(&mut self) {
         for departed in self.clients.take_departed() {
@@ -339,7 +446,13 @@ impl Engine {
                             self.run_all_held(now);
                             self.settle_waits(now);
                         }
-                        ProbeOutcome::Offset => self.settle_waits(now),
+                        ProbeOutcome::Offset => {
+                            self.settle_waits(now);
+                            // While fences wait, the next poll goes out as soon as one is due.
+                            if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
+                                self.request_offsets(now);
+                            }
+                        }
                     }
                 }
                 None => {

@@ -70,7 +70,9 @@
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
-//! | `route` | where a request goes: master, a readable replica, or nowhere yet |
+//! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
+//! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
+//! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
@@ -89,9 +91,11 @@ mod command;
 mod config;
 mod conn;
 mod contract;
+mod cursor;
 mod engine;
 mod event;
 mod failover;
+mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod monitor;

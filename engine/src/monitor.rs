@@ -71,6 +71,8 @@ pub(crate) struct Monitor {
     check_period: Duration,
     down_after: Duration,
     busy_down_after: Duration,
+    /// Offset requests sent so far: the serial of the next one.
+    offset_serial: u64,
 }
 
 impl Monitor {
@@ -83,6 +85,7 @@ impl Monitor {
             check_period: config.check_period,
             down_after: config.down_after,
             busy_down_after: config.busy_down_after,
+            offset_serial: 1,
         }
     }
 
@@ -182,12 +185,21 @@ impl Monitor {
         }
     }
 
-    /// Asks `server` for its replication offset now (for `WAIT`), unless such a question is outstanding.
+    /// The serial the next offset request will carry. Serials grow in the order the engine processes its inputs,
+    /// so an offset read with a serial at least this one was asked for after everything processed so far.
+    pub(crate) fn next_offset_serial(&self) -> u64 {
+        self.offset_serial
+    }
+
+    /// Asks `server` for its replication offset now (for `WAIT` and read fences), unless such a question is
+    /// outstanding.
     pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
         let watch = &mut self.watches[server.0];
         let Some(conn) = watch.probe.filter(|_| !watch.offset_pending) else { return };
         watch.offset_pending = true;
-        pool.send(conn, &[Waiter::Probe(Probe::Offset { sent_at: now })], Bytes::from_static(INFO_REPLICATION), out);
+        let probe = Probe::Offset { sent_at: now, serial: self.offset_serial };
+        self.offset_serial += 1;
+        pool.send(conn, &[Waiter::Probe(probe)], Bytes::from_static(INFO_REPLICATION), out);
     }
 
     /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection.
@@ -257,10 +269,12 @@ impl Monitor {
                 view.info_at = Some(now);
                 ProbeOutcome::Facts
             }
-            Probe::Offset { sent_at } => {
+            Probe::Offset { sent_at, serial } => {
                 self.watches[server.0].offset_pending = false;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
-                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
+                let view = &mut self.views[server.0];
+                view.offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
+                view.offset_serial = serial;
                 if self.answered(now, server, out) {
                     ProbeOutcome::Recovered
                 } else {

@@ -37,9 +37,11 @@ pub(crate) enum Probe {
     ReplicaOf,
     /// `SCRIPT KILL` or `FUNCTION KILL` to a server that stayed busy for `busy_down_after`.
     Kill,
-    /// `INFO replication` for the replication offset only, sent at that instant (for `WAIT`).
+    /// `INFO replication` for the replication offset only (for `WAIT` and read fences), sent at that instant with
+    /// that serial.
     Offset {
         sent_at: Instant,
+        serial: u64,
     },
 }
 
@@ -117,6 +119,7 @@ impl Pool {
     }
 
     /// The shared connection in `slot` of `server`, opened if there is none.
+    #[inline(always)] // On every request's path; the engine's request routing is otherwise too large to inline it.
     pub(crate) fn shared(&mut self, server: ServerId, slot: usize, out: &mut Outbox) -> ConnId {
         if let Some(conn) = self.servers[server.0].shared[slot] {
             return conn;

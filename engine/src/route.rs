@@ -1,8 +1,15 @@
 //! Where a request goes: the routed master, or (in `readsToSlaves`) a healthy replica chosen round robin; nowhere
-//! (hold it) while no master is routable.
+//! (hold it) while no master is routable; or back to the client with an error when the server a `SCAN` cursor
+//! belongs to no longer serves reads.
+//!
+//! Two per-client facts bend the choice: the server that issued the cursor a `SCAN`-family call continues (see
+//! `cursor`), and, with `read_your_writes`, how far the client's own writes are known to have replicated (see
+//! `fence`).
 
 use crate::command::{CommandFlags, CommandSpec};
 use crate::config::{Config, Mode};
+use crate::cursor::Issuer;
+use crate::fence::ReadFloor;
 use crate::topology::{ServerId, ServerView};
 use std::time::{Duration, Instant};
 
@@ -33,11 +40,21 @@ fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPoli
 }
 
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
-fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, policy: &ReadPolicy) -> Option<ServerId> {
+/// With `min_offset`, only a replica known to have reached that replication offset will do.
+fn read_replica(
+    views: &[ServerView],
+    master: ServerId,
+    cursor: &mut usize,
+    policy: &ReadPolicy,
+    min_offset: Option<i64>,
+) -> Option<ServerId> {
     let count = views.len();
+    let history = views[master.0].latest_reading().and_then(|info| info.replid.as_deref());
+    let caught_up = |view: &ServerView| min_offset.is_none_or(|min| view.has_applied(history, min));
     for step in 0..count {
         let index = (*cursor + step) % count;
-        if index != master.0 && is_readable_replica(&views[index], &views[master.0], policy) {
+        if index != master.0 && is_readable_replica(&views[index], &views[master.0], policy) && caught_up(&views[index])
+        {
             *cursor = index + 1;
             return Some(ServerId(index));
         }
@@ -45,9 +62,43 @@ fn read_replica(views: &[ServerView], master: ServerId, cursor: &mut usize, poli
     None
 }
 
+/// What a forwarded request asks of the router.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Demand {
+    /// Whether it may go to a replica at all (see [`Router::replica_read`]).
+    pub(crate) replica_read: bool,
+    /// For a `SCAN`-family call: who issued the cursor it continues.
+    pub(crate) issuer: Issuer,
+    /// How far the client's writes must have replicated on the replica that reads (`read_your_writes`).
+    pub(crate) floor: ReadFloor,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// To this server.
+    Server(ServerId),
+    /// Nowhere yet: hold it until a master is routable.
+    Wait,
+    /// Nowhere: answer the client with an error.
+    Refuse(Refusal),
+}
+
+/// Whether `spec` is a read that a replica answers as the master would. Three read-only commands do not:
+/// `EVALSHA_RO` (`SCRIPT LOAD` is not replicated, so a replica answers `NOSCRIPT` for a script loaded through the
+/// proxy), and `TOUCH` and `OBJECT` (they update or report the access time and frequency of a key on the server
+/// they reach, and the master's are the ones its eviction uses).
+fn same_on_a_replica(spec: &CommandSpec) -> bool {
+    spec.flags.contains(CommandFlags::READONLY)
+        && !spec.flags.contains(CommandFlags::WRITE)
+        && !matches!(spec.name, "evalsha_ro" | "touch" | "object")
+        && !spec.name.starts_with("object|")
+}
+
 /// The routing decision and its round-robin position.
 pub(crate) struct Router {
     reads_to_replicas: bool,
+    read_your_writes: bool,
     max_lag: Duration,
     probe_late_after: Duration,
     cursor: usize,
@@ -56,38 +107,138 @@ pub(crate) struct Router {
 impl Router {
     /// Routing as `config` says.
     pub(crate) fn new(config: &Config) -> Router {
+        let reads_to_replicas = config.mode == Mode::ReadsToSlaves;
         Router {
-            reads_to_replicas: config.mode == Mode::ReadsToSlaves,
+            reads_to_replicas,
+            read_your_writes: reads_to_replicas && config.read_your_writes,
             max_lag: config.replica_max_lag,
             probe_late_after: config.check_period / 2,
             cursor: 0,
         }
     }
 
-    /// The server a forwarded request for `spec` goes to, or None when it must wait for a master. `private` says
-    /// it goes on the client's private connection (always to the master); `master` is the routed master.
+    /// Whether a request for `spec` may be read from a replica: `readsToSlaves`, a command Redis flags read-only
+    /// that means the same on a replica, and not bound to the client's private connection (which goes to the
+    /// master).
+    pub(crate) fn replica_read(&self, spec: Option<&'static CommandSpec>, private: bool) -> bool {
+        self.reads_to_replicas && !private && spec.is_some_and(same_on_a_replica)
+    }
+
+    /// Whether clients' writes fence their reads (`read_your_writes` in `readsToSlaves`).
+    pub(crate) fn read_your_writes(&self) -> bool {
+        self.read_your_writes
+    }
+
+    /// Whether a request that is not a replica read fences the client's reads until it has replicated: anything
+    /// that may change data (flagged `write` or `may_replicate`, a script, or unknown to the table), and anything
+    /// on a private connection (`EXEC` carries no write flag but runs the queued writes).
+    pub(crate) fn fences(&self, spec: Option<&'static CommandSpec>, private: bool) -> bool {
+        let may_write = |s: &CommandSpec| {
+            // Redis flags scripts by what the script declares, not in the command table.
+            s.flags.intersects(CommandFlags::WRITE | CommandFlags::MAY_REPLICATE)
+                || matches!(s.name, "eval" | "evalsha" | "fcall")
+        };
+        self.read_your_writes && (private || spec.is_none_or(may_write))
+    }
+
+    /// The server a forwarded request goes to; `master` is the routed master.
     pub(crate) fn route(
         &mut self,
         now: Instant,
-        spec: Option<&'static CommandSpec>,
-        private: bool,
+        demand: Demand,
         views: &[ServerView],
         master: Option<ServerId>,
-    ) -> Option<ServerId> {
-        let routed = master?;
-        if !private && self.reads_to_replicas {
-            let read_only = spec
-                .is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE));
-            if read_only {
+    ) -> Route {
+        let Some(routed) = master else { return Route::Wait };
+        if let Issuer::Server(issuer) = demand.issuer {
+            return self.route_to_issuer(now, issuer, demand.replica_read, views, routed);
+        }
+        if demand.replica_read {
+            if demand.issuer == Issuer::Unknown {
+                return Route::Refuse(Refusal::UnknownCursor);
+            }
+            let min_offset = match demand.floor {
+                ReadFloor::Any => Some(None),
+                ReadFloor::Offset(offset) => Some(Some(offset)),
+                ReadFloor::Master => None,
+            };
+            if let Some(min_offset) = min_offset {
                 let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
-                if let Some(replica) = read_replica(views, routed, &mut self.cursor, &policy) {
-                    return Some(replica);
+                if let Some(replica) = read_replica(views, routed, &mut self.cursor, &policy, min_offset) {
+                    return Route::Server(replica);
                 }
             }
         }
+        Self::to_master(views, routed)
+    }
+
+    /// The routed master for a request that goes nowhere else (every request in `allToMaster`), or None when it
+    /// must wait for one.
+    pub(crate) fn route_to_master(&self, views: &[ServerView], master: Option<ServerId>) -> Option<ServerId> {
+        let master = master?;
         // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
         // (for it, or for a failover) instead of failing one by one.
-        views[routed.0].is_routable().then_some(routed)
+        views[master.0].is_routable().then_some(master)
+    }
+
+    fn to_master(views: &[ServerView], master: ServerId) -> Route {
+        if views[master.0].is_routable() {
+            Route::Server(master)
+        } else {
+            Route::Wait
+        }
+    }
+
+    /// A cursor continues only on the server that issued it: the master if it still is the master, a replica if
+    /// it still serves reads; anywhere else the iteration would silently skip or repeat entries.
+    fn route_to_issuer(
+        &self,
+        now: Instant,
+        issuer: ServerId,
+        replica_read: bool,
+        views: &[ServerView],
+        master: ServerId,
+    ) -> Route {
+        if issuer == master {
+            return Self::to_master(views, master);
+        }
+        let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
+        if replica_read && is_readable_replica(&views[issuer.0], &views[master.0], &policy) {
+            return Route::Server(issuer);
+        }
+        Route::Refuse(Refusal::CursorServerGone(issuer))
+    }
+
+    /// Whether reads are split (`readsToSlaves`): only then do cursors and writes bend the route. In
+    /// `allToMaster` every cursor comes from the master (an iteration that spans a failover is not detected).
+    pub(crate) fn splits_reads(&self) -> bool {
+        self.reads_to_replicas
+    }
+}
+
+/// Why a request is answered with an error instead of being routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server that issued the `SCAN` cursor no longer serves this client's reads.
+    CursorServerGone(ServerId),
+    /// Nothing says which server issued the `SCAN` cursor.
+    UnknownCursor,
+}
+
+impl Refusal {
+    /// The error message (without the leading `-`).
+    pub(crate) fn message(self, views: &[ServerView]) -> String {
+        match self {
+            Refusal::CursorServerGone(issuer) => format!(
+                "ERR redis-proxy: the SCAN cursor was issued by {}, which is no longer serving reads; restart the \
+                 iteration from 0",
+                views[issuer.0].address
+            ),
+            Refusal::UnknownCursor => "ERR redis-proxy: this SCAN cursor was not returned on this connection, and \
+                                       in readsToSlaves only the server that issued a cursor can continue it; \
+                                       restart the iteration from 0 on one connection"
+                .to_string(),
+        }
     }
 }
 
@@ -96,7 +247,6 @@ mod tests {
     use super::*;
     use crate::config::ServerAddress;
     use crate::topology::{ReplicationInfo, Role};
-    use std::time::Instant;
 
     fn view(port: u16, info: ReplicationInfo) -> ServerView {
         let now = Instant::now();
@@ -128,7 +278,112 @@ mod tests {
             probe_late_after: Duration::from_secs(1),
         };
         let picks: Vec<usize> =
-            (0..4).map(|_| read_replica(&views, ServerId(0), &mut cursor, &policy).unwrap().0).collect();
+            (0..4).map(|_| read_replica(&views, ServerId(0), &mut cursor, &policy, None).unwrap().0).collect();
         assert_eq!(picks, vec![1, 4, 1, 4]);
+    }
+
+    /// A master (server 0) with two linked replicas whose known offsets are 100 and 200.
+    fn cluster() -> Vec<ServerView> {
+        let replica = |offset| ReplicationInfo {
+            role: Some(Role::Replica),
+            master: Some(("127.0.0.1".into(), 1)),
+            link_up: true,
+            last_io_secs: Some(0),
+            repl_offset: offset,
+            replid: Some("history".into()),
+            ..Default::default()
+        };
+        let master = ReplicationInfo { role: Some(Role::Master), replid: Some("history".into()), ..Default::default() };
+        let mut views = vec![view(1, master), view(2, replica(100)), view(3, replica(200))];
+        for v in &mut views {
+            v.info_at = Some(Instant::now());
+        }
+        views
+    }
+
+    fn router(extra: &str) -> Router {
+        let config = Config::from_json(&format!(
+            r#"{{"servers": [{{"port": 1}}, {{"port": 2}}, {{"port": 3}}], "mode": "readsToSlaves"{extra}}}"#
+        ))
+        .unwrap();
+        Router::new(&config)
+    }
+
+    fn read(issuer: Issuer, floor: ReadFloor) -> Demand {
+        Demand { replica_read: true, issuer, floor }
+    }
+
+    #[test]
+    fn a_cursor_goes_back_to_the_server_that_issued_it() {
+        let (mut router, mut views, now) = (router(""), cluster(), Instant::now());
+        let master = Some(ServerId(0));
+        for _ in 0..4 {
+            let demand = read(Issuer::Server(ServerId(2)), ReadFloor::Any);
+            assert_eq!(router.route(now, demand, &views, master), Route::Server(ServerId(2)));
+        }
+        let from_master = read(Issuer::Server(ServerId(0)), ReadFloor::Any);
+        assert_eq!(router.route(now, from_master, &views, master), Route::Server(ServerId(0)));
+        // The issuing replica lost its link: the iteration cannot go on anywhere else.
+        views[2].info.as_mut().unwrap().link_up = false;
+        let route = router.route(now, read(Issuer::Server(ServerId(2)), ReadFloor::Any), &views, master);
+        let Route::Refuse(refusal) = route else { panic!("a cursor of an unusable replica must be refused") };
+        let message = refusal.message(&views);
+        assert!(message.contains("issued by 127.0.0.1:3, which is no longer serving reads"), "{message}");
+        // A cursor of a master that was replaced (failover) is refused too.
+        let old_master = read(Issuer::Server(ServerId(0)), ReadFloor::Any);
+        assert!(matches!(router.route(now, old_master, &views, Some(ServerId(1))), Route::Refuse(_)));
+        // No master: held, as every request is.
+        assert_eq!(router.route(now, read(Issuer::Server(ServerId(1)), ReadFloor::Any), &views, None), Route::Wait);
+    }
+
+    #[test]
+    fn an_unknown_cursor_is_refused_only_where_reads_are_split() {
+        let (mut router, views, now) = (router(""), cluster(), Instant::now());
+        let master = Some(ServerId(0));
+        assert!(matches!(router.route(now, read(Issuer::Unknown, ReadFloor::Any), &views, master), Route::Refuse(_)));
+        // On the client's private connection (or in allToMaster) everything goes to the master anyway.
+        let private = Demand { replica_read: false, issuer: Issuer::Unknown, floor: ReadFloor::Any };
+        assert_eq!(router.route(now, private, &views, master), Route::Server(ServerId(0)));
+        let config = Config::from_json(r#"{"servers": [{"port": 1}, {"port": 2}, {"port": 3}]}"#).unwrap();
+        let mut all_to_master = Router::new(&config);
+        let scan = ["scan", "0"].map(|s| s.to_string());
+        let spec = crate::command::resolve(scan[0].as_bytes(), Some(scan[1].as_bytes()));
+        assert!(!all_to_master.replica_read(spec, false));
+        assert!(router.replica_read(spec, false));
+        assert_eq!(all_to_master.route(now, private, &views, master), Route::Server(ServerId(0)));
+    }
+
+    #[test]
+    fn a_fenced_read_goes_only_where_the_write_has_replicated() {
+        let (mut router, views, now) = (router(""), cluster(), Instant::now());
+        let master = Some(ServerId(0));
+        let route = |router: &mut Router, floor| router.route(now, read(Issuer::Anyone, floor), &views, master);
+        assert_eq!(route(&mut router, ReadFloor::Master), Route::Server(ServerId(0)));
+        for _ in 0..3 {
+            assert_eq!(route(&mut router, ReadFloor::Offset(150)), Route::Server(ServerId(2)));
+        }
+        assert_eq!(route(&mut router, ReadFloor::Offset(201)), Route::Server(ServerId(0)), "no replica has it yet");
+        let spread: Vec<Route> = (0..2).map(|_| route(&mut router, ReadFloor::Offset(100))).collect();
+        assert!(spread.contains(&Route::Server(ServerId(1))) && spread.contains(&Route::Server(ServerId(2))));
+        // An offset of another replication history (a server before its resync) proves nothing.
+        let mut resyncing = views.clone();
+        resyncing[2].info.as_mut().unwrap().replid = Some("its own".into());
+        let read = read(Issuer::Anyone, ReadFloor::Offset(150));
+        assert_eq!(router.route(now, read, &resyncing, master), Route::Server(ServerId(0)));
+    }
+
+    #[test]
+    fn writes_fence_reads_only_with_read_your_writes() {
+        let spec = |name: &str| crate::command::resolve(name.as_bytes(), None);
+        let on = router("");
+        assert!(on.read_your_writes());
+        assert!(on.fences(spec("set"), false));
+        assert!(on.fences(spec("eval"), false), "a script may write");
+        assert!(on.fences(spec("exec"), true), "a private connection may carry MULTI's writes");
+        assert!(on.fences(None, false), "an unknown command may write");
+        assert!(!on.fences(spec("ping"), false));
+        assert!(!on.fences(spec("info"), false));
+        let off = router(r#", "read_your_writes": false"#);
+        assert!(!off.read_your_writes() && !off.fences(spec("set"), false));
     }
 }

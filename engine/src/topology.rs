@@ -166,6 +166,8 @@ pub(crate) struct ServerView {
     pub(crate) promoted_in_place: bool,
     /// The newest `INFO replication` sent for `WAIT`: when it was sent, and what it said.
     pub(crate) offset_seen: Option<(Instant, ReplicationInfo)>,
+    /// The serial of the offset request `offset_seen` answered (see [`crate::monitor::Monitor::next_offset_serial`]).
+    pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
 }
@@ -183,6 +185,7 @@ impl ServerView {
             replica_run_id: None,
             promoted_in_place: false,
             offset_seen: None,
+            offset_serial: 0,
             probe_pending_since: None,
         }
     }
@@ -219,6 +222,24 @@ impl ServerView {
         let replid2 = self.info.as_ref().and_then(|i| i.replid2.as_deref());
         let other_replid = other.info.as_ref().and_then(|i| i.replid.as_deref());
         replid2.is_some() && replid2 == other_replid
+    }
+
+    /// Its newest replication facts: from an offset request or the periodic `INFO`, whichever is newer.
+    pub(crate) fn latest_reading(&self) -> Option<&ReplicationInfo> {
+        let periodic = self.info.as_ref().zip(self.info_at);
+        match (self.offset_seen.as_ref(), periodic) {
+            (Some((seen_at, seen)), Some((info, info_at))) => Some(if *seen_at >= info_at { seen } else { info }),
+            (Some((_, seen)), None) => Some(seen),
+            (None, Some((info, _))) => Some(info),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether its newest facts show it has processed the replication stream of `history` (the master's
+    /// `master_replid`) up to `offset`: offsets of another history (its own before a resync) mean nothing.
+    pub(crate) fn has_applied(&self, history: Option<&str>, offset: i64) -> bool {
+        self.latest_reading()
+            .is_some_and(|info| history.is_some() && info.replid.as_deref() == history && info.repl_offset >= offset)
     }
 
     /// The run id, or "" when unknown (sorts first; only a tie-break).

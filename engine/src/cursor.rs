@@ -1,0 +1,207 @@
+//! Cursor affinity for the `SCAN` family (`SCAN`, `HSCAN`, `SSCAN`, `ZSCAN`).
+//!
+//! A cursor is a position in one Redis process's hash table, and every process seeds its tables differently: a
+//! cursor continued on another server skips or repeats entries without any error. So the proxy remembers, per
+//! client, which server returned each cursor, and sends the call that continues it to that server (`route`
+//! decides what happens when that server no longer serves reads). Only replies to `SCAN`-family requests are
+//! looked at, and only their first element (the cursor).
+
+use crate::resp::Request;
+use crate::topology::ServerId;
+use std::collections::VecDeque;
+
+/// Cursors remembered per client: one per iteration in progress is typical; the oldest is forgotten past this.
+const MAX_REMEMBERED: usize = 16;
+
+/// A `SCAN`-family request: which iteration it belongs to and where in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScanCall {
+    /// The command and key (an `HSCAN` of `h1` is another iteration than one of `h2`, or a `SCAN`).
+    iteration: u64,
+    /// The cursor it continues; 0 starts an iteration.
+    cursor: u64,
+}
+
+impl ScanCall {
+    /// Whether it starts an iteration (any server may answer it).
+    pub(crate) fn starts(&self) -> bool {
+        self.cursor == 0
+    }
+}
+
+/// The `SCAN`-family call `request` makes, if it is one and its cursor is a number (Redis answers any other with
+/// an error of its own, wherever it goes).
+pub(crate) fn scan_call(request: &Request) -> Option<ScanCall> {
+    let name = request.arg(0)?;
+    // Most requests are not a SCAN: their length settles it before any byte is compared.
+    let (kind, cursor_at) = match name.len() {
+        4 if name.eq_ignore_ascii_case(b"scan") => (0u8, 1),
+        5 if name[1..].eq_ignore_ascii_case(b"scan") => match name[0].to_ascii_lowercase() {
+            b'h' => (1, 2),
+            b's' => (2, 2),
+            b'z' => (3, 2),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let cursor = parse_u64(request.arg(cursor_at)?)?;
+    let key = if cursor_at == 2 { request.arg(1)? } else { b"" };
+    Some(ScanCall { iteration: fingerprint(kind, key), cursor })
+}
+
+/// FNV-1a of the command kind and the key: two iterations of one client that collide only share cursors that are
+/// also equal, which [`Cursors::issued`] then reports as unknown rather than guess.
+fn fingerprint(kind: u8, key: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(kind);
+    for &byte in key {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The cursor of a `SCAN`-family reply (`*2`, then the cursor as a bulk string, then the elements).
+fn reply_cursor(reply: &[u8]) -> Option<u64> {
+    let rest = reply.strip_prefix(b"*2\r\n$")?;
+    let header_end = memchr::memchr(b'\r', rest)?;
+    let len: usize = std::str::from_utf8(&rest[..header_end]).ok()?.parse().ok()?;
+    let start = header_end + 2;
+    parse_u64(rest.get(start..start.checked_add(len)?)?)
+}
+
+/// Where the cursor of a `SCAN`-family call came from, as far as this client's connection knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Issuer {
+    /// Cursor 0: a new iteration, any server.
+    Anyone,
+    /// This server returned it to this client.
+    Server(ServerId),
+    /// Not returned on this connection (another connection, a cursor forgotten, or two servers returned it).
+    Unknown,
+}
+
+/// One cursor returned to the client.
+struct Issued {
+    iteration: u64,
+    cursor: u64,
+    /// None when two servers returned the same cursor for the same iteration key: it cannot be told apart.
+    server: Option<ServerId>,
+}
+
+/// One client's cursors: those returned to it, and its `SCAN`-family requests in flight.
+#[derive(Default)]
+pub(crate) struct Cursors {
+    /// Newest last; at most [`MAX_REMEMBERED`].
+    issued: VecDeque<Issued>,
+    /// (reply slot, iteration, server) of each `SCAN`-family request awaiting its reply.
+    in_flight: Vec<(u64, u64, ServerId)>,
+}
+
+impl Cursors {
+    /// Who issued the cursor `call` continues.
+    pub(crate) fn issuer(&self, call: &ScanCall) -> Issuer {
+        if call.starts() {
+            return Issuer::Anyone;
+        }
+        let found = self.issued.iter().rev().find(|i| i.iteration == call.iteration && i.cursor == call.cursor);
+        match found.and_then(|i| i.server) {
+            Some(server) => Issuer::Server(server),
+            None => Issuer::Unknown,
+        }
+    }
+
+    /// `call` went out to `server`, its reply awaited in slot `seq`.
+    pub(crate) fn sent(&mut self, seq: u64, call: &ScanCall, server: ServerId) {
+        self.in_flight.push((seq, call.iteration, server));
+    }
+
+    /// The reply for slot `seq` arrived: if a `SCAN`-family request awaited it, remember the cursor it returns.
+    pub(crate) fn reply(&mut self, seq: u64, reply: &[u8]) {
+        let Some(at) = self.in_flight.iter().position(|(s, _, _)| *s == seq) else { return };
+        let (_, iteration, server) = self.in_flight.swap_remove(at);
+        // 0 ends the iteration; an error reply carries no cursor.
+        let Some(cursor) = reply_cursor(reply).filter(|c| *c != 0) else { return };
+        if let Some(known) = self.issued.iter_mut().find(|i| i.iteration == iteration && i.cursor == cursor) {
+            if known.server != Some(server) {
+                known.server = None;
+            }
+            return;
+        }
+        if self.issued.len() == MAX_REMEMBERED {
+            self.issued.pop_front();
+        }
+        self.issued.push_back(Issued { iteration, cursor, server: Some(server) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(args: &[&str]) -> Option<ScanCall> {
+        scan_call(&Request::from_args(args))
+    }
+
+    fn reply(cursor: &str) -> Vec<u8> {
+        format!("*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n", cursor.len()).into_bytes()
+    }
+
+    #[test]
+    fn recognises_the_scan_family_and_its_cursor() {
+        assert_eq!(call(&["scan", "17", "COUNT", "10"]).map(|c| c.cursor), Some(17));
+        assert_eq!(call(&["HSCAN", "h", "5"]).map(|c| c.cursor), Some(5));
+        assert!(call(&["zScan", "z", "0"]).is_some_and(|c| c.starts()));
+        assert_eq!(call(&["sscan", "s"]), None, "no cursor: Redis answers the arity error");
+        assert_eq!(call(&["SCAN", "x"]), None, "not a number: Redis answers invalid cursor");
+        assert_eq!(call(&["GET", "k"]), None);
+        assert_eq!(call(&["xscan", "k", "1"]), None);
+        assert_ne!(call(&["HSCAN", "a", "1"]), call(&["HSCAN", "b", "1"]), "other key, other iteration");
+        assert_ne!(call(&["HSCAN", "a", "1"]), call(&["SSCAN", "a", "1"]));
+    }
+
+    #[test]
+    fn parses_reply_cursors() {
+        assert_eq!(reply_cursor(&reply("1234")), Some(1234));
+        assert_eq!(reply_cursor(b"*2\r\n$1\r\n0\r\n*0\r\n"), Some(0));
+        assert_eq!(reply_cursor(b"-ERR invalid cursor\r\n"), None);
+        assert_eq!(reply_cursor(b"*2\r\n$9\r\n12\r\n"), None, "a short frame is not trusted");
+    }
+
+    #[test]
+    fn remembers_which_server_returned_a_cursor() {
+        let mut cursors = Cursors::default();
+        let start = call(&["SCAN", "0"]).unwrap();
+        assert_eq!(cursors.issuer(&start), Issuer::Anyone);
+        cursors.sent(3, &start, ServerId(2));
+        cursors.reply(3, &reply("96"));
+        let next = call(&["SCAN", "96", "COUNT", "10"]).unwrap();
+        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId(2)));
+        assert_eq!(cursors.issuer(&call(&["HSCAN", "h", "96"]).unwrap()), Issuer::Unknown, "another iteration");
+        assert_eq!(cursors.issuer(&call(&["SCAN", "97"]).unwrap()), Issuer::Unknown);
+        // The same cursor from another server for the same iteration cannot be attributed.
+        cursors.sent(4, &start, ServerId(1));
+        cursors.reply(4, &reply("96"));
+        assert_eq!(cursors.issuer(&next), Issuer::Unknown);
+        // Replies to other slots, errors and the final 0 leave no cursor.
+        cursors.sent(5, &start, ServerId(1));
+        cursors.reply(6, &reply("5"));
+        cursors.reply(5, b"-ERR no\r\n");
+        assert!(cursors.in_flight.is_empty());
+        assert_eq!(cursors.issuer(&call(&["SCAN", "5"]).unwrap()), Issuer::Unknown);
+    }
+
+    #[test]
+    fn forgets_the_oldest_past_the_bound() {
+        let mut cursors = Cursors::default();
+        let start = call(&["SCAN", "0"]).unwrap();
+        for n in 1..=MAX_REMEMBERED as u64 + 1 {
+            cursors.sent(n, &start, ServerId(1));
+            cursors.reply(n, &reply(&n.to_string()));
+        }
+        assert_eq!(cursors.issuer(&call(&["SCAN", "1"]).unwrap()), Issuer::Unknown);
+        assert_eq!(cursors.issuer(&call(&["SCAN", "2"]).unwrap()), Issuer::Server(ServerId(1)));
+    }
+}
