@@ -365,7 +365,7 @@ impl Clients {
     #[allow(clippy::result_unit_err)]
     pub(crate) fn start_request(&mut self, conn: ConnId, backend: ConnId, pin: Pin) -> Result<Option<Waiter>, ()> {
         let Some(client) = self.conns.get_mut(conn) else { return Err(()) };
-        let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
+        let entering_passthrough = pin.passes_through() && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
             return Err(());
         }

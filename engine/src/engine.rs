@@ -181,6 +181,15 @@ impl Engine {
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
                 return true;
             }
+            Handling::AbortExec => {
+                // The server still queues the transaction: drop it there, and fail EXEC as Redis would.
+                if let Some(private) = self.clients.forward_state(conn).and_then(|state| state.private) {
+                    self.pool.send(private, &[Waiter::Ignore], discard_request(), &mut self.out);
+                }
+                let abort = "EXECABORT Transaction discarded because of previous errors.";
+                self.clients.reply_local(conn, resp::error_reply(abort), &mut self.out);
+                return true;
+            }
             Handling::OutOfBand => {
                 // Its own connection to the master, so that it never waits behind the script it must stop.
                 let Some(master) = self.failover.master() else { return false };
@@ -212,6 +221,9 @@ impl Engine {
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
         let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        if pin == Pin::Replication {
+            self.pool.set_raw(backend);
+        }
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
     }
@@ -303,6 +315,7 @@ impl Engine {
             match self.pool.pop_waiter(conn, &mut self.out) {
                 Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
+                Some(Waiter::Ignore) => {}
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
                     match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
@@ -423,6 +436,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// `DISCARD`, as a request frame.
+fn discard_request() -> bytes::Bytes {
+    bytes::Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")
 }
 
 #[cfg(test)]

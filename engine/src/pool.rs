@@ -50,6 +50,8 @@ pub(crate) enum Waiter {
     Client { conn: ConnId, seq: u64 },
     /// The `RESET` that cleans a released private connection.
     Reset,
+    /// A request the proxy sent for itself whose reply nobody reads (the `DISCARD` of an aborted transaction).
+    Ignore,
     /// A probe.
     Probe(Probe),
 }
@@ -63,6 +65,8 @@ struct Backend {
     scanner: ReplyScanner,
     /// Replies expected, in order.
     waiters: VecDeque<Waiter>,
+    /// Whatever arrives is handed on as it is, unscanned (a replication stream, see [`Pool::set_raw`]).
+    raw: bool,
 }
 
 /// A backend connection that is gone, with what was waiting on it.
@@ -110,6 +114,7 @@ impl Pool {
             connected: false,
             scanner: ReplyScanner::new(self.limits),
             waiters: VecDeque::new(),
+            raw: false,
         };
         let conn = self.conns.insert(backend);
         out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
@@ -176,6 +181,14 @@ impl Pool {
         out.send(conn, data);
     }
 
+    /// From now on hands on whatever arrives on the private connection `conn` as it is: after `SYNC` the server
+    /// sends an RDB payload that is no RESP frame. Only a connection whose owner is in pass-through is made raw.
+    pub(crate) fn set_raw(&mut self, conn: ConnId) {
+        if let Some(backend) = self.conns.get_mut(conn) {
+            backend.raw = true;
+        }
+    }
+
     /// The runtime connected `conn`.
     pub(crate) fn connected(&mut self, conn: ConnId) {
         if let Some(backend) = self.conns.get_mut(conn) {
@@ -207,6 +220,9 @@ impl Pool {
             Purpose::Private { owner } => owner,
             _ => None,
         };
+        if backend.raw {
+            return Ok((!buf.is_empty()).then(|| (buf.split().freeze(), owner)));
+        }
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
     }
 

@@ -15,8 +15,6 @@ pub struct Limits {
     pub max_bulk_len: usize,
     /// Most elements in one multibulk or aggregate (Redis accepts up to `i32::MAX`).
     pub max_multibulk_len: usize,
-    /// Deepest nesting of aggregates in a reply.
-    pub max_depth: usize,
     /// Longest inline command or header line (Redis: 64 KiB).
     pub max_inline_len: usize,
     /// Largest whole request (Redis: `client-query-buffer-limit`, 1 GiB).
@@ -28,7 +26,6 @@ impl Default for Limits {
         Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: i32::MAX as usize,
-            max_depth: 128,
             max_inline_len: 64 * 1024,
             max_request_len: 1024 * 1024 * 1024,
         }
@@ -58,8 +55,6 @@ pub(crate) enum ProtocolError {
     RequestTooBig,
     /// A reply line with an unknown type byte.
     UnknownType(u8),
-    /// A reply nested deeper than the limit.
-    TooDeep,
     /// A reply line that should hold a number and does not.
     InvalidLength,
 }
@@ -81,7 +76,6 @@ impl fmt::Display for ProtocolError {
             ProtocolError::UnknownType(t) => {
                 write!(f, "Protocol error: unknown reply type '{}'", char::from(*t).escape_default())
             }
-            ProtocolError::TooDeep => f.write_str("Protocol error: reply nested too deeply"),
             ProtocolError::InvalidLength => f.write_str("Protocol error: invalid length in reply"),
         }
     }
@@ -479,6 +473,8 @@ fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 }
 
 /// Resumable scanner for replies from a server: any RESP2 or RESP3 frame, nested aggregates included.
+///
+/// It keeps an explicit stack of open aggregates (never recursion), so nesting is bounded by memory only.
 #[derive(Debug)]
 pub(crate) struct ReplyScanner {
     limits: Limits,
@@ -559,9 +555,10 @@ impl ReplyScanner {
                         }
                     } else if count as u64 > self.limits.max_multibulk_len as u64 {
                         return Err(ProtocolError::InvalidMultibulkLength);
-                    } else if self.open.len() >= self.limits.max_depth {
-                        return Err(ProtocolError::TooDeep);
                     } else {
+                        // No depth limit: replies are trusted input, and a Lua script may return a table nested
+                        // thousands deep. Each level takes at least 4 buffered bytes, so the stack of open
+                        // levels stays a fraction of the reply's own size.
                         self.open.push(count as usize * per_entry);
                     }
                 }
@@ -728,6 +725,19 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_reply_is_one_frame() {
+        // A Lua script can return a table nested this deep; the server's replies have no depth limit.
+        let depth = 100_000;
+        let mut input = b"*1\r\n".repeat(depth);
+        input.extend_from_slice(b":1\r\n+OK\r\n");
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let mut buf = BytesMut::from(&input[..]);
+        let frame = scanner.next_reply(&mut buf).unwrap().expect("one complete frame");
+        assert_eq!(frame.len(), depth * 4 + 4);
+        assert_eq!(scanner.next_reply(&mut buf).unwrap().as_deref(), Some(&b"+OK\r\n"[..]));
+    }
+
+    #[test]
     fn long_reply_line_is_refused_however_it_is_split() {
         let limits = Limits { max_inline_len: 8, ..Limits::default() };
         let scan = |chunks: &[&[u8]]| {
@@ -844,7 +854,7 @@ mod tests {
             let mut requests = RequestScanner::new(Limits { max_inline_len: 64, ..Limits::default() });
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = requests.next_request(&mut buf) {}
-            let mut replies = ReplyScanner::new(Limits { max_depth: 4, ..Limits::default() });
+            let mut replies = ReplyScanner::new(Limits { max_inline_len: 64, ..Limits::default() });
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = replies.next_reply(&mut buf) {}
         }

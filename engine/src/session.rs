@@ -22,6 +22,17 @@ pub(crate) enum Pin {
     /// A private connection until the client leaves, whose every frame is passed straight to the client because
     /// the server pushes frames no request asked for (SUBSCRIBE family, MONITOR, CLIENT TRACKING/REPLY).
     Passthrough,
+    /// A private connection to the master until the client leaves, whose bytes are passed to the client as they
+    /// come, unscanned: after `SYNC`/`PSYNC` the server sends an RDB payload that is not a RESP frame, then the
+    /// replication stream (`REPLCONF` pins so too: it sets up that connection).
+    Replication,
+}
+
+impl Pin {
+    /// Whether the client's private connection passes what the server sends straight through.
+    pub(crate) fn passes_through(self) -> bool {
+        self >= Pin::Passthrough
+    }
 }
 
 /// What to do with one request.
@@ -35,6 +46,9 @@ pub(crate) enum Handling {
     LocalThenClose(Bytes),
     /// Refuse it with this error message (without the leading `-`).
     Refuse(String),
+    /// `EXEC` of a transaction in which the proxy refused a command: discard it on the server and answer
+    /// `EXECABORT`, as Redis does when it rejected a command while queuing.
+    AbortExec,
     /// Send it to the master at once on a connection of its own, never queued behind another request (`SCRIPT
     /// KILL`, `FUNCTION KILL`, `SHUTDOWN`: they must reach a server that is busy running a script).
     OutOfBand,
@@ -54,6 +68,8 @@ pub(crate) struct Session {
     pub(crate) other_db: bool,
     /// Inside MULTI.
     pub(crate) in_multi: bool,
+    /// The proxy refused a command inside the current MULTI: EXEC must fail.
+    pub(crate) multi_refused: bool,
     /// WATCH is active.
     pub(crate) watching: bool,
     /// A blocking command is in flight.
@@ -62,32 +78,26 @@ pub(crate) struct Session {
     pub(crate) lasting_pin: Option<Pin>,
 }
 
-/// `CONFIG SET` parameters that would change replication or lock the proxy out.
-const TOPOLOGY_CONFIG: &[&[u8]] = &[
-    b"replicaof",
-    b"slaveof",
-    b"masterauth",
-    b"masteruser",
-    b"replica-priority",
-    b"slave-priority",
-    b"replica-read-only",
-    b"slave-read-only",
-    b"replica-announced",
-    b"slave-announced",
-    b"min-replicas-to-write",
-    b"min-slaves-to-write",
-    b"min-replicas-max-lag",
-    b"min-slaves-max-lag",
-    b"requirepass",
-    b"port",
-    b"bind",
+/// `CONFIG SET` parameters that would take a server away from the proxy or move it in the topology, with how to
+/// do it instead. Settings that only tune replication (`min-replicas-to-write`, `replica-priority`,
+/// `masterauth` ...) pass: the proxy reads them back from `INFO` or does not depend on them.
+const REFUSED_CONFIG: &[(&[u8], &str)] = &[
+    (b"replicaof", "the proxy decides who replicates whom; change the topology through the proxy's config"),
+    (b"slaveof", "the proxy decides who replicates whom; change the topology through the proxy's config"),
+    (b"port", "the proxy would lose the server; change it on the server directly, then in the proxy's config"),
+    (b"bind", "the proxy could lose the server; change it on the server directly, then restart the proxy"),
+    (b"requirepass", "the proxy's own connections would be locked out; change the password on the servers directly"),
 ];
 
-fn refuse_topology(what: &str) -> Handling {
-    Handling::Refuse(format!(
-        "ERR redis-proxy refuses {what}: the proxy manages replication (set allow_topology_commands to allow it)"
-    ))
+/// The refusal of `what`, saying how to do it instead.
+fn refuse(what: &str, instead: &str) -> Handling {
+    Handling::Refuse(format!("ERR redis-proxy refuses {what}: {instead} (or set allow_topology_commands)"))
 }
+
+/// `DEBUG` subcommands that stop, restart or crash the server (to the proxy the master would just die) or change
+/// its replication id (which the failover rules compare). The rest (`SLEEP`, `OBJECT`, `RELOAD` ...) pass.
+const REFUSED_DEBUG: &[&[u8]] =
+    &[b"restart", b"crash-and-recover", b"segfault", b"panic", b"assert", b"oom", b"change-repl-id"];
 
 impl Session {
     /// Whether the client's private connection (if any) could be released now: no state would be lost.
@@ -96,7 +106,7 @@ impl Session {
     }
 
     fn is_passthrough(&self) -> bool {
-        self.lasting_pin == Some(Pin::Passthrough)
+        self.lasting_pin.is_some_and(Pin::passes_through)
     }
 
     /// The privacy the client's state demands right now.
@@ -130,6 +140,25 @@ impl Session {
             }
             return Handling::Forward(self.current_pin());
         };
+        if !spec.accepts_arg_count(request.arg_count()) {
+            // Redis answers with its own wording and nothing changes on the connection.
+            return Handling::Forward(self.current_pin());
+        }
+        let handling = self.classify_known(request, spec, pinned, allow_topology);
+        if matches!(handling, Handling::Refuse(_)) && self.in_multi {
+            // Redis fails EXEC of a transaction in which it rejected a command while queuing; so does the proxy.
+            self.multi_refused = true;
+        }
+        handling
+    }
+
+    fn classify_known(
+        &mut self,
+        request: &Request,
+        spec: &'static CommandSpec,
+        pinned: bool,
+        allow_topology: bool,
+    ) -> Handling {
         let arg1 = request.arg(1);
         let pin = match spec.name {
             "quit" => return Handling::LocalThenClose(Bytes::from_static(b"+OK\r\n")),
@@ -143,6 +172,7 @@ impl Session {
             "reset" => {
                 self.other_db = false;
                 self.in_multi = false;
+                self.multi_refused = false;
                 self.watching = false;
                 if self.lasting_pin < Some(Pin::Passthrough) {
                     self.lasting_pin = None;
@@ -162,12 +192,18 @@ impl Session {
                 Pin::Transient
             }
             "multi" => {
+                self.multi_refused &= self.in_multi;
                 self.in_multi = true;
                 Pin::Transient
             }
             "exec" | "discard" if pinned => {
+                let abort = spec.name == "exec" && self.multi_refused;
                 self.in_multi = false;
+                self.multi_refused = false;
                 self.watching = false;
+                if abort {
+                    return Handling::AbortExec;
+                }
                 Pin::Transient
             }
             "watch" => {
@@ -180,7 +216,7 @@ impl Session {
             }
             "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "monitor"
             | "client|tracking" | "client|reply" | "client|caching" => {
-                self.lasting_pin = Some(Pin::Passthrough);
+                self.lasting_pin = self.lasting_pin.max(Some(Pin::Passthrough));
                 Pin::Passthrough
             }
             "hello" | "auth" | "client|setname" | "client|setinfo" | "client|no-evict" | "client|no-touch"
@@ -188,8 +224,37 @@ impl Session {
                 self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
                 Pin::Sticky
             }
-            "replicaof" | "slaveof" | "failover" | "shutdown" if !allow_topology => {
-                return refuse_topology(spec.name);
+            "replicaof" | "slaveof" if !allow_topology => {
+                return refuse(
+                    &spec.name.to_ascii_uppercase(),
+                    "the proxy manages replication; list the servers in the proxy's config and it points the \
+                     replicas at the master it chose",
+                );
+            }
+            "failover" if !allow_topology => {
+                return refuse(
+                    "FAILOVER",
+                    "the proxy chooses the master; to steer which replica it promotes, CONFIG SET replica-priority \
+                     on the replicas (lowest wins, 0 never)",
+                );
+            }
+            "shutdown" if !allow_topology => {
+                return refuse("SHUTDOWN", "send it to the server directly (redis-cli -h HOST -p PORT SHUTDOWN)");
+            }
+            "debug"
+                if !allow_topology
+                    && arg1.is_some_and(|sub| REFUSED_DEBUG.iter().any(|d| sub.eq_ignore_ascii_case(d))) =>
+            {
+                return refuse(
+                    "DEBUG commands that stop the server or change its replication id",
+                    "the proxy would fail the master over; send them to the server directly",
+                );
+            }
+            name if !allow_topology && name.starts_with("cluster") => {
+                return refuse(
+                    "CLUSTER commands",
+                    "the proxy fronts one master with replicas, not a cluster; send them to a server directly",
+                );
             }
             // Inside MULTI they are only queued; in pass-through the client's own connection answers.
             "script|kill" | "function|kill" | "shutdown" if !self.in_multi && !self.is_passthrough() => {
@@ -206,20 +271,19 @@ impl Session {
                     _ => Pin::Shared,
                 }
             }
-            "sync" | "psync" => {
-                return Handling::Refuse("ERR redis-proxy does not let clients replicate through it".to_string());
-            }
-            name if !allow_topology && (name == "debug" || name.starts_with("cluster")) => {
-                return refuse_topology(name.split('|').next().unwrap_or(name));
+            "sync" | "psync" | "replconf" => {
+                self.lasting_pin = Some(Pin::Replication);
+                Pin::Replication
             }
             "config|set" if !allow_topology => {
-                let touches_topology = request
+                let refused = request
                     .args()
                     .skip(2)
                     .step_by(2)
-                    .any(|param| TOPOLOGY_CONFIG.iter().any(|t| param.eq_ignore_ascii_case(t)));
-                if touches_topology {
-                    return refuse_topology("CONFIG SET of replication settings");
+                    .find_map(|param| REFUSED_CONFIG.iter().find(|(name, _)| param.eq_ignore_ascii_case(name)));
+                if let Some((name, instead)) = refused {
+                    let what = format!("CONFIG SET {}", String::from_utf8_lossy(name));
+                    return refuse(&what, instead);
                 }
                 Pin::Shared
             }
@@ -292,11 +356,43 @@ mod tests {
     }
 
     #[test]
-    fn topology_commands_are_refused() {
+    fn only_what_breaks_the_topology_is_refused() {
         let mut s = Session::default();
         assert!(matches!(classify(&mut s, &["REPLICAOF", "NO", "ONE"], false), Handling::Refuse(_)));
-        assert!(matches!(classify(&mut s, &["config", "set", "replica-priority", "0"], false), Handling::Refuse(_)));
-        assert_eq!(classify(&mut s, &["config", "set", "maxmemory", "1"], false), Handling::Forward(Pin::Shared));
+        assert!(matches!(
+            classify(&mut s, &["config", "set", "maxmemory", "1", "port", "1"], false),
+            Handling::Refuse(_)
+        ));
+        assert!(matches!(classify(&mut s, &["DEBUG", "restart"], false), Handling::Refuse(_)));
+        assert!(matches!(classify(&mut s, &["cluster", "info"], false), Handling::Refuse(_)));
+        for allowed in ["replica-priority", "min-replicas-to-write", "min-replicas-max-lag", "masterauth", "maxmemory"]
+        {
+            assert_eq!(classify(&mut s, &["config", "set", allowed, "1"], false), Handling::Forward(Pin::Shared));
+        }
+        assert_eq!(classify(&mut s, &["DEBUG", "SLEEP", "0"], false), Handling::Forward(Pin::Shared));
+        // A wrong arity is Redis's to answer, in its own words.
+        assert_eq!(classify(&mut s, &["REPLICAOF"], false), Handling::Forward(Pin::Shared));
+        assert_eq!(classify(&mut s, &["MULTI", "x"], false), Handling::Forward(Pin::Shared));
+        assert!(s.is_clean());
+    }
+
+    #[test]
+    fn a_refusal_inside_multi_aborts_exec() {
+        let mut s = Session::default();
+        classify(&mut s, &["MULTI"], false);
+        assert!(matches!(classify(&mut s, &["SHUTDOWN"], true), Handling::Refuse(_)));
+        assert_eq!(classify(&mut s, &["EXEC"], true), Handling::AbortExec);
+        assert!(s.is_clean());
+        classify(&mut s, &["MULTI"], false);
+        assert_eq!(classify(&mut s, &["EXEC"], true), Handling::Forward(Pin::Transient));
+    }
+
+    #[test]
+    fn replication_passes_through_to_the_master() {
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["REPLCONF", "rdb-only", "1"], false), Handling::Forward(Pin::Replication));
+        assert_eq!(classify(&mut s, &["SYNC"], true), Handling::Forward(Pin::Replication));
+        assert_eq!(classify(&mut s, &["SUBSCRIBE", "x"], true), Handling::Forward(Pin::Replication));
     }
 
     #[test]
