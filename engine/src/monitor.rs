@@ -299,8 +299,8 @@ impl Monitor {
         *watch =
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
-        if was == Health::Down {
-            out.event(Event::ServerUp { address: view.address.clone() });
+        if was != Health::Up {
+            out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
         was > Health::Busy
     }

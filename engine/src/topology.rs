@@ -130,6 +130,19 @@ pub(crate) enum Health {
     Down,
 }
 
+impl Health {
+    /// What the state means, for the log.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Busy => "busy",
+            Health::Suspect => "suspect after a lost connection",
+            Health::Unreachable => "unreachable",
+            Health::Down => "down",
+        }
+    }
+}
+
 /// Everything known about one server right now.
 #[derive(Clone, Debug)]
 pub(crate) struct ServerView {

@@ -6,7 +6,9 @@
 //! writes are in the master's replication stream), the proxy reads the master's replication offset with an
 //! `INFO replication` sent after that moment, then counts the replicas whose own offset, read the same way, has
 //! reached it: each of them has applied every write the client made. It polls until enough have, or the timeout.
-//! The count can be lower than Redis's own (a replica's offset is read, not pushed), never higher.
+//! The count can be lower than Redis's own (a replica's offset is read, not pushed), never higher. When some of
+//! the client's writes since its last `WAIT` went to a master that has since been replaced (a failover), they may
+//! have been lost with it, and no replica of the new master can vouch for them: that `WAIT` answers 0.
 
 use crate::conn::ConnId;
 use crate::topology::{ServerId, ServerView};
@@ -25,6 +27,8 @@ struct PendingWait {
     /// Every earlier request of the client had been answered by then: offsets read from `INFO` sent since count.
     since: Instant,
     deadline: Option<Instant>,
+    /// Some of the client's writes went to a master that has since been replaced: the answer is 0.
+    void: bool,
 }
 
 /// A `WAIT` that is answered: `reply` (`:count`) goes to reply slot `seq` of `client`.
@@ -42,9 +46,18 @@ pub(crate) struct Waits {
 }
 
 impl Waits {
-    /// Starts a `WAIT` for `replicas` replicas of `client`'s reply slot `seq`.
-    pub(crate) fn add(&mut self, now: Instant, client: ConnId, seq: u64, replicas: u64, timeout: Option<Duration>) {
-        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline: timeout.map(|t| now + t) });
+    /// Starts a `WAIT` for `replicas` replicas of `client`'s reply slot `seq`; a `void` one can only answer 0.
+    pub(crate) fn add(
+        &mut self,
+        now: Instant,
+        client: ConnId,
+        seq: u64,
+        replicas: u64,
+        timeout: Option<Duration>,
+        void: bool,
+    ) {
+        let deadline = timeout.map(|t| now + t);
+        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline, void });
     }
 
     /// Whether the offsets should be read now (and the next poll is scheduled).
@@ -79,9 +92,12 @@ impl Waits {
             if !alive(wait.client) {
                 return false;
             }
-            let count = master.map_or(0, |m| acknowledged(views, m, wait.since));
+            let count = match master {
+                Some(m) if !wait.void => acknowledged(views, m, wait.since),
+                _ => 0,
+            };
             let timed_out = wait.deadline.is_some_and(|at| now >= at);
-            let target_known = master.is_some_and(|m| fresh_offset(&views[m.0], wait.since).is_some());
+            let target_known = wait.void || master.is_some_and(|m| fresh_offset(&views[m.0], wait.since).is_some());
             if (target_known && count >= wait.replicas) || timed_out {
                 let reply = Bytes::from(format!(":{count}\r\n"));
                 done.push(WaitDone { client: wait.client, seq: wait.seq, reply });
@@ -132,7 +148,7 @@ mod tests {
         let mut views = vec![view(1, Role::Master, t0), view(2, Role::Replica, t0), view(3, Role::Replica, t0)];
         let mut waits = Waits::default();
         let since = t0 + Duration::from_millis(5);
-        waits.add(since, client, 7, 2, Some(Duration::from_millis(100)));
+        waits.add(since, client, 7, 2, Some(Duration::from_millis(100)), false);
         // Offsets read before the WAIT began do not count, however high.
         views[0].offset_seen = Some((t0, 100));
         views[1].offset_seen = Some((t0, 500));
@@ -145,5 +161,20 @@ mod tests {
         let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId(0)), |_| true);
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].seq, &done[0].reply[..]), (7, &b":1\r\n"[..]), "at the timeout: the one that applied it");
+    }
+
+    #[test]
+    fn a_void_wait_answers_zero_whatever_the_replicas_have() {
+        let t0 = Instant::now();
+        let client = crate::conn::ConnTable::new(crate::conn::Lane::Client).insert(());
+        let mut views = vec![view(1, Role::Master, t0), view(2, Role::Replica, t0)];
+        for v in &mut views {
+            v.offset_seen = Some((t0, 10));
+        }
+        let mut waits = Waits::default();
+        waits.add(t0, client, 1, 1, Some(Duration::from_millis(50)), true);
+        assert!(waits.settle(t0, &views, Some(ServerId(0)), |_| true).is_empty(), "it waits for its timeout");
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), |_| true);
+        assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 }

@@ -1,6 +1,7 @@
 //! The failover simulation under proptest-generated fault schedules, and the shrunk schedules it once failed on.
 
-use super::harness::{run, Fault, Scenario};
+use super::harness::run;
+use super::scenario::{Fault, Scenario};
 use proptest::collection::vec;
 use proptest::prelude::*;
 

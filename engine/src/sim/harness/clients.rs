@@ -1,0 +1,132 @@
+//! The simulated clients: each writes unique keys and reads back what it wrote, and checks every reply.
+
+use super::Sim;
+use crate::resp::{Limits, ReplyScanner};
+use crate::ConnId;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// Most requests a simulated client has in flight before it waits.
+const MAX_OUTSTANDING: usize = 8;
+
+pub(super) enum Op {
+    Set { key: Bytes, value: Bytes, last: bool },
+    Get { key: Bytes, value: Bytes },
+}
+
+pub(super) struct Client {
+    pub(super) engine: usize,
+    pub(super) conn: ConnId,
+    /// Requests written and not yet handed to the engine (it is not reading this client).
+    pub(super) to_engine: BytesMut,
+    pub(super) from_engine: BytesMut,
+    pub(super) scanner: ReplyScanner,
+    pub(super) outstanding: VecDeque<Op>,
+    pub(super) readable: bool,
+    pub(super) next_at: u64,
+    pub(super) sent: u64,
+    pub(super) acked: Vec<(Bytes, Bytes)>,
+}
+
+impl Client {
+    /// A client of engine `engine` on `conn` that sends its first request at `first_at` ms.
+    pub(super) fn new(engine: usize, conn: ConnId, first_at: u64) -> Client {
+        Client {
+            engine,
+            conn,
+            to_engine: BytesMut::new(),
+            from_engine: BytesMut::new(),
+            scanner: ReplyScanner::new(Limits::default()),
+            outstanding: VecDeque::new(),
+            readable: true,
+            next_at: first_at,
+            sent: 0,
+            acked: Vec::new(),
+        }
+    }
+}
+
+impl Sim<'_> {
+    pub(super) fn client_send(&mut self, index: usize) -> Result<(), String> {
+        let client = &mut self.clients[index];
+        client.next_at = self.clock.ms() + self.scenario.client_interval_ms.max(1);
+        if self.clock.ms() >= self.converge_at {
+            client.next_at = u64::MAX;
+        }
+        if client.outstanding.len() >= MAX_OUTSTANDING {
+            return Ok(());
+        }
+        let n = client.sent;
+        client.sent += 1;
+        self.outcome.requests += 1;
+        let last = self.clock.ms() >= self.converge_at;
+        let op = if n % 3 == 2 && !client.acked.is_empty() && !last {
+            let (key, value) = client.acked[(n as usize * 7) % client.acked.len()].clone();
+            Op::Get { key, value }
+        } else {
+            let key = Bytes::from(format!("c{index}:{n}"));
+            let value = Bytes::from(format!("v{index}:{n}"));
+            Op::Set { key, value, last }
+        };
+        let request = match &op {
+            Op::Set { key, value, .. } => crate::resp::Request::from_args(&[b"SET".as_slice(), key, value]),
+            Op::Get { key, .. } => crate::resp::Request::from_args(&[b"GET".as_slice(), key]),
+        };
+        client.outstanding.push_back(op);
+        client.to_engine.extend_from_slice(request.frame());
+        self.feed_client(index)
+    }
+
+    pub(super) fn feed_client(&mut self, index: usize) -> Result<(), String> {
+        let client = &mut self.clients[index];
+        if !client.readable || client.to_engine.is_empty() {
+            return Ok(());
+        }
+        let (e, conn) = (client.engine, client.conn);
+        let data = client.to_engine.split();
+        self.driver(e).feed(conn, &data);
+        self.drain(e)
+    }
+
+    pub(super) fn client_receive(&mut self, index: usize, data: &[u8]) -> Result<(), String> {
+        let client = &mut self.clients[index];
+        client.from_engine.extend_from_slice(data);
+        loop {
+            let client = &mut self.clients[index];
+            let reply = match client.scanner.next_reply(&mut client.from_engine) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(format!("client {index} got a malformed reply: {error}")),
+            };
+            let Some(op) = client.outstanding.pop_front() else {
+                return Err(format!("client {index} got a reply it did not ask for: {:?}", show(&reply)));
+            };
+            let error = reply.first() == Some(&b'-');
+            if error {
+                self.outcome.errors += 1;
+            }
+            match op {
+                Op::Set { key, value, last } => {
+                    if &reply[..] == b"+OK\r\n" {
+                        self.outcome.acked_writes += 1;
+                        self.clients[index].acked.push((key, value));
+                    } else if !error {
+                        return Err(format!("client {index}: SET {key:?} got {:?}", show(&reply)));
+                    } else if last {
+                        self.late_failures.push(format!("client {index}: {}", show(&reply)));
+                    }
+                }
+                Op::Get { key, value } => {
+                    let expected = crate::resp::bulk_reply(&value);
+                    if !error && &reply[..] != b"$-1\r\n" && reply != expected {
+                        return Err(format!("client {index}: GET {key:?} got {:?}, wrote {value:?}", show(&reply)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn show(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply).trim_end().to_string()
+}
