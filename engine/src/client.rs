@@ -21,6 +21,8 @@ pub(crate) struct HeldRequest {
     pub(crate) spec: Option<&'static CommandSpec>,
     pub(crate) handling: Handling,
     pub(crate) since: Instant,
+    /// The client spoke RESP3 when it sent it (its protocol may change before a held request runs).
+    pub(crate) resp3: bool,
 }
 
 impl HeldRequest {
@@ -209,7 +211,8 @@ impl Clients {
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now });
+            let resp3 = client.session.resp3;
+            return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
         }
     }
 

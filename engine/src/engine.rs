@@ -231,11 +231,11 @@ impl Engine {
             // Order barrier: the private connection must not overtake requests still in flight elsewhere.
             (true, None) if state.in_flight > 0 => return false,
             (true, None) => {
-                let backend = self.pool.acquire_private(server, conn, &mut self.out);
+                let backend = self.pool.acquire_private(server, conn, held.resp3, &mut self.out);
                 self.clients.set_private(conn, backend);
                 backend
             }
-            (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
+            (false, _) => self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out),
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
@@ -333,6 +333,10 @@ impl Engine {
                     self.clients.push(owner, frame, &mut self.out);
                     continue;
                 }
+            } else if frame.first() == Some(&b'>') {
+                // A push on a shared RESP3 connection answers no request (none of its clients subscribed to
+                // anything, as that pins): matching it to one would put the connection out of step.
+                continue;
             }
             match self.pool.pop_waiter(conn, &mut self.out) {
                 Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),

@@ -16,7 +16,8 @@ const MAX_IDLE_PRIVATE: usize = 16;
 /// What a backend connection is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
-    /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool.
+    /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool (the
+    /// first `pool_size` slots speak RESP2, the next `pool_size` RESP3).
     Shared { slot: usize },
     /// Private to one client while its session carries state; `owner` None while being cleaned or idle.
     Private { owner: Option<ConnId> },
@@ -81,6 +82,7 @@ pub(crate) struct LostBackend {
 /// The connections the engine keeps to one server (the probe connection is the monitor's).
 struct ServerConns {
     address: ServerAddress,
+    /// `pool_size` RESP2 slots, then `pool_size` RESP3 slots.
     shared: Vec<Option<ConnId>>,
     idle_private: Vec<ConnId>,
 }
@@ -90,20 +92,21 @@ pub(crate) struct Pool {
     conns: ConnTable<Backend>,
     servers: Vec<ServerConns>,
     limits: Limits,
+    pool_size: usize,
 }
 
 impl Pool {
-    /// A pool with `pool_size` shared slots for each of `servers`.
+    /// A pool with `pool_size` shared slots per protocol (RESP2 and RESP3) for each of `servers`.
     pub(crate) fn new(servers: &[ServerAddress], pool_size: usize, limits: Limits) -> Pool {
         let servers = servers
             .iter()
             .map(|address| ServerConns {
                 address: address.clone(),
-                shared: vec![None; pool_size],
+                shared: vec![None; 2 * pool_size],
                 idle_private: Vec::new(),
             })
             .collect();
-        Pool { conns: ConnTable::new(Lane::Backend), servers, limits }
+        Pool { conns: ConnTable::new(Lane::Backend), servers, limits, pool_size }
     }
 
     /// Opens a connection to `server`; the runtime reports the outcome.
@@ -121,25 +124,38 @@ impl Pool {
         conn
     }
 
-    /// The shared connection in `slot` of `server`, opened if there is none.
-    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, out: &mut Outbox) -> ConnId {
+    /// The shared connection in `slot` (below `pool_size`) of `server` for RESP2 or `resp3` clients, opened if
+    /// there is none. A RESP3 one starts with `HELLO 3`, whose reply nobody reads.
+    #[inline]
+    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
+        let slot = if resp3 { slot + self.pool_size } else { slot };
         if let Some(conn) = self.servers[server.0].shared[slot] {
             return conn;
         }
         let conn = self.open(server, Purpose::Shared { slot }, out);
         self.servers[server.0].shared[slot] = Some(conn);
+        if resp3 {
+            self.send(conn, &[Waiter::Ignore], hello_3(), out);
+        }
         conn
     }
 
-    /// A private connection to `server` for `owner`: an idle clean one, or a new one.
-    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, out: &mut Outbox) -> ConnId {
-        while let Some(idle) = self.servers[server.0].idle_private.pop() {
+    /// A private connection to `server` for `owner`: an idle clean one, or a new one. For a `resp3` client it is
+    /// switched with `HELLO 3` first (idle ones were `RESET` to RESP2), and that reply is read by nobody.
+    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, resp3: bool, out: &mut Outbox) -> ConnId {
+        let conn = loop {
+            let Some(idle) = self.servers[server.0].idle_private.pop() else {
+                break self.open(server, Purpose::Private { owner: Some(owner) }, out);
+            };
             if let Some(backend) = self.conns.get_mut(idle) {
                 backend.purpose = Purpose::Private { owner: Some(owner) };
-                return idle;
+                break idle;
             }
+        };
+        if resp3 {
+            self.send(conn, &[Waiter::Ignore], hello_3(), out);
         }
-        self.open(server, Purpose::Private { owner: Some(owner) }, out)
+        conn
     }
 
     /// Hands back a private connection whose client no longer needs it: cleaned with `RESET` and pooled when
@@ -274,4 +290,9 @@ impl Pool {
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
         }
     }
+}
+
+/// `HELLO 3`, as a request frame.
+fn hello_3() -> Bytes {
+    Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
 }

@@ -5,7 +5,7 @@
 //! on a connection gets a connection of its own for as long as that state lasts.
 
 use crate::command::{CommandFlags, CommandSpec};
-use crate::resp::{bulk_reply, Request};
+use crate::resp::{self, bulk_reply, Request};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -76,6 +76,10 @@ pub(crate) struct Session {
     pub(crate) blocking: bool,
     /// The strongest pin any request so far demanded that lasts for the client's life.
     pub(crate) lasting_pin: Option<Pin>,
+    /// The client speaks RESP3 (`HELLO 3`): its requests go to the RESP3 shared connections.
+    pub(crate) resp3: bool,
+    /// The name `CLIENT SETNAME` gave it, kept here so that it pins nothing.
+    name: Option<Bytes>,
 }
 
 /// `CONFIG SET` parameters that would take a server away from the proxy or move it in the topology, with how to
@@ -168,8 +172,15 @@ impl Session {
                     Some(message) => bulk_reply(message),
                 });
             }
-            "reset" if !pinned => return Handling::Local(Bytes::from_static(b"+RESET\r\n")),
+            "reset" if !pinned => {
+                // RESET returns the connection to RESP2 and forgets its name, as Redis does.
+                self.resp3 = false;
+                self.name = None;
+                return Handling::Local(Bytes::from_static(b"+RESET\r\n"));
+            }
             "reset" => {
+                self.resp3 = false;
+                self.name = None;
                 self.other_db = false;
                 self.in_multi = false;
                 self.multi_refused = false;
@@ -219,7 +230,52 @@ impl Session {
                 self.lasting_pin = self.lasting_pin.max(Some(Pin::Passthrough));
                 Pin::Passthrough
             }
-            "hello" | "auth" | "client|setname" | "client|setinfo" | "client|no-evict" | "client|no-touch"
+            // `HELLO [2|3]` alone changes nothing but the protocol: the client moves to the shared connections of
+            // that protocol, where the same HELLO (a no-op there) gets the server's own answer (server, version,
+            // proto, id, mode, role, modules) in that protocol. With AUTH or SETNAME it needs a connection of its own.
+            "hello" => {
+                match arg1 {
+                    Some(b"2") => self.resp3 = false,
+                    Some(b"3") => self.resp3 = true,
+                    // Redis answers a bad version itself (NOPROTO) and changes nothing.
+                    _ => {}
+                }
+                if pinned || request.arg_count() > 2 {
+                    self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
+                    Pin::Sticky
+                } else {
+                    Pin::Shared
+                }
+            }
+            // Inside MULTI they are queued on the server like any command; in pass-through the server answers.
+            "client|setname" if !self.in_multi && !self.is_passthrough() => {
+                let name = request.arg(2).unwrap_or_default();
+                if !is_valid_client_attribute(name) {
+                    return Handling::Local(resp::error_reply(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ));
+                }
+                self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                return Handling::Local(Bytes::from_static(b"+OK\r\n"));
+            }
+            "client|getname" if !self.in_multi && !self.is_passthrough() => {
+                return Handling::Local(match &self.name {
+                    Some(name) => bulk_reply(name),
+                    None if self.resp3 => Bytes::from_static(b"_\r\n"),
+                    None => Bytes::from_static(b"$-1\r\n"),
+                });
+            }
+            // `CLIENT SETINFO` (Redis 7.2) is answered as Redis 7.2 answers it, whatever the server's version.
+            "client" | "client|setinfo"
+                if arg1.is_some_and(|sub| sub.eq_ignore_ascii_case(b"setinfo"))
+                    && request.arg_count() == 4
+                    && !self.in_multi
+                    && !self.is_passthrough() =>
+            {
+                return Handling::Local(setinfo_reply(request.arg(2).unwrap_or_default(), request.arg(3)));
+            }
+            // What refers to the server-side connection itself: the client must keep that connection.
+            "auth" | "client|setname" | "client|id" | "client|getredir" | "client|no-evict" | "client|no-touch"
             | "readonly" | "readwrite" => {
                 self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
                 Pin::Sticky
@@ -307,6 +363,24 @@ impl Session {
     }
 }
 
+/// Whether `value` is a valid client name or library attribute: printable ASCII without spaces, as Redis checks.
+fn is_valid_client_attribute(value: &[u8]) -> bool {
+    value.iter().all(|byte| (b'!'..=b'~').contains(byte))
+}
+
+/// Redis 7.2's answer to `CLIENT SETINFO <attribute> <value>`.
+fn setinfo_reply(attribute: &[u8], value: Option<&[u8]>) -> Bytes {
+    let attribute = String::from_utf8_lossy(attribute);
+    let lowered = attribute.to_ascii_lowercase();
+    if lowered != "lib-name" && lowered != "lib-ver" {
+        return resp::error_reply(&format!("ERR Unrecognized option '{attribute}'"));
+    }
+    if !is_valid_client_attribute(value.unwrap_or_default()) {
+        return resp::error_reply(&format!("ERR {lowered} cannot contain spaces, newlines or special characters."));
+    }
+    Bytes::from_static(b"+OK\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +439,35 @@ mod tests {
         assert_eq!(classify(&mut s, &["REPLICAOF"], false), Handling::Forward(Pin::Shared));
         assert_eq!(classify(&mut s, &["MULTI", "x"], false), Handling::Forward(Pin::Shared));
         assert!(s.is_clean());
+    }
+
+    #[test]
+    fn hello_moves_the_client_between_shared_pools_and_names_pin_nothing() {
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["HELLO", "3"], false), Handling::Forward(Pin::Shared));
+        assert!(s.resp3);
+        assert_eq!(classify(&mut s, &["CLIENT", "GETNAME"], false), Handling::Local(Bytes::from_static(b"_\r\n")));
+        assert_eq!(
+            classify(&mut s, &["CLIENT", "SETNAME", "app"], false),
+            Handling::Local(Bytes::from_static(b"+OK\r\n"))
+        );
+        assert_eq!(classify(&mut s, &["client", "getname"], false), Handling::Local(bulk_reply(b"app")));
+        assert!(
+            matches!(classify(&mut s, &["CLIENT", "SETNAME", "a b"], false), Handling::Local(e) if e.starts_with(b"-ERR"))
+        );
+        assert_eq!(
+            classify(&mut s, &["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], false),
+            Handling::Local(Bytes::from_static(b"+OK\r\n"))
+        );
+        assert!(
+            matches!(classify(&mut s, &["CLIENT", "SETINFO", "x", "y"], false), Handling::Local(e) if e.starts_with(b"-ERR"))
+        );
+        assert_eq!(classify(&mut s, &["HELLO", "2"], false), Handling::Forward(Pin::Shared));
+        assert!(!s.resp3);
+        assert!(s.is_clean());
+        assert_eq!(classify(&mut s, &["HELLO", "3", "SETNAME", "x"], false), Handling::Forward(Pin::Sticky));
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["CLIENT", "ID"], false), Handling::Forward(Pin::Sticky));
     }
 
     #[test]
