@@ -148,6 +148,9 @@ impl Session {
             // Redis answers with its own wording and nothing changes on the connection.
             return Handling::Forward(self.current_pin());
         }
+        if !may_be_special(spec.name) {
+            return self.classify_plain(spec);
+        }
         let handling = self.classify_known(request, spec, pinned, allow_topology);
         if matches!(handling, Handling::Refuse(_)) && self.in_multi {
             // Redis fails EXEC of a transaction in which it rejected a command while queuing; so does the proxy.
@@ -156,6 +159,18 @@ impl Session {
         handling
     }
 
+    /// What [`Session::classify_known`] does for a command it has no arm for: the hot path (GET, SET ...) skips
+    /// the match over every special name.
+    #[inline]
+    fn classify_plain(&mut self, spec: &'static CommandSpec) -> Handling {
+        if spec.flags.contains(CommandFlags::BLOCKING) {
+            self.blocking = true;
+        }
+        Handling::Forward(self.current_pin())
+    }
+
+    // Out of line: the hot path takes `classify_plain`, and inlining this large match into it cost instructions.
+    #[inline(never)]
     fn classify_known(
         &mut self,
         request: &Request,
@@ -363,6 +378,65 @@ impl Session {
     }
 }
 
+/// The names [`Session::classify_known`] has an arm for, by first letter: bit `n` is set when one of them is `n`
+/// bytes long (31: longer). `cluster...` and `client...` take every length from 6 up.
+const SPECIAL_NAMES: [u32; 26] = {
+    const NAMES: &[&str] = &[
+        "quit",
+        "ping",
+        "reset",
+        "select",
+        "multi",
+        "exec",
+        "discard",
+        "watch",
+        "unwatch",
+        "subscribe",
+        "psubscribe",
+        "ssubscribe",
+        "unsubscribe",
+        "punsubscribe",
+        "sunsubscribe",
+        "monitor",
+        "hello",
+        "auth",
+        "readonly",
+        "readwrite",
+        "replicaof",
+        "slaveof",
+        "failover",
+        "shutdown",
+        "debug",
+        "script|kill",
+        "function|kill",
+        "wait",
+        "sync",
+        "psync",
+        "replconf",
+        "xread",
+        "xreadgroup",
+    ];
+    let mut table = [0u32; 26];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let name = NAMES[i].as_bytes();
+        let len = if name.len() > 31 { 31 } else { name.len() };
+        table[(name[0] - b'a') as usize] |= 1 << len;
+        i += 1;
+    }
+    table[(b'c' - b'a') as usize] |= !0 << 6;
+    table
+};
+
+/// Whether `name` (a command table name: lowercase ASCII) may have an arm of its own in
+/// [`Session::classify_known`]; false is certain, true may be wrong.
+#[inline]
+fn may_be_special(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let Some(letter) = bytes.first().and_then(|b| b.checked_sub(b'a')).filter(|l| *l < 26) else { return true };
+    SPECIAL_NAMES[usize::from(letter)] & (1 << bytes.len().min(31)) != 0
+}
+
 /// Whether `value` is a valid client name or library attribute: printable ASCII without spaces, as Redis checks.
 fn is_valid_client_attribute(value: &[u8]) -> bool {
     value.iter().all(|byte| (b'!'..=b'~').contains(byte))
@@ -468,6 +542,41 @@ mod tests {
         assert_eq!(classify(&mut s, &["HELLO", "3", "SETNAME", "x"], false), Handling::Forward(Pin::Sticky));
         let mut s = Session::default();
         assert_eq!(classify(&mut s, &["CLIENT", "ID"], false), Handling::Forward(Pin::Sticky));
+    }
+
+    /// Every command of the table, also with a plausible argument for its subcommand-less form, classified in
+    /// several states: the shortcut for plain commands decides as the full match does.
+    #[test]
+    fn the_plain_command_shortcut_agrees_with_the_full_match() {
+        let setups: [&[&[&str]]; 4] = [&[], &[&["MULTI"]], &[&["SELECT", "3"]], &[&["SUBSCRIBE", "c"]]];
+        let mut checked = 0;
+        for top in command::all() {
+            for spec in std::iter::once(top).chain(top.subcommands) {
+                if may_be_special(spec.name) {
+                    continue;
+                }
+                let mut args: Vec<String> = spec.name.split('|').map(str::to_string).collect();
+                while !spec.accepts_arg_count(args.len()) {
+                    args.push("0".to_string());
+                }
+                for setup in setups {
+                    for allow_topology in [false, true] {
+                        let mut full = Session::default();
+                        for step in setup {
+                            classify(&mut full, step, false);
+                        }
+                        let mut plain = full.clone();
+                        let request = Request::from_args(&args);
+                        let pinned = !full.is_clean();
+                        let expected = full.classify_known(&request, spec, pinned, allow_topology);
+                        assert_eq!(plain.classify(&request, Some(spec), pinned, allow_topology), expected, "{args:?}");
+                        assert_eq!(format!("{plain:?}"), format!("{full:?}"), "{args:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
     }
 
     #[test]
