@@ -231,7 +231,9 @@ impl Engine {
             // Order barrier: the private connection must not overtake requests still in flight elsewhere.
             (true, None) if state.in_flight > 0 => return false,
             (true, None) => {
-                let backend = self.pool.acquire_private(server, conn, held.resp3, &mut self.out);
+                // A replication stream is passed on raw, from its first byte: no HELLO reply may precede it.
+                let resp3 = held.resp3 && pin != Pin::Replication;
+                let backend = self.pool.acquire_private(server, conn, resp3, &mut self.out);
                 self.clients.set_private(conn, backend);
                 backend
             }
@@ -329,6 +331,9 @@ impl Engine {
                 }
             };
             if let Some(owner) = owner {
+                if self.pool.skip_ignored(conn) {
+                    continue;
+                }
                 if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
                     self.clients.push(owner, frame, &mut self.out);
                     continue;

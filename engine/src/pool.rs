@@ -254,6 +254,17 @@ impl Pool {
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
     }
 
+    /// Drops the front waiter of `conn` if it is [`Waiter::Ignore`] (the `HELLO 3` that switched a private
+    /// connection before its client went into pass-through, where replies are not counted); true if it was.
+    pub(crate) fn skip_ignored(&mut self, conn: ConnId) -> bool {
+        let Some(backend) = self.conns.get_mut(conn) else { return false };
+        let ignored = backend.waiters.front() == Some(&Waiter::Ignore);
+        if ignored {
+            backend.waiters.pop_front();
+        }
+        ignored
+    }
+
     /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step). An
     /// out-of-band connection is closed once its reply is in.
     pub(crate) fn pop_waiter(&mut self, conn: ConnId, out: &mut Outbox) -> Option<Waiter> {

@@ -9,7 +9,7 @@ fn proxy_connections(master: &RedisServer) -> (usize, usize) {
     let Reply::Bulk(Some(list)) = conn.call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
     let list = String::from_utf8_lossy(&list).into_owned();
     let others: Vec<&str> = list.lines().filter(|l| !l.contains("cmd=client|list")).collect();
-    (others.len(), others.iter().filter(|l| l.contains(" resp=3 ")).count())
+    (others.len(), others.iter().filter(|l| l.split_whitespace().any(|field| field == "resp=3")).count())
 }
 
 #[test]
