@@ -258,7 +258,7 @@ impl Engine {
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
         let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
-        self.waits.add(now, conn, seq, replicas, timeout, void);
+        self.waits.add(now, conn, seq, replicas, timeout, void, self.master_epoch);
         for index in 0..self.monitor.views().len() {
             self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
         }
@@ -268,7 +268,8 @@ impl Engine {
     /// Answers the `WAIT`s that are done.
     fn settle_waits(&mut self, now: Instant) {
         let clients = &self.clients;
-        let done = self.waits.settle(now, self.monitor.views(), self.failover.master(), |c| clients.contains(c));
+        let (views, master, epoch) = (self.monitor.views(), self.failover.master(), self.master_epoch);
+        let done = self.waits.settle(now, views, master, epoch, |c| clients.contains(c));
         for wait in done {
             self.deliver(now, wait.client, wait.seq, wait.reply);
         }
@@ -354,6 +355,7 @@ impl Engine {
                         ProbeOutcome::Recovered | ProbeOutcome::Facts => {
                             self.evaluate_failover(now);
                             self.run_all_held(now);
+                            self.settle_waits(now);
                         }
                         ProbeOutcome::Offset => self.settle_waits(now),
                     }

@@ -250,8 +250,12 @@ impl Monitor {
             Probe::Offset { sent_at } => {
                 self.watches[server.0].offset_pending = false;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
-                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text).repl_offset));
-                ProbeOutcome::Offset
+                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
+                if self.answered(now, server, out) {
+                    ProbeOutcome::Recovered
+                } else {
+                    ProbeOutcome::Offset
+                }
             }
             Probe::ReplicaOf | Probe::Kill => {
                 let address = self.views[server.0].address.clone();

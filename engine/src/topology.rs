@@ -158,8 +158,8 @@ pub(crate) struct ServerView {
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
     pub(crate) info_at: Option<Instant>,
-    /// The replication offset from the newest `INFO replication` sent for `WAIT`, with when it was sent.
-    pub(crate) offset_seen: Option<(Instant, i64)>,
+    /// The newest `INFO replication` sent for `WAIT`: when it was sent, and what it said.
+    pub(crate) offset_seen: Option<(Instant, ReplicationInfo)>,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
 }

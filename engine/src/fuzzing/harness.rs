@@ -163,7 +163,12 @@ impl Harness {
             Op::ConnectFailed { backend } => {
                 if let Some(i) = self.open_backend(backend, Some(false)) {
                     self.backends[i].open = false;
-                    self.driver.connect_failed(self.backends[i].id, "refused");
+                    // The high bit picks the evidence: nothing listens (refused), or the host did not answer.
+                    if backend >= 0x80 {
+                        self.driver.refused(self.backends[i].id);
+                    } else {
+                        self.driver.connect_failed(self.backends[i].id, "host unreachable");
+                    }
                     self.drain();
                 }
             }
@@ -199,12 +204,13 @@ impl Harness {
                     .collect();
                 let Some(&conn) = dead.get(usize::from(conn) % dead.len().max(1)) else { return };
                 let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n+OK\r\n"[..]);
-                let input = match kind % 6 {
+                let input = match kind % 7 {
                     0 => Input::Data { conn, buf: &mut buf },
                     1 => Input::Connected { conn },
                     2 => Input::ConnectFailed { conn, reason: "stale" },
                     3 => Input::Closed { conn },
                     4 => Input::WriteBlocked { conn },
+                    5 => Input::Refused { conn },
                     _ => Input::Drained { conn },
                 };
                 self.driver.engine.handle_input(self.driver.clock.now(), input);

@@ -349,6 +349,8 @@ impl Cluster {
                     last_io_secs: if server.link_up { secs(server.last_io_ms) } else { -1 },
                     link_down_since_secs: server.link_down_since_ms.map_or(-1, secs),
                     priority: server.priority,
+                    // Synced, a replica follows its master's replication id, as Redis reports it.
+                    replid: master.filter(|_| server.link_up).map(|m| self.servers[m].run_id.clone()),
                 })
             }
         };

@@ -95,6 +95,9 @@ pub(crate) struct Outcome {
     pub(crate) errors: u64,
     /// Writes acknowledged with `+OK`.
     pub(crate) acked_writes: u64,
+    /// `WAIT`s answered, and those that reported at least one replica.
+    pub(crate) waits: u64,
+    pub(crate) waits_confirmed: u64,
     /// Acknowledged writes missing at the end, each within Redis's asynchronous-replication window.
     pub(crate) lost_in_window: u64,
     /// The master everything converged on, if any.

@@ -20,6 +20,8 @@ pub struct ReplicaLink {
     pub link_down_since_secs: i64,
     /// `slave_priority`.
     pub priority: i64,
+    /// The replication id it follows, reported as `master_replid` (None: its own run id, as before a sync).
+    pub replid: Option<String>,
 }
 
 /// A replica a master lists in `INFO replication` (`slaveN:ip=...`).
@@ -92,10 +94,10 @@ impl Info {
                 replica.address.host, replica.address.port, replica.offset
             ));
         }
+        let replid = self.replica_of.as_ref().and_then(|link| link.replid.as_deref()).unwrap_or(&self.run_id);
         text.push_str(&format!(
-            "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_repl_offset:{offset}\r\n\
-             second_repl_offset:-1\r\nrepl_backlog_active:1\r\n",
-            self.run_id
+            "master_failover_state:no-failover\r\nmaster_replid:{replid}\r\nmaster_repl_offset:{offset}\r\n\
+             second_repl_offset:-1\r\nrepl_backlog_active:1\r\n"
         ));
         text
     }
@@ -132,6 +134,7 @@ impl FakeServer {
             last_io_secs: 0,
             link_down_since_secs: -1,
             priority: 100,
+            replid: None,
         });
         server
     }
@@ -175,6 +178,7 @@ impl FakeServer {
                         last_io_secs: -1,
                         link_down_since_secs: -1,
                         priority,
+                        replid: None,
                     });
                     Bytes::from_static(b"+OK\r\n")
                 }

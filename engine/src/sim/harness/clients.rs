@@ -1,4 +1,6 @@
-//! The simulated clients: each writes unique keys and reads back what it wrote, and checks every reply.
+//! The simulated clients: each writes unique keys, reads back what it wrote, now and then asks `WAIT 1 50`, and
+//! checks every reply. A `WAIT` must never report more replicas than hold every write the client sent since its
+//! previous `WAIT` (invariant 8).
 
 use super::Sim;
 use crate::resp::{Limits, ReplyScanner};
@@ -10,8 +12,19 @@ use std::collections::VecDeque;
 const MAX_OUTSTANDING: usize = 8;
 
 pub(super) enum Op {
-    Set { key: Bytes, value: Bytes, last: bool },
-    Get { key: Bytes, value: Bytes },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        last: bool,
+    },
+    Get {
+        key: Bytes,
+        value: Bytes,
+    },
+    /// `WAIT 1 50`, after the `SET`s of these keys.
+    Wait {
+        keys: Vec<Bytes>,
+    },
 }
 
 pub(super) struct Client {
@@ -26,6 +39,8 @@ pub(super) struct Client {
     pub(super) next_at: u64,
     pub(super) sent: u64,
     pub(super) acked: Vec<(Bytes, Bytes)>,
+    /// Keys of the `SET`s sent since the last `WAIT`.
+    pub(super) unwaited: Vec<Bytes>,
 }
 
 impl Client {
@@ -42,6 +57,7 @@ impl Client {
             next_at: first_at,
             sent: 0,
             acked: Vec::new(),
+            unwaited: Vec::new(),
         }
     }
 }
@@ -60,17 +76,21 @@ impl Sim<'_> {
         client.sent += 1;
         self.outcome.requests += 1;
         let last = self.clock.ms() >= self.converge_at;
-        let op = if n % 3 == 2 && !client.acked.is_empty() && !last {
+        let op = if n % 5 == 4 && !client.unwaited.is_empty() && !last {
+            Op::Wait { keys: std::mem::take(&mut client.unwaited) }
+        } else if n % 3 == 2 && !client.acked.is_empty() && !last {
             let (key, value) = client.acked[(n as usize * 7) % client.acked.len()].clone();
             Op::Get { key, value }
         } else {
             let key = Bytes::from(format!("c{index}:{n}"));
             let value = Bytes::from(format!("v{index}:{n}"));
+            client.unwaited.push(key.clone());
             Op::Set { key, value, last }
         };
         let request = match &op {
             Op::Set { key, value, .. } => crate::resp::Request::from_args(&[b"SET".as_slice(), key, value]),
             Op::Get { key, .. } => crate::resp::Request::from_args(&[b"GET".as_slice(), key]),
+            Op::Wait { .. } => crate::resp::Request::from_args(&[b"WAIT".as_slice(), b"1", b"50"]),
         };
         client.outstanding.push_back(op);
         client.to_engine.extend_from_slice(request.frame());
@@ -122,8 +142,37 @@ impl Sim<'_> {
                         return Err(format!("client {index}: GET {key:?} got {:?}, wrote {value:?}", show(&reply)));
                     }
                 }
+                Op::Wait { keys } if !error => {
+                    let reported = std::str::from_utf8(&reply[..])
+                        .ok()
+                        .and_then(|r| r.strip_prefix(':')?.trim_end().parse::<usize>().ok())
+                        .ok_or_else(|| format!("client {index}: WAIT got {:?}", show(&reply)))?;
+                    self.outcome.waits += 1;
+                    self.outcome.waits_confirmed += u64::from(reported > 0);
+                    self.check_wait(index, &keys, reported)?;
+                }
+                Op::Wait { .. } => {}
             }
         }
+    }
+}
+
+impl Sim<'_> {
+    /// Invariant 8: a `WAIT` that reported `reported` replicas after the `SET`s of `keys`: every one of those writes
+    /// that ran is held by at least `reported` servers besides one (the master that ran it, or whoever holds it in
+    /// its place).
+    fn check_wait(&self, index: usize, keys: &[Bytes], reported: usize) -> Result<(), String> {
+        let writes = &self.cluster.writes;
+        for key in keys {
+            let Some(id) = writes.iter().position(|w| w.key == key) else { continue };
+            let holders = self.cluster.servers.iter().filter(|s| s.holds(&writes[id], id as u64)).count();
+            if reported > holders.saturating_sub(1) {
+                return Err(format!(
+                    "client {index}: WAIT reported {reported} replicas, but only {holders} server(s) hold {key:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
