@@ -480,7 +480,7 @@ fn discard_request() -> bytes::Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{config, connects, Driver};
+    use crate::testkit::{config, connects, sent_on, Driver};
     use bytes::Bytes;
 
     #[test]
@@ -508,5 +508,26 @@ mod tests {
         let position = |wanted: &Action| actions.iter().position(|a| a == wanted);
         assert!(position(&sent) < position(&closed) && position(&closed).is_some(), "{actions:?}");
         assert_eq!(kit.engine.client_count(), 0);
+    }
+
+    #[test]
+    fn resp3_clients_share_a_connection_opened_with_hello_3_whose_reply_and_pushes_nobody_gets() {
+        let mut kit = Driver::with_master(config(1));
+        let (resp3, resp2) = (kit.accept(), kit.accept());
+        kit.drain();
+        kit.feed(resp3, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let actions = kit.drain();
+        let [(shared, _)] = connects(&actions)[..] else { panic!("one RESP3 shared connection: {actions:?}") };
+        let hello = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+        let expected = [&hello[..], hello, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"].concat();
+        assert_eq!(sent_on(&actions, shared), expected, "the proxy's HELLO 3 first, then the client's");
+        kit.feed(resp2, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(connects(&kit.drain()).len(), 1, "a RESP2 client gets a connection of the other protocol");
+
+        kit.connected(shared);
+        let map = b"%1\r\n+proto\r\n:3\r\n";
+        kit.feed(shared, &[&map[..], map, b">2\r\n+stray\r\n+push\r\n$1\r\nv\r\n"].concat());
+        let actions = kit.drain();
+        assert_eq!(sent_on(&actions, resp3), [&map[..], b"$1\r\nv\r\n"].concat(), "{actions:?}");
     }
 }

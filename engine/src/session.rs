@@ -256,6 +256,16 @@ impl Session {
                     _ => {}
                 }
                 if pinned || request.arg_count() > 2 {
+                    // The proxy answers CLIENT GETNAME: it keeps the name HELLO gave too.
+                    let mut options = request.args().skip(2);
+                    while let Some(option) = options.next() {
+                        if option.eq_ignore_ascii_case(b"auth") {
+                            options.nth(1);
+                        } else if option.eq_ignore_ascii_case(b"setname") {
+                            let name = options.next().unwrap_or_default();
+                            self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                        }
+                    }
                     self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
                     Pin::Sticky
                 } else {
@@ -539,7 +549,11 @@ mod tests {
         assert_eq!(classify(&mut s, &["HELLO", "2"], false), Handling::Forward(Pin::Shared));
         assert!(!s.resp3);
         assert!(s.is_clean());
-        assert_eq!(classify(&mut s, &["HELLO", "3", "SETNAME", "x"], false), Handling::Forward(Pin::Sticky));
+        assert_eq!(
+            classify(&mut s, &["HELLO", "3", "AUTH", "u", "setname", "p", "SETNAME", "x"], false),
+            Handling::Forward(Pin::Sticky)
+        );
+        assert_eq!(classify(&mut s, &["CLIENT", "GETNAME"], true), Handling::Local(bulk_reply(b"x")));
         let mut s = Session::default();
         assert_eq!(classify(&mut s, &["CLIENT", "ID"], false), Handling::Forward(Pin::Sticky));
     }
