@@ -247,6 +247,11 @@ impl Clients {
         self.conns.get(conn).is_some_and(|c| !c.held.is_empty())
     }
 
+    /// How many requests are held over all clients, and the memory they take (for the status snapshot).
+    pub(crate) fn held_stats(&self) -> (usize, usize) {
+        (self.conns.iter().map(|(_, c)| c.held.len()).sum(), self.held_bytes)
+    }
+
     /// Whether any client has requests waiting.
     pub(crate) fn any_held(&self) -> bool {
         self.held_bytes > 0
@@ -363,7 +368,13 @@ impl Clients {
     /// (`Ok(None)` in pass-through, where replies are not counted). `Err(())` is the order barrier: a switch of
     /// connection, or into pass-through, waits until every earlier reply is in.
     #[allow(clippy::result_unit_err)]
-    pub(crate) fn start_request(&mut self, conn: ConnId, backend: ConnId, pin: Pin) -> Result<Option<Waiter>, ()> {
+    pub(crate) fn start_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        backend: ConnId,
+        pin: Pin,
+    ) -> Result<Option<Waiter>, ()> {
         let Some(client) = self.conns.get_mut(conn) else { return Err(()) };
         let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
@@ -376,7 +387,7 @@ impl Clients {
         }
         let seq = client.first_seq + client.slots.len() as u64;
         client.slots.push_back(None);
-        Ok(Some(Waiter::Client { conn, seq }))
+        Ok(Some(Waiter::Client { conn, seq, sent: now }))
     }
 
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or

@@ -16,7 +16,8 @@ use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::Router;
 use crate::session::{Handling, Pin};
-use crate::topology::ServerId;
+use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
+use crate::topology::{Role, ServerId};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -34,6 +35,11 @@ pub struct Engine {
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
     shutdown_deadline: Option<Instant>,
+    /// Failovers so far, for the status snapshot.
+    history: History,
+    /// Since when writes go to the routed master.
+    master_since: Option<Instant>,
+    mode: crate::config::Mode,
 }
 
 impl Engine {
@@ -49,7 +55,58 @@ impl Engine {
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
+            history: History::default(),
+            master_since: None,
+            mode: config.mode,
         }
+    }
+
+    /// What an operator may want to know now: servers, master, failovers, clients, held requests, counters.
+    /// Builds a fresh snapshot (allocates): call it when asked (a status page, a scrape), not on every turn.
+    pub fn status(&self, now: Instant) -> StatusSnapshot {
+        let master = self.failover.master();
+        let views = self.monitor.views();
+        let master_offset = master.and_then(|m| views[m.0].info.as_ref()).map(|i| i.repl_offset);
+        let servers = views
+            .iter()
+            .enumerate()
+            .map(|(index, view)| {
+                let info = view.info.as_ref();
+                let replica = info.is_some_and(|i| i.role == Some(Role::Replica));
+                ServerStatus {
+                    address: view.address.clone(),
+                    role: info.and_then(|i| i.role),
+                    routed_master: master == Some(ServerId(index)),
+                    health: view.health,
+                    why: view.why,
+                    repl_offset: info.map(|i| i.repl_offset),
+                    lag_bytes: master_offset
+                        .zip(info.filter(|_| replica))
+                        .map(|(m, i)| m.saturating_sub(i.repl_offset).max(0)),
+                    lag_seconds: info.filter(|_| replica).and_then(|i| i.last_io_secs),
+                    link_up: info.filter(|_| replica).map(|i| i.link_up),
+                    last_ok_ago: view.last_ok.map(|ok| now.saturating_duration_since(ok)),
+                    connections: self.pool.counts_of(ServerId(index)),
+                }
+            })
+            .collect();
+        let no_master_reason = match master {
+            Some(m) if views[m.0].is_routable() => None,
+            Some(m) => {
+                Some(format!("master {} is {}: {}", views[m.0].address, views[m.0].health.name(), views[m.0].why))
+            }
+            None => Some(self.failover.why_no_master().to_string()),
+        };
+        let gathered = Gathered {
+            servers,
+            master: master.map(|m| views[m.0].address.clone()),
+            master_since: self.master_since.filter(|_| master.is_some()).map(|at| now.saturating_duration_since(at)),
+            no_master_reason,
+            mode: self.mode,
+            clients: self.clients.count(),
+            held: self.clients.held_stats(),
+        };
+        self.history.snapshot_into(now, gathered, &self.out.counters)
     }
 
     /// The master writes go to now, if any.
@@ -111,7 +168,11 @@ impl Engine {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Data { conn, buf } => match conn.lane() {
-                Lane::Client => self.client_data(now, conn, buf),
+                Lane::Client => {
+                    let before = buf.len();
+                    self.client_data(now, conn, buf);
+                    self.out.counters.bytes_in += before.saturating_sub(buf.len()) as u64;
+                }
                 Lane::Backend => self.backend_data(now, conn, buf),
             },
             Input::Connected { conn } => {
@@ -169,15 +230,18 @@ impl Engine {
     fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
         let pin = match &held.handling {
             Handling::Local(reply) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
                 return true;
             }
             Handling::LocalThenClose(reply) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
                 self.clients.close_after_replies(conn, &mut self.out);
                 return true;
             }
             Handling::Refuse(message) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
                 return true;
             }
@@ -186,7 +250,8 @@ impl Engine {
                 let Some(master) = self.failover.master() else { return false };
                 let Some(seq) = self.clients.reserve_slot(conn) else { return true };
                 let backend = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out);
-                let waiter = Waiter::Client { conn, seq };
+                self.out.counters.request(Target::Master, Class::Other);
+                let waiter = Waiter::Client { conn, seq, sent: now };
                 self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
                 return true;
             }
@@ -211,7 +276,9 @@ impl Engine {
             }
             (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
         };
-        let Ok(waiter) = self.clients.start_request(conn, backend, pin) else { return false };
+        let Ok(waiter) = self.clients.start_request(now, conn, backend, pin) else { return false };
+        let target = if Some(server) == master { Target::Master } else { Target::Replica };
+        self.out.counters.request(target, Class::of(held.spec));
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
     }
@@ -223,6 +290,7 @@ impl Engine {
             return false;
         }
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Proxy, Class::Other);
         self.waits.add(now, conn, seq, replicas, timeout);
         for index in 0..self.monitor.views().len() {
             self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
@@ -301,7 +369,14 @@ impl Engine {
                 }
             }
             match self.pool.pop_waiter(conn, &mut self.out) {
-                Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
+                Some(Waiter::Client { conn: client, seq, sent }) => {
+                    // One request in LATENCY_SAMPLE: reading the time difference costs more than the rest of
+                    // the counting together, and a steady sample shows the same distribution.
+                    if seq % LATENCY_SAMPLE == 0 {
+                        self.out.counters.latency.observe(now.saturating_duration_since(sent));
+                    }
+                    self.deliver(now, client, seq, frame)
+                }
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
@@ -360,7 +435,7 @@ impl Engine {
         let error = resp::error_reply(&message);
         let mut failed = 0;
         for waiter in &lost.waiters {
-            if let Waiter::Client { conn: client, seq } = *waiter {
+            if let Waiter::Client { conn: client, seq, .. } = *waiter {
                 failed += 1;
                 self.deliver(now, client, seq, error.clone());
             }
@@ -401,11 +476,14 @@ impl Engine {
             match decision {
                 Decision::Adopt { master, reason } => {
                     let address = self.monitor.address(master).clone();
+                    self.history.end(now, &address);
+                    self.master_since = Some(now);
                     self.out.event(Event::MasterAdopted { address, reason });
                     self.run_all_held(now);
                 }
                 Decision::Lose { master, reason } => {
                     let address = self.monitor.address(master).clone();
+                    self.history.begin(now, address.clone(), reason);
                     self.out.event(Event::MasterLost { address, reason });
                     // The next choice waits for fresh INFO from every running server: ask for it now.
                     self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
@@ -414,6 +492,7 @@ impl Engine {
                 }
                 Decision::Promote { candidate, reason } => {
                     let address = self.monitor.address(candidate).clone();
+                    self.history.chose(&address, &reason);
                     self.out.event(Event::PromotionStarted { address, reason });
                     self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
                 }
@@ -453,6 +532,27 @@ mod tests {
         assert!(engine.master().is_some());
         drain(&mut engine);
         engine
+    }
+
+    #[test]
+    fn status_shows_the_master_and_counts_requests() {
+        let now = Instant::now();
+        let mut engine = engine_with_master(now);
+        let status = engine.status(now);
+        assert!(status.healthy(), "{:?}", status.no_master_reason);
+        assert_eq!(status.master.as_ref().map(|m| m.port), Some(6379));
+        assert_eq!(status.servers[0].role, Some(Role::Master));
+        assert_eq!(status.servers[0].connections.probe, 1);
+        let client = engine.accept(now, "127.0.0.1:1".parse().unwrap());
+        let mut request = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"[..]);
+        engine.handle_input(now, Input::Data { conn: client, buf: &mut request });
+        drain(&mut engine);
+        let status = engine.status(now);
+        let counters = &status.counters;
+        assert_eq!(counters.clients_accepted, 1);
+        assert_eq!(counters.requests[Target::Master as usize][Class::Read as usize], 1);
+        assert_eq!(counters.bytes_in, 34);
+        assert_eq!(status.clients, 1);
     }
 
     #[test]

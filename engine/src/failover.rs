@@ -107,6 +107,18 @@ impl Failover {
         }
     }
 
+    /// Why no master is routed to, for the status snapshot (meaningless while one is).
+    pub(crate) fn why_no_master(&self) -> &'static str {
+        match self.phase {
+            Phase::NoMaster { .. } if self.fresh_facts_since.is_some() => {
+                "no master: the master was lost; waiting for fresh INFO from every server to choose"
+            }
+            Phase::NoMaster { .. } => "no master: no server reports role:master and none can be promoted yet",
+            Phase::Promoting { .. } => "no master: a replica is being promoted",
+            Phase::Stable { .. } => "a master is routed",
+        }
+    }
+
     /// When the machine next needs to be evaluated even if no fact changes (a promotion deadline).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.phase {

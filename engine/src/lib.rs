@@ -71,6 +71,7 @@
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
 //! | `route` | where a request goes: master, a readable replica, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
+//! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `command-table` publishes the command table (for the
@@ -99,6 +100,7 @@ mod route;
 mod session;
 #[cfg(test)]
 mod sim;
+mod status;
 mod topology;
 mod wait;
 
@@ -108,4 +110,8 @@ pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;
 pub use event::{Event, Level};
 pub use resp::Limits;
-pub use topology::Role;
+pub use status::{
+    BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
+    Target, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
+};
+pub use topology::{Health, Role};

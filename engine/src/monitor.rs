@@ -277,7 +277,7 @@ impl Monitor {
         if let Some(evidence) = busy {
             watch.alive_at = Some(now);
             if view.health == Health::Up {
-                view.health = Health::Busy;
+                view.worsen(Health::Busy, evidence);
                 out.event(Event::ServerBusy { address: view.address.clone(), evidence });
             }
             return ProbeOutcome::Nothing;
@@ -299,6 +299,7 @@ impl Monitor {
         *watch =
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
+        view.why = "it answers probes";
         if was == Health::Down {
             out.event(Event::ServerUp { address: view.address.clone() });
         }
@@ -315,11 +316,9 @@ impl Monitor {
         watch.knock = None;
         watch.alive_at = Some(now);
         if view.health == Health::Up && view.probe_pending_since.is_some() {
-            view.health = Health::Busy;
-            out.event(Event::ServerBusy {
-                address: view.address.clone(),
-                evidence: "its probe is late but it accepts connections",
-            });
+            let evidence = "its probe is late but it accepts connections";
+            view.worsen(Health::Busy, evidence);
+            out.event(Event::ServerBusy { address: view.address.clone(), evidence });
         }
     }
 
@@ -362,7 +361,7 @@ impl Monitor {
         watch.probe = None;
         watch.offset_pending = false;
         view.probe_pending_since = None;
-        view.health = view.health.max(Health::Unreachable);
+        view.worsen(Health::Unreachable, "its probe connection failed or broke");
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
         if !view.is_down() && !recently {
             watch.reopened_at = Some(now);
@@ -374,7 +373,7 @@ impl Monitor {
     /// to it until a probe hears from it (asked at once, if its probe connection still works).
     pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
         let view = &mut self.views[server.0];
-        view.health = view.health.max(Health::Suspect);
+        view.worsen(Health::Suspect, "a data connection to it was refused or lost");
         if view.probe_pending_since.is_none() {
             self.send_probe(now, server, pool, out);
         }
@@ -425,6 +424,7 @@ impl Monitor {
             return false;
         }
         view.health = Health::Down;
+        view.why = reason;
         view.info = None;
         let probe = self.watches[index].probe;
         self.watches[index] = Watch { probe, ..Watch::default() };

@@ -5,6 +5,7 @@ use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
+use crate::status::BackendCounts;
 use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -46,8 +47,9 @@ pub(crate) enum Probe {
 /// Who gets the next reply on a backend connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Waiter {
-    /// Reply slot `seq` of client `conn` (a stale id finds no client and the reply is dropped).
-    Client { conn: ConnId, seq: u64 },
+    /// Reply slot `seq` of client `conn` (a stale id finds no client and the reply is dropped), `sent` then (for
+    /// the latency histogram).
+    Client { conn: ConnId, seq: u64, sent: Instant },
     /// The `RESET` that cleans a released private connection.
     Reset,
     /// A probe.
@@ -239,6 +241,19 @@ impl Pool {
             connected: backend.connected,
             waiters: backend.waiters,
         })
+    }
+
+    /// The connections to `server` by kind, for the status snapshot.
+    pub(crate) fn counts_of(&self, server: ServerId) -> BackendCounts {
+        let mut counts = BackendCounts::default();
+        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == server) {
+            match backend.purpose {
+                Purpose::Shared { .. } => counts.shared += 1,
+                Purpose::Private { .. } => counts.private += 1,
+                Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => counts.probe += 1,
+            }
+        }
+        counts
     }
 
     /// The connections to `server`, probe included unless `keep_probe`.

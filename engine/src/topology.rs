@@ -114,7 +114,7 @@ impl ReplicationInfo {
 
 /// How a server is doing, as the probes and data connections tell it; the worse state wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Health {
+pub enum Health {
     /// It answers probes (or nothing has gone wrong yet).
     Up,
     /// Alive but not answering: it replies `-BUSY` or `-LOADING`, or its probe is late while its port still
@@ -130,6 +130,22 @@ pub(crate) enum Health {
     Down,
 }
 
+impl Health {
+    /// Every state, best first (the order of the gauge values in metrics).
+    pub const ALL: [Health; 5] = [Health::Up, Health::Busy, Health::Suspect, Health::Unreachable, Health::Down];
+
+    /// The lower-case name used in metrics, JSON and the status page.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Busy => "busy",
+            Health::Suspect => "suspect",
+            Health::Unreachable => "unreachable",
+            Health::Down => "down",
+        }
+    }
+}
+
 /// Everything known about one server right now.
 #[derive(Clone, Debug)]
 pub(crate) struct ServerView {
@@ -141,6 +157,8 @@ pub(crate) struct ServerView {
     pub(crate) watched_since: Instant,
     /// How it is doing.
     pub(crate) health: Health,
+    /// The evidence for `health`, for the status page.
+    pub(crate) why: &'static str,
     /// The last `INFO` facts, if any since it was last seen down.
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
@@ -159,10 +177,19 @@ impl ServerView {
             last_ok: None,
             watched_since: now,
             health: Health::Up,
+            why: "not probed yet",
             info: None,
             info_at: None,
             offset_seen: None,
             probe_pending_since: None,
+        }
+    }
+
+    /// Moves it to `health` for the reason `why`, unless it is in a worse state already.
+    pub(crate) fn worsen(&mut self, health: Health, why: &'static str) {
+        if self.health < health {
+            self.health = health;
+            self.why = why;
         }
     }
 
