@@ -104,7 +104,7 @@ mod status;
 mod topology;
 mod wait;
 
-pub use config::{Config, ConfigError, Mode, ServerAddress};
+pub use config::{Config, ConfigError, LogFormat, Mode, ServerAddress};
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;

@@ -12,13 +12,17 @@
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
 //! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
-//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own).
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own);
+//! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
+//!   rendered from the engine's status snapshot.
 //!
 //! Nothing here knows about Redis, and nothing here is an event loop.
 
 pub mod cli;
 pub mod closing;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod socket_table;
 pub mod write_queue;
 
