@@ -9,7 +9,8 @@
 use crate::metrics;
 use redis_proxy_engine::{Health, Mode, Role, ServerAddress, StatusSnapshot, Target};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::io;
+use std::time::{Duration, Instant};
 
 /// The largest request head accepted; a longer one is answered 431 and closed.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -46,6 +47,80 @@ pub enum Parsed {
     Request(Route),
     /// Not HTTP, or too long: write this answer and close.
     Bad(Vec<u8>),
+}
+
+/// One status connection's exchange, independent of how its socket is driven: read the request head, answer it,
+/// done.
+#[derive(Debug)]
+pub struct Exchange {
+    request: Vec<u8>,
+    answer: Option<Vec<u8>>,
+    written: usize,
+    started: Instant,
+}
+
+/// What a runtime does with a status connection after [`Exchange::advance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeStep {
+    /// Waiting for the socket: call again when it is readable or writable.
+    Wait,
+    /// The answer is written: shut down the write side and drop the socket.
+    Done,
+    /// The peer left or the socket broke: drop it.
+    Drop,
+}
+
+impl Exchange {
+    /// A connection accepted at `now`.
+    pub fn new(now: Instant) -> Exchange {
+        Exchange { request: Vec::new(), answer: None, written: 0, started: now }
+    }
+
+    /// When the connection is dropped if it has not finished.
+    pub fn deadline(&self) -> Instant {
+        self.started + EXCHANGE_TIMEOUT
+    }
+
+    /// Reads what the socket has (`read`: one non-blocking read), answers a complete request from `snapshot`,
+    /// and writes what the socket takes (`write`: one non-blocking write).
+    pub fn advance(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+        snapshot: impl FnOnce() -> StatusSnapshot,
+    ) -> ExchangeStep {
+        if self.answer.is_none() {
+            let mut chunk = [0u8; 2048];
+            loop {
+                match read(&mut chunk) {
+                    Ok(0) => return ExchangeStep::Drop,
+                    Ok(n) => self.request.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return ExchangeStep::Drop,
+                }
+                if self.request.len() > MAX_REQUEST {
+                    break;
+                }
+            }
+            self.answer = match parse(&self.request) {
+                Parsed::Partial => return ExchangeStep::Wait,
+                Parsed::Request(route) => Some(respond(route, &snapshot())),
+                Parsed::Bad(answer) => Some(answer),
+            };
+        }
+        let answer = self.answer.as_deref().unwrap_or_default();
+        while self.written < answer.len() {
+            match write(&answer[self.written..]) {
+                Ok(0) => return ExchangeStep::Drop,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ExchangeStep::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ExchangeStep::Drop,
+            }
+        }
+        ExchangeStep::Done
+    }
 }
 
 /// Parses the request head in `buf`.

@@ -70,8 +70,8 @@ fn counters(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>,
 pub fn render(snapshot: &StatusSnapshot) -> String {
     let mut registry = Registry::with_prefix("redis_proxy");
     let c = &snapshot.counters;
-    gauge(&mut registry, "clients_connected", "Client connections open.", snapshot.clients as i64);
-    counter(&mut registry, "clients_accepted", "Client connections accepted.", c.clients_accepted);
+    gauge(&mut registry, "clients_connected", "Client connections open", snapshot.clients as i64);
+    counter(&mut registry, "clients_accepted", "Client connections accepted", c.clients_accepted);
     let requests = Target::ALL
         .iter()
         .flat_map(|t| Class::ALL.iter().map(move |k| (*t, *k)))
@@ -85,13 +85,13 @@ pub fn render(snapshot: &StatusSnapshot) -> String {
     counters(
         &mut registry,
         "requests",
-        "Requests answered, by where (master, replica, proxy) and command class.",
+        "Requests answered, by where (master, replica, proxy) and command class",
         None,
         requests,
     );
     registry.register_with_unit(
         "request_duration",
-        "Latency of forwarded requests as the proxy sees it (one request in 8 is sampled).",
+        "Latency of forwarded requests as the proxy sees it (one request in 8 is sampled)",
         Unit::Seconds,
         Latency(c.latency.clone()),
     );
@@ -103,7 +103,7 @@ pub fn render(snapshot: &StatusSnapshot) -> String {
         ("output_limit", c.errors.output_limit),
     ];
     let errors = errors.iter().map(|(kind, n)| (vec![("kind", kind.to_string())], *n)).collect();
-    counters(&mut registry, "errors", "Errors given to clients, by kind.", None, errors);
+    counters(&mut registry, "errors", "Errors given to clients, by kind", None, errors);
     let mut connections = Vec::new();
     let mut up = Vec::new();
     let mut role = Vec::new();
@@ -136,44 +136,44 @@ pub fn render(snapshot: &StatusSnapshot) -> String {
             lag_seconds.push((vec![("server", name.clone())], l));
         }
     }
-    gauges(&mut registry, "backend_connections", "Connections to each server, by kind.", None, connections);
-    gauges(&mut registry, "server_up", "1 while requests may be routed to the server.", None, up);
-    gauges(&mut registry, "server_role", "1 for the server's reported role (and routed_master).", None, role);
-    gauges(&mut registry, "server_health", "1 for the server's health state.", None, health);
-    gauges(&mut registry, "server_repl_offset", "Replication offset from INFO.", Some(Unit::Bytes), offset);
-    gauges(&mut registry, "replica_lag", "Bytes a replica is behind the routed master.", Some(Unit::Bytes), lag_bytes);
+    gauges(&mut registry, "backend_connections", "Connections to each server, by kind", None, connections);
+    gauges(&mut registry, "server_up", "1 while requests may be routed to the server", None, up);
+    gauges(&mut registry, "server_role", "1 for the server's reported role (and routed_master)", None, role);
+    gauges(&mut registry, "server_health", "1 for the server's health state", None, health);
+    gauges(&mut registry, "server_repl_offset", "Replication offset from INFO", Some(Unit::Bytes), offset);
+    gauges(&mut registry, "replica_lag", "Bytes a replica is behind the routed master", Some(Unit::Bytes), lag_bytes);
     gauges(
         &mut registry,
         "replica_last_io",
-        "Seconds since a replica last heard from its master.",
+        "Seconds since a replica last heard from its master",
         Some(Unit::Seconds),
         lag_seconds,
     );
-    gauge(&mut registry, "master_routable", "1 while a master is routable.", i64::from(snapshot.healthy()));
+    gauge(&mut registry, "master_routable", "1 while a master is routable", i64::from(snapshot.healthy()));
     let failovers = snapshot.failovers_by_reason.iter().map(|(r, n)| (vec![("reason", r.clone())], *n)).collect();
-    counters(&mut registry, "failovers", "Failovers (the master lost or switched), by reason.", None, failovers);
+    counters(&mut registry, "failovers", "Failovers (the master lost or switched), by reason", None, failovers);
     let last = snapshot.last_failover_duration.map_or(0.0, |d| d.as_secs_f64());
     registry.register_with_unit(
         "last_failover_duration",
-        "How long the last failover left writes without a master.",
+        "How long the last failover left writes without a master",
         Unit::Seconds,
         ConstGauge::new(last),
     );
-    gauge(&mut registry, "held_requests", "Requests held waiting for a master.", snapshot.held_requests as i64);
+    gauge(&mut registry, "held_requests", "Requests held waiting for a master", snapshot.held_requests as i64);
     registry.register_with_unit(
         "held",
-        "Memory taken by held requests.",
+        "Memory taken by held requests",
         Unit::Bytes,
         ConstGauge::new(snapshot.held_bytes as i64),
     );
     registry.register_with_unit(
         "client_received",
-        "Bytes read from clients.",
+        "Bytes read from clients",
         Unit::Bytes,
         ConstCounter::new(c.bytes_in),
     );
-    registry.register_with_unit("client_sent", "Bytes sent to clients.", Unit::Bytes, ConstCounter::new(c.bytes_out));
-    counter(&mut registry, "servers_down", "Times a server was counted down.", c.servers_down);
+    registry.register_with_unit("client_sent", "Bytes sent to clients", Unit::Bytes, ConstCounter::new(c.bytes_out));
+    counter(&mut registry, "servers_down", "Times a server was counted down", c.servers_down);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out

@@ -1,7 +1,8 @@
 //! The engine task and the per-connection I/O tasks. No Redis semantics live here: bytes in, actions out, time.
 
 use bytes::BytesMut;
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, StatusSnapshot};
+use redis_proxy_runtime_common::http;
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
@@ -12,8 +13,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant as TokioInstant;
 
@@ -109,8 +111,16 @@ impl Driver {
     /// Runs until `shutdown` completes and the shutdown it starts is over: the engine stops reading clients and
     /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
     /// connection writes what is queued for it.
-    pub(crate) async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub(crate) async fn run(
+        mut self,
+        listener: TcpListener,
+        status: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let mut shutdown = pin!(shutdown);
+        // Status connections ask this task for a snapshot; the engine is only ever touched here.
+        let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
+        let _status_task = status.map(|listener| TaskGuard(tokio::spawn(serve_status(listener, snapshots))));
         // None once shutdown began: nobody new is accepted.
         let mut listener = Some(listener);
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
@@ -146,6 +156,9 @@ impl Driver {
                     accept_paused_until = None;
                 }
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => {}
+                Some(reply) = snapshot_requests.recv() => {
+                    let _ = reply.send(self.engine.status(Instant::now()));
+                }
                 () = &mut timer => {}
             }
             // By the clock, not by which branch woke us: a timer polled with the cooperative budget spent reports
@@ -326,6 +339,56 @@ impl Socket {
     fn new(io: Option<Io>, task: TaskGuard) -> Socket {
         Socket { io, _task: task, out: WriteQueue::new(), read_buf: BytesMut::new(), readable: true }
     }
+}
+
+/// Accepts status connections and serves each in a task of its own, at most `MAX_EXCHANGES` at once.
+async fn serve_status(listener: TcpListener, snapshots: mpsc::Sender<oneshot::Sender<StatusSnapshot>>) {
+    let mut exchanges = JoinSet::new();
+    loop {
+        while exchanges.len() >= http::MAX_EXCHANGES {
+            exchanges.join_next().await;
+        }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let exchange = serve_exchange(stream, snapshots.clone());
+                    exchanges.spawn(async move {
+                        let _ = tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange).await;
+                    });
+                }
+                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            },
+            Some(_) = exchanges.join_next(), if !exchanges.is_empty() => {}
+        }
+    }
+}
+
+/// Reads one status request, answers it from a snapshot the engine task takes, and closes.
+async fn serve_exchange(
+    mut stream: TcpStream,
+    snapshots: mpsc::Sender<oneshot::Sender<StatusSnapshot>>,
+) -> io::Result<()> {
+    let mut request = Vec::new();
+    let answer = loop {
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&chunk[..n]);
+        match http::parse(&request) {
+            http::Parsed::Partial => continue,
+            http::Parsed::Bad(answer) => break answer,
+            http::Parsed::Request(route) => {
+                let (reply, snapshot) = oneshot::channel();
+                snapshots.send(reply).await.map_err(|_| io::Error::other("the engine task is gone"))?;
+                let snapshot = snapshot.await.map_err(|_| io::Error::other("the engine task is gone"))?;
+                break http::respond(route, &snapshot);
+            }
+        }
+    };
+    stream.write_all(&answer).await?;
+    stream.shutdown().await
 }
 
 /// Accepts the next client; never completes once the listener is gone (shutting down).

@@ -73,6 +73,8 @@ pub const EVENT_CAPACITY: usize = 4096;
 /// A proxy bound to its listen address, ready to [`run`](Proxy::run).
 pub struct Proxy {
     listener: TcpListener,
+    /// The status listener (`status_listen`), if configured.
+    status: Option<TcpListener>,
     config: Config,
     events: broadcast::Sender<Event>,
     logger: Option<Logger>,
@@ -88,8 +90,21 @@ impl Proxy {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+        let status = match config.status_listen.as_deref() {
+            None => None,
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on status_listen {address}: {e}")))?,
+            ),
+        };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, config, events, logger: None })
+        Ok(Proxy { listener, status, config, events, logger: None })
+    }
+
+    /// The address of the status listener (`status_listen`), if one is configured.
+    pub fn status_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.status.as_ref().map(TcpListener::local_addr)
     }
 
     /// The address the proxy accepts clients on.
@@ -114,7 +129,7 @@ impl Proxy {
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        driver::Driver::new(self.config, self.events, self.logger).run(self.listener, shutdown).await
+        driver::Driver::new(self.config, self.events, self.logger).run(self.listener, self.status, shutdown).await
     }
 }
 

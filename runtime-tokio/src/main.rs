@@ -26,6 +26,9 @@ async fn run(config: Config, logger: Logger) -> io::Result<()> {
     let mut proxy = Proxy::bind(config).await?;
     proxy.set_logger(logger);
     logger.listening(proxy.local_addr()?, &servers);
+    if let Some(address) = proxy.status_addr().transpose()? {
+        logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
+    }
     let mut events = proxy.subscribe();
     let event_log = tokio::spawn(async move {
         loop {
