@@ -1,0 +1,125 @@
+//! Operating the proxy, end to end on both runtimes: the status page in headless Chromium, `/status.json`,
+//! `/metrics` parsed by a Prometheus text parser, `/health`.
+
+use redis_proxy_tests::cluster::{cluster, converged_master, ports, CONVERGE};
+use redis_proxy_tests::{
+    chromium_dom, exclusive, free_port, http_get, status, wait_until, Proxy, RedisServer, Runtime,
+};
+
+/// Parses `/metrics` with a Prometheus text parser; returns (name, labels, value) of every sample.
+fn scrape(port: u16) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let (code, body) = http_get(port, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics is valid Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            let mut labels: Vec<(String, String)> =
+                s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            labels.sort();
+            (s.metric, labels, value)
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include every pair of `with`.
+fn metric(samples: &[(String, Vec<(String, String)>, f64)], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name && with.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn status_extra(status_port: u16) -> String {
+    format!(r#""check_period": 100, "mode": "readsToSlaves", "status_listen": "127.0.0.1:{status_port}""#)
+}
+
+#[test]
+fn metrics_parse_and_move_and_the_page_shows_the_master_the_replicas_and_a_failover() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut servers = cluster(2);
+        let all = ports(&servers);
+        let status_port = free_port();
+        let proxy = Proxy::start(runtime, &all, &status_extra(status_port));
+        assert!(
+            wait_until(CONVERGE, || http_get(status_port, "/health").is_some_and(|(code, _)| code == 200)),
+            "{runtime:?}: /health never said 200"
+        );
+
+        let before = scrape(status_port);
+        let mut client = proxy.connect();
+        for i in 0..50 {
+            let key = format!("k{i}");
+            assert_eq!(client.call(&[b"SET", key.as_bytes(), b"v"]), status("OK"));
+            client.call(&[b"GET", key.as_bytes()]);
+        }
+        let after = scrape(status_port);
+        let writes = |s: &[_]| metric(s, "redis_proxy_requests_total", &[("class", "write")]);
+        let reads = |s: &[_]| metric(s, "redis_proxy_requests_total", &[("class", "read")]);
+        assert_eq!(writes(&after) - writes(&before), 50.0, "{runtime:?}: writes counted");
+        assert_eq!(reads(&after) - reads(&before), 50.0, "{runtime:?}: reads counted");
+        assert!(metric(&after, "redis_proxy_client_received_bytes_total", &[]) > 0.0);
+        assert!(metric(&after, "redis_proxy_client_sent_bytes_total", &[]) > 0.0);
+        assert_eq!(metric(&after, "redis_proxy_clients_connected", &[]), 1.0);
+        assert!(metric(&after, "redis_proxy_request_duration_seconds_count", &[]) > 0.0);
+        let master = format!("127.0.0.1:{}", all[0]);
+        assert_eq!(metric(&after, "redis_proxy_server_role", &[("server", &master), ("role", "routed_master")]), 1.0);
+        assert_eq!(metric(&after, "redis_proxy_master_routable", &[]), 1.0);
+
+        let url = format!("http://127.0.0.1:{status_port}/");
+        let dom = chromium_dom(&url);
+        assert!(dom.contains(&format!("master 127.0.0.1:{}", all[0])), "{runtime:?}: banner names the master:\n{dom}");
+        for replica in &all[1..] {
+            let row = format!("<td>127.0.0.1:{replica}</td><td>replica</td><td class=\"up\">up</td>");
+            assert!(dom.contains(&row), "{runtime:?}: replica {replica} row missing:\n{dom}");
+        }
+
+        servers[0].kill();
+        assert!(wait_until(CONVERGE, || converged_master(&all[1..]).is_some()), "{runtime:?}: no new master");
+        let new_master = converged_master(&all[1..]).unwrap();
+        let failed_over = wait_until(CONVERGE, || {
+            http_get(status_port, "/status.json")
+                .is_some_and(|(_, body)| body.contains(&format!("\"master\":\"127.0.0.1:{new_master}\"")))
+        });
+        assert!(failed_over, "{runtime:?}: /status.json never named the new master");
+        let dom = chromium_dom(&url);
+        assert!(dom.contains(&format!("master 127.0.0.1:{new_master}")), "{runtime:?}: new master shown:\n{dom}");
+        let failover_row = format!("<td>127.0.0.1:{}</td><td>127.0.0.1:{new_master}</td><td>it is down</td>", all[0]);
+        assert!(dom.contains(&failover_row), "{runtime:?}: failover with its reason shown:\n{dom}");
+        let samples = scrape(status_port);
+        assert_eq!(metric(&samples, "redis_proxy_failovers_total", &[("reason", "it is down")]), 1.0);
+        assert!(metric(&samples, "redis_proxy_last_failover_duration_seconds", &[]) > 0.0);
+        drop(proxy);
+    }
+}
+
+#[test]
+fn health_is_503_with_a_reason_while_no_master_is_routable_and_200_after() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut server = RedisServer::start();
+        let status_port = free_port();
+        let _proxy = Proxy::start(runtime, &[server.port], &status_extra(status_port));
+        let health = || http_get(status_port, "/health").expect("/health answers");
+        assert!(wait_until(CONVERGE, || health().0 == 200), "{runtime:?}: healthy at first");
+        server.kill();
+        assert!(wait_until(CONVERGE, || health().0 == 503), "{runtime:?}: 503 once the master is gone");
+        let (_, reason) = health();
+        assert!(reason.contains("no master") || reason.contains("master 127.0.0.1"), "{runtime:?}: {reason}");
+        server.restart();
+        assert!(wait_until(CONVERGE, || health().0 == 200), "{runtime:?}: 200 once it is back");
+        assert_eq!(http_get(status_port, "/nothing-here").map(|(code, _)| code), Some(404));
+    }
+}
