@@ -102,6 +102,8 @@ pub enum TimerReason {
     HoldExpiry,
     /// The shutdown grace ends: clients still connected are closed.
     ShutdownGrace,
+    /// A planned switchover asks the master and its target for their replication offsets again.
+    Switchover,
 }
 
 /// The actions and events the machines produce, in order, until the runtime drains them, and the counters of

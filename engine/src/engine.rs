@@ -5,6 +5,7 @@
 //! back `pool` (whose) -> `client` (in order); probe replies go to `monitor`, and whatever changes a server's
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
+use crate::admin::{self, AdminCommand};
 use crate::client::{Clients, HeldRequest, NextRequest};
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
@@ -17,7 +18,7 @@ use crate::resp;
 use crate::route::Router;
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
-use crate::topology::{Role, ServerId};
+use crate::topology::{Role, ServerId, ServerView};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -40,7 +41,31 @@ pub struct Engine {
     /// Since when writes go to the routed master.
     master_since: Option<Instant>,
     mode: crate::config::Mode,
+    /// Clients that came in on the admin listener (the only ones allowed `PROXY` commands).
+    admins: Vec<ConnId>,
+    /// Servers being removed, forgotten once their requests in flight are answered.
+    removing: Vec<ServerId>,
+    /// The planned switchover under way.
+    switchover: Option<Switchover>,
+    /// How long a planned switchover may hold writes before it is aborted (half of `hold_ms`, so that held
+    /// requests never expire because of one).
+    switchover_bound: Duration,
 }
+
+/// A planned switchover (`PROXY FAILOVER`) under way; the failover machine holds its phase.
+struct Switchover {
+    /// The admin client's reply slot, filled when it ends.
+    admin: (ConnId, u64),
+    target: ServerId,
+    started: Instant,
+    /// When the master had no request of a client in flight any more: offsets read after it count.
+    drained_at: Option<Instant>,
+    /// When to ask for the offsets again.
+    next_poll: Instant,
+}
+
+/// How often a planned switchover asks the master and its target for their offsets.
+const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
 
 impl Engine {
     /// An engine for `config`; it starts probing the servers at the first [`Engine::handle_timeout`].
@@ -58,7 +83,23 @@ impl Engine {
             history: History::default(),
             master_since: None,
             mode: config.mode,
+            admins: Vec::new(),
+            removing: Vec::new(),
+            switchover: None,
+            switchover_bound: config.hold / 2,
         }
+    }
+
+    /// A client connected from `peer` on the admin listener: as [`Engine::accept`], and it may send `PROXY`
+    /// commands (every other client gets an error for them).
+    pub fn accept_admin(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
+        let conn = self.accept(now, peer);
+        let clients = &self.clients;
+        self.admins.retain(|admin| clients.contains(*admin));
+        if self.clients.contains(conn) {
+            self.admins.push(conn);
+        }
+        conn
     }
 
     /// What an operator may want to know now: servers, master, failovers, clients, held requests, counters.
@@ -140,6 +181,7 @@ impl Engine {
             self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
+            self.switchover.as_ref().map(|s| (s.next_poll, TimerReason::Switchover)),
         ]
         .into_iter()
         .flatten()
@@ -207,6 +249,8 @@ impl Engine {
             }
         }
         self.settle_waits(now);
+        self.advance_switchover(now);
+        self.finish_removals(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
@@ -218,6 +262,10 @@ impl Engine {
 
     fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+            if held.spec.is_none() && admin::is_proxy_command(&held.request) {
+                self.admin_command(now, conn, &held);
+                continue;
+            }
             if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
                 self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
             }
@@ -386,7 +434,10 @@ impl Engine {
                             self.evaluate_failover(now);
                             self.run_all_held(now);
                         }
-                        ProbeOutcome::Offset => self.settle_waits(now),
+                        ProbeOutcome::Offset => {
+                            self.settle_waits(now);
+                            self.advance_switchover(now);
+                        }
                     }
                 }
                 None => {
@@ -469,6 +520,159 @@ impl Engine {
         }
     }
 
+    // ------------------------------------------------------------------ admin
+
+    /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener).
+    fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
+        self.out.counters.request(Target::Proxy, Class::Other);
+        if !self.admins.contains(&conn) {
+            let message = "ERR PROXY commands are accepted only on the admin listener (admin_listen)";
+            self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
+            return;
+        }
+        let text: Vec<String> = held.request.args().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        self.out.event(Event::AdminCommand { conn, command: text.join(" ") });
+        let reply = match admin::parse(&held.request) {
+            Err(message) => resp::error_reply(&message),
+            Ok(AdminCommand::Status) => admin::bulk(&admin::status_text(&self.status(now))),
+            Ok(AdminCommand::Servers) => admin::bulk_array(&admin::server_lines(&self.status(now))),
+            Ok(AdminCommand::Add(address)) => match self.add_server(now, address) {
+                Ok(()) => resp::simple_reply("OK"),
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Remove(address)) => match self.remove_server(now, &address) {
+                Ok(()) => resp::simple_reply("OK draining"),
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Failover(target)) => match self.begin_switchover(now, conn, target) {
+                // The reply comes when the switchover ends.
+                Ok(()) => return,
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Reload) => {
+                self.out.event(Event::ReloadRequested);
+                resp::simple_reply("OK reloading: see the log for the outcome")
+            }
+        };
+        self.clients.reply_local(conn, reply, &mut self.out);
+    }
+
+    /// The servers watched now, in order (configured ones and those added since).
+    pub fn servers(&self) -> Vec<ServerAddress> {
+        self.monitor.views().iter().filter(|v| !v.draining).map(|v| v.address.clone()).collect()
+    }
+
+    /// Watches a new server (`PROXY ADD`, a reload): probed at once; the failover rules make it a replica of the
+    /// master if it is not one, and reads reach it once it is in sync (`readsToSlaves`).
+    pub fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String> {
+        if self.monitor.find(&address).is_some() {
+            return Err(format!("ERR {address} is already a server of this proxy"));
+        }
+        self.pool.add_server(address.clone());
+        self.failover.add_server();
+        self.monitor.add_server(now, address.clone(), &mut self.pool, &mut self.out);
+        self.out.event(Event::ServerAdded { address });
+        Ok(())
+    }
+
+    /// Removes a server (`PROXY REMOVE`, a reload): it gets no new requests, those in flight finish, then its
+    /// connections close. The routed master cannot be removed (fail over first).
+    pub fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
+        let Some(server) = self.monitor.find(address).filter(|s| !self.removing.contains(s)) else {
+            return Err(format!("ERR {address} is not a server of this proxy"));
+        };
+        if self.failover.is_involved(server) {
+            return Err(format!("ERR {address} is the master (or becoming it): fail over first (PROXY FAILOVER)"));
+        }
+        if self.monitor.views().len() - self.removing.len() <= 1 {
+            return Err("ERR the last server cannot be removed".to_string());
+        }
+        self.monitor.drain(server);
+        self.removing.push(server);
+        self.out.event(Event::ServerRemoving { address: address.clone() });
+        self.finish_removals(now);
+        Ok(())
+    }
+
+    /// Forgets the servers being removed that have no request of a client in flight any more.
+    fn finish_removals(&mut self, now: Instant) {
+        while let Some(position) = self.removing.iter().position(|s| self.pool.in_flight(*s) == 0) {
+            let server = self.removing.remove(position);
+            for conn in self.pool.conns_of(server, false) {
+                self.close_and_fail(now, conn, "server removed");
+            }
+            let address = self.monitor.address(server).clone();
+            self.monitor.remove_server(server);
+            self.pool.remove_server(server);
+            self.failover.remove_server(server);
+            for other in &mut self.removing {
+                if other.0 > server.0 {
+                    other.0 -= 1;
+                }
+            }
+            self.out.event(Event::ServerRemoved { address });
+        }
+    }
+
+    /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
+    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
+        if !self.removing.is_empty() {
+            return Err("ERR a server is being removed: try again in a moment".to_string());
+        }
+        let target = match target {
+            None => None,
+            Some(address) => Some(
+                self.monitor.find(&address).ok_or_else(|| format!("ERR {address} is not a server of this proxy"))?,
+            ),
+        };
+        let deadline = now + self.switchover_bound;
+        let (master, target) = self
+            .failover
+            .begin_switchover(self.monitor.views(), target, deadline)
+            .map_err(|why| format!("ERR cannot fail over: {why}"))?;
+        let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
+        let (from, to) = (self.monitor.address(master).clone(), self.monitor.address(target).clone());
+        self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
+        self.out.event(Event::SwitchoverStarted { from, to });
+        self.switchover =
+            Some(Switchover { admin: (conn, seq), target, started: now, drained_at: None, next_poll: now });
+        self.advance_switchover(now);
+        Ok(())
+    }
+
+    /// Moves a planned switchover on: once the master has no request in flight, polls both offsets until the
+    /// target's equals the master's (every acknowledged write is on it), then promotes the target.
+    fn advance_switchover(&mut self, now: Instant) {
+        let Some((master, target)) = self.failover.switching() else { return };
+        let Some(switchover) = self.switchover.as_mut() else { return };
+        let due = now >= switchover.next_poll;
+        if due {
+            switchover.next_poll = now + SWITCHOVER_POLL;
+        }
+        // Requests already sent run to the end: their writes are acknowledged, so they must be on the target too.
+        if self.pool.in_flight(master) > 0 {
+            return;
+        }
+        let drained = *switchover.drained_at.get_or_insert(now);
+        let fresh = |view: &ServerView| view.offset_seen.filter(|(at, _)| *at >= drained).map(|(_, offset)| offset);
+        let views = self.monitor.views();
+        if let (Some(master_offset), Some(target_offset)) = (fresh(&views[master.0]), fresh(&views[target.0])) {
+            if master_offset == target_offset {
+                self.failover.promote_switchover(now);
+                let address = self.monitor.address(target).clone();
+                let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
+                self.history.chose(&address, &reason);
+                self.out.event(Event::PromotionStarted { address, reason });
+                self.monitor.send_replicaof(now, target, None, &mut self.pool, &mut self.out);
+                return;
+            }
+        }
+        if due {
+            self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
+            self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
+        }
+    }
+
     // ------------------------------------------------------------------ failover
 
     fn evaluate_failover(&mut self, now: Instant) {
@@ -478,6 +682,19 @@ impl Engine {
                     let address = self.monitor.address(master).clone();
                     self.history.end(now, &address);
                     self.master_since = Some(now);
+                    if let Some(switchover) = self.switchover.take() {
+                        let held_ms = now.saturating_duration_since(switchover.started).as_millis();
+                        let (reply, outcome) = if master == switchover.target {
+                            let text = format!("done: {address} is the master; writes were held for {held_ms} ms");
+                            (resp::simple_reply(&format!("OK {text}")), text)
+                        } else {
+                            let text = format!("aborted ({reason}); {address} is still the master");
+                            (resp::error_reply(&format!("ERR planned switchover {text}")), text)
+                        };
+                        self.out.event(Event::SwitchoverEnded { outcome });
+                        let (client, seq) = switchover.admin;
+                        self.deliver(now, client, seq, reply);
+                    }
                     self.out.event(Event::MasterAdopted { address, reason });
                     self.run_all_held(now);
                 }

@@ -79,6 +79,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod admin;
 mod client;
 #[cfg(feature = "command-table")]
 pub mod command;

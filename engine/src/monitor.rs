@@ -86,6 +86,29 @@ impl Monitor {
         }
     }
 
+    /// Starts watching a new server at the next [`ServerId`] (`PROXY ADD`, reload): probed at once.
+    pub(crate) fn add_server(&mut self, now: Instant, address: ServerAddress, pool: &mut Pool, out: &mut Outbox) {
+        self.views.push(ServerView::new(address, now));
+        self.watches.push(Watch::default());
+        self.open_probe(now, ServerId(self.views.len() - 1), pool, out);
+    }
+
+    /// Marks `server` as being removed: it takes no part in routing or failover from now on.
+    pub(crate) fn drain(&mut self, server: ServerId) {
+        self.views[server.0].draining = true;
+    }
+
+    /// Forgets `server` (its connections are closed); the servers after it move down one id.
+    pub(crate) fn remove_server(&mut self, server: ServerId) {
+        self.views.remove(server.0);
+        self.watches.remove(server.0);
+    }
+
+    /// The server at `address`, if it is watched.
+    pub(crate) fn find(&self, address: &ServerAddress) -> Option<ServerId> {
+        self.views.iter().position(|v| v.address == *address).map(ServerId)
+    }
+
     /// What is known of every server, in configuration order.
     pub(crate) fn views(&self) -> &[ServerView] {
         &self.views
@@ -363,7 +386,7 @@ impl Monitor {
         view.probe_pending_since = None;
         view.worsen(Health::Unreachable, "its probe connection failed or broke");
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
-        if !view.is_down() && !recently {
+        if !view.is_down() && !recently && !view.draining {
             watch.reopened_at = Some(now);
             self.open_probe(now, server, pool, out);
         }

@@ -243,6 +243,31 @@ impl Pool {
         })
     }
 
+    /// Requests of clients in flight on the connections to `server`.
+    pub(crate) fn in_flight(&self, server: ServerId) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, b)| b.server == server)
+            .map(|(_, b)| b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. })).count())
+            .sum()
+    }
+
+    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload).
+    pub(crate) fn add_server(&mut self, address: ServerAddress) {
+        let pool_size = self.servers.first().map_or(1, |s| s.shared.len());
+        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new() });
+    }
+
+    /// Forgets `server`, whose connections are all closed; the servers after it move down one id.
+    pub(crate) fn remove_server(&mut self, server: ServerId) {
+        self.servers.remove(server.0);
+        for backend in self.conns.values_mut() {
+            if backend.server.0 > server.0 {
+                backend.server.0 -= 1;
+            }
+        }
+    }
+
     /// The connections to `server` by kind, for the status snapshot.
     pub(crate) fn counts_of(&self, server: ServerId) -> BackendCounts {
         let mut counts = BackendCounts::default();

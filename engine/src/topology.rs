@@ -159,6 +159,8 @@ pub(crate) struct ServerView {
     pub(crate) health: Health,
     /// The evidence for `health`, for the status page.
     pub(crate) why: &'static str,
+    /// Being removed (`PROXY REMOVE`): no new requests, no role in failover; gone once its requests finished.
+    pub(crate) draining: bool,
     /// The last `INFO` facts, if any since it was last seen down.
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
@@ -178,6 +180,7 @@ impl ServerView {
             watched_since: now,
             health: Health::Up,
             why: "not probed yet",
+            draining: false,
             info: None,
             info_at: None,
             offset_seen: None,
@@ -208,9 +211,10 @@ impl ServerView {
         self.health <= Health::Busy
     }
 
-    /// Whether it is up and known to report `role`.
+    /// Whether it is up, known to report `role`, and not being removed (a draining server takes no part in
+    /// routing or failover).
     pub(crate) fn is(&self, role: Role) -> bool {
-        !self.is_down() && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
+        !self.is_down() && !self.draining && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
     }
 
     /// Whether it is up, reports itself a replica, and names `master` as its master.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const STATUS_LISTENER: Token = Token(usize::MAX - 2);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 /// Set in the token of a status (HTTP) connection, over its index in `Runtime::exchanges`.
 const EXCHANGE: usize = 1 << (usize::BITS - 3);
 /// Set in the token of a closing socket, over its index in `Runtime::closing`: the engine hands a closed
@@ -88,6 +89,11 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         poll.registry().register(listener, STATUS_LISTENER, Interest::READABLE)?;
         logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
     }
+    let mut admin = bind_optional(config.admin_listen.as_deref(), "admin_listen")?;
+    if let Some((listener, address)) = &mut admin {
+        poll.registry().register(listener, ADMIN_LISTENER, Interest::READABLE)?;
+        logger.log(Level::Info, &format!("admin commands (PROXY ...) on {address}"));
+    }
     let mut runtime = Runtime {
         poll,
         engine: Engine::new(config, Instant::now()),
@@ -98,7 +104,7 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         logger,
         exchanges: Vec::new(),
     };
-    runtime.event_loop(listener, signals, status.map(|(l, _)| l))
+    runtime.event_loop(listener, signals, status.map(|(l, _)| l), admin.map(|(l, _)| l))
 }
 
 /// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
@@ -122,8 +128,10 @@ impl Runtime {
         listener: TcpListener,
         mut signals: Signals,
         status: Option<TcpListener>,
+        admin: Option<TcpListener>,
     ) -> io::Result<()> {
         let mut listener = Some(listener);
+        let mut admin = admin;
         let mut events = Events::with_capacity(1024);
         loop {
             self.drain_engine();
@@ -151,7 +159,12 @@ impl Runtime {
                 match event.token() {
                     LISTENER => {
                         if let Some(listener) = &listener {
-                            self.accept_all(listener);
+                            self.accept_all(listener, false);
+                        }
+                    }
+                    ADMIN_LISTENER => {
+                        if let Some(admin) = &admin {
+                            self.accept_all(admin, true);
                         }
                     }
                     STATUS_LISTENER => {
@@ -168,6 +181,9 @@ impl Runtime {
                         };
                         self.logger.log(Level::Info, &format!("{name}: closing clients and shutting down"));
                         let _ = self.poll.registry().deregister(&mut stopped);
+                        if let Some(mut admin) = admin.take() {
+                            let _ = self.poll.registry().deregister(&mut admin);
+                        }
                         self.engine.begin_shutdown(Instant::now());
                     }
                     Token(token) if token & CLOSING != 0 => {
@@ -264,12 +280,17 @@ impl Runtime {
         }
     }
 
-    fn accept_all(&mut self, listener: &TcpListener) {
+    /// Accepts every pending client of `listener` (`admin`: the admin listener, whose clients may send `PROXY`).
+    fn accept_all(&mut self, listener: &TcpListener, admin: bool) {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = self.engine.accept(Instant::now(), peer);
+                    let id = if admin {
+                        self.engine.accept_admin(Instant::now(), peer)
+                    } else {
+                        self.engine.accept(Instant::now(), peer)
+                    };
                     let registered = self.poll.registry().register(
                         &mut stream,
                         Token(id.index()),

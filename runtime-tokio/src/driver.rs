@@ -76,6 +76,16 @@ struct Socket {
     readable: bool,
 }
 
+/// The sockets the proxy listens on.
+pub(crate) struct Listeners {
+    /// Clients.
+    pub(crate) clients: TcpListener,
+    /// The status page and metrics (`status_listen`).
+    pub(crate) status: Option<TcpListener>,
+    /// Admin clients (`admin_listen`).
+    pub(crate) admin: Option<TcpListener>,
+}
+
 /// The task that owns the engine.
 pub(crate) struct Driver {
     engine: Engine,
@@ -111,12 +121,10 @@ impl Driver {
     /// Runs until `shutdown` completes and the shutdown it starts is over: the engine stops reading clients and
     /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
     /// connection writes what is queued for it.
-    pub(crate) async fn run(
-        mut self,
-        listener: TcpListener,
-        status: Option<TcpListener>,
-        shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()> {
+    pub(crate) async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Listeners { clients: listener, status, admin } = listeners;
+        // None once shutdown began, as `listener`.
+        let mut admin = admin;
         let mut shutdown = pin!(shutdown);
         // Status connections ask this task for a snapshot; the engine is only ever touched here.
         let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
@@ -141,6 +149,7 @@ impl Driver {
             tokio::select! {
                 () = &mut shutdown, if listener.is_some() => {
                     listener = None;
+                    admin = None;
                     self.engine.begin_shutdown(Instant::now());
                 }
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
@@ -149,9 +158,15 @@ impl Driver {
                     }
                 }
                 accepted = accept(listener.as_ref()), if accept_paused_until.is_none() => match accepted {
-                    Ok((stream, peer)) => self.accepted(stream, peer),
+                    Ok((stream, peer)) => self.accepted(stream, peer, false),
                     Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                 },
+                accepted = accept(admin.as_ref()), if accept_paused_until.is_none() && admin.is_some() => {
+                    match accepted {
+                        Ok((stream, peer)) => self.accepted(stream, peer, true),
+                        Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
+                    }
+                }
                 () = resume_accepting(accept_paused_until), if accept_paused_until.is_some() => {
                     accept_paused_until = None;
                 }
@@ -222,9 +237,14 @@ impl Driver {
         }
     }
 
-    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// A client connected (`admin`: on the admin listener, so it may send `PROXY` commands).
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, admin: bool) {
         let _ = stream.set_nodelay(true);
-        let id = self.engine.accept(Instant::now(), peer);
+        let id = if admin {
+            self.engine.accept_admin(Instant::now(), peer)
+        } else {
+            self.engine.accept(Instant::now(), peer)
+        };
         let (io, task) = spawn_io(id, stream, self.sender.clone());
         self.sockets.insert(id, Socket::new(Some(io), task));
         self.drain_engine();

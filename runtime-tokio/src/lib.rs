@@ -75,6 +75,8 @@ pub struct Proxy {
     listener: TcpListener,
     /// The status listener (`status_listen`), if configured.
     status: Option<TcpListener>,
+    /// The admin listener (`admin_listen`), if configured.
+    admin: Option<TcpListener>,
     config: Config,
     events: broadcast::Sender<Event>,
     logger: Option<Logger>,
@@ -90,16 +92,15 @@ impl Proxy {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
-        let status = match config.status_listen.as_deref() {
-            None => None,
-            Some(address) => Some(
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on status_listen {address}: {e}")))?,
-            ),
-        };
+        let status = bind_optional(config.status_listen.as_deref(), "status_listen").await?;
+        let admin = bind_optional(config.admin_listen.as_deref(), "admin_listen").await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, status, config, events, logger: None })
+        Ok(Proxy { listener, status, admin, config, events, logger: None })
+    }
+
+    /// The address of the admin listener (`admin_listen`), if one is configured.
+    pub fn admin_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
     }
 
     /// The address of the status listener (`status_listen`), if one is configured.
@@ -129,8 +130,18 @@ impl Proxy {
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        driver::Driver::new(self.config, self.events, self.logger).run(self.listener, self.status, shutdown).await
+        let listeners = driver::Listeners { clients: self.listener, status: self.status, admin: self.admin };
+        driver::Driver::new(self.config, self.events, self.logger).run(listeners, shutdown).await
     }
+}
+
+/// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
+async fn bind_optional(address: Option<&str>, field: &str) -> io::Result<Option<TcpListener>> {
+    let Some(address) = address else { return Ok(None) };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {field} {address}: {e}")))?;
+    Ok(Some(listener))
 }
 
 /// Runs a proxy for `config` until `shutdown` completes: [`Proxy::bind`] then [`Proxy::run`].

@@ -1,10 +1,11 @@
 //! Operating the proxy, end to end on both runtimes: the status page in headless Chromium, `/status.json`,
 //! `/metrics` parsed by a Prometheus text parser, `/health`.
 
-use redis_proxy_tests::cluster::{cluster, converged_master, ports, CONVERGE};
+use redis_proxy_tests::cluster::{cluster, converged_master, ports, start_write_load, CONVERGE};
 use redis_proxy_tests::{
-    chromium_dom, exclusive, free_port, http_get, status, wait_until, Proxy, RedisServer, Runtime,
+    chromium_dom, exclusive, free_port, http_get, status, wait_until, Proxy, RedisServer, Reply, Runtime,
 };
+use std::time::Duration;
 
 /// Parses `/metrics` with a Prometheus text parser; returns (name, labels, value) of every sample.
 fn scrape(port: u16) -> Vec<(String, Vec<(String, String)>, f64)> {
@@ -121,5 +122,119 @@ fn health_is_503_with_a_reason_while_no_master_is_routable_and_200_after() {
         server.restart();
         assert!(wait_until(CONVERGE, || health().0 == 200), "{runtime:?}: 200 once it is back");
         assert_eq!(http_get(status_port, "/nothing-here").map(|(code, _)| code), Some(404));
+    }
+}
+
+fn admin_extra(status_port: u16, admin_port: u16) -> String {
+    format!(r#"{}, "admin_listen": "127.0.0.1:{admin_port}""#, status_extra(status_port))
+}
+
+/// The servers `PROXY SERVERS` lists.
+fn proxy_servers(admin_port: u16) -> Vec<String> {
+    let mut admin = redis_proxy_tests::RespConn::connect(admin_port);
+    match admin.call(&[b"PROXY", b"SERVERS"]) {
+        Reply::Array(Some(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Reply::Bulk(Some(line)) => String::from_utf8_lossy(&line).into_owned(),
+                other => panic!("PROXY SERVERS item {other:?}"),
+            })
+            .collect(),
+        other => panic!("PROXY SERVERS answered {other:?}"),
+    }
+}
+
+#[test]
+fn proxy_add_makes_a_fresh_server_a_replica_that_gets_reads_and_remove_under_load_drops_no_request() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let servers = cluster(1);
+        let all = ports(&servers);
+        let fresh = RedisServer::start();
+        let (status_port, admin_port) = (free_port(), free_port());
+        let proxy = Proxy::start(runtime, &all, &admin_extra(status_port, admin_port));
+        let mut client = proxy.connect();
+        let refused = client.call(&[b"PROXY", b"SERVERS"]);
+        assert!(matches!(&refused, Reply::Error(e) if e.contains("admin listener")), "{runtime:?}: {refused:?}");
+
+        let mut admin = redis_proxy_tests::RespConn::connect(admin_port);
+        let address = format!("127.0.0.1:{}", fresh.port);
+        assert_eq!(admin.call(&[b"PROXY", b"ADD", address.as_bytes()]), status("OK"));
+        let attached = wait_until(CONVERGE, || {
+            redis_proxy_tests::replication_role(fresh.port) == Some(("slave".into(), Some(all[0])))
+                && redis_proxy_tests::info_field(fresh.port, "replication", "master_link_status").as_deref()
+                    == Some("up")
+        });
+        assert!(attached, "{runtime:?}: the added server did not become a replica of the master");
+        assert_eq!(client.call(&[b"SET", b"added", b"1"]), status("OK"));
+        let reads_reach_it = wait_until(CONVERGE, || {
+            client.call(&[b"GET", b"added"]);
+            redis_proxy_tests::info_field(fresh.port, "commandstats", "cmdstat_get").is_some()
+        });
+        assert!(reads_reach_it, "{runtime:?}: no read reached the added replica");
+
+        // Reads and writes go on while the added replica is removed: none may fail.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (stop, port) = (stop.clone(), proxy.port);
+            std::thread::spawn(move || {
+                let mut conn = redis_proxy_tests::RespConn::connect(port);
+                let (mut ok, mut errors) = (0u64, Vec::new());
+                for i in 0..200_000u64 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("rm:{i}");
+                    let set = conn.try_call(&[b"SET", key.as_bytes(), b"v"]);
+                    let get = conn.try_call(&[b"GET", b"added"]);
+                    match (set, get) {
+                        (Ok(Reply::Status(_)), Ok(Reply::Bulk(_))) => ok += 1,
+                        other => errors.push(format!("{other:?}")),
+                    }
+                }
+                (ok, errors)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(admin.call(&[b"PROXY", b"REMOVE", address.as_bytes()]), status("OK draining"));
+        let removed = wait_until(CONVERGE, || !proxy_servers(admin_port).iter().any(|s| s.starts_with(&address)));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, errors) = load.join().expect("load thread");
+        assert!(removed, "{runtime:?}: the server was never removed");
+        eprintln!("{runtime:?}: PROXY REMOVE under load: {ok} SET+GET pairs, {} errors", errors.len());
+        assert!(errors.is_empty(), "{runtime:?}: client errors during PROXY REMOVE: {errors:?}");
+        assert!(ok > 0);
+        let master = format!("127.0.0.1:{}", all[0]);
+        let reply = admin.call(&[b"PROXY", b"REMOVE", master.as_bytes()]);
+        assert!(matches!(&reply, Reply::Error(e) if e.contains("fail over first")), "{runtime:?}: {reply:?}");
+    }
+}
+
+#[test]
+fn proxy_failover_under_a_sequenced_write_load_loses_no_write_and_gives_no_error() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let servers = cluster(2);
+        let all = ports(&servers);
+        let (status_port, admin_port) = (free_port(), free_port());
+        let proxy = Proxy::start(runtime, &all, &admin_extra(status_port, admin_port));
+        assert!(wait_until(CONVERGE, || http_get(status_port, "/health").is_some_and(|(c, _)| c == 200)));
+        let load = start_write_load(proxy.port);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut admin = redis_proxy_tests::RespConn::connect(admin_port);
+        let target = format!("127.0.0.1:{}", all[1]);
+        let reply = admin.call(&[b"PROXY", b"FAILOVER", target.as_bytes()]);
+        std::thread::sleep(Duration::from_millis(500));
+        let stats = load.finish();
+        let Reply::Status(text) = &reply else { panic!("{runtime:?}: PROXY FAILOVER answered {reply:?}") };
+        eprintln!("{runtime:?}: PROXY FAILOVER: {text}; write load {stats:?}");
+        assert_eq!(stats.errors, 0, "{runtime:?}: client errors during the switchover");
+        assert!(wait_until(CONVERGE, || converged_master(&all) == Some(all[1])), "{runtime:?}: {target} not master");
+        // Every write was acknowledged (no errors): all of them must be on the new master.
+        let mut new_master = servers[1].connect();
+        assert_eq!(new_master.call(&[b"DBSIZE"]), Reply::Int(stats.acked as i64), "{runtime:?}: lost writes");
+        let json = http_get(status_port, "/status.json").expect("status").1;
+        assert!(json.contains("planned switchover (PROXY FAILOVER)"), "{runtime:?}: {json}");
     }
 }
