@@ -1,7 +1,7 @@
 //! Operating the proxy, end to end on both runtimes: the status page in headless Chromium, `/status.json`,
 //! `/metrics` parsed by a Prometheus text parser, `/health`.
 
-use redis_proxy_tests::cluster::{cluster, converged_master, ports, start_write_load, CONVERGE};
+use redis_proxy_tests::cluster::{cluster, converged_master, ports, start_write_load, wait_caught_up, CONVERGE};
 use redis_proxy_tests::{
     chromium_dom, exclusive, free_port, http_get, status, wait_until, Proxy, RedisServer, Reply, Runtime,
 };
@@ -219,7 +219,15 @@ fn proxy_failover_under_a_sequenced_write_load_loses_no_write_and_gives_no_error
         let all = ports(&servers);
         let (status_port, admin_port) = (free_port(), free_port());
         let proxy = Proxy::start(runtime, &all, &admin_extra(status_port, admin_port));
+        // Replicas attach before their first sync (which Redis delays by repl-diskless-sync-delay).
+        wait_caught_up(&servers[0]);
+        let linked = |port: u16| {
+            redis_proxy_tests::info_field(port, "replication", "master_link_status").as_deref() == Some("up")
+        };
+        assert!(wait_until(CONVERGE, || linked(all[1]) && linked(all[2])));
         assert!(wait_until(CONVERGE, || http_get(status_port, "/health").is_some_and(|(c, _)| c == 200)));
+        // The proxy has read INFO since the link came up.
+        std::thread::sleep(Duration::from_millis(300));
         let load = start_write_load(proxy.port);
         std::thread::sleep(Duration::from_millis(500));
         let mut admin = redis_proxy_tests::RespConn::connect(admin_port);
