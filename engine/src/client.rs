@@ -114,6 +114,21 @@ struct ClientLimits {
     allow_topology_commands: bool,
 }
 
+impl ClientLimits {
+    fn from(config: &Config) -> ClientLimits {
+        ClientLimits {
+            limits: config.limits,
+            pool_size: config.pool_size,
+            max_clients: config.max_clients,
+            max_pipeline: config.max_pipeline,
+            client_output_limit: config.client_output_limit,
+            hold: config.hold,
+            hold_max_bytes: config.hold_max_bytes,
+            allow_topology_commands: config.allow_topology_commands,
+        }
+    }
+}
+
 impl Clients {
     /// No clients yet, with the limits of `config`.
     pub(crate) fn new(config: &Config) -> Clients {
@@ -123,17 +138,14 @@ impl Clients {
             held_bytes: 0,
             hold_deadlines: VecDeque::new(),
             departed: Vec::new(),
-            config: ClientLimits {
-                limits: config.limits,
-                pool_size: config.pool_size,
-                max_clients: config.max_clients,
-                max_pipeline: config.max_pipeline,
-                client_output_limit: config.client_output_limit,
-                hold: config.hold,
-                hold_max_bytes: config.hold_max_bytes,
-                allow_topology_commands: config.allow_topology_commands,
-            },
+            config: ClientLimits::from(config),
         }
+    }
+
+    /// Applies the limits of a reloaded `config` (`pool_size` and the protocol limits cannot change live: the
+    /// caller refuses a config that changes them).
+    pub(crate) fn set_limits(&mut self, config: &Config) {
+        self.config = ClientLimits::from(config);
     }
 
     /// Clients connected.

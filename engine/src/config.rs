@@ -232,6 +232,26 @@ impl Config {
         })
     }
 
+    /// The first field that differs between `self` and `new` and cannot change while the proxy runs (the
+    /// listeners, the connection pool's shape, the probe timing, the protocol limits, the log format).
+    pub fn unchangeable_difference(&self, new: &Config) -> Option<&'static str> {
+        [
+            ("listen_port", self.listen_port != new.listen_port),
+            ("bind_address", self.bind_address != new.bind_address),
+            ("status_listen", self.status_listen != new.status_listen),
+            ("admin_listen", self.admin_listen != new.admin_listen),
+            ("pool_size", self.pool_size != new.pool_size),
+            ("check_period", self.check_period != new.check_period),
+            ("down_after", self.down_after != new.down_after),
+            ("busy_down_after", self.busy_down_after != new.busy_down_after),
+            ("max_bulk_len / max_request_len", self.limits != new.limits),
+            ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("log_format", self.log_format != new.log_format),
+        ]
+        .into_iter()
+        .find_map(|(field, differs)| differs.then_some(field))
+    }
+
     /// A configuration with every default, for `servers` (handy for tests and embedding).
     pub fn with_servers(servers: Vec<ServerAddress>) -> Config {
         let list: Vec<String> = servers

@@ -40,13 +40,14 @@ pub struct Engine {
     history: History,
     /// Since when writes go to the routed master.
     master_since: Option<Instant>,
-    mode: crate::config::Mode,
     /// Clients that came in on the admin listener (the only ones allowed `PROXY` commands).
     admins: Vec<ConnId>,
     /// Servers being removed, forgotten once their requests in flight are answered.
     removing: Vec<ServerId>,
     /// The planned switchover under way.
     switchover: Option<Switchover>,
+    /// The configuration in force (the last one [`Engine::reconfigure`] accepted).
+    config: Config,
     /// How long a planned switchover may hold writes before it is aborted (half of `hold_ms`, so that held
     /// requests never expire because of one).
     switchover_bound: Duration,
@@ -82,12 +83,47 @@ impl Engine {
             shutdown_deadline: None,
             history: History::default(),
             master_since: None,
-            mode: config.mode,
             admins: Vec::new(),
             removing: Vec::new(),
             switchover: None,
             switchover_bound: config.hold / 2,
+            config,
         }
+    }
+
+    /// Applies a re-read configuration while clients stay connected: servers added and removed (as `PROXY ADD`
+    /// and `PROXY REMOVE`), `mode`, the client limits, `hold_ms`, `replica_max_lag`, `allow_topology_commands`.
+    /// Refused, with nothing changed, when `new` changes a field that cannot change live (see
+    /// [`Config::unchangeable_difference`]) or would remove the master. Returns what changed, for the log.
+    pub fn reconfigure(&mut self, now: Instant, new: Config) -> Result<Vec<String>, String> {
+        if let Some(field) = self.config.unchangeable_difference(&new) {
+            return Err(format!("`{field}` cannot change while the proxy runs (restart it to change it)"));
+        }
+        let current = self.servers();
+        let removed: Vec<ServerAddress> = current.iter().filter(|s| !new.servers.contains(s)).cloned().collect();
+        let added: Vec<ServerAddress> = new.servers.iter().filter(|s| !current.contains(s)).cloned().collect();
+        if let Some(master) =
+            removed.iter().find(|s| self.monitor.find(s).is_some_and(|id| self.failover.is_involved(id)))
+        {
+            return Err(format!("it removes {master}, the master: fail over first (PROXY FAILOVER)"));
+        }
+        let mut changes = Vec::new();
+        for address in removed {
+            self.remove_server(now, &address)?;
+            changes.push(format!("removing server {address}"));
+        }
+        for address in added {
+            self.add_server(now, address.clone())?;
+            changes.push(format!("added server {address}"));
+        }
+        if new.mode != self.config.mode {
+            changes.push(format!("mode {:?} -> {:?}", self.config.mode, new.mode));
+        }
+        self.clients.set_limits(&new);
+        self.router = Router::new(&new);
+        self.switchover_bound = new.hold / 2;
+        self.config = new;
+        Ok(changes)
     }
 
     /// A client connected from `peer` on the admin listener: as [`Engine::accept`], and it may send `PROXY`
@@ -143,7 +179,7 @@ impl Engine {
             master: master.map(|m| views[m.0].address.clone()),
             master_since: self.master_since.filter(|_| master.is_some()).map(|at| now.saturating_duration_since(at)),
             no_master_reason,
-            mode: self.mode,
+            mode: self.config.mode,
             clients: self.clients.count(),
             held: self.clients.held_stats(),
         };
@@ -683,9 +719,9 @@ impl Engine {
                     self.history.end(now, &address);
                     self.master_since = Some(now);
                     if let Some(switchover) = self.switchover.take() {
-                        let held_ms = now.saturating_duration_since(switchover.started).as_millis();
+                        let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
                         let (reply, outcome) = if master == switchover.target {
-                            let text = format!("done: {address} is the master; writes were held for {held_ms} ms");
+                            let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
                             (resp::simple_reply(&format!("OK {text}")), text)
                         } else {
                             let text = format!("aborted ({reason}); {address} is still the master");

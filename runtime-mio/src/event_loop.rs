@@ -4,12 +4,13 @@
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
+use redis_proxy_runtime_common::reload as runtime_common_reload;
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
@@ -68,11 +69,13 @@ struct Runtime {
     logger: Logger,
     /// Status (HTTP) connections being served; the token is `EXCHANGE` | index.
     exchanges: Vec<Option<(TcpStream, Exchange)>>,
+    /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
+    config_path: String,
 }
 
 /// Runs the proxy until a fatal error (binding the listen address, or the poller failing), or until a shutdown
 /// asked for by SIGINT/SIGTERM is complete.
-pub fn run(config: Config, logger: Logger) -> io::Result<()> {
+pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()> {
     let address = (config.bind_address.as_str(), config.listen_port)
         .to_socket_addrs()?
         .next()
@@ -81,7 +84,7 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         TcpListener::bind(address).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     logger.listening(address, &config.servers);
     let mut status = bind_optional(config.status_listen.as_deref(), "status_listen")?;
@@ -103,6 +106,7 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         read_again: Vec::new(),
         logger,
         exchanges: Vec::new(),
+        config_path,
     };
     runtime.event_loop(listener, signals, status.map(|(l, _)| l), admin.map(|(l, _)| l))
 }
@@ -173,7 +177,12 @@ impl Runtime {
                         }
                     }
                     SIGNALS => {
-                        let Some(signal) = signals.pending().next() else { continue };
+                        let pending: Vec<i32> = signals.pending().collect();
+                        if pending.contains(&SIGHUP) {
+                            self.logger.log(Level::Info, &"SIGHUP: reloading the configuration");
+                            self.reload();
+                        }
+                        let Some(signal) = pending.into_iter().find(|s| *s != SIGHUP) else { continue };
                         let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
                         let Some(mut stopped) = listener.take() else {
                             self.logger.log(Level::Warn, &format!("{name} again: exiting without waiting for clients"));
@@ -417,9 +426,20 @@ impl Runtime {
                 }
             }
         }
+        let mut reload = false;
         while let Some(event) = self.engine.poll_event() {
+            reload |= event == Event::ReloadRequested;
             self.logger.log(event.level(), &event);
         }
+        if reload {
+            self.reload();
+        }
+    }
+
+    /// Re-reads the configuration file and applies it (see `runtime_common::reload`).
+    fn reload(&mut self) {
+        runtime_common_reload(&mut self.engine, &self.config_path, &self.logger);
+        self.drain_engine();
     }
 
     fn connect(&mut self, conn: ConnId, host: &str, port: u16) {

@@ -100,10 +100,17 @@ pub(crate) struct Driver {
     receiver: mpsc::Receiver<Message>,
     /// Connections the engine closed that still have bytes to write, finishing in the background.
     closers: JoinSet<()>,
+    /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
+    config_path: Option<String>,
 }
 
 impl Driver {
-    pub(crate) fn new(config: Config, events: broadcast::Sender<Event>, logger: Option<Logger>) -> Driver {
+    pub(crate) fn new(
+        config: Config,
+        events: broadcast::Sender<Event>,
+        logger: Option<Logger>,
+        config_path: Option<String>,
+    ) -> Driver {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         Driver {
             engine: Engine::new(config, Instant::now()),
@@ -115,6 +122,7 @@ impl Driver {
             sender,
             receiver,
             closers: JoinSet::new(),
+            config_path,
         }
     }
 
@@ -129,6 +137,10 @@ impl Driver {
         // Status connections ask this task for a snapshot; the engine is only ever touched here.
         let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
         let _status_task = status.map(|listener| TaskGuard(tokio::spawn(serve_status(listener, snapshots))));
+        let mut hangups = match self.config_path {
+            Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
+            None => None,
+        };
         // None once shutdown began: nobody new is accepted.
         let mut listener = Some(listener);
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
@@ -171,6 +183,12 @@ impl Driver {
                     accept_paused_until = None;
                 }
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => {}
+                Some(()) = hangup(hangups.as_mut()) => {
+                    if let Some(logger) = &self.logger {
+                        logger.log(redis_proxy_engine::Level::Info, &"SIGHUP: reloading the configuration");
+                    }
+                    self.reload();
+                }
                 Some(reply) = snapshot_requests.recv() => {
                     let _ = reply.send(self.engine.status(Instant::now()));
                 }
@@ -307,10 +325,22 @@ impl Driver {
                 }
             }
         }
+        let mut reload = false;
         while let Some(event) = self.engine.poll_event() {
+            reload |= event == Event::ReloadRequested;
             // No subscriber is not an error.
             let _ = self.events.send(event);
         }
+        if reload {
+            self.reload();
+        }
+    }
+
+    /// Re-reads the configuration file, if one is set, and applies it (see `runtime_common::reload`).
+    fn reload(&mut self) {
+        let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger) else { return };
+        redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger);
+        self.drain_engine();
     }
 
     /// The engine is done with `conn`: its socket writes what is queued (in a background task if the socket does
@@ -409,6 +439,14 @@ async fn serve_exchange(
     };
     stream.write_all(&answer).await?;
     stream.shutdown().await
+}
+
+/// The next SIGHUP; never completes without a signal stream.
+async fn hangup(signals: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts the next client; never completes once the listener is gone (shutting down).

@@ -80,6 +80,7 @@ pub struct Proxy {
     config: Config,
     events: broadcast::Sender<Event>,
     logger: Option<Logger>,
+    config_path: Option<String>,
 }
 
 impl Proxy {
@@ -95,7 +96,7 @@ impl Proxy {
         let status = bind_optional(config.status_listen.as_deref(), "status_listen").await?;
         let admin = bind_optional(config.admin_listen.as_deref(), "admin_listen").await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, status, admin, config, events, logger: None })
+        Ok(Proxy { listener, status, admin, config, events, logger: None, config_path: None })
     }
 
     /// The address of the admin listener (`admin_listen`), if one is configured.
@@ -125,13 +126,19 @@ impl Proxy {
         self.logger = Some(logger);
     }
 
+    /// Re-reads the configuration from the file at `path` on `SIGHUP` and on `PROXY RELOAD`, logging the outcome
+    /// with the logger (see [`Proxy::set_logger`]). Without it neither reloads.
+    pub fn set_config_file(&mut self, path: String) {
+        self.config_path = Some(path);
+    }
+
     /// Runs the proxy until `shutdown` completes, then closes the clients cleanly (see the crate docs).
     ///
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let listeners = driver::Listeners { clients: self.listener, status: self.status, admin: self.admin };
-        driver::Driver::new(self.config, self.events, self.logger).run(listeners, shutdown).await
+        driver::Driver::new(self.config, self.events, self.logger, self.config_path).run(listeners, shutdown).await
     }
 }
 

@@ -250,6 +250,11 @@ impl Proxy {
         proxy
     }
 
+    /// The config file the proxy was started with (rewrite it, then send SIGHUP, to test a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
     /// What the proxy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -246,3 +246,53 @@ fn proxy_failover_under_a_sequenced_write_load_loses_no_write_and_gives_no_error
         assert!(json.contains("planned switchover (PROXY FAILOVER)"), "{runtime:?}: {json}");
     }
 }
+
+#[test]
+fn sighup_adds_a_replica_from_the_file_and_keeps_the_running_config_when_the_file_is_invalid() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let servers = cluster(1);
+        let all = ports(&servers);
+        let fresh = RedisServer::start();
+        let status_port = free_port();
+        let proxy = Proxy::start(runtime, &all, &status_extra(status_port));
+        let mut client = proxy.connect();
+        assert_eq!(client.call(&[b"SET", b"before", b"1"]), status("OK"));
+
+        let config = std::fs::read_to_string(proxy.config_path()).expect("config");
+        let old_servers = format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, all[1]);
+        let new_servers = format!(r#"{old_servers}, {{"host": "127.0.0.1", "port": {}}}"#, fresh.port);
+        std::fs::write(proxy.config_path(), config.replace(&old_servers, &new_servers)).expect("rewrite");
+        proxy.signal("HUP");
+        let attached = wait_until(CONVERGE, || {
+            redis_proxy_tests::replication_role(fresh.port) == Some(("slave".into(), Some(all[0])))
+        });
+        assert!(attached, "{runtime:?}: the replica added to the file was not attached:\n{}", proxy.log());
+        let listed = http_get(status_port, "/status.json").expect("status").1;
+        assert!(listed.contains(&format!("127.0.0.1:{}", fresh.port)), "{runtime:?}: {listed}");
+        assert!(proxy.log().contains("reload: applied: added server"), "{runtime:?}:\n{}", proxy.log());
+        assert_eq!(client.call(&[b"GET", b"before"]), redis_proxy_tests::bulk(b"1"), "{runtime:?}: client kept");
+
+        std::fs::write(proxy.config_path(), "{ not json").expect("rewrite");
+        proxy.signal("HUP");
+        assert!(
+            wait_until(CONVERGE, || proxy.log().contains("reload refused, the running configuration is kept")),
+            "{runtime:?}: invalid file not refused:\n{}",
+            proxy.log()
+        );
+        std::fs::write(
+            proxy.config_path(),
+            config.replace(&format!("\"listen_port\": {}", proxy.port), "\"listen_port\": 1"),
+        )
+        .expect("rewrite");
+        proxy.signal("HUP");
+        assert!(
+            wait_until(CONVERGE, || proxy.log().contains("`listen_port` cannot change while the proxy runs")),
+            "{runtime:?}: listen_port change not refused:\n{}",
+            proxy.log()
+        );
+        let listed = http_get(status_port, "/status.json").expect("status").1;
+        assert!(listed.contains(&format!("127.0.0.1:{}", fresh.port)), "{runtime:?}: old config kept: {listed}");
+        assert_eq!(client.call(&[b"GET", b"before"]), redis_proxy_tests::bulk(b"1"), "{runtime:?}: client kept");
+    }
+}
