@@ -7,8 +7,11 @@ use redis_proxy_tests::{
 };
 use std::time::Duration;
 
-/// Parses `/metrics` with a Prometheus text parser; returns (name, labels, value) of every sample.
-fn scrape(port: u16) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One parsed sample: name, sorted labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses `/metrics` with a Prometheus text parser; returns every sample.
+fn scrape(port: u16) -> Vec<Sample> {
     let (code, body) = http_get(port, "/metrics").expect("/metrics answers");
     assert_eq!(code, 200, "{body}");
     let lines = body.lines().map(|l| Ok(l.to_string()));
@@ -32,7 +35,7 @@ fn scrape(port: u16) -> Vec<(String, Vec<(String, String)>, f64)> {
 }
 
 /// The sum of the samples named `name` whose labels include every pair of `with`.
-fn metric(samples: &[(String, Vec<(String, String)>, f64)], name: &str, with: &[(&str, &str)]) -> f64 {
+fn metric(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, labels, _)| {
