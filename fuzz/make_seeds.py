@@ -65,7 +65,7 @@ for name, payload in REPLIES.items():
     write("resp_reply", name, scanner_input(payload))
 write("resp_reply", "resp3-chunked", scanner_input(REPLIES["resp3"], (1, 2, 3, 11)))
 
-# engine_client_bytes: a Setup (7 bytes), then operations (see Op::decode in engine/src/fuzzing.rs).
+# engine_client_bytes: a Setup (7 bytes), then operations (see Op::decode in engine/src/fuzzing/input.rs).
 COMMANDS = ["PING", "GET", "SET", "MGET", "DEL", "INCR", "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT",
             "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "MONITOR", "BLPOP", "QUIT", "RESET", "HELLO", "AUTH", "CLIENT",
             "INFO", "REPLICAOF", "CONFIG", "PUBLISH", "ECHO", "EVAL", "WAIT", "SHUTDOWN", "FLUSHALL", "NOSUCHCOMMAND"]

@@ -1,10 +1,11 @@
 //! Engine micro-benchmark: a fixed GET/SET mix pushed through the engine alone, no sockets.
 //!
-//! One server is adopted as master by feeding its probe the `+PONG` and `INFO` replies; then `--clients`
-//! clients do round trips in turns: every client's request bytes go in (`Input::Data`), the actions that come
-//! out are performed against a fake server that answers each forwarded request, the replies go back in on the
-//! backend connections, and the `Send`s to the clients come out. Buffers are kept per connection and appended
-//! to, as a runtime does.
+//! The test kit's [`Driver::with_master`] adopts one server as master (its probe answered by the kit's fake
+//! server); then `--clients` clients do round trips in turns: every client's request bytes go in
+//! (`Input::Data`), the actions that come out are performed against a fake server that answers each forwarded
+//! request, the replies go back in on the backend connections, and the `Send`s to the clients come out. Buffers
+//! are kept per connection and appended to, as a runtime does. (Needs the engine's `testkit` feature, which the
+//! engine's own dev-dependency turns on for its examples.)
 //!
 //! ```text
 //! cargo run --release -p redis-proxy-engine --example bench_engine -- [--mode get|set|mix] [--requests N]
@@ -15,7 +16,8 @@
 //! collection switched on only inside [`round_trips`], which gives instructions per round trip without setup.
 
 use bytes::BytesMut;
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Input};
+use redis_proxy_engine::testkit::{self, Driver};
+use redis_proxy_engine::{Action, ConnId, Input};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -80,7 +82,8 @@ fn usage(problem: &str) -> ! {
 
 /// The engine, the connections it opened, and one read buffer per connection.
 struct Rig {
-    engine: Engine,
+    /// The engine (with its master adopted) and its fake clock, which stands still.
+    driver: Driver,
     now: Instant,
     clients: Vec<ConnId>,
     client_bufs: Vec<BytesMut>,
@@ -101,13 +104,9 @@ struct FakeBackend {
     owed: Vec<u8>,
 }
 
-const INFO_REPLY: &str = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n";
-
 impl Rig {
     fn new(clients: usize, value_size: usize) -> Rig {
-        let now = Instant::now();
-        let mut config = Config::from_json(r#"{"servers": [{"host": "127.0.0.1", "port": 6379}]}"#)
-            .expect("the benchmark's configuration is valid");
+        let mut config = testkit::config(1);
         config.max_clients = clients.max(config.max_clients);
         let value = vec![b'x'; value_size];
         let mut set_request = format!("*3\r\n$3\r\nSET\r\n$16\r\nkey:__rand_int__\r\n${value_size}\r\n").into_bytes();
@@ -116,9 +115,10 @@ impl Rig {
         let mut get_reply = format!("${value_size}\r\n").into_bytes();
         get_reply.extend_from_slice(&value);
         get_reply.extend_from_slice(b"\r\n");
+        let driver = Driver::with_master(config);
         let mut rig = Rig {
-            engine: Engine::new(config, now),
-            now,
+            now: driver.clock.now(),
+            driver,
             clients: Vec::new(),
             client_bufs: Vec::new(),
             backends: Vec::new(),
@@ -128,36 +128,19 @@ impl Rig {
             replies: 0,
             reply_bytes: 0,
         };
-        rig.adopt_master();
-        for port in 0..clients {
-            let peer = format!("127.0.0.1:{}", 20_000 + port).parse().expect("a valid address");
-            let conn = rig.engine.accept(now, peer);
+        for _ in 0..clients {
+            let conn = rig.driver.accept();
             rig.clients.push(conn);
             rig.client_bufs.push(BytesMut::new());
         }
         rig.drain();
-        while rig.engine.poll_event().is_some() {}
+        rig.driver.events();
         rig
-    }
-
-    /// Runs the first probe and answers it as a master, so requests are forwarded instead of held.
-    fn adopt_master(&mut self) {
-        self.engine.handle_timeout(self.now);
-        self.drain();
-        let probe = self.backends[0].conn;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(b"+PONG\r\n");
-        buf.extend_from_slice(format!("${}\r\n{INFO_REPLY}\r\n", INFO_REPLY.len()).as_bytes());
-        self.backends[0].owed.clear();
-        self.engine.handle_input(self.now, Input::Data { conn: probe, buf: &mut buf });
-        self.drain();
-        while self.engine.poll_event().is_some() {}
-        assert!(self.engine.master().is_some(), "the fake server was not adopted as master");
     }
 
     /// Performs every action: connects succeed at once, sends to a backend are answered, sends to clients counted.
     fn drain(&mut self) {
-        while let Some(action) = self.engine.poll_action() {
+        while let Some(action) = self.driver.engine.poll_action() {
             match action {
                 Action::Send { conn, data } => {
                     if let Some(backend) = self.backends.iter_mut().find(|b| b.conn == conn) {
@@ -170,7 +153,7 @@ impl Rig {
                 }
                 Action::Connect { conn, .. } => {
                     self.backends.push(FakeBackend { conn, buf: BytesMut::new(), owed: Vec::new() });
-                    self.engine.handle_input(self.now, Input::Connected { conn });
+                    self.driver.engine.handle_input(self.now, Input::Connected { conn });
                 }
                 Action::Close { conn } => panic!("the engine closed {conn} during the benchmark"),
                 Action::SetReadable { .. } => {}
@@ -187,7 +170,7 @@ fn answer(owed: &mut Vec<u8>, data: &[u8], get_request_len: usize, get_reply: &[
     } else if data.starts_with(b"*3\r\n$3\r\nSET\r\n") {
         owed.extend_from_slice(b"+OK\r\n");
     } else {
-        // The probe's PING and INFO, answered in `adopt_master`.
+        // Nothing else is forwarded: the probe was answered before the benchmark, and the clock stands still.
     }
 }
 
@@ -217,7 +200,7 @@ fn round_trips(rig: &mut Rig, turns: u64, pipeline: usize, mix: Mix) -> u64 {
                 sent += 1;
             }
             let buf = &mut rig.client_bufs[index];
-            rig.engine.handle_input(rig.now, Input::Data { conn, buf });
+            rig.driver.engine.handle_input(rig.now, Input::Data { conn, buf });
             rig.drain();
         }
         for index in 0..rig.backends.len() {
@@ -228,7 +211,7 @@ fn round_trips(rig: &mut Rig, turns: u64, pipeline: usize, mix: Mix) -> u64 {
             backend.buf.extend_from_slice(&backend.owed);
             backend.owed.clear();
             let conn = backend.conn;
-            rig.engine.handle_input(rig.now, Input::Data { conn, buf: &mut rig.backends[index].buf });
+            rig.driver.engine.handle_input(rig.now, Input::Data { conn, buf: &mut rig.backends[index].buf });
             rig.drain();
         }
     }

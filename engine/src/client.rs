@@ -77,6 +77,8 @@ struct Client {
     hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
+    /// The master epoch of its oldest write not yet covered by a `WAIT` (None: none since the last `WAIT`).
+    unconfirmed_writes_since: Option<u64>,
 }
 
 impl Client {
@@ -170,6 +172,7 @@ impl Clients {
             hold_tracked: false,
             passthrough: false,
             closing: false,
+            unconfirmed_writes_since: None,
         });
         let pool_size = self.config.pool_size;
         if let Some(client) = self.conns.get_mut(conn) {
@@ -279,13 +282,23 @@ impl Clients {
         self.hold_deadlines.front().map(|(at, _)| *at)
     }
 
-    /// Queues a request that cannot go out yet; past the global bound it gets an error instead.
-    pub(crate) fn hold(&mut self, conn: ConnId, held: HeldRequest, master_known: bool, out: &mut Outbox) {
+    /// Queues a request that cannot go out yet; past the global bound it gets an error instead, in its turn: behind
+    /// the client's earlier held requests, in place of the request (whose bytes are dropped).
+    pub(crate) fn hold(&mut self, conn: ConnId, mut held: HeldRequest, master_known: bool, out: &mut Outbox) {
         if self.held_bytes + held.cost() > self.config.hold_max_bytes {
             out.event(Event::RequestsExpired { count: 1 });
-            let error = resp::error_reply(&self.hold_error(master_known));
-            self.reply_local(conn, error, out);
-            return;
+            let message = self.hold_error(master_known);
+            if !self.has_held(conn) {
+                self.reply_local(conn, resp::error_reply(&message), out);
+                return;
+            }
+            // A marker of a few bytes; the client's reading is paused by `max_pipeline`, which bounds them.
+            held = HeldRequest {
+                request: Request::from_args::<&[u8]>(&[]),
+                spec: None,
+                handling: Handling::Refuse(message),
+                ..held
+            };
         }
         let deadline = held.since + self.config.hold;
         let Some(client) = self.conns.get_mut(conn) else { return };
@@ -378,7 +391,8 @@ impl Clients {
 
     /// Takes a reply slot for a request of `conn` about to go out on `backend`, and returns who its reply is for
     /// (`Ok(None)` in pass-through, where replies are not counted). `Err(())` is the order barrier: a switch of
-    /// connection, or into pass-through, waits until every earlier reply is in.
+    /// connection, or into pass-through, waits until every earlier reply is in. `write_epoch` is the master epoch
+    /// when the request is a write to the master.
     #[allow(clippy::result_unit_err)]
     pub(crate) fn start_request(
         &mut self,
@@ -386,6 +400,7 @@ impl Clients {
         conn: ConnId,
         backend: ConnId,
         pin: Pin,
+        write_epoch: Option<u64>,
     ) -> Result<Option<Waiter>, ()> {
         let Some(client) = self.conns.get_mut(conn) else { return Err(()) };
         let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
@@ -394,6 +409,9 @@ impl Clients {
         }
         client.last_backend = Some(backend);
         client.passthrough |= entering_passthrough;
+        if let Some(epoch) = write_epoch {
+            client.unconfirmed_writes_since.get_or_insert(epoch);
+        }
         if client.passthrough {
             return Ok(None);
         }
@@ -408,6 +426,12 @@ impl Clients {
         let client = self.conns.get_mut(conn)?;
         client.slots.push_back(None);
         Some(client.first_seq + client.slots.len() as u64 - 1)
+    }
+
+    /// The master epoch of the oldest write of `conn` that no `WAIT` has covered yet, and forgets it: the `WAIT`
+    /// now starting covers it.
+    pub(crate) fn take_unconfirmed_writes(&mut self, conn: ConnId) -> Option<u64> {
+        self.conns.get_mut(conn)?.unconfirmed_writes_since.take()
     }
 
     /// Whether `conn` is a connected client.

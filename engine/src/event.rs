@@ -62,10 +62,12 @@ pub enum Event {
         /// Its connection.
         conn: ConnId,
     },
-    /// A server answered a probe again after being down (or for the first time).
+    /// A server answered a probe again after being down, busy or unreachable.
     ServerUp {
         /// The server.
         address: ServerAddress,
+        /// What it was.
+        was: &'static str,
     },
     /// A server counts as down.
     ServerDown {
@@ -218,7 +220,7 @@ impl fmt::Display for Event {
             Event::ClientOutputLimit { conn } => {
                 write!(f, "client {conn} closed: it does not read and its output passed client_output_limit")
             }
-            Event::ServerUp { address } => write!(f, "server {address} is up"),
+            Event::ServerUp { address, was } => write!(f, "server {address} answers again (it was {was})"),
             Event::ServerDown { address, reason } => write!(f, "server {address} is down: {reason}"),
             Event::ServerBusy { address, evidence } => {
                 write!(f, "server {address} is busy ({evidence}): not down, requests wait for it up to busy_down_after")

@@ -16,8 +16,9 @@
 //!    partial one for next time); report connects, failures, closes and write backpressure with the other
 //!    [`Input`] variants.
 //! 5. When the timeout instant has passed, call [`Engine::handle_timeout`]. Repeat.
-//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping until
-//!    [`Engine::client_count`] is 0 (or your own deadline passes).
+//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
+//!    until [`Engine::client_count`] is 0: the engine closes every client once its replies are out, and the rest
+//!    when its `shutdown_grace` ends.
 //!
 //! Every call takes `now`; time only moves when the runtime says so, which is what lets the tests drive the
 //! engine on a fake clock. Connection ids ([`ConnId`]) carry a generation, so an id that outlived its
@@ -74,8 +75,9 @@
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
-//! The `fuzzing` feature publishes the fuzz target bodies; `command-table` publishes the command table (for the
-//! drift test against a live server).
+//! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
+//! driver) that the tests, the fuzz targets and the benchmark share; `command-table` publishes the command table
+//! (for the drift test against a live server).
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -96,12 +98,16 @@ mod failover;
 pub mod fuzzing;
 mod monitor;
 mod pool;
+#[cfg(test)]
+mod request_path_tests;
 mod resp;
 mod route;
 mod session;
 #[cfg(test)]
 mod sim;
 mod status;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 mod topology;
 mod wait;
 

@@ -273,8 +273,12 @@ impl Monitor {
             Probe::Offset { sent_at } => {
                 self.watches[server.0].offset_pending = false;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
-                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text).repl_offset));
-                ProbeOutcome::Offset
+                self.views[server.0].offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
+                if self.answered(now, server, out) {
+                    ProbeOutcome::Recovered
+                } else {
+                    ProbeOutcome::Offset
+                }
             }
             Probe::ReplicaOf | Probe::Kill => {
                 let address = self.views[server.0].address.clone();
@@ -323,8 +327,8 @@ impl Monitor {
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
         view.why = "it answers probes";
-        if was == Health::Down {
-            out.event(Event::ServerUp { address: view.address.clone() });
+        if was != Health::Up {
+            out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
         was > Health::Busy
     }

@@ -5,7 +5,7 @@
 //! on a connection gets a connection of its own for as long as that state lasts.
 
 use crate::command::{CommandFlags, CommandSpec};
-use crate::resp::Request;
+use crate::resp::{bulk_reply, Request};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -241,15 +241,6 @@ impl Session {
         };
         Handling::Forward(pin.max(self.current_pin()))
     }
-}
-
-/// Encodes `$<len>\r\n<data>\r\n`.
-pub(crate) fn bulk_reply(data: &[u8]) -> Bytes {
-    let mut out = bytes::BytesMut::with_capacity(data.len() + 16);
-    crate::resp::put_bulk_header(&mut out, data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 #[cfg(test)]

@@ -144,6 +144,17 @@ impl Health {
             Health::Down => "down",
         }
     }
+
+    /// What the state means, for the log.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Busy => "busy",
+            Health::Suspect => "suspect after a lost connection",
+            Health::Unreachable => "unreachable",
+            Health::Down => "down",
+        }
+    }
 }
 
 /// Everything known about one server right now.
@@ -165,8 +176,8 @@ pub(crate) struct ServerView {
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
     pub(crate) info_at: Option<Instant>,
-    /// The replication offset from the newest `INFO replication` sent for `WAIT`, with when it was sent.
-    pub(crate) offset_seen: Option<(Instant, i64)>,
+    /// The newest `INFO replication` sent for `WAIT`: when it was sent, and what it said.
+    pub(crate) offset_seen: Option<(Instant, ReplicationInfo)>,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
 }

@@ -6,10 +6,12 @@
 //! writes are in the master's replication stream), the proxy reads the master's replication offset with an
 //! `INFO replication` sent after that moment, then counts the replicas whose own offset, read the same way, has
 //! reached it: each of them has applied every write the client made. It polls until enough have, or the timeout.
-//! The count can be lower than Redis's own (a replica's offset is read, not pushed), never higher.
+//! The count can be lower than Redis's own (a replica's offset is read, not pushed), never higher. When some of
+//! the client's writes since its last `WAIT` went to a master that has since been replaced (a failover), they may
+//! have been lost with it, and no replica of the new master can vouch for them: that `WAIT` answers 0.
 
 use crate::conn::ConnId;
-use crate::topology::{ServerId, ServerView};
+use crate::topology::{addresses_match, ReplicationInfo, Role, ServerId, ServerView};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,10 @@ struct PendingWait {
     /// Every earlier request of the client had been answered by then: offsets read from `INFO` sent since count.
     since: Instant,
     deadline: Option<Instant>,
+    /// Some of the client's writes went to a master that has since been replaced: the answer is 0.
+    void: bool,
+    /// The master epoch it began in; a failover before it is answered makes it void too.
+    epoch: u64,
 }
 
 /// A `WAIT` that is answered: `reply` (`:count`) goes to reply slot `seq` of `client`.
@@ -42,9 +48,21 @@ pub(crate) struct Waits {
 }
 
 impl Waits {
-    /// Starts a `WAIT` for `replicas` replicas of `client`'s reply slot `seq`.
-    pub(crate) fn add(&mut self, now: Instant, client: ConnId, seq: u64, replicas: u64, timeout: Option<Duration>) {
-        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline: timeout.map(|t| now + t) });
+    /// Starts a `WAIT` for `replicas` replicas of `client`'s reply slot `seq`, in master `epoch`; a `void` one can
+    /// only answer 0.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add(
+        &mut self,
+        now: Instant,
+        client: ConnId,
+        seq: u64,
+        replicas: u64,
+        timeout: Option<Duration>,
+        void: bool,
+        epoch: u64,
+    ) {
+        let deadline = timeout.map(|t| now + t);
+        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline, void, epoch });
     }
 
     /// Whether the offsets should be read now (and the next poll is scheduled).
@@ -66,22 +84,29 @@ impl Waits {
         timeouts.chain(self.next_poll).min()
     }
 
-    /// Answers every `WAIT` that has its replicas, or whose time is up, or whose client is gone (`alive` says).
+    /// Answers every `WAIT` that has its replicas, or whose time is up, or whose client is gone (`alive` says);
+    /// `master` is the routed master of master `epoch`.
     pub(crate) fn settle(
         &mut self,
         now: Instant,
         views: &[ServerView],
         master: Option<ServerId>,
+        epoch: u64,
         alive: impl Fn(ConnId) -> bool,
     ) -> Vec<WaitDone> {
         let mut done = Vec::new();
-        self.pending.retain(|wait| {
+        self.pending.retain_mut(|wait| {
             if !alive(wait.client) {
                 return false;
             }
-            let count = master.map_or(0, |m| acknowledged(views, m, wait.since));
+            // The client's writes went to the master of the epoch it began in, which another has since replaced.
+            wait.void |= wait.epoch != epoch;
+            let count = match master {
+                Some(m) if !wait.void => acknowledged(views, m, wait.since),
+                _ => 0,
+            };
             let timed_out = wait.deadline.is_some_and(|at| now >= at);
-            let target_known = master.is_some_and(|m| fresh_offset(&views[m.0], wait.since).is_some());
+            let target_known = wait.void || master.is_some_and(|m| target_offset(&views[m.0], wait.since).is_some());
             if (target_known && count >= wait.replicas) || timed_out {
                 let reply = Bytes::from(format!(":{count}\r\n"));
                 done.push(WaitDone { client: wait.client, seq: wait.seq, reply });
@@ -93,17 +118,35 @@ impl Waits {
     }
 }
 
-/// The offset `view` reported in an `INFO replication` sent at or after `since`.
-fn fresh_offset(view: &ServerView, since: Instant) -> Option<i64> {
-    view.offset_seen.filter(|(sent_at, _)| *sent_at >= since).map(|(_, offset)| offset)
+/// What `view` reported in an `INFO replication` sent at or after `since`.
+fn fresh_info(view: &ServerView, since: Instant) -> Option<&ReplicationInfo> {
+    view.offset_seen.as_ref().filter(|(sent_at, _)| *sent_at >= since).map(|(_, info)| info)
 }
 
-/// Replicas of `master` that have applied everything the master had at `since` (0 while that is unknown).
+/// The master's offset, read since `since` from a server that still said it was a master.
+fn target_offset(view: &ServerView, since: Instant) -> Option<i64> {
+    fresh_info(view, since).filter(|info| info.role == Some(Role::Master)).map(|info| info.repl_offset)
+}
+
+/// Replicas of `master` that have applied everything the master had at `since` (0 while that is unknown): each
+/// said, in the same fresh reply, that it replicates `master` over a link that is up, not in a sync, in the
+/// master's replication history (the same `master_replid`: offsets of another history, such as a re-pointed
+/// server's own before its resync, mean nothing), and how far it has processed that stream.
 fn acknowledged(views: &[ServerView], master: ServerId, since: Instant) -> u64 {
-    let Some(target) = fresh_offset(&views[master.0], since) else { return 0 };
+    let Some(target) = target_offset(&views[master.0], since) else { return 0 };
+    let history = fresh_info(&views[master.0], since).and_then(|info| info.replid.as_deref());
     let master_address = &views[master.0].address;
     let applied = |view: &ServerView| {
-        view.replicates(master_address) && fresh_offset(view, since).is_some_and(|offset| offset >= target)
+        fresh_info(view, since).is_some_and(|info| {
+            let follows = info.master.as_ref().is_some_and(|(host, port)| addresses_match(host, *port, master_address));
+            let same_history = history.is_some() && info.replid.as_deref() == history;
+            info.role == Some(Role::Replica)
+                && follows
+                && info.link_up
+                && !info.sync_in_progress
+                && same_history
+                && info.repl_offset >= target
+        })
     };
     views.iter().enumerate().filter(|(i, v)| *i != master.0 && applied(v)).count() as u64
 }
@@ -112,38 +155,107 @@ fn acknowledged(views: &[ServerView], master: ServerId, since: Instant) -> u64 {
 mod tests {
     use super::*;
     use crate::config::ServerAddress;
-    use crate::topology::{ReplicationInfo, Role};
 
-    fn view(port: u16, role: Role, now: Instant) -> ServerView {
-        let mut view = ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now);
-        view.info = Some(ReplicationInfo {
-            role: Some(role),
-            master: (role == Role::Replica).then(|| ("127.0.0.1".to_string(), 1)),
-            link_up: true,
-            ..Default::default()
-        });
-        view
+    fn view(port: u16, now: Instant) -> ServerView {
+        ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now)
+    }
+
+    /// What an `INFO replication` sent at `at` said: a master (`of` None) or a replica of port `of`, synced, in
+    /// history "h".
+    fn reading(at: Instant, of: Option<u16>, offset: i64) -> Option<(Instant, ReplicationInfo)> {
+        let role = if of.is_some() { Role::Replica } else { Role::Master };
+        let master = of.map(|port| ("127.0.0.1".to_string(), port));
+        let (link_up, replid) = (of.is_some(), Some("h".to_string()));
+        Some((
+            at,
+            ReplicationInfo { role: Some(role), master, link_up, replid, repl_offset: offset, ..Default::default() },
+        ))
+    }
+
+    fn client() -> ConnId {
+        crate::conn::ConnTable::new(crate::conn::Lane::Client).insert(())
     }
 
     #[test]
     fn counts_only_replicas_that_reached_a_fresh_master_offset() {
         let t0 = Instant::now();
-        let client = crate::conn::ConnTable::new(crate::conn::Lane::Client).insert(());
-        let mut views = vec![view(1, Role::Master, t0), view(2, Role::Replica, t0), view(3, Role::Replica, t0)];
+        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
         let mut waits = Waits::default();
         let since = t0 + Duration::from_millis(5);
-        waits.add(since, client, 7, 2, Some(Duration::from_millis(100)));
+        waits.add(since, client(), 7, 2, Some(Duration::from_millis(100)), false, 0);
         // Offsets read before the WAIT began do not count, however high.
-        views[0].offset_seen = Some((t0, 100));
-        views[1].offset_seen = Some((t0, 500));
-        assert!(waits.settle(since, &views, Some(ServerId(0)), |_| true).is_empty());
+        views[0].offset_seen = reading(t0, None, 100);
+        views[1].offset_seen = reading(t0, Some(1), 500);
+        assert!(waits.settle(since, &views, Some(ServerId(0)), 0, |_| true).is_empty());
         let later = since + Duration::from_millis(1);
-        views[0].offset_seen = Some((later, 120));
-        views[1].offset_seen = Some((later, 120));
-        views[2].offset_seen = Some((later, 119));
-        assert!(waits.settle(later, &views, Some(ServerId(0)), |_| true).is_empty(), "one replica is behind");
-        let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId(0)), |_| true);
+        views[0].offset_seen = reading(later, None, 120);
+        views[1].offset_seen = reading(later, Some(1), 120);
+        views[2].offset_seen = reading(later, Some(1), 119);
+        assert!(waits.settle(later, &views, Some(ServerId(0)), 0, |_| true).is_empty(), "one replica is behind");
+        let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId(0)), 0, |_| true);
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].seq, &done[0].reply[..]), (7, &b":1\r\n"[..]), "at the timeout: the one that applied it");
+    }
+
+    /// Found by the simulation: a replica promoted by another proxy has a high offset of its own history.
+    #[test]
+    fn a_server_that_no_longer_replicates_the_master_is_not_counted() {
+        let t0 = Instant::now();
+        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
+        let mut waits = Waits::default();
+        waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
+        views[0].offset_seen = reading(t0, None, 100);
+        views[1].offset_seen = reading(t0, None, 900);
+        views[2].offset_seen = reading(t0, Some(2), 900);
+        assert!(waits.settle(t0, &views, Some(ServerId(0)), 0, |_| true).is_empty());
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        assert_eq!(&done[0].reply[..], b":0\r\n");
+    }
+
+    /// Found by the simulation: a server just re-pointed at the master still reports its own history's offset.
+    #[test]
+    fn a_replica_not_yet_synced_into_the_masters_history_is_not_counted() {
+        let t0 = Instant::now();
+        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
+        views[0].offset_seen = reading(t0, None, 100);
+        views[1].offset_seen = reading(t0, Some(1), 500);
+        views[2].offset_seen = reading(t0, Some(1), 500);
+        if let Some((_, info)) = views[1].offset_seen.as_mut() {
+            info.replid = Some("its own".to_string());
+        }
+        if let Some((_, info)) = views[2].offset_seen.as_mut() {
+            info.link_up = false;
+        }
+        let mut waits = Waits::default();
+        waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        assert_eq!(&done[0].reply[..], b":0\r\n");
+    }
+
+    #[test]
+    fn a_failover_during_a_wait_makes_it_answer_zero() {
+        let t0 = Instant::now();
+        let mut views = vec![view(1, t0), view(2, t0)];
+        views[0].offset_seen = reading(t0, Some(2), 10);
+        views[1].offset_seen = reading(t0, None, 10);
+        let mut waits = Waits::default();
+        waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
+        // Server 1 is the master of epoch 1; server 0, its synced replica, may have lost the client's writes.
+        let later = t0 + Duration::from_millis(50);
+        let done = waits.settle(later, &views, Some(ServerId(1)), 1, |_| true);
+        assert_eq!(&done[0].reply[..], b":0\r\n");
+    }
+
+    #[test]
+    fn a_void_wait_answers_zero_whatever_the_replicas_have() {
+        let t0 = Instant::now();
+        let mut views = vec![view(1, t0), view(2, t0)];
+        views[0].offset_seen = reading(t0, None, 10);
+        views[1].offset_seen = reading(t0, Some(1), 10);
+        let mut waits = Waits::default();
+        waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), true, 0);
+        assert!(waits.settle(t0, &views, Some(ServerId(0)), 0, |_| true).is_empty(), "it waits for its timeout");
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 }

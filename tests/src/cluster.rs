@@ -12,10 +12,15 @@ pub const CONVERGE: Duration = Duration::from_secs(15);
 
 /// A master on the first server and replicas of it on the others.
 pub fn cluster(replicas: usize) -> Vec<RedisServer> {
-    let master = RedisServer::start();
+    cluster_with(replicas, &[])
+}
+
+/// Like [`cluster`], every server started with `extra_args` (e.g. `["--enable-debug-command", "local"]`).
+pub fn cluster_with(replicas: usize, extra_args: &[&str]) -> Vec<RedisServer> {
+    let master = RedisServer::start_with(extra_args);
     let mut servers = vec![];
     for _ in 0..replicas {
-        servers.push(RedisServer::start_replica_of(&master));
+        servers.push(RedisServer::start_replica_of_with(&master, extra_args));
     }
     servers.insert(0, master);
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
@@ -25,6 +30,16 @@ pub fn cluster(replicas: usize) -> Vec<RedisServer> {
             .all(|p| replication_role(*p) == Some(("slave".into(), Some(ports[0]))))),
         "replicas did not attach"
     );
+    servers
+}
+
+/// Like [`cluster_with`], but the replicas synchronise without Redis's default 5 s diskless-sync delay and have
+/// finished their initial synchronisation on return, so a promoted replica holds every earlier write.
+pub fn synced_cluster(replicas: usize, extra_args: &[&str]) -> Vec<RedisServer> {
+    let mut args = vec!["--repl-diskless-sync-delay", "0"];
+    args.extend_from_slice(extra_args);
+    let servers = cluster_with(replicas, &args);
+    wait_caught_up(&servers[0]);
     servers
 }
 

@@ -106,8 +106,15 @@ impl RedisServer {
 
     /// Starts a replica of `master`.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        Self::start_replica_of_with(master, &[])
+    }
+
+    /// Starts a replica of `master` with extra command-line arguments (e.g. `["--enable-debug-command", "local"]`).
+    pub fn start_replica_of_with(master: &RedisServer, extra_args: &[&str]) -> RedisServer {
         let port = master.port.to_string();
-        Self::start_with(&["--replicaof", "127.0.0.1", &port])
+        let mut args = vec!["--replicaof", "127.0.0.1", &port];
+        args.extend_from_slice(extra_args);
+        Self::start_with(&args)
     }
 
     fn spawn(&mut self) {
@@ -221,10 +228,16 @@ impl Proxy {
     /// Starts a proxy in front of `servers` with `listen_port` chosen here and `extra` JSON fields merged into the
     /// config (e.g. `r#""mode": "readsToSlaves""#`); waits until it answers PING.
     pub fn start(runtime: Runtime, servers: &[u16], extra: &str) -> Proxy {
+        let servers: Vec<(&str, u16)> = servers.iter().map(|p| ("127.0.0.1", *p)).collect();
+        Self::start_at(runtime, &servers, extra)
+    }
+
+    /// Like [`Proxy::start`], for servers given as `(host, port)` (e.g. one in a network namespace).
+    pub fn start_at(runtime: Runtime, servers: &[(&str, u16)], extra: &str) -> Proxy {
         let port = free_port();
         let dir = scratch_dir(&format!("proxy-{port}"));
         let servers_json: Vec<String> =
-            servers.iter().map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#)).collect();
+            servers.iter().map(|(h, p)| format!(r#"{{"host": "{h}", "port": {p}}}"#)).collect();
         let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
         let config = format!(
             r#"{{"servers": [{}], "listen_port": {port}, "bind_address": "127.0.0.1"{extra}}}"#,
@@ -270,6 +283,11 @@ impl Proxy {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
             .and_then(|c| c.get_connection())
             .expect("redis client connects to the proxy")
+    }
+
+    /// The proxy's process id (e.g. to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the proxy process is still running.
@@ -326,7 +344,12 @@ impl RespConn {
 
     /// Connects to 127.0.0.1:`port` with a read timeout, or says why it could not.
     pub fn try_connect(port: u16, read_timeout: Duration) -> std::io::Result<RespConn> {
-        let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+        Self::try_connect_addr(([127, 0, 0, 1], port).into(), read_timeout)
+    }
+
+    /// Connects to `addr` (within 2 s) with a read timeout, or says why it could not.
+    pub fn try_connect_addr(addr: std::net::SocketAddr, read_timeout: Duration) -> std::io::Result<RespConn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(read_timeout))?;
         stream.set_nodelay(true)?;
         Ok(RespConn { reader: BufReader::with_capacity(64 * 1024, stream) })

@@ -6,5 +6,6 @@
 
 mod harness;
 mod model;
+mod scenario;
 #[cfg(test)]
 mod tests;

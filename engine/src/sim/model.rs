@@ -12,9 +12,10 @@
 //! new run id; it may spend a while loading (`loading:1`, `-LOADING` to most commands).
 
 use crate::config::ServerAddress;
-use crate::resp::{self, Request};
+use crate::resp::{bulk_reply, Request};
+use crate::testkit::{port_of, ConnectedReplica, Info, ReplicaLink};
 use crate::topology::addresses_match;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Whether a server process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,11 +127,6 @@ pub(crate) struct Cluster {
     pub(crate) holders_dirty: bool,
 }
 
-/// The port of server `index`.
-pub(crate) fn port_of(index: usize) -> u16 {
-    7000 + index as u16
-}
-
 fn run_id(server: usize, incarnation: u32) -> String {
     // splitmix64, twice, for 40 deterministic hex digits.
     let mut state = (server as u64) << 32 | u64::from(incarnation);
@@ -147,14 +143,6 @@ fn run_id(server: usize, incarnation: u32) -> String {
 
 fn simple(text: &'static [u8]) -> Bytes {
     Bytes::from_static(text)
-}
-
-fn bulk(payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 16);
-    resp::put_bulk_header(&mut out, payload.len());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
@@ -215,7 +203,7 @@ impl Cluster {
         let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
         let loading = now_ms < self.servers[index].loading_until_ms;
         let reply = match name.as_slice() {
-            b"INFO" => bulk(self.info(index, now_ms).as_bytes()),
+            b"INFO" => self.info(index, now_ms).reply(),
             b"RESET" => simple(b"+RESET\r\n"),
             _ if loading => simple(LOADING),
             b"PING" => simple(b"+PONG\r\n"),
@@ -252,7 +240,7 @@ impl Cluster {
                         .map(|&id| &self.writes[id as usize])
                         .find(|w| w.key == key);
                     match found {
-                        Some(write) => bulk(&write.value),
+                        Some(write) => bulk_reply(&write.value),
                         None => simple(b"$-1\r\n"),
                     }
                 }
@@ -343,65 +331,47 @@ impl Cluster {
         }
     }
 
-    /// The text of `INFO` (server, persistence and replication sections) with Redis 7's field names.
-    pub(crate) fn info(&self, index: usize, now_ms: u64) -> String {
+    /// What server `index` reports in `INFO` at `now_ms`, laid out by the test kit as Redis 7 does.
+    pub(crate) fn info(&self, index: usize, now_ms: u64) -> Info {
         let server = &self.servers[index];
-        let loading = u8::from(now_ms < server.loading_until_ms);
-        let mut text = format!(
-            "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nrun_id:{}\r\ntcp_port:{}\r\n\r\n\
-             # Persistence\r\nloading:{loading}\r\n\r\n# Replication\r\n",
-            server.run_id, server.address.port
-        );
-        let offset = server.offset();
-        match server.role {
-            SimRole::Master => text.push_str("role:master\r\n"),
+        let secs = |since: u64| (now_ms.saturating_sub(since) / 1000) as i64;
+        let replica_of = match server.role {
+            SimRole::Master => None,
             SimRole::Replica { master } => {
-                let (host, port) = match master {
+                let (master_host, master_port) = match master {
                     Some(m) => (self.servers[m].address.host.clone(), self.servers[m].address.port),
                     None => ("10.255.255.1".to_string(), 6379),
                 };
-                let secs = |since: u64| (now_ms.saturating_sub(since) / 1000) as i64;
-                text.push_str(&format!(
-                    "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\n\
-                     master_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:{offset}\r\n\
-                     slave_repl_offset:{offset}\r\n",
-                    if server.link_up { "up" } else { "down" },
-                    if server.link_up { secs(server.last_io_ms) } else { -1 },
-                ));
-                if !server.link_up {
-                    let down = server.link_down_since_ms.map_or(-1, secs);
-                    text.push_str(&format!("master_link_down_since_seconds:{down}\r\n"));
-                }
-                text.push_str(&format!(
-                    "slave_priority:{}\r\nslave_read_only:1\r\nreplica_announced:1\r\n",
-                    server.priority
-                ));
+                Some(ReplicaLink {
+                    master_host,
+                    master_port,
+                    link_up: server.link_up,
+                    last_io_secs: if server.link_up { secs(server.last_io_ms) } else { -1 },
+                    link_down_since_secs: server.link_down_since_ms.map_or(-1, secs),
+                    priority: server.priority,
+                    // Synced, a replica follows its master's replication id, as Redis reports it.
+                    replid: master.filter(|_| server.link_up).map(|m| self.servers[m].run_id.clone()),
+                })
             }
-        }
-        let replicas: Vec<usize> = (0..self.servers.len())
-            .filter(|&r| {
-                let other = &self.servers[r];
+        };
+        let replicas = self
+            .servers
+            .iter()
+            .filter(|other| {
                 other.role == (SimRole::Replica { master: Some(index) })
                     && other.link_up
                     && other.health != Health::Crashed
             })
+            .map(|other| ConnectedReplica { address: other.address.clone(), offset: other.offset() })
             .collect();
-        text.push_str(&format!("connected_slaves:{}\r\n", replicas.len()));
-        for (n, &r) in replicas.iter().enumerate() {
-            let other = &self.servers[r];
-            text.push_str(&format!(
-                "slave{n}:ip={},port={},state=online,offset={},lag=0\r\n",
-                other.address.host,
-                other.address.port,
-                other.offset()
-            ));
+        Info {
+            run_id: server.run_id.clone(),
+            port: server.address.port,
+            loading: now_ms < server.loading_until_ms,
+            offset: server.offset(),
+            replica_of,
+            replicas,
         }
-        text.push_str(&format!(
-            "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_repl_offset:{offset}\r\n\
-             second_repl_offset:-1\r\nrepl_backlog_active:1\r\n",
-            server.run_id
-        ));
-        text
     }
 }
 
@@ -419,12 +389,12 @@ mod tests {
         let mut cluster = Cluster::new(&[0, 0, 1], &[100, 50, 100]);
         cluster.execute(0, 0, &request(&["SET", "k", "v"]));
         cluster.replicate(10);
-        let master = ReplicationInfo::parse(cluster.info(0, 10).as_bytes());
+        let master = ReplicationInfo::parse(cluster.info(0, 10).text().as_bytes());
         assert_eq!(master.role, Some(Role::Master));
         assert_eq!(master.repl_offset, 1);
         assert_eq!(master.connected_replicas, 1);
         assert_eq!(master.run_id.as_deref(), Some(cluster.servers[0].run_id.as_str()));
-        let replica = ReplicationInfo::parse(cluster.info(1, 10).as_bytes());
+        let replica = ReplicationInfo::parse(cluster.info(1, 10).text().as_bytes());
         assert_eq!(replica.role, Some(Role::Replica));
         assert_eq!(replica.master, Some(("127.0.0.1".to_string(), 7000)));
         assert!(replica.link_up);
@@ -432,7 +402,7 @@ mod tests {
         assert_eq!(replica.repl_offset, 1);
         cluster.crash(0);
         cluster.replicate(2010);
-        let replica = ReplicationInfo::parse(cluster.info(1, 5010).as_bytes());
+        let replica = ReplicationInfo::parse(cluster.info(1, 5010).text().as_bytes());
         assert!(!replica.link_up);
         assert_eq!(replica.link_down_since_secs, Some(3));
     }

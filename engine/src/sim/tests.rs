@@ -1,6 +1,7 @@
 //! The failover simulation under proptest-generated fault schedules, and the shrunk schedules it once failed on.
 
-use super::harness::{run, Fault, Scenario};
+use super::harness::run;
+use super::scenario::{Fault, Scenario};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -200,6 +201,7 @@ fn generated_schedules_cause_failovers() {
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
     let strategy = scenario();
     let (mut with_failover, mut with_errors, mut with_loss, mut converged) = (0, 0, 0, 0);
+    let (mut waits, mut waits_confirmed) = (0, 0);
     let cases = 100;
     for _ in 0..cases {
         let scenario = strategy.new_tree(&mut runner).expect("a scenario").current();
@@ -208,7 +210,11 @@ fn generated_schedules_cause_failovers() {
         with_errors += usize::from(outcome.errors > 0);
         with_loss += usize::from(outcome.lost_in_window > 0);
         converged += usize::from(outcome.final_master.is_some());
+        waits += outcome.waits;
+        waits_confirmed += outcome.waits_confirmed;
     }
+    eprintln!("{waits} WAITs answered, {waits_confirmed} of them with at least one replica");
+    assert!(waits_confirmed > waits / 4, "WAIT rarely confirms a write: the WAIT invariant would be vacuous");
     eprintln!("{cases} cases: {with_failover} fail over, {with_errors} see errors, {with_loss} lose writes in the window, {converged} end with a master");
     assert!(with_failover >= cases / 3 && with_errors >= cases / 3 && with_loss > 0 && converged >= cases / 2);
 }

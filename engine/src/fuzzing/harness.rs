@@ -1,0 +1,412 @@
+//! The engine target: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`],
+//! with a model of every connection it opened, checking the connection contract after every input.
+
+use super::input::{Op, Setup, ARGS, COMMANDS};
+use super::servers;
+use crate::conn::ConnId;
+use crate::resp::{Limits, Request};
+use crate::testkit::stream::RequestStream;
+use crate::testkit::{master_and_replicas, Driver, FakeServer};
+use crate::{Action, Event, Input};
+use arbitrary::{Arbitrary, Unstructured};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// The harness's view of one client connection.
+struct ClientModel {
+    id: ConnId,
+    /// Neither side has closed it.
+    open: bool,
+    readable: bool,
+    /// Bytes "in the socket", not yet handed to the engine because reading is paused.
+    socket: Vec<u8>,
+    /// A scanner of our own over the same bytes: an independent opinion on protocol errors.
+    shadow: RequestStream,
+    shadow_error: bool,
+    protocol_error_event: bool,
+    sends: Vec<Bytes>,
+    closed_by_engine: bool,
+}
+
+/// The harness's view of one backend connection the engine asked for.
+struct BackendModel {
+    id: ConnId,
+    server: usize,
+    open: bool,
+    connected: bool,
+    /// Requests the engine sent on it and the harness has not answered yet.
+    unanswered: VecDeque<Request>,
+    sent: RequestStream,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Client(usize),
+    Backend(usize),
+}
+
+struct Harness {
+    /// Print every operation, action and event (set `FUZZ_TRACE` to debug a failing input).
+    trace: bool,
+    /// The engine, its clock and its connections' read buffers.
+    driver: Driver,
+    clients: Vec<ClientModel>,
+    backends: Vec<BackendModel>,
+    /// Every id the engine ever issued, open or not.
+    known: BTreeMap<ConnId, Kind>,
+    /// The servers, in configuration order.
+    servers: Vec<FakeServer>,
+}
+
+impl Harness {
+    fn new(setup: &Setup) -> Harness {
+        let config = setup.config();
+        let servers = master_and_replicas(&config.servers);
+        Harness {
+            trace: std::env::var_os("FUZZ_TRACE").is_some(),
+            driver: Driver::new(config),
+            clients: Vec::new(),
+            backends: Vec::new(),
+            known: BTreeMap::new(),
+            servers,
+        }
+    }
+
+    fn open_client(&self, pick: u8) -> Option<usize> {
+        let open: Vec<usize> = (0..self.clients.len()).filter(|&i| self.clients[i].open).collect();
+        open.get(usize::from(pick) % open.len().max(1)).copied()
+    }
+
+    fn open_backend(&self, pick: u8, connected: Option<bool>) -> Option<usize> {
+        let open: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| self.backends[i].open && connected.is_none_or(|c| self.backends[i].connected == c))
+            .collect();
+        open.get(usize::from(pick) % open.len().max(1)).copied()
+    }
+
+    fn run(&mut self, op: Op) {
+        if self.trace {
+            eprintln!("op {op:?}");
+        }
+        match op {
+            Op::Accept => {
+                let id = self.driver.accept();
+                assert!(!self.known.contains_key(&id), "accept reused a live or earlier id {id}");
+                self.known.insert(id, Kind::Client(self.clients.len()));
+                self.clients.push(ClientModel {
+                    id,
+                    open: true,
+                    readable: true,
+                    socket: Vec::new(),
+                    shadow: RequestStream::new(self.driver.config.limits),
+                    shadow_error: false,
+                    protocol_error_event: false,
+                    sends: Vec::new(),
+                    closed_by_engine: false,
+                });
+                self.drain();
+            }
+            Op::ClientBytes { client, data } => {
+                if let Some(i) = self.open_client(client) {
+                    self.clients[i].socket.extend_from_slice(&data);
+                    self.deliver_client(i);
+                }
+            }
+            Op::ClientCommand { client, command, args, inline } => {
+                if let Some(i) = self.open_client(client) {
+                    let mut words = vec![COMMANDS[usize::from(command) % COMMANDS.len()]];
+                    words.extend(args.iter().take(4).map(|&a| ARGS[usize::from(a) % ARGS.len()]));
+                    if inline {
+                        self.clients[i].socket.extend_from_slice(format!("{}\r\n", words.join(" ")).as_bytes());
+                    } else {
+                        self.clients[i].socket.extend_from_slice(Request::from_args(&words).frame());
+                    }
+                    self.deliver_client(i);
+                }
+            }
+            Op::ClientClosed { client } => {
+                if let Some(i) = self.open_client(client) {
+                    self.clients[i].open = false;
+                    self.driver.closed(self.clients[i].id);
+                    self.drain();
+                }
+            }
+            Op::WriteBlocked { client } | Op::Drained { client } => {
+                if let Some(i) = self.open_client(client) {
+                    let conn = self.clients[i].id;
+                    let input = if matches!(op, Op::WriteBlocked { .. }) {
+                        Input::WriteBlocked { conn }
+                    } else {
+                        Input::Drained { conn }
+                    };
+                    self.driver.engine.handle_input(self.driver.clock.now(), input);
+                    self.drain();
+                }
+            }
+            Op::Advance { ms } => {
+                self.driver.advance(Duration::from_millis(u64::from(ms % 2000)));
+                self.drain();
+            }
+            Op::Timeout => {
+                let due = self.driver.engine.poll_timeout().map(|(at, _reason)| at);
+                self.driver.advance_to(due.unwrap_or(self.driver.clock.now()));
+                self.drain();
+            }
+            Op::Connected { backend } => {
+                if let Some(i) = self.open_backend(backend, Some(false)) {
+                    self.backends[i].connected = true;
+                    self.driver.connected(self.backends[i].id);
+                    self.drain();
+                }
+            }
+            Op::ConnectFailed { backend } => {
+                if let Some(i) = self.open_backend(backend, Some(false)) {
+                    self.backends[i].open = false;
+                    // The high bit picks the evidence: nothing listens (refused), or the host did not answer.
+                    if backend >= 0x80 {
+                        self.driver.refused(self.backends[i].id);
+                    } else {
+                        self.driver.connect_failed(self.backends[i].id, "host unreachable");
+                    }
+                    self.drain();
+                }
+            }
+            Op::BackendClosed { backend } => {
+                if let Some(i) = self.open_backend(backend, Some(true)) {
+                    self.close_backend(i);
+                }
+            }
+            Op::BackendBytes { backend, data } => {
+                if let Some(i) = self.open_backend(backend, Some(true)) {
+                    self.deliver_backend(i, &data);
+                }
+            }
+            Op::BackendAnswer { backend, count, flavor } => {
+                if let Some(i) = self.open_backend(backend, Some(true)) {
+                    let mut out = Vec::new();
+                    for _ in 0..usize::from(count % 4) + 1 {
+                        let Some(request) = self.backends[i].unanswered.pop_front() else { break };
+                        servers::answer(&mut self.servers[self.backends[i].server], &request, flavor, &mut out);
+                    }
+                    self.deliver_backend(i, &out);
+                }
+            }
+            Op::Stale { conn, kind } => {
+                let dead: Vec<ConnId> = self
+                    .known
+                    .iter()
+                    .filter(|(_, k)| match **k {
+                        Kind::Client(i) => !self.clients[i].open,
+                        Kind::Backend(i) => !self.backends[i].open,
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let Some(&conn) = dead.get(usize::from(conn) % dead.len().max(1)) else { return };
+                let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n+OK\r\n"[..]);
+                let input = match kind % 7 {
+                    0 => Input::Data { conn, buf: &mut buf },
+                    1 => Input::Connected { conn },
+                    2 => Input::ConnectFailed { conn, reason: "stale" },
+                    3 => Input::Closed { conn },
+                    4 => Input::WriteBlocked { conn },
+                    5 => Input::Refused { conn },
+                    _ => Input::Drained { conn },
+                };
+                self.driver.engine.handle_input(self.driver.clock.now(), input);
+                assert_eq!(self.driver.engine.poll_action(), None, "an input for the closed connection {conn} acted");
+                assert_eq!(
+                    self.driver.engine.poll_event(),
+                    None,
+                    "an input for the closed connection {conn} had an event"
+                );
+            }
+        }
+    }
+
+    /// Hands a client's socket bytes to the engine (unless reading is paused), and to the shadow scanner.
+    fn deliver_client(&mut self, i: usize) {
+        let client = &mut self.clients[i];
+        if !client.open || !client.readable || client.socket.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut client.socket);
+        let mut shadow_failed_now = false;
+        if !client.shadow_error {
+            client.shadow.push(&bytes);
+            loop {
+                match client.shadow.next_request() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        client.shadow_error = true;
+                        shadow_failed_now = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let had_event = client.protocol_error_event;
+        let conn = client.id;
+        self.driver.feed(conn, &bytes);
+        self.drain();
+        if self.clients[i].protocol_error_event && !had_event {
+            assert!(
+                shadow_failed_now,
+                "the engine saw a protocol error on {conn} where an independent scanner saw none"
+            );
+        }
+    }
+
+    fn deliver_backend(&mut self, i: usize, data: &[u8]) {
+        self.driver.feed(self.backends[i].id, data);
+        self.drain();
+    }
+
+    fn close_backend(&mut self, i: usize) {
+        self.backends[i].open = false;
+        self.driver.closed(self.backends[i].id);
+        self.drain();
+    }
+
+    /// Drains actions and events, checking each against the connections the harness knows to be open.
+    fn drain(&mut self) {
+        while let Some(action) = self.driver.engine.poll_action() {
+            if self.trace {
+                eprintln!("  action {action:?}");
+            }
+            match action {
+                Action::Connect { conn, address } => {
+                    assert!(!self.known.contains_key(&conn), "Connect with an id already in use or used: {conn}");
+                    let server = self
+                        .driver
+                        .config
+                        .servers
+                        .iter()
+                        .position(|s| *s == address)
+                        .expect("Connect to a configured server");
+                    self.known.insert(conn, Kind::Backend(self.backends.len()));
+                    self.backends.push(BackendModel {
+                        id: conn,
+                        server,
+                        open: true,
+                        connected: false,
+                        unanswered: VecDeque::new(),
+                        sent: RequestStream::new(Limits::default()),
+                    });
+                }
+                Action::Send { conn, data } => match self.known.get(&conn).copied() {
+                    Some(Kind::Client(i)) => {
+                        assert!(self.clients[i].open, "Send to the closed client {conn}: {data:?}");
+                        self.clients[i].sends.push(data);
+                    }
+                    Some(Kind::Backend(i)) => {
+                        let backend = &mut self.backends[i];
+                        assert!(backend.open, "Send to the closed backend {conn}: {data:?}");
+                        backend.sent.push(&data);
+                        while let Some(request) = backend.sent.next_request().unwrap() {
+                            backend.unanswered.push_back(request);
+                        }
+                    }
+                    None => panic!("Send to {conn}, which the engine never issued"),
+                },
+                Action::Close { conn } => match self.known.get(&conn).copied() {
+                    Some(Kind::Client(i)) => {
+                        assert!(self.clients[i].open, "Close of the closed client {conn}");
+                        self.clients[i].open = false;
+                        self.clients[i].closed_by_engine = true;
+                    }
+                    Some(Kind::Backend(i)) => {
+                        assert!(self.backends[i].open, "Close of the closed backend {conn}");
+                        self.backends[i].open = false;
+                    }
+                    None => panic!("Close of {conn}, which the engine never issued"),
+                },
+                Action::SetReadable { conn, readable } => match self.known.get(&conn).copied() {
+                    Some(Kind::Client(i)) => {
+                        assert!(self.clients[i].open, "SetReadable on the closed client {conn}");
+                        assert_ne!(self.clients[i].readable, readable, "SetReadable({readable}) twice on {conn}");
+                        self.clients[i].readable = readable;
+                    }
+                    _ => panic!("SetReadable on {conn}, which is not a client"),
+                },
+            }
+        }
+        while let Some(event) = self.driver.engine.poll_event() {
+            if self.trace {
+                eprintln!("  event {event}");
+            }
+            if let Event::ClientProtocolError { conn, message } = event {
+                assert!(message.starts_with("ERR Protocol error"), "protocol error event with {message:?}");
+                match self.known.get(&conn) {
+                    Some(Kind::Client(i)) => self.clients[*i].protocol_error_event = true,
+                    _ => panic!("protocol error event for {conn}, not a client"),
+                }
+            }
+        }
+        // A client whose reading resumed gets what its socket holds (bounded: each delivery empties it).
+        for i in 0..self.clients.len() {
+            if self.clients[i].open && self.clients[i].readable && !self.clients[i].socket.is_empty() {
+                self.deliver_client(i);
+            }
+        }
+    }
+
+    /// Lets everything settle: every backend fails and held requests expire, so no reply is awaited any more.
+    fn settle(&mut self) {
+        for _ in 0..4 {
+            for i in 0..self.backends.len() {
+                if self.backends[i].open {
+                    if self.backends[i].connected {
+                        self.close_backend(i);
+                    } else {
+                        self.backends[i].open = false;
+                        self.driver.connect_failed(self.backends[i].id, "settle");
+                        self.drain();
+                    }
+                }
+            }
+            self.driver.advance(self.driver.config.hold + Duration::from_secs(1));
+            self.drain();
+        }
+    }
+
+    fn check_protocol_errors(&self) {
+        for client in &self.clients {
+            if client.shadow_error {
+                assert!(!client.open, "client {} sent a protocol error and was never closed", client.id);
+            }
+            // Unless the runtime closed it first (a peer may hang up while its replies are still awaited), the
+            // engine closes a client after a protocol error, with the error as the last thing it sends.
+            if client.protocol_error_event {
+                assert!(!client.open, "client {} had a protocol error but was not closed", client.id);
+            }
+            if client.protocol_error_event && client.closed_by_engine {
+                let last = client.sends.last().map(|b| &b[..]).unwrap_or_default();
+                assert!(
+                    last.starts_with(b"-ERR Protocol error"),
+                    "the last reply to {} before its close was {:?}, not the protocol error",
+                    client.id,
+                    String::from_utf8_lossy(last)
+                );
+            }
+        }
+    }
+}
+
+/// Runs an engine through the operations encoded in `data`, checking the connection contract throughout.
+pub fn engine_client_bytes(data: &[u8]) {
+    let mut input = Unstructured::new(data);
+    let Ok(setup) = Setup::arbitrary(&mut input) else { return };
+    let mut harness = Harness::new(&setup);
+    harness.driver.advance(Duration::ZERO);
+    harness.drain();
+    let mut steps = 0;
+    while !input.is_empty() && steps < 512 {
+        let Ok(op) = Op::decode(&mut input) else { break };
+        harness.run(op);
+        steps += 1;
+    }
+    harness.settle();
+    harness.check_protocol_errors();
+}

@@ -1,0 +1,125 @@
+//! The engine target's input: a [`Setup`] decoded with `arbitrary`, then [`Op`]s in a simple byte format.
+
+use crate::Config;
+use arbitrary::{Arbitrary, Unstructured};
+
+/// Commands the fuzzer may send by number (as well as raw bytes): one of each kind of handling.
+pub(super) const COMMANDS: &[&str] = &[
+    "PING",
+    "GET",
+    "SET",
+    "MGET",
+    "DEL",
+    "INCR",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+    "SELECT",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PSUBSCRIBE",
+    "MONITOR",
+    "BLPOP",
+    "QUIT",
+    "RESET",
+    "HELLO",
+    "AUTH",
+    "CLIENT",
+    "INFO",
+    "REPLICAOF",
+    "CONFIG",
+    "PUBLISH",
+    "ECHO",
+    "EVAL",
+    "WAIT",
+    "SHUTDOWN",
+    "FLUSHALL",
+    "NOSUCHCOMMAND",
+];
+
+pub(super) const ARGS: &[&str] =
+    &["k", "0", "1", "2", "ch", "SETNAME", "TRACKING", "on", "off", "NO", "ONE", "3", "v", "SET"];
+
+/// The engine's configuration, decoded first.
+#[derive(Arbitrary, Debug)]
+pub(super) struct Setup {
+    servers: u8,
+    reads_to_slaves: bool,
+    pool_size: u8,
+    max_pipeline: u8,
+    max_clients: u8,
+    hold_budget: u8,
+    small_limits: bool,
+}
+
+impl Setup {
+    /// The configuration it describes, written as JSON so that the configuration parser is fuzzed along.
+    pub(super) fn config(&self) -> Config {
+        let servers = usize::from(self.servers % 3) + 1;
+        let list: Vec<String> = (0..servers)
+            .map(|i| format!("{{\"host\": \"127.0.0.1\", \"port\": {}}}", crate::testkit::port_of(i)))
+            .collect();
+        let limits = if self.small_limits { ", \"max_bulk_len\": 64, \"max_request_len\": 1024" } else { "" };
+        let json = format!(
+            "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500, \
+             \"pool_size\": {}, \"max_pipeline\": {}, \"max_clients\": {}, \"hold_max_bytes\": {}, \
+             \"client_output_limit\": 1024{limits}}}",
+            list.join(","),
+            if self.reads_to_slaves { "readsToSlaves" } else { "allToMaster" },
+            self.pool_size % 3 + 1,
+            self.max_pipeline % 8 + 1,
+            self.max_clients % 6 + 1,
+            usize::from(self.hold_budget % 10) * 256,
+        );
+        Config::from_json(&json).expect("the harness writes valid configurations")
+    }
+}
+
+/// One step of the engine scenario; decoded by [`Op::decode`] from a simple byte format (a tag byte, then its
+/// fields, byte strings as a length byte and the bytes) so that seeds are easy to write by hand.
+#[derive(Debug)]
+pub(super) enum Op {
+    Accept,
+    ClientBytes { client: u8, data: Vec<u8> },
+    ClientCommand { client: u8, command: u8, args: Vec<u8>, inline: bool },
+    ClientClosed { client: u8 },
+    WriteBlocked { client: u8 },
+    Drained { client: u8 },
+    Advance { ms: u16 },
+    Timeout,
+    Connected { backend: u8 },
+    ConnectFailed { backend: u8 },
+    BackendClosed { backend: u8 },
+    BackendBytes { backend: u8, data: Vec<u8> },
+    BackendAnswer { backend: u8, count: u8, flavor: u8 },
+    Stale { conn: u8, kind: u8 },
+}
+
+impl Op {
+    pub(super) fn decode(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
+        let tag: u8 = u.arbitrary()?;
+        let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
+        let bytes = |u: &mut Unstructured<'_>| -> arbitrary::Result<Vec<u8>> {
+            let len = u.arbitrary::<u8>()?;
+            Ok(u.bytes(usize::from(len).min(u.len()))?.to_vec())
+        };
+        Ok(match tag % 14 {
+            0 => Op::Accept,
+            1 => Op::ClientBytes { client: byte(u)?, data: bytes(u)? },
+            2 => Op::ClientCommand { client: byte(u)?, command: byte(u)?, args: bytes(u)?, inline: u.arbitrary()? },
+            3 => Op::ClientClosed { client: byte(u)? },
+            4 => Op::WriteBlocked { client: byte(u)? },
+            5 => Op::Drained { client: byte(u)? },
+            6 => Op::Advance { ms: u.arbitrary()? },
+            7 => Op::Timeout,
+            8 => Op::Connected { backend: byte(u)? },
+            9 => Op::ConnectFailed { backend: byte(u)? },
+            10 => Op::BackendClosed { backend: byte(u)? },
+            11 => Op::BackendBytes { backend: byte(u)?, data: bytes(u)? },
+            12 => Op::BackendAnswer { backend: byte(u)?, count: byte(u)?, flavor: byte(u)? },
+            _ => Op::Stale { conn: byte(u)?, kind: byte(u)? },
+        })
+    }
+}

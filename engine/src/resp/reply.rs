@@ -1,0 +1,227 @@
+//! Server replies: the resumable [`ReplyScanner`] for any RESP2 or RESP3 frame, nested aggregates included.
+
+use super::{find_line_end, parse_int, Limits, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+/// Resumable scanner for replies from a server: any RESP2 or RESP3 frame, nested aggregates included.
+#[derive(Debug)]
+pub(crate) struct ReplyScanner {
+    limits: Limits,
+    pos: usize,
+    /// Elements still expected at each open aggregate level.
+    open: SmallVec<[usize; 8]>,
+    bulk_len: Option<usize>,
+}
+
+impl ReplyScanner {
+    /// A scanner enforcing `limits`.
+    pub(crate) fn new(limits: Limits) -> ReplyScanner {
+        ReplyScanner { limits, pos: 0, open: SmallVec::new(), bulk_len: None }
+    }
+
+    /// Splits the next complete reply off the front of `buf`; `Ok(None)` means more bytes are needed.
+    pub(crate) fn next_reply(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+        loop {
+            if let Some(len) = self.bulk_len {
+                if buf.len() < self.pos + len + 2 {
+                    buf.reserve(self.pos + len + 2 - buf.len());
+                    return Ok(None);
+                }
+                if &buf[self.pos + len..self.pos + len + 2] != b"\r\n" {
+                    return Err(ProtocolError::MissingBulkTerminator);
+                }
+                self.pos += len + 2;
+                self.bulk_len = None;
+                if self.finish_element() {
+                    return Ok(Some(self.take(buf)));
+                }
+                continue;
+            }
+            let Some(&kind) = buf.get(self.pos) else { return Ok(None) };
+            // A line (type byte and body, without CRLF) may be at most `max_inline_len` long. The bound is the
+            // same whether the line is complete or not, so a reply is accepted or refused the same way however
+            // its bytes are split into reads. An unterminated line is only known to be too long once it holds
+            // more than the bound plus one byte, as that byte may be the CR of a line exactly at the bound.
+            let Some(cr) = find_line_end(buf, self.pos) else {
+                if buf.len() - self.pos > self.limits.max_inline_len + 1 {
+                    return Err(ProtocolError::InvalidLength);
+                }
+                return Ok(None);
+            };
+            if cr - self.pos > self.limits.max_inline_len {
+                return Err(ProtocolError::InvalidLength);
+            }
+            if cr == self.pos {
+                // An empty line (a bare CRLF): there is no type byte, and no body to slice after it.
+                return Err(ProtocolError::UnknownType(kind));
+            }
+            let body = &buf[self.pos + 1..cr];
+            self.pos = cr + 2;
+            match kind {
+                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+                    if self.finish_element() {
+                        return Ok(Some(self.take(buf)));
+                    }
+                }
+                b'$' | b'!' | b'=' => {
+                    let len = parse_int(body).ok_or(ProtocolError::InvalidLength)?;
+                    if len < 0 {
+                        if self.finish_element() {
+                            return Ok(Some(self.take(buf)));
+                        }
+                    } else if len as u64 > self.limits.max_bulk_len as u64 {
+                        return Err(ProtocolError::InvalidBulkLength);
+                    } else {
+                        self.bulk_len = Some(len as usize);
+                    }
+                }
+                b'*' | b'>' | b'~' | b'%' | b'|' => {
+                    let count = parse_int(body).ok_or(ProtocolError::InvalidLength)?;
+                    let per_entry = if kind == b'%' || kind == b'|' { 2 } else { 1 };
+                    if count <= 0 {
+                        if self.finish_element() {
+                            return Ok(Some(self.take(buf)));
+                        }
+                    } else if count as u64 > self.limits.max_multibulk_len as u64 {
+                        return Err(ProtocolError::InvalidMultibulkLength);
+                    } else if self.open.len() >= self.limits.max_depth {
+                        return Err(ProtocolError::TooDeep);
+                    } else {
+                        self.open.push(count as usize * per_entry);
+                    }
+                }
+                other => return Err(ProtocolError::UnknownType(other)),
+            }
+        }
+    }
+
+    /// Counts one finished element against the open aggregates; true when the whole frame is complete.
+    fn finish_element(&mut self) -> bool {
+        while let Some(top) = self.open.last_mut() {
+            *top -= 1;
+            if *top > 0 {
+                return false;
+            }
+            self.open.pop();
+        }
+        true
+    }
+
+    fn take(&mut self, buf: &mut BytesMut) -> Bytes {
+        let frame = buf.split_to(self.pos).freeze();
+        self.pos = 0;
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reply_scanner_handles_resp3_and_nesting() {
+        let input: &[u8] =
+            b"+OK\r\n$-1\r\n*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n%1\r\n+k\r\n#t\r\n>2\r\n+a\r\n+b\r\n_\r\n,1.5\r\n";
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let mut buf = BytesMut::from(input);
+        let mut frames = Vec::new();
+        while let Some(f) = scanner.next_reply(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 7);
+        assert_eq!(&frames[2][..], b"*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn long_reply_line_is_refused_however_it_is_split() {
+        let limits = Limits { max_inline_len: 8, ..Limits::default() };
+        let scan = |chunks: &[&[u8]]| {
+            let mut scanner = ReplyScanner::new(limits);
+            let mut buf = BytesMut::new();
+            let mut result = Ok(None);
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                result = scanner.next_reply(&mut buf);
+            }
+            result
+        };
+        // Found by the resp_reply fuzz target: whole, the line was accepted; split, it was refused.
+        assert_eq!(scan(&[b"+123456789\r\n"]), Err(ProtocolError::InvalidLength));
+        assert_eq!(scan(&[b"+12345", b"6789\r\n"]), Err(ProtocolError::InvalidLength));
+        // A line exactly at the bound passes, also when its CR and LF arrive apart.
+        assert_eq!(scan(&[b"+1234567\r", b"\n"]), Ok(Some(Bytes::from_static(b"+1234567\r\n"))));
+    }
+
+    #[test]
+    fn empty_reply_line_is_an_error_not_a_panic() {
+        // Found by the resp_reply fuzz target: a bare CRLF sliced buf[pos + 1..pos] and panicked.
+        for input in [&b"\r\n"[..], b"+OK\r\n\r\n", b"*2\r\n:1\r\n\r\n"] {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::from(input);
+            let mut result = scanner.next_reply(&mut buf);
+            while let Ok(Some(_)) = result {
+                result = scanner.next_reply(&mut buf);
+            }
+            assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
+        }
+    }
+
+    fn arb_reply(depth: u32) -> BoxedStrategy<Vec<u8>> {
+        let leaf = prop_oneof![
+            "[a-zA-Z0-9 ]{0,12}".prop_map(|s| format!("+{s}\r\n").into_bytes()),
+            "[a-zA-Z0-9 ]{0,12}".prop_map(|s| format!("-ERR {s}\r\n").into_bytes()),
+            any::<i64>().prop_map(|i| format!(":{i}\r\n").into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|v| {
+                let mut out = format!("${}\r\n", v.len()).into_bytes();
+                out.extend_from_slice(&v);
+                out.extend_from_slice(b"\r\n");
+                out
+            }),
+            Just(b"$-1\r\n".to_vec()),
+            Just(b"_\r\n".to_vec()),
+        ];
+        if depth == 0 {
+            return leaf.boxed();
+        }
+        prop_oneof![
+            3 => leaf,
+            1 => (proptest::sample::select(vec![b'*', b'>', b'~']), proptest::collection::vec(arb_reply(depth - 1), 0..4))
+                .prop_map(|(kind, items)| {
+                    let mut out = vec![kind];
+                    out.extend_from_slice(format!("{}\r\n", items.len()).as_bytes());
+                    for item in items {
+                        out.extend_from_slice(&item);
+                    }
+                    out
+                }),
+        ]
+        .boxed()
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_replies_yields_the_same_frames(
+            replies in proptest::collection::vec(arb_reply(3), 1..6),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let stream: Vec<u8> = replies.concat();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(stream.len());
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            let mut last = 0;
+            for p in points {
+                buf.extend_from_slice(&stream[last..p]);
+                last = p;
+                while let Some(f) = scanner.next_reply(&mut buf).unwrap() {
+                    frames.push(f.to_vec());
+                }
+            }
+            prop_assert_eq!(frames, replies);
+        }
+    }
+}
