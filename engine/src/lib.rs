@@ -16,7 +16,10 @@
 //!    partial one for next time); report connects, failures, closes and write backpressure with the other
 //!    [`Input`] variants.
 //! 5. When the timeout instant has passed, call [`Engine::handle_timeout`]. Repeat.
-//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
+//! 6. Operating it: clients of an admin listener are accepted with [`Engine::accept_admin`] (only they may send
+//!    `PROXY ...` commands); [`Engine::status`] returns a [`StatusSnapshot`] for a status page or metrics; on
+//!    [`Event::ReloadRequested`] (or `SIGHUP`) re-read the configuration and hand it to [`Engine::reconfigure`].
+//! 7. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
 //!    until [`Engine::client_count`] is 0: the engine closes every client once its replies are out, and the rest
 //!    when its `shutdown_grace` ends.
 //!
@@ -60,6 +63,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `admin` | the `PROXY` admin commands: parsing and replies (the engine carries them out) |
 //! | `contract` | [`Input`], [`Action`], [`TimerReason`] and the queue the machines fill |
 //! | `conn` | [`ConnId`]s with generations; the client and backend tables share one id space |
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
