@@ -33,8 +33,11 @@ pub struct Engine {
     failover: Failover,
     router: Router,
     waits: Waits,
-    /// How many times a master has been adopted: a write acknowledged in an earlier epoch may have been lost.
+    /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
+    /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
     master_epoch: u64,
+    /// The routed master, with its `master_replid` as its last `INFO` said.
+    master_history: Option<(ServerId, Option<String>)>,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -82,6 +85,7 @@ impl Engine {
             router: Router::new(&config),
             waits: Waits::default(),
             master_epoch: 0,
+            master_history: None,
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
@@ -741,7 +745,6 @@ impl Engine {
         for decision in self.failover.evaluate(self.monitor.views(), now) {
             match decision {
                 Decision::Adopt { master, reason } => {
-                    self.master_epoch += 1;
                     let address = self.monitor.address(master).clone();
                     self.history.end(now, &address);
                     self.master_since = Some(now);
@@ -759,6 +762,8 @@ impl Engine {
                         self.deliver(now, client, seq, reply);
                     }
                     self.out.event(Event::MasterAdopted { address, reason });
+                    // Held writes go to the new master in its own epoch.
+                    self.follow_master_history();
                     self.run_all_held(now);
                 }
                 Decision::Lose { master, reason } => {
@@ -780,6 +785,19 @@ impl Engine {
                     self.monitor.send_replicaof(now, server, Some(master), &mut self.pool, &mut self.out)
                 }
             }
+        }
+        self.follow_master_history();
+    }
+
+    /// Starts a new master epoch when the routed master, or the history it serves, changed.
+    fn follow_master_history(&mut self) {
+        let views = self.monitor.views();
+        let replid = |m: ServerId| views[m.0].info.as_ref().and_then(|i| i.replid.as_deref());
+        let current = self.failover.master().map(|m| (m, replid(m)));
+        let known = self.master_history.as_ref().map(|(m, h)| (*m, h.as_deref()));
+        if current != known {
+            self.master_history = current.map(|(m, h)| (m, h.map(str::to_string)));
+            self.master_epoch += 1;
         }
     }
 }
