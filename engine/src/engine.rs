@@ -115,6 +115,9 @@ impl Engine {
         {
             return Err(format!("it removes {master}, the master: fail over first (PROXY FAILOVER)"));
         }
+        if let Some(draining) = added.iter().find(|s| self.monitor.find(s).is_some()) {
+            return Err(format!("it adds {draining}, which is still being removed: reload again in a moment"));
+        }
         let mut changes = Vec::new();
         for address in removed {
             self.remove_server(now, &address)?;
