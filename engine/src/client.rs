@@ -139,6 +139,21 @@ struct ClientLimits {
     allow_topology_commands: bool,
 }
 
+impl ClientLimits {
+    fn from(config: &Config) -> ClientLimits {
+        ClientLimits {
+            limits: config.limits,
+            pool_size: config.pool_size,
+            max_clients: config.max_clients,
+            max_pipeline: config.max_pipeline,
+            client_output_limit: config.client_output_limit,
+            hold: config.hold,
+            hold_max_bytes: config.hold_max_bytes,
+            allow_topology_commands: config.allow_topology_commands,
+        }
+    }
+}
+
 impl Clients {
     /// No clients yet, with the limits of `config`.
     pub(crate) fn new(config: &Config) -> Clients {
@@ -150,17 +165,14 @@ impl Clients {
             departed: Vec::new(),
             write_answered: false,
             next_offset_serial: 0,
-            config: ClientLimits {
-                limits: config.limits,
-                pool_size: config.pool_size,
-                max_clients: config.max_clients,
-                max_pipeline: config.max_pipeline,
-                client_output_limit: config.client_output_limit,
-                hold: config.hold,
-                hold_max_bytes: config.hold_max_bytes,
-                allow_topology_commands: config.allow_topology_commands,
-            },
+            config: ClientLimits::from(config),
         }
+    }
+
+    /// Applies the limits of a reloaded `config` (`pool_size` and the protocol limits cannot change live: the
+    /// caller refuses a config that changes them).
+    pub(crate) fn set_limits(&mut self, config: &Config) {
+        self.config = ClientLimits::from(config);
     }
 
     /// Clients connected.
@@ -275,6 +287,11 @@ impl Clients {
     /// Whether `conn` has requests waiting (then a new one must wait behind them).
     pub(crate) fn has_held(&self, conn: ConnId) -> bool {
         self.conns.get(conn).is_some_and(|c| !c.held.is_empty())
+    }
+
+    /// How many requests are held over all clients, and the memory they take (for the status snapshot).
+    pub(crate) fn held_stats(&self) -> (usize, usize) {
+        (self.conns.iter().map(|(_, c)| c.held.len()).sum(), self.held_bytes)
     }
 
     /// Whether any client has requests waiting.
@@ -406,6 +423,7 @@ impl Clients {
     #[allow(clippy::result_unit_err)]
     pub(crate) fn start_request(
         &mut self,
+        now: Instant,
         conn: ConnId,
         backend: ConnId,
         pin: Pin,
@@ -426,7 +444,7 @@ impl Clients {
         }
         let seq = client.first_seq + client.slots.len() as u64;
         client.slots.push_back(None);
-        Ok(Some(Waiter::Client { conn, seq }))
+        Ok(Some(Waiter::Client { conn, seq, sent: now }))
     }
 
     /// Who issued the cursor the `SCAN`-family `call` of `conn` continues.

@@ -18,6 +18,16 @@ pub enum Mode {
     ReadsToSlaves,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `2026-11-24T21:30:00.123Z INFO message` (`"text"`, the default).
+    #[default]
+    Text,
+    /// One JSON object per line with `ts`, `level` and `msg` (`"json"`), for log shippers.
+    Json,
+}
+
 /// One configured Redis server.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServerAddress {
@@ -88,6 +98,14 @@ pub struct Config {
     /// After SIGINT/SIGTERM, the longest clients get to receive the replies they await before they are closed
     /// (`shutdown_grace`, ms, default 2000).
     pub shutdown_grace: Duration,
+    /// Where the status page, `/status.json`, `/metrics` and `/health` are served over HTTP (`status_listen`,
+    /// `"host:port"`; default: not served).
+    pub status_listen: Option<String>,
+    /// Where admin clients connect: the only listener that accepts `PROXY ...` commands (`admin_listen`,
+    /// `"host:port"`; default: none, so no client may send them).
+    pub admin_listen: Option<String>,
+    /// How log lines are written (`log_format`: `"text"`, the default, or `"json"`, one object per line).
+    pub log_format: LogFormat,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -158,8 +176,16 @@ impl Config {
         };
         let bind_address = match map.get("bind_address") {
             None => "127.0.0.1".to_string(),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(other) => return Err(error(format!("`bind_address`: expected an address string, got {other}"))),
+            Some(Value::String(s)) if valid_host(s) => s.clone(),
+            Some(other) => {
+                return Err(error(format!("`bind_address`: expected an IP address or a host name, got {other}")))
+            }
+        };
+        let log_format = match map.get("log_format") {
+            None => LogFormat::Text,
+            Some(Value::String(s)) if s == "text" => LogFormat::Text,
+            Some(Value::String(s)) if s == "json" => LogFormat::Json,
+            Some(other) => return Err(error(format!("`log_format`: expected \"text\" or \"json\", got {other}"))),
         };
         let mode = match map.get("mode") {
             None => Mode::AllToMaster,
@@ -203,8 +229,31 @@ impl Config {
             read_your_writes: get_bool(&map, "read_your_writes", true)?,
             allow_topology_commands: get_bool(&map, "allow_topology_commands", false)?,
             shutdown_grace: Duration::from_millis(get_u64(&map, "shutdown_grace", 2000, 0)?),
+            status_listen: get_listen(&map, "status_listen")?,
+            admin_listen: get_listen(&map, "admin_listen")?,
+            log_format,
             warnings,
         })
+    }
+
+    /// The first field that differs between `self` and `new` and cannot change while the proxy runs (the
+    /// listeners, the connection pool's shape, the probe timing, the protocol limits, the log format).
+    pub fn unchangeable_difference(&self, new: &Config) -> Option<&'static str> {
+        [
+            ("listen_port", self.listen_port != new.listen_port),
+            ("bind_address", self.bind_address != new.bind_address),
+            ("status_listen", self.status_listen != new.status_listen),
+            ("admin_listen", self.admin_listen != new.admin_listen),
+            ("pool_size", self.pool_size != new.pool_size),
+            ("check_period", self.check_period != new.check_period),
+            ("down_after", self.down_after != new.down_after),
+            ("busy_down_after", self.busy_down_after != new.busy_down_after),
+            ("max_bulk_len / max_request_len", self.limits != new.limits),
+            ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("log_format", self.log_format != new.log_format),
+        ]
+        .into_iter()
+        .find_map(|(field, differs)| differs.then_some(field))
     }
 
     /// A configuration with every default, for `servers` (handy for tests and embedding).
@@ -238,7 +287,41 @@ const KNOWN_FIELDS: &[&str] = &[
     "read_your_writes",
     "allow_topology_commands",
     "shutdown_grace",
+    "status_listen",
+    "admin_listen",
+    "log_format",
 ];
+
+/// Whether `host` is syntactically an IP address or a DNS host name (letters, digits, hyphens and dots, labels of
+/// 1-63 characters not starting or ending with a hyphen): caught by `--check` rather than when binding fails.
+pub(crate) fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// An optional `"host:port"` listen address (`[v6]:port` for IPv6).
+fn get_listen(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ConfigError> {
+    let Some(value) = map.get(field) else { return Ok(None) };
+    let bad = || error(format!("`{field}`: expected \"host:port\" (e.g. \"127.0.0.1:9121\"), got {value}"));
+    let Value::String(text) = value else { return Err(bad()) };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if !valid_host(host) || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(Some(text.clone()))
+}
 
 fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigError> {
     let Some(value) = value else {
@@ -259,7 +342,7 @@ fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigErro
             return Err(error(format!("`servers[{i}]`: unknown field `{key}`")));
         }
         let host = match fields.get("host") {
-            Some(Value::String(h)) if !h.is_empty() => h.clone(),
+            Some(Value::String(h)) if valid_host(h) => h.clone(),
             None => "127.0.0.1".to_string(),
             Some(other) => return Err(error(format!("`servers[{i}].host`: expected a host name, got {other}"))),
         };
@@ -316,5 +399,17 @@ mod tests {
         assert!(err(r#"{"servers": [{"port": 1}], "listen_prot": 1}"#).contains("unknown field `listen_prot`"));
         assert!(err(r#"{"servers": [{"port": 1}], "check_period": "5"}"#).contains("`check_period`"));
         assert!(err(r#"{"servers": [{"port": 1}], "mode": "x"}"#).contains("`mode`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "bind_address": "not an ip"}"#).contains("`bind_address`"));
+        assert!(err(r#"{"servers": [{"host": "bad host!", "port": 1}]}"#).contains("`servers[0].host`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "status_listen": "127.0.0.1"}"#).contains("`status_listen`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "admin_listen": "x y:1"}"#).contains("`admin_listen`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "log_format": "xml"}"#).contains("`log_format`"));
+        let ok = Config::from_json(
+            r#"{"servers": [{"host": "redis-1.example", "port": 1}], "bind_address": "::1",
+                "status_listen": "[::1]:9121", "admin_listen": "localhost:9122", "log_format": "json"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.status_listen.as_deref(), Some("[::1]:9121"));
+        assert_eq!(ok.log_format, LogFormat::Json);
     }
 }

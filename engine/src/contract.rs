@@ -2,8 +2,9 @@
 //! wants the clock ([`TimerReason`]), and the queue the engine's machines fill ([`Outbox`]).
 
 use crate::config::ServerAddress;
-use crate::conn::ConnId;
+use crate::conn::{ConnId, Lane};
 use crate::event::Event;
+use crate::status::Counters;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 
@@ -103,18 +104,25 @@ pub enum TimerReason {
     HoldExpiry,
     /// The shutdown grace ends: clients still connected are closed.
     ShutdownGrace,
+    /// A planned switchover asks the master and its target for their replication offsets again.
+    Switchover,
 }
 
-/// The actions and events the machines produce, in order, until the runtime drains them.
+/// The actions and events the machines produce, in order, until the runtime drains them, and the counters of
+/// what passed through (every machine already reports here, so counting here needs no extra plumbing).
 #[derive(Default)]
 pub(crate) struct Outbox {
     pub(crate) actions: VecDeque<Action>,
     pub(crate) events: VecDeque<Event>,
+    pub(crate) counters: Counters,
 }
 
 impl Outbox {
     /// Queues `data` for `conn`.
     pub(crate) fn send(&mut self, conn: ConnId, data: Bytes) {
+        if conn.lane() == Lane::Client {
+            self.counters.bytes_out += data.len() as u64;
+        }
         self.actions.push_back(Action::Send { conn, data });
     }
 
@@ -125,6 +133,7 @@ impl Outbox {
 
     /// Reports `event`.
     pub(crate) fn event(&mut self, event: Event) {
+        self.counters.count_event(&event);
         self.events.push_back(event);
     }
 }

@@ -5,6 +5,7 @@
 //! back `pool` (whose) -> `client` (in order); probe replies go to `monitor`, and whatever changes a server's
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
+use crate::admin::{self, AdminCommand};
 use crate::client::{Clients, HeldRequest, NextRequest};
 use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
@@ -19,7 +20,8 @@ use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
 use crate::session::{Handling, Pin};
-use crate::topology::{Role, ServerId};
+use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
+use crate::topology::{Role, ServerId, ServerView};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -51,7 +53,37 @@ pub struct Engine {
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
     shutdown_deadline: Option<Instant>,
+    /// Failovers so far, for the status snapshot.
+    history: History,
+    /// Since when writes go to the routed master.
+    master_since: Option<Instant>,
+    /// Clients that came in on the admin listener (the only ones allowed `PROXY` commands).
+    admins: Vec<ConnId>,
+    /// Servers being removed, forgotten once their requests in flight are answered.
+    removing: Vec<ServerId>,
+    /// The planned switchover under way.
+    switchover: Option<Switchover>,
+    /// The configuration in force (the last one [`Engine::reconfigure`] accepted).
+    config: Config,
+    /// How long a planned switchover may hold writes before it is aborted (half of `hold_ms`, so that held
+    /// requests never expire because of one).
+    switchover_bound: Duration,
 }
+
+/// A planned switchover (`PROXY FAILOVER`) under way; the failover machine holds its phase.
+struct Switchover {
+    /// The admin client's reply slot, filled when it ends.
+    admin: (ConnId, u64),
+    target: ServerId,
+    started: Instant,
+    /// When the master had no request of a client in flight any more: offsets read after it count.
+    drained_at: Option<Instant>,
+    /// When to ask for the offsets again.
+    next_poll: Instant,
+}
+
+/// How often a planned switchover asks the master and its target for their offsets.
+const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
 
 impl Engine {
     /// An engine for `config`; it starts probing the servers at the first [`Engine::handle_timeout`].
@@ -69,7 +101,112 @@ impl Engine {
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
+            history: History::default(),
+            master_since: None,
+            admins: Vec::new(),
+            removing: Vec::new(),
+            switchover: None,
+            switchover_bound: config.hold / 2,
+            config,
         }
+    }
+
+    /// Applies a re-read configuration while clients stay connected: servers added and removed (as `PROXY ADD`
+    /// and `PROXY REMOVE`), `mode`, the client limits, `hold_ms`, `replica_max_lag`, `allow_topology_commands`.
+    /// Refused, with nothing changed, when `new` changes a field that cannot change live (see
+    /// [`Config::unchangeable_difference`]) or would remove the master. Returns what changed, for the log.
+    pub fn reconfigure(&mut self, now: Instant, new: Config) -> Result<Vec<String>, String> {
+        if let Some(field) = self.config.unchangeable_difference(&new) {
+            return Err(format!("`{field}` cannot change while the proxy runs (restart it to change it)"));
+        }
+        let current = self.servers();
+        let removed: Vec<ServerAddress> = current.iter().filter(|s| !new.servers.contains(s)).cloned().collect();
+        let added: Vec<ServerAddress> = new.servers.iter().filter(|s| !current.contains(s)).cloned().collect();
+        if let Some(master) =
+            removed.iter().find(|s| self.monitor.find(s).is_some_and(|id| self.failover.is_involved(id)))
+        {
+            return Err(format!("it removes {master}, the master: fail over first (PROXY FAILOVER)"));
+        }
+        if let Some(draining) = added.iter().find(|s| self.monitor.find(s).is_some()) {
+            return Err(format!("it adds {draining}, which is still being removed: reload again in a moment"));
+        }
+        let mut changes = Vec::new();
+        for address in removed {
+            self.remove_server(now, &address)?;
+            changes.push(format!("removing server {address}"));
+        }
+        for address in added {
+            self.add_server(now, address.clone())?;
+            changes.push(format!("added server {address}"));
+        }
+        if new.mode != self.config.mode {
+            changes.push(format!("mode {:?} -> {:?}", self.config.mode, new.mode));
+        }
+        self.clients.set_limits(&new);
+        self.router = Router::new(&new);
+        self.switchover_bound = new.hold / 2;
+        self.config = new;
+        Ok(changes)
+    }
+
+    /// A client connected from `peer` on the admin listener: as [`Engine::accept`], and it may send `PROXY`
+    /// commands (every other client gets an error for them).
+    pub fn accept_admin(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
+        let conn = self.accept(now, peer);
+        let clients = &self.clients;
+        self.admins.retain(|admin| clients.contains(*admin));
+        if self.clients.contains(conn) {
+            self.admins.push(conn);
+        }
+        conn
+    }
+
+    /// What an operator may want to know now: servers, master, failovers, clients, held requests, counters.
+    /// Builds a fresh snapshot (allocates): call it when asked (a status page, a scrape), not on every turn.
+    pub fn status(&self, now: Instant) -> StatusSnapshot {
+        let master = self.failover.master();
+        let views = self.monitor.views();
+        let master_offset = master.and_then(|m| views[m.0].info.as_ref()).map(|i| i.repl_offset);
+        let servers = views
+            .iter()
+            .enumerate()
+            .map(|(index, view)| {
+                let info = view.info.as_ref();
+                let replica = info.is_some_and(|i| i.role == Some(Role::Replica));
+                ServerStatus {
+                    address: view.address.clone(),
+                    role: info.and_then(|i| i.role),
+                    routed_master: master == Some(ServerId(index)),
+                    health: view.health,
+                    why: view.why,
+                    repl_offset: info.map(|i| i.repl_offset),
+                    lag_bytes: master_offset
+                        .zip(info.filter(|_| replica))
+                        .map(|(m, i)| m.saturating_sub(i.repl_offset).max(0)),
+                    lag_seconds: info.filter(|_| replica).and_then(|i| i.last_io_secs),
+                    link_up: info.filter(|_| replica).map(|i| i.link_up),
+                    last_ok_ago: view.last_ok.map(|ok| now.saturating_duration_since(ok)),
+                    connections: self.pool.counts_of(ServerId(index)),
+                }
+            })
+            .collect();
+        let no_master_reason = match master {
+            Some(m) if views[m.0].is_routable() => None,
+            Some(m) => {
+                Some(format!("master {} is {}: {}", views[m.0].address, views[m.0].health.name(), views[m.0].why))
+            }
+            None => Some(self.failover.why_no_master().to_string()),
+        };
+        let gathered = Gathered {
+            servers,
+            master: master.map(|m| views[m.0].address.clone()),
+            master_since: self.master_since.filter(|_| master.is_some()).map(|at| now.saturating_duration_since(at)),
+            no_master_reason,
+            mode: self.config.mode,
+            clients: self.clients.count(),
+            held: self.clients.held_stats(),
+        };
+        self.history.snapshot_into(now, gathered, &self.out.counters)
     }
 
     /// The master writes go to now, if any.
@@ -104,6 +241,7 @@ impl Engine {
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
+            self.switchover.as_ref().map(|s| (s.next_poll, TimerReason::Switchover)),
         ]
         .into_iter()
         .flatten()
@@ -132,7 +270,11 @@ impl Engine {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Data { conn, buf } => match conn.lane() {
-                Lane::Client => self.client_data(now, conn, buf),
+                Lane::Client => {
+                    let before = buf.len();
+                    self.client_data(now, conn, buf);
+                    self.out.counters.bytes_in += before.saturating_sub(buf.len()) as u64;
+                }
                 Lane::Backend => {
                     self.backend_data(now, conn, buf);
                     self.after_replies(now);
@@ -182,6 +324,8 @@ impl Engine {
             self.request_offsets(now);
         }
         self.settle_waits(now);
+        self.advance_switchover(now);
+        self.finish_removals(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
@@ -197,6 +341,10 @@ impl Engine {
     #[inline(always)]
     fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+            if held.spec.is_none() && admin::is_proxy_command(&held.request) {
+                self.admin_command(now, conn, &held);
+                continue;
+            }
             if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
                 self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
             }
@@ -209,15 +357,18 @@ impl Engine {
     fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
         let pin = match &held.handling {
             Handling::Local(reply) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
                 return true;
             }
             Handling::LocalThenClose(reply) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
                 self.clients.close_after_replies(conn, &mut self.out);
                 return true;
             }
             Handling::Refuse(message) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
                 return true;
             }
@@ -235,7 +386,8 @@ impl Engine {
                 let Some(master) = self.failover.master() else { return false };
                 let Some(seq) = self.clients.reserve_slot(conn) else { return true };
                 let backend = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out);
-                let waiter = Waiter::Client { conn, seq };
+                self.out.counters.request(Target::Master, Class::Other);
+                let waiter = Waiter::Client { conn, seq, sent: now };
                 self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
                 return true;
             }
@@ -270,13 +422,15 @@ impl Engine {
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
-        let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
+        let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
             self.split_sent(conn, seq, split, server);
         }
         if pin == Pin::Replication {
             self.pool.set_raw(backend);
         }
+        let target = if Some(server) == master { Target::Master } else { Target::Replica };
+        self.out.counters.request(target, Class::of(held.spec));
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
     }
@@ -352,6 +506,7 @@ impl Engine {
             return false;
         }
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Proxy, Class::Other);
         // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
         let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
         self.waits.add(now, conn, seq, replicas, timeout, void, self.master_epoch);
@@ -456,7 +611,14 @@ impl Engine {
                 continue;
             }
             match self.pool.pop_waiter(conn, &mut self.out) {
-                Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
+                Some(Waiter::Client { conn: client, seq, sent }) => {
+                    // One request in LATENCY_SAMPLE: reading the time difference costs more than the rest of
+                    // the counting together, and a steady sample shows the same distribution.
+                    if seq % LATENCY_SAMPLE == 0 {
+                        self.out.counters.latency.observe(now.saturating_duration_since(sent));
+                    }
+                    self.deliver(now, client, seq, frame)
+                }
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
                 Some(Waiter::Probe(probe)) => {
@@ -474,6 +636,7 @@ impl Engine {
                             if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
                                 self.request_offsets(now);
                             }
+                            self.advance_switchover(now);
                         }
                     }
                 }
@@ -523,7 +686,7 @@ impl Engine {
         let error = resp::error_reply(&message);
         let mut failed = 0;
         for waiter in &lost.waiters {
-            if let Waiter::Client { conn: client, seq } = *waiter {
+            if let Waiter::Client { conn: client, seq, .. } = *waiter {
                 failed += 1;
                 self.deliver(now, client, seq, error.clone());
             }
@@ -557,6 +720,161 @@ impl Engine {
         }
     }
 
+    // ------------------------------------------------------------------ admin
+
+    /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener).
+    fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
+        self.out.counters.request(Target::Proxy, Class::Other);
+        if !self.admins.contains(&conn) {
+            let message = "ERR PROXY commands are accepted only on the admin listener (admin_listen)";
+            self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
+            return;
+        }
+        let text: Vec<String> = held.request.args().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        self.out.event(Event::AdminCommand { conn, command: text.join(" ") });
+        let reply = match admin::parse(&held.request) {
+            Err(message) => resp::error_reply(&message),
+            Ok(AdminCommand::Status) => admin::bulk(&admin::status_text(&self.status(now))),
+            Ok(AdminCommand::Servers) => admin::bulk_array(&admin::server_lines(&self.status(now))),
+            Ok(AdminCommand::Add(address)) => match self.add_server(now, address) {
+                Ok(()) => resp::simple_reply("OK"),
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Remove(address)) => match self.remove_server(now, &address) {
+                Ok(()) => resp::simple_reply("OK draining"),
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Failover(target)) => match self.begin_switchover(now, conn, target) {
+                // The reply comes when the switchover ends.
+                Ok(()) => return,
+                Err(message) => resp::error_reply(&message),
+            },
+            Ok(AdminCommand::Reload) => {
+                self.out.event(Event::ReloadRequested);
+                resp::simple_reply("OK reloading: see the log for the outcome")
+            }
+        };
+        self.clients.reply_local(conn, reply, &mut self.out);
+    }
+
+    /// The servers watched now, in order (configured ones and those added since).
+    pub fn servers(&self) -> Vec<ServerAddress> {
+        self.monitor.views().iter().filter(|v| !v.draining).map(|v| v.address.clone()).collect()
+    }
+
+    /// Watches a new server (`PROXY ADD`, a reload): probed at once; the failover rules make it a replica of the
+    /// master if it is not one, and reads reach it once it is in sync (`readsToSlaves`).
+    pub fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String> {
+        if self.monitor.find(&address).is_some() {
+            return Err(format!("ERR {address} is already a server of this proxy"));
+        }
+        self.pool.add_server(address.clone());
+        self.failover.add_server();
+        self.monitor.add_server(now, address.clone(), &mut self.pool, &mut self.out);
+        self.out.event(Event::ServerAdded { address });
+        Ok(())
+    }
+
+    /// Removes a server (`PROXY REMOVE`, a reload): it gets no new requests, those in flight finish, then its
+    /// connections close. The routed master cannot be removed (fail over first).
+    pub fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
+        let Some(server) = self.monitor.find(address).filter(|s| !self.removing.contains(s)) else {
+            return Err(format!("ERR {address} is not a server of this proxy"));
+        };
+        if self.failover.is_involved(server) {
+            return Err(format!("ERR {address} is the master (or becoming it): fail over first (PROXY FAILOVER)"));
+        }
+        if self.monitor.views().len() - self.removing.len() <= 1 {
+            return Err("ERR the last server cannot be removed".to_string());
+        }
+        self.monitor.drain(server);
+        self.removing.push(server);
+        self.out.event(Event::ServerRemoving { address: address.clone() });
+        self.finish_removals(now);
+        Ok(())
+    }
+
+    /// Forgets the servers being removed that have no request of a client in flight any more.
+    fn finish_removals(&mut self, now: Instant) {
+        while let Some(position) = self.removing.iter().position(|s| self.pool.in_flight(*s) == 0) {
+            let server = self.removing.remove(position);
+            for conn in self.pool.conns_of(server, false) {
+                self.close_and_fail(now, conn, "server removed");
+            }
+            let address = self.monitor.address(server).clone();
+            self.monitor.remove_server(server);
+            self.pool.remove_server(server);
+            self.failover.remove_server(server);
+            for other in &mut self.removing {
+                if other.0 > server.0 {
+                    other.0 -= 1;
+                }
+            }
+            self.out.event(Event::ServerRemoved { address });
+        }
+    }
+
+    /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
+    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
+        if !self.removing.is_empty() {
+            return Err("ERR a server is being removed: try again in a moment".to_string());
+        }
+        let target = match target {
+            None => None,
+            Some(address) => Some(
+                self.monitor.find(&address).ok_or_else(|| format!("ERR {address} is not a server of this proxy"))?,
+            ),
+        };
+        let deadline = now + self.switchover_bound;
+        let (master, target) = self
+            .failover
+            .begin_switchover(self.monitor.views(), target, deadline)
+            .map_err(|why| format!("ERR cannot fail over: {why}"))?;
+        let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
+        let (from, to) = (self.monitor.address(master).clone(), self.monitor.address(target).clone());
+        self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
+        self.out.event(Event::SwitchoverStarted { from, to });
+        self.switchover =
+            Some(Switchover { admin: (conn, seq), target, started: now, drained_at: None, next_poll: now });
+        self.advance_switchover(now);
+        Ok(())
+    }
+
+    /// Moves a planned switchover on: once the master has no request in flight, polls both offsets until the
+    /// target's equals the master's (every acknowledged write is on it), then promotes the target.
+    fn advance_switchover(&mut self, now: Instant) {
+        let Some((master, target)) = self.failover.switching() else { return };
+        let Some(switchover) = self.switchover.as_mut() else { return };
+        let due = now >= switchover.next_poll;
+        if due {
+            switchover.next_poll = now + SWITCHOVER_POLL;
+        }
+        // Requests already sent run to the end: their writes are acknowledged, so they must be on the target too.
+        if self.pool.in_flight(master) > 0 {
+            return;
+        }
+        let drained = *switchover.drained_at.get_or_insert(now);
+        let fresh = |view: &ServerView| {
+            view.offset_seen.as_ref().filter(|(at, _)| *at >= drained).map(|(_, info)| info.repl_offset)
+        };
+        let views = self.monitor.views();
+        if let (Some(master_offset), Some(target_offset)) = (fresh(&views[master.0]), fresh(&views[target.0])) {
+            if master_offset == target_offset {
+                self.failover.promote_switchover(now);
+                let address = self.monitor.address(target).clone();
+                let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
+                self.history.chose(&address, &reason);
+                self.out.event(Event::PromotionStarted { address, reason });
+                self.monitor.send_replicaof(now, target, None, &mut self.pool, &mut self.out);
+                return;
+            }
+        }
+        if due {
+            self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
+            self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
+        }
+    }
+
     // ------------------------------------------------------------------ failover
 
     fn evaluate_failover(&mut self, now: Instant) {
@@ -564,6 +882,21 @@ impl Engine {
             match decision {
                 Decision::Adopt { master, reason } => {
                     let address = self.monitor.address(master).clone();
+                    self.history.end(now, &address);
+                    self.master_since = Some(now);
+                    if let Some(switchover) = self.switchover.take() {
+                        let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
+                        let (reply, outcome) = if master == switchover.target {
+                            let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
+                            (resp::simple_reply(&format!("OK {text}")), text)
+                        } else {
+                            let text = format!("aborted ({reason}); {address} is still the master");
+                            (resp::error_reply(&format!("ERR planned switchover {text}")), text)
+                        };
+                        self.out.event(Event::SwitchoverEnded { outcome });
+                        let (client, seq) = switchover.admin;
+                        self.deliver(now, client, seq, reply);
+                    }
                     self.out.event(Event::MasterAdopted { address, reason });
                     // Held writes go to the new master in its own epoch.
                     self.follow_master_history();
@@ -571,6 +904,7 @@ impl Engine {
                 }
                 Decision::Lose { master, reason } => {
                     let address = self.monitor.address(master).clone();
+                    self.history.begin(now, address.clone(), reason);
                     self.out.event(Event::MasterLost { address, reason });
                     // The next choice waits for fresh INFO from every running server: ask for it now.
                     self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
@@ -579,6 +913,7 @@ impl Engine {
                 }
                 Decision::Promote { candidate, reason } => {
                     let address = self.monitor.address(candidate).clone();
+                    self.history.chose(&address, &reason);
                     self.out.event(Event::PromotionStarted { address, reason });
                     self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
                 }
@@ -613,6 +948,25 @@ mod tests {
     use super::*;
     use crate::testkit::{config, connects, sent_on, Driver};
     use bytes::Bytes;
+
+    #[test]
+    fn status_shows_the_master_and_counts_requests() {
+        let mut kit = Driver::with_master(config(1));
+        let now = kit.clock.now();
+        let status = kit.engine.status(now);
+        assert!(status.healthy(), "{:?}", status.no_master_reason);
+        assert_eq!(status.servers[0].role, Some(Role::Master));
+        assert_eq!(status.servers[0].connections.probe, 1);
+        let client = kit.accept();
+        kit.feed(client, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n");
+        kit.drain();
+        let status = kit.engine.status(now);
+        let counters = &status.counters;
+        assert_eq!(counters.clients_accepted, 1);
+        assert_eq!(counters.requests[Target::Master as usize][Class::Read as usize], 1);
+        assert_eq!(counters.bytes_in, 34);
+        assert_eq!(status.clients, 1);
+    }
 
     #[test]
     fn shutdown_closes_idle_clients_at_once_and_busy_ones_after_their_reply() {

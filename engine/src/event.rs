@@ -146,6 +146,43 @@ pub enum Event {
         /// Requests that got an error reply.
         failed_requests: usize,
     },
+    /// An admin client sent a `PROXY` command.
+    AdminCommand {
+        /// The client.
+        conn: ConnId,
+        /// The command as sent.
+        command: String,
+    },
+    /// A server was added (`PROXY ADD` or a reload): it is probed now, and made a replica of the master if it is
+    /// not one.
+    ServerAdded {
+        /// The server.
+        address: ServerAddress,
+    },
+    /// A server is being removed: it gets no new requests; it is forgotten once those in flight are answered.
+    ServerRemoving {
+        /// The server.
+        address: ServerAddress,
+    },
+    /// A removed server's connections are closed and it is no longer watched.
+    ServerRemoved {
+        /// The server.
+        address: ServerAddress,
+    },
+    /// A planned switchover began: new requests are held until `to` has every write `from` acknowledged.
+    SwitchoverStarted {
+        /// The master.
+        from: ServerAddress,
+        /// The replica to promote.
+        to: ServerAddress,
+    },
+    /// A planned switchover ended, promoted or aborted (then the old master is routed again).
+    SwitchoverEnded {
+        /// What happened.
+        outcome: String,
+    },
+    /// `PROXY RELOAD`: the runtime re-reads the configuration file.
+    ReloadRequested,
     /// Held requests waited longer than `hold_ms` (or the hold queue was full) and got an error.
     RequestsExpired {
         /// How many.
@@ -212,6 +249,19 @@ impl fmt::Display for Event {
                 )
             }
             Event::RequestsExpired { count } => write!(f, "{count} held request(s) got an error: no master in time"),
+            Event::AdminCommand { conn, command } => write!(f, "admin client {conn}: {command}"),
+            Event::ServerAdded { address } => write!(f, "server {address} added: probing it"),
+            Event::ServerRemoving { address } => {
+                write!(f, "server {address} removing: no new requests; forgotten once those in flight are answered")
+            }
+            Event::ServerRemoved { address } => write!(f, "server {address} removed"),
+            Event::SwitchoverStarted { from, to } => write!(
+                f,
+                "failover: planned switchover from {from} to {to} (PROXY FAILOVER); holding new requests until \
+                 {to} has every write {from} acknowledged"
+            ),
+            Event::SwitchoverEnded { outcome } => write!(f, "failover: planned switchover {outcome}"),
+            Event::ReloadRequested => write!(f, "PROXY RELOAD: re-reading the configuration file"),
         }
     }
 }

@@ -22,6 +22,16 @@ pub(crate) enum Phase {
         /// The routed master.
         master: ServerId,
     },
+    /// A planned switchover (`PROXY FAILOVER`): writes are held while `target` catches up with `master`; until
+    /// `deadline`, then it is aborted and `master` routed again.
+    Switching {
+        /// The master writes went to.
+        master: ServerId,
+        /// The replica to promote.
+        target: ServerId,
+        /// When to give up.
+        deadline: Instant,
+    },
     /// `REPLICAOF NO ONE` was sent to `candidate`; waiting for it to report `role:master`.
     Promoting {
         /// The replica being promoted.
@@ -107,10 +117,107 @@ impl Failover {
         }
     }
 
+    /// A new server at the next [`ServerId`].
+    pub(crate) fn add_server(&mut self) {
+        self.repointed_at.push(None);
+    }
+
+    /// Forgets `server` (never the master, nor a switchover's or promotion's target); the servers after it move
+    /// down one id.
+    pub(crate) fn remove_server(&mut self, server: ServerId) {
+        let shift = |id: &mut ServerId| {
+            if id.0 > server.0 {
+                id.0 -= 1;
+            }
+        };
+        match &mut self.phase {
+            Phase::NoMaster { .. } => {}
+            Phase::Stable { master } => shift(master),
+            Phase::Switching { master, target, .. } => {
+                shift(master);
+                shift(target);
+            }
+            Phase::Promoting { candidate, .. } => shift(candidate),
+        }
+        self.failed_candidates.retain(|c| *c != server);
+        self.failed_candidates.iter_mut().for_each(shift);
+        self.repointed_at.remove(server.0);
+    }
+
+    /// Whether `server` is the master or the one being made master (it cannot be removed now).
+    pub(crate) fn is_involved(&self, server: ServerId) -> bool {
+        match self.phase {
+            Phase::NoMaster { .. } => false,
+            Phase::Stable { master } => master == server,
+            Phase::Switching { master, target, .. } => master == server || target == server,
+            Phase::Promoting { candidate, .. } => candidate == server,
+        }
+    }
+
+    /// Starts a planned switchover to `target` (a replica of the master that is linked to it), or to the replica
+    /// the failover rules would promote: new requests are held from now until `deadline`. Returns the master and
+    /// the target, or why it cannot start.
+    pub(crate) fn begin_switchover(
+        &mut self,
+        views: &[ServerView],
+        target: Option<ServerId>,
+        deadline: Instant,
+    ) -> Result<(ServerId, ServerId), &'static str> {
+        let Phase::Stable { master } = self.phase else {
+            return Err("no master is routed now (a failover is under way)");
+        };
+        let linked = |id: ServerId| {
+            views[id.0].replicates(&views[master.0].address)
+                && views[id.0].info.as_ref().is_some_and(|i| i.link_up && !i.sync_in_progress)
+        };
+        let target = match target {
+            Some(target) if target == master => return Err("that server is the master already"),
+            Some(target) if !linked(target) => return Err("that server is not a replica linked to the master"),
+            Some(target) => target,
+            None => {
+                let others: SmallVec<[ServerId; 4]> =
+                    (0..views.len()).map(ServerId).filter(|id| !linked(*id)).collect();
+                promote_candidate(views, Duration::ZERO, &others).ok_or("no replica linked to the master")?
+            }
+        };
+        self.phase = Phase::Switching { master, target, deadline };
+        Ok((master, target))
+    }
+
+    /// The switchover under way: (master, target).
+    pub(crate) fn switching(&self) -> Option<(ServerId, ServerId)> {
+        match self.phase {
+            Phase::Switching { master, target, .. } => Some((master, target)),
+            _ => None,
+        }
+    }
+
+    /// The switchover's target has caught up: it is promoted now (the engine sends `REPLICAOF NO ONE`). If the
+    /// promotion is not confirmed within `down_after`, the rules choose again (the old master still reports
+    /// `role:master`, so it is adopted back).
+    pub(crate) fn promote_switchover(&mut self, now: Instant) -> Option<ServerId> {
+        let Phase::Switching { target, .. } = self.phase else { return None };
+        self.phase = Phase::Promoting { candidate: target, deadline: now + self.down_after, since: now };
+        Some(target)
+    }
+
+    /// Why no master is routed to, for the status snapshot (meaningless while one is).
+    pub(crate) fn why_no_master(&self) -> &'static str {
+        match self.phase {
+            Phase::NoMaster { .. } if self.fresh_facts_since.is_some() => {
+                "no master: the master was lost; waiting for fresh INFO from every server to choose"
+            }
+            Phase::NoMaster { .. } => "no master: no server reports role:master and none can be promoted yet",
+            Phase::Promoting { .. } => "no master: a replica is being promoted",
+            Phase::Switching { .. } => "no master: a planned switchover holds writes until the target catches up",
+            Phase::Stable { .. } => "a master is routed",
+        }
+    }
+
     /// When the machine next needs to be evaluated even if no fact changes (a promotion deadline).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Promoting { deadline, .. } => Some(deadline),
+            Phase::Promoting { deadline, .. } | Phase::Switching { deadline, .. } => Some(deadline),
             _ => None,
         }
     }
@@ -118,6 +225,18 @@ impl Failover {
     /// Applies the rules to the current view and returns what to do, in order.
     pub(crate) fn evaluate(&mut self, views: &[ServerView], now: Instant) -> SmallVec<[Decision; 4]> {
         let mut decisions = SmallVec::new();
+        if let Phase::Switching { master, deadline, .. } = self.phase {
+            // A master lost meanwhile is handled as in Stable below; a target too slow aborts the switchover.
+            if views[master.0].is_down() || now >= deadline {
+                self.phase = Phase::Stable { master };
+                if !views[master.0].is_down() {
+                    decisions.push(Decision::Adopt {
+                        master,
+                        reason: "planned switchover aborted: the target did not catch up in time",
+                    });
+                }
+            }
+        }
         if let Phase::Stable { master } = self.phase {
             let view = &views[master.0];
             // Whatever the reason, the next choice waits for INFO that every running server sent after the loss

@@ -16,7 +16,10 @@
 //!    partial one for next time); report connects, failures, closes and write backpressure with the other
 //!    [`Input`] variants.
 //! 5. When the timeout instant has passed, call [`Engine::handle_timeout`]. Repeat.
-//! 6. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
+//! 6. Operating it: clients of an admin listener are accepted with [`Engine::accept_admin`] (only they may send
+//!    `PROXY ...` commands); [`Engine::status`] returns a [`StatusSnapshot`] for a status page or metrics; on
+//!    [`Event::ReloadRequested`] (or `SIGHUP`) re-read the configuration and hand it to [`Engine::reconfigure`].
+//! 7. To stop gracefully, call [`Engine::begin_shutdown`], stop accepting, and keep looping (timers included)
 //!    until [`Engine::client_count`] is 0: the engine closes every client once its replies are out, and the rest
 //!    when its `shutdown_grace` ends.
 //!
@@ -60,6 +63,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `admin` | the `PROXY` admin commands: parsing and replies (the engine carries them out) |
 //! | `contract` | [`Input`], [`Action`], [`TimerReason`] and the queue the machines fill |
 //! | `conn` | [`ConnId`]s with generations; the client and backend tables share one id space |
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
@@ -74,6 +78,7 @@
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
+//! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
@@ -82,6 +87,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod admin;
 mod client;
 #[cfg(feature = "command-table")]
 pub mod command;
@@ -107,15 +113,20 @@ mod route;
 mod session;
 #[cfg(test)]
 mod sim;
+mod status;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod topology;
 mod wait;
 
-pub use config::{Config, ConfigError, Mode, ServerAddress};
+pub use config::{Config, ConfigError, LogFormat, Mode, ServerAddress};
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;
 pub use event::{Event, Level};
 pub use resp::Limits;
-pub use topology::Role;
+pub use status::{
+    BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
+    Target, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
+};
+pub use topology::{Health, Role};

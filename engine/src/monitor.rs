@@ -89,6 +89,29 @@ impl Monitor {
         }
     }
 
+    /// Starts watching a new server at the next [`ServerId`] (`PROXY ADD`, reload): probed at once.
+    pub(crate) fn add_server(&mut self, now: Instant, address: ServerAddress, pool: &mut Pool, out: &mut Outbox) {
+        self.views.push(ServerView::new(address, now));
+        self.watches.push(Watch::default());
+        self.open_probe(now, ServerId(self.views.len() - 1), pool, out);
+    }
+
+    /// Marks `server` as being removed: it takes no part in routing or failover from now on.
+    pub(crate) fn drain(&mut self, server: ServerId) {
+        self.views[server.0].draining = true;
+    }
+
+    /// Forgets `server` (its connections are closed); the servers after it move down one id.
+    pub(crate) fn remove_server(&mut self, server: ServerId) {
+        self.views.remove(server.0);
+        self.watches.remove(server.0);
+    }
+
+    /// The server at `address`, if it is watched.
+    pub(crate) fn find(&self, address: &ServerAddress) -> Option<ServerId> {
+        self.views.iter().position(|v| v.address == *address).map(ServerId)
+    }
+
     /// What is known of every server, in configuration order.
     pub(crate) fn views(&self) -> &[ServerView] {
         &self.views
@@ -305,7 +328,7 @@ impl Monitor {
         if let Some(evidence) = busy {
             watch.alive_at = Some(now);
             if view.health == Health::Up {
-                view.health = Health::Busy;
+                view.worsen(Health::Busy, evidence);
                 out.event(Event::ServerBusy { address: view.address.clone(), evidence });
             }
             return ProbeOutcome::Nothing;
@@ -327,6 +350,7 @@ impl Monitor {
         *watch =
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
+        view.why = "it answers probes";
         if was != Health::Up {
             out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
@@ -343,11 +367,9 @@ impl Monitor {
         watch.knock = None;
         watch.alive_at = Some(now);
         if view.health == Health::Up && view.probe_pending_since.is_some() {
-            view.health = Health::Busy;
-            out.event(Event::ServerBusy {
-                address: view.address.clone(),
-                evidence: "its probe is late but it accepts connections",
-            });
+            let evidence = "its probe is late but it accepts connections";
+            view.worsen(Health::Busy, evidence);
+            out.event(Event::ServerBusy { address: view.address.clone(), evidence });
         }
     }
 
@@ -390,9 +412,9 @@ impl Monitor {
         watch.probe = None;
         watch.offset_pending = false;
         view.probe_pending_since = None;
-        view.health = view.health.max(Health::Unreachable);
+        view.worsen(Health::Unreachable, "its probe connection failed or broke");
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
-        if !view.is_down() && !recently {
+        if !view.is_down() && !recently && !view.draining {
             watch.reopened_at = Some(now);
             self.open_probe(now, server, pool, out);
         }
@@ -402,7 +424,7 @@ impl Monitor {
     /// to it until a probe hears from it (asked at once, if its probe connection still works).
     pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
         let view = &mut self.views[server.0];
-        view.health = view.health.max(Health::Suspect);
+        view.worsen(Health::Suspect, "a data connection to it was refused or lost");
         if view.probe_pending_since.is_none() {
             self.send_probe(now, server, pool, out);
         }
@@ -453,6 +475,7 @@ impl Monitor {
             return false;
         }
         view.health = Health::Down;
+        view.why = reason;
         view.info = None;
         let probe = self.watches[index].probe;
         self.watches[index] = Watch { probe, ..Watch::default() };

@@ -5,6 +5,7 @@ use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
+use crate::status::BackendCounts;
 use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -49,8 +50,9 @@ pub(crate) enum Probe {
 /// Who gets the next reply on a backend connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Waiter {
-    /// Reply slot `seq` of client `conn` (a stale id finds no client and the reply is dropped).
-    Client { conn: ConnId, seq: u64 },
+    /// Reply slot `seq` of client `conn` (a stale id finds no client and the reply is dropped), `sent` then (for
+    /// the latency histogram).
+    Client { conn: ConnId, seq: u64, sent: Instant },
     /// The `RESET` that cleans a released private connection.
     Reset,
     /// A request the proxy sent for itself whose reply nobody reads (the `DISCARD` of an aborted transaction).
@@ -296,6 +298,44 @@ impl Pool {
             connected: backend.connected,
             waiters: backend.waiters,
         })
+    }
+
+    /// Requests of clients in flight on the connections to `server`.
+    pub(crate) fn in_flight(&self, server: ServerId) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, b)| b.server == server)
+            .map(|(_, b)| b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. })).count())
+            .sum()
+    }
+
+    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload).
+    pub(crate) fn add_server(&mut self, address: ServerAddress) {
+        let pool_size = self.servers.first().map_or(1, |s| s.shared.len());
+        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new() });
+    }
+
+    /// Forgets `server`, whose connections are all closed; the servers after it move down one id.
+    pub(crate) fn remove_server(&mut self, server: ServerId) {
+        self.servers.remove(server.0);
+        for backend in self.conns.values_mut() {
+            if backend.server.0 > server.0 {
+                backend.server.0 -= 1;
+            }
+        }
+    }
+
+    /// The connections to `server` by kind, for the status snapshot.
+    pub(crate) fn counts_of(&self, server: ServerId) -> BackendCounts {
+        let mut counts = BackendCounts::default();
+        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == server) {
+            match backend.purpose {
+                Purpose::Shared { .. } => counts.shared += 1,
+                Purpose::Private { .. } => counts.private += 1,
+                Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => counts.probe += 1,
+            }
+        }
+        counts
     }
 
     /// The connections to `server`, probe included unless `keep_probe`.

@@ -18,7 +18,7 @@ mod inline;
 mod reply;
 mod request;
 
-pub(crate) use encode::{bulk_reply, error_reply};
+pub(crate) use encode::{bulk_reply, error_reply, simple_reply};
 pub(crate) use reply::ReplyScanner;
 pub(crate) use request::{Request, RequestScanner};
 use std::fmt;

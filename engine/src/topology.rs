@@ -114,7 +114,7 @@ impl ReplicationInfo {
 
 /// How a server is doing, as the probes and data connections tell it; the worse state wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Health {
+pub enum Health {
     /// It answers probes (or nothing has gone wrong yet).
     Up,
     /// Alive but not answering: it replies `-BUSY` or `-LOADING`, or its probe is late while its port still
@@ -131,6 +131,20 @@ pub(crate) enum Health {
 }
 
 impl Health {
+    /// Every state, best first (the order of the gauge values in metrics).
+    pub const ALL: [Health; 5] = [Health::Up, Health::Busy, Health::Suspect, Health::Unreachable, Health::Down];
+
+    /// The lower-case name used in metrics, JSON and the status page.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Busy => "busy",
+            Health::Suspect => "suspect",
+            Health::Unreachable => "unreachable",
+            Health::Down => "down",
+        }
+    }
+
     /// What the state means, for the log.
     pub(crate) fn describe(self) -> &'static str {
         match self {
@@ -154,6 +168,10 @@ pub(crate) struct ServerView {
     pub(crate) watched_since: Instant,
     /// How it is doing.
     pub(crate) health: Health,
+    /// The evidence for `health`, for the status page.
+    pub(crate) why: &'static str,
+    /// Being removed (`PROXY REMOVE`): no new requests, no role in failover; gone once its requests finished.
+    pub(crate) draining: bool,
     /// The last `INFO` facts, if any since it was last seen down.
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
@@ -180,6 +198,8 @@ impl ServerView {
             last_ok: None,
             watched_since: now,
             health: Health::Up,
+            why: "not probed yet",
+            draining: false,
             info: None,
             info_at: None,
             replica_run_id: None,
@@ -187,6 +207,14 @@ impl ServerView {
             offset_seen: None,
             offset_serial: 0,
             probe_pending_since: None,
+        }
+    }
+
+    /// Moves it to `health` for the reason `why`, unless it is in a worse state already.
+    pub(crate) fn worsen(&mut self, health: Health, why: &'static str) {
+        if self.health < health {
+            self.health = health;
+            self.why = why;
         }
     }
 
@@ -205,9 +233,10 @@ impl ServerView {
         self.health <= Health::Busy
     }
 
-    /// Whether it is up and known to report `role`.
+    /// Whether it is up, known to report `role`, and not being removed (a draining server takes no part in
+    /// routing or failover).
     pub(crate) fn is(&self, role: Role) -> bool {
-        !self.is_down() && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
+        !self.is_down() && !self.draining && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
     }
 
     /// Whether it is up, reports itself a replica, and names `master` as its master.

@@ -18,8 +18,9 @@ pub enum CliCommand {
 /// What a runtime binary does after reading its command line and configuration.
 #[derive(Debug)]
 pub enum Startup {
-    /// Run the proxy with this configuration (its `warnings` are for the log).
-    Run(Box<Config>),
+    /// Run the proxy with this configuration (its `warnings` are for the log), read from the file at this path
+    /// (re-read on reload).
+    Run(Box<Config>, String),
     /// Print these and exit with `code` without running (help, version, `--check`, or an error).
     Exit {
         /// The process exit code: 0, or 2 for a bad command line or configuration.
@@ -56,7 +57,7 @@ where
         },
     };
     if !check_only {
-        return Startup::Run(Box::new(config));
+        return Startup::Run(Box::new(config), path);
     }
     let warnings: String = config.warnings.iter().map(|w| format!("{program}: {path}: warning: {w}\n")).collect();
     let valid = format!("{path}: configuration is valid ({} servers)\n", config.servers.len());
@@ -118,7 +119,7 @@ mod tests {
     fn startup_runs_checks_and_refuses() {
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let good = |_: &str| Ok(r#"{"servers": [{"port": 6379}], "debug": true}"#.to_string());
-        assert!(matches!(startup("p", args(&["c.json"]), good), Startup::Run(_)));
+        assert!(matches!(startup("p", args(&["c.json"]), good), Startup::Run(..)));
         let Startup::Exit { code: 0, stdout, stderr } = startup("p", args(&["--check", "c.json"]), good) else {
             panic!("--check exits 0 on a valid config");
         };

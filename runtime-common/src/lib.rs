@@ -12,13 +12,17 @@
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
 //! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
-//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own).
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own);
+//! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
+//!   rendered from the engine's status snapshot.
 //!
 //! Nothing here knows about Redis, and nothing here is an event loop.
 
 pub mod cli;
 pub mod closing;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod socket_table;
 pub mod write_queue;
 
@@ -36,24 +40,42 @@ use std::time::Instant;
 /// `--help`, `--version` and `--check`, logs the configuration's warnings, then runs `run` with the configuration
 /// and a logger set by `RUST_LOG`. Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
 /// configuration.
-pub fn main(program: &str, run: impl FnOnce(Config, Logger) -> io::Result<()>) -> ExitCode {
-    let config = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
-        cli::Startup::Run(config) => *config,
+pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Result<()>) -> ExitCode {
+    let (config, path) = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
+        cli::Startup::Run(config, path) => (*config, path),
         cli::Startup::Exit { code, stdout, stderr } => {
             print!("{stdout}");
             eprint!("{stderr}");
             return ExitCode::from(code);
         }
     };
-    let logger = Logger::from_env();
+    let logger = Logger::from_env(config.log_format);
     for warning in &config.warnings {
         logger.log(Level::Warn, &format!("config: {warning}"));
     }
-    match run(config, logger) {
+    match run(config, logger, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{program}: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-reads the configuration file at `path` (on `SIGHUP` or `PROXY RELOAD`) and hands it to the engine
+/// ([`Engine::reconfigure`]); logs what changed, or why the new file was refused and the running configuration
+/// kept (unreadable, invalid, or a change that needs a restart). Clients stay connected either way.
+pub fn reload(engine: &mut Engine, path: &str, logger: &Logger) {
+    logger.log(Level::Info, &format!("reload: re-reading {path}"));
+    let outcome = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {path}: {error}"))
+        .and_then(|text| Config::from_json(&text).map_err(|error| format!("{path}: {error}")))
+        .and_then(|config| engine.reconfigure(Instant::now(), config));
+    match outcome {
+        Ok(changes) if changes.is_empty() => logger.log(Level::Info, &"reload: applied (no server or mode change)"),
+        Ok(changes) => logger.log(Level::Info, &format!("reload: applied: {}", changes.join(", "))),
+        Err(reason) => {
+            logger.log(Level::Error, &format!("reload refused, the running configuration is kept: {reason}"))
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Log lines on standard error: a UTC timestamp, the level, the message; filtered by `RUST_LOG`.
+//! Log lines on standard error: a UTC timestamp, the level, the message (as text, or as one JSON object per line
+//! for log shippers: `log_format`); filtered by `RUST_LOG`.
 
 use crate::cli::log_level;
-use redis_proxy_engine::{Level, ServerAddress};
+use redis_proxy_engine::{Level, LogFormat, ServerAddress};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,17 +11,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, Debug)]
 pub struct Logger {
     level: Level,
+    format: LogFormat,
 }
 
 impl Logger {
     /// A logger of `level` and everything more severe.
     pub fn new(level: Level) -> Logger {
-        Logger { level }
+        Logger { level, format: LogFormat::Text }
     }
 
-    /// A logger of the level `RUST_LOG` names (`info` when unset or unknown).
-    pub fn from_env() -> Logger {
-        Logger::new(log_level(std::env::var("RUST_LOG").ok().as_deref()))
+    /// The same logger writing `format`.
+    pub fn with_format(self, format: LogFormat) -> Logger {
+        Logger { format, ..self }
+    }
+
+    /// A logger of the level `RUST_LOG` names (`info` when unset or unknown) writing `format`.
+    pub fn from_env(format: LogFormat) -> Logger {
+        Logger::new(log_level(std::env::var("RUST_LOG").ok().as_deref())).with_format(format)
     }
 
     /// Whether a message of `level` would be written (to skip formatting one that would not).
@@ -31,7 +38,11 @@ impl Logger {
     /// Writes `message` with the current time, if `level` passes the filter.
     pub fn log(&self, level: Level, message: &dyn fmt::Display) {
         if self.enabled(level) {
-            eprintln!("{}", log_line(SystemTime::now(), level, message));
+            let line = match self.format {
+                LogFormat::Text => log_line(SystemTime::now(), level, message),
+                LogFormat::Json => json_line(SystemTime::now(), level, message),
+            };
+            eprintln!("{line}");
         }
     }
 
@@ -44,6 +55,16 @@ impl Logger {
 
 /// Formats one log line: `2026-11-24T21:30:00.123Z INFO message` (UTC), for a wall-clock time the runtime read.
 pub fn log_line(at: SystemTime, level: Level, message: &dyn fmt::Display) -> String {
+    format!("{} {level} {message}", timestamp(at))
+}
+
+/// Formats one JSON log line: `{"ts":"2026-11-24T21:30:00.123Z","level":"INFO","msg":"message"}`.
+pub fn json_line(at: SystemTime, level: Level, message: &dyn fmt::Display) -> String {
+    serde_json::json!({"ts": timestamp(at), "level": level.to_string(), "msg": message.to_string()}).to_string()
+}
+
+/// `2026-11-24T21:30:00.123Z` (UTC).
+fn timestamp(at: SystemTime) -> String {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (days, day_secs) = (secs / 86_400, secs % 86_400);
@@ -58,7 +79,7 @@ pub fn log_line(at: SystemTime, level: Level, message: &dyn fmt::Display) -> Str
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z {level} {message}",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         day_secs / 3600,
         day_secs / 60 % 60,
         day_secs % 60,
@@ -75,6 +96,10 @@ mod tests {
     fn formats_utc_timestamps() {
         let at = UNIX_EPOCH + Duration::from_millis(1_795_555_800_123);
         assert_eq!(log_line(at, Level::Info, &"hi"), "2026-11-24T21:30:00.123Z INFO hi");
+        assert_eq!(
+            json_line(at, Level::Warn, &"a \"quoted\" word"),
+            r#"{"level":"WARN","msg":"a \"quoted\" word","ts":"2026-11-24T21:30:00.123Z"}"#
+        );
     }
 
     #[test]

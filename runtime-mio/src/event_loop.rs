@@ -4,11 +4,13 @@
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Input, Level};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level};
+use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
+use redis_proxy_runtime_common::reload as runtime_common_reload;
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
@@ -16,6 +18,10 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const STATUS_LISTENER: Token = Token(usize::MAX - 2);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
+/// Set in the token of a status (HTTP) connection, over its index in `Runtime::exchanges`.
+const EXCHANGE: usize = 1 << (usize::BITS - 3);
 /// Set in the token of a closing socket, over its index in `Runtime::closing`: the engine hands a closed
 /// connection's index to the next connection at once, so a socket still flushing cannot keep it.
 const CLOSING: usize = 1 << (usize::BITS - 2);
@@ -61,11 +67,15 @@ struct Runtime {
     /// Sockets that may still hold unread bytes (turn cap reached, or reading resumed).
     read_again: Vec<Token>,
     logger: Logger,
+    /// Status (HTTP) connections being served; the token is `EXCHANGE` | index.
+    exchanges: Vec<Option<(TcpStream, Exchange)>>,
+    /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
+    config_path: String,
 }
 
 /// Runs the proxy until a fatal error (binding the listen address, or the poller failing), or until a shutdown
 /// asked for by SIGINT/SIGTERM is complete.
-pub fn run(config: Config, logger: Logger) -> io::Result<()> {
+pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()> {
     let address = (config.bind_address.as_str(), config.listen_port)
         .to_socket_addrs()?
         .next()
@@ -74,9 +84,19 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         TcpListener::bind(address).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     logger.listening(address, &config.servers);
+    let mut status = bind_optional(config.status_listen.as_deref(), "status_listen")?;
+    if let Some((listener, address)) = &mut status {
+        poll.registry().register(listener, STATUS_LISTENER, Interest::READABLE)?;
+        logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
+    }
+    let mut admin = bind_optional(config.admin_listen.as_deref(), "admin_listen")?;
+    if let Some((listener, address)) = &mut admin {
+        poll.registry().register(listener, ADMIN_LISTENER, Interest::READABLE)?;
+        logger.log(Level::Info, &format!("admin commands (PROXY ...) on {address}"));
+    }
     let mut runtime = Runtime {
         poll,
         engine: Engine::new(config, Instant::now()),
@@ -85,15 +105,37 @@ pub fn run(config: Config, logger: Logger) -> io::Result<()> {
         dirty: Vec::new(),
         read_again: Vec::new(),
         logger,
+        exchanges: Vec::new(),
+        config_path,
     };
-    runtime.event_loop(listener, signals)
+    runtime.event_loop(listener, signals, status.map(|(l, _)| l), admin.map(|(l, _)| l))
+}
+
+/// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
+fn bind_optional(address: Option<&str>, field: &str) -> io::Result<Option<(TcpListener, SocketAddr)>> {
+    let Some(address) = address else { return Ok(None) };
+    let resolved = address
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {field} {address}: {e}")))?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("cannot resolve {field} {address}")))?;
+    let listener = TcpListener::bind(resolved)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {field} {resolved}: {e}")))?;
+    Ok(Some((listener, resolved)))
 }
 
 impl Runtime {
     /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) is complete: the engine has closed every
     /// client and every closed socket has written what was queued for it. A second signal ends the wait.
-    fn event_loop(&mut self, listener: TcpListener, mut signals: Signals) -> io::Result<()> {
+    fn event_loop(
+        &mut self,
+        listener: TcpListener,
+        mut signals: Signals,
+        status: Option<TcpListener>,
+        admin: Option<TcpListener>,
+    ) -> io::Result<()> {
         let mut listener = Some(listener);
+        let mut admin = admin;
         let mut events = Events::with_capacity(1024);
         loop {
             self.drain_engine();
@@ -104,6 +146,7 @@ impl Runtime {
                 return Ok(());
             }
             let deadline = earliest(self.engine.poll_timeout().map(|(at, _)| at), self.closing_deadline());
+            let deadline = earliest(deadline, self.exchanges.iter().flatten().map(|(_, e)| e.deadline()).min());
             let timeout = if !self.read_again.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -120,11 +163,26 @@ impl Runtime {
                 match event.token() {
                     LISTENER => {
                         if let Some(listener) = &listener {
-                            self.accept_all(listener);
+                            self.accept_all(listener, false);
+                        }
+                    }
+                    ADMIN_LISTENER => {
+                        if let Some(admin) = &admin {
+                            self.accept_all(admin, true);
+                        }
+                    }
+                    STATUS_LISTENER => {
+                        if let Some(status) = &status {
+                            self.accept_exchanges(status);
                         }
                     }
                     SIGNALS => {
-                        let Some(signal) = signals.pending().next() else { continue };
+                        let pending: Vec<i32> = signals.pending().collect();
+                        if pending.contains(&SIGHUP) {
+                            self.logger.log(Level::Info, &"SIGHUP: reloading the configuration");
+                            self.reload();
+                        }
+                        let Some(signal) = pending.into_iter().find(|s| *s != SIGHUP) else { continue };
                         let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
                         let Some(mut stopped) = listener.take() else {
                             self.logger.log(Level::Warn, &format!("{name} again: exiting without waiting for clients"));
@@ -132,6 +190,9 @@ impl Runtime {
                         };
                         self.logger.log(Level::Info, &format!("{name}: closing clients and shutting down"));
                         let _ = self.poll.registry().deregister(&mut stopped);
+                        if let Some(mut admin) = admin.take() {
+                            let _ = self.poll.registry().deregister(&mut admin);
+                        }
                         self.engine.begin_shutdown(Instant::now());
                     }
                     Token(token) if token & CLOSING != 0 => {
@@ -143,6 +204,8 @@ impl Runtime {
                             self.flush_closing(slot);
                         }
                     }
+                    // After the exact tokens above: SIGNALS and the listeners have this bit set too.
+                    Token(token) if token & EXCHANGE != 0 => self.serve_exchange(token & !EXCHANGE),
                     Token(index) => {
                         let Some((id, _)) = self.sockets.at(index) else { continue };
                         if event.is_writable() || event.is_error() || event.is_write_closed() {
@@ -167,15 +230,76 @@ impl Runtime {
             let now = Instant::now();
             fire_due_timer(&mut self.engine, now, Some(&self.logger));
             self.abandon_stalled(now);
+            self.drop_late_exchanges(now);
         }
     }
 
-    fn accept_all(&mut self, listener: &TcpListener) {
+    /// Accepts status connections while fewer than `MAX_EXCHANGES` are being served (the rest wait in the
+    /// backlog until one ends).
+    fn accept_exchanges(&mut self, listener: &TcpListener) {
+        while self.exchanges.iter().flatten().count() < http::MAX_EXCHANGES {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let slot = self.exchanges.iter().position(Option::is_none).unwrap_or(self.exchanges.len());
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self.poll.registry().register(&mut stream, Token(EXCHANGE | slot), interest).is_err() {
+                        continue;
+                    }
+                    let entry = Some((stream, Exchange::new(Instant::now())));
+                    if slot == self.exchanges.len() {
+                        self.exchanges.push(entry);
+                    } else {
+                        self.exchanges[slot] = entry;
+                    }
+                    self.serve_exchange(slot);
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads a status request, answers it from a fresh snapshot, and closes once the answer is written.
+    fn serve_exchange(&mut self, slot: usize) {
+        let Some((stream, exchange)) = self.exchanges.get_mut(slot).and_then(Option::as_mut) else { return };
+        let engine = &self.engine;
+        let step =
+            exchange.advance(|buf| (&*stream).read(buf), |buf| (&*stream).write(buf), || engine.status(Instant::now()));
+        match step {
+            ExchangeStep::Wait => {}
+            ExchangeStep::Done | ExchangeStep::Drop => {
+                if let Some((mut stream, _)) = self.exchanges[slot].take() {
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    if step == ExchangeStep::Done {
+                        let _ = stream.shutdown(Shutdown::Write);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops status connections that did not finish within `EXCHANGE_TIMEOUT`.
+    fn drop_late_exchanges(&mut self, now: Instant) {
+        for entry in &mut self.exchanges {
+            if entry.as_ref().is_some_and(|(_, e)| e.deadline() <= now) {
+                if let Some((mut stream, _)) = entry.take() {
+                    let _ = self.poll.registry().deregister(&mut stream);
+                }
+            }
+        }
+    }
+
+    /// Accepts every pending client of `listener` (`admin`: the admin listener, whose clients may send `PROXY`).
+    fn accept_all(&mut self, listener: &TcpListener, admin: bool) {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = self.engine.accept(Instant::now(), peer);
+                    let id = if admin {
+                        self.engine.accept_admin(Instant::now(), peer)
+                    } else {
+                        self.engine.accept(Instant::now(), peer)
+                    };
                     let registered = self.poll.registry().register(
                         &mut stream,
                         Token(id.index()),
@@ -302,9 +426,20 @@ impl Runtime {
                 }
             }
         }
+        let mut reload = false;
         while let Some(event) = self.engine.poll_event() {
+            reload |= event == Event::ReloadRequested;
             self.logger.log(event.level(), &event);
         }
+        if reload {
+            self.reload();
+        }
+    }
+
+    /// Re-reads the configuration file and applies it (see `runtime_common::reload`).
+    fn reload(&mut self) {
+        runtime_common_reload(&mut self.engine, &self.config_path, &self.logger);
+        self.drain_engine();
     }
 
     fn connect(&mut self, conn: ConnId, host: &str, port: u16) {

@@ -1,7 +1,8 @@
 //! The engine task and the per-connection I/O tasks. No Redis semantics live here: bytes in, actions out, time.
 
 use bytes::BytesMut;
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, StatusSnapshot};
+use redis_proxy_runtime_common::http;
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
@@ -12,8 +13,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant as TokioInstant;
 
@@ -74,6 +76,16 @@ struct Socket {
     readable: bool,
 }
 
+/// The sockets the proxy listens on.
+pub(crate) struct Listeners {
+    /// Clients.
+    pub(crate) clients: TcpListener,
+    /// The status page and metrics (`status_listen`).
+    pub(crate) status: Option<TcpListener>,
+    /// Admin clients (`admin_listen`).
+    pub(crate) admin: Option<TcpListener>,
+}
+
 /// The task that owns the engine.
 pub(crate) struct Driver {
     engine: Engine,
@@ -88,10 +100,17 @@ pub(crate) struct Driver {
     receiver: mpsc::Receiver<Message>,
     /// Connections the engine closed that still have bytes to write, finishing in the background.
     closers: JoinSet<()>,
+    /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
+    config_path: Option<String>,
 }
 
 impl Driver {
-    pub(crate) fn new(config: Config, events: broadcast::Sender<Event>, logger: Option<Logger>) -> Driver {
+    pub(crate) fn new(
+        config: Config,
+        events: broadcast::Sender<Event>,
+        logger: Option<Logger>,
+        config_path: Option<String>,
+    ) -> Driver {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         Driver {
             engine: Engine::new(config, Instant::now()),
@@ -103,14 +122,25 @@ impl Driver {
             sender,
             receiver,
             closers: JoinSet::new(),
+            config_path,
         }
     }
 
     /// Runs until `shutdown` completes and the shutdown it starts is over: the engine stops reading clients and
     /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
     /// connection writes what is queued for it.
-    pub(crate) async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub(crate) async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Listeners { clients: listener, status, admin } = listeners;
+        // None once shutdown began, as `listener`.
+        let mut admin = admin;
         let mut shutdown = pin!(shutdown);
+        // Status connections ask this task for a snapshot; the engine is only ever touched here.
+        let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
+        let _status_task = status.map(|listener| TaskGuard(tokio::spawn(serve_status(listener, snapshots))));
+        let mut hangups = match self.config_path {
+            Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
+            None => None,
+        };
         // None once shutdown began: nobody new is accepted.
         let mut listener = Some(listener);
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
@@ -131,6 +161,7 @@ impl Driver {
             tokio::select! {
                 () = &mut shutdown, if listener.is_some() => {
                     listener = None;
+                    admin = None;
                     self.engine.begin_shutdown(Instant::now());
                 }
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
@@ -139,13 +170,28 @@ impl Driver {
                     }
                 }
                 accepted = accept(listener.as_ref()), if accept_paused_until.is_none() => match accepted {
-                    Ok((stream, peer)) => self.accepted(stream, peer),
+                    Ok((stream, peer)) => self.accepted(stream, peer, false),
                     Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                 },
+                accepted = accept(admin.as_ref()), if accept_paused_until.is_none() && admin.is_some() => {
+                    match accepted {
+                        Ok((stream, peer)) => self.accepted(stream, peer, true),
+                        Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
+                    }
+                }
                 () = resume_accepting(accept_paused_until), if accept_paused_until.is_some() => {
                     accept_paused_until = None;
                 }
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => {}
+                Some(()) = hangup(hangups.as_mut()) => {
+                    if let Some(logger) = &self.logger {
+                        logger.log(redis_proxy_engine::Level::Info, &"SIGHUP: reloading the configuration");
+                    }
+                    self.reload();
+                }
+                Some(reply) = snapshot_requests.recv() => {
+                    let _ = reply.send(self.engine.status(Instant::now()));
+                }
                 () = &mut timer => {}
             }
             // By the clock, not by which branch woke us: a timer polled with the cooperative budget spent reports
@@ -209,9 +255,14 @@ impl Driver {
         }
     }
 
-    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// A client connected (`admin`: on the admin listener, so it may send `PROXY` commands).
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, admin: bool) {
         let _ = stream.set_nodelay(true);
-        let id = self.engine.accept(Instant::now(), peer);
+        let id = if admin {
+            self.engine.accept_admin(Instant::now(), peer)
+        } else {
+            self.engine.accept(Instant::now(), peer)
+        };
         let (io, task) = spawn_io(id, stream, self.sender.clone());
         self.sockets.insert(id, Socket::new(Some(io), task));
         self.drain_engine();
@@ -274,10 +325,22 @@ impl Driver {
                 }
             }
         }
+        let mut reload = false;
         while let Some(event) = self.engine.poll_event() {
+            reload |= event == Event::ReloadRequested;
             // No subscriber is not an error.
             let _ = self.events.send(event);
         }
+        if reload {
+            self.reload();
+        }
+    }
+
+    /// Re-reads the configuration file, if one is set, and applies it (see `runtime_common::reload`).
+    fn reload(&mut self) {
+        let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger) else { return };
+        redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger);
+        self.drain_engine();
     }
 
     /// The engine is done with `conn`: its socket writes what is queued (in a background task if the socket does
@@ -325,6 +388,64 @@ impl Driver {
 impl Socket {
     fn new(io: Option<Io>, task: TaskGuard) -> Socket {
         Socket { io, _task: task, out: WriteQueue::new(), read_buf: BytesMut::new(), readable: true }
+    }
+}
+
+/// Accepts status connections and serves each in a task of its own, at most `MAX_EXCHANGES` at once.
+async fn serve_status(listener: TcpListener, snapshots: mpsc::Sender<oneshot::Sender<StatusSnapshot>>) {
+    let mut exchanges = JoinSet::new();
+    loop {
+        while exchanges.len() >= http::MAX_EXCHANGES {
+            exchanges.join_next().await;
+        }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let exchange = serve_exchange(stream, snapshots.clone());
+                    exchanges.spawn(async move {
+                        let _ = tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange).await;
+                    });
+                }
+                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            },
+            Some(_) = exchanges.join_next(), if !exchanges.is_empty() => {}
+        }
+    }
+}
+
+/// Reads one status request, answers it from a snapshot the engine task takes, and closes.
+async fn serve_exchange(
+    mut stream: TcpStream,
+    snapshots: mpsc::Sender<oneshot::Sender<StatusSnapshot>>,
+) -> io::Result<()> {
+    let mut request = Vec::new();
+    let answer = loop {
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&chunk[..n]);
+        match http::parse(&request) {
+            http::Parsed::Partial => continue,
+            http::Parsed::Bad(answer) => break answer,
+            http::Parsed::Request(route) => {
+                let (reply, snapshot) = oneshot::channel();
+                snapshots.send(reply).await.map_err(|_| io::Error::other("the engine task is gone"))?;
+                let snapshot = snapshot.await.map_err(|_| io::Error::other("the engine task is gone"))?;
+                break http::respond(route, &snapshot);
+            }
+        }
+    };
+    stream.write_all(&answer).await?;
+    stream.shutdown().await
+}
+
+/// The next SIGHUP; never completes without a signal stream.
+async fn hangup(signals: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
     }
 }
 

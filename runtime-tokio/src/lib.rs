@@ -73,9 +73,14 @@ pub const EVENT_CAPACITY: usize = 4096;
 /// A proxy bound to its listen address, ready to [`run`](Proxy::run).
 pub struct Proxy {
     listener: TcpListener,
+    /// The status listener (`status_listen`), if configured.
+    status: Option<TcpListener>,
+    /// The admin listener (`admin_listen`), if configured.
+    admin: Option<TcpListener>,
     config: Config,
     events: broadcast::Sender<Event>,
     logger: Option<Logger>,
+    config_path: Option<String>,
 }
 
 impl Proxy {
@@ -88,8 +93,20 @@ impl Proxy {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+        let status = bind_optional(config.status_listen.as_deref(), "status_listen").await?;
+        let admin = bind_optional(config.admin_listen.as_deref(), "admin_listen").await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, config, events, logger: None })
+        Ok(Proxy { listener, status, admin, config, events, logger: None, config_path: None })
+    }
+
+    /// The address of the admin listener (`admin_listen`), if one is configured.
+    pub fn admin_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// The address of the status listener (`status_listen`), if one is configured.
+    pub fn status_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.status.as_ref().map(TcpListener::local_addr)
     }
 
     /// The address the proxy accepts clients on.
@@ -109,13 +126,29 @@ impl Proxy {
         self.logger = Some(logger);
     }
 
+    /// Re-reads the configuration from the file at `path` on `SIGHUP` and on `PROXY RELOAD`, logging the outcome
+    /// with the logger (see [`Proxy::set_logger`]). Without it neither reloads.
+    pub fn set_config_file(&mut self, path: String) {
+        self.config_path = Some(path);
+    }
+
     /// Runs the proxy until `shutdown` completes, then closes the clients cleanly (see the crate docs).
     ///
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        driver::Driver::new(self.config, self.events, self.logger).run(self.listener, shutdown).await
+        let listeners = driver::Listeners { clients: self.listener, status: self.status, admin: self.admin };
+        driver::Driver::new(self.config, self.events, self.logger, self.config_path).run(listeners, shutdown).await
     }
+}
+
+/// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
+async fn bind_optional(address: Option<&str>, field: &str) -> io::Result<Option<TcpListener>> {
+    let Some(address) = address else { return Ok(None) };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {field} {address}: {e}")))?;
+    Ok(Some(listener))
 }
 
 /// Runs a proxy for `config` until `shutdown` completes: [`Proxy::bind`] then [`Proxy::run`].

@@ -8,24 +8,28 @@ use std::process::ExitCode;
 use tokio::sync::broadcast::error::RecvError;
 
 fn main() -> ExitCode {
-    redis_proxy_runtime_common::main("redis-proxy-tokio", |config, logger| {
+    redis_proxy_runtime_common::main("redis-proxy-tokio", |config, logger, path| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|error| io::Error::new(error.kind(), format!("cannot start the tokio runtime: {error}")))?;
-        runtime.block_on(run(config, logger))
+        runtime.block_on(run(config, logger, path))
     })
 }
 
 /// Runs the proxy until SIGINT or SIGTERM and the shutdown it starts are over, logging the engine's events.
-async fn run(config: Config, logger: Logger) -> io::Result<()> {
+async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let servers = config.servers.clone();
     let mut proxy = Proxy::bind(config).await?;
     proxy.set_logger(logger);
+    proxy.set_config_file(path);
     logger.listening(proxy.local_addr()?, &servers);
+    if let Some(address) = proxy.status_addr().transpose()? {
+        logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
+    }
     let mut events = proxy.subscribe();
     let event_log = tokio::spawn(async move {
         loop {

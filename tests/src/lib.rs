@@ -263,6 +263,11 @@ impl Proxy {
         proxy
     }
 
+    /// The config file the proxy was started with (rewrite it, then send SIGHUP, to test a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
     /// What the proxy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
@@ -465,6 +470,32 @@ pub fn info_field(port: u16, section: &str, name: &str) -> Option<String> {
     let Reply::Bulk(Some(text)) = conn.try_call(&[b"INFO", section.as_bytes()]).ok()? else { return None };
     let text = String::from_utf8_lossy(&text).into_owned();
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string())
+}
+
+/// `GET path` from the HTTP listener on 127.0.0.1:`port`: the status code and the body, or None when it does not
+/// answer within 5 s.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The DOM of the page at `url` after its script ran, as headless Chromium (Debian's `chromium`) dumps it.
+pub fn chromium_dom(url: &str) -> String {
+    let output = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-dev-shm-usage", "--dump-dom", url])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}): install it with `apt-get install chromium`"));
+    assert!(output.status.success(), "chromium --dump-dom {url} failed: {:?}", output.status);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Encodes a command as a RESP multibulk.

@@ -40,6 +40,11 @@ pub(crate) fn bulk_reply(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Encodes a status reply `+<message>\r\n` (the message must not hold CR or LF).
+pub(crate) fn simple_reply(message: &str) -> Bytes {
+    Bytes::from(format!("+{message}\r\n"))
+}
+
 /// Encodes an error reply `-<message>\r\n`, replacing CR and LF in the message so the frame stays valid.
 pub(crate) fn error_reply(message: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 3);
