@@ -21,6 +21,8 @@
 #        c500_P1   -t set,get -n N       -c 500 -P 1
 #        d100k     -t set,get -n N_LARGE -c 50  -P 1 -d 100000
 #        rts_get   -t get     -n N       -c 50  -P 1     direct, redis-proxy allToMaster, redis-proxy readsToSlaves
+#        r3_P1     -3 -t set,get -n N    -c 50  -P 1     RESP3 (HELLO 3): direct and the redis-proxy runtimes
+#        r3_P16    -3 -t set,get -n N    -c 50  -P 16    (twemproxy does not speak RESP3)
 #   4. prints medians: requests/s, ratio to direct in the same repetition (median of the per-repetition
 #      ratios), p50/p99 latency (redis-benchmark --csv), and each proxy's CPU per request (utime+stime delta
 #      of its process from /proc/PID/stat over the run, divided by the requests of the run).
@@ -217,12 +219,16 @@ log "twemproxy :$P_TWEM (pid $TWEM_PID), redis-proxy :$P_PROXY (pid $PROXY_PID),
 MAIN_TARGETS="direct:$P_MASTER: twemproxy:$P_TWEM:$TWEM_PID redis-proxy:$P_PROXY:$PROXY_PID"
 [ -n "$TOKIO_PID" ] && MAIN_TARGETS+=" redis-proxy-tokio:$P_TOKIO:$TOKIO_PID"
 RTS_TARGETS="direct:$P_MASTER: redis-proxy:$P_PROXY:$PROXY_PID redis-proxy-rts:$P_RTS:$RTS_PID"
+RESP3_TARGETS="direct:$P_MASTER: redis-proxy:$P_PROXY:$PROXY_PID"
+[ -n "$TOKIO_PID" ] && RESP3_TARGETS+=" redis-proxy-tokio:$P_TOKIO:$TOKIO_PID"
 WORKLOADS=(
     "c50_P1|-t set,get -c 50 -P 1|$N|$MAIN_TARGETS"
     "c50_P16|-t set,get -c 50 -P 16|$N_P16|$MAIN_TARGETS"
     "c500_P1|-t set,get -c 500 -P 1|$N|$MAIN_TARGETS"
     "d100k|-t set,get -c 50 -P 1 -d 100000|$N_LARGE|$MAIN_TARGETS"
     "rts_get|-t get -c 50 -P 1|$N|$RTS_TARGETS"
+    "r3_P1|-3 -t set,get -c 50 -P 1|$N|$RESP3_TARGETS"
+    "r3_P16|-3 -t set,get -c 50 -P 16|$N_P16|$RESP3_TARGETS"
 )
 
 log "warm-up"

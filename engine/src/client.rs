@@ -24,6 +24,8 @@ pub(crate) struct HeldRequest {
     pub(crate) spec: Option<&'static CommandSpec>,
     pub(crate) handling: Handling,
     pub(crate) since: Instant,
+    /// The client spoke RESP3 when it sent it (its protocol may change before a held request runs).
+    pub(crate) resp3: bool,
 }
 
 impl HeldRequest {
@@ -233,7 +235,8 @@ impl Clients {
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now });
+            let resp3 = client.session.resp3;
+            return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
         }
     }
 
@@ -409,7 +412,7 @@ impl Clients {
         write_epoch: Option<u64>,
     ) -> Result<Option<Waiter>, ()> {
         let Some(client) = self.conns.get_mut(conn) else { return Err(()) };
-        let entering_passthrough = pin == Pin::Passthrough && !client.passthrough;
+        let entering_passthrough = pin.passes_through() && !client.passthrough;
         if client.in_flight() > 0 && (client.last_backend != Some(backend) || entering_passthrough) {
             return Err(());
         }

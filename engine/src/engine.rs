@@ -42,8 +42,11 @@ pub struct Engine {
     router: Router,
     waits: Waits,
     fence_poll: FencePoll,
-    /// How many times a master has been adopted: a write acknowledged in an earlier epoch may have been lost.
+    /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
+    /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
     master_epoch: u64,
+    /// The routed master, with its `master_replid` as its last `INFO` said.
+    master_history: Option<(ServerId, Option<String>)>,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -62,6 +65,7 @@ impl Engine {
             waits: Waits::default(),
             fence_poll: FencePoll::default(),
             master_epoch: 0,
+            master_history: None,
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
@@ -217,6 +221,15 @@ impl Engine {
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
                 return true;
             }
+            Handling::AbortExec => {
+                // The server still queues the transaction: drop it there, and fail EXEC as Redis would.
+                if let Some(private) = self.clients.forward_state(conn).and_then(|state| state.private) {
+                    self.pool.send(private, &[Waiter::Ignore], discard_request(), &mut self.out);
+                }
+                let abort = "EXECABORT Transaction discarded because of previous errors.";
+                self.clients.reply_local(conn, resp::error_reply(abort), &mut self.out);
+                return true;
+            }
             Handling::OutOfBand => {
                 // Its own connection to the master, so that it never waits behind the script it must stop.
                 let Some(master) = self.failover.master() else { return false };
@@ -247,17 +260,22 @@ impl Engine {
             // Order barrier: the private connection must not overtake requests still in flight elsewhere.
             (true, None) if state.in_flight > 0 => return false,
             (true, None) => {
-                let backend = self.pool.acquire_private(server, conn, &mut self.out);
+                // A replication stream is passed on raw, from its first byte: no HELLO reply may precede it.
+                let resp3 = held.resp3 && pin != Pin::Replication;
+                let backend = self.pool.acquire_private(server, conn, resp3, &mut self.out);
                 self.clients.set_private(conn, backend);
                 backend
             }
-            (false, _) => self.pool.shared(server, state.shared_slot, &mut self.out),
+            (false, _) => self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out),
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
         let Ok(waiter) = self.clients.start_request(conn, backend, pin, write_epoch) else { return false };
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
             self.split_sent(conn, seq, split, server);
+        }
+        if pin == Pin::Replication {
+            self.pool.set_raw(backend);
         }
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
@@ -425,14 +443,22 @@ impl Engine {
                 }
             };
             if let Some(owner) = owner {
+                if self.pool.skip_ignored(conn) {
+                    continue;
+                }
                 if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
                     self.clients.push(owner, frame, &mut self.out);
                     continue;
                 }
+            } else if frame.first() == Some(&b'>') {
+                // A push on a shared RESP3 connection answers no request (none of its clients subscribed to
+                // anything, as that pins): matching it to one would put the connection out of step.
+                continue;
             }
             match self.pool.pop_waiter(conn, &mut self.out) {
                 Some(Waiter::Client { conn: client, seq }) => self.deliver(now, client, seq, frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
+                Some(Waiter::Ignore) => {}
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
                     match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
@@ -537,9 +563,10 @@ impl Engine {
         for decision in self.failover.evaluate(self.monitor.views(), now) {
             match decision {
                 Decision::Adopt { master, reason } => {
-                    self.master_epoch += 1;
                     let address = self.monitor.address(master).clone();
                     self.out.event(Event::MasterAdopted { address, reason });
+                    // Held writes go to the new master in its own epoch.
+                    self.follow_master_history();
                     self.run_all_held(now);
                 }
                 Decision::Lose { master, reason } => {
@@ -560,13 +587,31 @@ impl Engine {
                 }
             }
         }
+        self.follow_master_history();
     }
+
+    /// Starts a new master epoch when the routed master, or the history it serves, changed.
+    fn follow_master_history(&mut self) {
+        let views = self.monitor.views();
+        let replid = |m: ServerId| views[m.0].info.as_ref().and_then(|i| i.replid.as_deref());
+        let current = self.failover.master().map(|m| (m, replid(m)));
+        let known = self.master_history.as_ref().map(|(m, h)| (*m, h.as_deref()));
+        if current != known {
+            self.master_history = current.map(|(m, h)| (m, h.map(str::to_string)));
+            self.master_epoch += 1;
+        }
+    }
+}
+
+/// `DISCARD`, as a request frame.
+fn discard_request() -> bytes::Bytes {
+    bytes::Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{config, connects, Driver};
+    use crate::testkit::{config, connects, sent_on, Driver};
     use bytes::Bytes;
 
     #[test]
@@ -594,5 +639,26 @@ mod tests {
         let position = |wanted: &Action| actions.iter().position(|a| a == wanted);
         assert!(position(&sent) < position(&closed) && position(&closed).is_some(), "{actions:?}");
         assert_eq!(kit.engine.client_count(), 0);
+    }
+
+    #[test]
+    fn resp3_clients_share_a_connection_opened_with_hello_3_whose_reply_and_pushes_nobody_gets() {
+        let mut kit = Driver::with_master(config(1));
+        let (resp3, resp2) = (kit.accept(), kit.accept());
+        kit.drain();
+        kit.feed(resp3, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let actions = kit.drain();
+        let [(shared, _)] = connects(&actions)[..] else { panic!("one RESP3 shared connection: {actions:?}") };
+        let hello = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+        let expected = [&hello[..], hello, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"].concat();
+        assert_eq!(sent_on(&actions, shared), expected, "the proxy's HELLO 3 first, then the client's");
+        kit.feed(resp2, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(connects(&kit.drain()).len(), 1, "a RESP2 client gets a connection of the other protocol");
+
+        kit.connected(shared);
+        let map = b"%1\r\n+proto\r\n:3\r\n";
+        kit.feed(shared, &[&map[..], map, b">2\r\n+stray\r\n+push\r\n$1\r\nv\r\n"].concat());
+        let actions = kit.drain();
+        assert_eq!(sent_on(&actions, resp3), [&map[..], b"$1\r\nv\r\n"].concat(), "{actions:?}");
     }
 }

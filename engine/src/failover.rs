@@ -239,11 +239,16 @@ impl Failover {
 
 /// A server that reports `role:master` and continues the replication history of `master` (its `master_replid2`
 /// is `master`'s `master_replid`): it was promoted from `master`'s replicas after `master` last changed history.
+/// Only a promotion in place counts (the same run id as when it was a replica): a replica that restarted comes
+/// up as a master with the same history ids, behind the master it left, and following it would throw away the
+/// writes it missed (the chaos soak lost WAIT-confirmed writes that way).
 pub(crate) fn superseding_master(views: &[ServerView], master: ServerId) -> Option<ServerId> {
     views
         .iter()
         .enumerate()
-        .find(|(index, v)| *index != master.0 && v.is(Role::Master) && v.continues_history_of(&views[master.0]))
+        .find(|(index, v)| {
+            *index != master.0 && v.is(Role::Master) && v.promoted_in_place && v.continues_history_of(&views[master.0])
+        })
         .map(|(index, _)| ServerId(index))
 }
 
@@ -457,7 +462,9 @@ mod tests {
         ];
         let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
+        // The monitor saw it report role:slave with run id "b", then role:master with the same run id.
         views[1].info = Some(with_ids(master_info("b"), "history-b", Some("history-a")));
+        views[1].promoted_in_place = true;
         let decisions = failover.evaluate(&views, now);
         assert!(matches!(decisions[0], Decision::Lose { master: ServerId(0), .. }));
         assert!(matches!(decisions[1], Decision::Adopt { master: ServerId(1), .. }));
@@ -471,6 +478,30 @@ mod tests {
         assert_eq!(other.master(), Some(ServerId(1)));
         let decisions = other.evaluate(&views, now);
         assert_eq!(decisions.as_slice(), &[Decision::Repoint { server: ServerId(0), master: ServerId(1) }]);
+    }
+
+    /// Found by the chaos soak: a replica killed and restarted without its `replicaof` comes up as a master from its
+    /// RDB file, reporting the master's history as `master_replid2`, behind the master. It is re-pointed, not
+    /// followed.
+    #[test]
+    fn a_replica_restarted_as_master_is_re_pointed_not_followed() {
+        let now = Instant::now();
+        let with_ids = |info: ReplicationInfo, replid: &str, replid2: Option<&str>| ReplicationInfo {
+            replid: Some(replid.into()),
+            replid2: replid2.map(Into::into),
+            ..info
+        };
+        let mut views = vec![
+            view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
+            view(2, now, Some(replica_info(1, 10, 100, "b"))),
+        ];
+        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, now);
+        views[1].info = Some(with_ids(master_info("b-restarted"), "history-new", Some("history-a")));
+        views[1].promoted_in_place = false;
+        let decisions = failover.evaluate(&views, now);
+        assert_eq!(failover.master(), Some(ServerId(0)));
+        assert_eq!(decisions.as_slice(), &[Decision::Repoint { server: ServerId(1), master: ServerId(0) }]);
     }
 
     #[test]

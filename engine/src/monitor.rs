@@ -18,7 +18,7 @@ use crate::contract::{Outbox, TimerReason};
 use crate::event::Event;
 use crate::pool::{Pool, Probe, Purpose, Waiter};
 use crate::resp::Request;
-use crate::topology::{Health, ReplicationInfo, ServerId, ServerView};
+use crate::topology::{Health, ReplicationInfo, Role, ServerId, ServerView};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -254,6 +254,16 @@ impl Monitor {
                         role,
                         master: info.master.as_ref().map(|(h, p)| format!("{h}:{p}")),
                     });
+                }
+                match info.role {
+                    Some(Role::Replica) => {
+                        view.replica_run_id.clone_from(&info.run_id);
+                        view.promoted_in_place = false;
+                    }
+                    Some(Role::Master) => {
+                        view.promoted_in_place = info.run_id.is_some() && view.replica_run_id == info.run_id;
+                    }
+                    None => view.promoted_in_place = false,
                 }
                 view.info = Some(info);
                 view.info_at = Some(now);

@@ -16,7 +16,8 @@ const MAX_IDLE_PRIVATE: usize = 16;
 /// What a backend connection is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
-    /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool.
+    /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool (the
+    /// first `pool_size` slots speak RESP2, the next `pool_size` RESP3).
     Shared { slot: usize },
     /// Private to one client while its session carries state; `owner` None while being cleaned or idle.
     Private { owner: Option<ConnId> },
@@ -52,6 +53,8 @@ pub(crate) enum Waiter {
     Client { conn: ConnId, seq: u64 },
     /// The `RESET` that cleans a released private connection.
     Reset,
+    /// A request the proxy sent for itself whose reply nobody reads (the `DISCARD` of an aborted transaction).
+    Ignore,
     /// A probe.
     Probe(Probe),
 }
@@ -65,6 +68,8 @@ struct Backend {
     scanner: ReplyScanner,
     /// Replies expected, in order.
     waiters: VecDeque<Waiter>,
+    /// Whatever arrives is handed on as it is, unscanned (a replication stream, see [`Pool::set_raw`]).
+    raw: bool,
 }
 
 /// A backend connection that is gone, with what was waiting on it.
@@ -79,6 +84,7 @@ pub(crate) struct LostBackend {
 /// The connections the engine keeps to one server (the probe connection is the monitor's).
 struct ServerConns {
     address: ServerAddress,
+    /// `pool_size` RESP2 slots, then `pool_size` RESP3 slots.
     shared: Vec<Option<ConnId>>,
     idle_private: Vec<ConnId>,
 }
@@ -88,20 +94,21 @@ pub(crate) struct Pool {
     conns: ConnTable<Backend>,
     servers: Vec<ServerConns>,
     limits: Limits,
+    pool_size: usize,
 }
 
 impl Pool {
-    /// A pool with `pool_size` shared slots for each of `servers`.
+    /// A pool with `pool_size` shared slots per protocol (RESP2 and RESP3) for each of `servers`.
     pub(crate) fn new(servers: &[ServerAddress], pool_size: usize, limits: Limits) -> Pool {
         let servers = servers
             .iter()
             .map(|address| ServerConns {
                 address: address.clone(),
-                shared: vec![None; pool_size],
+                shared: vec![None; 2 * pool_size],
                 idle_private: Vec::new(),
             })
             .collect();
-        Pool { conns: ConnTable::new(Lane::Backend), servers, limits }
+        Pool { conns: ConnTable::new(Lane::Backend), servers, limits, pool_size }
     }
 
     /// Opens a connection to `server`; the runtime reports the outcome.
@@ -112,32 +119,53 @@ impl Pool {
             connected: false,
             scanner: ReplyScanner::new(self.limits),
             waiters: VecDeque::new(),
+            raw: false,
         };
         let conn = self.conns.insert(backend);
         out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
         conn
     }
 
-    /// The shared connection in `slot` of `server`, opened if there is none.
-    #[inline(always)] // On every request's path; the engine's request routing is otherwise too large to inline it.
-    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, out: &mut Outbox) -> ConnId {
-        if let Some(conn) = self.servers[server.0].shared[slot] {
-            return conn;
+    /// The shared connection in `slot` (below `pool_size`) of `server` for RESP2 or `resp3` clients, opened if
+    /// there is none. A RESP3 one starts with `HELLO 3`, whose reply nobody reads.
+    // Inlined into the request path (bench/instructions.sh: 15 instructions per round trip); opening is out of line.
+    #[inline(always)]
+    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
+        let slot = if resp3 { slot + self.pool_size } else { slot };
+        match self.servers[server.0].shared[slot] {
+            Some(conn) => conn,
+            None => self.open_shared(server, slot, resp3, out),
         }
+    }
+
+    /// Opens the shared connection in `slot` (of both protocols' slots) of `server`.
+    #[cold]
+    #[inline(never)]
+    fn open_shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
         let conn = self.open(server, Purpose::Shared { slot }, out);
         self.servers[server.0].shared[slot] = Some(conn);
+        if resp3 {
+            self.send(conn, &[Waiter::Ignore], hello_3(), out);
+        }
         conn
     }
 
-    /// A private connection to `server` for `owner`: an idle clean one, or a new one.
-    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, out: &mut Outbox) -> ConnId {
-        while let Some(idle) = self.servers[server.0].idle_private.pop() {
+    /// A private connection to `server` for `owner`: an idle clean one, or a new one. For a `resp3` client it is
+    /// switched with `HELLO 3` first (idle ones were `RESET` to RESP2), and that reply is read by nobody.
+    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, resp3: bool, out: &mut Outbox) -> ConnId {
+        let conn = loop {
+            let Some(idle) = self.servers[server.0].idle_private.pop() else {
+                break self.open(server, Purpose::Private { owner: Some(owner) }, out);
+            };
             if let Some(backend) = self.conns.get_mut(idle) {
                 backend.purpose = Purpose::Private { owner: Some(owner) };
-                return idle;
+                break idle;
             }
+        };
+        if resp3 {
+            self.send(conn, &[Waiter::Ignore], hello_3(), out);
         }
-        self.open(server, Purpose::Private { owner: Some(owner) }, out)
+        conn
     }
 
     /// Hands back a private connection whose client no longer needs it: cleaned with `RESET` and pooled when
@@ -174,9 +202,21 @@ impl Pool {
     /// Sends `data` (one request per waiter, or one in pass-through where nobody waits) on `conn`.
     pub(crate) fn send(&mut self, conn: ConnId, waiters: &[Waiter], data: Bytes, out: &mut Outbox) {
         if let Some(backend) = self.conns.get_mut(conn) {
-            backend.waiters.extend(waiters);
+            // One waiter is the common case; `push_back` costs less than `extend`'s general path.
+            match waiters {
+                [one] => backend.waiters.push_back(*one),
+                more => backend.waiters.extend(more),
+            }
         }
         out.send(conn, data);
+    }
+
+    /// From now on hands on whatever arrives on the private connection `conn` as it is: after `SYNC` the server
+    /// sends an RDB payload that is no RESP frame. Only a connection whose owner is in pass-through is made raw.
+    pub(crate) fn set_raw(&mut self, conn: ConnId) {
+        if let Some(backend) = self.conns.get_mut(conn) {
+            backend.raw = true;
+        }
     }
 
     /// The runtime connected `conn`.
@@ -210,7 +250,21 @@ impl Pool {
             Purpose::Private { owner } => owner,
             _ => None,
         };
+        if backend.raw {
+            return Ok((!buf.is_empty()).then(|| (buf.split().freeze(), owner)));
+        }
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
+    }
+
+    /// Drops the front waiter of `conn` if it is [`Waiter::Ignore`] (the `HELLO 3` that switched a private
+    /// connection before its client went into pass-through, where replies are not counted); true if it was.
+    pub(crate) fn skip_ignored(&mut self, conn: ConnId) -> bool {
+        let Some(backend) = self.conns.get_mut(conn) else { return false };
+        let ignored = backend.waiters.front() == Some(&Waiter::Ignore);
+        if ignored {
+            backend.waiters.pop_front();
+        }
+        ignored
     }
 
     /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step). An
@@ -261,4 +315,9 @@ impl Pool {
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
         }
     }
+}
+
+/// `HELLO 3`, as a request frame.
+fn hello_3() -> Bytes {
+    Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
 }

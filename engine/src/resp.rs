@@ -30,8 +30,6 @@ pub struct Limits {
     pub max_bulk_len: usize,
     /// Most elements in one multibulk or aggregate (Redis accepts up to `i32::MAX`).
     pub max_multibulk_len: usize,
-    /// Deepest nesting of aggregates in a reply.
-    pub max_depth: usize,
     /// Longest inline command or header line (Redis: 64 KiB).
     pub max_inline_len: usize,
     /// Largest whole request (Redis: `client-query-buffer-limit`, 1 GiB).
@@ -43,7 +41,6 @@ impl Default for Limits {
         Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: i32::MAX as usize,
-            max_depth: 128,
             max_inline_len: 64 * 1024,
             max_request_len: 1024 * 1024 * 1024,
         }
@@ -73,8 +70,6 @@ pub(crate) enum ProtocolError {
     RequestTooBig,
     /// A reply line with an unknown type byte.
     UnknownType(u8),
-    /// A reply nested deeper than the limit.
-    TooDeep,
     /// A reply line that should hold a number and does not.
     InvalidLength,
 }
@@ -96,7 +91,6 @@ impl fmt::Display for ProtocolError {
             ProtocolError::UnknownType(t) => {
                 write!(f, "Protocol error: unknown reply type '{}'", char::from(*t).escape_default())
             }
-            ProtocolError::TooDeep => f.write_str("Protocol error: reply nested too deeply"),
             ProtocolError::InvalidLength => f.write_str("Protocol error: invalid length in reply"),
         }
     }
@@ -160,7 +154,7 @@ mod tests {
             let mut requests = RequestScanner::new(Limits { max_inline_len: 64, ..Limits::default() });
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = requests.next_request(&mut buf) {}
-            let mut replies = ReplyScanner::new(Limits { max_depth: 4, ..Limits::default() });
+            let mut replies = ReplyScanner::new(Limits { max_inline_len: 64, ..Limits::default() });
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = replies.next_reply(&mut buf) {}
         }

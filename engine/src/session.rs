@@ -5,7 +5,7 @@
 //! on a connection gets a connection of its own for as long as that state lasts.
 
 use crate::command::{CommandFlags, CommandSpec};
-use crate::resp::{bulk_reply, Request};
+use crate::resp::{self, bulk_reply, Request};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -22,6 +22,17 @@ pub(crate) enum Pin {
     /// A private connection until the client leaves, whose every frame is passed straight to the client because
     /// the server pushes frames no request asked for (SUBSCRIBE family, MONITOR, CLIENT TRACKING/REPLY).
     Passthrough,
+    /// A private connection to the master until the client leaves, whose bytes are passed to the client as they
+    /// come, unscanned: after `SYNC`/`PSYNC` the server sends an RDB payload that is not a RESP frame, then the
+    /// replication stream (`REPLCONF` pins so too: it sets up that connection).
+    Replication,
+}
+
+impl Pin {
+    /// Whether the client's private connection passes what the server sends straight through.
+    pub(crate) fn passes_through(self) -> bool {
+        self >= Pin::Passthrough
+    }
 }
 
 /// What to do with one request.
@@ -35,6 +46,9 @@ pub(crate) enum Handling {
     LocalThenClose(Bytes),
     /// Refuse it with this error message (without the leading `-`).
     Refuse(String),
+    /// `EXEC` of a transaction in which the proxy refused a command: discard it on the server and answer
+    /// `EXECABORT`, as Redis does when it rejected a command while queuing.
+    AbortExec,
     /// Send it to the master at once on a connection of its own, never queued behind another request (`SCRIPT
     /// KILL`, `FUNCTION KILL`, `SHUTDOWN`: they must reach a server that is busy running a script).
     OutOfBand,
@@ -54,40 +68,40 @@ pub(crate) struct Session {
     pub(crate) other_db: bool,
     /// Inside MULTI.
     pub(crate) in_multi: bool,
+    /// The proxy refused a command inside the current MULTI: EXEC must fail.
+    pub(crate) multi_refused: bool,
     /// WATCH is active.
     pub(crate) watching: bool,
     /// A blocking command is in flight.
     pub(crate) blocking: bool,
     /// The strongest pin any request so far demanded that lasts for the client's life.
     pub(crate) lasting_pin: Option<Pin>,
+    /// The client speaks RESP3 (`HELLO 3`): its requests go to the RESP3 shared connections.
+    pub(crate) resp3: bool,
+    /// The name `CLIENT SETNAME` gave it, kept here so that it pins nothing.
+    name: Option<Bytes>,
 }
 
-/// `CONFIG SET` parameters that would change replication or lock the proxy out.
-const TOPOLOGY_CONFIG: &[&[u8]] = &[
-    b"replicaof",
-    b"slaveof",
-    b"masterauth",
-    b"masteruser",
-    b"replica-priority",
-    b"slave-priority",
-    b"replica-read-only",
-    b"slave-read-only",
-    b"replica-announced",
-    b"slave-announced",
-    b"min-replicas-to-write",
-    b"min-slaves-to-write",
-    b"min-replicas-max-lag",
-    b"min-slaves-max-lag",
-    b"requirepass",
-    b"port",
-    b"bind",
+/// `CONFIG SET` parameters that would take a server away from the proxy or move it in the topology, with how to
+/// do it instead. Settings that only tune replication (`min-replicas-to-write`, `replica-priority`,
+/// `masterauth` ...) pass: the proxy reads them back from `INFO` or does not depend on them.
+const REFUSED_CONFIG: &[(&[u8], &str)] = &[
+    (b"replicaof", "the proxy decides who replicates whom; change the topology through the proxy's config"),
+    (b"slaveof", "the proxy decides who replicates whom; change the topology through the proxy's config"),
+    (b"port", "the proxy would lose the server; change it on the server directly, then in the proxy's config"),
+    (b"bind", "the proxy could lose the server; change it on the server directly, then restart the proxy"),
+    (b"requirepass", "the proxy's own connections would be locked out; change the password on the servers directly"),
 ];
 
-fn refuse_topology(what: &str) -> Handling {
-    Handling::Refuse(format!(
-        "ERR redis-proxy refuses {what}: the proxy manages replication (set allow_topology_commands to allow it)"
-    ))
+/// The refusal of `what`, saying how to do it instead.
+fn refuse(what: &str, instead: &str) -> Handling {
+    Handling::Refuse(format!("ERR redis-proxy refuses {what}: {instead} (or set allow_topology_commands)"))
 }
+
+/// `DEBUG` subcommands that stop, restart or crash the server (to the proxy the master would just die) or change
+/// its replication id (which the failover rules compare). The rest (`SLEEP`, `OBJECT`, `RELOAD` ...) pass.
+const REFUSED_DEBUG: &[&[u8]] =
+    &[b"restart", b"crash-and-recover", b"segfault", b"panic", b"assert", b"oom", b"change-repl-id"];
 
 impl Session {
     /// Whether the client's private connection (if any) could be released now: no state would be lost.
@@ -96,7 +110,7 @@ impl Session {
     }
 
     fn is_passthrough(&self) -> bool {
-        self.lasting_pin == Some(Pin::Passthrough)
+        self.lasting_pin.is_some_and(Pin::passes_through)
     }
 
     /// The privacy the client's state demands right now.
@@ -130,6 +144,40 @@ impl Session {
             }
             return Handling::Forward(self.current_pin());
         };
+        if !spec.accepts_arg_count(request.arg_count()) {
+            // Redis answers with its own wording and nothing changes on the connection.
+            return Handling::Forward(self.current_pin());
+        }
+        if !may_be_special(spec.name) {
+            return self.classify_plain(spec);
+        }
+        let handling = self.classify_known(request, spec, pinned, allow_topology);
+        if matches!(handling, Handling::Refuse(_)) && self.in_multi {
+            // Redis fails EXEC of a transaction in which it rejected a command while queuing; so does the proxy.
+            self.multi_refused = true;
+        }
+        handling
+    }
+
+    /// What [`Session::classify_known`] does for a command it has no arm for: the hot path (GET, SET ...) skips
+    /// the match over every special name.
+    #[inline]
+    fn classify_plain(&mut self, spec: &'static CommandSpec) -> Handling {
+        if spec.flags.contains(CommandFlags::BLOCKING) {
+            self.blocking = true;
+        }
+        Handling::Forward(self.current_pin())
+    }
+
+    // Out of line: the hot path takes `classify_plain`, and inlining this large match into it cost instructions.
+    #[inline(never)]
+    fn classify_known(
+        &mut self,
+        request: &Request,
+        spec: &'static CommandSpec,
+        pinned: bool,
+        allow_topology: bool,
+    ) -> Handling {
         let arg1 = request.arg(1);
         let pin = match spec.name {
             "quit" => return Handling::LocalThenClose(Bytes::from_static(b"+OK\r\n")),
@@ -139,10 +187,18 @@ impl Session {
                     Some(message) => bulk_reply(message),
                 });
             }
-            "reset" if !pinned => return Handling::Local(Bytes::from_static(b"+RESET\r\n")),
+            "reset" if !pinned => {
+                // RESET returns the connection to RESP2 and forgets its name, as Redis does.
+                self.resp3 = false;
+                self.name = None;
+                return Handling::Local(Bytes::from_static(b"+RESET\r\n"));
+            }
             "reset" => {
+                self.resp3 = false;
+                self.name = None;
                 self.other_db = false;
                 self.in_multi = false;
+                self.multi_refused = false;
                 self.watching = false;
                 if self.lasting_pin < Some(Pin::Passthrough) {
                     self.lasting_pin = None;
@@ -162,12 +218,18 @@ impl Session {
                 Pin::Transient
             }
             "multi" => {
+                self.multi_refused &= self.in_multi;
                 self.in_multi = true;
                 Pin::Transient
             }
             "exec" | "discard" if pinned => {
+                let abort = spec.name == "exec" && self.multi_refused;
                 self.in_multi = false;
+                self.multi_refused = false;
                 self.watching = false;
+                if abort {
+                    return Handling::AbortExec;
+                }
                 Pin::Transient
             }
             "watch" => {
@@ -180,16 +242,100 @@ impl Session {
             }
             "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "monitor"
             | "client|tracking" | "client|reply" | "client|caching" => {
-                self.lasting_pin = Some(Pin::Passthrough);
+                self.lasting_pin = self.lasting_pin.max(Some(Pin::Passthrough));
                 Pin::Passthrough
             }
-            "hello" | "auth" | "client|setname" | "client|setinfo" | "client|no-evict" | "client|no-touch"
+            // `HELLO [2|3]` alone changes nothing but the protocol: the client moves to the shared connections of
+            // that protocol, where the same HELLO (a no-op there) gets the server's own answer (server, version,
+            // proto, id, mode, role, modules) in that protocol. With AUTH or SETNAME it needs a connection of its own.
+            "hello" => {
+                match arg1 {
+                    Some(b"2") => self.resp3 = false,
+                    Some(b"3") => self.resp3 = true,
+                    // Redis answers a bad version itself (NOPROTO) and changes nothing.
+                    _ => {}
+                }
+                if pinned || request.arg_count() > 2 {
+                    // The proxy answers CLIENT GETNAME: it keeps the name HELLO gave too.
+                    let mut options = request.args().skip(2);
+                    while let Some(option) = options.next() {
+                        if option.eq_ignore_ascii_case(b"auth") {
+                            options.nth(1);
+                        } else if option.eq_ignore_ascii_case(b"setname") {
+                            let name = options.next().unwrap_or_default();
+                            self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                        }
+                    }
+                    self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
+                    Pin::Sticky
+                } else {
+                    Pin::Shared
+                }
+            }
+            // Inside MULTI they are queued on the server like any command; in pass-through the server answers.
+            "client|setname" if !self.in_multi && !self.is_passthrough() => {
+                let name = request.arg(2).unwrap_or_default();
+                if !is_valid_client_attribute(name) {
+                    return Handling::Local(resp::error_reply(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ));
+                }
+                self.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+                return Handling::Local(Bytes::from_static(b"+OK\r\n"));
+            }
+            "client|getname" if !self.in_multi && !self.is_passthrough() => {
+                return Handling::Local(match &self.name {
+                    Some(name) => bulk_reply(name),
+                    None if self.resp3 => Bytes::from_static(b"_\r\n"),
+                    None => Bytes::from_static(b"$-1\r\n"),
+                });
+            }
+            // `CLIENT SETINFO` (Redis 7.2) is answered as Redis 7.2 answers it, whatever the server's version.
+            "client" | "client|setinfo"
+                if arg1.is_some_and(|sub| sub.eq_ignore_ascii_case(b"setinfo"))
+                    && request.arg_count() == 4
+                    && !self.in_multi
+                    && !self.is_passthrough() =>
+            {
+                return Handling::Local(setinfo_reply(request.arg(2).unwrap_or_default(), request.arg(3)));
+            }
+            // What refers to the server-side connection itself: the client must keep that connection.
+            "auth" | "client|setname" | "client|id" | "client|getredir" | "client|no-evict" | "client|no-touch"
             | "readonly" | "readwrite" => {
                 self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
                 Pin::Sticky
             }
-            "replicaof" | "slaveof" | "failover" | "shutdown" if !allow_topology => {
-                return refuse_topology(spec.name);
+            "replicaof" | "slaveof" if !allow_topology => {
+                return refuse(
+                    &spec.name.to_ascii_uppercase(),
+                    "the proxy manages replication; list the servers in the proxy's config and it points the \
+                     replicas at the master it chose",
+                );
+            }
+            "failover" if !allow_topology => {
+                return refuse(
+                    "FAILOVER",
+                    "the proxy chooses the master; to steer which replica it promotes, CONFIG SET replica-priority \
+                     on the replicas (lowest wins, 0 never)",
+                );
+            }
+            "shutdown" if !allow_topology => {
+                return refuse("SHUTDOWN", "send it to the server directly (redis-cli -h HOST -p PORT SHUTDOWN)");
+            }
+            "debug"
+                if !allow_topology
+                    && arg1.is_some_and(|sub| REFUSED_DEBUG.iter().any(|d| sub.eq_ignore_ascii_case(d))) =>
+            {
+                return refuse(
+                    "DEBUG commands that stop the server or change its replication id",
+                    "the proxy would fail the master over; send them to the server directly",
+                );
+            }
+            name if !allow_topology && name.starts_with("cluster") => {
+                return refuse(
+                    "CLUSTER commands",
+                    "the proxy fronts one master with replicas, not a cluster; send them to a server directly",
+                );
             }
             // Inside MULTI they are only queued; in pass-through the client's own connection answers.
             "script|kill" | "function|kill" | "shutdown" if !self.in_multi && !self.is_passthrough() => {
@@ -206,20 +352,19 @@ impl Session {
                     _ => Pin::Shared,
                 }
             }
-            "sync" | "psync" => {
-                return Handling::Refuse("ERR redis-proxy does not let clients replicate through it".to_string());
-            }
-            name if !allow_topology && (name == "debug" || name.starts_with("cluster")) => {
-                return refuse_topology(name.split('|').next().unwrap_or(name));
+            "sync" | "psync" | "replconf" => {
+                self.lasting_pin = Some(Pin::Replication);
+                Pin::Replication
             }
             "config|set" if !allow_topology => {
-                let touches_topology = request
+                let refused = request
                     .args()
                     .skip(2)
                     .step_by(2)
-                    .any(|param| TOPOLOGY_CONFIG.iter().any(|t| param.eq_ignore_ascii_case(t)));
-                if touches_topology {
-                    return refuse_topology("CONFIG SET of replication settings");
+                    .find_map(|param| REFUSED_CONFIG.iter().find(|(name, _)| param.eq_ignore_ascii_case(name)));
+                if let Some((name, instead)) = refused {
+                    let what = format!("CONFIG SET {}", String::from_utf8_lossy(name));
+                    return refuse(&what, instead);
                 }
                 Pin::Shared
             }
@@ -241,6 +386,83 @@ impl Session {
         };
         Handling::Forward(pin.max(self.current_pin()))
     }
+}
+
+/// The names [`Session::classify_known`] has an arm for, by first letter: bit `n` is set when one of them is `n`
+/// bytes long (31: longer). `cluster...` and `client...` take every length from 6 up.
+const SPECIAL_NAMES: [u32; 26] = {
+    const NAMES: &[&str] = &[
+        "quit",
+        "ping",
+        "reset",
+        "select",
+        "multi",
+        "exec",
+        "discard",
+        "watch",
+        "unwatch",
+        "subscribe",
+        "psubscribe",
+        "ssubscribe",
+        "unsubscribe",
+        "punsubscribe",
+        "sunsubscribe",
+        "monitor",
+        "hello",
+        "auth",
+        "readonly",
+        "readwrite",
+        "replicaof",
+        "slaveof",
+        "failover",
+        "shutdown",
+        "debug",
+        "script|kill",
+        "function|kill",
+        "wait",
+        "sync",
+        "psync",
+        "replconf",
+        "xread",
+        "xreadgroup",
+    ];
+    let mut table = [0u32; 26];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let name = NAMES[i].as_bytes();
+        let len = if name.len() > 31 { 31 } else { name.len() };
+        table[(name[0] - b'a') as usize] |= 1 << len;
+        i += 1;
+    }
+    table[(b'c' - b'a') as usize] |= !0 << 6;
+    table
+};
+
+/// Whether `name` (a command table name: lowercase ASCII) may have an arm of its own in
+/// [`Session::classify_known`]; false is certain, true may be wrong.
+#[inline]
+fn may_be_special(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let Some(letter) = bytes.first().and_then(|b| b.checked_sub(b'a')).filter(|l| *l < 26) else { return true };
+    SPECIAL_NAMES[usize::from(letter)] & (1 << bytes.len().min(31)) != 0
+}
+
+/// Whether `value` is a valid client name or library attribute: printable ASCII without spaces, as Redis checks.
+fn is_valid_client_attribute(value: &[u8]) -> bool {
+    value.iter().all(|byte| (b'!'..=b'~').contains(byte))
+}
+
+/// Redis 7.2's answer to `CLIENT SETINFO <attribute> <value>`.
+fn setinfo_reply(attribute: &[u8], value: Option<&[u8]>) -> Bytes {
+    let attribute = String::from_utf8_lossy(attribute);
+    let lowered = attribute.to_ascii_lowercase();
+    if lowered != "lib-name" && lowered != "lib-ver" {
+        return resp::error_reply(&format!("ERR Unrecognized option '{attribute}'"));
+    }
+    if !is_valid_client_attribute(value.unwrap_or_default()) {
+        return resp::error_reply(&format!("ERR {lowered} cannot contain spaces, newlines or special characters."));
+    }
+    Bytes::from_static(b"+OK\r\n")
 }
 
 #[cfg(test)]
@@ -283,11 +505,111 @@ mod tests {
     }
 
     #[test]
-    fn topology_commands_are_refused() {
+    fn only_what_breaks_the_topology_is_refused() {
         let mut s = Session::default();
         assert!(matches!(classify(&mut s, &["REPLICAOF", "NO", "ONE"], false), Handling::Refuse(_)));
-        assert!(matches!(classify(&mut s, &["config", "set", "replica-priority", "0"], false), Handling::Refuse(_)));
-        assert_eq!(classify(&mut s, &["config", "set", "maxmemory", "1"], false), Handling::Forward(Pin::Shared));
+        assert!(matches!(
+            classify(&mut s, &["config", "set", "maxmemory", "1", "port", "1"], false),
+            Handling::Refuse(_)
+        ));
+        assert!(matches!(classify(&mut s, &["DEBUG", "restart"], false), Handling::Refuse(_)));
+        assert!(matches!(classify(&mut s, &["cluster", "info"], false), Handling::Refuse(_)));
+        for allowed in ["replica-priority", "min-replicas-to-write", "min-replicas-max-lag", "masterauth", "maxmemory"]
+        {
+            assert_eq!(classify(&mut s, &["config", "set", allowed, "1"], false), Handling::Forward(Pin::Shared));
+        }
+        assert_eq!(classify(&mut s, &["DEBUG", "SLEEP", "0"], false), Handling::Forward(Pin::Shared));
+        // A wrong arity is Redis's to answer, in its own words.
+        assert_eq!(classify(&mut s, &["REPLICAOF"], false), Handling::Forward(Pin::Shared));
+        assert_eq!(classify(&mut s, &["MULTI", "x"], false), Handling::Forward(Pin::Shared));
+        assert!(s.is_clean());
+    }
+
+    #[test]
+    fn hello_moves_the_client_between_shared_pools_and_names_pin_nothing() {
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["HELLO", "3"], false), Handling::Forward(Pin::Shared));
+        assert!(s.resp3);
+        assert_eq!(classify(&mut s, &["CLIENT", "GETNAME"], false), Handling::Local(Bytes::from_static(b"_\r\n")));
+        assert_eq!(
+            classify(&mut s, &["CLIENT", "SETNAME", "app"], false),
+            Handling::Local(Bytes::from_static(b"+OK\r\n"))
+        );
+        assert_eq!(classify(&mut s, &["client", "getname"], false), Handling::Local(bulk_reply(b"app")));
+        assert!(
+            matches!(classify(&mut s, &["CLIENT", "SETNAME", "a b"], false), Handling::Local(e) if e.starts_with(b"-ERR"))
+        );
+        assert_eq!(
+            classify(&mut s, &["CLIENT", "SETINFO", "LIB-NAME", "redis-py"], false),
+            Handling::Local(Bytes::from_static(b"+OK\r\n"))
+        );
+        assert!(
+            matches!(classify(&mut s, &["CLIENT", "SETINFO", "x", "y"], false), Handling::Local(e) if e.starts_with(b"-ERR"))
+        );
+        assert_eq!(classify(&mut s, &["HELLO", "2"], false), Handling::Forward(Pin::Shared));
+        assert!(!s.resp3);
+        assert!(s.is_clean());
+        assert_eq!(
+            classify(&mut s, &["HELLO", "3", "AUTH", "u", "setname", "p", "SETNAME", "x"], false),
+            Handling::Forward(Pin::Sticky)
+        );
+        assert_eq!(classify(&mut s, &["CLIENT", "GETNAME"], true), Handling::Local(bulk_reply(b"x")));
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["CLIENT", "ID"], false), Handling::Forward(Pin::Sticky));
+    }
+
+    /// Every command of the table, also with a plausible argument for its subcommand-less form, classified in
+    /// several states: the shortcut for plain commands decides as the full match does.
+    #[test]
+    fn the_plain_command_shortcut_agrees_with_the_full_match() {
+        let setups: [&[&[&str]]; 4] = [&[], &[&["MULTI"]], &[&["SELECT", "3"]], &[&["SUBSCRIBE", "c"]]];
+        let mut checked = 0;
+        for top in command::all() {
+            for spec in std::iter::once(top).chain(top.subcommands) {
+                if may_be_special(spec.name) {
+                    continue;
+                }
+                let mut args: Vec<String> = spec.name.split('|').map(str::to_string).collect();
+                while !spec.accepts_arg_count(args.len()) {
+                    args.push("0".to_string());
+                }
+                for setup in setups {
+                    for allow_topology in [false, true] {
+                        let mut full = Session::default();
+                        for step in setup {
+                            classify(&mut full, step, false);
+                        }
+                        let mut plain = full.clone();
+                        let request = Request::from_args(&args);
+                        let pinned = !full.is_clean();
+                        let expected = full.classify_known(&request, spec, pinned, allow_topology);
+                        assert_eq!(plain.classify(&request, Some(spec), pinned, allow_topology), expected, "{args:?}");
+                        assert_eq!(format!("{plain:?}"), format!("{full:?}"), "{args:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    #[test]
+    fn a_refusal_inside_multi_aborts_exec() {
+        let mut s = Session::default();
+        classify(&mut s, &["MULTI"], false);
+        assert!(matches!(classify(&mut s, &["SHUTDOWN"], true), Handling::Refuse(_)));
+        assert_eq!(classify(&mut s, &["EXEC"], true), Handling::AbortExec);
+        assert!(s.is_clean());
+        classify(&mut s, &["MULTI"], false);
+        assert_eq!(classify(&mut s, &["EXEC"], true), Handling::Forward(Pin::Transient));
+    }
+
+    #[test]
+    fn replication_passes_through_to_the_master() {
+        let mut s = Session::default();
+        assert_eq!(classify(&mut s, &["REPLCONF", "rdb-only", "1"], false), Handling::Forward(Pin::Replication));
+        assert_eq!(classify(&mut s, &["SYNC"], true), Handling::Forward(Pin::Replication));
+        assert_eq!(classify(&mut s, &["SUBSCRIBE", "x"], true), Handling::Forward(Pin::Replication));
     }
 
     #[test]

@@ -158,6 +158,12 @@ pub(crate) struct ServerView {
     pub(crate) info: Option<ReplicationInfo>,
     /// When the last `INFO` facts arrived.
     pub(crate) info_at: Option<Instant>,
+    /// The run id it had when it last reported `role:slave` (kept while it is down).
+    pub(crate) replica_run_id: Option<String>,
+    /// It reports `role:master` and became master in place: it last reported `role:slave` with the same run id.
+    /// A replica restarted without its `replicaof` setting comes up as master from its RDB file with the old
+    /// history as `master_replid2`, which looks like a promotion but is not one (its run id is new).
+    pub(crate) promoted_in_place: bool,
     /// The newest `INFO replication` sent for `WAIT`: when it was sent, and what it said.
     pub(crate) offset_seen: Option<(Instant, ReplicationInfo)>,
     /// The serial of the offset request `offset_seen` answered (see [`crate::monitor::Monitor::next_offset_serial`]).
@@ -176,6 +182,8 @@ impl ServerView {
             health: Health::Up,
             info: None,
             info_at: None,
+            replica_run_id: None,
+            promoted_in_place: false,
             offset_seen: None,
             offset_serial: 0,
             probe_pending_since: None,

@@ -135,6 +135,12 @@ fn target_offset(view: &ServerView, since: Instant) -> Option<i64> {
 fn acknowledged(views: &[ServerView], master: ServerId, since: Instant) -> u64 {
     let Some(target) = target_offset(&views[master.0], since) else { return 0 };
     let history = fresh_info(&views[master.0], since).and_then(|info| info.replid.as_deref());
+    // The history the engine's epoch follows (from the probe's INFO) must still be the master's: a master demoted,
+    // resynced and promoted again between two probes has a new one, and may have dropped the client's writes.
+    let probed_history = views[master.0].info.as_ref().and_then(|info| info.replid.as_deref());
+    if history != probed_history {
+        return 0;
+    }
     let master_address = &views[master.0].address;
     let applied = |view: &ServerView| {
         fresh_info(view, since).is_some_and(|info| {
@@ -156,8 +162,11 @@ mod tests {
     use super::*;
     use crate::config::ServerAddress;
 
+    /// A server whose probe's `INFO` says it serves (or follows) history "h".
     fn view(port: u16, now: Instant) -> ServerView {
-        ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now)
+        let mut view = ServerView::new(ServerAddress { host: "127.0.0.1".into(), port }, now);
+        view.info = Some(ReplicationInfo { replid: Some("h".to_string()), ..Default::default() });
+        view
     }
 
     /// What an `INFO replication` sent at `at` said: a master (`of` None) or a replica of port `of`, synced, in

@@ -416,6 +416,19 @@ impl RespConn {
                     Reply::Array(Some(items))
                 }
             }
+            // RESP3, folded into the RESP2 shapes: a map is its keys and values in order, a set or push an
+            // array, null a null bulk, a boolean or double its text as a status.
+            b'%' | b'~' | b'>' => {
+                let len: usize = text.parse().map_err(bad)?;
+                let count = if line[0] == b'%' { 2 * len } else { len };
+                let mut items = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    items.push(self.try_read_reply()?);
+                }
+                Reply::Array(Some(items))
+            }
+            b'_' => Reply::Bulk(None),
+            b'#' | b',' => Reply::Status(text),
             other => return Err(std::io::Error::other(format!("unexpected reply type {other}"))),
         })
     }

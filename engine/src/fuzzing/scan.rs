@@ -5,7 +5,7 @@ use bytes::BytesMut;
 
 /// Limits small enough for a fuzzer to reach every bound with short inputs.
 pub fn tiny_limits() -> Limits {
-    Limits { max_bulk_len: 16, max_multibulk_len: 4, max_depth: 3, max_inline_len: 24, max_request_len: 64 }
+    Limits { max_bulk_len: 16, max_multibulk_len: 4, max_inline_len: 24, max_request_len: 64 }
 }
 
 /// Splits a scanner target's input into chunk sizes (each 1..=256) and the payload.

@@ -5,6 +5,8 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 /// Resumable scanner for replies from a server: any RESP2 or RESP3 frame, nested aggregates included.
+///
+/// It keeps an explicit stack of open aggregates (never recursion), so nesting is bounded by memory only.
 #[derive(Debug)]
 pub(crate) struct ReplyScanner {
     limits: Limits,
@@ -85,9 +87,10 @@ impl ReplyScanner {
                         }
                     } else if count as u64 > self.limits.max_multibulk_len as u64 {
                         return Err(ProtocolError::InvalidMultibulkLength);
-                    } else if self.open.len() >= self.limits.max_depth {
-                        return Err(ProtocolError::TooDeep);
                     } else {
+                        // No depth limit: replies are trusted input, and a Lua script may return a table nested
+                        // thousands deep. Each level takes at least 4 buffered bytes, so the stack of open
+                        // levels stays a fraction of the reply's own size.
                         self.open.push(count as usize * per_entry);
                     }
                 }
@@ -132,6 +135,19 @@ mod tests {
         }
         assert_eq!(frames.len(), 7);
         assert_eq!(&frames[2][..], b"*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn deeply_nested_reply_is_one_frame() {
+        // A Lua script can return a table nested this deep; the server's replies have no depth limit.
+        let depth = 100_000;
+        let mut input = b"*1\r\n".repeat(depth);
+        input.extend_from_slice(b":1\r\n+OK\r\n");
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let mut buf = BytesMut::from(&input[..]);
+        let frame = scanner.next_reply(&mut buf).unwrap().expect("one complete frame");
+        assert_eq!(frame.len(), depth * 4 + 4);
+        assert_eq!(scanner.next_reply(&mut buf).unwrap().as_deref(), Some(&b"+OK\r\n"[..]));
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub(crate) struct SimServer {
     pub(crate) log: Vec<u64>,
     /// Its run id (40 hex digits), new at every restart.
     pub(crate) run_id: String,
+    /// `master_replid`: the history it serves, or follows once synced; new at a restart and at a promotion.
+    pub(crate) replid: String,
+    /// `master_replid2`: the history it continued when it was last promoted.
+    pub(crate) replid2: Option<String>,
+    /// Promotions so far, to make each new history id unique.
+    pub(crate) promotions: u32,
     /// `replica-priority`.
     pub(crate) priority: i64,
     /// Loading its dataset until then (after a restart).
@@ -164,6 +170,9 @@ impl Cluster {
                 last_io_ms: 0,
                 log: Vec::new(),
                 run_id: run_id(index, 0),
+                replid: run_id(index, 0),
+                replid2: None,
+                promotions: 0,
                 priority: priorities.get(index).copied().unwrap_or(100),
                 loading_until_ms: 0,
                 incarnation: 0,
@@ -190,6 +199,8 @@ impl Cluster {
         server.health = Health::Up;
         server.incarnation += 1;
         server.run_id = run_id(index, server.incarnation);
+        server.replid = server.run_id.clone();
+        server.replid2 = None;
         server.role = SimRole::Master;
         server.link_up = false;
         server.link_down_since_ms = None;
@@ -264,6 +275,12 @@ impl Cluster {
                 server.role = SimRole::Master;
                 server.link_up = false;
                 server.link_down_since_ms = None;
+                // As Redis does: a new history, continuing the one it followed.
+                server.promotions += 1;
+                server.replid2 = Some(std::mem::replace(
+                    &mut server.replid,
+                    format!("{}-{}", &server.run_id[..30], server.promotions),
+                ));
                 effect.promoted = true;
             }
             return simple(b"+OK\r\n");
@@ -302,7 +319,8 @@ impl Cluster {
             match reachable {
                 Some((Health::Hung, _)) => {}
                 Some((_, true)) => {
-                    let master_log = &source.expect("reachable").log;
+                    let source = source.expect("reachable");
+                    let (master_log, history) = (&source.log, source.replid.clone());
                     let log = &self.servers[index].log;
                     let prefix = log.len() <= master_log.len()
                         && log.last().is_none_or(|&last| master_log[log.len() - 1] == last);
@@ -316,6 +334,8 @@ impl Cluster {
                     };
                     let replica = &mut self.servers[index];
                     replica.log = new_log;
+                    replica.replid = history;
+                    replica.replid2 = None;
                     replica.link_up = true;
                     replica.link_down_since_ms = None;
                     replica.last_io_ms = now_ms;
@@ -349,8 +369,6 @@ impl Cluster {
                     last_io_secs: if server.link_up { secs(server.last_io_ms) } else { -1 },
                     link_down_since_secs: server.link_down_since_ms.map_or(-1, secs),
                     priority: server.priority,
-                    // Synced, a replica follows its master's replication id, as Redis reports it.
-                    replid: master.filter(|_| server.link_up).map(|m| self.servers[m].run_id.clone()),
                 })
             }
         };
@@ -366,6 +384,8 @@ impl Cluster {
             .collect();
         Info {
             run_id: server.run_id.clone(),
+            replid: Some(server.replid.clone()),
+            replid2: server.replid2.clone(),
             port: server.address.port,
             loading: now_ms < server.loading_until_ms,
             offset: server.offset(),

@@ -269,3 +269,26 @@ fn regression_new_master_crashes_right_after_promotion() {
         restart_at_end: false,
     });
 }
+
+/// Two engines fight (one cut off from server 0): a client's write ran on server 1, which the other engine then
+/// demoted (it resynced and dropped the write) and promoted again, all between two probes of the client's engine.
+/// Its WAIT must not count server 0 (synced to server 1's new history): the master's history id changed.
+#[test]
+fn regression_wait_after_the_master_was_demoted_and_promoted_between_two_probes() {
+    check(&Scenario {
+        master_of: vec![0, 0],
+        priorities: vec![100, 100],
+        engines: 2,
+        second_engine_delay_ms: 49,
+        clients_per_engine: 2,
+        client_interval_ms: 50,
+        faults: vec![
+            (159, Fault::Hang(0)),
+            (165, Fault::Slow { server: 0, ms: 250 }),
+            (1107, Fault::Partition { engine: 0, server: 0 }),
+            (1959, Fault::Unhang(0)),
+            (2366, Fault::Restart { server: 0, load_ms: 0 }),
+        ],
+        restart_at_end: false,
+    });
+}

@@ -20,8 +20,6 @@ pub struct ReplicaLink {
     pub link_down_since_secs: i64,
     /// `slave_priority`.
     pub priority: i64,
-    /// The replication id it follows, reported as `master_replid` (None: its own run id, as before a sync).
-    pub replid: Option<String>,
 }
 
 /// A replica a master lists in `INFO replication` (`slaveN:ip=...`).
@@ -36,8 +34,12 @@ pub struct ConnectedReplica {
 /// What a server reports in `INFO` (server, persistence and replication sections), with Redis 7's field names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Info {
-    /// `run_id`, also reported as `master_replid`.
+    /// `run_id`.
     pub run_id: String,
+    /// `master_replid`: the history it serves, or follows once synced (None: its run id).
+    pub replid: Option<String>,
+    /// `master_replid2`: the history it continued when it was promoted (None: all zeros).
+    pub replid2: Option<String>,
     /// `tcp_port`.
     pub port: u16,
     /// `loading:1`.
@@ -53,7 +55,16 @@ pub struct Info {
 impl Info {
     /// A master on `port` with no replicas, offset 0, a run id made from the port.
     pub fn master(port: u16) -> Info {
-        Info { run_id: format!("{port:040}"), port, loading: false, offset: 0, replica_of: None, replicas: Vec::new() }
+        Info {
+            run_id: format!("{port:040}"),
+            replid: None,
+            replid2: None,
+            port,
+            loading: false,
+            offset: 0,
+            replica_of: None,
+            replicas: Vec::new(),
+        }
     }
 
     /// The text of the `INFO` reply.
@@ -94,10 +105,11 @@ impl Info {
                 replica.address.host, replica.address.port, replica.offset
             ));
         }
-        let replid = self.replica_of.as_ref().and_then(|link| link.replid.as_deref()).unwrap_or(&self.run_id);
+        let replid = self.replid.as_deref().unwrap_or(&self.run_id);
+        let replid2 = self.replid2.as_deref().unwrap_or("0000000000000000000000000000000000000000");
         text.push_str(&format!(
-            "master_failover_state:no-failover\r\nmaster_replid:{replid}\r\nmaster_repl_offset:{offset}\r\n\
-             second_repl_offset:-1\r\nrepl_backlog_active:1\r\n"
+            "master_failover_state:no-failover\r\nmaster_replid:{replid}\r\nmaster_replid2:{replid2}\r\n\
+             master_repl_offset:{offset}\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\n"
         ));
         text
     }
@@ -134,7 +146,6 @@ impl FakeServer {
             last_io_secs: 0,
             link_down_since_secs: -1,
             priority: 100,
-            replid: None,
         });
         server
     }
@@ -178,7 +189,6 @@ impl FakeServer {
                         last_io_secs: -1,
                         link_down_since_secs: -1,
                         priority,
-                        replid: None,
                     });
                     Bytes::from_static(b"+OK\r\n")
                 }
