@@ -35,6 +35,19 @@ struct SplitFacts {
     fences: bool,
 }
 
+/// How a backend connection was lost: the evidence it is, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// The connect was refused: nothing listens there.
+    Refused,
+    /// The connect failed otherwise (timed out, host unreachable).
+    ConnectFailed,
+    /// The server (or the network) closed it.
+    Closed,
+    /// The engine closed it (the server is down or lost as master, a bad reply): no evidence.
+    GaveUp,
+}
+
 /// The sans-IO proxy. See the crate documentation for the call order.
 pub struct Engine {
     clients: Clients,
@@ -299,12 +312,12 @@ impl Engine {
                 self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
             }
             Input::ConnectFailed { conn, reason } => {
-                self.backend_lost(now, conn, &format!("connect failed: {reason}"), false)
+                self.backend_lost(now, conn, &format!("connect failed: {reason}"), Loss::ConnectFailed)
             }
-            Input::Refused { conn } => self.backend_lost(now, conn, "connection refused", true),
+            Input::Refused { conn } => self.backend_lost(now, conn, "connection refused", Loss::Refused),
             Input::Closed { conn } => match conn.lane() {
                 Lane::Client => self.clients.remove(conn, false, &mut self.out),
-                Lane::Backend => self.backend_lost(now, conn, "closed by the server", false),
+                Lane::Backend => self.backend_lost(now, conn, "closed by the server", Loss::Closed),
             },
             Input::WriteBlocked { conn } => self.clients.set_write_blocked(conn, true, &mut self.out),
             Input::Drained { conn } => self.clients.set_write_blocked(conn, false, &mut self.out),
@@ -662,14 +675,15 @@ impl Engine {
     fn close_and_fail(&mut self, now: Instant, conn: ConnId, reason: &str) {
         if self.pool.contains(conn) {
             self.out.close(conn);
-            self.backend_lost(now, conn, reason, false);
+            self.backend_lost(now, conn, reason, Loss::GaveUp);
         }
     }
 
     /// A backend connection failed, was `refused`, broke or was closed by the engine: every request in flight on it
     /// gets an error (a write may or may not have run: never retried), a private connection's client is closed
     /// because the state it built is gone, and the monitor weighs the evidence.
-    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str, refused: bool) {
+    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str, loss: Loss) {
+        let refused = loss == Loss::Refused;
         let Some(lost) = self.pool.remove(conn) else { return };
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
@@ -697,9 +711,12 @@ impl Engine {
             self.close_backends_of(now, lost.server, false, "server is down");
         }
         if refused {
-            self.monitor.knock_refused(lost.server, conn);
-        } else if !lost.connected {
+            self.monitor.forget_knock(lost.server, conn);
+        } else if loss == Loss::ConnectFailed && !lost.connected {
             self.monitor.connect_failed(lost.server, conn);
+        } else {
+            // Closed by the engine itself (it gave up on the server's connections): no evidence either way.
+            self.monitor.forget_knock(lost.server, conn);
         }
         match lost.purpose {
             Purpose::Knock => {}

@@ -392,8 +392,9 @@ impl Monitor {
         watch.knocks_timed_out += 1;
     }
 
-    /// Forgets the knock `conn` if it was one (it was refused: [`Monitor::refused`] weighs that).
-    pub(crate) fn knock_refused(&mut self, server: ServerId, conn: ConnId) {
+    /// Forgets the knock `conn` if it was one, without taking it as evidence (a refusal is weighed by
+    /// [`Monitor::refused`]; a knock the engine closed itself says nothing).
+    pub(crate) fn forget_knock(&mut self, server: ServerId, conn: ConnId) {
         let watch = &mut self.watches[server.0];
         if watch.knock.is_some_and(|(k, _)| k == conn) {
             watch.knock = None;

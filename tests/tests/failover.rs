@@ -160,7 +160,8 @@ fn two_proxies_converge_on_one_master() {
         let master = converged_master(&all[1..]).unwrap();
         for (proxy, key) in [(&a, "via-a"), (&b, "via-b")] {
             let mut conn = proxy.connect();
-            assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"1"]), status("OK"));
+            let r = conn.call(&[b"SET", key.as_bytes(), b"1"]);
+            assert_eq!(r, status("OK"), "{key}: A log:\n{}\nB log:\n{}", a.log(), b.log());
         }
         let mut direct = RespConn::connect(master);
         assert_eq!(direct.call(&[b"GET", b"via-a"]), bulk(b"1"));

@@ -292,3 +292,20 @@ fn regression_wait_after_the_master_was_demoted_and_promoted_between_two_probes(
         restart_at_end: false,
     });
 }
+
+/// A hung master is counted down by the other engine, which promotes its replica; this engine follows (rule 4)
+/// and closes the old master's connections, among them a knock still connecting. That close is the engine's own
+/// doing, not evidence that new connections fail: the hung server stays under `busy_down_after`.
+#[test]
+fn regression_a_knock_closed_by_the_engine_is_no_evidence() {
+    check(&Scenario {
+        master_of: vec![0, 1],
+        priorities: vec![100, 100],
+        engines: 2,
+        second_engine_delay_ms: 38,
+        clients_per_engine: 2,
+        client_interval_ms: 150,
+        faults: vec![(609, Fault::Hang(1)), (2602, Fault::Crash(0))],
+        restart_at_end: false,
+    });
+}
