@@ -343,6 +343,15 @@ impl Failover {
                 continue;
             }
             let misplaced = view.is(Role::Master) || (view.is(Role::Replica) && !view.replicates(master_address));
+            // Re-point only on evidence of the master as fresh as the evidence about this server: a replica another
+            // proxy promoted because our master just died must not be sent back to it before this proxy has heard
+            // from the master in the same probe round (it would hear the refusal instead).
+            let master_ok = views[master.0].last_ok;
+            let master_answered_since =
+                view.info_at.is_none_or(|seen| master_ok.is_some_and(|ok| ok + self.retry_after / 2 >= seen));
+            if misplaced && !master_answered_since {
+                continue;
+            }
             if !misplaced {
                 self.repointed_at[index] = None;
                 continue;
