@@ -575,15 +575,15 @@ mod tests {
         assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
     }
 
+    /// `info` with replication ids: the history it serves, and the one it continued when promoted.
+    fn with_ids(info: ReplicationInfo, replid: &str, replid2: Option<&str>) -> ReplicationInfo {
+        ReplicationInfo { replid: Some(replid.into()), replid2: replid2.map(Into::into), ..info }
+    }
+
     #[test]
     fn a_master_promoted_from_ours_is_followed_and_ours_re_pointed() {
         // Another proxy, cut off from server 0, promoted server 1; this proxy still reaches server 0.
         let now = Instant::now();
-        let with_ids = |info: ReplicationInfo, replid: &str, replid2: Option<&str>| ReplicationInfo {
-            replid: Some(replid.into()),
-            replid2: replid2.map(Into::into),
-            ..info
-        };
         let mut views = vec![
             view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
             view(2, now, Some(replica_info(1, 10, 100, "b"))),
@@ -614,11 +614,6 @@ mod tests {
     #[test]
     fn a_replica_restarted_as_master_is_re_pointed_not_followed() {
         let now = Instant::now();
-        let with_ids = |info: ReplicationInfo, replid: &str, replid2: Option<&str>| ReplicationInfo {
-            replid: Some(replid.into()),
-            replid2: replid2.map(Into::into),
-            ..info
-        };
         let mut views = vec![
             view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
             view(2, now, Some(replica_info(1, 10, 100, "b"))),
