@@ -472,6 +472,19 @@ pub fn info_field(port: u16, section: &str, name: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string())
 }
 
+/// `calls` of a command in a server's `INFO commandstats` (0 when never called).
+pub fn calls(port: u16, command: &str) -> u64 {
+    let Some(stats) = info_field(port, "commandstats", &format!("cmdstat_{command}")) else { return 0 };
+    stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Resets the command statistics of every server (`CONFIG RESETSTAT`), so that [`calls`] counts from now.
+pub fn reset_stats(servers: &[RedisServer]) {
+    for server in servers {
+        assert_eq!(server.connect().call(&[b"CONFIG", b"RESETSTAT"]), status("OK"));
+    }
+}
+
 /// `GET path` from the HTTP listener on 127.0.0.1:`port`: the status code and the body, or None when it does not
 /// answer within 5 s.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

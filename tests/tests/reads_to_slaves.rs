@@ -2,7 +2,9 @@
 //! client reads its own writes while other clients' reads still go to the replicas.
 
 use redis_proxy_tests::cluster::{cluster, ports, wait_caught_up};
-use redis_proxy_tests::{bulk, encode_command, info_field, status, Proxy, RedisServer, Reply, RespConn, Runtime};
+use redis_proxy_tests::{
+    bulk, calls, encode_command, reset_stats, status, Proxy, RedisServer, Reply, RespConn, Runtime,
+};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,18 +13,6 @@ use std::time::{Duration, Instant};
 /// Keys, and members of each collection: enough that every collection is a real hash table (not a listpack),
 /// where cursors depend on the process's hash seed.
 const ITEMS: usize = 1000;
-
-/// `calls` of a command in a server's `INFO commandstats` (0 when never called).
-fn calls(port: u16, command: &str) -> u64 {
-    let Some(stats) = info_field(port, "commandstats", &format!("cmdstat_{command}")) else { return 0 };
-    stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-fn reset_stats(servers: &[RedisServer]) {
-    for server in servers {
-        assert_eq!(server.connect().call(&[b"CONFIG", b"RESETSTAT"]), status("OK"));
-    }
-}
 
 /// A proxy in `readsToSlaves` with a fast probe, once its probes have seen both replicas linked.
 fn proxy(runtime: Runtime, servers: &[RedisServer], extra: &str) -> Proxy {

@@ -2,7 +2,8 @@
 //! or answers itself.
 
 use redis_proxy_tests::{
-    bulk, info_field, replication_role, status, wait_until, Proxy, RedisServer, Reply, RespConn, Runtime,
+    bulk, calls, info_field, replication_role, reset_stats, status, wait_until, Proxy, RedisServer, Reply, RespConn,
+    Runtime,
 };
 use std::time::Duration;
 
@@ -15,18 +16,6 @@ fn cluster() -> Vec<RedisServer> {
     assert!(ok, "replicas did not link");
     let [a, b] = replicas;
     vec![master, a, b]
-}
-
-/// `calls` of a command in a server's `INFO commandstats` (0 when never called).
-fn calls(port: u16, command: &str) -> u64 {
-    let Some(stats) = info_field(port, "commandstats", &format!("cmdstat_{command}")) else { return 0 };
-    stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-fn reset_stats(servers: &[RedisServer]) {
-    for server in servers {
-        assert_eq!(server.connect().call(&[b"CONFIG", b"RESETSTAT"]), status("OK"));
-    }
 }
 
 /// Starts a proxy and waits until it knows both replicas are linked (its probes have seen them).
