@@ -4,6 +4,7 @@
 //! the field. The Node tool's `debug`, `loggers`, `slave_balance` and `softErrorCount` are accepted and ignored,
 //! each with a warning in [`Config::warnings`].
 
+use crate::event::Level;
 use crate::resp::Limits;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -106,6 +107,9 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// How log lines are written (`log_format`: `"text"`, the default, or `"json"`, one object per line).
     pub log_format: LogFormat,
+    /// Which log lines are written (`log_level`: `"error"`, `"warn"`, `"info"` or `"debug"`; default: what
+    /// `RUST_LOG` names, else `"info"`). Unlike `RUST_LOG`, it changes on reload.
+    pub log_level: Option<Level>,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -187,6 +191,21 @@ impl Config {
             Some(Value::String(s)) if s == "json" => LogFormat::Json,
             Some(other) => return Err(error(format!("`log_format`: expected \"text\" or \"json\", got {other}"))),
         };
+        let log_level = match map.get("log_level") {
+            None => None,
+            Some(Value::String(s)) => Some(match s.as_str() {
+                "error" => Level::Error,
+                "warn" => Level::Warn,
+                "info" => Level::Info,
+                "debug" => Level::Debug,
+                _ => {
+                    return Err(error(format!(
+                        "`log_level`: expected \"error\", \"warn\", \"info\" or \"debug\", got {s:?}"
+                    )))
+                }
+            }),
+            Some(other) => return Err(error(format!("`log_level`: expected a string, got {other}"))),
+        };
         let mode = match map.get("mode") {
             None => Mode::AllToMaster,
             Some(Value::String(s)) if s == "allToMaster" => Mode::AllToMaster,
@@ -232,6 +251,7 @@ impl Config {
             status_listen: get_listen(&map, "status_listen")?,
             admin_listen: get_listen(&map, "admin_listen")?,
             log_format,
+            log_level,
             warnings,
         })
     }
@@ -290,6 +310,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "status_listen",
     "admin_listen",
     "log_format",
+    "log_level",
 ];
 
 /// Whether `host` is syntactically an IP address or a DNS host name (letters, digits, hyphens and dots, labels of
@@ -386,6 +407,7 @@ mod tests {
         assert_eq!(config.check_period, Duration::from_millis(1000));
         assert_eq!(config.hold, Duration::from_millis(6000));
         assert!(config.read_your_writes);
+        assert_eq!(config.log_level, None, "RUST_LOG decides unless the file does");
         let off = Config::from_json(r#"{"servers": [{"port": 1}], "read_your_writes": false}"#).unwrap();
         assert!(!off.read_your_writes);
     }
@@ -404,12 +426,16 @@ mod tests {
         assert!(err(r#"{"servers": [{"port": 1}], "status_listen": "127.0.0.1"}"#).contains("`status_listen`"));
         assert!(err(r#"{"servers": [{"port": 1}], "admin_listen": "x y:1"}"#).contains("`admin_listen`"));
         assert!(err(r#"{"servers": [{"port": 1}], "log_format": "xml"}"#).contains("`log_format`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "log_level": "verbose"}"#).contains("`log_level`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "log_level": 3}"#).contains("`log_level`"));
         let ok = Config::from_json(
             r#"{"servers": [{"host": "redis-1.example", "port": 1}], "bind_address": "::1",
-                "status_listen": "[::1]:9121", "admin_listen": "localhost:9122", "log_format": "json"}"#,
+                "status_listen": "[::1]:9121", "admin_listen": "localhost:9122", "log_format": "json",
+                "log_level": "debug"}"#,
         )
         .unwrap();
         assert_eq!(ok.status_listen.as_deref(), Some("[::1]:9121"));
         assert_eq!(ok.log_format, LogFormat::Json);
+        assert_eq!(ok.log_level, Some(Level::Debug));
     }
 }

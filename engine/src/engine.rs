@@ -882,7 +882,8 @@ impl Engine {
                 let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
-                self.monitor.send_replicaof(now, target, None, &mut self.pool, &mut self.out);
+                let why = "promoting it: a planned switchover".to_string();
+                self.monitor.send_replicaof(now, target, None, why, &mut self.pool, &mut self.out);
                 return;
             }
         }
@@ -932,10 +933,13 @@ impl Engine {
                     let address = self.monitor.address(candidate).clone();
                     self.history.chose(&address, &reason);
                     self.out.event(Event::PromotionStarted { address, reason });
-                    self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
+                    let why = "promoting it: the master is lost".to_string();
+                    self.monitor.send_replicaof(now, candidate, None, why, &mut self.pool, &mut self.out);
                 }
                 Decision::Repoint { server, master } => {
-                    self.monitor.send_replicaof(now, server, Some(master), &mut self.pool, &mut self.out)
+                    let views = self.monitor.views();
+                    let why = views[server.0].misplacement(&views[master.0].address);
+                    self.monitor.send_replicaof(now, server, Some(master), why, &mut self.pool, &mut self.out)
                 }
             }
         }

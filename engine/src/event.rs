@@ -127,6 +127,8 @@ pub enum Event {
         address: ServerAddress,
         /// Its new master (None: `NO ONE`).
         master: Option<ServerAddress>,
+        /// Why it was sent.
+        reason: String,
     },
     /// A server answered a `REPLICAOF` or `SCRIPT KILL` the proxy sent.
     CommandAnswered {
@@ -237,10 +239,12 @@ impl fmt::Display for Event {
             Event::PromotionStarted { address, reason } => {
                 write!(f, "failover: promoting {address} (REPLICAOF NO ONE); chosen by {reason}")
             }
-            Event::ReplicaOfSent { address, master: Some(master) } => {
-                write!(f, "sent REPLICAOF {} {} to {address}", master.host, master.port)
+            Event::ReplicaOfSent { address, master: Some(master), reason } => {
+                write!(f, "sent REPLICAOF {} {} to {address}: {reason}", master.host, master.port)
             }
-            Event::ReplicaOfSent { address, master: None } => write!(f, "sent REPLICAOF NO ONE to {address}"),
+            Event::ReplicaOfSent { address, master: None, reason } => {
+                write!(f, "sent REPLICAOF NO ONE to {address}: {reason}")
+            }
             Event::CommandAnswered { address, command, reply } => write!(f, "{address} answered {command}: {reply}"),
             Event::BackendLost { address, reason, failed_requests } => {
                 write!(

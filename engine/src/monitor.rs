@@ -225,12 +225,14 @@ impl Monitor {
         pool.send(conn, &[Waiter::Probe(probe)], Bytes::from_static(INFO_REPLICATION), out);
     }
 
-    /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection.
+    /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection;
+    /// `reason` is for the log.
     pub(crate) fn send_replicaof(
         &mut self,
         now: Instant,
         server: ServerId,
         master: Option<ServerId>,
+        reason: String,
         pool: &mut Pool,
         out: &mut Outbox,
     ) {
@@ -248,7 +250,7 @@ impl Monitor {
         pool.send(conn, &[Waiter::Probe(Probe::Info)], Bytes::from_static(INFO), out);
         self.views[server.0].probe_pending_since.get_or_insert(now);
         let address = self.views[server.0].address.clone();
-        out.event(Event::ReplicaOfSent { address, master: target });
+        out.event(Event::ReplicaOfSent { address, master: target, reason });
     }
 
     /// A probe reply from `server`.

@@ -239,6 +239,17 @@ impl ServerView {
         !self.is_down() && !self.draining && self.info.as_ref().is_some_and(|i| i.role == Some(role) && !i.loading)
     }
 
+    /// Why this server, which does not replicate `master`, must be re-pointed to it: for the log.
+    pub(crate) fn misplacement(&self, master: &ServerAddress) -> String {
+        match self.info.as_ref().map(|i| (i.role, i.master.as_ref())) {
+            Some((Some(Role::Master), _)) => format!("it reports role master beside the master {master}"),
+            Some((Some(Role::Replica), Some((host, port)))) => {
+                format!("it replicates {host}:{port}, not the master {master}")
+            }
+            _ => format!("it is not a replica of the master {master}"),
+        }
+    }
+
     /// Whether it is up, reports itself a replica, and names `master` as its master.
     pub(crate) fn replicates(&self, master: &ServerAddress) -> bool {
         self.is(Role::Replica)

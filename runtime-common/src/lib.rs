@@ -38,7 +38,7 @@ use std::time::Instant;
 
 /// The `main` of a runtime binary called `program`: reads the command line and the configuration file, answers
 /// `--help`, `--version` and `--check`, logs the configuration's warnings, then runs `run` with the configuration
-/// and a logger set by `RUST_LOG`. Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
+/// and a logger set by its `log_level` (else `RUST_LOG`). Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
 /// configuration.
 pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Result<()>) -> ExitCode {
     let (config, path) = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
@@ -49,7 +49,7 @@ pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Resul
             return ExitCode::from(code);
         }
     };
-    let logger = Logger::from_env(config.log_format);
+    let logger = Logger::from_config(config.log_format, config.log_level);
     for warning in &config.warnings {
         logger.log(Level::Warn, &format!("config: {warning}"));
     }
@@ -63,17 +63,31 @@ pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Resul
 }
 
 /// Re-reads the configuration file at `path` (on `SIGHUP` or `PROXY RELOAD`) and hands it to the engine
-/// ([`Engine::reconfigure`]); logs what changed, or why the new file was refused and the running configuration
-/// kept (unreadable, invalid, or a change that needs a restart). Clients stay connected either way.
+/// ([`Engine::reconfigure`]), then applies its `log_level` to `logger`; logs what changed, or why the new file was
+/// refused and the running configuration kept (unreadable, invalid, or a change that needs a restart). Clients
+/// stay connected either way.
 pub fn reload(engine: &mut Engine, path: &str, logger: &Logger) {
     logger.log(Level::Info, &format!("reload: re-reading {path}"));
     let outcome = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {path}: {error}"))
         .and_then(|text| Config::from_json(&text).map_err(|error| format!("{path}: {error}")))
-        .and_then(|config| engine.reconfigure(Instant::now(), config));
+        .and_then(|config| {
+            let log_level = config.log_level;
+            engine.reconfigure(Instant::now(), config).map(|changes| (changes, log_level))
+        });
     match outcome {
-        Ok(changes) if changes.is_empty() => logger.log(Level::Info, &"reload: applied (no server or mode change)"),
-        Ok(changes) => logger.log(Level::Info, &format!("reload: applied: {}", changes.join(", "))),
+        Ok((mut changes, log_level)) => {
+            let before = logger.level();
+            logger.set_level(log_level);
+            if logger.level() != before {
+                changes.push(format!("log level {before} -> {}", logger.level()));
+            }
+            if changes.is_empty() {
+                logger.log(Level::Info, &"reload: applied (no change)");
+            } else {
+                logger.log(Level::Info, &format!("reload: applied: {}", changes.join(", ")));
+            }
+        }
         Err(reason) => {
             logger.log(Level::Error, &format!("reload refused, the running configuration is kept: {reason}"))
         }

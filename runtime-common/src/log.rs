@@ -1,23 +1,26 @@
 //! Log lines on standard error: a UTC timestamp, the level, the message (as text, or as one JSON object per line
-//! for log shippers: `log_format`); filtered by `RUST_LOG`.
+//! for log shippers: `log_format`); filtered by `log_level`, else `RUST_LOG`.
 
 use crate::cli::log_level;
 use redis_proxy_engine::{Level, LogFormat, ServerAddress};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Writes log lines at or above a level to standard error. Cheap to copy into every task that logs.
-#[derive(Clone, Copy, Debug)]
+/// Writes log lines at or above a level to standard error. Cheap to clone into every task that logs; the clones
+/// share one level, so a reload that changes it reaches them all.
+#[derive(Clone, Debug)]
 pub struct Logger {
-    level: Level,
+    level: Arc<AtomicU8>,
     format: LogFormat,
 }
 
 impl Logger {
     /// A logger of `level` and everything more severe.
     pub fn new(level: Level) -> Logger {
-        Logger { level, format: LogFormat::Text }
+        Logger { level: Arc::new(AtomicU8::new(level as u8)), format: LogFormat::Text }
     }
 
     /// The same logger writing `format`.
@@ -25,14 +28,30 @@ impl Logger {
         Logger { format, ..self }
     }
 
-    /// A logger of the level `RUST_LOG` names (`info` when unset or unknown) writing `format`.
-    pub fn from_env(format: LogFormat) -> Logger {
-        Logger::new(log_level(std::env::var("RUST_LOG").ok().as_deref())).with_format(format)
+    /// A logger writing `format` at `configured` (the config's `log_level`), else at what `RUST_LOG` names
+    /// (`info` when unset or unknown).
+    pub fn from_config(format: LogFormat, configured: Option<Level>) -> Logger {
+        Logger::new(level_or_env(configured)).with_format(format)
+    }
+
+    /// The level lines are filtered at.
+    pub fn level(&self) -> Level {
+        match self.level.load(Ordering::Relaxed) {
+            0 => Level::Error,
+            1 => Level::Warn,
+            2 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+
+    /// Filters at `configured` from now on (`None`: what `RUST_LOG` names), in this logger and all its clones.
+    pub fn set_level(&self, configured: Option<Level>) {
+        self.level.store(level_or_env(configured) as u8, Ordering::Relaxed);
     }
 
     /// Whether a message of `level` would be written (to skip formatting one that would not).
     pub fn enabled(&self, level: Level) -> bool {
-        level <= self.level
+        level as u8 <= self.level.load(Ordering::Relaxed)
     }
 
     /// Writes `message` with the current time, if `level` passes the filter.
@@ -51,6 +70,11 @@ impl Logger {
         let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
         self.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
     }
+}
+
+/// `configured`, else the level `RUST_LOG` names.
+fn level_or_env(configured: Option<Level>) -> Level {
+    configured.unwrap_or_else(|| log_level(std::env::var("RUST_LOG").ok().as_deref()))
 }
 
 /// Formats one log line: `2026-11-24T21:30:00.123Z INFO message` (UTC), for a wall-clock time the runtime read.
@@ -107,5 +131,16 @@ mod tests {
         let logger = Logger::new(Level::Warn);
         assert!(logger.enabled(Level::Error) && logger.enabled(Level::Warn));
         assert!(!logger.enabled(Level::Info) && !logger.enabled(Level::Debug));
+    }
+
+    #[test]
+    fn a_new_level_reaches_every_clone() {
+        let logger = Logger::new(Level::Info);
+        let clone = logger.clone();
+        logger.set_level(Some(Level::Debug));
+        assert!(clone.enabled(Level::Debug));
+        assert_eq!(clone.level(), Level::Debug);
+        clone.set_level(Some(Level::Error));
+        assert!(!logger.enabled(Level::Warn));
     }
 }

@@ -338,7 +338,7 @@ impl Driver {
 
     /// Re-reads the configuration file, if one is set, and applies it (see `runtime_common::reload`).
     fn reload(&mut self) {
-        let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger) else { return };
+        let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger.clone()) else { return };
         redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger);
         self.drain_engine();
     }

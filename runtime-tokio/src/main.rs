@@ -24,14 +24,16 @@ async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let servers = config.servers.clone();
     let mut proxy = Proxy::bind(config).await?;
-    proxy.set_logger(logger);
+    proxy.set_logger(logger.clone());
     proxy.set_config_file(path);
     logger.listening(proxy.local_addr()?, &servers);
     if let Some(address) = proxy.status_addr().transpose()? {
         logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
     }
     let mut events = proxy.subscribe();
+    let event_logger = logger.clone();
     let event_log = tokio::spawn(async move {
+        let logger = event_logger;
         loop {
             match events.recv().await {
                 Ok(event) => logger.log(event.level(), &event),

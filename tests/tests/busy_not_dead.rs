@@ -305,8 +305,10 @@ fn a_sigstop_longer_than_busy_down_after_fails_over_and_the_old_master_is_re_poi
         let log = proxy.log();
         let old = format!("127.0.0.1:{}", all[0]);
         assert!(
-            log.lines().any(|l| l.contains("sent REPLICAOF 127.0.0.1") && l.contains(&old)),
-            "{runtime:?}: no REPLICAOF to the old master in the log:\n{log}"
+            log.lines().any(|l| l.contains("sent REPLICAOF 127.0.0.1")
+                && l.contains(&old)
+                && l.contains("it reports role master beside the master")),
+            "{runtime:?}: no REPLICAOF to the old master, with its reason, in the log:\n{log}"
         );
         // Once synchronised, the old master holds exactly the new master's data.
         let (mut to_new, mut to_old) = (RespConn::connect(new_master), RespConn::connect(all[0]));

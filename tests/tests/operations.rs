@@ -265,7 +265,9 @@ fn sighup_adds_a_replica_from_the_file_and_keeps_the_running_config_when_the_fil
         let config = std::fs::read_to_string(proxy.config_path()).expect("config");
         let old_servers = format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, all[1]);
         let new_servers = format!(r#"{old_servers}, {{"host": "127.0.0.1", "port": {}}}"#, fresh.port);
-        std::fs::write(proxy.config_path(), config.replace(&old_servers, &new_servers)).expect("rewrite");
+        let added = config.replace(&old_servers, &new_servers).replacen('{', r#"{"log_level": "debug", "#, 1);
+        std::fs::write(proxy.config_path(), added).expect("rewrite");
+        assert!(!proxy.log().contains("DEBUG"), "{runtime:?}: RUST_LOG=info, yet debug lines before the reload");
         proxy.signal("HUP");
         let attached = wait_until(CONVERGE, || {
             redis_proxy_tests::replication_role(fresh.port) == Some(("slave".into(), Some(all[0])))
@@ -274,6 +276,12 @@ fn sighup_adds_a_replica_from_the_file_and_keeps_the_running_config_when_the_fil
         let listed = http_get(status_port, "/status.json").expect("status").1;
         assert!(listed.contains(&format!("127.0.0.1:{}", fresh.port)), "{runtime:?}: {listed}");
         assert!(proxy.log().contains("reload: applied: added server"), "{runtime:?}:\n{}", proxy.log());
+        assert!(proxy.log().contains("log level INFO -> DEBUG"), "{runtime:?}:\n{}", proxy.log());
+        assert!(
+            wait_until(CONVERGE, || proxy.log().contains(" DEBUG timer: ")),
+            "{runtime:?}: the reloaded log level did not reach the runtime:\n{}",
+            proxy.log()
+        );
         assert_eq!(client.call(&[b"GET", b"before"]), redis_proxy_tests::bulk(b"1"), "{runtime:?}: client kept");
 
         std::fs::write(proxy.config_path(), "{ not json").expect("rewrite");
