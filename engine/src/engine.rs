@@ -16,6 +16,7 @@ use crate::event::Event;
 use crate::failover::{Decision, Failover};
 use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome};
+use crate::offset_poll::PollSchedule;
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
@@ -92,7 +93,7 @@ struct Switchover {
     /// When the master had no request of a client in flight any more: offsets read after it count.
     drained_at: Option<Instant>,
     /// When to ask for the offsets again.
-    next_poll: Instant,
+    poll: PollSchedule,
 }
 
 /// How often a planned switchover asks the master and its target for their offsets.
@@ -254,7 +255,7 @@ impl Engine {
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
-            self.switchover.as_ref().map(|s| (s.next_poll, TimerReason::Switchover)),
+            self.switchover.as_ref().and_then(|s| s.poll.next()).map(|at| (at, TimerReason::Switchover)),
         ]
         .into_iter()
         .flatten()
@@ -851,8 +852,8 @@ impl Engine {
         let (from, to) = (self.monitor.address(master).clone(), self.monitor.address(target).clone());
         self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
         self.out.event(Event::SwitchoverStarted { from, to });
-        self.switchover =
-            Some(Switchover { admin: (conn, seq), target, started: now, drained_at: None, next_poll: now });
+        let poll = PollSchedule::default();
+        self.switchover = Some(Switchover { admin: (conn, seq), target, started: now, drained_at: None, poll });
         self.advance_switchover(now);
         Ok(())
     }
@@ -862,10 +863,7 @@ impl Engine {
     fn advance_switchover(&mut self, now: Instant) {
         let Some((master, target)) = self.failover.switching() else { return };
         let Some(switchover) = self.switchover.as_mut() else { return };
-        let due = now >= switchover.next_poll;
-        if due {
-            switchover.next_poll = now + SWITCHOVER_POLL;
-        }
+        let due = switchover.poll.due(now, true, SWITCHOVER_POLL);
         // Requests already sent run to the end: their writes are acknowledged, so they must be on the target too.
         if self.pool.in_flight(master) > 0 {
             return;

@@ -11,6 +11,7 @@
 //! come from, then that offset. Engine-wide, [`FencePoll`] keeps the offsets fresh while any fence may still be
 //! waiting for them.
 
+use crate::offset_poll::PollSchedule;
 use crate::topology::{ServerId, ServerView};
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,7 @@ pub(crate) struct FencePoll {
     needs_serial: Option<u64>,
     /// Poll until then (the last write's reply + [`POLL_FOR`]).
     until: Option<Instant>,
-    next_poll: Option<Instant>,
+    schedule: PollSchedule,
 }
 
 impl FencePoll {
@@ -106,20 +107,16 @@ impl FencePoll {
     pub(crate) fn poll_due(&mut self, now: Instant, views: &[ServerView], master: Option<ServerId>) -> bool {
         let active = self.until.is_some_and(|until| now < until) && !self.settled(views, master);
         if !active {
-            *self = FencePoll::default();
-            return false;
+            self.needs_serial = None;
+            self.until = None;
         }
-        if self.next_poll.is_some_and(|at| now < at) {
-            return false;
-        }
-        self.next_poll = Some(now + POLL_EVERY);
-        true
+        self.schedule.due(now, active, POLL_EVERY)
     }
 
     /// When the next poll is due, while polling.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         // Polling ends at `until`; the poll at or after it notices and stops.
-        self.next_poll
+        self.schedule.next()
     }
 
     /// Whether the master's offset covering the newest answered write is known and every routable replica of it

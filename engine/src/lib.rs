@@ -78,6 +78,7 @@
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
+//! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
@@ -105,6 +106,7 @@ mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod monitor;
+mod offset_poll;
 mod pool;
 #[cfg(test)]
 mod request_path_tests;

@@ -11,6 +11,7 @@
 //! have been lost with it, and no replica of the new master can vouch for them: that `WAIT` answers 0.
 
 use crate::conn::ConnId;
+use crate::offset_poll::PollSchedule;
 use crate::topology::{addresses_match, ReplicationInfo, Role, ServerId, ServerView};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ pub(crate) struct WaitDone {
 #[derive(Default)]
 pub(crate) struct Waits {
     pending: Vec<PendingWait>,
-    next_poll: Option<Instant>,
+    schedule: PollSchedule,
 }
 
 impl Waits {
@@ -67,21 +68,13 @@ impl Waits {
 
     /// Whether the offsets should be read now (and the next poll is scheduled).
     pub(crate) fn poll_due(&mut self, now: Instant) -> bool {
-        if self.pending.is_empty() {
-            self.next_poll = None;
-            return false;
-        }
-        if self.next_poll.is_some_and(|at| now < at) {
-            return false;
-        }
-        self.next_poll = Some(now + POLL_EVERY);
-        true
+        self.schedule.due(now, !self.pending.is_empty(), POLL_EVERY)
     }
 
     /// When a `WAIT` next needs attention: a poll or a timeout.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let timeouts = self.pending.iter().filter_map(|w| w.deadline);
-        timeouts.chain(self.next_poll).min()
+        timeouts.chain(self.schedule.next()).min()
     }
 
     /// Answers every `WAIT` that has its replicas, or whose time is up, or whose client is gone (`alive` says);
