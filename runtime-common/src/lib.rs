@@ -69,7 +69,7 @@ pub fn reload(engine: &mut Engine, path: &str, logger: &Logger) {
     logger.log(Level::Info, &format!("reload: re-reading {path}"));
     let outcome = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {path}: {error}"))
-        .and_then(|text| Config::from_json(&text).map_err(|error| format!("{path}: {error}")))
+        .and_then(|text| cli::load_config(&text).map_err(|error| format!("{path}: {error}")))
         .and_then(|config| engine.reconfigure(Instant::now(), config));
     match outcome {
         Ok(changes) if changes.is_empty() => logger.log(Level::Info, &"reload: applied (no server or mode change)"),
