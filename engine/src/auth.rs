@@ -162,6 +162,11 @@ impl ClientAuth {
 
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
     fn hello(&mut self, users: &Users, request: &Request) -> Verdict {
+        if request.arg(1).is_some_and(|version| version.eq_ignore_ascii_case(b"auth")) {
+            // `HELLO AUTH user pass` lacks the version; Redis refuses it, and its password must not reach a server.
+            let message = "ERR Protocol version is not an integer or out of range";
+            return Verdict::Handle(Handling::Refuse(message.to_string()));
+        }
         let Some(at) = hello_auth_position(request) else {
             return match self.anonymous {
                 true => Verdict::Handle(Handling::Refuse(HELLO_NOAUTH.to_string())),
@@ -326,6 +331,8 @@ mod tests {
         assert_eq!(rewritten, Some(Handling::Local(Bytes::from_static(b"hello 3 SETNAME app"))));
         assert!(auth.is_admin() && !auth.restricted());
         assert_eq!(check(&mut auth, &users, &["HELLO", "2"]), None);
+        let versionless = check(&mut auth, &users, &["HELLO", "AUTH", "ops", "ops-pass"]);
+        assert_eq!(versionless, refused("ERR Protocol version is not an integer or out of range"));
     }
 
     #[test]
@@ -418,7 +425,9 @@ mod engine_tests {
         }
         assert_eq!(refusals, 1, "said once, not at every probe");
         assert_eq!(kit.engine.master(), None, "nothing is routed to it");
-        assert_eq!(kit.engine.status(kit.clock.now()).servers[0].health, Health::Up, "it answers: not down");
+        let status = kit.engine.status(kit.clock.now());
+        assert_eq!(status.servers[0].health, Health::Up, "it answers: not down");
+        assert!(status.servers[0].why.contains("refuses the proxy's credentials"), "{}", status.servers[0].why);
     }
 
     #[test]

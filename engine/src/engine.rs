@@ -205,7 +205,11 @@ impl Engine {
                     role: info.and_then(|i| i.role),
                     routed_master: master == Some(ServerId(index)),
                     health: view.health,
-                    why: view.why,
+                    why: if view.auth_refused {
+                        "it refuses the proxy's credentials (WRONGPASS or NOAUTH): see server_auth"
+                    } else {
+                        view.why
+                    },
                     repl_offset: info.map(|i| i.repl_offset),
                     lag_bytes: master_offset
                         .zip(info.filter(|_| replica))
