@@ -457,6 +457,17 @@ mod engine_tests {
     }
 
     #[test]
+    fn a_server_entry_s_own_credentials_replace_server_auth() {
+        let mut config = with_server_password(1, "wrong");
+        let own = Credentials { username: None, password: PasswordSource::Plain(Secret::new("pw")) };
+        config.server_auth_overrides = vec![(config.servers[0].clone(), own)];
+        let mut kit = Driver::new(config);
+        kit.probe_round(&mut [FakeServer::master(7000).with_password("pw")]);
+        assert_eq!(kit.engine.master(), Some(&kit.config.servers[0]));
+        assert!(!kit.events().iter().any(|e| matches!(e, Event::ServerAuthRefused { .. })));
+    }
+
+    #[test]
     fn a_replica_is_given_the_masters_credentials_before_it_is_pointed_at_it() {
         let mut kit = Driver::new(with_server_password(2, "pw"));
         let elsewhere = ServerAddress { host: "127.0.0.1".into(), port: 7999 };
