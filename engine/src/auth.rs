@@ -79,6 +79,8 @@ impl Users {
 /// What a client is allowed, as its authentication left it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ClientAuth {
+    /// `anonymous` or read-only: its requests need the check (one flag, so the hot path tests one byte).
+    restricted: bool,
     /// It must authenticate before anything else.
     anonymous: bool,
     /// The user it authenticated as, if it is read-only (named in the `NOPERM` reply).
@@ -100,13 +102,14 @@ pub(crate) enum Verdict {
 impl ClientAuth {
     /// A new client's standing: anonymous if `users` requires authentication.
     pub(crate) fn new(users: &Users) -> ClientAuth {
-        ClientAuth { anonymous: users.required(), readonly_user: None, admin: false }
+        let anonymous = users.required();
+        ClientAuth { restricted: anonymous, anonymous, readonly_user: None, admin: false }
     }
 
     /// Whether a request of this client needs a closer look than its command name (the hot path skips it).
     #[inline]
     pub(crate) fn restricted(&self) -> bool {
-        self.anonymous || self.readonly_user.is_some()
+        self.restricted
     }
 
     /// Whether it authenticated as an admin user (it may send `PROXY ...`).
@@ -193,6 +196,7 @@ impl ClientAuth {
         }
         let Some(user) = users.check(name, password) else { return false };
         *self = ClientAuth {
+            restricted: user.readonly,
             anonymous: false,
             readonly_user: user.readonly.then(|| user.name.clone().into_boxed_str()),
             admin: user.admin,
