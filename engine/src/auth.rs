@@ -461,6 +461,14 @@ mod engine_tests {
     }
 
     #[test]
+    fn a_server_without_a_password_is_usable_with_server_auth_configured() {
+        let mut kit = Driver::new(with_server_password(1, "pw"));
+        kit.probe_round(&mut [FakeServer::master(7000)]);
+        assert_eq!(kit.engine.master(), Some(&kit.config.servers[0]));
+        assert!(!kit.events().iter().any(|e| matches!(e, Event::ServerAuthRefused { .. })));
+    }
+
+    #[test]
     fn a_server_entry_s_own_credentials_replace_server_auth() {
         let mut config = with_server_password(1, "wrong");
         let own = Credentials { username: None, password: PasswordSource::Plain(Secret::new("pw")) };

@@ -361,10 +361,12 @@ impl Monitor {
         }
     }
 
-    /// The reply to the `AUTH` a connection to `server` started with: an error means the credentials are wrong.
-    /// Returns whether that made the server usable again.
+    /// The reply to the `AUTH` a connection to `server` started with: `-WRONGPASS` means the credentials are
+    /// wrong. (A server without any password answers a bare `AUTH` with `-ERR ... without any password
+    /// configured`, and the connection works: that is no refusal.) Returns whether that made the server usable
+    /// again.
     pub(crate) fn auth_reply(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) -> bool {
-        if frame.first() == Some(&b'-') {
+        if auth::is_auth_error(frame) {
             self.credentials_refused(server, frame, out);
             false
         } else {

@@ -1,5 +1,6 @@
-//! Backend connections: shared pipelined ones per server, private ones (RESET before reuse), probe connections,
-//! the FIFO that matches each connection's replies to their requests, and what is left when one is lost.
+//! Backend connections: shared pipelined ones per server, private ones (RESET before reuse, then AUTH again if the
+//! server has credentials), probe connections, the FIFO that matches each connection's replies to their requests,
+//! and what is left when one is lost.
 
 use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};

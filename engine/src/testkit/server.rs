@@ -190,6 +190,10 @@ impl FakeServer {
                     self.authenticated = true;
                     Bytes::from_static(b"+OK\r\n")
                 }
+                (None, _) => Bytes::from_static(
+                    b"-ERR AUTH <password> called without any password configured for the default user. Are you \
+                      sure your configuration is correct?\r\n",
+                ),
                 _ => Bytes::from_static(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
             },
             _ if self.password.is_some() && !self.authenticated => {
