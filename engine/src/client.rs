@@ -1,6 +1,7 @@
 //! Client connections: each client's reply slots in request order, the requests it has waiting (held), its
 //! backpressure, pass-through, and the end of its life. Nothing here chooses a server or a backend connection.
 
+use crate::auth::{ClientAuth, Users, Verdict};
 use crate::command::{self, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
@@ -63,6 +64,8 @@ pub(crate) struct Departed {
 struct Client {
     scanner: RequestScanner,
     session: Session,
+    /// What its authentication allows it.
+    auth: ClientAuth,
     /// Replies in request order; None while awaited. The front is request number `first_seq`.
     slots: VecDeque<Option<Bytes>>,
     first_seq: u64,
@@ -137,6 +140,7 @@ struct ClientLimits {
     hold: Duration,
     hold_max_bytes: usize,
     allow_topology_commands: bool,
+    users: Users,
 }
 
 impl ClientLimits {
@@ -150,6 +154,7 @@ impl ClientLimits {
             hold: config.hold,
             hold_max_bytes: config.hold_max_bytes,
             allow_topology_commands: config.allow_topology_commands,
+            users: Users::new(&config.client_users),
         }
     }
 }
@@ -185,6 +190,7 @@ impl Clients {
         let conn = self.conns.insert(Client {
             scanner: RequestScanner::new(self.config.limits),
             session: Session::default(),
+            auth: ClientAuth::new(&self.config.users),
             slots: VecDeque::new(),
             first_seq: 0,
             held: VecDeque::new(),
@@ -245,7 +251,22 @@ impl Clients {
                 continue;
             }
             let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
+            let mut request = request;
             let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
+            if client.auth.restricted() || spec.is_some_and(|s| s.flags.contains(command::CommandFlags::NO_AUTH)) {
+                match client.auth.check(&self.config.users, &request, spec) {
+                    Verdict::Pass => {}
+                    Verdict::Rewritten(rewritten) => request = rewritten,
+                    Verdict::Handle(handling) => {
+                        // Redis fails EXEC of a transaction in which it refused a command while queuing.
+                        if matches!(handling, Handling::Refuse(_)) {
+                            client.session.multi_refused |= client.session.in_multi;
+                        }
+                        let resp3 = client.session.resp3;
+                        return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
+                    }
+                }
+            }
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
             let resp3 = client.session.resp3;
             return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
@@ -507,6 +528,11 @@ impl Clients {
     /// now starting covers it.
     pub(crate) fn take_unconfirmed_writes(&mut self, conn: ConnId) -> Option<u64> {
         self.conns.get_mut(conn)?.unconfirmed_writes_since.take()
+    }
+
+    /// Whether `conn` authenticated as an admin user.
+    pub(crate) fn is_admin_user(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.auth.is_admin())
     }
 
     /// Whether `conn` is a connected client.

@@ -48,6 +48,73 @@ impl fmt::Display for ServerAddress {
     }
 }
 
+/// A password or other secret: never printed (its `Debug` says `<redacted>`), compared only through digests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// A secret holding `bytes`.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Secret {
+        Secret(bytes.into())
+    }
+
+    /// The secret's bytes, for the one place that must send them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a password comes from. The engine reads no file and no environment: a runtime turns `File` and `Env`
+/// into `Plain` with [`Config::resolve_secrets`] before it hands the configuration over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// Given in the configuration (`"password"`), or read from where one of the others pointed.
+    Plain(Secret),
+    /// The SHA-256 of the password (`"password_sha256"`, 64 hex digits, as Redis ACL's `#<hash>`): client users only.
+    Sha256([u8; 32]),
+    /// The contents of this file, one trailing newline removed (`"password_file"`).
+    File(String),
+    /// The value of this environment variable (`"password_env"`).
+    Env(String),
+}
+
+/// Where [`Config::resolve_secrets`] asks the runtime to read a secret from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretLocation<'a> {
+    /// A file path.
+    File(&'a str),
+    /// An environment variable name.
+    Env(&'a str),
+}
+
+/// The credentials the proxy presents to a server (`server_auth`): `AUTH [username] password`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The ACL user (None: Redis's `default` user, as with `requirepass`).
+    pub username: Option<String>,
+    /// The password.
+    pub password: PasswordSource,
+}
+
+/// A user clients authenticate as at the proxy (`client_users`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientUser {
+    /// The name for `AUTH name password`; `default` is the user a bare `AUTH password` logs into.
+    pub name: String,
+    /// The password.
+    pub password: PasswordSource,
+    /// Every write is refused with Redis's `-NOPERM` (`readonly`, default false).
+    pub readonly: bool,
+    /// May send the `PROXY ...` admin commands on any listener (`admin`, default false).
+    pub admin: bool,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -110,6 +177,15 @@ pub struct Config {
     /// Which log lines are written (`log_level`: `"error"`, `"warn"`, `"info"` or `"debug"`; default: what
     /// `RUST_LOG` names, else `"info"`). Unlike `RUST_LOG`, it changes on reload.
     pub log_level: Option<Level>,
+    /// The credentials for every server (`server_auth`; default: none, nothing is sent).
+    pub server_auth: Option<Credentials>,
+    /// Per-server credentials that replace `server_auth` (a `"server_auth"` object inside a `servers` entry).
+    pub server_auth_overrides: Vec<(ServerAddress, Credentials)>,
+    /// The users clients must authenticate as (`client_users`; default: none, every client is let in).
+    pub client_users: Vec<ClientUser>,
+    /// Refuse to listen on an address other than loopback without `client_users` (`protected_mode`, default
+    /// true, as Redis has it).
+    pub protected_mode: bool,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -173,7 +249,10 @@ impl Config {
                 return Err(error(format!("unknown field `{key}` (known fields: {})", KNOWN_FIELDS.join(", "))));
             }
         }
-        let servers = parse_servers(map.get("servers"))?;
+        let (servers, server_auth_overrides) = parse_servers(map.get("servers"))?;
+        let server_auth = map.get("server_auth").map(|v| parse_credentials(v, "server_auth")).transpose()?;
+        let client_users = parse_client_users(map.get("client_users"))?;
+        let protected_mode = get_bool(&map, "protected_mode", true)?;
         let listen_port = match map.get("listen_port") {
             None => 9999,
             Some(value) => port(value, "listen_port")?,
@@ -185,6 +264,13 @@ impl Config {
                 return Err(error(format!("`bind_address`: expected an IP address or a host name, got {other}")))
             }
         };
+        if protected_mode && client_users.is_empty() && !is_loopback(&bind_address) {
+            return Err(error(format!(
+                "protected mode: `bind_address` {bind_address} is not a loopback address and no `client_users` are \
+                 configured, so anyone who reaches the port could use every server behind the proxy. Configure \
+                 `client_users`, bind to 127.0.0.1, or set \"protected_mode\": false if the network is trusted"
+            )));
+        }
         let log_format = match map.get("log_format") {
             None => LogFormat::Text,
             Some(Value::String(s)) if s == "text" => LogFormat::Text,
@@ -252,8 +338,50 @@ impl Config {
             admin_listen: get_listen(&map, "admin_listen")?,
             log_format,
             log_level,
+            server_auth,
+            server_auth_overrides,
+            client_users,
+            protected_mode,
             warnings,
         })
+    }
+
+    /// The credentials the proxy presents to the server at `address`: its own override, else `server_auth`.
+    pub fn server_credentials(&self, address: &ServerAddress) -> Option<&Credentials> {
+        self.server_auth_overrides
+            .iter()
+            .find(|(server, _)| server == address)
+            .map(|(_, credentials)| credentials)
+            .or(self.server_auth.as_ref())
+    }
+
+    /// Replaces every `password_file` and `password_env` with the secret `read` returns for it (the runtime does
+    /// the I/O; the engine never reads files or the environment). The error names the field and the location,
+    /// never a secret.
+    pub fn resolve_secrets<F>(&mut self, mut read: F) -> Result<(), ConfigError>
+    where
+        F: FnMut(SecretLocation<'_>) -> Result<Secret, String>,
+    {
+        let mut resolve = |source: &mut PasswordSource, field: &str| -> Result<(), ConfigError> {
+            let location = match source {
+                PasswordSource::File(path) => SecretLocation::File(path),
+                PasswordSource::Env(name) => SecretLocation::Env(name),
+                PasswordSource::Plain(_) | PasswordSource::Sha256(_) => return Ok(()),
+            };
+            let secret = read(location).map_err(|why| error(format!("`{field}`: {why}")))?;
+            *source = PasswordSource::Plain(secret);
+            Ok(())
+        };
+        if let Some(credentials) = &mut self.server_auth {
+            resolve(&mut credentials.password, "server_auth")?;
+        }
+        for (address, credentials) in &mut self.server_auth_overrides {
+            resolve(&mut credentials.password, &format!("server_auth of {address}"))?;
+        }
+        for user in &mut self.client_users {
+            resolve(&mut user.password, &format!("client_users `{}`", user.name))?;
+        }
+        Ok(())
     }
 
     /// The first field that differs between `self` and `new` and cannot change while the proxy runs (the
@@ -271,6 +399,7 @@ impl Config {
             ("max_bulk_len / max_request_len", self.limits != new.limits),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("log_format", self.log_format != new.log_format),
+            ("protected_mode", self.protected_mode != new.protected_mode),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -311,7 +440,111 @@ const KNOWN_FIELDS: &[&str] = &[
     "admin_listen",
     "log_format",
     "log_level",
+    "server_auth",
+    "client_users",
+    "protected_mode",
 ];
+
+/// Whether `host` names this machine only (a loopback IP address or `localhost`).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The one password field of an object (`password`, `password_file`, `password_env`, and with `sha256`
+/// `password_sha256`).
+fn parse_password(fields: &Map<String, Value>, field: &str, sha256: bool) -> Result<PasswordSource, ConfigError> {
+    let names: &[&str] = if sha256 {
+        &["password", "password_sha256", "password_file", "password_env"]
+    } else {
+        &["password", "password_file", "password_env"]
+    };
+    let given: Vec<&str> = names.iter().copied().filter(|n| fields.contains_key(*n)).collect();
+    let [name] = given[..] else {
+        return Err(error(format!("`{field}`: expected exactly one of {}", names.join(", "))));
+    };
+    // The value is never echoed: it may be the secret itself.
+    let Some(Value::String(text)) = fields.get(name) else {
+        return Err(error(format!("`{field}.{name}`: expected a string")));
+    };
+    match name {
+        "password" => Ok(PasswordSource::Plain(Secret::new(text.as_bytes()))),
+        "password_file" => Ok(PasswordSource::File(text.clone())),
+        "password_env" => Ok(PasswordSource::Env(text.clone())),
+        _ => parse_sha256(text)
+            .map(PasswordSource::Sha256)
+            .ok_or_else(|| error(format!("`{field}.password_sha256`: expected 64 hexadecimal digits"))),
+    }
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut digest = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        digest[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(digest)
+}
+
+/// A `server_auth` object.
+fn parse_credentials(value: &Value, field: &str) -> Result<Credentials, ConfigError> {
+    let Value::Object(fields) = value else {
+        return Err(error(format!(
+            "`{field}`: expected {{\"username\" (optional), \"password\" | \"password_file\" | \"password_env\"}}"
+        )));
+    };
+    if let Some(key) =
+        fields.keys().find(|k| !["username", "password", "password_file", "password_env"].contains(&k.as_str()))
+    {
+        return Err(error(format!("`{field}`: unknown field `{key}`")));
+    }
+    let username = match fields.get("username") {
+        None => None,
+        Some(Value::String(name)) if !name.is_empty() => Some(name.clone()),
+        Some(other) => return Err(error(format!("`{field}.username`: expected a non-empty string, got {other}"))),
+    };
+    Ok(Credentials { username, password: parse_password(fields, field, false)? })
+}
+
+/// The `client_users` list.
+fn parse_client_users(value: Option<&Value>) -> Result<Vec<ClientUser>, ConfigError> {
+    let Some(value) = value else { return Ok(Vec::new()) };
+    let Value::Array(list) = value else {
+        return Err(error("`client_users`: expected a list of {\"name\", \"password\", ...} objects"));
+    };
+    let mut users: Vec<ClientUser> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let field = format!("client_users[{i}]");
+        let Value::Object(fields) = entry else {
+            return Err(error(format!("`{field}`: expected {{\"name\", \"password\", ...}}")));
+        };
+        const KNOWN: &[&str] =
+            &["name", "password", "password_sha256", "password_file", "password_env", "readonly", "admin"];
+        if let Some(key) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(error(format!("`{field}`: unknown field `{key}`")));
+        }
+        let name = match fields.get("name") {
+            Some(Value::String(name)) if !name.is_empty() && !name.contains(|c: char| c.is_whitespace()) => {
+                name.clone()
+            }
+            _ => return Err(error(format!("`{field}.name`: expected a user name without spaces"))),
+        };
+        if users.iter().any(|u| u.name == name) {
+            return Err(error(format!("`{field}`: user `{name}` is listed twice")));
+        }
+        users.push(ClientUser {
+            password: parse_password(fields, &field, true)?,
+            readonly: get_bool(fields, "readonly", false).map_err(|e| error(format!("`{field}`: {e}")))?,
+            admin: get_bool(fields, "admin", false).map_err(|e| error(format!("`{field}`: {e}")))?,
+            name,
+        });
+    }
+    Ok(users)
+}
 
 /// Whether `host` is syntactically an IP address or a DNS host name (letters, digits, hyphens and dots, labels of
 /// 1-63 characters not starting or ending with a hyphen): caught by `--check` rather than when binding fails.
@@ -344,7 +577,10 @@ fn get_listen(map: &Map<String, Value>, field: &str) -> Result<Option<String>, C
     Ok(Some(text.clone()))
 }
 
-fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigError> {
+/// The servers, and the credentials of those whose entry has a `server_auth` of its own.
+type ServerList = (Vec<ServerAddress>, Vec<(ServerAddress, Credentials)>);
+
+fn parse_servers(value: Option<&Value>) -> Result<ServerList, ConfigError> {
     let Some(value) = value else {
         return Err(error("missing field `servers`: list the Redis servers as [{\"host\": ..., \"port\": ...}]"));
     };
@@ -355,11 +591,12 @@ fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigErro
         return Err(error("`servers`: the list is empty; name at least one Redis server"));
     }
     let mut servers = Vec::with_capacity(list.len());
+    let mut overrides = Vec::new();
     for (i, entry) in list.iter().enumerate() {
         let Value::Object(fields) = entry else {
             return Err(error(format!("`servers[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
         };
-        if let Some(key) = fields.keys().find(|k| *k != "host" && *k != "port") {
+        if let Some(key) = fields.keys().find(|k| !["host", "port", "server_auth"].contains(&k.as_str())) {
             return Err(error(format!("`servers[{i}]`: unknown field `{key}`")));
         }
         let host = match fields.get("host") {
@@ -374,9 +611,12 @@ fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigErro
         if servers.contains(&address) {
             return Err(error(format!("`servers[{i}]`: {address} is listed twice")));
         }
+        if let Some(value) = fields.get("server_auth") {
+            overrides.push((address.clone(), parse_credentials(value, &format!("servers[{i}].server_auth"))?));
+        }
         servers.push(address);
     }
-    Ok(servers)
+    Ok((servers, overrides))
 }
 
 #[cfg(test)]
@@ -437,5 +677,54 @@ mod tests {
         assert_eq!(ok.status_listen.as_deref(), Some("[::1]:9121"));
         assert_eq!(ok.log_format, LogFormat::Json);
         assert_eq!(ok.log_level, Some(Level::Debug));
+    }
+
+    #[test]
+    fn credentials_users_and_protected_mode() {
+        let config = Config::from_json(
+            r#"{"servers": [{"port": 1}, {"port": 2, "server_auth": {"username": "u2", "password_env": "PW2"}}],
+                "server_auth": {"password": "pw"}, "bind_address": "0.0.0.0",
+                "client_users": [{"name": "default", "password_file": "/run/secret"},
+                                 {"name": "ro", "password_sha256":
+                                  "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8", "readonly": true}]}"#,
+        )
+        .unwrap();
+        let first = ServerAddress { host: "127.0.0.1".into(), port: 1 };
+        let second = ServerAddress { host: "127.0.0.1".into(), port: 2 };
+        assert_eq!(config.server_credentials(&first).unwrap().password, PasswordSource::Plain(Secret::new("pw")));
+        assert_eq!(config.server_credentials(&second).unwrap().username.as_deref(), Some("u2"));
+        assert!(config.client_users[1].readonly && !config.client_users[1].admin);
+        assert!(!format!("{config:?}").contains("\"pw\""), "Debug shows no secret");
+
+        let mut resolved = config.clone();
+        resolved
+            .resolve_secrets(|location| match location {
+                SecretLocation::Env("PW2") => Ok(Secret::new("from-env")),
+                SecretLocation::File("/run/secret") => Ok(Secret::new("from-file")),
+                other => Err(format!("unexpected {other:?}")),
+            })
+            .unwrap();
+        assert_eq!(
+            resolved.server_credentials(&second).unwrap().password,
+            PasswordSource::Plain(Secret::new("from-env"))
+        );
+        assert_eq!(resolved.client_users[0].password, PasswordSource::Plain(Secret::new("from-file")));
+        let failed = config.clone().resolve_secrets(|_| Err("cannot read /run/secret".to_string())).unwrap_err();
+        assert!(failed.0.contains("cannot read /run/secret"), "{failed}");
+
+        let err = |text: &str| Config::from_json(text).unwrap_err().0;
+        let open = err(r#"{"servers": [{"port": 1}], "bind_address": "0.0.0.0"}"#);
+        assert!(open.contains("protected mode") && open.contains("client_users"), "{open}");
+        assert!(Config::from_json(r#"{"servers": [{"port": 1}], "bind_address": "0.0.0.0", "protected_mode": false}"#)
+            .is_ok());
+        assert!(Config::from_json(r#"{"servers": [{"port": 1}], "bind_address": "::1"}"#).is_ok());
+        let two =
+            err(r#"{"servers": [{"port": 1}], "server_auth": {"password": "secret-value", "password_env": "X"}}"#);
+        assert!(two.contains("exactly one of") && !two.contains("secret-value"), "{two}");
+        assert!(err(r#"{"servers": [{"port": 1}], "client_users": [{"name": "a b", "password": "x"}]}"#)
+            .contains("client_users[0].name"));
+        assert!(err(r#"{"servers": [{"port": 1}], "client_users": [{"name": "a", "password_sha256": "xyz"}]}"#)
+            .contains("64 hexadecimal"));
+        assert!(err(r#"{"servers": [{"port": 1, "server_auth": {"pass": "x"}}]}"#).contains("servers[0].server_auth"));
     }
 }

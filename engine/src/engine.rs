@@ -6,6 +6,7 @@
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
 use crate::admin::{self, AdminCommand};
+use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest};
 use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
@@ -15,7 +16,7 @@ use crate::cursor::{self, Issuer, ScanCall};
 use crate::event::Event;
 use crate::failover::{Decision, Failover};
 use crate::fence::{FencePoll, ReadFloor};
-use crate::monitor::{Monitor, ProbeOutcome};
+use crate::monitor::{Monitor, ProbeOutcome, ReplicaOf};
 use crate::offset_poll::PollSchedule;
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
@@ -104,7 +105,9 @@ impl Engine {
     pub fn new(config: Config, now: Instant) -> Engine {
         Engine {
             clients: Clients::new(&config),
-            pool: Pool::new(&config.servers, config.pool_size, config.limits),
+            pool: Pool::new(&config.servers, config.pool_size, config.limits, |address| {
+                config.server_credentials(address).and_then(auth::auth_request)
+            }),
             monitor: Monitor::new(&config, now),
             failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
             router: Router::new(&config),
@@ -156,6 +159,17 @@ impl Engine {
         if new.mode != self.config.mode {
             changes.push(format!("mode {:?} -> {:?}", self.config.mode, new.mode));
         }
+        if new.server_auth != self.config.server_auth || new.server_auth_overrides != self.config.server_auth_overrides
+        {
+            // New connections log in with the new credentials; open ones stay logged in as they are.
+            for (index, view) in self.monitor.views().iter().enumerate() {
+                self.pool.set_auth(ServerId(index), new.server_credentials(&view.address).and_then(auth::auth_request));
+            }
+            changes.push("server credentials (for new connections)".to_string());
+        }
+        if new.client_users != self.config.client_users {
+            changes.push("client users (for new logins)".to_string());
+        }
         self.clients.set_limits(&new);
         self.router = Router::new(&new);
         self.switchover_bound = new.hold / 2;
@@ -192,7 +206,11 @@ impl Engine {
                     role: info.and_then(|i| i.role),
                     routed_master: master == Some(ServerId(index)),
                     health: view.health,
-                    why: view.why,
+                    why: if view.auth_refused {
+                        "it refuses the proxy's credentials (WRONGPASS or NOAUTH): see server_auth"
+                    } else {
+                        view.why
+                    },
                     repl_offset: info.map(|i| i.repl_offset),
                     lag_bytes: master_offset
                         .zip(info.filter(|_| replica))
@@ -355,7 +373,11 @@ impl Engine {
     #[inline(always)]
     fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
-            if held.spec.is_none() && admin::is_proxy_command(&held.request) {
+            // A PROXY command the authentication check refused is answered as any refusal.
+            if held.spec.is_none()
+                && !matches!(held.handling, Handling::Refuse(_))
+                && admin::is_proxy_command(&held.request)
+            {
                 self.admin_command(now, conn, &held);
                 continue;
             }
@@ -612,8 +634,13 @@ impl Engine {
                 }
             };
             if let Some(owner) = owner {
-                if self.pool.skip_ignored(conn) {
-                    continue;
+                match self.pool.take_proxy_waiter(conn) {
+                    Some(Waiter::Auth) => {
+                        self.backend_auth_reply(now, conn, &frame);
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => {}
                 }
                 if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
                     self.clients.push(owner, frame, &mut self.out);
@@ -635,6 +662,7 @@ impl Engine {
                 }
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
+                Some(Waiter::Auth) => self.backend_auth_reply(now, conn, &frame),
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
                     match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
@@ -662,6 +690,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The reply to the `AUTH` a backend connection started with: the monitor learns whether the server takes the
+    /// proxy's credentials; one that takes them again may be what held requests and the failover rules wait for.
+    #[cold]
+    #[inline(never)]
+    fn backend_auth_reply(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
+        let Some(server) = self.pool.server_of(conn) else { return };
+        if self.monitor.auth_reply(server, frame, &mut self.out) {
+            self.evaluate_failover(now);
+            self.run_all_held(now);
+        }
+    }
+
+    /// The `CONFIG SET masterauth` a server needs before it is pointed at `master` (None: no credentials).
+    fn masterauth_for(&self, master: ServerId) -> Option<bytes::Bytes> {
+        let address = self.monitor.address(master);
+        self.config.server_credentials(address).and_then(auth::masterauth_request)
     }
 
     /// Closes the connections to `server` (the probe too unless `keep_probe`); in-flight requests get errors.
@@ -743,8 +789,9 @@ impl Engine {
     /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener).
     fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
         self.out.counters.request(Target::Proxy, Class::Other);
-        if !self.admins.contains(&conn) {
-            let message = "ERR PROXY commands are accepted only on the admin listener (admin_listen)";
+        if !self.admins.contains(&conn) && !self.clients.is_admin_user(conn) {
+            let message = "ERR PROXY commands are accepted only on the admin listener (admin_listen) or from a client \
+                           user with \"admin\": true";
             self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
             return;
         }
@@ -786,7 +833,7 @@ impl Engine {
         if self.monitor.find(&address).is_some() {
             return Err(format!("ERR {address} is already a server of this proxy"));
         }
-        self.pool.add_server(address.clone());
+        self.pool.add_server(address.clone(), self.config.server_credentials(&address).and_then(auth::auth_request));
         self.failover.add_server();
         self.monitor.add_server(now, address.clone(), &mut self.pool, &mut self.out);
         self.out.event(Event::ServerAdded { address });
@@ -881,7 +928,7 @@ impl Engine {
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
                 let why = "promoting it: a planned switchover".to_string();
-                self.monitor.send_replicaof(now, target, None, why, &mut self.pool, &mut self.out);
+                self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
                 return;
             }
         }
@@ -932,12 +979,13 @@ impl Engine {
                     self.history.chose(&address, &reason);
                     self.out.event(Event::PromotionStarted { address, reason });
                     let why = "promoting it: the master is lost".to_string();
-                    self.monitor.send_replicaof(now, candidate, None, why, &mut self.pool, &mut self.out);
+                    self.monitor.send_replicaof(now, candidate, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
                 }
                 Decision::Repoint { server, master } => {
+                    let order = ReplicaOf::Master { master, masterauth: self.masterauth_for(master) };
                     let views = self.monitor.views();
                     let why = views[server.0].misplacement(&views[master.0].address);
-                    self.monitor.send_replicaof(now, server, Some(master), why, &mut self.pool, &mut self.out)
+                    self.monitor.send_replicaof(now, server, order, why, &mut self.pool, &mut self.out)
                 }
             }
         }

@@ -91,6 +91,19 @@ pub enum Event {
         /// The command sent.
         command: &'static str,
     },
+    /// A server refused the proxy's credentials, or wants some and `server_auth` gives none: nothing is routed
+    /// to it, and it is not counted down (it answers). Reported once until it accepts them.
+    ServerAuthRefused {
+        /// The server.
+        address: ServerAddress,
+        /// Its reply (`-WRONGPASS ...`, `-NOAUTH ...`), which holds no secret.
+        reply: String,
+    },
+    /// A server that refused the proxy's credentials accepts them now.
+    ServerAuthAccepted {
+        /// The server.
+        address: ServerAddress,
+    },
     /// A server reported a different role (or master) than before.
     RoleSeen {
         /// The server.
@@ -200,6 +213,7 @@ impl Event {
             Event::ClientProtocolError { .. } | Event::ClientOutputLimit { .. } | Event::ClientRejected { .. } => {
                 Level::Warn
             }
+            Event::ServerAuthRefused { .. } => Level::Error,
             Event::ServerDown { .. }
             | Event::ServerBusy { .. }
             | Event::KillSent { .. }
@@ -230,6 +244,12 @@ impl fmt::Display for Event {
             Event::KillSent { address, command } => {
                 write!(f, "server {address} stayed busy for busy_down_after: sent {command} before failing it over")
             }
+            Event::ServerAuthRefused { address, reply } => write!(
+                f,
+                "server {address} refuses the proxy's credentials ({reply}): check server_auth (username and \
+                 password) against its requirepass or ACL users; nothing is routed to it until it accepts them"
+            ),
+            Event::ServerAuthAccepted { address } => write!(f, "server {address} accepts the proxy's credentials"),
             Event::RoleSeen { address, role, master: Some(master) } => {
                 write!(f, "server {address} reports role {role} of {master}")
             }

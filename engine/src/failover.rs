@@ -280,9 +280,9 @@ impl Failover {
             }
         }
         if let Phase::NoMaster { since } = self.phase {
-            let stale = self
-                .fresh_facts_since
-                .is_some_and(|t| views.iter().any(|v| !v.is_down() && v.info_at.is_none_or(|at| at < t)));
+            let stale = self.fresh_facts_since.is_some_and(|t| {
+                views.iter().any(|v| !v.is_down() && !v.auth_refused && v.info_at.is_none_or(|at| at < t))
+            });
             if stale {
                 return decisions;
             }
@@ -386,11 +386,13 @@ fn facts_complete(views: &[ServerView]) -> bool {
     views.iter().all(|v| v.is_down() || v.info.is_some())
 }
 
-/// Whether every server has reported INFO, is down, or refused the probe's connection: enough to choose among
-/// the masters that exist (a server that cannot be reached now cannot be a better master), without waiting
-/// `down_after` for a server that is plainly not there.
+/// Whether every server has reported INFO, is down, refused the probe's connection or the proxy's credentials:
+/// enough to choose among the masters that exist (a server that cannot be reached or used now cannot be a better
+/// master), without waiting `down_after` for a server that is plainly not there. (A server refusing the
+/// credentials still blocks a promotion, in `facts_complete`: it may be the master, and a wrong password is no
+/// reason to fail over.)
 fn facts_known_or_unreachable(views: &[ServerView]) -> bool {
-    views.iter().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable())
+    views.iter().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable() || v.auth_refused)
 }
 
 /// The master to adopt among servers that already report `role:master`: most attached replicas, then highest

@@ -64,6 +64,7 @@
 //! | module | owns |
 //! |---|---|
 //! | `admin` | the `PROXY` admin commands: parsing and replies (the engine carries them out) |
+//! | `auth` | client authentication (`AUTH`, `HELLO ... AUTH`, read-only users) and the servers' credentials |
 //! | `contract` | [`Input`], [`Action`], [`TimerReason`] and the queue the machines fill |
 //! | `conn` | [`ConnId`]s with generations; the client and backend tables share one id space |
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
@@ -89,6 +90,7 @@
 #![warn(unreachable_pub)]
 
 mod admin;
+mod auth;
 mod client;
 #[cfg(feature = "command-table")]
 pub mod command;
@@ -121,7 +123,10 @@ pub mod testkit;
 mod topology;
 mod wait;
 
-pub use config::{Config, ConfigError, LogFormat, Mode, ServerAddress};
+pub use config::{
+    ClientUser, Config, ConfigError, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation,
+    ServerAddress,
+};
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;

@@ -12,6 +12,7 @@
 //! - unreachable: silent, and knocks time out (host or network gone). Down after `down_after`, once at least one
 //!   knock has confirmed it.
 
+use crate::auth;
 use crate::config::{Config, ServerAddress};
 use crate::conn::ConnId;
 use crate::contract::{Outbox, TimerReason};
@@ -26,6 +27,15 @@ use std::time::{Duration, Instant};
 const PING_AND_INFO: &[u8] = b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nINFO\r\n";
 const INFO: &[u8] = b"*1\r\n$4\r\nINFO\r\n";
 const INFO_REPLICATION: &[u8] = b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n";
+
+/// What a `REPLICAOF` the proxy sends makes of a server.
+pub(crate) enum ReplicaOf {
+    /// `REPLICAOF NO ONE`: a promotion.
+    NoOne,
+    /// `REPLICAOF host port` of `master`, preceded by `masterauth` (the `CONFIG SET` that gives the server the
+    /// master's credentials) if there is one.
+    Master { master: ServerId, masterauth: Option<Bytes> },
+}
 
 /// What a probe reply changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,18 +235,28 @@ impl Monitor {
         pool.send(conn, &[Waiter::Probe(probe)], Bytes::from_static(INFO_REPLICATION), out);
     }
 
-    /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection;
+    /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection,
+    /// preceded by `masterauth` (the `CONFIG SET` that gives it the master's credentials) if there is one;
     /// `reason` is for the log.
     pub(crate) fn send_replicaof(
         &mut self,
         now: Instant,
         server: ServerId,
-        master: Option<ServerId>,
+        order: ReplicaOf,
         reason: String,
         pool: &mut Pool,
         out: &mut Outbox,
     ) {
         let Some(conn) = self.watches[server.0].probe else { return };
+        let master = match order {
+            ReplicaOf::NoOne => None,
+            ReplicaOf::Master { master, masterauth } => {
+                if let Some(request) = masterauth {
+                    pool.send(conn, &[Waiter::Probe(Probe::MasterAuth)], request, out);
+                }
+                Some(master)
+            }
+        };
         let target = master.map(|m| self.views[m.0].address.clone());
         let request = match &target {
             Some(address) => Request::from_args(&[
@@ -306,10 +326,14 @@ impl Monitor {
                     ProbeOutcome::Offset
                 }
             }
-            Probe::ReplicaOf | Probe::Kill => {
+            Probe::ReplicaOf | Probe::Kill | Probe::MasterAuth => {
                 let address = self.views[server.0].address.clone();
                 let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
-                let command = if probe == Probe::Kill { "SCRIPT KILL" } else { "REPLICAOF" };
+                let command = match probe {
+                    Probe::Kill => "SCRIPT KILL",
+                    Probe::MasterAuth => "CONFIG SET masterauth",
+                    _ => "REPLICAOF",
+                };
                 out.event(Event::CommandAnswered { address, command, reply });
                 ProbeOutcome::Nothing
             }
@@ -335,14 +359,57 @@ impl Monitor {
             }
             return ProbeOutcome::Nothing;
         }
+        if auth::is_auth_error(frame) {
+            // It answers, so it is alive and not down; it is just not usable with these credentials.
+            self.answered(now, server, out);
+            self.credentials_refused(server, frame, out);
+            return ProbeOutcome::Nothing;
+        }
         if !(frame.starts_with(b"+PONG") || frame.starts_with(b"-MASTERDOWN")) {
             return ProbeOutcome::Nothing;
         }
+        // The probe connection is logged in (or needs no login).
+        self.credentials_accepted(server, out);
         if self.answered(now, server, out) {
             ProbeOutcome::Recovered
         } else {
             ProbeOutcome::Nothing
         }
+    }
+
+    /// The reply to the `AUTH` a connection to `server` started with: `-WRONGPASS` means the credentials are
+    /// wrong. (A server without any password answers a bare `AUTH` with `-ERR ... without any password
+    /// configured`, and the connection works: that is no refusal.) Returns whether that made the server usable
+    /// again.
+    pub(crate) fn auth_reply(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) -> bool {
+        if auth::is_auth_error(frame) {
+            self.credentials_refused(server, frame, out);
+            false
+        } else {
+            self.credentials_accepted(server, out)
+        }
+    }
+
+    /// `server` refused the proxy's credentials (or has none from it and wants some): not usable, not down. Said
+    /// loudly once, not at every probe.
+    fn credentials_refused(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) {
+        let view = &mut self.views[server.0];
+        view.info = None;
+        if !view.auth_refused {
+            view.auth_refused = true;
+            let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
+            out.event(Event::ServerAuthRefused { address: view.address.clone(), reply });
+        }
+    }
+
+    /// `server` accepted the proxy's credentials: usable again if it was not. Returns whether it was not.
+    fn credentials_accepted(&mut self, server: ServerId, out: &mut Outbox) -> bool {
+        let view = &mut self.views[server.0];
+        let was_refused = std::mem::replace(&mut view.auth_refused, false);
+        if was_refused {
+            out.event(Event::ServerAuthAccepted { address: view.address.clone() });
+        }
+        was_refused
     }
 
     /// `server` gave a valid answer: it is up. Returns whether it was not routable before.

@@ -1,5 +1,6 @@
-//! Backend connections: shared pipelined ones per server, private ones (RESET before reuse), probe connections,
-//! the FIFO that matches each connection's replies to their requests, and what is left when one is lost.
+//! Backend connections: shared pipelined ones per server, private ones (RESET before reuse, then AUTH again if the
+//! server has credentials), probe connections, the FIFO that matches each connection's replies to their requests,
+//! and what is left when one is lost.
 
 use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
@@ -39,6 +40,8 @@ pub(crate) enum Probe {
     ReplicaOf,
     /// `SCRIPT KILL` or `FUNCTION KILL` to a server that stayed busy for `busy_down_after`.
     Kill,
+    /// `CONFIG SET masterauth` before a `REPLICAOF` (the master has credentials).
+    MasterAuth,
     /// `INFO replication` for the replication offset only (for `WAIT` and read fences), sent at that instant with
     /// that serial.
     Offset {
@@ -59,6 +62,9 @@ pub(crate) enum Waiter {
     Ignore,
     /// A probe.
     Probe(Probe),
+    /// The `AUTH` every connection to a server with credentials starts with (and a cleaned private one repeats
+    /// after its `RESET`, which logs it out).
+    Auth,
 }
 
 /// One connection to a server.
@@ -89,6 +95,8 @@ struct ServerConns {
     /// `pool_size` RESP2 slots, then `pool_size` RESP3 slots.
     shared: Vec<Option<ConnId>>,
     idle_private: Vec<ConnId>,
+    /// The `AUTH` request each new connection starts with (`server_auth`), if any.
+    auth: Option<Bytes>,
 }
 
 /// Every backend connection, by server.
@@ -100,20 +108,28 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool with `pool_size` shared slots per protocol (RESP2 and RESP3) for each of `servers`.
-    pub(crate) fn new(servers: &[ServerAddress], pool_size: usize, limits: Limits) -> Pool {
+    /// A pool with `pool_size` shared slots per protocol (RESP2 and RESP3) for each of `servers`, whose
+    /// connections start with the `AUTH` request `auth` gives for their server.
+    pub(crate) fn new(
+        servers: &[ServerAddress],
+        pool_size: usize,
+        limits: Limits,
+        auth: impl Fn(&ServerAddress) -> Option<Bytes>,
+    ) -> Pool {
         let servers = servers
             .iter()
             .map(|address| ServerConns {
                 address: address.clone(),
                 shared: vec![None; 2 * pool_size],
                 idle_private: Vec::new(),
+                auth: auth(address),
             })
             .collect();
         Pool { conns: ConnTable::new(Lane::Backend), servers, limits, pool_size }
     }
 
-    /// Opens a connection to `server`; the runtime reports the outcome.
+    /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
+    /// runtime reports the outcome.
     pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> ConnId {
         let backend = Backend {
             server,
@@ -125,7 +141,22 @@ impl Pool {
         };
         let conn = self.conns.insert(backend);
         out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
+        if purpose != Purpose::Knock {
+            self.authenticate(conn, server, out);
+        }
         conn
+    }
+
+    /// Sends `server`'s `AUTH` on `conn`, if it has credentials.
+    fn authenticate(&mut self, conn: ConnId, server: ServerId, out: &mut Outbox) {
+        if let Some(auth) = self.servers[server.0].auth.clone() {
+            self.send(conn, &[Waiter::Auth], auth, out);
+        }
+    }
+
+    /// Replaces the `AUTH` request of `server`'s new connections (a reload changed `server_auth`).
+    pub(crate) fn set_auth(&mut self, server: ServerId, auth: Option<Bytes>) {
+        self.servers[server.0].auth = auth;
     }
 
     /// The shared connection in `slot` (below `pool_size`) of `server` for RESP2 or `resp3` clients, opened if
@@ -181,7 +212,10 @@ impl Pool {
         }
         backend.purpose = Purpose::Private { owner: None };
         backend.waiters.push_back(Waiter::Reset);
+        let server = backend.server;
         out.send(conn, Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n"));
+        // RESET logged it out: the next owner must find it logged in again.
+        self.authenticate(conn, server, out);
     }
 
     /// A `RESET` reply arrived on `conn`: pool it for reuse if it is clean and goes to the routed `master`.
@@ -190,7 +224,7 @@ impl Pool {
         let server = backend.server;
         let released = backend.purpose == (Purpose::Private { owner: None });
         let reusable = frame == b"+RESET\r\n"
-            && backend.waiters.is_empty()
+            && backend.waiters.iter().all(|w| *w == Waiter::Auth)
             && released
             && self.servers[server.0].idle_private.len() < MAX_IDLE_PRIVATE
             && master == Some(server);
@@ -252,21 +286,22 @@ impl Pool {
             Purpose::Private { owner } => owner,
             _ => None,
         };
-        if backend.raw {
+        // Until its AUTH is answered a connection's replies are still frames (the replication stream follows).
+        if backend.raw && backend.waiters.front() != Some(&Waiter::Auth) {
             return Ok((!buf.is_empty()).then(|| (buf.split().freeze(), owner)));
         }
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
     }
 
-    /// Drops the front waiter of `conn` if it is [`Waiter::Ignore`] (the `HELLO 3` that switched a private
-    /// connection before its client went into pass-through, where replies are not counted); true if it was.
-    pub(crate) fn skip_ignored(&mut self, conn: ConnId) -> bool {
-        let Some(backend) = self.conns.get_mut(conn) else { return false };
-        let ignored = backend.waiters.front() == Some(&Waiter::Ignore);
-        if ignored {
-            backend.waiters.pop_front();
+    /// Drops and returns the front waiter of the private connection `conn` if the proxy itself awaits that reply:
+    /// [`Waiter::Ignore`] (the `HELLO 3` that switched it before its client went into pass-through, where replies
+    /// are not counted) or [`Waiter::Auth`].
+    pub(crate) fn take_proxy_waiter(&mut self, conn: ConnId) -> Option<Waiter> {
+        let backend = self.conns.get_mut(conn)?;
+        match backend.waiters.front() {
+            Some(Waiter::Ignore | Waiter::Auth) => backend.waiters.pop_front(),
+            _ => None,
         }
-        ignored
     }
 
     /// Who the reply that just arrived on `conn` is for (None: nobody asked; the connection is out of step). An
@@ -309,10 +344,10 @@ impl Pool {
             .sum()
     }
 
-    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload).
-    pub(crate) fn add_server(&mut self, address: ServerAddress) {
+    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload), whose connections start with `auth`.
+    pub(crate) fn add_server(&mut self, address: ServerAddress, auth: Option<Bytes>) {
         let pool_size = self.servers.first().map_or(1, |s| s.shared.len());
-        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new() });
+        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new(), auth });
     }
 
     /// Forgets `server`, whose connections are all closed; the servers after it move down one id.

@@ -17,7 +17,7 @@ pub(crate) enum Pin {
     /// A private connection while the state lasts (MULTI, WATCH, SELECT of another db, a blocking command);
     /// released (after `RESET`) once the state ends.
     Transient,
-    /// A private connection until the client leaves (AUTH, HELLO, CLIENT SETNAME ...).
+    /// A private connection until the client leaves (HELLO with SETNAME, CLIENT ID ...).
     Sticky,
     /// A private connection until the client leaves, whose every frame is passed straight to the client because
     /// the server pushes frames no request asked for (SUBSCRIBE family, MONITOR, CLIENT TRACKING/REPLY).
@@ -247,7 +247,8 @@ impl Session {
             }
             // `HELLO [2|3]` alone changes nothing but the protocol: the client moves to the shared connections of
             // that protocol, where the same HELLO (a no-op there) gets the server's own answer (server, version,
-            // proto, id, mode, role, modules) in that protocol. With AUTH or SETNAME it needs a connection of its own.
+            // proto, id, mode, role, modules) in that protocol. With SETNAME it needs a connection of its own. (Its
+            // AUTH option is the proxy's: `auth` takes it off before the session sees the request.)
             "hello" => {
                 match arg1 {
                     Some(b"2") => self.resp3 = false,
@@ -300,8 +301,8 @@ impl Session {
                 return Handling::Local(setinfo_reply(request.arg(2).unwrap_or_default(), request.arg(3)));
             }
             // What refers to the server-side connection itself: the client must keep that connection.
-            "auth" | "client|setname" | "client|id" | "client|getredir" | "client|no-evict" | "client|no-touch"
-            | "readonly" | "readwrite" => {
+            "client|setname" | "client|id" | "client|getredir" | "client|no-evict" | "client|no-touch" | "readonly"
+            | "readwrite" => {
                 self.lasting_pin = self.lasting_pin.max(Some(Pin::Sticky));
                 Pin::Sticky
             }
@@ -409,7 +410,6 @@ const SPECIAL_NAMES: [u32; 26] = {
         "sunsubscribe",
         "monitor",
         "hello",
-        "auth",
         "readonly",
         "readwrite",
         "replicaof",

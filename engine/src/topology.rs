@@ -188,6 +188,9 @@ pub(crate) struct ServerView {
     pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
+    /// It refuses the proxy's credentials (`WRONGPASS`, `NOAUTH`): alive but not usable, so nothing is routed to
+    /// it and it is no master or candidate, yet it is not down (nothing fails over because of it).
+    pub(crate) auth_refused: bool,
 }
 
 impl ServerView {
@@ -207,6 +210,7 @@ impl ServerView {
             offset_seen: None,
             offset_serial: 0,
             probe_pending_since: None,
+            auth_refused: false,
         }
     }
 
@@ -228,9 +232,10 @@ impl ServerView {
         self.health >= Health::Unreachable
     }
 
-    /// Whether requests may be routed to it: nothing but busyness has shown since its last valid probe reply.
+    /// Whether requests may be routed to it: nothing but busyness has shown since its last valid probe reply, and
+    /// it accepts the proxy's credentials.
     pub(crate) fn is_routable(&self) -> bool {
-        self.health <= Health::Busy
+        self.health <= Health::Busy && !self.auth_refused
     }
 
     /// Whether it is up, known to report `role`, and not being removed (a draining server takes no part in

@@ -1,6 +1,6 @@
 //! The command line shared by every runtime binary, and the `RUST_LOG`-style level filter.
 
-use redis_proxy_engine::{Config, Level};
+use redis_proxy_engine::{Config, ConfigError, Level, Secret, SecretLocation};
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ where
     };
     let config = match read_file(&path) {
         Err(error) => return exit(2, String::new(), format!("{program}: cannot read {path}: {error}\n")),
-        Ok(text) => match Config::from_json(&text) {
+        Ok(text) => match load_config(&text) {
             Ok(config) => config,
             Err(error) => return exit(2, String::new(), format!("{program}: {path}: {error}\n")),
         },
@@ -62,6 +62,34 @@ where
     let warnings: String = config.warnings.iter().map(|w| format!("{program}: {path}: warning: {w}\n")).collect();
     let valid = format!("{path}: configuration is valid ({} servers)\n", config.servers.len());
     exit(0, valid, warnings)
+}
+
+/// Parses a configuration and reads the secrets it points at (`password_file`, `password_env`), so that the
+/// engine gets them without doing I/O and `--check` finds a missing file.
+pub fn load_config(text: &str) -> Result<Config, ConfigError> {
+    let mut config = Config::from_json(text)?;
+    config.resolve_secrets(read_secret)?;
+    Ok(config)
+}
+
+/// Reads a secret: a file's contents without one trailing newline (what `echo pw > file` leaves), or an
+/// environment variable's value. Errors name the place, never the contents.
+pub fn read_secret(location: SecretLocation<'_>) -> Result<Secret, String> {
+    let mut bytes = match location {
+        SecretLocation::File(path) => {
+            std::fs::read(path).map_err(|error| format!("cannot read password file {path}: {error}"))?
+        }
+        SecretLocation::Env(name) => std::env::var_os(name)
+            .ok_or_else(|| format!("environment variable {name} is not set"))?
+            .into_encoded_bytes(),
+    };
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(Secret::new(bytes))
 }
 
 /// The usage text for a binary called `program`.
@@ -129,6 +157,21 @@ mod tests {
         let missing = |_: &str| Err(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert!(matches!(startup("p", args(&["c.json"]), missing), Startup::Exit { code: 2, .. }));
         assert!(matches!(startup("p", args(&[]), good), Startup::Exit { code: 2, .. }));
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_the_environment() {
+        let path = std::env::temp_dir().join(format!("redis-proxy-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let file = path.to_str().unwrap();
+        let read = read_secret(SecretLocation::File(file)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read.expose(), b"from-file");
+        let missing = read_secret(SecretLocation::File(file)).unwrap_err();
+        assert!(missing.contains(file), "{missing}");
+        assert!(read_secret(SecretLocation::Env("REDIS_PROXY_TEST_SURELY_UNSET")).is_err());
+        let bad = load_config(r#"{"servers": [{"port": 1}], "server_auth": {"password_file": "/nonexistent/pw"}}"#);
+        assert!(bad.unwrap_err().0.contains("`server_auth`: cannot read password file /nonexistent/pw"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn reload(engine: &mut Engine, path: &str, logger: &Logger) {
     logger.log(Level::Info, &format!("reload: re-reading {path}"));
     let outcome = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {path}: {error}"))
-        .and_then(|text| Config::from_json(&text).map_err(|error| format!("{path}: {error}")))
+        .and_then(|text| cli::load_config(&text).map_err(|error| format!("{path}: {error}")))
         .and_then(|config| {
             let log_level = config.log_level;
             engine.reconfigure(Instant::now(), config).map(|changes| (changes, log_level))

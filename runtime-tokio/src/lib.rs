@@ -85,7 +85,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds `config.bind_address:config.listen_port` (port 0 picks a free port; see [`Proxy::local_addr`]).
-    pub async fn bind(config: Config) -> io::Result<Proxy> {
+    /// Secrets the configuration points at (`password_file`, `password_env`) are read here if they were not yet.
+    pub async fn bind(mut config: Config) -> io::Result<Proxy> {
+        config
+            .resolve_secrets(redis_proxy_runtime_common::cli::read_secret)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let address = tokio::net::lookup_host((config.bind_address.as_str(), config.listen_port))
             .await?
             .next()

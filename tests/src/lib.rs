@@ -193,7 +193,8 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    conn.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    // A server (or proxy) that wants a password answers, which is all this asks.
+    conn.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
 /// Builds the proxy binaries once per test process, in release mode, and returns the directory holding them.
@@ -213,6 +214,11 @@ fn binaries_dir() -> &'static Path {
         assert!(status.success(), "building the proxy binaries failed");
         target.join("release")
     })
+}
+
+/// The proxy binary of `runtime`, built in release mode (for running it with other arguments, e.g. `--check`).
+pub fn binary(runtime: Runtime) -> PathBuf {
+    binaries_dir().join(runtime.binary_name())
 }
 
 /// A proxy process of one runtime with a config written for it, killed by PID on drop.

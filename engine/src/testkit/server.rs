@@ -1,5 +1,5 @@
 //! A fake Redis server for the probe: [`Info`] lays out what `INFO` reports, [`FakeServer`] answers `PING`,
-//! `INFO`, `REPLICAOF` and `RESET` from it.
+//! `INFO`, `REPLICAOF`, `RESET`, `AUTH` and `CONFIG SET` from it.
 
 use crate::config::ServerAddress;
 use crate::resp::bulk_reply;
@@ -128,12 +128,24 @@ pub struct FakeServer {
     pub info: Info,
     /// What arrived and is not a complete request yet.
     received: Vec<u8>,
+    /// The password it requires (`requirepass`), if any.
+    password: Option<Vec<u8>>,
+    /// The probe connection logged in with that password.
+    authenticated: bool,
+    /// The `CONFIG SET masterauth` value it was given last.
+    pub masterauth: Option<Vec<u8>>,
 }
 
 impl FakeServer {
     /// A master on `port` (host 127.0.0.1) with a run id made from the port.
     pub fn master(port: u16) -> FakeServer {
-        FakeServer { info: Info::master(port), received: Vec::new() }
+        FakeServer {
+            info: Info::master(port),
+            received: Vec::new(),
+            password: None,
+            authenticated: false,
+            masterauth: None,
+        }
     }
 
     /// A replica on `port` of the master at `master`, its link up, priority 100.
@@ -156,6 +168,12 @@ impl FakeServer {
         self
     }
 
+    /// Requires `password` (as `requirepass`): before a right `AUTH`, every command gets `-NOAUTH`.
+    pub fn with_password(mut self, password: &str) -> FakeServer {
+        self.password = Some(password.as_bytes().to_vec());
+        self
+    }
+
     /// Sets the run id it reports.
     pub fn with_run_id(mut self, run_id: &str) -> FakeServer {
         self.info.run_id = run_id.to_string();
@@ -167,6 +185,24 @@ impl FakeServer {
         let name = args.first()?.as_ref().to_ascii_uppercase();
         let arg = |i: usize| args.get(i).map(AsRef::as_ref);
         Some(match name.as_slice() {
+            b"AUTH" => match (&self.password, args.last().map(AsRef::as_ref)) {
+                (Some(password), Some(given)) if args.len() <= 3 && password.as_slice() == given => {
+                    self.authenticated = true;
+                    Bytes::from_static(b"+OK\r\n")
+                }
+                (None, _) => Bytes::from_static(
+                    b"-ERR AUTH <password> called without any password configured for the default user. Are you \
+                      sure your configuration is correct?\r\n",
+                ),
+                _ => Bytes::from_static(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+            },
+            _ if self.password.is_some() && !self.authenticated => {
+                Bytes::from_static(b"-NOAUTH Authentication required.\r\n")
+            }
+            b"CONFIG" => {
+                self.masterauth = arg(3).map(<[u8]>::to_vec);
+                Bytes::from_static(b"+OK\r\n")
+            }
             b"PING" if self.info.loading => Bytes::from_static(b"-LOADING Redis is loading the dataset in memory\r\n"),
             b"PING" => Bytes::from_static(b"+PONG\r\n"),
             b"INFO" => self.info.reply(),
