@@ -5,6 +5,7 @@
 //! each with a warning in [`Config::warnings`].
 
 use crate::resp::Limits;
+use crate::tls_config::{parse_client_tls, parse_server_tls, ClientTls, ServerTls};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -106,6 +107,10 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// How log lines are written (`log_format`: `"text"`, the default, or `"json"`, one object per line).
     pub log_format: LogFormat,
+    /// TLS to clients: a TLS listener beside the plain one (`tls`; default: none).
+    pub tls: Option<ClientTls>,
+    /// TLS to the Redis servers, for every connection the proxy opens to them (`server_tls`; default: plain TCP).
+    pub server_tls: Option<ServerTls>,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -146,7 +151,7 @@ fn get_bool(map: &Map<String, Value>, field: &str, default: bool) -> Result<bool
     }
 }
 
-fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
+pub(crate) fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
     value
         .as_u64()
         .filter(|p| (1..=65535).contains(p))
@@ -232,6 +237,8 @@ impl Config {
             status_listen: get_listen(&map, "status_listen")?,
             admin_listen: get_listen(&map, "admin_listen")?,
             log_format,
+            tls: parse_client_tls(map.get("tls"))?,
+            server_tls: parse_server_tls(map.get("server_tls"))?,
             warnings,
         })
     }
@@ -251,6 +258,7 @@ impl Config {
             ("max_bulk_len / max_request_len", self.limits != new.limits),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("log_format", self.log_format != new.log_format),
+            ("tls.port", self.tls.as_ref().map(|t| t.port) != new.tls.as_ref().map(|t| t.port)),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -290,6 +298,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "status_listen",
     "admin_listen",
     "log_format",
+    "tls",
+    "server_tls",
 ];
 
 /// Whether `host` is syntactically an IP address or a DNS host name (letters, digits, hyphens and dots, labels of

@@ -78,6 +78,7 @@
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
+//! | `tls_config` | the `tls` and `server_tls` settings, parsed for the runtimes (no decision depends on them) |
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
@@ -116,6 +117,7 @@ mod sim;
 mod status;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+mod tls_config;
 mod topology;
 mod wait;
 
@@ -129,4 +131,5 @@ pub use status::{
     BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
     Target, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
 };
+pub use tls_config::{ClientTls, ServerTls, SYSTEM_CA_FILE};
 pub use topology::{Health, Role};
