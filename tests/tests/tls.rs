@@ -198,8 +198,7 @@ fn a_failed_tls_handshake_with_a_server_is_a_failed_connect_logged_with_its_reas
         assert_eq!(proxy.connect().call(&[b"PING"]), status("PONG"), "{runtime:?}: the proxy goes on");
         drop(proxy);
         // insecure_skip_verify accepts the same server.
-        let extra = format!(r#""server_tls": {{"insecure_skip_verify": true}}"#);
-        let proxy = Proxy::start(runtime, &[server.port], &extra);
+        let proxy = Proxy::start(runtime, &[server.port], r#""server_tls": {"insecure_skip_verify": true}"#);
         let mut conn = proxy.connect();
         assert!(
             wait_until(Duration::from_secs(10), || conn.call(&[b"SET", b"k", b"v"]) == status("OK")),
