@@ -365,3 +365,170 @@ pub fn flush_closing(closing: &mut Closing, now: Instant, tls: &mut TlsConn, io:
         step => step,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// One direction of an in-memory socket pair: what was written and not yet read, and how much it takes.
+    #[derive(Default)]
+    struct Pipe {
+        bytes: VecDeque<u8>,
+    }
+
+    /// One end of an in-memory non-blocking socket: reads from `inbound`, writes to `outbound` (at most `room`
+    /// bytes per call: a slow socket).
+    struct End<'a> {
+        inbound: &'a mut Pipe,
+        outbound: &'a mut Pipe,
+        room: usize,
+    }
+
+    impl Read for End<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.inbound.bytes.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.inbound.bytes.len());
+            for (slot, byte) in buf.iter_mut().zip(self.inbound.bytes.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for End<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.outbound.bytes.extend(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A CA and a certificate for 127.0.0.1 made with `openssl`, and a config that uses them on both sides.
+    fn setup(name: &str) -> (PathBuf, TlsSetup) {
+        let dir = std::env::temp_dir().join(format!("redis-proxy-tls-unit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let openssl = |args: &str| {
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!("openssl {args}"))
+                .current_dir(&dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run openssl (apt-get install openssl)");
+            assert!(status.success(), "openssl {args}");
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        openssl(&format!(
+            "req -x509 {key} -days 1 -subj /CN=ca -keyout ca.key -out ca.crt \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ));
+        openssl(&format!("req {key} -subj /CN=s -keyout s.key -out s.csr"));
+        std::fs::write(dir.join("s.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").expect("ext");
+        openssl("x509 -req -in s.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -out s.crt -extfile s.ext");
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let config = Config::from_json(&format!(
+            r#"{{"servers": [{{"port": 1}}], "tls": {{"port": 2, "cert_file": "{}", "key_file": "{}"}},
+                "server_tls": {{"ca_file": "{}"}}}}"#,
+            path("s.crt"),
+            path("s.key"),
+            path("ca.crt")
+        ))
+        .expect("valid config");
+        let setup = TlsSetup::load(&config).expect("the files load");
+        (dir, setup)
+    }
+
+    fn server_address() -> ServerAddress {
+        ServerAddress { host: "127.0.0.1".to_string(), port: 1 }
+    }
+
+    #[test]
+    fn carries_data_through_a_slow_socket_and_closes_with_close_notify() {
+        let (dir, setup) = setup("carry");
+        let mut client = setup.connect(&server_address()).expect("server_tls").expect("a connection");
+        let mut server = setup.accept("127.0.0.1:5").expect("tls").expect("a connection");
+        let (mut to_server, mut to_client) = (Pipe::default(), Pipe::default());
+        let mut done = false;
+        for _ in 0..100 {
+            let mut c = End { inbound: &mut to_client, outbound: &mut to_server, room: 100 };
+            done = client.handshake(&mut c).expect("client handshake");
+            let mut s = End { inbound: &mut to_server, outbound: &mut to_client, room: 100 };
+            let _ = server.read(&mut s, &mut BytesMut::new());
+            if done {
+                break;
+            }
+        }
+        assert!(done && !client.is_handshaking());
+        // 1 MiB through a socket that takes 1000 bytes per call: the writer says WouldBlock, never loses bytes.
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (mut sent, mut received) = (0, BytesMut::new());
+        for _ in 0..100_000 {
+            if received.len() == data.len() {
+                break;
+            }
+            let mut c = End { inbound: &mut to_client, outbound: &mut to_server, room: 1000 };
+            match client.write(&mut c, &[IoSlice::new(&data[sent..])]) {
+                Ok(n) => sent += n,
+                Err(error) => assert_eq!(error.kind(), io::ErrorKind::WouldBlock),
+            }
+            let _ = client.flush(&mut c);
+            let mut s = End { inbound: &mut to_server, outbound: &mut to_client, room: 1000 };
+            match server.read(&mut s, &mut received) {
+                Ok(n) => assert!(n > 0, "no end of stream yet"),
+                Err(error) => assert!(matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)),
+            }
+        }
+        assert!(received[..] == data[..], "every byte arrives, in order");
+        let mut c = End { inbound: &mut to_client, outbound: &mut to_server, room: usize::MAX };
+        assert!(client.finish(&mut c).expect("close_notify written"));
+        let mut s = End { inbound: &mut to_server, outbound: &mut to_client, room: usize::MAX };
+        assert_eq!(server.read(&mut s, &mut received).expect("a clean end"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn garbage_is_an_error_that_names_the_peer_never_a_panic() {
+        let (dir, setup) = setup("garbage");
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..200 {
+            let mut server = setup.accept("127.0.0.1:7").expect("tls").expect("a connection");
+            let mut client = setup.connect(&server_address()).expect("server_tls").expect("a connection");
+            let mut inbound = Pipe::default();
+            // Random bytes, some of them behind a valid-looking record header.
+            let len = 1 + (seed % 3000) as usize;
+            for i in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let byte = if round % 2 == 0 && i < 3 { [0x16, 0x03, 0x01][i] } else { seed as u8 };
+                inbound.bytes.push_back(byte);
+            }
+            let copy = inbound.bytes.clone();
+            let mut sink = Pipe::default();
+            let mut end = End { inbound: &mut inbound, outbound: &mut sink, room: usize::MAX };
+            if let Err(error) = server.read(&mut end, &mut BytesMut::new()) {
+                if error.kind() == io::ErrorKind::InvalidData {
+                    assert!(error.to_string().contains("TLS with client 127.0.0.1:7 failed"), "{error}");
+                }
+            }
+            let mut inbound = Pipe { bytes: copy };
+            let mut end = End { inbound: &mut inbound, outbound: &mut sink, room: usize::MAX };
+            if let Err(error) = client.handshake(&mut end) {
+                assert!(error.to_string().contains("TLS with server 127.0.0.1:1 failed"), "{error}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
