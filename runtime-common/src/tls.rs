@@ -23,6 +23,17 @@ use std::time::Instant;
 /// a bound on the work one call does while a peer sends only handshake or empty records.
 const RECORDS_PER_READ: usize = 64;
 
+/// Which listener a client came from: how it speaks (`Tls`) and what it may do (`Admin`: send `PROXY` commands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The plain listener (`listen_port`).
+    Plain,
+    /// The TLS listener (`tls.port`).
+    Tls,
+    /// The admin listener (`admin_listen`).
+    Admin,
+}
+
 /// The loaded TLS configuration: what the client listener presents and what backend connections verify.
 #[derive(Clone, Default)]
 pub struct TlsSetup {
@@ -49,9 +60,9 @@ impl TlsSetup {
         Ok(TlsSetup { acceptor, connector })
     }
 
-    /// A TLS connection for a client accepted on the TLS listener (None when `tls` is not configured).
-    pub fn accept(&self, peer: &str) -> Option<io::Result<TlsConn>> {
-        let config = self.acceptor.as_ref()?;
+    /// A TLS connection for a client accepted from `entry` (None for the plain and admin listeners).
+    pub fn accept(&self, entry: Entry, peer: &str) -> Option<io::Result<TlsConn>> {
+        let config = self.acceptor.as_ref().filter(|_| entry == Entry::Tls)?;
         Some(
             ServerConnection::new(config.clone())
                 .map(|conn| TlsConn::new(Connection::Server(conn), format!("client {peer}")))
@@ -458,7 +469,7 @@ mod tests {
     fn carries_data_through_a_slow_socket_and_closes_with_close_notify() {
         let (dir, setup) = setup("carry");
         let mut client = setup.connect(&server_address()).expect("server_tls").expect("a connection");
-        let mut server = setup.accept("127.0.0.1:5").expect("tls").expect("a connection");
+        let mut server = setup.accept(Entry::Tls, "127.0.0.1:5").expect("tls").expect("a connection");
         let (mut to_server, mut to_client) = (Pipe::default(), Pipe::default());
         let mut done = false;
         for _ in 0..100 {
@@ -503,7 +514,7 @@ mod tests {
         let (dir, setup) = setup("garbage");
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for round in 0..200 {
-            let mut server = setup.accept("127.0.0.1:7").expect("tls").expect("a connection");
+            let mut server = setup.accept(Entry::Tls, "127.0.0.1:7").expect("tls").expect("a connection");
             let mut client = setup.connect(&server_address()).expect("server_tls").expect("a connection");
             let mut inbound = Pipe::default();
             // Random bytes, some of them behind a valid-looking record header.

@@ -7,7 +7,7 @@ use mio::{Events, Interest, Poll, Token};
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, ServerAddress};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
 use redis_proxy_runtime_common::reload as runtime_common_reload;
-use redis_proxy_runtime_common::tls::{self, TlsConn, TlsSetup};
+use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
@@ -106,7 +106,7 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         logger.log(Level::Info, &format!("admin commands (PROXY ...) on {address}"));
     }
     let tls = TlsSetup::load(&config).map_err(io::Error::other)?;
-    let mut tls_listener = match &config.tls {
+    let tls_listener = match &config.tls {
         Some(settings) => {
             let address = SocketAddr::new(address.ip(), settings.port);
             let mut listener = TcpListener::bind(address)
@@ -132,7 +132,7 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         config_path,
         tls,
     };
-    let listeners = Listeners { clients: Some(listener), tls: tls_listener.take(), admin: admin.map(|(l, _)| l) };
+    let listeners = Listeners { clients: Some(listener), tls: tls_listener, admin: admin.map(|(l, _)| l) };
     runtime.event_loop(listeners, signals, status.map(|(l, _)| l))
 }
 
@@ -157,14 +157,6 @@ struct Listeners {
     tls: Option<TcpListener>,
     /// Admin clients (`admin_listen`).
     admin: Option<TcpListener>,
-}
-
-/// Which listener a client came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Plain,
-    Tls,
-    Admin,
 }
 
 impl Runtime {
@@ -342,7 +334,7 @@ impl Runtime {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let tls = match self.tls.accept(&peer.to_string()).filter(|_| entry == Entry::Tls) {
+                    let tls = match self.tls.accept(entry, &peer.to_string()) {
                         None => None,
                         Some(Ok(tls)) => Some(Box::new(tls)),
                         Some(Err(error)) => {
@@ -399,7 +391,10 @@ impl Runtime {
                 Some(tls) => match tls.handshake(&mut &socket.stream) {
                     Ok(true) => Ok(()),
                     Ok(false) => return,
-                    Err(error) => Err(error),
+                    Err(error) => {
+                        self.logger.log(Level::Warn, &error);
+                        Err(error)
+                    }
                 },
             },
             Some(Err(error)) => Err(error),
@@ -417,9 +412,6 @@ impl Runtime {
                 self.flush(id);
             }
             Err(error) => {
-                if error.kind() != io::ErrorKind::ConnectionRefused && socket.tls.is_some() {
-                    self.logger.log(Level::Warn, &error);
-                }
                 self.forget(id);
                 connect_failed(&mut self.engine, Instant::now(), id, &error);
                 self.drain_engine();

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, StatusSnapshot};
 use redis_proxy_runtime_common::http;
-use redis_proxy_runtime_common::tls::{self, TlsConn, TlsSetup};
+use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
@@ -48,8 +48,8 @@ enum Message {
     Writable(ConnId),
     /// A connect the engine asked for succeeded (with its TLS handshake done, under `server_tls`).
     Connected(ConnId, TcpStream, Option<Box<TlsConn>>),
-    /// A connect the engine asked for failed.
-    ConnectFailed(ConnId, io::Error),
+    /// A connect the engine asked for failed (`true`: in its TLS handshake).
+    ConnectFailed(ConnId, io::Error, bool),
 }
 
 /// Aborts its task when dropped, so no task outlives the connection it serves.
@@ -94,14 +94,6 @@ pub(crate) struct Listeners {
     pub(crate) admin: Option<TcpListener>,
     /// TLS clients (`tls`).
     pub(crate) tls: Option<TcpListener>,
-}
-
-/// Which listener a client came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Plain,
-    Tls,
-    Admin,
 }
 
 /// The task that owns the engine.
@@ -280,9 +272,9 @@ impl Driver {
                 self.drain_engine();
                 self.mark_dirty(conn);
             }
-            Message::ConnectFailed(conn, reason) => {
+            Message::ConnectFailed(conn, reason, in_handshake) => {
                 if self.sockets.remove(conn).is_some() {
-                    if self.tls.connector.is_some() && reason.kind() != io::ErrorKind::ConnectionRefused {
+                    if in_handshake {
                         self.log(Level::Warn, &reason);
                     }
                     connect_failed(&mut self.engine, Instant::now(), conn, &reason);
@@ -296,7 +288,7 @@ impl Driver {
     /// the TLS listener, so it speaks TLS).
     fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, entry: Entry) {
         let _ = stream.set_nodelay(true);
-        let tls = match self.tls.accept(&peer.to_string()).filter(|_| entry == Entry::Tls) {
+        let tls = match self.tls.accept(entry, &peer.to_string()) {
             None => None,
             Some(Ok(tls)) => Some(Box::new(tls)),
             Some(Err(error)) => return self.log(Level::Warn, &format!("{error}; connection closed")),
@@ -346,17 +338,19 @@ impl Driver {
                     let tls = self.tls.connect(&address).transpose();
                     let task = tokio::spawn(async move {
                         let connected = async {
-                            let mut tls = tls?.map(Box::new);
-                            let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
+                            let mut tls = tls.map_err(|error| (error, true))?.map(Box::new);
+                            let stream = TcpStream::connect((address.host.as_str(), address.port))
+                                .await
+                                .map_err(|error| (error, false))?;
                             let _ = stream.set_nodelay(true);
                             if let Some(tls) = &mut tls {
-                                tls_handshake(&stream, tls).await?;
+                                tls_handshake(&stream, tls).await.map_err(|error| (error, true))?;
                             }
                             Ok((stream, tls))
                         };
                         let message = match connected.await {
                             Ok((stream, tls)) => Message::Connected(conn, stream, tls),
-                            Err(error) => Message::ConnectFailed(conn, error),
+                            Err((error, in_handshake)) => Message::ConnectFailed(conn, error, in_handshake),
                         };
                         let _ = sender.send(message).await;
                     });
