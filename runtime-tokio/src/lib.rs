@@ -32,6 +32,13 @@
 //! rather than trusting the timer branch, so tokio's cooperative budget (which may make a due timer report
 //! `Pending`) can delay a timeout by at most one turn, never lose it.
 //!
+//! # TLS
+//!
+//! With `tls` or `server_tls` configured, a connection's rustls state
+//! ([`TlsConn`](redis_proxy_runtime_common::TlsConn), shared with the mio runtime) sits behind a mutex held only
+//! for one non-blocking call: the I/O task decrypts what it reads, the engine task encrypts what it writes. A
+//! connection to a server is handed to the engine only once its handshake is done (in the connect task).
+//!
 //! # Which tokio runtime
 //!
 //! Any: the futures are `Send`, so [`Proxy::run`] can be spawned on a multi-thread runtime. The
