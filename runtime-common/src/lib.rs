@@ -78,7 +78,10 @@ pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSet
         .and_then(|text| Config::from_json(&text).map_err(|error| format!("{path}: {error}")))
         .and_then(|config| Ok((TlsSetup::load(&config).map_err(|error| format!("{path}: {error}"))?, config)))
         .and_then(|(setup, config)| {
-            let changes = engine.reconfigure(Instant::now(), config)?;
+            let mut changes = engine.reconfigure(Instant::now(), config)?;
+            if setup.acceptor.is_some() || setup.connector.is_some() {
+                changes.push("TLS files re-read (new connections use them)".to_string());
+            }
             *tls = setup;
             Ok(changes)
         });
