@@ -257,6 +257,7 @@ fn certificates_are_read_again_on_sighup() {
         );
         let (ok, _) = first.cli(tls_port, &[], &["PING"]);
         assert!(!ok, "{runtime:?}: the old CA no longer verifies the proxy");
+        assert!(proxy.log().contains("TLS files re-read"), "{runtime:?}: the reload says so: {}", proxy.log());
     }
 }
 
