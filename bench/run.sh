@@ -13,6 +13,8 @@
 #        redis-proxy  :+12  allToMaster              target/release/redis-proxy, 3 servers
 #        redis-proxy-tokio :+13 allToMaster          only if target/release/redis-proxy-tokio exists
 #        redis-proxy  :+14  readsToSlaves            target/release/redis-proxy, 3 servers
+#        redis-server :+4 TLS only (certificates made with openssl in WORKDIR/tls); redis-proxy :+15 (TLS
+#        listener :+16) and redis-proxy-tokio :+17 (TLS :+18) with server_tls to it
 #      with redis-benchmark on CPU CLI_CPU (0) and every server and proxy on CPU SRV_CPU (1) (PIN=none: no
 #      pinning), so a proxy's CPU cost shows up as lost throughput next to Redis;
 #   3. runs the workloads, targets interleaved (A B C A B C ...) over REPS repetitions:
@@ -23,6 +25,9 @@
 #        rts_get   -t get     -n N       -c 50  -P 1     direct, redis-proxy allToMaster, redis-proxy readsToSlaves
 #        r3_P1     -3 -t set,get -n N    -c 50  -P 1     RESP3 (HELLO 3): direct and the redis-proxy runtimes
 #        r3_P16    -3 -t set,get -n N    -c 50  -P 16    (twemproxy does not speak RESP3)
+#        tls_P1    --tls -t set,get -n N -c 50 -P 1      TLS end to end: direct = a TLS-only redis-server
+#        tls_P16   --tls -t set,get -n N -c 50 -P 16     (:+4); the proxies' TLS listeners in front of it,
+#                                                        with server_tls to it (:+16, tokio :+18)
 #   4. prints medians: requests/s, ratio to direct in the same repetition (median of the per-repetition
 #      ratios), p50/p99 latency (redis-benchmark --csv), and each proxy's CPU per request (utime+stime delta
 #      of its process from /proc/PID/stat over the run, divided by the requests of the run).
@@ -30,7 +35,8 @@
 # Knobs (environment): REPS=3 N=200000 N_P16=$N N_LARGE=$N/20 BASE_PORT=7400 PIN=split|none CLI_CPU=0
 #   SRV_CPU=1 RUN_TIMEOUT=60 BUDGET=900 (seconds of measurement, then the rest is skipped) SKIP_BUILD=0
 #   FOREIGN_MAX=15 (% of a core used by other processes during a run before it is re-run once) WORKDIR
-#   (default: a new /tmp/redis-proxy-bench.XXXXXX, kept: logs, configs, raw CSV).
+#   (default: a new /tmp/redis-proxy-bench.XXXXXX, kept: logs, configs, raw CSV) ONLY (a regular expression:
+#   run only the workloads whose name matches, e.g. ONLY='^(c50_P1|c50_P16|tls_)').
 #
 # Installs redis-server, redis-tools and nutcracker with apt-get when missing and run as root.
 # Everything binds to 127.0.0.1; every process started here is stopped at exit, by PID.
@@ -49,6 +55,7 @@ SRV_CPU=${SRV_CPU:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-60}
 BUDGET=${BUDGET:-900}
 SKIP_BUILD=${SKIP_BUILD:-0}
+ONLY=${ONLY:-}
 FOREIGN_MAX=${FOREIGN_MAX:-15}
 for knob in REPS N N_P16 N_LARGE BASE_PORT RUN_TIMEOUT BUDGET FOREIGN_MAX; do
     [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -gt 0 ] || { echo "$knob must be a positive number" >&2; exit 2; }
@@ -66,6 +73,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v nutcracker >/dev/null || need+=(nutcracker)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v timeout >/dev/null || need+=(coreutils)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} (run as root, or apt-get install them)"
     log "installing ${need[*]}"
@@ -99,6 +107,8 @@ mkdir -p "$W/raw"
 P_MASTER=$((BASE_PORT + 1)) P_R1=$((BASE_PORT + 2)) P_R2=$((BASE_PORT + 3))
 P_TWEM=$((BASE_PORT + 11)) P_TWEM_STATS=$((BASE_PORT + 21))
 P_PROXY=$((BASE_PORT + 12)) P_TOKIO=$((BASE_PORT + 13)) P_RTS=$((BASE_PORT + 14))
+P_TLS_REDIS=$((BASE_PORT + 4)) P_TLS_PROXY=$((BASE_PORT + 15)) P_TLS_PROXY_TLS=$((BASE_PORT + 16))
+P_TLS_TOKIO=$((BASE_PORT + 17)) P_TLS_TOKIO_TLS=$((BASE_PORT + 18))
 
 # ---------------------------------------------------------------- helpers
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -150,7 +160,8 @@ start() { # name command...: starts a pinned background process, logs to $W/name
 }
 
 # ---------------------------------------------------------------- start servers
-for port in "$P_MASTER" "$P_R1" "$P_R2" "$P_TWEM" "$P_TWEM_STATS" "$P_PROXY" "$P_TOKIO" "$P_RTS"; do
+for port in "$P_MASTER" "$P_R1" "$P_R2" "$P_TWEM" "$P_TWEM_STATS" "$P_PROXY" "$P_TOKIO" "$P_RTS" "$P_TLS_REDIS" \
+    "$P_TLS_PROXY" "$P_TLS_PROXY_TLS" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS"; do
     port_open "$port" && die "127.0.0.1:$port is in use; refusing to run (set BASE_PORT to move every port)"
 done
 start_redis() { # port [args]
@@ -214,6 +225,46 @@ rts_spread() {
 wait_for 10 rts_spread || log "WARNING: readsToSlaves did not send GETs to both replicas within 10 s"
 log "twemproxy :$P_TWEM (pid $TWEM_PID), redis-proxy :$P_PROXY (pid $PROXY_PID),${TOKIO_PID:+ redis-proxy-tokio :$P_TOKIO (pid $TOKIO_PID),} readsToSlaves :$P_RTS (pid $RTS_PID)"
 
+# TLS: a CA and one certificate for 127.0.0.1 (P-256), a TLS-only redis-server, and a proxy of each runtime with
+# a TLS listener in front of it and server_tls to it.
+T=$W/tls
+mkdir -p "$T"
+{
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
+        -keyout "$T/ca.key" -out "$T/ca.crt" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$T/server.key" -out "$T/server.csr" &&
+    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' \
+        >"$T/server.ext" &&
+    openssl x509 -req -in "$T/server.csr" -CA "$T/ca.crt" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
+        -out "$T/server.crt" -extfile "$T/server.ext"
+} >"$W/openssl.log" 2>&1 || die "openssl could not make the test certificates (see $W/openssl.log)"
+TLS_ARGS=(--tls --cacert "$T/ca.crt")
+start "redis-tls-$P_TLS_REDIS" redis-server --port 0 --tls-port "$P_TLS_REDIS" --tls-cert-file "$T/server.crt" \
+    --tls-key-file "$T/server.key" --tls-ca-cert-file "$T/ca.crt" --tls-auth-clients no --bind 127.0.0.1 \
+    --save '' --appendonly no --dir "$W"
+TLS_REDIS_PID=$LAST_PID
+tls_ping_ok() { [ "$(timeout 5 redis-cli "${TLS_ARGS[@]}" -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+wait_for 10 tls_ping_ok "$P_TLS_REDIS" || die "TLS redis-server :$P_TLS_REDIS does not answer over TLS"
+start_tls_proxy() { # name binary port tls_port; sets LAST_PID
+    cat >"$W/$1.json" <<EOF
+{ "servers": [ {"host": "127.0.0.1", "port": $P_TLS_REDIS} ], "listen_port": $3, "bind_address": "127.0.0.1",
+  "tls": {"port": $4, "cert_file": "$T/server.crt", "key_file": "$T/server.key"},
+  "server_tls": {"ca_file": "$T/ca.crt"} }
+EOF
+    start "$1" "$2" "$W/$1.json"
+    wait_for 15 set_ok "$3" || die "$1 :$3 does not forward a SET over TLS (see $W/$1.log)"
+    wait_for 5 tls_ping_ok "$4" || die "$1 does not answer on its TLS listener :$4 (see $W/$1.log)"
+}
+start_tls_proxy redis-proxy-tls "$PROXY_BIN" "$P_TLS_PROXY" "$P_TLS_PROXY_TLS"; TLS_PROXY_PID=$LAST_PID
+TLS_TARGETS="direct:$P_TLS_REDIS: redis-proxy:$P_TLS_PROXY_TLS:$TLS_PROXY_PID"
+if [ -n "$TOKIO_PID" ]; then
+    start_tls_proxy redis-proxy-tokio-tls "$TOKIO_BIN" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS"
+    TLS_TARGETS+=" redis-proxy-tokio:$P_TLS_TOKIO_TLS:$LAST_PID"
+fi
+log "TLS: redis-server :$P_TLS_REDIS (pid $TLS_REDIS_PID), proxies' TLS listeners :$P_TLS_PROXY_TLS${TOKIO_PID:+ :$P_TLS_TOKIO_TLS}"
+
 # ---------------------------------------------------------------- workloads
 # name|redis-benchmark arguments|requests per test|targets (label:port:pid, space separated)
 MAIN_TARGETS="direct:$P_MASTER: twemproxy:$P_TWEM:$TWEM_PID redis-proxy:$P_PROXY:$PROXY_PID"
@@ -229,6 +280,8 @@ WORKLOADS=(
     "rts_get|-t get -c 50 -P 1|$N|$RTS_TARGETS"
     "r3_P1|-3 -t set,get -c 50 -P 1|$N|$RESP3_TARGETS"
     "r3_P16|-3 -t set,get -c 50 -P 16|$N_P16|$RESP3_TARGETS"
+    "tls_P1|${TLS_ARGS[*]} -t set,get -c 50 -P 1|$N|$TLS_TARGETS"
+    "tls_P16|${TLS_ARGS[*]} -t set,get -c 50 -P 16|$N_P16|$TLS_TARGETS"
 )
 
 log "warm-up"
@@ -275,6 +328,7 @@ MEAS_T0=$SECONDS skipped=0 reruns=0
 for rep in $(seq "$REPS"); do
     for workload in "${WORKLOADS[@]}"; do
         IFS='|' read -r name args n targets <<<"$workload"
+        [[ -n $ONLY && ! $name =~ $ONLY ]] && continue
         read -ra bench_args <<<"$args"
         tests=1
         [[ $args == *set,get* ]] && tests=2
@@ -358,6 +412,7 @@ echo
 echo "   x direct = median over repetitions of (target req/s / direct req/s in the same repetition)."
 echo "   proxy us = proxy process CPU (user+system, /proc/PID/stat, 1/${HZ} s ticks) per request, median."
 echo "   rts_get: direct = the master alone; redis-proxy-rts spreads GETs over the 2 replicas (readsToSlaves)."
+echo "   tls_*: direct = a TLS-only redis-server; the proxies: client -TLS-> proxy -TLS-> that server."
 echo "   re-runs for a busy machine: $reruns; skipped over budget: $skipped; measurement $((SECONDS - MEAS_T0)) s"
 echo "   raw: $W/results.tsv $W/runs.tsv $W/raw/"
 } | tee "$W/report.txt"

@@ -6,6 +6,7 @@
 
 use crate::event::Level;
 use crate::resp::Limits;
+use crate::tls_config::{parse_client_tls, parse_server_tls, ClientTls, ServerTls};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -186,6 +187,10 @@ pub struct Config {
     /// Refuse to listen on an address other than loopback without `client_users` (`protected_mode`, default
     /// true, as Redis has it).
     pub protected_mode: bool,
+    /// TLS to clients: a TLS listener beside the plain one (`tls`; default: none).
+    pub tls: Option<ClientTls>,
+    /// TLS to the Redis servers, for every connection the proxy opens to them (`server_tls`; default: plain TCP).
+    pub server_tls: Option<ServerTls>,
     /// Notes about accepted-but-ignored fields, for the runtime to log.
     pub warnings: Vec<String>,
 }
@@ -226,7 +231,7 @@ fn get_bool(map: &Map<String, Value>, field: &str, default: bool) -> Result<bool
     }
 }
 
-fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
+pub(crate) fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
     value
         .as_u64()
         .filter(|p| (1..=65535).contains(p))
@@ -342,6 +347,8 @@ impl Config {
             server_auth_overrides,
             client_users,
             protected_mode,
+            tls: parse_client_tls(map.get("tls"))?,
+            server_tls: parse_server_tls(map.get("server_tls"))?,
             warnings,
         })
     }
@@ -400,6 +407,7 @@ impl Config {
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("log_format", self.log_format != new.log_format),
             ("protected_mode", self.protected_mode != new.protected_mode),
+            ("tls.port", self.tls.as_ref().map(|t| t.port) != new.tls.as_ref().map(|t| t.port)),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -443,6 +451,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "server_auth",
     "client_users",
     "protected_mode",
+    "tls",
+    "server_tls",
 ];
 
 /// Whether `host` names this machine only (a loopback IP address or `localhost`).

@@ -80,6 +80,7 @@
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
+//! | `tls_config` | the `tls` and `server_tls` settings, parsed for the runtimes (no decision depends on them) |
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
@@ -120,6 +121,7 @@ mod sim;
 mod status;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+mod tls_config;
 mod topology;
 mod wait;
 
@@ -136,4 +138,5 @@ pub use status::{
     BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
     Target, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
 };
+pub use tls_config::{ClientTls, ServerTls, SYSTEM_CA_FILE};
 pub use topology::{Health, Role};

@@ -56,6 +56,10 @@ where
             Err(error) => return exit(2, String::new(), format!("{program}: {path}: {error}\n")),
         },
     };
+    // The TLS files are read here too, so `--check` catches a missing or unusable one and names its field.
+    if let Err(error) = crate::tls::TlsSetup::load(&config) {
+        return exit(2, String::new(), format!("{program}: {path}: {error}\n"));
+    }
     if !check_only {
         return Startup::Run(Box::new(config), path);
     }
@@ -97,7 +101,7 @@ pub fn usage(program: &str) -> String {
     format!(
         "Usage: {program} [--check] CONFIG.json\n       {program} --help | --version\n\n\
          Runs a Redis failover proxy for the servers in CONFIG.json (see the README's config reference).\n\
-         --check validates CONFIG.json and exits (0: valid, 2: invalid).\n\
+         --check validates CONFIG.json and the TLS files it names, and exits (0: valid, 2: invalid).\n\
          Logs go to stderr; RUST_LOG=error|warn|info|debug sets the level (default info)."
     )
 }

@@ -69,6 +69,18 @@ impl Closing {
         }
     }
 
+    /// Once [`Closing::flush`] said [`CloseStep::Finish`], what to do about a layer between the queue and the
+    /// socket that still holds bytes (TLS records and `close_notify`): `flushed` is that layer's flush, true when
+    /// it holds nothing more. Such a layer is bounded (rustls' buffer), so the stall bound stays the same.
+    pub fn finish_layer(&mut self, now: Instant, flushed: io::Result<bool>) -> CloseStep {
+        match flushed {
+            Ok(true) => CloseStep::Finish,
+            Ok(false) if now >= self.deadline() => CloseStep::Abandon,
+            Ok(false) => CloseStep::Wait,
+            Err(_) => CloseStep::Abandon,
+        }
+    }
+
     /// When the connection is abandoned unless the socket takes a byte before.
     pub fn deadline(&self) -> Instant {
         self.last_progress + CLOSE_STALL

@@ -13,6 +13,8 @@
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
 //! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
 //! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own);
+//! - [`tls`]: TLS with rustls on both sides ([`TlsSetup`] from the configuration's files, [`TlsConn`] for one
+//!   connection, driven by the runtime's own sockets);
 //! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
 //!   rendered from the engine's status snapshot.
 //!
@@ -24,11 +26,13 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod socket_table;
+pub mod tls;
 pub mod write_queue;
 
 pub use closing::{CloseStep, Closing, Discarded, CLOSE_STALL};
 pub use log::Logger;
 pub use socket_table::SocketTable;
+pub use tls::{TlsConn, TlsSetup};
 pub use write_queue::{WriteQueue, MAX_IOVECS};
 
 use redis_proxy_engine::{Config, ConnId, Engine, Input, Level};
@@ -64,16 +68,23 @@ pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Resul
 
 /// Re-reads the configuration file at `path` (on `SIGHUP` or `PROXY RELOAD`) and hands it to the engine
 /// ([`Engine::reconfigure`]), then applies its `log_level` to `logger`; logs what changed, or why the new file was
-/// refused and the running configuration kept (unreadable, invalid, or a change that needs a restart). Clients
-/// stay connected either way.
-pub fn reload(engine: &mut Engine, path: &str, logger: &Logger) {
+/// refused and the running configuration kept (unreadable, invalid, a TLS file that does not load, or a change
+/// that needs a restart). The TLS files are read again too: new connections use the new certificates (`tls`,
+/// replaced in place). Clients stay connected either way.
+pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSetup) {
     logger.log(Level::Info, &format!("reload: re-reading {path}"));
     let outcome = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {path}: {error}"))
         .and_then(|text| cli::load_config(&text).map_err(|error| format!("{path}: {error}")))
-        .and_then(|config| {
+        .and_then(|config| Ok((TlsSetup::load(&config).map_err(|error| format!("{path}: {error}"))?, config)))
+        .and_then(|(setup, config)| {
             let log_level = config.log_level;
-            engine.reconfigure(Instant::now(), config).map(|changes| (changes, log_level))
+            let mut changes = engine.reconfigure(Instant::now(), config)?;
+            if setup.acceptor.is_some() || setup.connector.is_some() {
+                changes.push("TLS files re-read (new connections use them)".to_string());
+            }
+            *tls = setup;
+            Ok((changes, log_level))
         });
     match outcome {
         Ok((mut changes, log_level)) => {

@@ -4,9 +4,10 @@
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, ServerAddress};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
 use redis_proxy_runtime_common::reload as runtime_common_reload;
+use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
@@ -20,6 +21,7 @@ const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const STATUS_LISTENER: Token = Token(usize::MAX - 2);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
+const TLS_LISTENER: Token = Token(usize::MAX - 4);
 /// Set in the token of a status (HTTP) connection, over its index in `Runtime::exchanges`.
 const EXCHANGE: usize = 1 << (usize::BITS - 3);
 /// Set in the token of a closing socket, over its index in `Runtime::closing`: the engine hands a closed
@@ -37,6 +39,9 @@ const SHRINK_READ_BUF_AFTER: usize = 4 * 64 * 1024;
 
 struct Socket {
     stream: TcpStream,
+    /// The connection's TLS state, for a client of the TLS listener or a server under `server_tls`; None: plain
+    /// TCP (decided once, when the connection is made, so the plain path only tests this).
+    tls: Option<Box<TlsConn>>,
     read_buf: BytesMut,
     /// The most `read_buf` has held since it was last replaced (its allocation is at least this large).
     read_buf_peak: usize,
@@ -51,6 +56,7 @@ struct Socket {
 /// A socket the engine closed that still has bytes to write.
 struct ClosingSocket {
     stream: TcpStream,
+    tls: Option<Box<TlsConn>>,
     closing: Closing,
     /// The peer shut down its side: nothing more to discard.
     peer_closed: bool,
@@ -71,6 +77,8 @@ struct Runtime {
     exchanges: Vec<Option<(TcpStream, Exchange)>>,
     /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
     config_path: String,
+    /// The certificates and keys of `tls` and `server_tls`, read again on reload.
+    tls: TlsSetup,
 }
 
 /// Runs the proxy until a fatal error (binding the listen address, or the poller failing), or until a shutdown
@@ -97,6 +105,21 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         poll.registry().register(listener, ADMIN_LISTENER, Interest::READABLE)?;
         logger.log(Level::Info, &format!("admin commands (PROXY ...) on {address}"));
     }
+    let tls = TlsSetup::load(&config).map_err(io::Error::other)?;
+    let tls_listener = match &config.tls {
+        Some(settings) => {
+            let address = SocketAddr::new(address.ip(), settings.port);
+            let mut listener = TcpListener::bind(address)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tls.port {address}: {e}")))?;
+            poll.registry().register(&mut listener, TLS_LISTENER, Interest::READABLE)?;
+            logger.log(Level::Info, &format!("TLS clients on {address}"));
+            Some(listener)
+        }
+        None => None,
+    };
+    if config.server_tls.is_some() {
+        logger.log(Level::Info, &"connections to the servers use TLS (server_tls)");
+    }
     let mut runtime = Runtime {
         poll,
         engine: Engine::new(config, Instant::now()),
@@ -107,8 +130,10 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         logger,
         exchanges: Vec::new(),
         config_path,
+        tls,
     };
-    runtime.event_loop(listener, signals, status.map(|(l, _)| l), admin.map(|(l, _)| l))
+    let listeners = Listeners { clients: Some(listener), tls: tls_listener, admin: admin.map(|(l, _)| l) };
+    runtime.event_loop(listeners, signals, status.map(|(l, _)| l))
 }
 
 /// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
@@ -124,18 +149,26 @@ fn bind_optional(address: Option<&str>, field: &str) -> io::Result<Option<(TcpLi
     Ok(Some((listener, resolved)))
 }
 
+/// The listeners clients connect to; each None once shutdown began.
+struct Listeners {
+    /// Plain clients.
+    clients: Option<TcpListener>,
+    /// TLS clients (`tls`).
+    tls: Option<TcpListener>,
+    /// Admin clients (`admin_listen`).
+    admin: Option<TcpListener>,
+}
+
 impl Runtime {
     /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) is complete: the engine has closed every
     /// client and every closed socket has written what was queued for it. A second signal ends the wait.
     fn event_loop(
         &mut self,
-        listener: TcpListener,
+        listeners: Listeners,
         mut signals: Signals,
         status: Option<TcpListener>,
-        admin: Option<TcpListener>,
     ) -> io::Result<()> {
-        let mut listener = Some(listener);
-        let mut admin = admin;
+        let Listeners { clients: mut listener, tls: mut tls_listener, mut admin } = listeners;
         let mut events = Events::with_capacity(1024);
         loop {
             self.drain_engine();
@@ -163,12 +196,17 @@ impl Runtime {
                 match event.token() {
                     LISTENER => {
                         if let Some(listener) = &listener {
-                            self.accept_all(listener, false);
+                            self.accept_all(listener, Entry::Plain);
+                        }
+                    }
+                    TLS_LISTENER => {
+                        if let Some(listener) = &tls_listener {
+                            self.accept_all(listener, Entry::Tls);
                         }
                     }
                     ADMIN_LISTENER => {
                         if let Some(admin) = &admin {
-                            self.accept_all(admin, true);
+                            self.accept_all(admin, Entry::Admin);
                         }
                     }
                     STATUS_LISTENER => {
@@ -190,8 +228,8 @@ impl Runtime {
                         };
                         self.logger.log(Level::Info, &format!("{name}: closing clients and shutting down"));
                         let _ = self.poll.registry().deregister(&mut stopped);
-                        if let Some(mut admin) = admin.take() {
-                            let _ = self.poll.registry().deregister(&mut admin);
+                        for mut other in [admin.take(), tls_listener.take()].into_iter().flatten() {
+                            let _ = self.poll.registry().deregister(&mut other);
                         }
                         self.engine.begin_shutdown(Instant::now());
                     }
@@ -289,13 +327,22 @@ impl Runtime {
         }
     }
 
-    /// Accepts every pending client of `listener` (`admin`: the admin listener, whose clients may send `PROXY`).
-    fn accept_all(&mut self, listener: &TcpListener, admin: bool) {
+    /// Accepts every pending client of `listener` (`Entry::Admin`: the admin listener, whose clients may send
+    /// `PROXY`; `Entry::Tls`: the TLS listener, whose clients speak TLS).
+    fn accept_all(&mut self, listener: &TcpListener, entry: Entry) {
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = if admin {
+                    let tls = match self.tls.accept(entry, &peer.to_string()) {
+                        None => None,
+                        Some(Ok(tls)) => Some(Box::new(tls)),
+                        Some(Err(error)) => {
+                            self.logger.log(Level::Warn, &format!("{error}; connection closed"));
+                            continue;
+                        }
+                    };
+                    let id = if entry == Entry::Admin {
                         self.engine.accept_admin(Instant::now(), peer)
                     } else {
                         self.engine.accept(Instant::now(), peer)
@@ -310,7 +357,7 @@ impl Runtime {
                         self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
                         continue;
                     }
-                    self.sockets.insert(id, Socket::new(stream, false));
+                    self.sockets.insert(id, Socket::new(stream, tls, false));
                     self.drain_engine();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
@@ -327,36 +374,78 @@ impl Runtime {
     fn on_writable(&mut self, id: ConnId) {
         let Some(socket) = self.sockets.get_mut(id) else { return };
         if socket.connecting {
-            match connect_result(&socket.stream) {
-                None => return,
-                Some(Ok(())) => {
-                    socket.connecting = false;
-                    let _ = socket.stream.set_nodelay(true);
-                    self.engine.handle_input(Instant::now(), Input::Connected { conn: id });
-                    self.drain_engine();
-                }
-                Some(Err(error)) => {
-                    self.forget(id);
-                    connect_failed(&mut self.engine, Instant::now(), id, &error);
-                    self.drain_engine();
-                    return;
-                }
-            }
+            return self.advance_connect(id);
         }
         self.flush(id);
+    }
+
+    /// Moves a connection the engine asked for towards `Connected`: the TCP connect, then (under `server_tls`)
+    /// the TLS handshake. A failure of either is a failed connect for the engine (a refusal is evidence of its
+    /// own; a TLS failure is not one), logged with the server and the reason.
+    fn advance_connect(&mut self, id: ConnId) {
+        let Some(socket) = self.sockets.get_mut(id) else { return };
+        let established = match connect_result(&socket.stream) {
+            None => return,
+            Some(Ok(())) => match &mut socket.tls {
+                None => Ok(()),
+                Some(tls) => match tls.handshake(&mut &socket.stream) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return,
+                    Err(error) => {
+                        self.logger.log(Level::Warn, &error);
+                        Err(error)
+                    }
+                },
+            },
+            Some(Err(error)) => Err(error),
+        };
+        match established {
+            Ok(()) => {
+                socket.connecting = false;
+                let _ = socket.stream.set_nodelay(true);
+                if socket.tls.is_some() {
+                    // The last handshake records may have brought data with them, held by rustls.
+                    self.read_again.push(Token(id.index()));
+                }
+                self.engine.handle_input(Instant::now(), Input::Connected { conn: id });
+                self.drain_engine();
+                self.flush(id);
+            }
+            Err(error) => {
+                self.forget(id);
+                connect_failed(&mut self.engine, Instant::now(), id, &error);
+                self.drain_engine();
+            }
+        }
     }
 
     fn read_socket(&mut self, id: ConnId) {
         for _ in 0..READS_PER_TURN {
             let Some(socket) = self.sockets.get_mut(id) else { return };
-            if !socket.readable || socket.connecting {
+            if socket.connecting {
+                // A TLS handshake in progress reads its records here.
+                return self.advance_connect(id);
+            }
+            if !socket.readable {
                 return;
             }
             if socket.read_buf.capacity() - socket.read_buf.len() < MIN_READ_ROOM {
                 socket.read_buf.reserve(socket.read_room);
             }
             let room = socket.read_buf.capacity() - socket.read_buf.len();
-            match recv_into(&socket.stream, &mut socket.read_buf) {
+            let received = match &mut socket.tls {
+                None => recv_into(&socket.stream, &mut socket.read_buf),
+                Some(tls) => match tls.read(&mut &socket.stream, &mut socket.read_buf) {
+                    // Plaintext comes in records, never as "the buffer was filled": read on until WouldBlock.
+                    Ok(n) if n > 0 => Ok(n.max(room)),
+                    Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                        self.logger.log(Level::Warn, &format!("{error}; connection closed"));
+                        Err(error)
+                    }
+                    other => other,
+                },
+            };
+            match received {
                 Ok(0) => return self.closed_by_peer(id),
                 Ok(n) => {
                     socket.read_room = if n == room { (room * 2).min(MAX_READ_ROOM) } else { MIN_READ_ROOM };
@@ -414,7 +503,7 @@ impl Runtime {
                         }
                     }
                 }
-                Action::Connect { conn, address } => self.connect(conn, &address.host, address.port),
+                Action::Connect { conn, address } => self.connect(conn, &address),
                 Action::Close { conn } => self.close(conn),
                 Action::SetReadable { conn, readable } => {
                     if let Some(socket) = self.sockets.get_mut(conn) {
@@ -438,18 +527,19 @@ impl Runtime {
 
     /// Re-reads the configuration file and applies it (see `runtime_common::reload`).
     fn reload(&mut self) {
-        runtime_common_reload(&mut self.engine, &self.config_path, &self.logger);
+        runtime_common_reload(&mut self.engine, &self.config_path, &self.logger, &mut self.tls);
         self.drain_engine();
     }
 
-    fn connect(&mut self, conn: ConnId, host: &str, port: u16) {
-        let result = resolve(host, port).and_then(|address| {
-            let mut stream = TcpStream::connect(address)?;
+    fn connect(&mut self, conn: ConnId, address: &ServerAddress) {
+        let tls = self.tls.connect(address).transpose().map(|tls| tls.map(Box::new));
+        let result = tls.and_then(|tls| {
+            let mut stream = TcpStream::connect(resolve(&address.host, address.port)?)?;
             self.poll.registry().register(&mut stream, Token(conn.index()), Interest::READABLE | Interest::WRITABLE)?;
-            Ok(stream)
+            Ok((stream, tls))
         });
         match result {
-            Ok(stream) => self.sockets.insert(conn, Socket::new(stream, true)),
+            Ok((stream, tls)) => self.sockets.insert(conn, Socket::new(stream, tls, true)),
             Err(error) => connect_failed(&mut self.engine, Instant::now(), conn, &error),
         }
     }
@@ -469,7 +559,14 @@ impl Runtime {
         if socket.connecting {
             return;
         }
-        if socket.out.write_with(writer(&socket.stream)).is_err() {
+        let written = match &mut socket.tls {
+            None => socket.out.write_with(writer(&socket.stream)),
+            // Records rustls still holds go first, also when the queue is empty.
+            Some(tls) => tls
+                .flush(&mut &socket.stream)
+                .and_then(|_| socket.out.write_with(|slices| tls.write(&mut &socket.stream, slices))),
+        };
+        if written.is_err() {
             return self.closed_by_peer(id);
         }
         if let Some(input) = socket.out.backpressure(id) {
@@ -486,7 +583,7 @@ impl Runtime {
             return;
         }
         let mut closing = Closing::new(socket.out, Instant::now());
-        match closing.flush(Instant::now(), writer(&socket.stream)) {
+        match flush_closing(&mut closing, &socket.stream, socket.tls.as_deref_mut()) {
             CloseStep::Finish => finish_close(&socket.stream),
             CloseStep::Abandon => {}
             CloseStep::Wait => {
@@ -496,7 +593,7 @@ impl Runtime {
                 if self.poll.registry().register(&mut socket.stream, token, interest).is_err() {
                     return;
                 }
-                let entry = ClosingSocket { stream: socket.stream, closing, peer_closed: false };
+                let entry = ClosingSocket { stream: socket.stream, tls: socket.tls, closing, peer_closed: false };
                 if slot == self.closing.len() {
                     self.closing.push(Some(entry));
                 } else {
@@ -525,7 +622,7 @@ impl Runtime {
 
     fn flush_closing(&mut self, slot: usize) {
         let Some(entry) = self.closing.get_mut(slot).and_then(Option::as_mut) else { return };
-        match entry.closing.flush(Instant::now(), writer(&entry.stream)) {
+        match flush_closing(&mut entry.closing, &entry.stream, entry.tls.as_deref_mut()) {
             CloseStep::Wait => {}
             CloseStep::Finish => {
                 if let Some(entry) = self.end_closing(slot) {
@@ -563,9 +660,10 @@ impl Runtime {
 }
 
 impl Socket {
-    fn new(stream: TcpStream, connecting: bool) -> Socket {
+    fn new(stream: TcpStream, tls: Option<Box<TlsConn>>, connecting: bool) -> Socket {
         Socket {
             stream,
+            tls,
             read_buf: BytesMut::new(),
             read_buf_peak: 0,
             read_room: MIN_READ_ROOM,
@@ -589,6 +687,14 @@ fn writer(stream: &TcpStream) -> impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>
     move |slices| match slices {
         [one] => (&*stream).write(one),
         _ => (&*stream).write_vectored(slices),
+    }
+}
+
+/// Writes what a closing connection has queued (through TLS, then its `close_notify`, for a TLS connection).
+fn flush_closing(closing: &mut Closing, stream: &TcpStream, tls: Option<&mut TlsConn>) -> CloseStep {
+    match tls {
+        None => closing.flush(Instant::now(), writer(stream)),
+        Some(tls) => tls::flush_closing(closing, Instant::now(), tls, &mut &*stream),
     }
 }
 

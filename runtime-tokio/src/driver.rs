@@ -1,17 +1,18 @@
 //! The engine task and the per-connection I/O tasks. No Redis semantics live here: bytes in, actions out, time.
 
 use bytes::BytesMut;
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, StatusSnapshot};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, StatusSnapshot};
 use redis_proxy_runtime_common::http;
+use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
 };
 use socket2::SockRef;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +30,9 @@ const MESSAGES_PER_TURN: usize = 256;
 const CHANNEL_CAPACITY: usize = 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Wake-ups a TLS handshake with a server may take (each advances it by what the socket holds) before the
+/// connect is given up as failed.
+const HANDSHAKE_WAKEUPS: usize = 1000;
 /// A deadline far enough away to stand for "none" (tokio's timer cannot be left unarmed).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
@@ -38,12 +42,14 @@ enum Message {
     Data(ConnId, BytesMut),
     /// The peer closed the connection, or reading failed.
     Closed(ConnId),
+    /// TLS failed on the connection (the error says which peer and why); it is closed.
+    TlsFailed(ConnId, io::Error),
     /// The socket takes writes again after a `try_write` left bytes queued.
     Writable(ConnId),
-    /// A connect the engine asked for succeeded.
-    Connected(ConnId, TcpStream),
-    /// A connect the engine asked for failed.
-    ConnectFailed(ConnId, io::Error),
+    /// A connect the engine asked for succeeded (with its TLS handshake done, under `server_tls`).
+    Connected(ConnId, TcpStream, Option<Box<TlsConn>>),
+    /// A connect the engine asked for failed (`true`: in its TLS handshake).
+    ConnectFailed(ConnId, io::Error, bool),
 }
 
 /// Aborts its task when dropped, so no task outlives the connection it serves.
@@ -58,6 +64,8 @@ impl Drop for TaskGuard {
 /// An established connection's handles, shared with its I/O task.
 struct Io {
     stream: Arc<TcpStream>,
+    /// The connection's TLS state, shared by the I/O task (reads) and the engine task (writes); None: plain TCP.
+    tls: Option<Arc<Mutex<TlsConn>>>,
     /// Whether the I/O task should read the socket.
     reading: watch::Sender<bool>,
     /// Asks the I/O task to report when the socket is writable.
@@ -84,6 +92,8 @@ pub(crate) struct Listeners {
     pub(crate) status: Option<TcpListener>,
     /// Admin clients (`admin_listen`).
     pub(crate) admin: Option<TcpListener>,
+    /// TLS clients (`tls`).
+    pub(crate) tls: Option<TcpListener>,
 }
 
 /// The task that owns the engine.
@@ -102,6 +112,8 @@ pub(crate) struct Driver {
     closers: JoinSet<()>,
     /// The configuration file, re-read on SIGHUP and `PROXY RELOAD`.
     config_path: Option<String>,
+    /// The certificates and keys of `tls` and `server_tls`, read again on reload.
+    tls: TlsSetup,
 }
 
 impl Driver {
@@ -110,6 +122,7 @@ impl Driver {
         events: broadcast::Sender<Event>,
         logger: Option<Logger>,
         config_path: Option<String>,
+        tls: TlsSetup,
     ) -> Driver {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         Driver {
@@ -123,6 +136,7 @@ impl Driver {
             receiver,
             closers: JoinSet::new(),
             config_path,
+            tls,
         }
     }
 
@@ -130,9 +144,10 @@ impl Driver {
     /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
     /// connection writes what is queued for it.
     pub(crate) async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Listeners { clients: listener, status, admin } = listeners;
+        let Listeners { clients: listener, status, admin, tls: tls_listener } = listeners;
         // None once shutdown began, as `listener`.
         let mut admin = admin;
+        let mut tls_listener = tls_listener;
         let mut shutdown = pin!(shutdown);
         // Status connections ask this task for a snapshot; the engine is only ever touched here.
         let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
@@ -162,6 +177,7 @@ impl Driver {
                 () = &mut shutdown, if listener.is_some() => {
                     listener = None;
                     admin = None;
+                    tls_listener = None;
                     self.engine.begin_shutdown(Instant::now());
                 }
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
@@ -170,12 +186,18 @@ impl Driver {
                     }
                 }
                 accepted = accept(listener.as_ref()), if accept_paused_until.is_none() => match accepted {
-                    Ok((stream, peer)) => self.accepted(stream, peer, false),
+                    Ok((stream, peer)) => self.accepted(stream, peer, Entry::Plain),
                     Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                 },
+                accepted = accept(tls_listener.as_ref()), if accept_paused_until.is_none() && tls_listener.is_some() => {
+                    match accepted {
+                        Ok((stream, peer)) => self.accepted(stream, peer, Entry::Tls),
+                        Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
+                    }
+                }
                 accepted = accept(admin.as_ref()), if accept_paused_until.is_none() && admin.is_some() => {
                     match accepted {
-                        Ok((stream, peer)) => self.accepted(stream, peer, true),
+                        Ok((stream, peer)) => self.accepted(stream, peer, Entry::Admin),
                         Err(_) => accept_paused_until = Some(TokioInstant::now() + ACCEPT_BACKOFF),
                     }
                 }
@@ -235,19 +257,26 @@ impl Driver {
                 }
             }
             Message::Closed(conn) => self.closed_by_peer(conn),
+            Message::TlsFailed(conn, error) => {
+                self.log(Level::Warn, &format!("{error}; connection closed"));
+                self.closed_by_peer(conn);
+            }
             Message::Writable(conn) => self.flush(conn),
-            Message::Connected(conn, stream) => {
+            Message::Connected(conn, stream, tls) => {
                 let sender = self.sender.clone();
                 let Some(socket) = self.sockets.get_mut(conn).filter(|s| s.io.is_none()) else { return };
-                let (io, task) = spawn_io(conn, stream, sender);
+                let (io, task) = spawn_io(conn, stream, tls, sender);
                 socket.io = Some(io);
                 socket._task = task;
                 self.engine.handle_input(Instant::now(), Input::Connected { conn });
                 self.drain_engine();
                 self.mark_dirty(conn);
             }
-            Message::ConnectFailed(conn, reason) => {
+            Message::ConnectFailed(conn, reason, in_handshake) => {
                 if self.sockets.remove(conn).is_some() {
+                    if in_handshake {
+                        self.log(Level::Warn, &reason);
+                    }
                     connect_failed(&mut self.engine, Instant::now(), conn, &reason);
                     self.drain_engine();
                 }
@@ -255,15 +284,21 @@ impl Driver {
         }
     }
 
-    /// A client connected (`admin`: on the admin listener, so it may send `PROXY` commands).
-    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, admin: bool) {
+    /// A client connected (`Entry::Admin`: on the admin listener, so it may send `PROXY` commands; `Entry::Tls`: on
+    /// the TLS listener, so it speaks TLS).
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, entry: Entry) {
         let _ = stream.set_nodelay(true);
-        let id = if admin {
+        let tls = match self.tls.accept(entry, &peer.to_string()) {
+            None => None,
+            Some(Ok(tls)) => Some(Box::new(tls)),
+            Some(Err(error)) => return self.log(Level::Warn, &format!("{error}; connection closed")),
+        };
+        let id = if entry == Entry::Admin {
             self.engine.accept_admin(Instant::now(), peer)
         } else {
             self.engine.accept(Instant::now(), peer)
         };
-        let (io, task) = spawn_io(id, stream, self.sender.clone());
+        let (io, task) = spawn_io(id, stream, tls, self.sender.clone());
         self.sockets.insert(id, Socket::new(Some(io), task));
         self.drain_engine();
     }
@@ -300,13 +335,22 @@ impl Driver {
                 }
                 Action::Connect { conn, address } => {
                     let sender = self.sender.clone();
+                    let tls = self.tls.connect(&address).transpose();
                     let task = tokio::spawn(async move {
-                        let message = match TcpStream::connect((address.host.as_str(), address.port)).await {
-                            Ok(stream) => {
-                                let _ = stream.set_nodelay(true);
-                                Message::Connected(conn, stream)
+                        let connected = async {
+                            let mut tls = tls.map_err(|error| (error, true))?.map(Box::new);
+                            let stream = TcpStream::connect((address.host.as_str(), address.port))
+                                .await
+                                .map_err(|error| (error, false))?;
+                            let _ = stream.set_nodelay(true);
+                            if let Some(tls) = &mut tls {
+                                tls_handshake(&stream, tls).await.map_err(|error| (error, true))?;
                             }
-                            Err(error) => Message::ConnectFailed(conn, error),
+                            Ok((stream, tls))
+                        };
+                        let message = match connected.await {
+                            Ok((stream, tls)) => Message::Connected(conn, stream, tls),
+                            Err((error, in_handshake)) => Message::ConnectFailed(conn, error, in_handshake),
                         };
                         let _ = sender.send(message).await;
                     });
@@ -339,7 +383,7 @@ impl Driver {
     /// Re-reads the configuration file, if one is set, and applies it (see `runtime_common::reload`).
     fn reload(&mut self) {
         let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger.clone()) else { return };
-        redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger);
+        redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger, &mut self.tls);
         self.drain_engine();
     }
 
@@ -351,12 +395,19 @@ impl Driver {
         let Some(io) = socket.io.take() else { return };
         let now = Instant::now();
         let mut closing = Closing::new(socket.out, now);
-        match closing.flush(now, |slices| io.stream.try_write_vectored(slices)) {
+        match flush_closing(&mut closing, &io.stream, io.tls.as_deref()) {
             CloseStep::Finish => finish_close(&io.stream),
             CloseStep::Abandon => {}
             CloseStep::Wait => {
-                self.closers.spawn(flush_then_close(io.stream, closing));
+                self.closers.spawn(flush_then_close(io.stream, io.tls, closing));
             }
+        }
+    }
+
+    /// Logs `message` with the logger, if one is set.
+    fn log(&self, level: Level, message: &dyn std::fmt::Display) {
+        if let Some(logger) = &self.logger {
+            logger.log(level, message);
         }
     }
 
@@ -372,10 +423,20 @@ impl Driver {
     fn flush(&mut self, id: ConnId) {
         let Some(socket) = self.sockets.get_mut(id) else { return };
         let Some(io) = &socket.io else { return };
-        if socket.out.write_with(|slices| io.stream.try_write_vectored(slices)).is_err() {
+        let (written, tls_pending) = match &io.tls {
+            None => (socket.out.write_with(|slices| io.stream.try_write_vectored(slices)), false),
+            Some(tls) => {
+                let mut tls = lock(tls);
+                let mut sock = TryIo(&io.stream);
+                // Records rustls still holds go first, also when the queue is empty.
+                let written = tls.flush(&mut sock).and_then(|_| socket.out.write_with(|s| tls.write(&mut sock, s)));
+                (written, tls.wants_write())
+            }
+        };
+        if written.is_err() {
             return self.closed_by_peer(id);
         }
-        if !socket.out.is_empty() {
+        if !socket.out.is_empty() || tls_pending {
             io.want_write.notify_one();
         }
         if let Some(input) = socket.out.backpressure(id) {
@@ -459,7 +520,7 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
 
 /// Writes a closed connection's queue as the socket takes it, discarding what the peer still sends, then sends
 /// the FIN; gives up after `CLOSE_STALL` without progress or when the socket breaks.
-async fn flush_then_close(stream: Arc<TcpStream>, mut closing: Closing) {
+async fn flush_then_close(stream: Arc<TcpStream>, tls: Option<Arc<Mutex<TlsConn>>>, mut closing: Closing) {
     let mut peer_closed = false;
     loop {
         tokio::select! {
@@ -475,12 +536,67 @@ async fn flush_then_close(stream: Arc<TcpStream>, mut closing: Closing) {
             }
             () = tokio::time::sleep_until(TokioInstant::from_std(closing.deadline())) => {}
         }
-        match closing.flush(Instant::now(), |slices| stream.try_write_vectored(slices)) {
+        match flush_closing(&mut closing, &stream, tls.as_deref()) {
             CloseStep::Wait => {}
             CloseStep::Finish => return finish_close(&stream),
             CloseStep::Abandon => return,
         }
     }
+}
+
+/// Writes what a closing connection has queued (through TLS, then its `close_notify`, for a TLS connection).
+fn flush_closing(closing: &mut Closing, stream: &TcpStream, tls: Option<&Mutex<TlsConn>>) -> CloseStep {
+    match tls {
+        None => closing.flush(Instant::now(), |slices| stream.try_write_vectored(slices)),
+        Some(tls) => tls::flush_closing(closing, Instant::now(), &mut lock(tls), &mut TryIo(stream)),
+    }
+}
+
+/// The TLS state of a connection; a panic elsewhere while it was held leaves it usable (it holds no invariant
+/// across calls that a panic could break halfway, and the proxy aborts on panic anyway).
+fn lock(tls: &Mutex<TlsConn>) -> std::sync::MutexGuard<'_, TlsConn> {
+    tls.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A tokio socket as the non-blocking `Read + Write` rustls drives (`WouldBlock` when it is not ready).
+struct TryIo<'a>(&'a TcpStream);
+
+impl Read for TryIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for TryIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the TLS handshake of a connection to a server; a failure says which server and why.
+async fn tls_handshake(stream: &TcpStream, tls: &mut TlsConn) -> io::Result<()> {
+    for _ in 0..HANDSHAKE_WAKEUPS {
+        if tls.handshake(&mut TryIo(stream))? {
+            return Ok(());
+        }
+        if tls.wants_write() {
+            stream.writable().await?;
+        } else {
+            stream.readable().await?;
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("TLS with {} failed: the handshake did not finish", tls.label()),
+    ))
 }
 
 /// Sends the FIN after the last byte, the peer's unread input dropped first.
@@ -505,22 +621,34 @@ fn tokio_deadline(at: Option<Instant>) -> TokioInstant {
 }
 
 /// Starts the I/O task of an established connection.
-fn spawn_io(id: ConnId, stream: TcpStream, sender: mpsc::Sender<Message>) -> (Io, TaskGuard) {
+fn spawn_io(
+    id: ConnId,
+    stream: TcpStream,
+    tls: Option<Box<TlsConn>>,
+    sender: mpsc::Sender<Message>,
+) -> (Io, TaskGuard) {
     let stream = Arc::new(stream);
+    let tls = tls.map(|tls| Arc::new(Mutex::new(*tls)));
     let (reading, reading_rx) = watch::channel(true);
     let want_write = Arc::new(Notify::new());
-    let task = tokio::spawn(io_task(id, stream.clone(), reading_rx, want_write.clone(), sender));
-    (Io { stream, reading, want_write }, TaskGuard(task))
+    let channels = IoChannels { reading: reading_rx, want_write: want_write.clone(), sender };
+    let task = tokio::spawn(io_task(id, stream.clone(), tls.clone(), channels));
+    (Io { stream, tls, reading, want_write }, TaskGuard(task))
+}
+
+/// What an I/O task hears from and tells the engine task.
+struct IoChannels {
+    /// Whether the engine wants the connection read.
+    reading: watch::Receiver<bool>,
+    /// The engine task asks to be told when the socket is writable.
+    want_write: Arc<Notify>,
+    /// To the engine task.
+    sender: mpsc::Sender<Message>,
 }
 
 /// Reads the socket while the engine wants it read, and reports writability when asked.
-async fn io_task(
-    id: ConnId,
-    stream: Arc<TcpStream>,
-    mut reading: watch::Receiver<bool>,
-    want_write: Arc<Notify>,
-    sender: mpsc::Sender<Message>,
-) {
+async fn io_task(id: ConnId, stream: Arc<TcpStream>, tls: Option<Arc<Mutex<TlsConn>>>, channels: IoChannels) {
+    let IoChannels { mut reading, want_write, sender } = channels;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut awaiting_writable = false;
     loop {
@@ -545,16 +673,27 @@ async fn io_task(
                 if buf.capacity() - buf.len() < MIN_READ_ROOM {
                     buf.reserve(READ_CHUNK);
                 }
-                match ready.and_then(|()| stream.try_read_buf(&mut buf)) {
+                let received = ready.and_then(|()| match &tls {
+                    None => stream.try_read_buf(&mut buf),
+                    Some(tls) => {
+                        let mut tls = lock(tls);
+                        let received = tls.read(&mut TryIo(&stream), &mut buf);
+                        // Records the socket did not take (handshake answers): the engine task writes them.
+                        awaiting_writable |= tls.wants_write();
+                        received
+                    }
+                });
+                match received {
                     Ok(0) => Message::Closed(id),
                     Ok(_) => Message::Data(id, buf.split()),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) if error.kind() == io::ErrorKind::InvalidData => Message::TlsFailed(id, error),
                     Err(_) => Message::Closed(id),
                 }
             }
         };
-        let last = matches!(message, Message::Closed(_));
+        let last = matches!(message, Message::Closed(_) | Message::TlsFailed(..));
         if sender.send(message).await.is_err() || last {
             return;
         }

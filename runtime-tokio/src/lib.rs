@@ -32,6 +32,13 @@
 //! rather than trusting the timer branch, so tokio's cooperative budget (which may make a due timer report
 //! `Pending`) can delay a timeout by at most one turn, never lose it.
 //!
+//! # TLS
+//!
+//! With `tls` or `server_tls` configured, a connection's rustls state
+//! ([`TlsConn`](redis_proxy_runtime_common::TlsConn), shared with the mio runtime) sits behind a mutex held only
+//! for one non-blocking call: the I/O task decrypts what it reads, the engine task encrypts what it writes. A
+//! connection to a server is handed to the engine only once its handshake is done (in the connect task).
+//!
 //! # Which tokio runtime
 //!
 //! Any: the futures are `Send`, so [`Proxy::run`] can be spawned on a multi-thread runtime. The
@@ -64,6 +71,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 pub use redis_proxy_engine::{Config, Event, Level};
+use redis_proxy_runtime_common::TlsSetup;
 pub use redis_proxy_runtime_common::{Logger, CLOSE_STALL};
 
 /// How many engine events a slow [`Proxy::subscribe`] receiver may fall behind before it skips some
@@ -77,6 +85,10 @@ pub struct Proxy {
     status: Option<TcpListener>,
     /// The admin listener (`admin_listen`), if configured.
     admin: Option<TcpListener>,
+    /// The TLS listener (`tls`), if configured.
+    tls_listener: Option<TcpListener>,
+    /// The loaded certificates and keys (`tls`, `server_tls`).
+    tls: TlsSetup,
     config: Config,
     events: broadcast::Sender<Event>,
     logger: Option<Logger>,
@@ -84,8 +96,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds `config.bind_address:config.listen_port` (port 0 picks a free port; see [`Proxy::local_addr`]).
-    /// Secrets the configuration points at (`password_file`, `password_env`) are read here if they were not yet.
+    /// Binds `config.bind_address:config.listen_port` (port 0 picks a free port; see [`Proxy::local_addr`]), and
+    /// the TLS listener on `tls.port` if `tls` is set; loads the TLS files (an unusable one is an error naming its
+    /// field). Secrets the configuration points at (`password_file`, `password_env`) are read here if they were
+    /// not yet.
     pub async fn bind(mut config: Config) -> io::Result<Proxy> {
         config
             .resolve_secrets(redis_proxy_runtime_common::cli::read_secret)
@@ -99,13 +113,29 @@ impl Proxy {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
         let status = bind_optional(config.status_listen.as_deref(), "status_listen").await?;
         let admin = bind_optional(config.admin_listen.as_deref(), "admin_listen").await?;
+        let tls = TlsSetup::load(&config).map_err(io::Error::other)?;
+        let tls_listener = match &config.tls {
+            Some(settings) => {
+                let address = SocketAddr::new(address.ip(), settings.port);
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tls.port {address}: {e}")))?;
+                Some(listener)
+            }
+            None => None,
+        };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(Proxy { listener, status, admin, config, events, logger: None, config_path: None })
+        Ok(Proxy { listener, status, admin, tls_listener, tls, config, events, logger: None, config_path: None })
     }
 
     /// The address of the admin listener (`admin_listen`), if one is configured.
     pub fn admin_addr(&self) -> Option<io::Result<SocketAddr>> {
         self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// The address of the TLS listener (`tls`), if one is configured.
+    pub fn tls_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.tls_listener.as_ref().map(TcpListener::local_addr)
     }
 
     /// The address of the status listener (`status_listen`), if one is configured.
@@ -141,8 +171,15 @@ impl Proxy {
     /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
     /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let listeners = driver::Listeners { clients: self.listener, status: self.status, admin: self.admin };
-        driver::Driver::new(self.config, self.events, self.logger, self.config_path).run(listeners, shutdown).await
+        let listeners = driver::Listeners {
+            clients: self.listener,
+            status: self.status,
+            admin: self.admin,
+            tls: self.tls_listener,
+        };
+        driver::Driver::new(self.config, self.events, self.logger, self.config_path, self.tls)
+            .run(listeners, shutdown)
+            .await
     }
 }
 

@@ -27,6 +27,9 @@ async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     proxy.set_logger(logger.clone());
     proxy.set_config_file(path);
     logger.listening(proxy.local_addr()?, &servers);
+    if let Some(address) = proxy.tls_addr().transpose()? {
+        logger.log(Level::Info, &format!("TLS clients on {address}"));
+    }
     if let Some(address) = proxy.status_addr().transpose()? {
         logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
     }

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod tls;
 
 /// The proxy runtimes every end-to-end scenario runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-fn scratch_dir(label: &str) -> PathBuf {
+pub(crate) fn scratch_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("redis-proxy-tests-{}-{label}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -86,6 +87,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     extra_args: Vec<String>,
+    /// The directory of the certificates when the server listens with TLS only (see [`RedisServer::start_tls`]).
+    tls: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -98,8 +101,25 @@ impl RedisServer {
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = scratch_dir(&format!("redis-{port}"));
-        let mut server =
-            RedisServer { port, child: None, dir, extra_args: extra_args.iter().map(|s| s.to_string()).collect() };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a `redis-server` that listens with TLS only (`--port 0 --tls-port`, see [`tls::Certs::server_args`])
+    /// with extra arguments (e.g. `--replicaof` another TLS server's port); waits until it answers PING over TLS.
+    pub fn start_tls(certs: &tls::Certs, extra_args: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = scratch_dir(&format!("redis-tls-{port}"));
+        let mut args = certs.server_args(port);
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut server = RedisServer { port, child: None, dir, extra_args: args, tls: Some(certs.dir.clone()) };
         server.spawn();
         server
     }
@@ -118,8 +138,11 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        // A TLS server's `--port 0 --tls-port` are among its extra arguments.
+        let port_args = if self.tls.is_some() { vec![] } else { vec!["--port".to_string(), self.port.to_string()] };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(port_args)
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir)
@@ -135,8 +158,12 @@ impl RedisServer {
             });
         self.child = Some(child);
         let port = self.port;
+        let tls = self.tls.clone();
         assert!(
-            wait_until(Duration::from_secs(10), || ping(port)),
+            wait_until(Duration::from_secs(10), || match &tls {
+                None => ping(port),
+                Some(dir) => tls::tls_ping(dir, port),
+            }),
             "redis-server on port {port} did not answer PING within 10 s"
         );
     }
@@ -195,6 +222,11 @@ fn ping(port: u16) -> bool {
     let mut buf = [0u8; 7];
     // A server (or proxy) that wants a password answers, which is all this asks.
     conn.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
+}
+
+/// The path of a runtime's proxy binary, built once per test process (e.g. to run `--check`).
+pub fn proxy_binary(runtime: Runtime) -> PathBuf {
+    binaries_dir().join(runtime.binary_name())
 }
 
 /// Builds the proxy binaries once per test process, in release mode, and returns the directory holding them.

@@ -1,0 +1,132 @@
+//! TLS for the end-to-end tests: a CA, a server certificate and a client certificate made with the `openssl`
+//! command in a scratch directory, and `redis-cli --tls` to reach servers that listen on TLS only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Certificates and keys made for one test (PEM files in `dir`), removed on drop.
+#[derive(Debug)]
+pub struct Certs {
+    /// The directory holding the files.
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Makes a CA named `name`, a certificate for 127.0.0.1 and localhost (`server.crt`, usable by servers and
+    /// clients) and a client certificate (`client.crt`), all signed by that CA, with P-256 keys.
+    pub fn generate(name: &str) -> Certs {
+        let dir = crate::scratch_dir(&format!("certs-{name}"));
+        let openssl =
+            |args: &[&str]| {
+                let output =
+                    Command::new("openssl").args(args).current_dir(&dir).stdin(Stdio::null()).output().unwrap_or_else(
+                        |e| panic!("cannot run openssl ({e}): install it with `apt-get install openssl`"),
+                    );
+                assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ca_subject = format!("/CN=redis-proxy test CA {name}");
+        let mut ca = vec!["req", "-x509", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt", "-subj", &ca_subject];
+        ca.extend_from_slice(&key);
+        ca.extend_from_slice(&["-addext", "basicConstraints=critical,CA:TRUE"]);
+        ca.extend_from_slice(&["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(&ca);
+        for (leaf, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
+            let (key_file, csr, crt, ext) =
+                (format!("{leaf}.key"), format!("{leaf}.csr"), format!("{leaf}.crt"), format!("{leaf}.ext"));
+            let subject = format!("/CN={leaf}");
+            let mut req = vec!["req", "-keyout", &key_file, "-out", &csr, "-subj", &subject];
+            req.extend_from_slice(&key);
+            openssl(&req);
+            let extensions = format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n\
+                 subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+            );
+            std::fs::write(dir.join(&ext), extensions).expect("write extensions");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Certs { dir }
+    }
+
+    /// The path of `file` in the directory, as a string for configs and command lines.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// The `redis-server` arguments that make it listen with TLS only on `port`, its replication over TLS too,
+    /// without asking clients for certificates.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()].map(String::from).to_vec();
+        for (flag, file) in [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key")] {
+            args.extend([flag.to_string(), self.path(file)]);
+        }
+        args.extend(["--tls-ca-cert-file".to_string(), self.path("ca.crt")]);
+        args.extend(["--tls-auth-clients", "no", "--tls-replication", "yes"].map(String::from));
+        args
+    }
+
+    /// Runs `redis-cli --tls` (trusting this CA) against 127.0.0.1:`port` with `extra` options and `args`;
+    /// returns whether it exited 0 and what it printed on stdout and stderr.
+    pub fn cli(&self, port: u16, extra: &[&str], args: &[&str]) -> (bool, String) {
+        let output = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &self.path("ca.crt"), "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli (apt-get install redis-tools)");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text.trim().to_string())
+    }
+
+    /// What `redis-cli --tls` prints for `args` against the TLS server or proxy on `port` (trimmed); panics if it
+    /// fails.
+    pub fn call(&self, port: u16, args: &[&str]) -> String {
+        let (ok, text) = self.cli(port, &[], args);
+        assert!(ok, "redis-cli --tls -p {port} {args:?} failed: {text}");
+        text
+    }
+
+    /// A field of `INFO replication` of the TLS server on `port`, if it answers.
+    pub fn replication_field(&self, port: u16, name: &str) -> Option<String> {
+        let (ok, text) = self.cli(port, &[], &["INFO", "replication"]);
+        if !ok {
+            return None;
+        }
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string())
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `redis-cli --tls` with the CA in `dir` gets `PONG` from 127.0.0.1:`port`.
+pub(crate) fn tls_ping(dir: &Path, port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
