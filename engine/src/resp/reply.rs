@@ -1,6 +1,7 @@
 //! Server replies: the resumable [`ReplyScanner`] for any RESP2 or RESP3 frame, nested aggregates included.
 
 use super::{find_line_end, parse_int, Limits, ProtocolError};
+use crate::stream::STREAM_MIN;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -27,7 +28,11 @@ impl ReplyScanner {
         loop {
             if let Some(len) = self.bulk_len {
                 if buf.len() < self.pos + len + 2 {
-                    buf.reserve(self.pos + len + 2 - buf.len());
+                    // A large bulk reply on its own may be streamed: the caller decides, and reserves room for
+                    // the whole of it only if it holds it (`reserve_rest`).
+                    if len < STREAM_MIN || !self.open.is_empty() {
+                        buf.reserve(self.pos + len + 2 - buf.len());
+                    }
                     return Ok(None);
                 }
                 if &buf[self.pos + len..self.pos + len + 2] != b"\r\n" {
@@ -97,6 +102,29 @@ impl ReplyScanner {
                 other => return Err(ProtocolError::UnknownType(other)),
             }
         }
+    }
+
+    /// The whole length (header, body, CRLF) of the bulk string reply (`$`) of at least [`STREAM_MIN`] bytes that
+    /// `buf` holds the start of, on its own (not inside an aggregate) and not yet complete: a reply that may be
+    /// streamed.
+    pub(crate) fn partial_large_bulk(&self, buf: &[u8]) -> Option<usize> {
+        let len = self.bulk_len.filter(|len| *len >= STREAM_MIN && self.open.is_empty())?;
+        let whole = self.pos + len + 2;
+        (buf.first() == Some(&b'$') && buf.len() < whole).then_some(whole)
+    }
+
+    /// Reserves room in `buf` for the rest of the reply [`ReplyScanner::partial_large_bulk`] found, which is held
+    /// whole after all.
+    pub(crate) fn reserve_rest(&self, buf: &mut BytesMut) {
+        if let Some(whole) = self.partial_large_bulk(buf) {
+            buf.reserve(whole - buf.len());
+        }
+    }
+
+    /// Forgets the reply in progress: a stream took its bytes and takes the rest as they come.
+    pub(crate) fn stream_taken(&mut self) {
+        self.pos = 0;
+        self.bulk_len = None;
     }
 
     /// Counts one finished element against the open aggregates; true when the whole frame is complete.
