@@ -260,6 +260,7 @@ impl Engine {
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
             self.switchover.as_ref().and_then(|s| s.poll.next()).map(|at| (at, TimerReason::Switchover)),
+            self.streams.deadline().map(|at| (at, TimerReason::StreamStall)),
         ]
         .into_iter()
         .flatten()
@@ -326,11 +327,11 @@ impl Engine {
             },
             Input::WriteBlocked { conn } => {
                 self.clients.set_write_blocked(conn, true, &mut self.out);
-                self.stream_backpressure(conn, true);
+                self.stream_backpressure(now, conn, true);
             }
             Input::Drained { conn } => {
                 self.clients.set_write_blocked(conn, false, &mut self.out);
-                self.stream_backpressure(conn, false);
+                self.stream_backpressure(now, conn, false);
             }
         }
     }
@@ -351,6 +352,9 @@ impl Engine {
         self.advance_switchover(now);
         self.finish_removals(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
+        for backend in self.streams.stalled(now) {
+            self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });
+        }
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
         }
@@ -625,8 +629,8 @@ impl Engine {
 
     /// A client blocked on writing (or drained): the backend connection streaming a reply to it, if any, stops
     /// (or resumes) being read, so the proxy never holds more of a value than the client's socket refuses.
-    fn stream_backpressure(&mut self, client: ConnId, blocked: bool) {
-        if let Some(backend) = self.streams.client_blocked(client, blocked) {
+    fn stream_backpressure(&mut self, now: Instant, client: ConnId, blocked: bool) {
+        if let Some(backend) = self.streams.client_blocked(now, client, blocked) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: !blocked });
         }
     }
@@ -643,7 +647,7 @@ impl Engine {
                 Ok(None) => {
                     // Only a partial reply can be a large one to stream; the common case has nothing left.
                     if !buf.is_empty() {
-                        self.partial_reply(conn, buf);
+                        self.partial_reply(now, conn, buf);
                     }
                     return;
                 }
@@ -710,7 +714,7 @@ impl Engine {
     /// header and the body so far go out now); otherwise it is held whole, as every other reply.
     #[cold]
     #[inline(never)]
-    fn partial_reply(&mut self, conn: ConnId, buf: &mut BytesMut) {
+    fn partial_reply(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         let Some((whole, waiter)) = self.pool.partial_large_bulk(conn, buf) else { return };
         let client = match waiter {
             Some(Waiter::Client { conn: client, seq, .. }) if self.clients.is_next(client, seq) => (client, seq),
@@ -719,14 +723,14 @@ impl Engine {
         self.pool.stream_taken(conn);
         let data = buf.split().freeze();
         self.streams.start(conn, client.0, client.1, whole - data.len());
-        self.stream_part(client.0, client.1, data);
+        self.stream_part(now, client.0, client.1, data);
     }
 
     /// Sends a piece of a streamed reply; a client already blocked on writing pauses the stream at once.
-    fn stream_part(&mut self, client: ConnId, seq: u64, data: bytes::Bytes) {
+    fn stream_part(&mut self, now: Instant, client: ConnId, seq: u64, data: bytes::Bytes) {
         self.clients.stream_part(client, seq, data, &mut self.out);
         if self.clients.is_write_blocked(client) {
-            self.stream_backpressure(client, true);
+            self.stream_backpressure(now, client, true);
         }
     }
 
@@ -739,7 +743,7 @@ impl Engine {
         match self.streams.take(conn, buf) {
             None => false,
             Some(Piece::Part { client, seq, data }) => {
-                self.stream_part(client, seq, data);
+                self.stream_part(now, client, seq, data);
                 true
             }
             Some(Piece::Last { data, was_paused }) => {

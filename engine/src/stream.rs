@@ -6,13 +6,21 @@
 //! The pieces are split off the runtime's read buffer (`split_to` and `freeze`: never copied), so what the proxy
 //! holds of a streamed value is what one read brought in plus what the client's socket has not taken yet. When
 //! the client stops reading ([`crate::Input::WriteBlocked`]) the backend connection is not read until it drains.
+//! Other clients' replies on that connection wait meanwhile, so the pause is bounded: after [`STREAM_STALL`]
+//! without a drain the stream is no longer paced, and the rest of the value is read at full speed and queued for
+//! the client (as a reply held whole would be), so the connection moves on.
 
 use crate::conn::ConnId;
 use bytes::{Bytes, BytesMut};
+use std::time::{Duration, Instant};
 
 /// Bulk replies with a body at least this long are streamed when their client is next in line. Smaller ones are
 /// held whole: one frame, one write, and the reply path pays nothing for streaming.
 pub(crate) const STREAM_MIN: usize = 64 * 1024;
+
+/// How long a stream may keep its backend connection unread for a client that does not drain: the longest the
+/// replies queued behind it on a shared connection wait for a client that stopped reading.
+pub(crate) const STREAM_STALL: Duration = Duration::from_secs(1);
 
 /// One reply being streamed from a backend connection to a client.
 struct ReplyStream {
@@ -21,8 +29,10 @@ struct ReplyStream {
     seq: u64,
     /// Bytes of the reply still to come: the rest of the body, then its CRLF.
     left: usize,
-    /// Reading `backend` is stopped until `client` drains.
-    paused: bool,
+    /// Since when reading `backend` is stopped until `client` drains.
+    paused_since: Option<Instant>,
+    /// The client stayed blocked for [`STREAM_STALL`]: the rest is no longer paced by it.
+    unpaced: bool,
 }
 
 /// What the bytes that arrived on a streaming backend connection are.
@@ -62,7 +72,7 @@ impl Streams {
 
     /// Streams the rest of a reply on `backend` (`left` bytes, CRLF included) to reply slot `seq` of `client`.
     pub(crate) fn start(&mut self, backend: ConnId, client: ConnId, seq: u64, left: usize) {
-        self.active.push(ReplyStream { backend, client, seq, left, paused: false });
+        self.active.push(ReplyStream { backend, client, seq, left, paused_since: None, unpaced: false });
     }
 
     /// Splits off `buf` what belongs to the reply streamed on `backend`; None when none is (or `buf` is empty).
@@ -81,16 +91,35 @@ impl Streams {
         if stream.left > 0 {
             return Some(Piece::Part { client: stream.client, seq: stream.seq, data });
         }
-        let was_paused = self.active.swap_remove(index).paused;
+        let was_paused = self.active.swap_remove(index).paused_since.is_some();
         Some(Piece::Last { data, was_paused })
     }
 
     /// Stops (`blocked`) or resumes reading the connection streaming to `client`; returns that connection when
     /// its state changed (the caller tells the runtime).
-    pub(crate) fn client_blocked(&mut self, client: ConnId, blocked: bool) -> Option<ConnId> {
-        let stream = self.active.iter_mut().find(|s| s.client == client && s.paused != blocked)?;
-        stream.paused = blocked;
+    pub(crate) fn client_blocked(&mut self, now: Instant, client: ConnId, blocked: bool) -> Option<ConnId> {
+        let stream =
+            self.active.iter_mut().find(|s| s.client == client && !s.unpaced && s.paused_since.is_some() != blocked)?;
+        stream.paused_since = blocked.then_some(now);
         Some(stream.backend)
+    }
+
+    /// When the first paused stream reaches [`STREAM_STALL`].
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.active.iter().filter_map(|s| s.paused_since).min().map(|since| since + STREAM_STALL)
+    }
+
+    /// Stops pacing the streams paused for [`STREAM_STALL`] by now; returns their connections, to resume.
+    pub(crate) fn stalled(&mut self, now: Instant) -> Vec<ConnId> {
+        let mut resumed = Vec::new();
+        for stream in &mut self.active {
+            if stream.paused_since.is_some_and(|since| now >= since + STREAM_STALL) {
+                stream.paused_since = None;
+                stream.unpaced = true;
+                resumed.push(stream.backend);
+            }
+        }
+        resumed
     }
 
     /// Forgets the stream on `backend` (the connection is gone); returns the client it went to.
@@ -108,8 +137,8 @@ impl Streams {
     ) -> Vec<ConnId> {
         self.active.retain(|s| backend_open(s.backend));
         let mut resumed = Vec::new();
-        for stream in self.active.iter_mut().filter(|s| s.paused && !client_open(s.client)) {
-            stream.paused = false;
+        for stream in self.active.iter_mut().filter(|s| s.paused_since.is_some() && !client_open(s.client)) {
+            stream.paused_since = None;
             resumed.push(stream.backend);
         }
         resumed
@@ -176,12 +205,28 @@ mod tests {
         let (client, backend) = ids();
         let mut streams = Streams::default();
         streams.start(backend, client, 0, 10);
-        assert_eq!(streams.client_blocked(client, true), Some(backend));
-        assert_eq!(streams.client_blocked(client, true), None, "already paused");
+        let now = Instant::now();
+        assert_eq!(streams.client_blocked(now, client, true), Some(backend));
+        assert_eq!(streams.client_blocked(now, client, true), None, "already paused");
         assert_eq!(streams.tidy(|_| true, |_| true), []);
         assert_eq!(streams.tidy(|_| true, |_| false), [backend]);
         assert!(!streams.is_empty(), "the rest of the value is still read and discarded");
         assert_eq!(streams.tidy(|_| false, |_| false), []);
         assert!(streams.is_empty());
+    }
+
+    #[test]
+    fn a_stream_paused_for_the_stall_bound_is_no_longer_paced() {
+        let (client, backend) = ids();
+        let mut streams = Streams::default();
+        streams.start(backend, client, 0, 10);
+        let now = Instant::now();
+        assert_eq!(streams.deadline(), None);
+        streams.client_blocked(now, client, true);
+        assert_eq!(streams.deadline(), Some(now + STREAM_STALL));
+        assert_eq!(streams.stalled(now + STREAM_STALL - Duration::from_millis(1)), []);
+        assert_eq!(streams.stalled(now + STREAM_STALL), [backend]);
+        assert_eq!(streams.deadline(), None);
+        assert_eq!(streams.client_blocked(now, client, true), None, "not paused again");
     }
 }

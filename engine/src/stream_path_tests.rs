@@ -2,7 +2,7 @@
 //! owed the reply next, backpressure from a client that does not read, a client or a backend that goes away
 //! mid-stream, and the replies behind a streamed one on a shared connection.
 
-use crate::stream::STREAM_MIN;
+use crate::stream::{STREAM_MIN, STREAM_STALL};
 use crate::testkit::{config, connects, sent_on, Driver};
 use crate::{Action, ConnId, Input};
 use proptest::prelude::*;
@@ -174,6 +174,31 @@ fn a_client_that_leaves_while_its_stream_is_paused_lets_the_connection_move_on()
     kit.feed(shared, &[&reply[STREAM_MIN..], b"$2\r\nvb\r\n"].concat());
     let actions = kit.drain();
     assert_eq!(writes_to(&actions, leaver), 0);
+    assert_eq!(sent_on(&actions, other), b"$2\r\nvb\r\n");
+}
+
+#[test]
+fn a_client_blocked_for_the_stall_bound_no_longer_holds_up_the_replies_behind_its_stream() {
+    let (mut kit, clients) = kit_with_clients(2);
+    let (stalled, other) = (clients[0], clients[1]);
+    let shared = send_requests(&mut kit, &[(stalled, GET_A), (other, GET_B)]);
+    let reply = bulk(3 * STREAM_MIN, 8);
+    let now = kit.clock.now();
+    kit.feed(shared, &reply[..STREAM_MIN]);
+    let mut got = sent_on(&kit.drain(), stalled);
+    kit.engine.handle_input(now, Input::WriteBlocked { conn: stalled });
+    assert_eq!(readable(&kit.drain(), shared), [false]);
+    assert!(kit.engine.poll_timeout().is_some_and(|(at, _)| at <= now + STREAM_STALL), "the engine wakes at the bound");
+    kit.advance(STREAM_STALL - Duration::from_millis(1));
+    assert!(readable(&kit.drain(), shared).is_empty(), "paced until the bound");
+    kit.advance(Duration::from_millis(1));
+    assert_eq!(readable(&kit.drain(), shared), [true], "read at full speed from the bound on");
+    // The client is still blocked: the rest is queued for it all the same, and the next reply moves on.
+    kit.feed(shared, &[&reply[STREAM_MIN..], b"$2\r\nvb\r\n"].concat());
+    let actions = kit.drain();
+    assert!(readable(&actions, shared).is_empty(), "{actions:?}");
+    got.extend(sent_on(&actions, stalled));
+    assert_eq!(got, reply);
     assert_eq!(sent_on(&actions, other), b"$2\r\nvb\r\n");
 }
 
