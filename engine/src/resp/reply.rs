@@ -30,7 +30,7 @@ impl ReplyScanner {
                 if buf.len() < self.pos + len + 2 {
                     // A large bulk reply on its own may be streamed: the caller decides, and reserves room for
                     // the whole of it only if it holds it (`reserve_rest`).
-                    if len < STREAM_MIN || !self.open.is_empty() {
+                    if len < STREAM_MIN || !self.open.is_empty() || buf.first() != Some(&b'$') {
                         buf.reserve(self.pos + len + 2 - buf.len());
                     }
                     return Ok(None);
@@ -210,6 +210,30 @@ mod tests {
             }
             assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
         }
+    }
+
+    #[test]
+    fn only_a_large_partial_bulk_string_on_its_own_may_be_streamed() {
+        let partial = |input: &[u8]| {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::from(input);
+            assert_eq!(scanner.next_reply(&mut buf), Ok(None));
+            scanner.partial_large_bulk(&buf)
+        };
+        let header = format!("${STREAM_MIN}\r\n");
+        assert_eq!(partial(format!("{header}abc").as_bytes()), Some(header.len() + STREAM_MIN + 2));
+        assert_eq!(partial(format!("*1\r\n{header}abc").as_bytes()), None, "inside an array");
+        assert_eq!(partial(format!("!{STREAM_MIN}\r\nabc").as_bytes()), None, "a blob error");
+        assert_eq!(partial(format!("${}\r\nabc", STREAM_MIN - 1).as_bytes()), None, "small");
+
+        // Taken by a stream: the scanner starts afresh at the next reply.
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let mut buf = BytesMut::from(format!("{header}abc").as_bytes());
+        assert_eq!(scanner.next_reply(&mut buf), Ok(None));
+        scanner.stream_taken();
+        buf.clear();
+        buf.extend_from_slice(b"+OK\r\n");
+        assert_eq!(scanner.next_reply(&mut buf), Ok(Some(Bytes::from_static(b"+OK\r\n"))));
     }
 
     fn arb_reply(depth: u32) -> BoxedStrategy<Vec<u8>> {
