@@ -630,6 +630,10 @@ impl Engine {
     /// A client blocked on writing (or drained): the backend connection streaming a reply to it, if any, stops
     /// (or resumes) being read, so the proxy never holds more of a value than the client's socket refuses.
     fn stream_backpressure(&mut self, now: Instant, client: ConnId, blocked: bool) {
+        // A client that left has no say: the rest of its value is read and dropped.
+        if !self.clients.contains(client) {
+            return;
+        }
         if let Some(backend) = self.streams.client_blocked(now, client, blocked) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: !blocked });
         }

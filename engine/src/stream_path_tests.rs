@@ -107,6 +107,9 @@ fn a_client_that_leaves_mid_stream_gets_nothing_more_and_the_replies_behind_it_a
     assert_eq!(sent_on(&kit.drain(), leaver), &reply[..STREAM_MIN]);
     kit.closed(leaver);
     kit.drain();
+    let now = kit.clock.now();
+    kit.engine.handle_input(now, Input::WriteBlocked { conn: leaver });
+    assert_eq!(kit.drain(), [], "a stale id pauses nothing");
     let mut rest = reply[STREAM_MIN..].to_vec();
     rest.extend_from_slice(b"$2\r\nvb\r\n");
     let mut actions = Vec::new();
