@@ -2,12 +2,14 @@
 # bench/memory.sh - redis-proxy's resident memory (VmRSS) with many idle clients, a huge value, and a client
 # that never reads its replies.
 #
-# Usage:  bench/memory.sh            (CLIENTS=10000 BIG_MIB=100 SLOW_SECONDS=5 BASE_PORT=7500 SKIP_BUILD=0)
+# Usage:  bench/memory.sh            (CLIENTS=10000 BIG_MIB=100 SLOW_SECONDS=5 BASE_PORT=7500 SKIP_BUILD=0
+#                                     PROXY_BIN=target/release/redis-proxy, e.g. an older build to compare)
 #
-# Starts one redis-server (:BASE_PORT+1) and target/release/redis-proxy (:BASE_PORT+2, default limits), then
+# Starts one redis-server (:BASE_PORT+1) and PROXY_BIN (:BASE_PORT+2, default limits), then
 # drives it from bench/memory_clients.py and prints the proxy's VmRSS (from /proc/PID/status) at each step:
 #   baseline; CLIENTS idle connections open; after one PING each; after they close;
-#   during and after a SET of a BIG_MIB MiB value and a GET of it;
+#   during and after a SET of a BIG_MIB MiB value and a GET of it (sampled, and the exact peak: VmHWM, reset
+#   before each), checking that the value comes back byte-exact;
 #   during and after a client that pipelines GETs of a 1 MiB value for SLOW_SECONDS without reading.
 # Everything binds to 127.0.0.1; the processes started here are stopped at exit, by PID.
 set -euo pipefail
@@ -19,6 +21,7 @@ SLOW_SECONDS=${SLOW_SECONDS:-5}
 BASE_PORT=${BASE_PORT:-7500}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PROXY_BIN=${PROXY_BIN:-$ROOT/target/release/redis-proxy}
 P_REDIS=$((BASE_PORT + 1)) P_PROXY=$((BASE_PORT + 2))
 
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
@@ -55,7 +58,7 @@ cat >"$W/proxy.json" <<EOF
 { "servers": [ {"host": "127.0.0.1", "port": $P_REDIS} ], "listen_port": $P_PROXY, "bind_address": "127.0.0.1",
   "check_period": 1000, "max_clients": $((CLIENTS + 100)) }
 EOF
-"$ROOT/target/release/redis-proxy" "$W/proxy.json" >"$W/proxy.log" 2>&1 &
+"$PROXY_BIN" "$W/proxy.json" >"$W/proxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS=("$PROXY_PID" "${PIDS[@]}")
 wait_for 15 sh -c "[ \"\$(redis-cli -p $P_PROXY set __ready 1)\" = OK ]" || { echo "proxy did not start" >&2; exit 1; }

@@ -18,6 +18,21 @@ def rss_mib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def hwm_mib(pid):
+    """The peak VmRSS since the last reset_hwm (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM")
+
+
+def reset_hwm(pid):
+    """Resets the process's VmHWM to its current VmRSS (Linux: 5 to /proc/PID/clear_refs)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def report(pid, label, baseline=None):
     rss = rss_mib(pid)
     delta = f"  (+{rss - baseline:.1f} over baseline)" if baseline is not None else ""
@@ -87,9 +102,9 @@ def idle_clients(port, pid, count, baseline):
 
 def big_value(port, pid, mib, baseline):
     size = mib << 20
-    value = b"v" * size
+    # Every byte value, at a position that is not a multiple of the period of anything the proxy does.
+    value = (bytes(range(256)) * (size // 256 + 1))[:size]
     frame = command("SET", "memkey:big", value)
-    del value
     peak = [0.0]
     done = threading.Event()
 
@@ -101,20 +116,27 @@ def big_value(port, pid, mib, baseline):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     sock = connect(port)
+    reset_hwm(pid)
     sock.sendall(frame)
     del frame
     if read_reply_bytes(sock, 5) != b"+OK\r\n":
         raise RuntimeError("SET of the big value failed")
     print(f"   {'peak during SET of a %d MiB value' % mib:<58} {peak[0]:8.1f}  (+{peak[0] - baseline:.1f})")
+    hwm = hwm_mib(pid)
+    print(f"   {'VmHWM (exact peak) during the SET':<58} {hwm:8.1f}  (+{hwm - baseline:.1f})")
     report(pid, f"after the {mib} MiB SET (client still connected)", baseline)
     peak[0] = 0.0
+    reset_hwm(pid)
     sock.sendall(command("GET", "memkey:big"))
-    header = f"${size}\r\n".encode()
-    reply = read_reply_bytes(sock, len(header) + size + 2)
-    if not reply.startswith(header):
-        raise RuntimeError("GET of the big value failed")
-    del reply
-    print(f"   {'peak during GET of it':<58} {peak[0]:8.1f}  (+{peak[0] - baseline:.1f})")
+    expected = f"${size}\r\n".encode() + value + b"\r\n"
+    reply = read_reply_bytes(sock, len(expected))
+    if reply != expected:
+        at = next(i for i in range(len(expected)) if reply[i] != expected[i])
+        raise RuntimeError(f"GET of the big value returned other bytes (first difference at byte {at})")
+    del reply, expected, value
+    print(f"   {'peak during GET of it (the value came back byte-exact)':<58} {peak[0]:8.1f}  (+{peak[0] - baseline:.1f})")
+    hwm = hwm_mib(pid)
+    print(f"   {'VmHWM (exact peak) during the GET':<58} {hwm:8.1f}  (+{hwm - baseline:.1f})")
     settle(1)
     report(pid, "after the GET (client still connected)", baseline)
     sock.close()

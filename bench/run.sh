@@ -22,6 +22,7 @@
 #        c50_P16   -t set,get -n N       -c 50  -P 16
 #        c500_P1   -t set,get -n N       -c 500 -P 1
 #        d100k     -t set,get -n N_LARGE -c 50  -P 1 -d 100000
+#        d1m       -t set,get -n N_HUGE  -c 50  -P 1 -d 1048576   (1 MiB values: replies streamed through)
 #        rts_get   -t get     -n N       -c 50  -P 1     direct, redis-proxy allToMaster, redis-proxy readsToSlaves
 #        r3_P1     -3 -t set,get -n N    -c 50  -P 1     RESP3 (HELLO 3): direct and the redis-proxy runtimes
 #        r3_P16    -3 -t set,get -n N    -c 50  -P 16    (twemproxy does not speak RESP3)
@@ -32,8 +33,8 @@
 #      ratios), p50/p99 latency (redis-benchmark --csv), and each proxy's CPU per request (utime+stime delta
 #      of its process from /proc/PID/stat over the run, divided by the requests of the run).
 #
-# Knobs (environment): REPS=3 N=200000 N_P16=$N N_LARGE=$N/20 BASE_PORT=7400 PIN=split|none CLI_CPU=0
-#   SRV_CPU=1 RUN_TIMEOUT=60 BUDGET=900 (seconds of measurement, then the rest is skipped) SKIP_BUILD=0
+# Knobs (environment): REPS=3 N=200000 N_P16=$N N_LARGE=$N/20 N_HUGE=$N_LARGE/10 BASE_PORT=7400 PIN=split|none
+#   CLI_CPU=0 SRV_CPU=1 RUN_TIMEOUT=60 BUDGET=900 (seconds of measurement, then the rest is skipped) SKIP_BUILD=0
 #   FOREIGN_MAX=15 (% of a core used by other processes during a run before it is re-run once) WORKDIR
 #   (default: a new /tmp/redis-proxy-bench.XXXXXX, kept: logs, configs, raw CSV) ONLY (a regular expression:
 #   run only the workloads whose name matches, e.g. ONLY='^(c50_P1|c50_P16|tls_)').
@@ -48,6 +49,7 @@ REPS=${REPS:-3}
 N=${N:-200000}
 N_P16=${N_P16:-$N}
 N_LARGE=${N_LARGE:-$(( N / 20 > 500 ? N / 20 : 500 ))}
+N_HUGE=${N_HUGE:-$(( N_LARGE / 10 > 100 ? N_LARGE / 10 : 100 ))}
 BASE_PORT=${BASE_PORT:-7400}
 PIN=${PIN:-split}
 CLI_CPU=${CLI_CPU:-0}
@@ -57,7 +59,7 @@ BUDGET=${BUDGET:-900}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ONLY=${ONLY:-}
 FOREIGN_MAX=${FOREIGN_MAX:-15}
-for knob in REPS N N_P16 N_LARGE BASE_PORT RUN_TIMEOUT BUDGET FOREIGN_MAX; do
+for knob in REPS N N_P16 N_LARGE N_HUGE BASE_PORT RUN_TIMEOUT BUDGET FOREIGN_MAX; do
     [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -gt 0 ] || { echo "$knob must be a positive number" >&2; exit 2; }
 done
 
@@ -277,6 +279,7 @@ WORKLOADS=(
     "c50_P16|-t set,get -c 50 -P 16|$N_P16|$MAIN_TARGETS"
     "c500_P1|-t set,get -c 500 -P 1|$N|$MAIN_TARGETS"
     "d100k|-t set,get -c 50 -P 1 -d 100000|$N_LARGE|$MAIN_TARGETS"
+    "d1m|-t set,get -c 50 -P 1 -d 1048576|$N_HUGE|$MAIN_TARGETS"
     "rts_get|-t get -c 50 -P 1|$N|$RTS_TARGETS"
     "r3_P1|-3 -t set,get -c 50 -P 1|$N|$RESP3_TARGETS"
     "r3_P16|-3 -t set,get -c 50 -P 16|$N_P16|$RESP3_TARGETS"
@@ -333,7 +336,7 @@ for rep in $(seq "$REPS"); do
         tests=1
         [[ $args == *set,get* ]] && tests=2
         if [ "$tests" = 1 ]; then
-            # GET-only: the key d100k left holds a 100 kB value; make it the 3-byte value the SET runs write.
+            # GET-only: the key d100k and d1m left holds a large value; make it the 3-byte value the SET runs write.
             cli "$P_MASTER" set key:__rand_int__ xxx >/dev/null && cli "$P_MASTER" wait 2 2000 >/dev/null ||
                 log "could not reset key:__rand_int__ before $name"
         fi
@@ -372,7 +375,7 @@ done
 echo "== redis-proxy benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "   $(nproc) CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r)"
 echo "   $(redis-server --version | cut -d' ' -f1-3), $(redis-benchmark --version | head -1), $(nutcracker --version 2>&1 | head -1)"
-echo "   $ARRANGEMENT; reps=$REPS (interleaved), n=$N, n_P16=$N_P16, n_large=$N_LARGE; loopback"
+echo "   $ARRANGEMENT; reps=$REPS (interleaved), n=$N, n_P16=$N_P16, n_large=$N_LARGE, n_huge=$N_HUGE; loopback"
 echo
 awk -F'\t' -v hz="$HZ" -v reps="$REPS" '
 function med(s,   a, n, i, j, t) {

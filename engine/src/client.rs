@@ -586,6 +586,25 @@ impl Clients {
         true
     }
 
+    /// Whether reply slot `seq` of `conn` is the next reply it is owed (every earlier one is out), so a large reply
+    /// for it may be streamed. Never in pass-through, where replies are not counted.
+    pub(crate) fn is_next(&self, conn: ConnId, seq: u64) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.first_seq == seq && !c.is_passthrough())
+    }
+
+    /// Sends a piece of the reply streamed into slot `seq` of `conn` (the slot stays awaited until the last piece
+    /// is delivered); a client that is gone, or a slot that is not next, gets nothing.
+    pub(crate) fn stream_part(&mut self, conn: ConnId, seq: u64, data: Bytes, out: &mut Outbox) {
+        if self.is_next(conn, seq) {
+            self.send(conn, data, out);
+        }
+    }
+
+    /// Whether the runtime reported `conn` blocked on writing and not yet drained.
+    pub(crate) fn is_write_blocked(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.write_blocked)
+    }
+
     /// Sends a frame the server pushed (or passed through) straight to `conn`.
     pub(crate) fn push(&mut self, conn: ConnId, frame: Bytes, out: &mut Outbox) {
         self.send(conn, frame, out);

@@ -106,6 +106,9 @@ pub enum TimerReason {
     ShutdownGrace,
     /// A planned switchover asks the master and its target for their replication offsets again.
     Switchover,
+    /// A large reply streamed to a client that stopped reading has kept its backend connection unread long
+    /// enough: the rest is read anyway, so that the replies behind it on that connection get through.
+    StreamStall,
 }
 
 /// The actions and events the machines produce, in order, until the runtime drains them, and the counters of

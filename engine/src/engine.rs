@@ -23,6 +23,7 @@ use crate::resp;
 use crate::route::{Demand, Route, Router};
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
+use crate::stream::{Piece, Streams};
 use crate::topology::{Role, ServerId, ServerView};
 use crate::wait::Waits;
 use bytes::BytesMut;
@@ -59,6 +60,8 @@ pub struct Engine {
     router: Router,
     waits: Waits,
     fence_poll: FencePoll,
+    /// Large replies being forwarded as they arrive.
+    streams: Streams,
     /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
     /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
     master_epoch: u64,
@@ -113,6 +116,7 @@ impl Engine {
             router: Router::new(&config),
             waits: Waits::default(),
             fence_poll: FencePoll::default(),
+            streams: Streams::default(),
             master_epoch: 0,
             master_history: None,
             out: Outbox::default(),
@@ -274,6 +278,7 @@ impl Engine {
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
             self.switchover.as_ref().and_then(|s| s.poll.next()).map(|at| (at, TimerReason::Switchover)),
+            self.streams.deadline().map(|at| (at, TimerReason::StreamStall)),
         ]
         .into_iter()
         .flatten()
@@ -338,8 +343,14 @@ impl Engine {
                 Lane::Client => self.clients.remove(conn, false, &mut self.out),
                 Lane::Backend => self.backend_lost(now, conn, "closed by the server", Loss::Closed),
             },
-            Input::WriteBlocked { conn } => self.clients.set_write_blocked(conn, true, &mut self.out),
-            Input::Drained { conn } => self.clients.set_write_blocked(conn, false, &mut self.out),
+            Input::WriteBlocked { conn } => {
+                self.clients.set_write_blocked(conn, true, &mut self.out);
+                self.stream_backpressure(now, conn, true);
+            }
+            Input::Drained { conn } => {
+                self.clients.set_write_blocked(conn, false, &mut self.out);
+                self.stream_backpressure(now, conn, false);
+            }
         }
     }
 
@@ -359,6 +370,9 @@ impl Engine {
         self.advance_switchover(now);
         self.finish_removals(now);
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
+        for backend in self.streams.stalled(now) {
+            self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });
+        }
         if self.shutdown_deadline.is_some_and(|at| now >= at) {
             self.clients.close_all(&mut self.out);
         }
@@ -613,20 +627,56 @@ impl Engine {
         }
     }
 
-    /// Hands the pool the private connections of clients that left.
+    /// Hands the pool the private connections of clients that left, and lets streams whose client or backend
+    /// connection is gone go on or end.
     fn release_departed(&mut self) {
         for departed in self.clients.take_departed() {
             self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+        }
+        if !self.streams.is_empty() {
+            self.tidy_streams();
+        }
+    }
+
+    /// Forgets streams on connections that closed, and resumes reading the ones paused for a client that left:
+    /// the rest of its value is read and dropped, so that the connection's later replies get through.
+    #[cold]
+    #[inline(never)]
+    fn tidy_streams(&mut self) {
+        let (pool, clients) = (&self.pool, &self.clients);
+        for backend in self.streams.tidy(|b| pool.contains(b), |c| clients.contains(c)) {
+            self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });
+        }
+    }
+
+    /// A client blocked on writing (or drained): the backend connection streaming a reply to it, if any, stops
+    /// (or resumes) being read, so the proxy never holds more of a value than the client's socket refuses.
+    fn stream_backpressure(&mut self, now: Instant, client: ConnId, blocked: bool) {
+        // A client that left has no say: the rest of its value is read and dropped.
+        if !self.clients.contains(client) {
+            return;
+        }
+        if let Some(backend) = self.streams.client_blocked(now, client, blocked) {
+            self.out.actions.push_back(Action::SetReadable { conn: backend, readable: !blocked });
         }
     }
 
     // ------------------------------------------------------------------ backends
 
     fn backend_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
+        if !self.streams.is_empty() && self.stream_through(now, conn, buf) {
+            return;
+        }
         loop {
             let (frame, owner) = match self.pool.next_reply(conn, buf) {
                 Ok(Some(reply)) => reply,
-                Ok(None) => return,
+                Ok(None) => {
+                    // Only a partial reply can be a large one to stream; the common case has nothing left.
+                    if !buf.is_empty() {
+                        self.partial_reply(now, conn, buf);
+                    }
+                    return;
+                }
                 Err(error) => {
                     buf.clear();
                     self.close_and_fail(now, conn, &format!("bad reply: {error}"));
@@ -710,6 +760,70 @@ impl Engine {
         self.config.server_credentials(address).and_then(auth::masterauth_request)
     }
 
+    /// Starts streaming the large reply whose start `buf` holds on `conn` if its client is owed it next (then the
+    /// header and the body so far go out now); otherwise it is held whole, as every other reply.
+    #[cold]
+    #[inline(never)]
+    fn partial_reply(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
+        let Some((whole, waiter)) = self.pool.partial_large_bulk(conn, buf) else { return };
+        let client = match waiter {
+            Some(Waiter::Client { conn: client, seq, .. }) if self.clients.is_next(client, seq) => (client, seq),
+            _ => return self.pool.hold_whole(conn, buf),
+        };
+        self.pool.stream_taken(conn);
+        let data = buf.split().freeze();
+        self.streams.start(conn, client.0, client.1, whole - data.len());
+        self.stream_part(now, client.0, client.1, data);
+    }
+
+    /// Sends a piece of a streamed reply; a client already blocked on writing pauses the stream at once.
+    fn stream_part(&mut self, now: Instant, client: ConnId, seq: u64, data: bytes::Bytes) {
+        self.clients.stream_part(client, seq, data, &mut self.out);
+        if self.clients.is_write_blocked(client) {
+            self.stream_backpressure(now, client, true);
+        }
+    }
+
+    /// Hands what arrived on `conn` to the reply streamed on it, if one is. Returns true when the stream took
+    /// everything (or the connection was given up); false when there is none, or it ended and the replies after
+    /// it are left in `buf` for the scanner.
+    #[cold]
+    #[inline(never)]
+    fn stream_through(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
+        match self.streams.take(conn, buf) {
+            None => false,
+            Some(Piece::Part { client, seq, data }) => {
+                self.stream_part(now, client, seq, data);
+                true
+            }
+            Some(Piece::Last { data, was_paused }) => {
+                if was_paused {
+                    self.out.actions.push_back(Action::SetReadable { conn, readable: true });
+                }
+                match self.pool.pop_waiter(conn, &mut self.out) {
+                    Some(Waiter::Client { conn: client, seq, sent }) => {
+                        if seq % LATENCY_SAMPLE == 0 {
+                            self.out.counters.latency.observe(now.saturating_duration_since(sent));
+                        }
+                        self.deliver(now, client, seq, data);
+                        false
+                    }
+                    // A stream starts only for a client's waiter and keeps it at the front: not reached.
+                    _ => {
+                        buf.clear();
+                        self.close_and_fail(now, conn, "unexpected reply");
+                        true
+                    }
+                }
+            }
+            Some(Piece::BadTerminator) => {
+                buf.clear();
+                self.close_and_fail(now, conn, "bad reply: bulk string not terminated by CRLF");
+                true
+            }
+        }
+    }
+
     /// Closes the connections to `server` (the probe too unless `keep_probe`); in-flight requests get errors.
     fn close_backends_of(&mut self, now: Instant, server: ServerId, keep_probe: bool, reason: &str) {
         for conn in self.pool.conns_of(server, keep_probe) {
@@ -732,6 +846,10 @@ impl Engine {
     fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str, loss: Loss) {
         let refused = loss == Loss::Refused;
         let Some(lost) = self.pool.remove(conn) else { return };
+        if let Some(client) = self.streams.remove(conn) {
+            // The client has part of a reply whose rest will never come: no error can follow it in the protocol.
+            self.clients.remove(client, true, &mut self.out);
+        }
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
         let orphaned = match lost.purpose {

@@ -77,6 +77,7 @@
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
+//! | `stream` | large bulk replies forwarded to their client as they arrive, paused while the client does not read |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
@@ -119,6 +120,9 @@ mod session;
 #[cfg(test)]
 mod sim;
 mod status;
+mod stream;
+#[cfg(test)]
+mod stream_path_tests;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod tls_config;

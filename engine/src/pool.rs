@@ -293,6 +293,28 @@ impl Pool {
         Ok(backend.scanner.next_reply(buf)?.map(|frame| (frame, owner)))
     }
 
+    /// The large bulk reply `buf` holds the start of on `conn`, if the scanner stopped at one that may be streamed
+    /// (see [`ReplyScanner::partial_large_bulk`]): its whole length, and the waiter it answers.
+    pub(crate) fn partial_large_bulk(&self, conn: ConnId, buf: &BytesMut) -> Option<(usize, Option<Waiter>)> {
+        let backend = self.conns.get(conn).filter(|b| !b.raw)?;
+        let whole = backend.scanner.partial_large_bulk(buf)?;
+        Some((whole, backend.waiters.front().copied()))
+    }
+
+    /// The large reply partly in `buf` on `conn` is held whole after all: room for the rest is reserved.
+    pub(crate) fn hold_whole(&self, conn: ConnId, buf: &mut BytesMut) {
+        if let Some(backend) = self.conns.get(conn) {
+            backend.scanner.reserve_rest(buf);
+        }
+    }
+
+    /// The large reply partly read on `conn` is streamed: its bytes are taken as they come, not scanned.
+    pub(crate) fn stream_taken(&mut self, conn: ConnId) {
+        if let Some(backend) = self.conns.get_mut(conn) {
+            backend.scanner.stream_taken();
+        }
+    }
+
     /// Drops and returns the front waiter of the private connection `conn` if the proxy itself awaits that reply:
     /// [`Waiter::Ignore`] (the `HELLO 3` that switched it before its client went into pass-through, where replies
     /// are not counted) or [`Waiter::Auth`].

@@ -33,6 +33,9 @@ const MIN_READ_ROOM: usize = 4 * 1024;
 const MAX_READ_ROOM: usize = 1024 * 1024;
 /// Reads per connection per turn, so one busy peer cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// Bytes read per connection per turn: a large value streamed to a client is queued for it until the turn's
+/// writes (and the `WriteBlocked` that pauses its backend), so this bounds what one value can pile up.
+const READ_BYTES_PER_TURN: usize = 2 * 1024 * 1024;
 /// A read buffer that has held more than this is replaced by a fresh one once the engine has taken its frames,
 /// so one large value does not pin its allocation for the rest of the connection's life.
 const SHRINK_READ_BUF_AFTER: usize = 4 * 64 * 1024;
@@ -420,6 +423,7 @@ impl Runtime {
     }
 
     fn read_socket(&mut self, id: ConnId) {
+        let mut read_this_turn = 0;
         for _ in 0..READS_PER_TURN {
             let Some(socket) = self.sockets.get_mut(id) else { return };
             if socket.connecting {
@@ -467,8 +471,12 @@ impl Runtime {
                         socket.read_buf = buf;
                     }
                     self.drain_engine();
+                    read_this_turn += n;
                     if n < room {
                         return;
+                    }
+                    if read_this_turn >= READ_BYTES_PER_TURN {
+                        break;
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,

@@ -1,6 +1,7 @@
 //! Server replies: the resumable [`ReplyScanner`] for any RESP2 or RESP3 frame, nested aggregates included.
 
 use super::{find_line_end, parse_int, Limits, ProtocolError};
+use crate::stream::STREAM_MIN;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -27,7 +28,11 @@ impl ReplyScanner {
         loop {
             if let Some(len) = self.bulk_len {
                 if buf.len() < self.pos + len + 2 {
-                    buf.reserve(self.pos + len + 2 - buf.len());
+                    // A large bulk reply on its own may be streamed: the caller decides, and reserves room for
+                    // the whole of it only if it holds it (`reserve_rest`).
+                    if len < STREAM_MIN || !self.open.is_empty() || buf.first() != Some(&b'$') {
+                        buf.reserve(self.pos + len + 2 - buf.len());
+                    }
                     return Ok(None);
                 }
                 if &buf[self.pos + len..self.pos + len + 2] != b"\r\n" {
@@ -97,6 +102,29 @@ impl ReplyScanner {
                 other => return Err(ProtocolError::UnknownType(other)),
             }
         }
+    }
+
+    /// The whole length (header, body, CRLF) of the bulk string reply (`$`) of at least [`STREAM_MIN`] bytes that
+    /// `buf` holds the start of, on its own (not inside an aggregate) and not yet complete: a reply that may be
+    /// streamed.
+    pub(crate) fn partial_large_bulk(&self, buf: &[u8]) -> Option<usize> {
+        let len = self.bulk_len.filter(|len| *len >= STREAM_MIN && self.open.is_empty())?;
+        let whole = self.pos + len + 2;
+        (buf.first() == Some(&b'$') && buf.len() < whole).then_some(whole)
+    }
+
+    /// Reserves room in `buf` for the rest of the reply [`ReplyScanner::partial_large_bulk`] found, which is held
+    /// whole after all.
+    pub(crate) fn reserve_rest(&self, buf: &mut BytesMut) {
+        if let Some(whole) = self.partial_large_bulk(buf) {
+            buf.reserve(whole - buf.len());
+        }
+    }
+
+    /// Forgets the reply in progress: a stream took its bytes and takes the rest as they come.
+    pub(crate) fn stream_taken(&mut self) {
+        self.pos = 0;
+        self.bulk_len = None;
     }
 
     /// Counts one finished element against the open aggregates; true when the whole frame is complete.
@@ -182,6 +210,30 @@ mod tests {
             }
             assert_eq!(result, Err(ProtocolError::UnknownType(b'\r')));
         }
+    }
+
+    #[test]
+    fn only_a_large_partial_bulk_string_on_its_own_may_be_streamed() {
+        let partial = |input: &[u8]| {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::from(input);
+            assert_eq!(scanner.next_reply(&mut buf), Ok(None));
+            scanner.partial_large_bulk(&buf)
+        };
+        let header = format!("${STREAM_MIN}\r\n");
+        assert_eq!(partial(format!("{header}abc").as_bytes()), Some(header.len() + STREAM_MIN + 2));
+        assert_eq!(partial(format!("*1\r\n{header}abc").as_bytes()), None, "inside an array");
+        assert_eq!(partial(format!("!{STREAM_MIN}\r\nabc").as_bytes()), None, "a blob error");
+        assert_eq!(partial(format!("${}\r\nabc", STREAM_MIN - 1).as_bytes()), None, "small");
+
+        // Taken by a stream: the scanner starts afresh at the next reply.
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let mut buf = BytesMut::from(format!("{header}abc").as_bytes());
+        assert_eq!(scanner.next_reply(&mut buf), Ok(None));
+        scanner.stream_taken();
+        buf.clear();
+        buf.extend_from_slice(b"+OK\r\n");
+        assert_eq!(scanner.next_reply(&mut buf), Ok(Some(Bytes::from_static(b"+OK\r\n"))));
     }
 
     fn arb_reply(depth: u32) -> BoxedStrategy<Vec<u8>> {
