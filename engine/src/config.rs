@@ -47,11 +47,31 @@ impl fmt::Display for ServerAddress {
     }
 }
 
+/// Sentinel mode (`sentinel`): Redis Sentinel decides which server is the master; the proxy only routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels to ask (`sentinel.sentinels`); a master is accepted when more than half of them name it.
+    pub sentinels: Vec<ServerAddress>,
+    /// The name the sentinels monitor the master under (`sentinel.master_name`).
+    pub master_name: String,
+    /// User to authenticate to the sentinels as (`sentinel.username`; default: none, or `default` with a password).
+    pub username: Option<String>,
+    /// Password for the sentinels (`sentinel.password`; default: none).
+    pub password: Option<String>,
+    /// How long the proxy keeps routing writes to its master while it cannot hear a majority of the sentinels
+    /// (`sentinel.majority_lost_after`, ms, default 5000). Past it writes are held, then refused: a majority
+    /// elsewhere may have promoted another master. Keep it below the sentinels' `down-after-milliseconds`.
+    pub majority_lost_after: Duration,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// The Redis servers, master and replicas in any order (`servers`).
+    /// The Redis servers, master and replicas in any order (`servers`). In Sentinel mode it may be empty: the
+    /// servers the sentinels name are added as they are learnt.
     pub servers: Vec<ServerAddress>,
+    /// Sentinel mode (`sentinel`; default: off, the proxy decides by its own failover rules).
+    pub sentinel: Option<SentinelConfig>,
     /// Port the proxy listens on (`listen_port`, default 9999).
     pub listen_port: u16,
     /// Address the proxy listens on (`bind_address`, default `127.0.0.1`).
@@ -169,7 +189,11 @@ impl Config {
                 return Err(error(format!("unknown field `{key}` (known fields: {})", KNOWN_FIELDS.join(", "))));
             }
         }
-        let servers = parse_servers(map.get("servers"))?;
+        let sentinel = parse_sentinel(map.get("sentinel"))?;
+        let servers = match map.get("servers") {
+            None if sentinel.is_some() => Vec::new(),
+            value => parse_servers(value)?,
+        };
         let listen_port = match map.get("listen_port") {
             None => 9999,
             Some(value) => port(value, "listen_port")?,
@@ -212,6 +236,7 @@ impl Config {
         };
         Ok(Config {
             servers,
+            sentinel,
             listen_port,
             bind_address,
             mode,
@@ -251,6 +276,7 @@ impl Config {
             ("max_bulk_len / max_request_len", self.limits != new.limits),
             ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
             ("log_format", self.log_format != new.log_format),
+            ("sentinel", self.sentinel != new.sentinel),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -269,6 +295,7 @@ impl Config {
 
 const KNOWN_FIELDS: &[&str] = &[
     "servers",
+    "sentinel",
     "listen_port",
     "bind_address",
     "mode",
@@ -323,35 +350,74 @@ fn get_listen(map: &Map<String, Value>, field: &str) -> Result<Option<String>, C
     Ok(Some(text.clone()))
 }
 
+/// The `sentinel` object: `sentinels` (a non-empty address list), `master_name`, optional credentials and bound.
+fn parse_sentinel(value: Option<&Value>) -> Result<Option<SentinelConfig>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    let Value::Object(fields) = value else {
+        return Err(error(format!("`sentinel`: expected {{\"sentinels\": [...], \"master_name\": ...}}, got {value}")));
+    };
+    const SENTINEL_FIELDS: &[&str] = &["sentinels", "master_name", "username", "password", "majority_lost_after"];
+    if let Some(key) = fields.keys().find(|k| !SENTINEL_FIELDS.contains(&k.as_str())) {
+        return Err(error(format!("`sentinel`: unknown field `{key}` (known: {})", SENTINEL_FIELDS.join(", "))));
+    }
+    let sentinels = parse_addresses(fields.get("sentinels"), "sentinel.sentinels")?;
+    let master_name = match fields.get("master_name") {
+        Some(Value::String(name)) if !name.is_empty() && !name.contains(char::is_whitespace) => name.clone(),
+        Some(other) => return Err(error(format!("`sentinel.master_name`: expected a name, got {other}"))),
+        None => return Err(error("`sentinel.master_name`: missing (the name in `sentinel monitor NAME ...`)")),
+    };
+    let text = |field: &str| match fields.get(field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(error(format!("`sentinel.{field}`: expected a string, got {other}"))),
+    };
+    let majority_lost_after = get_u64(fields, "majority_lost_after", 5000, 1)
+        .map_err(|e| error(e.0.replace("`majority_lost_after`", "`sentinel.majority_lost_after`")))?;
+    Ok(Some(SentinelConfig {
+        sentinels,
+        master_name,
+        username: text("username")?,
+        password: text("password")?,
+        majority_lost_after: Duration::from_millis(majority_lost_after),
+    }))
+}
+
 fn parse_servers(value: Option<&Value>) -> Result<Vec<ServerAddress>, ConfigError> {
+    parse_addresses(value, "servers")
+}
+
+/// A non-empty list of distinct `{"host", "port"}` objects in `field`.
+fn parse_addresses(value: Option<&Value>, field: &str) -> Result<Vec<ServerAddress>, ConfigError> {
     let Some(value) = value else {
-        return Err(error("missing field `servers`: list the Redis servers as [{\"host\": ..., \"port\": ...}]"));
+        return Err(error(format!(
+            "missing field `{field}`: list the addresses as [{{\"host\": ..., \"port\": ...}}]"
+        )));
     };
     let Value::Array(list) = value else {
-        return Err(error(format!("`servers`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
+        return Err(error(format!("`{field}`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
     };
     if list.is_empty() {
-        return Err(error("`servers`: the list is empty; name at least one Redis server"));
+        return Err(error(format!("`{field}`: the list is empty; name at least one address")));
     }
     let mut servers = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
         let Value::Object(fields) = entry else {
-            return Err(error(format!("`servers[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
+            return Err(error(format!("`{field}[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
         };
         if let Some(key) = fields.keys().find(|k| *k != "host" && *k != "port") {
-            return Err(error(format!("`servers[{i}]`: unknown field `{key}`")));
+            return Err(error(format!("`{field}[{i}]`: unknown field `{key}`")));
         }
         let host = match fields.get("host") {
             Some(Value::String(h)) if valid_host(h) => h.clone(),
             None => "127.0.0.1".to_string(),
-            Some(other) => return Err(error(format!("`servers[{i}].host`: expected a host name, got {other}"))),
+            Some(other) => return Err(error(format!("`{field}[{i}].host`: expected a host name, got {other}"))),
         };
         let Some(port_value) = fields.get("port") else {
-            return Err(error(format!("`servers[{i}].port`: missing")));
+            return Err(error(format!("`{field}[{i}].port`: missing")));
         };
-        let address = ServerAddress { host, port: port(port_value, &format!("servers[{i}].port"))? };
+        let address = ServerAddress { host, port: port(port_value, &format!("{field}[{i}].port"))? };
         if servers.contains(&address) {
-            return Err(error(format!("`servers[{i}]`: {address} is listed twice")));
+            return Err(error(format!("`{field}[{i}]`: {address} is listed twice")));
         }
         servers.push(address);
     }

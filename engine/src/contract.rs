@@ -106,6 +106,8 @@ pub enum TimerReason {
     ShutdownGrace,
     /// A planned switchover asks the master and its target for their replication offsets again.
     Switchover,
+    /// Sentinel mode: the sentinels are asked again, or the proxy has been without their majority too long.
+    Sentinel,
 }
 
 /// The actions and events the machines produce, in order, until the runtime drains them, and the counters of

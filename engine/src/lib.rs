@@ -74,6 +74,7 @@
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
+//! | `sentinel` | Sentinel mode: asks the sentinels, accepts the master a majority names, learns healthy replicas |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
@@ -110,6 +111,9 @@ mod pool;
 mod request_path_tests;
 mod resp;
 mod route;
+mod sentinel;
+#[cfg(test)]
+mod sentinel_tests;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -119,7 +123,7 @@ pub mod testkit;
 mod topology;
 mod wait;
 
-pub use config::{Config, ConfigError, LogFormat, Mode, ServerAddress};
+pub use config::{Config, ConfigError, LogFormat, Mode, SentinelConfig, ServerAddress};
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;

@@ -5,6 +5,7 @@ use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
+use crate::sentinel::SentinelQuery;
 use crate::status::BackendCounts;
 use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,8 @@ pub(crate) enum Purpose {
     /// One request of `owner` that must reach a busy server at once (`SCRIPT KILL`): its own connection, closed
     /// after the reply.
     OutOfBand { owner: ConnId },
+    /// A connection to sentinel `index` (Sentinel mode): its queries, or (`subscriber`) its event channels.
+    Sentinel { index: usize, subscriber: bool },
 }
 
 /// A probe request awaiting its reply.
@@ -59,11 +62,13 @@ pub(crate) enum Waiter {
     Ignore,
     /// A probe.
     Probe(Probe),
+    /// A question to a sentinel.
+    Sentinel(SentinelQuery),
 }
 
-/// One connection to a server.
+/// One connection to a server, or to a sentinel (no server of ours: `server` is None).
 struct Backend {
-    server: ServerId,
+    server: Option<ServerId>,
     purpose: Purpose,
     /// Whether the runtime reported it connected.
     connected: bool,
@@ -76,7 +81,8 @@ struct Backend {
 
 /// A backend connection that is gone, with what was waiting on it.
 pub(crate) struct LostBackend {
-    pub(crate) server: ServerId,
+    /// None for a sentinel connection.
+    pub(crate) server: Option<ServerId>,
     pub(crate) purpose: Purpose,
     /// Whether it had been connected (a request on it may have run).
     pub(crate) connected: bool,
@@ -115,6 +121,22 @@ impl Pool {
 
     /// Opens a connection to `server`; the runtime reports the outcome.
     pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> ConnId {
+        let address = self.servers[server.0].address.clone();
+        self.open_to(Some(server), address, purpose, out)
+    }
+
+    /// Opens a connection to the sentinel at `address` (a [`Purpose::Sentinel`]); the runtime reports the outcome.
+    pub(crate) fn open_sentinel(&mut self, address: ServerAddress, purpose: Purpose, out: &mut Outbox) -> ConnId {
+        self.open_to(None, address, purpose, out)
+    }
+
+    fn open_to(
+        &mut self,
+        server: Option<ServerId>,
+        address: ServerAddress,
+        purpose: Purpose,
+        out: &mut Outbox,
+    ) -> ConnId {
         let backend = Backend {
             server,
             purpose,
@@ -124,7 +146,7 @@ impl Pool {
             raw: false,
         };
         let conn = self.conns.insert(backend);
-        out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
+        out.actions.push_back(Action::Connect { conn, address });
         conn
     }
 
@@ -187,7 +209,7 @@ impl Pool {
     /// A `RESET` reply arrived on `conn`: pool it for reuse if it is clean and goes to the routed `master`.
     pub(crate) fn reset_done(&mut self, conn: ConnId, frame: &[u8], master: Option<ServerId>, out: &mut Outbox) {
         let Some(backend) = self.conns.get(conn) else { return };
-        let server = backend.server;
+        let Some(server) = backend.server else { return };
         let released = backend.purpose == (Purpose::Private { owner: None });
         let reusable = frame == b"+RESET\r\n"
             && backend.waiters.is_empty()
@@ -235,7 +257,7 @@ impl Pool {
 
     /// The server `conn` goes to.
     pub(crate) fn server_of(&self, conn: ConnId) -> Option<ServerId> {
-        self.conns.get(conn).map(|b| b.server)
+        self.conns.get(conn).and_then(|b| b.server)
     }
 
     /// The next complete reply on `conn`, with the client that owns the connection if it is private.
@@ -304,7 +326,7 @@ impl Pool {
     pub(crate) fn in_flight(&self, server: ServerId) -> usize {
         self.conns
             .iter()
-            .filter(|(_, b)| b.server == server)
+            .filter(|(_, b)| b.server == Some(server))
             .map(|(_, b)| b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. })).count())
             .sum()
     }
@@ -319,8 +341,8 @@ impl Pool {
     pub(crate) fn remove_server(&mut self, server: ServerId) {
         self.servers.remove(server.0);
         for backend in self.conns.values_mut() {
-            if backend.server.0 > server.0 {
-                backend.server.0 -= 1;
+            if let Some(id) = backend.server.as_mut().filter(|id| id.0 > server.0) {
+                id.0 -= 1;
             }
         }
     }
@@ -328,11 +350,12 @@ impl Pool {
     /// The connections to `server` by kind, for the status snapshot.
     pub(crate) fn counts_of(&self, server: ServerId) -> BackendCounts {
         let mut counts = BackendCounts::default();
-        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == server) {
+        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == Some(server)) {
             match backend.purpose {
                 Purpose::Shared { .. } => counts.shared += 1,
                 Purpose::Private { .. } => counts.private += 1,
                 Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => counts.probe += 1,
+                Purpose::Sentinel { .. } => {}
             }
         }
         counts
@@ -342,16 +365,21 @@ impl Pool {
     pub(crate) fn conns_of(&self, server: ServerId, keep_probe: bool) -> Vec<ConnId> {
         self.conns
             .iter()
-            .filter(|(_, b)| b.server == server && !(keep_probe && b.purpose == Purpose::Probe))
+            .filter(|(_, b)| b.server == Some(server) && !(keep_probe && b.purpose == Purpose::Probe))
             .map(|(id, _)| id)
             .collect()
     }
 
     fn detach(&mut self, conn: ConnId, backend: &Backend) {
-        let server = &mut self.servers[backend.server.0];
+        let Some(id) = backend.server else { return };
+        let server = &mut self.servers[id.0];
         match backend.purpose {
             Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
-            Purpose::Shared { .. } | Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => {}
+            Purpose::Shared { .. }
+            | Purpose::Probe
+            | Purpose::Knock
+            | Purpose::OutOfBand { .. }
+            | Purpose::Sentinel { .. } => {}
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
         }
     }

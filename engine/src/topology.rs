@@ -188,6 +188,8 @@ pub(crate) struct ServerView {
     pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
+    /// Sentinel mode: the sentinels do not list it as a healthy replica, so it gets no reads.
+    pub(crate) reads_vetoed: bool,
 }
 
 impl ServerView {
@@ -207,6 +209,7 @@ impl ServerView {
             offset_seen: None,
             offset_serial: 0,
             probe_pending_since: None,
+            reads_vetoed: false,
         }
     }
 
