@@ -333,8 +333,8 @@ impl Pool {
 
     /// A new server at the next [`ServerId`] (`PROXY ADD`, reload).
     pub(crate) fn add_server(&mut self, address: ServerAddress) {
-        let pool_size = self.servers.first().map_or(1, |s| s.shared.len());
-        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new() });
+        let slots = 2 * self.pool_size;
+        self.servers.push(ServerConns { address, shared: vec![None; slots], idle_private: Vec::new() });
     }
 
     /// Forgets `server`, whose connections are all closed; the servers after it move down one id.

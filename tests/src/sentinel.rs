@@ -1,0 +1,110 @@
+//! Redis Sentinel for the Sentinel-mode tests: `redis-server CONF --sentinel` processes on free loopback ports,
+//! each with its own config file (Sentinel rewrites it), killed by PID on drop.
+
+use crate::{free_port, scratch_dir, wait_until, Reply, RespConn};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The name the tests' sentinels monitor the master under.
+pub const MASTER_NAME: &str = "mymaster";
+
+/// One sentinel process.
+pub struct Sentinel {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    /// Starts a sentinel monitoring the master on `master_port` as [`MASTER_NAME`] with quorum 2, a 1 s
+    /// `down-after-milliseconds` and a 5 s `failover-timeout`; waits until it answers PING.
+    pub fn start(master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = scratch_dir(&format!("sentinel-{port}"));
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel warning\ndir {dir}\nsentinel resolve-hostnames yes\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 5000\n\
+             sentinel parallel-syncs {MASTER_NAME} 2\n",
+            dir = dir.display()
+        );
+        let path = dir.join("sentinel.conf");
+        std::fs::write(&path, config).expect("write sentinel config");
+        let child = Command::new("redis-server")
+            .arg(&path)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel ({e}): apt-get install redis-server"));
+        let sentinel = Sentinel { port, child: Some(child), dir };
+        assert!(
+            wait_until(Duration::from_secs(10), || RespConn::try_connect(port, Duration::from_secs(1))
+                .and_then(|mut c| c.try_call(&[b"PING"]))
+                .is_ok_and(|r| r == Reply::Status("PONG".into()))),
+            "sentinel on port {port} did not answer PING"
+        );
+        sentinel
+    }
+
+    /// SIGKILLs the sentinel and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn call(&self, args: &[&[u8]]) -> Option<Reply> {
+        RespConn::try_connect(self.port, Duration::from_secs(1)).ok()?.try_call(args).ok()
+    }
+
+    /// The port of the master it names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let Reply::Array(Some(items)) =
+            self.call(&[b"SENTINEL", b"get-master-addr-by-name", MASTER_NAME.as_bytes()])?
+        else {
+            return None;
+        };
+        match items.get(1)? {
+            Reply::Bulk(Some(port)) => String::from_utf8_lossy(port).parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// How many entries `SENTINEL <what> mymaster` lists (`sentinels`, `replicas`).
+    pub fn count(&self, what: &str) -> usize {
+        match self.call(&[b"SENTINEL", what.as_bytes(), MASTER_NAME.as_bytes()]) {
+            Some(Reply::Array(Some(items))) => items.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three sentinels watching the master on `master_port`, returned once each knows the other two and `replicas`
+/// replicas (Sentinel learns them from the master's `INFO` and the hello channel, within a few seconds).
+pub fn three_sentinels(master_port: u16, replicas: usize) -> Vec<Sentinel> {
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master_port)).collect();
+    let ready = wait_until(Duration::from_secs(20), || {
+        sentinels.iter().all(|s| s.count("sentinels") == 2 && s.count("replicas") == replicas)
+    });
+    assert!(ready, "the sentinels did not discover each other and the replicas");
+    sentinels
+}
+
+/// The `"sentinel"` config section for a proxy following `sentinels`, with `extra` members inside it.
+pub fn sentinel_section(sentinels: &[u16], extra: &str) -> String {
+    let list: Vec<String> = sentinels.iter().map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#)).collect();
+    let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    format!(r#""sentinel": {{"sentinels": [{}], "master_name": "{MASTER_NAME}"{extra}}}"#, list.join(", "))
+}
