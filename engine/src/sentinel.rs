@@ -297,16 +297,22 @@ impl Sentinels {
     /// agreement and the loss of the majority (keeping `routed`) are reported, each once.
     pub(crate) fn evaluate(&mut self, now: Instant, routed: Option<&ServerAddress>, out: &mut Outbox) {
         let fresh_for = self.fresh_for();
-        let answers: Vec<Option<&ServerAddress>> = self
+        let fresh: Vec<&Answer> = self
             .nodes
             .iter()
-            .filter(|n| n.answer.at.is_some_and(|at| now.saturating_duration_since(at) <= fresh_for))
-            .map(|n| n.answer.master.as_ref())
+            .map(|n| &n.answer)
+            .filter(|a| a.at.is_some_and(|at| now.saturating_duration_since(at) <= fresh_for))
             .collect();
+        let answers: Vec<Option<&ServerAddress>> = fresh.iter().map(|a| a.master.as_ref()).collect();
         let majority = self.nodes.len() / 2 + 1;
         match majority_of(&answers, self.nodes.len()) {
             Some(address) => {
-                self.majority_at = Some(now);
+                // The majority last spoke when the last of its members needed for it answered: the bound counts
+                // from there, not from this evaluation (answers stay fresh a while after they arrive).
+                let mut times: Vec<Instant> =
+                    fresh.iter().filter(|a| a.master.as_ref() == Some(address)).filter_map(|a| a.at).collect();
+                times.sort_unstable_by(|a, b| b.cmp(a));
+                self.majority_at = times.get(majority - 1).copied().or(Some(now));
                 self.lost_reported = false;
                 if self.agreed.as_ref().is_none_or(|(a, _)| a != address) {
                     let agreeing = answers.iter().filter(|a| **a == Some(address)).count();

@@ -304,9 +304,12 @@ fn follows_the_master_a_majority_names_and_never_sends_replicaof() {
     let mut world = World::new(3, "");
     world.run(Duration::from_millis(100));
     assert_eq!(world.master_port(), Some(7000));
+    // Two clients use both shared slots of a server that was learnt from the sentinels (none is configured).
     let client = world.client();
+    let other = world.client();
     world.send(client, SET);
-    assert_eq!(world.take("SET"), [7000]);
+    world.send(other, SET);
+    assert_eq!(world.take("SET"), [7000, 7000]);
 
     // Sentinel fails over: the master dies, 7001 is promoted, 7002 follows it.
     world.kill(7000);
