@@ -1,10 +1,13 @@
 //! Sentinel mode through the whole engine, on the test kit: fake sentinels and fake servers answer what the engine
 //! sends them; the tests assert where writes and reads land. The majority rule, `ROLE`/`INFO` confirmation, a
-//! lying or stale sentinel, and a proxy cut off from the majority.
+//! lying or stale sentinel, and a proxy cut off from the majority; and a randomized schedule of Sentinel
+//! failovers, demotions, crashes and partitions between the proxy and the sentinels, checked against the
+//! invariants of Sentinel mode.
 
 use crate::testkit::{FakeClock, FakeServer};
 use crate::{Action, Config, ConnId, Engine, Event, Input, ServerAddress};
 use bytes::BytesMut;
+use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -46,6 +49,8 @@ struct World {
     replies: BTreeMap<ConnId, Vec<u8>>,
     /// Data requests (anything but the probe's) each server received, by command name.
     requests: Vec<(u16, String)>,
+    /// Every `SET` a server received: when (ms since start) and which.
+    sets: Vec<(u64, u16)>,
     events: Vec<Event>,
 }
 
@@ -82,6 +87,7 @@ impl World {
             received: BTreeMap::new(),
             replies: BTreeMap::new(),
             requests: Vec::new(),
+            sets: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -161,6 +167,9 @@ impl World {
         }
         let name = String::from_utf8_lossy(&args[0]).to_uppercase();
         self.requests.push((port, name.clone()));
+        if name == "SET" {
+            self.sets.push((self.clock.ms(), port));
+        }
         match name.as_str() {
             "GET" => b"$1\r\nv\r\n".to_vec(),
             _ => b"+OK\r\n".to_vec(),
@@ -462,4 +471,166 @@ fn configuration_of_sentinel_mode() {
     assert!(err(r#"{"sentinel": {"sentinels": [{"port": 1}], "master_name": "m", "majority_lost_after": "1"}}"#)
         .contains("`sentinel.majority_lost_after`"));
     assert!(err(r#"{}"#).contains("missing field `servers`"));
+}
+
+/// One step of a randomized Sentinel-mode schedule.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Sentinel fails over to replica `to` (of 7000..=7002); the old master stays up as a master when
+    /// `old_stays_up` (it is cut off from the sentinels, not from the proxy: the dangerous case), else crashes.
+    Failover {
+        to: u16,
+        old_stays_up: bool,
+    },
+    /// Sentinel converts every other running master into a replica of the current one.
+    Demote,
+    /// The proxy loses (or regains) its link to sentinel `index`.
+    Cut(usize),
+    Heal(usize),
+    /// A sentinel event reaches the proxy, if it can hear sentinel 0.
+    Notify,
+    /// Time passes (ms).
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (7000u16..7003, any::<bool>()).prop_map(|(to, old_stays_up)| Step::Failover { to, old_stays_up }),
+        1 => Just(Step::Demote),
+        2 => (0usize..3).prop_map(Step::Cut),
+        2 => (0usize..3).prop_map(Step::Heal),
+        1 => Just(Step::Notify),
+        4 => (10u64..4000).prop_map(Step::Wait),
+    ]
+}
+
+/// The randomized schedule: a client writes every 20 ms; after every 10 ms each `SET` a server received is
+/// checked. Invariants:
+/// 1. A write reaches only the master the sentinels name, except within two check periods after they switched
+///    or after the proxy regained a majority (it asks once per check period), or within `majority_lost_after`
+///    after it lost the majority (it keeps the master it had, then stops): so proxies following a majority never
+///    write to two masters once Sentinel has switched beyond those bounds, and a proxy cut off from the
+///    majority stops writing after its bound.
+/// 2. After everything heals, the proxy routes to the master the sentinels name, and writes reach it.
+fn check_schedule(steps: &[Step], liar: bool) -> Result<(), TestCaseError> {
+    const CHECK_PERIOD: u64 = 100;
+    const BOUND: u64 = 3000;
+    let mut world = World::new(3, ", \"check_period\": 100, \"hold_ms\": 2000");
+    if liar {
+        world.servers.insert(7009, FakeServer::master(7009));
+        world.sentinels.get_mut(&26002).unwrap().master = Some(7009);
+    }
+    let mut master = 7000u16;
+    let mut cut = [false; 3];
+    // Since when the proxy has (Ok) or has not (Err) had a majority of the sentinels naming the master in reach.
+    let mut contact: Result<u64, u64> = Ok(0);
+    let mut switched_at = 0u64;
+    let client = world.client();
+    let mut checked = 0;
+    let mut tick = |world: &mut World, ms: u64, master: u16, contact: Result<u64, u64>, switched_at: u64| {
+        for _ in 0..ms / 10 {
+            if world.clock.ms() % 20 == 0 {
+                world.feed(client, SET);
+            }
+            world.run(Duration::from_millis(10));
+            for &(at, port) in &world.sets[checked..] {
+                let grace = 2 * CHECK_PERIOD + 50;
+                let excused = at <= switched_at + grace
+                    || match contact {
+                        Ok(since) => at <= since + grace,
+                        Err(since) => at <= since + BOUND + 50,
+                    };
+                prop_assert!(port == master || excused, "write to {port} at {at} ms; master {master}, {contact:?}");
+            }
+            checked = world.sets.len();
+        }
+        Ok(())
+    };
+    tick(&mut world, 500, master, contact, switched_at)?;
+    for &step in steps {
+        match step {
+            Step::Failover { to, old_stays_up } if to != master && !world.down.contains(&to) => {
+                if !old_stays_up {
+                    world.kill(master);
+                }
+                world.set_role(to, None);
+                for port in [7000u16, 7001, 7002] {
+                    if port != to && (port != master || !old_stays_up) {
+                        world.set_role(port, Some(to));
+                    }
+                }
+                for (port, sentinel) in world.sentinels.iter_mut() {
+                    if !(liar && *port == 26002) {
+                        sentinel.master = Some(to);
+                        sentinel.replicas =
+                            [7000, 7001, 7002].into_iter().filter(|p| *p != to).map(|p| (p, "slave", "ok")).collect();
+                    }
+                }
+                master = to;
+                switched_at = world.clock.ms();
+            }
+            Step::Failover { .. } => {}
+            Step::Demote => {
+                for port in [7000u16, 7001, 7002] {
+                    if port != master && !world.down.contains(&port) {
+                        world.set_role(port, Some(master));
+                    }
+                }
+            }
+            Step::Cut(index) | Step::Heal(index) => {
+                let port = 26000 + index as u16;
+                cut[index] = matches!(step, Step::Cut(_));
+                if cut[index] {
+                    world.stop_sentinel(port);
+                } else {
+                    world.sentinels.get_mut(&port).unwrap().up = true;
+                }
+            }
+            Step::Notify => {
+                if world.subscribers.contains_key(&26000) {
+                    world.publish(26000, "+switch-master", "mymaster");
+                }
+            }
+            Step::Wait(ms) => tick(&mut world, ms, master, contact, switched_at)?,
+        }
+        let honest_in_reach = (0..3).filter(|i| !cut[*i] && !(liar && *i == 2)).count();
+        let now = world.clock.ms();
+        contact = match (contact, honest_in_reach >= 2) {
+            (Ok(since), true) => Ok(since),
+            (Err(_), true) => Ok(now),
+            (Ok(_), false) => Err(now),
+            (Err(since), false) => Err(since),
+        };
+    }
+    // Heal: every sentinel in reach, the old masters demoted (Sentinel converts them once it reaches them).
+    for (index, was_cut) in cut.iter().enumerate() {
+        if *was_cut {
+            world.sentinels.get_mut(&(26000 + index as u16)).unwrap().up = true;
+        }
+    }
+    for port in [7000u16, 7001, 7002] {
+        if port != master && !world.down.contains(&port) {
+            world.set_role(port, Some(master));
+        }
+    }
+    contact = Ok(world.clock.ms());
+    tick(&mut world, 2000, master, contact, switched_at)?;
+    prop_assert_eq!(world.master_port(), Some(master));
+    let before = world.sets.len();
+    world.send(client, SET);
+    world.run(Duration::from_millis(100));
+    prop_assert!(world.sets[before..].contains(&(world.sets.last().map_or(0, |s| s.0), master)));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_sentinel_schedules_keep_the_invariants(
+        steps in proptest::collection::vec(step(), 1..25),
+        liar in any::<bool>(),
+    ) {
+        check_schedule(&steps, liar)?;
+    }
 }
