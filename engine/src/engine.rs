@@ -223,6 +223,9 @@ impl Engine {
             Some(m) => {
                 Some(format!("master {} is {}: {}", views[m.0].address, views[m.0].health.name(), views[m.0].why))
             }
+            None if self.sentinels.is_some() => Some(
+                "no master: waiting for a majority of the sentinels to name one that its own INFO confirms".to_string(),
+            ),
             None => Some(self.failover.why_no_master().to_string()),
         };
         let gathered = Gathered {
@@ -992,7 +995,7 @@ impl Engine {
     fn sentinel_reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8]) {
         let Some(sentinels) = self.sentinels.as_mut() else { return };
         sentinels.reply(now, conn, query, frame, &mut self.out);
-        if query == SentinelQuery::MasterAddr {
+        if query != SentinelQuery::Auth {
             self.evaluate_failover(now);
             self.run_all_held(now);
         }
