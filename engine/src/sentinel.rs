@@ -91,6 +91,8 @@ pub(crate) struct Sentinels {
     majority_at: Option<Instant>,
     /// Whether the loss of the majority was reported (once per loss).
     lost_reported: bool,
+    /// When following began: before the first answers can have come, no majority is no news.
+    started: Instant,
     /// When the named master that has not confirmed yet was last asked for its `INFO`.
     confirm_asked_at: Option<Instant>,
 }
@@ -137,6 +139,7 @@ impl Sentinels {
             agreed: None,
             majority_at: None,
             lost_reported: false,
+            started: now,
             confirm_asked_at: None,
         }
     }
@@ -325,7 +328,8 @@ impl Sentinels {
                 }
             }
             None => {
-                if !self.lost_reported {
+                let news = self.majority_at.is_some() || now.saturating_duration_since(self.started) >= fresh_for;
+                if !self.lost_reported && news {
                     self.lost_reported = true;
                     out.event(Event::SentinelNoMajority {
                         answering: answers.len(),
