@@ -398,7 +398,12 @@ pub(crate) enum Verdict {
     Route(ServerId),
     /// Stop routing to the routed master, for this reason; if `confirm` is set, that server is the one a majority
     /// names but it has not confirmed yet: probe it again.
-    Drop { reason: &'static str, confirm: Option<ServerId> },
+    Drop {
+        /// Why, for the log.
+        reason: &'static str,
+        /// The server a majority names instead, not confirmed yet.
+        confirm: Option<ServerId>,
+    },
     /// A majority names this server, which has not confirmed it yet (no master is routed): probe it again.
     Confirm(ServerId),
 }
