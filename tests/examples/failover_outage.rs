@@ -10,9 +10,21 @@
 //! writes wait for it rather than fail.
 
 use redis_proxy_tests::cluster::{ports, start_write_load, synced_cluster, CONVERGE};
-use redis_proxy_tests::sentinel::{sentinel_section, three_sentinels};
+use redis_proxy_tests::sentinel::{master_named_by, sentinel_section, three_sentinels};
 use redis_proxy_tests::{status, wait_until, Proxy, RespConn, Runtime};
 use std::time::{Duration, Instant};
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes; returns whether it held.
+fn wait_until_every(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
 
 fn main() {
     let all_args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,7 +49,7 @@ fn main() {
     for run in 1..=runs {
         let mut servers = synced_cluster(2, &[]);
         // Kept until the end of the run: the sentinels decide the failover in Sentinel mode.
-        let (proxy, _sentinels) = if sentinel_mode {
+        let (proxy, sentinels) = if sentinel_mode {
             let sentinels = three_sentinels(servers[0].port, 2);
             let list: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
             let mut fields = format!(r#"{}, "hold_ms": 15000"#, sentinel_section(&list, ""));
@@ -53,6 +65,16 @@ fn main() {
         let phase = (run as u64 * 7919) % 1000 * check_period.unwrap_or(1000) / 1000;
         std::thread::sleep(Duration::from_millis(500 + phase));
         let killed_at = Instant::now();
+        let old_master = servers[0].port;
+        let sentinel_ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
+        // In Sentinel mode: when two of the three sentinels first name another master (the proxy cannot follow
+        // sooner), polled every 5 ms.
+        let agreement = std::thread::spawn(move || {
+            let moved = |port: &u16| master_named_by(*port).is_some_and(|m| m != old_master);
+            let agreed = || sentinel_ports.iter().filter(|p| moved(p)).count() >= 2;
+            (!sentinel_ports.is_empty() && wait_until_every(Duration::from_secs(15), agreed))
+                .then(|| killed_at.elapsed())
+        });
         servers[0].kill();
         let resumed = wait_until(CONVERGE, || {
             RespConn::try_connect(proxy.port, Duration::from_secs(5))
@@ -63,6 +85,10 @@ fn main() {
         let first_write = killed_at.elapsed();
         std::thread::sleep(Duration::from_millis(200));
         let stats = load.finish();
+        if let Some(at) = agreement.join().expect("agreement thread") {
+            let ms = at.as_secs_f64() * 1000.0;
+            println!("run {run}: two of the three sentinels named the new master {ms:.0} ms after the kill");
+        }
         println!(
             "run {run}: longest gap between acknowledged writes {:.0} ms (first write after the kill at {:.0} ms; \
              {} acked, {} errors)",

@@ -64,15 +64,7 @@ impl Sentinel {
 
     /// The port of the master it names now.
     pub fn master_port(&self) -> Option<u16> {
-        let Reply::Array(Some(items)) =
-            self.call(&[b"SENTINEL", b"get-master-addr-by-name", MASTER_NAME.as_bytes()])?
-        else {
-            return None;
-        };
-        match items.get(1)? {
-            Reply::Bulk(Some(port)) => String::from_utf8_lossy(port).parse().ok(),
-            _ => None,
-        }
+        master_named_by(self.port)
     }
 
     /// How many entries `SENTINEL <what> mymaster` lists (`sentinels`, `replicas`).
@@ -88,6 +80,17 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The port of the master the sentinel on `port` names now, if it answers.
+pub fn master_named_by(port: u16) -> Option<u16> {
+    let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
+    let reply = conn.try_call(&[b"SENTINEL", b"get-master-addr-by-name", MASTER_NAME.as_bytes()]).ok()?;
+    let Reply::Array(Some(items)) = reply else { return None };
+    match items.get(1)? {
+        Reply::Bulk(Some(port)) => String::from_utf8_lossy(port).parse().ok(),
+        _ => None,
     }
 }
 
