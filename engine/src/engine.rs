@@ -941,48 +941,46 @@ impl Engine {
 
     /// Carries out one decision of the failover rules (or, in Sentinel mode, of the sentinels).
     fn carry_out(&mut self, now: Instant, decision: Decision) {
-        {
-            match decision {
-                Decision::Adopt { master, reason } => {
-                    let address = self.monitor.address(master).clone();
-                    self.history.end(now, &address);
-                    self.master_since = Some(now);
-                    if let Some(switchover) = self.switchover.take() {
-                        let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
-                        let (reply, outcome) = if master == switchover.target {
-                            let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
-                            (resp::simple_reply(&format!("OK {text}")), text)
-                        } else {
-                            let text = format!("aborted ({reason}); {address} is still the master");
-                            (resp::error_reply(&format!("ERR planned switchover {text}")), text)
-                        };
-                        self.out.event(Event::SwitchoverEnded { outcome });
-                        let (client, seq) = switchover.admin;
-                        self.deliver(now, client, seq, reply);
-                    }
-                    self.out.event(Event::MasterAdopted { address, reason });
-                    // Held writes go to the new master in its own epoch.
-                    self.follow_master_history();
-                    self.run_all_held(now);
+        match decision {
+            Decision::Adopt { master, reason } => {
+                let address = self.monitor.address(master).clone();
+                self.history.end(now, &address);
+                self.master_since = Some(now);
+                if let Some(switchover) = self.switchover.take() {
+                    let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
+                    let (reply, outcome) = if master == switchover.target {
+                        let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
+                        (resp::simple_reply(&format!("OK {text}")), text)
+                    } else {
+                        let text = format!("aborted ({reason}); {address} is still the master");
+                        (resp::error_reply(&format!("ERR planned switchover {text}")), text)
+                    };
+                    self.out.event(Event::SwitchoverEnded { outcome });
+                    let (client, seq) = switchover.admin;
+                    self.deliver(now, client, seq, reply);
                 }
-                Decision::Lose { master, reason } => {
-                    let address = self.monitor.address(master).clone();
-                    self.history.begin(now, address.clone(), reason);
-                    self.out.event(Event::MasterLost { address, reason });
-                    // The next choice waits for fresh INFO from every running server: ask for it now.
-                    self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
-                    // Requests in flight on the old master get errors now rather than hanging.
-                    self.close_backends_of(now, master, true, "master lost");
-                }
-                Decision::Promote { candidate, reason } => {
-                    let address = self.monitor.address(candidate).clone();
-                    self.history.chose(&address, &reason);
-                    self.out.event(Event::PromotionStarted { address, reason });
-                    self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
-                }
-                Decision::Repoint { server, master } => {
-                    self.monitor.send_replicaof(now, server, Some(master), &mut self.pool, &mut self.out)
-                }
+                self.out.event(Event::MasterAdopted { address, reason });
+                // Held writes go to the new master in its own epoch.
+                self.follow_master_history();
+                self.run_all_held(now);
+            }
+            Decision::Lose { master, reason } => {
+                let address = self.monitor.address(master).clone();
+                self.history.begin(now, address.clone(), reason);
+                self.out.event(Event::MasterLost { address, reason });
+                // The next choice waits for fresh INFO from every running server: ask for it now.
+                self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
+                // Requests in flight on the old master get errors now rather than hanging.
+                self.close_backends_of(now, master, true, "master lost");
+            }
+            Decision::Promote { candidate, reason } => {
+                let address = self.monitor.address(candidate).clone();
+                self.history.chose(&address, &reason);
+                self.out.event(Event::PromotionStarted { address, reason });
+                self.monitor.send_replicaof(now, candidate, None, &mut self.pool, &mut self.out);
+            }
+            Decision::Repoint { server, master } => {
+                self.monitor.send_replicaof(now, server, Some(master), &mut self.pool, &mut self.out)
             }
         }
     }
@@ -1067,6 +1065,7 @@ impl Engine {
                 }
                 self.failover.follow(Some(master), now);
                 let reason = "a majority of the sentinels names it and its INFO reports role:master";
+                self.history.chose(self.monitor.address(master), reason);
                 self.carry_out(now, Decision::Adopt { master, reason });
             }
             Verdict::Drop { reason, confirm } => {
