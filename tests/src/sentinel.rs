@@ -50,9 +50,18 @@ impl Sentinel {
         sentinel
     }
 
+    /// Stops the sentinel (SIGSTOP) as a network partition would look to its peers: connections are accepted
+    /// by the kernel, nothing is answered. Killing it later resumes it first.
+    pub fn stop(&self) {
+        let pid = self.child.as_ref().expect("sentinel is running").id().to_string();
+        let status = Command::new("kill").args(["-STOP", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -STOP {pid} failed");
+    }
+
     /// SIGKILLs the sentinel and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
             let _ = child.kill();
             let _ = child.wait();
         }

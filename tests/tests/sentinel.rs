@@ -117,9 +117,10 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
         let bounded = sentinel_proxy(runtime, &sentinel_ports, r#""majority_lost_after": 300"#, r#""hold_ms": 200"#);
         write_through(&bounded, "bounded");
 
-        // Two of three stopped: no majority, so nothing new is accepted; the current master is kept (with a
-        // warning) and service goes on, within `majority_lost_after` (5 s by default).
-        sentinels[1].kill();
+        // Two of three stopped (the second one with SIGSTOP: silent, as behind a partition): no majority, so nothing
+        // new is accepted; the current master is kept (with a warning) and service goes on, within
+        // `majority_lost_after` (5 s by default).
+        sentinels[1].stop();
         for round in 0..10 {
             for (i, proxy) in proxies.iter().enumerate() {
                 let key = format!("alone:{round}:{i}");
