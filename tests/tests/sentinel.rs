@@ -16,11 +16,13 @@ const FAST: &str = r#""check_period": 100"#;
 const HOLD: &str = r#""hold_ms": 15000"#;
 
 /// A proxy following `sentinels`, with `inner` members in its `sentinel` section and `outer` ones beside it
-/// ([`HOLD`] unless `outer` sets `hold_ms`).
+/// ([`FAST`] and [`HOLD`] unless `outer` sets `check_period` or `hold_ms`).
 fn sentinel_proxy(runtime: Runtime, sentinels: &[u16], inner: &str, outer: &str) -> Proxy {
-    let outer = if outer.contains("hold_ms") { format!(", {outer}") } else { format!(", {HOLD}, {outer}") };
-    let fields = format!("{}, {FAST}{}", sentinel_section(sentinels, inner), outer.trim_end_matches(", "));
-    Proxy::start_with_fields(runtime, &fields)
+    let mut fields = vec![sentinel_section(sentinels, inner)];
+    let defaults = [(FAST, "check_period"), (HOLD, "hold_ms")];
+    fields.extend(defaults.iter().filter(|(_, field)| !outer.contains(field)).map(|(member, _)| member.to_string()));
+    fields.extend((!outer.is_empty()).then(|| outer.to_string()));
+    Proxy::start_with_fields(runtime, &fields.join(", "))
 }
 
 /// Writes `key` through `proxy` until it is acknowledged; panics with the proxy's log after [`CONVERGE`].
@@ -52,8 +54,12 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
         let all = ports(&servers);
         let mut sentinels = three_sentinels(all[0], 2);
         let sentinel_ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
-        let proxies =
-            [sentinel_proxy(runtime, &sentinel_ports, "", ""), sentinel_proxy(runtime, &sentinel_ports, "", "")];
+        // Without a majority they keep their master for 20 s: longer than this test needs, on a loaded machine too.
+        let patient = r#""majority_lost_after": 20000"#;
+        let proxies = [
+            sentinel_proxy(runtime, &sentinel_ports, patient, ""),
+            sentinel_proxy(runtime, &sentinel_ports, patient, ""),
+        ];
         for (i, proxy) in proxies.iter().enumerate() {
             write_through(proxy, &format!("before:{i}"));
             assert_is_master_with(all[0], &format!("before:{i}"));
@@ -119,7 +125,7 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
 
         // Two of three stopped (the second one with SIGSTOP: silent, as behind a partition): no majority, so nothing
         // new is accepted; the current master is kept (with a warning) and service goes on, within
-        // `majority_lost_after` (5 s by default).
+        // `majority_lost_after`.
         sentinels[1].stop();
         for round in 0..10 {
             for (i, proxy) in proxies.iter().enumerate() {
@@ -173,7 +179,9 @@ fn reads_go_to_the_replicas_sentinel_lists() {
             runtime,
             &sentinel_ports,
             "",
-            r#""mode": "readsToSlaves", "read_your_writes": false, "replica_max_lag": 60000"#,
+            // A replica whose probe is half a check period late gets no reads: 500 ms here, so that a loaded
+            // machine does not send reads elsewhere.
+            r#""mode": "readsToSlaves", "read_your_writes": false, "replica_max_lag": 60000, "check_period": 1000"#,
         );
         write_through(&proxy, "k");
         // Reads reach the replicas once the proxy has the sentinels' replica list and the replicas' INFO.
@@ -190,6 +198,7 @@ fn reads_go_to_the_replicas_sentinel_lists() {
             assert_eq!(conn.call(&[b"GET", b"k"]), bulk(b"1"));
         }
         let per_server: Vec<u64> = all.iter().map(|p| calls(*p, "get")).collect();
-        assert_eq!(per_server, vec![0, 50, 50], "reads per server (master first): {per_server:?}");
+        let spread = per_server[0] == 0 && per_server[1] > 0 && per_server[2] > 0;
+        assert!(spread && per_server.iter().sum::<u64>() == 100, "reads per server (master first): {per_server:?}");
     }
 }
