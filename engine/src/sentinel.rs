@@ -466,7 +466,8 @@ fn parse(frame: &[u8]) -> Option<Value> {
 
 fn parse_at(frame: &[u8], pos: usize, depth: usize) -> Option<(Value, usize)> {
     let kind = *frame.get(pos)?;
-    let end = pos + frame.get(pos..)?.windows(2).position(|w| w == b"\r\n")?;
+    // The line after the type byte: a CRLF at `pos` itself leaves no type byte, and is no reply.
+    let end = pos + 1 + frame.get(pos + 1..)?.windows(2).position(|w| w == b"\r\n")?;
     let line = &frame[pos + 1..end];
     let next = end + 2;
     let number = || std::str::from_utf8(line).ok()?.parse::<i64>().ok();
@@ -481,10 +482,11 @@ fn parse_at(frame: &[u8], pos: usize, depth: usize) -> Option<(Value, usize)> {
                 return Some((Value::Nil, next));
             }
             let stop = next.checked_add(usize::try_from(len).ok()?)?;
-            if frame.get(stop..stop + 2)? != b"\r\n" {
+            let after = stop.checked_add(2)?;
+            if frame.get(stop..after)? != b"\r\n" {
                 return None;
             }
-            Some((Value::Bulk(frame[next..stop].to_vec()), stop + 2))
+            Some((Value::Bulk(frame.get(next..stop)?.to_vec()), after))
         }
         b'*' | b'~' | b'>' | b'%' | b'|' => {
             let count = number()?;
@@ -562,6 +564,24 @@ fn replica_reports(value: &Value) -> Option<Vec<ReplicaReport>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A sentinel's reply is input: whatever bytes come, parsing them never panics.
+        #[test]
+        fn parsing_any_reply_never_panics(pieces in proptest::collection::vec(prop_oneof![
+            Just(b"*2\r\n".to_vec()), Just(b"*-1\r\n".to_vec()), Just(b"%1\r\n".to_vec()), Just(b">3\r\n".to_vec()),
+            Just(b"|1\r\n".to_vec()), Just(b"$4\r\n".to_vec()), Just(b"$-1\r\n".to_vec()), Just(b"_\r\n".to_vec()),
+            Just(b"port".to_vec()), Just(b"flags".to_vec()), Just(b"\r\n".to_vec()), Just(b":1\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ], 0..12)) {
+            let frame = pieces.concat();
+            if let Some(value) = parse(&frame) {
+                let _ = master_address(&value);
+                let _ = replica_reports(&value);
+            }
+        }
+    }
 
     fn addr(port: u16) -> ServerAddress {
         ServerAddress { host: "127.0.0.1".into(), port }
@@ -595,6 +615,11 @@ mod tests {
             b"",
             b"$-x\r\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+            b"*1\r\n\r\n",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"$9223372036854775807\r\n",
+            b"+OK\r\n+extra\r\n",
         ] {
             assert_eq!(parse(broken), None, "{broken:?}");
         }
