@@ -70,7 +70,7 @@ struct Node {
     opened_at: Option<Instant>,
     /// When the round still unanswered was sent.
     asked_at: Option<Instant>,
-    /// Replies outstanding on the command connection.
+    /// Replies to questions outstanding on the command connection (`AUTH` aside).
     pending: usize,
     answer: Answer,
 }
@@ -195,8 +195,8 @@ impl Sentinels {
                 let purpose = Purpose::Sentinel { index, subscriber: false };
                 let conn = pool.open_sentinel(node.address.clone(), purpose, out);
                 if let Some(auth) = &self.auth {
+                    // The first questions follow at once: a refused AUTH makes them fail too, and is reported.
                     pool.send(conn, &[Waiter::Sentinel(SentinelQuery::Auth)], auth.clone(), out);
-                    node.pending += 1;
                 }
                 node.command = Some(conn);
                 node.opened_at = Some(now);
@@ -233,9 +233,11 @@ impl Sentinels {
     pub(crate) fn reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8], out: &mut Outbox) {
         let Some(index) = self.node_of(conn) else { return };
         let node = &mut self.nodes[index];
-        node.pending = node.pending.saturating_sub(1);
-        if node.pending == 0 {
-            node.asked_at = None;
+        if query != SentinelQuery::Auth {
+            node.pending = node.pending.saturating_sub(1);
+            if node.pending == 0 {
+                node.asked_at = None;
+            }
         }
         let value = parse(frame);
         let mut complain = |what: &str| {
@@ -585,6 +587,36 @@ mod tests {
 
     fn addr(port: u16) -> ServerAddress {
         ServerAddress { host: "127.0.0.1".into(), port }
+    }
+
+    #[test]
+    fn credentials_go_first_on_both_connections() {
+        use crate::contract::Action;
+        let config = SentinelConfig {
+            sentinels: vec![addr(26000)],
+            master_name: "m".into(),
+            username: Some("proxy".into()),
+            password: Some("secret".into()),
+            majority_lost_after: Duration::from_secs(5),
+        };
+        let now = Instant::now();
+        let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
+        let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default()), Outbox::default());
+        sentinels.tick(now, &mut pool, &mut out);
+        let sent: Vec<Vec<u8>> = out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { data, .. } => Some(data.to_vec()),
+                _ => None,
+            })
+            .collect();
+        let auth = Request::from_args(&["AUTH", "proxy", "secret"]).frame().to_vec();
+        let hello = Request::from_args(&["HELLO", "3", "AUTH", "proxy", "secret"]).frame().to_vec();
+        assert_eq!(sent[0], auth, "the query connection authenticates first");
+        assert!(sent[1].starts_with(&hello), "the subscription says HELLO 3 with the credentials first");
+        assert!(sent[2].starts_with(b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name"), "then the questions");
+        assert_eq!(sent.len(), 3);
     }
 
     #[test]
