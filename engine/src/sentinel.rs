@@ -72,6 +72,8 @@ struct Node {
     asked_at: Option<Instant>,
     /// Replies to questions outstanding on the command connection (`AUTH` aside).
     pending: usize,
+    /// What was wrong with its replies since its last good answer (each reported once).
+    complained: Vec<String>,
     answer: Answer,
 }
 
@@ -110,6 +112,7 @@ impl Sentinels {
                 opened_at: None,
                 asked_at: None,
                 pending: 0,
+                complained: Vec::new(),
                 answer: Answer::default(),
             })
             .collect();
@@ -240,9 +243,13 @@ impl Sentinels {
             }
         }
         let value = parse(frame);
+        // Reported once until the sentinel answers well again: a wrong password would repeat it every round.
         let mut complain = |what: &str| {
-            let message = format!("{what}: {}", String::from_utf8_lossy(&frame[..frame.len().min(120)]).trim_end());
-            out.event(Event::SentinelError { sentinel: node.address.clone(), message });
+            if !node.complained.contains(&what.to_string()) {
+                node.complained.push(what.to_string());
+                let text = String::from_utf8_lossy(&frame[..frame.len().min(120)]).trim_end().to_string();
+                out.event(Event::SentinelError { sentinel: node.address.clone(), message: format!("{what}: {text}") });
+            }
         };
         match query {
             SentinelQuery::Auth => {
@@ -251,7 +258,10 @@ impl Sentinels {
                 }
             }
             SentinelQuery::MasterAddr => match value.as_ref().map(master_address) {
-                Some(Some(master)) => node.answer = Answer { at: Some(now), master, ..node.answer.clone() },
+                Some(Some(master)) => {
+                    node.answer = Answer { at: Some(now), master, ..node.answer.clone() };
+                    node.complained.clear();
+                }
                 _ => {
                     node.answer.at = None;
                     complain("unexpected get-master-addr-by-name reply");
@@ -617,6 +627,19 @@ mod tests {
         assert!(sent[1].starts_with(&hello), "the subscription says HELLO 3 with the credentials first");
         assert!(sent[2].starts_with(b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name"), "then the questions");
         assert_eq!(sent.len(), 3);
+
+        // A wrong password: every reply is an error, reported once until a good answer comes.
+        let Some(Action::Connect { conn, .. }) = out.actions.front().cloned() else { panic!("a connect first") };
+        out.events.clear();
+        let noauth = b"-NOAUTH Authentication required.\r\n";
+        for _ in 0..3 {
+            sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+        }
+        assert_eq!(out.events.len(), 1, "{:?}", out.events);
+        let good = b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n";
+        sentinels.reply(now, conn, SentinelQuery::MasterAddr, good, &mut out);
+        sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+        assert_eq!(out.events.len(), 2, "{:?}", out.events);
     }
 
     #[test]

@@ -202,3 +202,21 @@ fn reads_go_to_the_replicas_sentinel_lists() {
         assert!(spread && per_server.iter().sum::<u64>() == 100, "reads per server (master first): {per_server:?}");
     }
 }
+
+/// Sentinels that require a password: the proxy authenticates with the configured one, and with a wrong one it
+/// accepts no master (and says why in its log).
+#[test]
+fn the_proxy_authenticates_to_the_sentinels() {
+    let _serial = redis_proxy_tests::exclusive();
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let sentinel = Sentinel::start_with(master.port, "requirepass s3cret");
+        let proxy = sentinel_proxy(runtime, &[sentinel.port], r#""password": "s3cret""#, "");
+        write_through(&proxy, "authenticated");
+        assert_is_master_with(master.port, "authenticated");
+        let wrong = sentinel_proxy(runtime, &[sentinel.port], r#""password": "wrong""#, r#""hold_ms": 200"#);
+        assert!(wait_until(Duration::from_secs(5), || wrong.log().contains("AUTH failed")), "{}", wrong.log());
+        let reply = wrong.connect().call(&[b"SET", b"k", b"v"]);
+        assert!(matches!(&reply, Reply::Error(e) if e.starts_with("MASTERDOWN")), "{reply:?}");
+    }
+}
