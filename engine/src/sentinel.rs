@@ -370,11 +370,12 @@ impl Sentinels {
         self.agreed.is_none() && self.cut_off_at().is_none_or(|at| now >= at)
     }
 
-    /// The replicas listed by the sentinels that name the agreed master (the first of them in configuration
-    /// order that has listed any), or None without agreement.
+    /// The replicas listed by the sentinels whose standing answer names the agreed master (the first of them, in
+    /// configuration order, that lists any), or None without agreement.
     pub(crate) fn replicas(&self) -> Option<&[ReplicaReport]> {
         let (agreed, _) = self.agreed.as_ref()?;
-        let mut agreeing = self.nodes.iter().filter(|n| n.answer.master.as_ref() == Some(agreed));
+        let mut agreeing =
+            self.nodes.iter().filter(|n| n.answer.at.is_some() && n.answer.master.as_ref() == Some(agreed));
         let first = agreeing.clone().next()?;
         Some(agreeing.find(|n| !n.answer.replicas.is_empty()).unwrap_or(first).answer.replicas.as_slice())
     }
