@@ -30,7 +30,8 @@ impl Sentinel {
         let port = free_port();
         let dir = scratch_dir(&format!("sentinel-{port}"));
         let config = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel warning\ndir {dir}\nsentinel resolve-hostnames yes\n\
+            "port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel notice\nlogfile {dir}/sentinel.log\ndir {dir}\n\
+             sentinel resolve-hostnames yes\n\
              sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 5000\n\
@@ -62,6 +63,11 @@ impl Sentinel {
         let pid = self.child.as_ref().expect("sentinel is running").id().to_string();
         let status = Command::new("kill").args(["-STOP", &pid]).status().expect("run kill");
         assert!(status.success(), "kill -STOP {pid} failed");
+    }
+
+    /// What the sentinel has logged (its events: `+sdown`, `+switch-master`, `+convert-to-slave`, `+tilt` ...).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default()
     }
 
     /// SIGKILLs the sentinel and reaps it.

@@ -79,11 +79,13 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
         }
 
         // The old master restarts as a master (its own configuration) until Sentinel re-attaches it: no proxy
-        // routes a request to it meanwhile.
+        // routes a request to it meanwhile. Sentinel converts it once it has reported role:master for 8 s and been
+        // up for 8 s, checked at its 10 s INFO period (11-21 s); a sentinel in TILT mode (its timer ran over 2 s
+        // late, as on a loaded machine) acts on nothing for 30 s.
         servers[0].restart();
         let old = all[0];
         let (mut round, mut rounds_as_master) = (0, 0);
-        let reattached = wait_until(Duration::from_secs(30), || {
+        let reattached = wait_until(Duration::from_secs(60), || {
             round += 1;
             for (i, proxy) in proxies.iter().enumerate() {
                 write_through(proxy, &format!("restarted:{round}:{i}"));
@@ -101,7 +103,8 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
                 None => false,
             }
         });
-        assert!(reattached, "Sentinel did not re-attach the old master");
+        let logs: Vec<String> = sentinels.iter().map(Sentinel::log).collect();
+        assert!(reattached, "Sentinel did not re-attach the old master; the sentinels' logs:\n{}", logs.join("\n"));
         eprintln!("{runtime:?}: the restarted old master got no write in {rounds_as_master} rounds as a master");
         assert_is_master_with(new_master, &format!("restarted:{round}:1"));
 
