@@ -84,7 +84,7 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
         // late, as on a loaded machine) acts on nothing for 30 s.
         servers[0].restart();
         let old = all[0];
-        let (mut round, mut rounds_as_master) = (0, 0);
+        let (mut round, mut rounds_as_master, restarted_at) = (0, 0, std::time::Instant::now());
         let reattached = wait_until(Duration::from_secs(60), || {
             round += 1;
             for (i, proxy) in proxies.iter().enumerate() {
@@ -105,7 +105,10 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
         });
         let logs: Vec<String> = sentinels.iter().map(Sentinel::log).collect();
         assert!(reattached, "Sentinel did not re-attach the old master; the sentinels' logs:\n{}", logs.join("\n"));
-        eprintln!("{runtime:?}: the restarted old master got no write in {rounds_as_master} rounds as a master");
+        let took = restarted_at.elapsed().as_secs_f64();
+        eprintln!(
+            "{runtime:?}: the restarted old master got no write in {rounds_as_master} rounds as a master ({took:.1} s)"
+        );
         assert_is_master_with(new_master, &format!("restarted:{round}:1"));
 
         // One sentinel stopped: the two others are still a majority of three and still fail over.
