@@ -116,11 +116,30 @@ pub struct ClientUser {
     pub admin: bool,
 }
 
+/// Sentinel mode (`sentinel`): Redis Sentinel decides which server is the master; the proxy only routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels to ask (`sentinel.sentinels`); a master is accepted when more than half of them name it.
+    pub sentinels: Vec<ServerAddress>,
+    /// The name the sentinels monitor the master under (`sentinel.master_name`).
+    pub master_name: String,
+    /// What the proxy logs in to the sentinels with (`sentinel.username`, optional, and one of
+    /// `sentinel.password`, `password_file`, `password_env`; default: none).
+    pub credentials: Option<Credentials>,
+    /// How long the proxy keeps routing writes to its master while it cannot hear a majority of the sentinels
+    /// (`sentinel.majority_lost_after`, ms, default 5000). Past it writes are held, then refused: a majority
+    /// elsewhere may have promoted another master. Keep it below the sentinels' `down-after-milliseconds`.
+    pub majority_lost_after: Duration,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// The Redis servers, master and replicas in any order (`servers`).
+    /// The Redis servers, master and replicas in any order (`servers`). In Sentinel mode it may be empty: the
+    /// servers the sentinels name are added as they are learnt.
     pub servers: Vec<ServerAddress>,
+    /// Sentinel mode (`sentinel`; default: off, the proxy decides by its own failover rules).
+    pub sentinel: Option<SentinelConfig>,
     /// Port the proxy listens on (`listen_port`, default 9999).
     pub listen_port: u16,
     /// Address the proxy listens on (`bind_address`, default `127.0.0.1`).
@@ -254,7 +273,11 @@ impl Config {
                 return Err(error(format!("unknown field `{key}` (known fields: {})", KNOWN_FIELDS.join(", "))));
             }
         }
-        let (servers, server_auth_overrides) = parse_servers(map.get("servers"))?;
+        let sentinel = parse_sentinel(map.get("sentinel"))?;
+        let (servers, server_auth_overrides) = match map.get("servers") {
+            None if sentinel.is_some() => (Vec::new(), Vec::new()),
+            value => parse_servers(value)?,
+        };
         let server_auth = map.get("server_auth").map(|v| parse_credentials(v, "server_auth")).transpose()?;
         let client_users = parse_client_users(map.get("client_users"))?;
         let protected_mode = get_bool(&map, "protected_mode", true)?;
@@ -322,6 +345,7 @@ impl Config {
         };
         Ok(Config {
             servers,
+            sentinel,
             listen_port,
             bind_address,
             mode,
@@ -388,6 +412,9 @@ impl Config {
         for user in &mut self.client_users {
             resolve(&mut user.password, &format!("client_users `{}`", user.name))?;
         }
+        if let Some(credentials) = self.sentinel.as_mut().and_then(|s| s.credentials.as_mut()) {
+            resolve(&mut credentials.password, "sentinel")?;
+        }
         Ok(())
     }
 
@@ -408,6 +435,7 @@ impl Config {
             ("log_format", self.log_format != new.log_format),
             ("protected_mode", self.protected_mode != new.protected_mode),
             ("tls.port", self.tls.as_ref().map(|t| t.port) != new.tls.as_ref().map(|t| t.port)),
+            ("sentinel", self.sentinel != new.sentinel),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -426,6 +454,7 @@ impl Config {
 
 const KNOWN_FIELDS: &[&str] = &[
     "servers",
+    "sentinel",
     "listen_port",
     "bind_address",
     "mode",
@@ -587,42 +616,91 @@ fn get_listen(map: &Map<String, Value>, field: &str) -> Result<Option<String>, C
     Ok(Some(text.clone()))
 }
 
+/// The `sentinel` object: `sentinels` (a non-empty address list), `master_name`, optional credentials and bound.
+fn parse_sentinel(value: Option<&Value>) -> Result<Option<SentinelConfig>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    let Value::Object(fields) = value else {
+        return Err(error(format!("`sentinel`: expected {{\"sentinels\": [...], \"master_name\": ...}}, got {value}")));
+    };
+    const SENTINEL_FIELDS: &[&str] =
+        &["sentinels", "master_name", "username", "password", "password_file", "password_env", "majority_lost_after"];
+    if let Some(key) = fields.keys().find(|k| !SENTINEL_FIELDS.contains(&k.as_str())) {
+        return Err(error(format!("`sentinel`: unknown field `{key}` (known: {})", SENTINEL_FIELDS.join(", "))));
+    }
+    let (sentinels, _) = parse_addresses(fields.get("sentinels"), "sentinel.sentinels", false)?;
+    let master_name = match fields.get("master_name") {
+        Some(Value::String(name)) if !name.is_empty() && !name.contains(char::is_whitespace) => name.clone(),
+        Some(other) => return Err(error(format!("`sentinel.master_name`: expected a name, got {other}"))),
+        None => return Err(error("`sentinel.master_name`: missing (the name in `sentinel monitor NAME ...`)")),
+    };
+    let username = match fields.get("username") {
+        None => None,
+        Some(Value::String(name)) if !name.is_empty() => Some(name.clone()),
+        Some(other) => return Err(error(format!("`sentinel.username`: expected a non-empty string, got {other}"))),
+    };
+    let has_password = ["password", "password_file", "password_env"].iter().any(|f| fields.contains_key(*f));
+    let credentials = match (username, has_password) {
+        (username, true) => Some(Credentials { username, password: parse_password(fields, "sentinel", false)? }),
+        (Some(_), false) => {
+            return Err(error("`sentinel.username`: needs a password (or password_file, password_env)"))
+        }
+        (None, false) => None,
+    };
+    let majority_lost_after = get_u64(fields, "majority_lost_after", 5000, 1)
+        .map_err(|e| error(e.0.replace("`majority_lost_after`", "`sentinel.majority_lost_after`")))?;
+    Ok(Some(SentinelConfig {
+        sentinels,
+        master_name,
+        credentials,
+        majority_lost_after: Duration::from_millis(majority_lost_after),
+    }))
+}
+
 /// The servers, and the credentials of those whose entry has a `server_auth` of its own.
 type ServerList = (Vec<ServerAddress>, Vec<(ServerAddress, Credentials)>);
 
 fn parse_servers(value: Option<&Value>) -> Result<ServerList, ConfigError> {
+    parse_addresses(value, "servers", true)
+}
+
+/// A non-empty list of distinct `{"host", "port"}` objects in `field`, each with a `server_auth` of its own if
+/// `with_auth` allows it.
+fn parse_addresses(value: Option<&Value>, field: &str, with_auth: bool) -> Result<ServerList, ConfigError> {
     let Some(value) = value else {
-        return Err(error("missing field `servers`: list the Redis servers as [{\"host\": ..., \"port\": ...}]"));
+        return Err(error(format!(
+            "missing field `{field}`: list the addresses as [{{\"host\": ..., \"port\": ...}}]"
+        )));
     };
     let Value::Array(list) = value else {
-        return Err(error(format!("`servers`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
+        return Err(error(format!("`{field}`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
     };
     if list.is_empty() {
-        return Err(error("`servers`: the list is empty; name at least one Redis server"));
+        return Err(error(format!("`{field}`: the list is empty; name at least one address")));
     }
     let mut servers = Vec::with_capacity(list.len());
     let mut overrides = Vec::new();
     for (i, entry) in list.iter().enumerate() {
         let Value::Object(fields) = entry else {
-            return Err(error(format!("`servers[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
+            return Err(error(format!("`{field}[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
         };
-        if let Some(key) = fields.keys().find(|k| !["host", "port", "server_auth"].contains(&k.as_str())) {
-            return Err(error(format!("`servers[{i}]`: unknown field `{key}`")));
+        let known: &[&str] = if with_auth { &["host", "port", "server_auth"] } else { &["host", "port"] };
+        if let Some(key) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(error(format!("`{field}[{i}]`: unknown field `{key}`")));
         }
         let host = match fields.get("host") {
             Some(Value::String(h)) if valid_host(h) => h.clone(),
             None => "127.0.0.1".to_string(),
-            Some(other) => return Err(error(format!("`servers[{i}].host`: expected a host name, got {other}"))),
+            Some(other) => return Err(error(format!("`{field}[{i}].host`: expected a host name, got {other}"))),
         };
         let Some(port_value) = fields.get("port") else {
-            return Err(error(format!("`servers[{i}].port`: missing")));
+            return Err(error(format!("`{field}[{i}].port`: missing")));
         };
-        let address = ServerAddress { host, port: port(port_value, &format!("servers[{i}].port"))? };
+        let address = ServerAddress { host, port: port(port_value, &format!("{field}[{i}].port"))? };
         if servers.contains(&address) {
-            return Err(error(format!("`servers[{i}]`: {address} is listed twice")));
+            return Err(error(format!("`{field}[{i}]`: {address} is listed twice")));
         }
         if let Some(value) = fields.get("server_auth") {
-            overrides.push((address.clone(), parse_credentials(value, &format!("servers[{i}].server_auth"))?));
+            overrides.push((address.clone(), parse_credentials(value, &format!("{field}[{i}].server_auth"))?));
         }
         servers.push(address);
     }

@@ -109,6 +109,8 @@ pub enum TimerReason {
     /// A large reply streamed to a client that stopped reading has kept its backend connection unread long
     /// enough: the rest is read anyway, so that the replies behind it on that connection get through.
     StreamStall,
+    /// Sentinel mode: the sentinels are asked again, or the proxy has been without their majority too long.
+    Sentinel,
 }
 
 /// The actions and events the machines produce, in order, until the runtime drains them, and the counters of

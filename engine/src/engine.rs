@@ -21,10 +21,11 @@ use crate::offset_poll::PollSchedule;
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
+use crate::sentinel::{self, SentinelQuery, Sentinels, Verdict};
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
 use crate::stream::{Piece, Streams};
-use crate::topology::{Role, ServerId, ServerView};
+use crate::topology::{addresses_match, Role, ServerId, ServerView};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct Engine {
     /// How long a planned switchover may hold writes before it is aborted (half of `hold_ms`, so that held
     /// requests never expire because of one).
     switchover_bound: Duration,
+    /// Sentinel mode: the sentinels decide the master (the failover rules are not applied).
+    sentinels: Option<Sentinels>,
 }
 
 /// A planned switchover (`PROXY FAILOVER`) under way; the failover machine holds its phase.
@@ -106,7 +109,7 @@ const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
 impl Engine {
     /// An engine for `config`; it starts probing the servers at the first [`Engine::handle_timeout`].
     pub fn new(config: Config, now: Instant) -> Engine {
-        Engine {
+        let mut engine = Engine {
             clients: Clients::new(&config),
             pool: Pool::new(&config.servers, config.pool_size, config.limits, |address| {
                 config.server_credentials(address).and_then(auth::auth_request)
@@ -128,8 +131,16 @@ impl Engine {
             removing: Vec::new(),
             switchover: None,
             switchover_bound: config.hold / 2,
+            sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             config,
+        };
+        if engine.sentinels.is_some() {
+            // Reads reach a replica only once the sentinels list it as healthy.
+            for index in 0..engine.monitor.views().len() {
+                engine.monitor.set_reads_vetoed(ServerId(index), true);
+            }
         }
+        engine
     }
 
     /// Applies a re-read configuration while clients stay connected: servers added and removed (as `PROXY ADD`
@@ -141,8 +152,12 @@ impl Engine {
             return Err(format!("`{field}` cannot change while the proxy runs (restart it to change it)"));
         }
         let current = self.servers();
-        let removed: Vec<ServerAddress> = current.iter().filter(|s| !new.servers.contains(s)).cloned().collect();
-        let added: Vec<ServerAddress> = new.servers.iter().filter(|s| !current.contains(s)).cloned().collect();
+        // In Sentinel mode the servers are the ones the sentinels name: the configured list is only a first view.
+        let following = self.sentinels.is_some();
+        let removed: Vec<ServerAddress> =
+            current.iter().filter(|s| !following && !new.servers.contains(s)).cloned().collect();
+        let added: Vec<ServerAddress> =
+            new.servers.iter().filter(|s| !following && !current.contains(s)).cloned().collect();
         if let Some(master) =
             removed.iter().find(|s| self.monitor.find(s).is_some_and(|id| self.failover.is_involved(id)))
         {
@@ -231,6 +246,9 @@ impl Engine {
             Some(m) => {
                 Some(format!("master {} is {}: {}", views[m.0].address, views[m.0].health.name(), views[m.0].why))
             }
+            None if self.sentinels.is_some() => Some(
+                "no master: waiting for a majority of the sentinels to name one that its own INFO confirms".to_string(),
+            ),
             None => Some(self.failover.why_no_master().to_string()),
         };
         let gathered = Gathered {
@@ -277,6 +295,7 @@ impl Engine {
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
+            self.sentinels.as_ref().map(|s| (s.deadline(self.failover.master().is_some()), TimerReason::Sentinel)),
             self.switchover.as_ref().and_then(|s| s.poll.next()).map(|at| (at, TimerReason::Switchover)),
             self.streams.deadline().map(|at| (at, TimerReason::StreamStall)),
         ]
@@ -358,6 +377,9 @@ impl Engine {
     /// of the shutdown grace.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.monitor.tick(now, &mut self.pool, &mut self.out);
+        if let Some(sentinels) = self.sentinels.as_mut() {
+            sentinels.tick(now, &mut self.pool, &mut self.out);
+        }
         for server in self.monitor.detect_down(now, &mut self.pool, &mut self.out) {
             self.close_backends_of(now, server, false, "server is down");
         }
@@ -698,7 +720,9 @@ impl Engine {
                 }
             } else if frame.first() == Some(&b'>') {
                 // A push on a shared RESP3 connection answers no request (none of its clients subscribed to
-                // anything, as that pins): matching it to one would put the connection out of step.
+                // anything, as that pins): matching it to one would put the connection out of step. On a
+                // sentinel's subscription it is an event.
+                self.sentinel_push(now, conn, &frame);
                 continue;
             }
             match self.pool.pop_waiter(conn, &mut self.out) {
@@ -713,6 +737,7 @@ impl Engine {
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
                 Some(Waiter::Auth) => self.backend_auth_reply(now, conn, &frame),
+                Some(Waiter::Sentinel(query)) => self.sentinel_reply(now, conn, query, &frame),
                 Some(Waiter::Probe(probe)) => {
                     let Some(server) = self.pool.server_of(conn) else { continue };
                     match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
@@ -850,13 +875,17 @@ impl Engine {
             // The client has part of a reply whose rest will never come: no error can follow it in the protocol.
             self.clients.remove(client, true, &mut self.out);
         }
+        let Some(lost_server) = lost.server else {
+            self.sentinel_lost(now, conn);
+            return;
+        };
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
         let orphaned = match lost.purpose {
             Purpose::Private { owner: Some(owner) } if self.clients.private_lost(owner, conn) => Some(owner),
             _ => None,
         };
-        let address = self.monitor.address(lost.server).clone();
+        let address = self.monitor.address(lost_server).clone();
         let message = if lost.connected {
             format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run")
         } else {
@@ -871,25 +900,25 @@ impl Engine {
             }
         }
         self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
-        let went_down = refused && self.monitor.refused(lost.server, &mut self.out);
+        let went_down = refused && self.monitor.refused(lost_server, &mut self.out);
         if went_down {
-            self.close_backends_of(now, lost.server, false, "server is down");
+            self.close_backends_of(now, lost_server, false, "server is down");
         }
         if refused {
-            self.monitor.forget_knock(lost.server, conn);
+            self.monitor.forget_knock(lost_server, conn);
         } else if loss == Loss::ConnectFailed && !lost.connected {
-            self.monitor.connect_failed(lost.server, conn);
+            self.monitor.connect_failed(lost_server, conn);
         } else {
             // Closed by the engine itself (it gave up on the server's connections): no evidence either way.
-            self.monitor.forget_knock(lost.server, conn);
+            self.monitor.forget_knock(lost_server, conn);
         }
         match lost.purpose {
             Purpose::Knock => {}
-            Purpose::Probe => self.monitor.probe_lost(now, lost.server, &mut self.pool, &mut self.out),
+            Purpose::Probe => self.monitor.probe_lost(now, lost_server, &mut self.pool, &mut self.out),
             // A connection that never opened, or one lost with requests on it, may mean a dead server. An idle
             // connection closed by the server (its `timeout` setting) is just reopened when needed.
             _ if !lost.connected || failed > 0 => {
-                self.monitor.data_conn_lost(now, lost.server, &mut self.pool, &mut self.out)
+                self.monitor.data_conn_lost(now, lost_server, &mut self.pool, &mut self.out)
             }
             _ => {}
         }
@@ -917,6 +946,11 @@ impl Engine {
         self.out.event(Event::AdminCommand { conn, command: text.join(" ") });
         let reply = match admin::parse(&held.request) {
             Err(message) => resp::error_reply(&message),
+            Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_))
+                if self.sentinels.is_some() =>
+            {
+                resp::error_reply("ERR in Sentinel mode the sentinels decide the servers and the master: ask them")
+            }
             Ok(AdminCommand::Status) => admin::bulk(&admin::status_text(&self.status(now))),
             Ok(AdminCommand::Servers) => admin::bulk_array(&admin::server_lines(&self.status(now))),
             Ok(AdminCommand::Add(address)) => match self.add_server(now, address) {
@@ -1059,55 +1093,167 @@ impl Engine {
     // ------------------------------------------------------------------ failover
 
     fn evaluate_failover(&mut self, now: Instant) {
-        for decision in self.failover.evaluate(self.monitor.views(), now) {
-            match decision {
-                Decision::Adopt { master, reason } => {
-                    let address = self.monitor.address(master).clone();
-                    self.history.end(now, &address);
-                    self.master_since = Some(now);
-                    if let Some(switchover) = self.switchover.take() {
-                        let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
-                        let (reply, outcome) = if master == switchover.target {
-                            let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
-                            (resp::simple_reply(&format!("OK {text}")), text)
-                        } else {
-                            let text = format!("aborted ({reason}); {address} is still the master");
-                            (resp::error_reply(&format!("ERR planned switchover {text}")), text)
-                        };
-                        self.out.event(Event::SwitchoverEnded { outcome });
-                        let (client, seq) = switchover.admin;
-                        self.deliver(now, client, seq, reply);
-                    }
-                    self.out.event(Event::MasterAdopted { address, reason });
-                    // Held writes go to the new master in its own epoch.
-                    self.follow_master_history();
-                    self.run_all_held(now);
-                }
-                Decision::Lose { master, reason } => {
-                    let address = self.monitor.address(master).clone();
-                    self.history.begin(now, address.clone(), reason);
-                    self.out.event(Event::MasterLost { address, reason });
-                    // The next choice waits for fresh INFO from every running server: ask for it now.
-                    self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
-                    // Requests in flight on the old master get errors now rather than hanging.
-                    self.close_backends_of(now, master, true, "master lost");
-                }
-                Decision::Promote { candidate, reason } => {
-                    let address = self.monitor.address(candidate).clone();
-                    self.history.chose(&address, &reason);
-                    self.out.event(Event::PromotionStarted { address, reason });
-                    let why = "promoting it: the master is lost".to_string();
-                    self.monitor.send_replicaof(now, candidate, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
-                }
-                Decision::Repoint { server, master } => {
-                    let order = ReplicaOf::Master { master, masterauth: self.masterauth_for(master) };
-                    let views = self.monitor.views();
-                    let why = views[server.0].misplacement(&views[master.0].address);
-                    self.monitor.send_replicaof(now, server, order, why, &mut self.pool, &mut self.out)
-                }
+        if self.sentinels.is_some() {
+            self.follow_sentinels(now);
+        } else {
+            for decision in self.failover.evaluate(self.monitor.views(), now) {
+                self.carry_out(now, decision);
             }
         }
         self.follow_master_history();
+    }
+
+    /// Carries out one decision of the failover rules (or, in Sentinel mode, of the sentinels).
+    fn carry_out(&mut self, now: Instant, decision: Decision) {
+        match decision {
+            Decision::Adopt { master, reason } => {
+                let address = self.monitor.address(master).clone();
+                self.history.end(now, &address);
+                self.master_since = Some(now);
+                if let Some(switchover) = self.switchover.take() {
+                    let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
+                    let (reply, outcome) = if master == switchover.target {
+                        let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
+                        (resp::simple_reply(&format!("OK {text}")), text)
+                    } else {
+                        let text = format!("aborted ({reason}); {address} is still the master");
+                        (resp::error_reply(&format!("ERR planned switchover {text}")), text)
+                    };
+                    self.out.event(Event::SwitchoverEnded { outcome });
+                    let (client, seq) = switchover.admin;
+                    self.deliver(now, client, seq, reply);
+                }
+                self.out.event(Event::MasterAdopted { address, reason });
+                // Held writes go to the new master in its own epoch.
+                self.follow_master_history();
+                self.run_all_held(now);
+            }
+            Decision::Lose { master, reason } => {
+                let address = self.monitor.address(master).clone();
+                self.history.begin(now, address.clone(), reason);
+                self.out.event(Event::MasterLost { address, reason });
+                // The next choice waits for fresh INFO from every running server: ask for it now.
+                self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
+                // Requests in flight on the old master get errors now rather than hanging.
+                self.close_backends_of(now, master, true, "master lost");
+            }
+            Decision::Promote { candidate, reason } => {
+                let address = self.monitor.address(candidate).clone();
+                self.history.chose(&address, &reason);
+                self.out.event(Event::PromotionStarted { address, reason });
+                let why = "promoting it: the master is lost".to_string();
+                self.monitor.send_replicaof(now, candidate, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
+            }
+            Decision::Repoint { server, master } => {
+                let order = ReplicaOf::Master { master, masterauth: self.masterauth_for(master) };
+                let views = self.monitor.views();
+                let why = views[server.0].misplacement(&views[master.0].address);
+                self.monitor.send_replicaof(now, server, order, why, &mut self.pool, &mut self.out)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ sentinel mode
+
+    /// A reply from a sentinel.
+    #[cold]
+    #[inline(never)]
+    fn sentinel_reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8]) {
+        let Some(sentinels) = self.sentinels.as_mut() else { return };
+        sentinels.reply(now, conn, query, frame, &mut self.out);
+        if query != SentinelQuery::Auth {
+            self.evaluate_failover(now);
+            self.run_all_held(now);
+        }
+    }
+
+    /// A push on a connection with no owner: a sentinel's event prompts a round at once.
+    #[cold]
+    #[inline(never)]
+    fn sentinel_push(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
+        let Some(sentinels) = self.sentinels.as_mut() else { return };
+        if sentinels.push(now, conn, frame, &mut self.out) {
+            sentinels.tick(now, &mut self.pool, &mut self.out);
+        }
+    }
+
+    /// A sentinel connection is gone: its answer no longer counts.
+    fn sentinel_lost(&mut self, now: Instant, conn: ConnId) {
+        let Some(sentinels) = self.sentinels.as_mut() else { return };
+        if sentinels.lost(conn, &mut self.pool, &mut self.out) {
+            self.evaluate_failover(now);
+        }
+    }
+
+    /// The server at `address`, watched from now on if it was not (the sentinels named it).
+    fn server_for(&mut self, now: Instant, address: &ServerAddress) -> ServerId {
+        let known = self.monitor.views().iter().position(|v| addresses_match(&address.host, address.port, &v.address));
+        if let Some(index) = known {
+            return ServerId(index);
+        }
+        // Not watched yet (checked just above), so it is added.
+        let _ = self.add_server(now, address.clone());
+        let server = ServerId(self.monitor.views().len() - 1);
+        self.monitor.set_reads_vetoed(server, true);
+        server
+    }
+
+    /// Sentinel mode: routes to the master a majority of the sentinels names once its own `INFO` confirms it,
+    /// keeps the current one without a majority (until `majority_lost_after`), and lets reads reach only the
+    /// replicas the sentinels list as healthy.
+    fn follow_sentinels(&mut self, now: Instant) {
+        let routed = self.failover.master();
+        let routed_address = routed.map(|m| self.monitor.address(m).clone());
+        let Some(sentinels) = self.sentinels.as_mut() else { return };
+        sentinels.evaluate(now, routed_address.as_ref(), &mut self.out);
+        let agreed = sentinels.agreed().map(|(address, since)| (address.clone(), since));
+        let replicas = sentinels.replicas().map(<[_]>::to_vec);
+        let cut_off = sentinels.cut_off(now);
+        let agreed = agreed.map(|(address, since)| (self.server_for(now, &address), since));
+        if let Some(replicas) = replicas {
+            for report in &replicas {
+                self.server_for(now, &report.address);
+            }
+            for index in 0..self.monitor.views().len() {
+                let address = self.monitor.address(ServerId(index));
+                let healthy =
+                    replicas.iter().any(|r| r.healthy && addresses_match(&r.address.host, r.address.port, address));
+                self.monitor.set_reads_vetoed(ServerId(index), !healthy);
+            }
+        }
+        match sentinel::verdict(self.monitor.views(), routed, agreed, cut_off) {
+            Verdict::Keep => {}
+            Verdict::Route(master) => {
+                if let Some(old) = routed {
+                    self.failover.follow(None, now);
+                    let reason = "a majority of the sentinels names another master";
+                    self.carry_out(now, Decision::Lose { master: old, reason });
+                }
+                self.failover.follow(Some(master), now);
+                let reason = "a majority of the sentinels names it and its INFO reports role:master";
+                self.history.chose(self.monitor.address(master), reason);
+                self.carry_out(now, Decision::Adopt { master, reason });
+            }
+            Verdict::Drop { reason, confirm } => {
+                self.failover.follow(None, now);
+                if let Some(old) = routed {
+                    self.carry_out(now, Decision::Lose { master: old, reason });
+                }
+                if let Some(server) = confirm {
+                    self.confirm_master(now, server);
+                }
+            }
+            Verdict::Confirm(server) => self.confirm_master(now, server),
+        }
+    }
+
+    /// Asks `server`, which a majority of the sentinels names, for its `INFO` (unless a probe is outstanding), and
+    /// the sentinels again soon: it is routed to once it reports `role:master`.
+    fn confirm_master(&mut self, now: Instant, server: ServerId) {
+        let due = self.sentinels.as_mut().is_some_and(|s| s.confirm_due(now));
+        if due && self.monitor.views()[server.0].probe_pending_since.is_none() {
+            self.monitor.send_probe(now, server, &mut self.pool, &mut self.out);
+        }
     }
 
     /// Starts a new master epoch when the routed master, or the history it serves, changed.

@@ -33,6 +33,43 @@ impl fmt::Display for Level {
 /// Something that happened inside the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// Sentinel mode: a majority of the configured sentinels names this master (now, or again).
+    SentinelMajority {
+        /// The master they name.
+        address: ServerAddress,
+        /// How many name it.
+        agreeing: usize,
+        /// How many sentinels are configured.
+        configured: usize,
+    },
+    /// Sentinel mode: no majority of the sentinels answers alike; the routed master is kept until
+    /// `majority_lost_after`.
+    SentinelNoMajority {
+        /// Sentinels that answered in time.
+        answering: usize,
+        /// How many must agree.
+        needed: usize,
+        /// How many are configured.
+        configured: usize,
+        /// The master kept meanwhile.
+        keeping: Option<ServerAddress>,
+    },
+    /// Sentinel mode: a sentinel published an event; the sentinels are asked again at once.
+    SentinelNotice {
+        /// The sentinel.
+        sentinel: ServerAddress,
+        /// The channel (`+switch-master`, `+odown` ...).
+        channel: String,
+        /// The message.
+        payload: String,
+    },
+    /// Sentinel mode: a sentinel's reply made no sense or was an error; it counts as no answer.
+    SentinelError {
+        /// The sentinel.
+        sentinel: ServerAddress,
+        /// What was wrong.
+        message: String,
+    },
     /// A client connected.
     ClientAccepted {
         /// Its connection.
@@ -218,7 +255,9 @@ impl Event {
             | Event::ServerBusy { .. }
             | Event::KillSent { .. }
             | Event::MasterLost { .. }
-            | Event::RequestsExpired { .. } => Level::Warn,
+            | Event::RequestsExpired { .. }
+            | Event::SentinelNoMajority { .. }
+            | Event::SentinelError { .. } => Level::Warn,
             Event::BackendLost { failed_requests, .. } if *failed_requests > 0 => Level::Warn,
             Event::BackendLost { .. } => Level::Debug,
             _ => Level::Info,
@@ -229,6 +268,21 @@ impl Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Event::SentinelMajority { address, agreeing, configured } => {
+                write!(f, "sentinel: {agreeing} of {configured} sentinels name {address} as master")
+            }
+            Event::SentinelNoMajority { answering, needed, configured, keeping } => {
+                let keeping = keeping.as_ref().map_or("no master".to_string(), |m| format!("master {m}"));
+                write!(
+                    f,
+                    "sentinel: no {needed} of {configured} sentinels agree ({answering} answered); keeping {keeping} \
+                     until majority_lost_after"
+                )
+            }
+            Event::SentinelNotice { sentinel, channel, payload } => {
+                write!(f, "sentinel {sentinel}: {channel} {payload}; asking the sentinels again")
+            }
+            Event::SentinelError { sentinel, message } => write!(f, "sentinel {sentinel}: {message}"),
             Event::ClientAccepted { conn, peer } => write!(f, "client {conn} connected from {peer}"),
             Event::ClientRejected { peer } => write!(f, "client {peer} rejected: max_clients reached"),
             Event::ClientClosed { conn } => write!(f, "client {conn} closed"),

@@ -201,6 +201,15 @@ impl Failover {
         Some(target)
     }
 
+    /// Sentinel mode: writes go to `master` from now on (None: to nobody), as the sentinels decided; the rules
+    /// above are never applied.
+    pub(crate) fn follow(&mut self, master: Option<ServerId>, now: Instant) {
+        self.phase = match master {
+            Some(master) => Phase::Stable { master },
+            None => Phase::NoMaster { since: now },
+        };
+    }
+
     /// Why no master is routed to, for the status snapshot (meaningless while one is).
     pub(crate) fn why_no_master(&self) -> &'static str {
         match self.phase {

@@ -75,6 +75,7 @@
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
+//! | `sentinel` | Sentinel mode: asks the sentinels, accepts the master a majority names, learns healthy replicas |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `stream` | large bulk replies forwarded to their client as they arrive, paused while the client does not read |
@@ -116,6 +117,9 @@ mod pool;
 mod request_path_tests;
 mod resp;
 mod route;
+mod sentinel;
+#[cfg(test)]
+mod sentinel_tests;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -131,7 +135,7 @@ mod wait;
 
 pub use config::{
     ClientUser, Config, ConfigError, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation,
-    ServerAddress,
+    SentinelConfig, ServerAddress,
 };
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};

@@ -106,6 +106,11 @@ impl Monitor {
         self.open_probe(now, ServerId(self.views.len() - 1), pool, out);
     }
 
+    /// Sentinel mode: whether the sentinels keep reads off `server` (they do not list it as a healthy replica).
+    pub(crate) fn set_reads_vetoed(&mut self, server: ServerId, vetoed: bool) {
+        self.views[server.0].reads_vetoed = vetoed;
+    }
+
     /// Marks `server` as being removed: it takes no part in routing or failover from now on.
     pub(crate) fn drain(&mut self, server: ServerId) {
         self.views[server.0].draining = true;

@@ -6,6 +6,7 @@ use crate::config::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
+use crate::sentinel::SentinelQuery;
 use crate::status::BackendCounts;
 use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,8 @@ pub(crate) enum Purpose {
     /// One request of `owner` that must reach a busy server at once (`SCRIPT KILL`): its own connection, closed
     /// after the reply.
     OutOfBand { owner: ConnId },
+    /// A connection to sentinel `index` (Sentinel mode): its queries, or (`subscriber`) its event channels.
+    Sentinel { index: usize, subscriber: bool },
 }
 
 /// A probe request awaiting its reply.
@@ -65,11 +68,13 @@ pub(crate) enum Waiter {
     /// The `AUTH` every connection to a server with credentials starts with (and a cleaned private one repeats
     /// after its `RESET`, which logs it out).
     Auth,
+    /// A question to a sentinel.
+    Sentinel(SentinelQuery),
 }
 
-/// One connection to a server.
+/// One connection to a server, or to a sentinel (no server of ours: `server` is None).
 struct Backend {
-    server: ServerId,
+    server: Option<ServerId>,
     purpose: Purpose,
     /// Whether the runtime reported it connected.
     connected: bool,
@@ -82,7 +87,8 @@ struct Backend {
 
 /// A backend connection that is gone, with what was waiting on it.
 pub(crate) struct LostBackend {
-    pub(crate) server: ServerId,
+    /// None for a sentinel connection.
+    pub(crate) server: Option<ServerId>,
     pub(crate) purpose: Purpose,
     /// Whether it had been connected (a request on it may have run).
     pub(crate) connected: bool,
@@ -131,6 +137,22 @@ impl Pool {
     /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
     /// runtime reports the outcome.
     pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> ConnId {
+        let address = self.servers[server.0].address.clone();
+        self.open_to(Some(server), address, purpose, out)
+    }
+
+    /// Opens a connection to the sentinel at `address` (a [`Purpose::Sentinel`]); the runtime reports the outcome.
+    pub(crate) fn open_sentinel(&mut self, address: ServerAddress, purpose: Purpose, out: &mut Outbox) -> ConnId {
+        self.open_to(None, address, purpose, out)
+    }
+
+    fn open_to(
+        &mut self,
+        server: Option<ServerId>,
+        address: ServerAddress,
+        purpose: Purpose,
+        out: &mut Outbox,
+    ) -> ConnId {
         let backend = Backend {
             server,
             purpose,
@@ -140,16 +162,17 @@ impl Pool {
             raw: false,
         };
         let conn = self.conns.insert(backend);
-        out.actions.push_back(Action::Connect { conn, address: self.servers[server.0].address.clone() });
+        out.actions.push_back(Action::Connect { conn, address });
         if purpose != Purpose::Knock {
             self.authenticate(conn, server, out);
         }
         conn
     }
 
-    /// Sends `server`'s `AUTH` on `conn`, if it has credentials.
-    fn authenticate(&mut self, conn: ConnId, server: ServerId, out: &mut Outbox) {
-        if let Some(auth) = self.servers[server.0].auth.clone() {
+    /// Sends `server`'s `AUTH` on `conn`, if it has credentials. A sentinel connection (no server) logs in with
+    /// the sentinels' own credentials, which `sentinel` sends.
+    fn authenticate(&mut self, conn: ConnId, server: Option<ServerId>, out: &mut Outbox) {
+        if let Some(auth) = server.and_then(|server| self.servers[server.0].auth.clone()) {
             self.send(conn, &[Waiter::Auth], auth, out);
         }
     }
@@ -221,7 +244,7 @@ impl Pool {
     /// A `RESET` reply arrived on `conn`: pool it for reuse if it is clean and goes to the routed `master`.
     pub(crate) fn reset_done(&mut self, conn: ConnId, frame: &[u8], master: Option<ServerId>, out: &mut Outbox) {
         let Some(backend) = self.conns.get(conn) else { return };
-        let server = backend.server;
+        let Some(server) = backend.server else { return };
         let released = backend.purpose == (Purpose::Private { owner: None });
         let reusable = frame == b"+RESET\r\n"
             && backend.waiters.iter().all(|w| *w == Waiter::Auth)
@@ -269,7 +292,7 @@ impl Pool {
 
     /// The server `conn` goes to.
     pub(crate) fn server_of(&self, conn: ConnId) -> Option<ServerId> {
-        self.conns.get(conn).map(|b| b.server)
+        self.conns.get(conn).and_then(|b| b.server)
     }
 
     /// The next complete reply on `conn`, with the client that owns the connection if it is private.
@@ -361,23 +384,24 @@ impl Pool {
     pub(crate) fn in_flight(&self, server: ServerId) -> usize {
         self.conns
             .iter()
-            .filter(|(_, b)| b.server == server)
+            .filter(|(_, b)| b.server == Some(server))
             .map(|(_, b)| b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. })).count())
             .sum()
     }
 
-    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload), whose connections start with `auth`.
+    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload, Sentinel mode), whose connections start with
+    /// `auth`.
     pub(crate) fn add_server(&mut self, address: ServerAddress, auth: Option<Bytes>) {
-        let pool_size = self.servers.first().map_or(1, |s| s.shared.len());
-        self.servers.push(ServerConns { address, shared: vec![None; pool_size], idle_private: Vec::new(), auth });
+        let slots = 2 * self.pool_size;
+        self.servers.push(ServerConns { address, shared: vec![None; slots], idle_private: Vec::new(), auth });
     }
 
     /// Forgets `server`, whose connections are all closed; the servers after it move down one id.
     pub(crate) fn remove_server(&mut self, server: ServerId) {
         self.servers.remove(server.0);
         for backend in self.conns.values_mut() {
-            if backend.server.0 > server.0 {
-                backend.server.0 -= 1;
+            if let Some(id) = backend.server.as_mut().filter(|id| id.0 > server.0) {
+                id.0 -= 1;
             }
         }
     }
@@ -385,11 +409,12 @@ impl Pool {
     /// The connections to `server` by kind, for the status snapshot.
     pub(crate) fn counts_of(&self, server: ServerId) -> BackendCounts {
         let mut counts = BackendCounts::default();
-        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == server) {
+        for (_, backend) in self.conns.iter().filter(|(_, b)| b.server == Some(server)) {
             match backend.purpose {
                 Purpose::Shared { .. } => counts.shared += 1,
                 Purpose::Private { .. } => counts.private += 1,
                 Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => counts.probe += 1,
+                Purpose::Sentinel { .. } => {}
             }
         }
         counts
@@ -399,16 +424,21 @@ impl Pool {
     pub(crate) fn conns_of(&self, server: ServerId, keep_probe: bool) -> Vec<ConnId> {
         self.conns
             .iter()
-            .filter(|(_, b)| b.server == server && !(keep_probe && b.purpose == Purpose::Probe))
+            .filter(|(_, b)| b.server == Some(server) && !(keep_probe && b.purpose == Purpose::Probe))
             .map(|(id, _)| id)
             .collect()
     }
 
     fn detach(&mut self, conn: ConnId, backend: &Backend) {
-        let server = &mut self.servers[backend.server.0];
+        let Some(id) = backend.server else { return };
+        let server = &mut self.servers[id.0];
         match backend.purpose {
             Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
-            Purpose::Shared { .. } | Purpose::Probe | Purpose::Knock | Purpose::OutOfBand { .. } => {}
+            Purpose::Shared { .. }
+            | Purpose::Probe
+            | Purpose::Knock
+            | Purpose::OutOfBand { .. }
+            | Purpose::Sentinel { .. } => {}
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
         }
     }

@@ -32,6 +32,7 @@ fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPoli
         .probe_pending_since
         .is_some_and(|since| policy.now.saturating_duration_since(since) > policy.probe_late_after);
     view.is_routable()
+        && !view.reads_vetoed
         && !probe_late
         && view.replicates(&master.address)
         && info.link_up

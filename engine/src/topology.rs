@@ -191,6 +191,8 @@ pub(crate) struct ServerView {
     /// It refuses the proxy's credentials (`WRONGPASS`, `NOAUTH`): alive but not usable, so nothing is routed to
     /// it and it is no master or candidate, yet it is not down (nothing fails over because of it).
     pub(crate) auth_refused: bool,
+    /// Sentinel mode: the sentinels do not list it as a healthy replica, so it gets no reads.
+    pub(crate) reads_vetoed: bool,
 }
 
 impl ServerView {
@@ -211,6 +213,7 @@ impl ServerView {
             offset_serial: 0,
             probe_pending_since: None,
             auth_refused: false,
+            reads_vetoed: false,
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod sentinel;
 pub mod tls;
 
 /// The proxy runtimes every end-to-end scenario runs against.
@@ -74,7 +75,8 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-pub(crate) fn scratch_dir(label: &str) -> PathBuf {
+/// A fresh directory for one process's files, under the system temp dir.
+pub fn scratch_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("redis-proxy-tests-{}-{label}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -272,15 +274,18 @@ impl Proxy {
 
     /// Like [`Proxy::start`], for servers given as `(host, port)` (e.g. one in a network namespace).
     pub fn start_at(runtime: Runtime, servers: &[(&str, u16)], extra: &str) -> Proxy {
-        let port = free_port();
-        let dir = scratch_dir(&format!("proxy-{port}"));
         let servers_json: Vec<String> =
             servers.iter().map(|(h, p)| format!(r#"{{"host": "{h}", "port": {p}}}"#)).collect();
         let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
-        let config = format!(
-            r#"{{"servers": [{}], "listen_port": {port}, "bind_address": "127.0.0.1"{extra}}}"#,
-            servers_json.join(", ")
-        );
+        Self::start_with_fields(runtime, &format!(r#""servers": [{}]{extra}"#, servers_json.join(", ")))
+    }
+
+    /// Starts a proxy whose config is `fields` (JSON object members, e.g. a `"sentinel"` section) with
+    /// `listen_port` chosen here; waits until it answers PING.
+    pub fn start_with_fields(runtime: Runtime, fields: &str) -> Proxy {
+        let port = free_port();
+        let dir = scratch_dir(&format!("proxy-{port}"));
+        let config = format!(r#"{{{fields}, "listen_port": {port}, "bind_address": "127.0.0.1"}}"#);
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config).expect("write proxy config");
         let stderr_path = dir.join("stderr.log");

@@ -1,0 +1,695 @@
+//! Sentinel mode: Redis Sentinel decides which server is the master, the proxy routes.
+//!
+//! Every `check_period` (every [`URGENT_POLL`] while something changes) each configured sentinel is asked
+//! `SENTINEL get-master-addr-by-name` and `SENTINEL replicas` on a connection of its own; a second connection per
+//! sentinel subscribes to its event channels (`+switch-master`, `+odown`, ...), which only prompt an earlier round:
+//! an event is one sentinel's word, not the truth. A master is accepted when more than half of the configured
+//! sentinels name it in fresh answers (a lone sentinel can be stale or partitioned away), and routed to only once
+//! its own `INFO` (the monitor's probe) reports `role:master` after the sentinels agreed. Without a majority the
+//! current master is kept for `majority_lost_after`, then dropped: a majority elsewhere may have promoted another.
+//! The proxy never sends `REPLICAOF` here.
+
+use crate::auth;
+use crate::config::{Credentials, PasswordSource, SentinelConfig, ServerAddress};
+use crate::conn::ConnId;
+use crate::contract::Outbox;
+use crate::event::Event;
+use crate::pool::{Pool, Purpose, Waiter};
+use crate::resp::Request;
+use crate::topology::{Role, ServerId, ServerView};
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+/// How often the sentinels are asked while a change is under way (an event came, or the master they name is not
+/// routed yet): Sentinel's own failover steps are this far apart, so the proxy follows within one of them.
+pub(crate) const URGENT_POLL: Duration = Duration::from_millis(100);
+
+/// How long after a sentinel event the polling stays urgent: the other sentinels learn a new configuration from
+/// the leader's hello messages, sent every 2 s.
+const URGENT_WINDOW: Duration = Duration::from_secs(5);
+
+/// The channels whose messages prompt a round: the master changed, or its reachability did.
+const CHANNELS: &[&str] = &["+switch-master", "+odown", "-odown", "+sdown", "-sdown", "+failover-end"];
+
+/// A question asked of a sentinel, awaiting its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SentinelQuery {
+    /// `AUTH` on connecting.
+    Auth,
+    /// `SENTINEL get-master-addr-by-name <name>`.
+    MasterAddr,
+    /// `SENTINEL replicas <name>`.
+    Replicas,
+}
+
+/// A replica as a sentinel lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReplicaReport {
+    pub(crate) address: ServerAddress,
+    /// Not flagged `s_down`, `o_down` or `disconnected`, and `master-link-status` is `ok`.
+    pub(crate) healthy: bool,
+}
+
+/// What one sentinel said in its latest answer.
+#[derive(Clone, Debug, Default)]
+struct Answer {
+    /// When its `get-master-addr-by-name` reply arrived.
+    at: Option<Instant>,
+    /// The master it names (None: it does not know the name).
+    master: Option<ServerAddress>,
+    /// Its latest replica list.
+    replicas: Vec<ReplicaReport>,
+}
+
+/// One configured sentinel.
+#[derive(Clone, Debug)]
+struct Node {
+    address: ServerAddress,
+    command: Option<ConnId>,
+    subscriber: Option<ConnId>,
+    /// When the connections were last opened (a lost sentinel is retried at most once per `check_period`).
+    opened_at: Option<Instant>,
+    /// When the round still unanswered was sent.
+    asked_at: Option<Instant>,
+    /// Replies to questions outstanding on the command connection (`AUTH` aside).
+    pending: usize,
+    /// What was wrong with its replies since its last good answer (each reported once).
+    complained: Vec<String>,
+    answer: Answer,
+}
+
+/// The sentinels, their answers, and what the majority says.
+pub(crate) struct Sentinels {
+    nodes: Vec<Node>,
+    master_name: String,
+    auth: Option<Bytes>,
+    hello: Bytes,
+    check_period: Duration,
+    majority_lost_after: Duration,
+    next_round: Instant,
+    urgent_until: Option<Instant>,
+    /// The address the majority names and since when it does.
+    agreed: Option<(ServerAddress, Instant)>,
+    /// When a majority last agreed (None: never).
+    majority_at: Option<Instant>,
+    /// Whether the loss of the majority was reported (once per loss).
+    lost_reported: bool,
+    /// When following began: before the first answers can have come, no majority is no news.
+    started: Instant,
+    /// When the named master that has not confirmed yet was last asked for its `INFO`.
+    confirm_asked_at: Option<Instant>,
+}
+
+impl Sentinels {
+    /// Following the sentinels of `config` from `now`; the first round goes out at the first tick.
+    pub(crate) fn new(config: &SentinelConfig, check_period: Duration, now: Instant) -> Sentinels {
+        let nodes = config
+            .sentinels
+            .iter()
+            .map(|address| Node {
+                address: address.clone(),
+                command: None,
+                subscriber: None,
+                opened_at: None,
+                asked_at: None,
+                pending: 0,
+                complained: Vec::new(),
+                answer: Answer::default(),
+            })
+            .collect();
+        let auth = config.credentials.as_ref().and_then(auth::auth_request);
+        let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+        if let Some(Credentials { username, password: PasswordSource::Plain(password) }) = &config.credentials {
+            let user = username.as_deref().unwrap_or("default");
+            hello.extend([b"AUTH".as_slice(), user.as_bytes(), password.expose()]);
+        }
+        let mut subscribe = vec!["SUBSCRIBE"];
+        subscribe.extend(CHANNELS);
+        let hello = [Request::from_args(&hello).frame().clone(), Request::from_args(&subscribe).frame().clone()]
+            .concat()
+            .into();
+        Sentinels {
+            nodes,
+            master_name: config.master_name.clone(),
+            auth,
+            hello,
+            check_period,
+            majority_lost_after: config.majority_lost_after,
+            next_round: now,
+            urgent_until: None,
+            agreed: None,
+            majority_at: None,
+            lost_reported: false,
+            started: now,
+            confirm_asked_at: None,
+        }
+    }
+
+    /// How long an answer counts: a sentinel that stopped answering has no say after it.
+    fn fresh_for(&self) -> Duration {
+        2 * self.check_period
+    }
+
+    /// The next instant the sentinels need attention: a round, or the end of the majority-lost bound.
+    pub(crate) fn deadline(&self, routing: bool) -> Instant {
+        match self.cut_off_at().filter(|_| routing && self.agreed.is_none()) {
+            Some(at) => at.min(self.next_round),
+            None => self.next_round,
+        }
+    }
+
+    /// Polls every [`URGENT_POLL`] until `until` (a change the proxy waits for).
+    pub(crate) fn hurry(&mut self, now: Instant, until: Instant) {
+        self.urgent_until = Some(self.urgent_until.map_or(until, |u| u.max(until)));
+        self.next_round = self.next_round.min(now + URGENT_POLL);
+    }
+
+    /// Whether the named master may be asked for its `INFO` again now: at most once per [`URGENT_POLL`], since
+    /// each answer that does not confirm it would otherwise ask again at once. Polls the sentinels urgently
+    /// meanwhile.
+    pub(crate) fn confirm_due(&mut self, now: Instant) -> bool {
+        self.hurry(now, now + self.check_period);
+        let due = self.confirm_asked_at.is_none_or(|at| now.saturating_duration_since(at) >= URGENT_POLL);
+        if due {
+            self.confirm_asked_at = Some(now);
+        }
+        due
+    }
+
+    /// Opens the connections that are missing and asks every sentinel with nothing outstanding, when a round is
+    /// due. A sentinel whose answer is overdue is reconnected.
+    pub(crate) fn tick(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
+        if now < self.next_round {
+            return;
+        }
+        let urgent = self.urgent_until.is_some_and(|until| now < until);
+        self.next_round = now + if urgent { URGENT_POLL } else { self.check_period };
+        let fresh_for = self.fresh_for();
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            if node.asked_at.is_some_and(|at| now.saturating_duration_since(at) > fresh_for) {
+                // A sentinel that does not answer (partitioned, stopped) is asked afresh on a new connection.
+                close_node(node, pool, out);
+            }
+            let retry_due = node.opened_at.is_none_or(|at| now.saturating_duration_since(at) >= self.check_period);
+            if node.command.is_none() && retry_due {
+                let purpose = Purpose::Sentinel { index, subscriber: false };
+                let conn = pool.open_sentinel(node.address.clone(), purpose, out);
+                if let Some(auth) = &self.auth {
+                    // The first questions follow at once: a refused AUTH makes them fail too, and is reported.
+                    pool.send(conn, &[Waiter::Sentinel(SentinelQuery::Auth)], auth.clone(), out);
+                }
+                node.command = Some(conn);
+                node.opened_at = Some(now);
+            }
+            if node.subscriber.is_none() && retry_due {
+                let purpose = Purpose::Sentinel { index, subscriber: true };
+                let conn = pool.open_sentinel(node.address.clone(), purpose, out);
+                // The replies to HELLO 3 and SUBSCRIBE come as a map and pushes: nobody reads them.
+                pool.send(conn, &[Waiter::Ignore], self.hello.clone(), out);
+                node.subscriber = Some(conn);
+                node.opened_at = Some(now);
+            }
+            let Some(conn) = node.command.filter(|_| node.pending == 0) else { continue };
+            let name = self.master_name.as_str();
+            let ask = [
+                Request::from_args(&["SENTINEL", "get-master-addr-by-name", name]).frame().clone(),
+                Request::from_args(&["SENTINEL", "replicas", name]).frame().clone(),
+            ]
+            .concat();
+            let waiters = [Waiter::Sentinel(SentinelQuery::MasterAddr), Waiter::Sentinel(SentinelQuery::Replicas)];
+            pool.send(conn, &waiters, ask.into(), out);
+            node.pending += 2;
+            node.asked_at = Some(now);
+        }
+    }
+
+    /// The sentinel whose connection `conn` is, if any.
+    fn node_of(&self, conn: ConnId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.command == Some(conn) || n.subscriber == Some(conn))
+    }
+
+    /// A reply to `query` from the sentinel on `conn`. A reply that makes no sense is reported and counts as no
+    /// answer.
+    pub(crate) fn reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8], out: &mut Outbox) {
+        let Some(index) = self.node_of(conn) else { return };
+        let node = &mut self.nodes[index];
+        if query != SentinelQuery::Auth {
+            node.pending = node.pending.saturating_sub(1);
+            if node.pending == 0 {
+                node.asked_at = None;
+            }
+        }
+        let value = parse(frame);
+        // Reported once until the sentinel answers well again: a wrong password would repeat it every round.
+        let mut complain = |what: &str| {
+            if !node.complained.contains(&what.to_string()) {
+                node.complained.push(what.to_string());
+                let text = String::from_utf8_lossy(&frame[..frame.len().min(120)]).trim_end().to_string();
+                out.event(Event::SentinelError { sentinel: node.address.clone(), message: format!("{what}: {text}") });
+            }
+        };
+        match query {
+            SentinelQuery::Auth => {
+                if !matches!(value, Some(Value::Simple(_))) {
+                    complain("AUTH failed");
+                }
+            }
+            SentinelQuery::MasterAddr => match value.as_ref().map(master_address) {
+                Some(Some(master)) => {
+                    node.answer = Answer { at: Some(now), master, ..node.answer.clone() };
+                    node.complained.clear();
+                }
+                _ => {
+                    node.answer.at = None;
+                    complain("unexpected get-master-addr-by-name reply");
+                }
+            },
+            SentinelQuery::Replicas => match value.as_ref().and_then(replica_reports) {
+                Some(replicas) => node.answer.replicas = replicas,
+                None => complain("unexpected SENTINEL replicas reply"),
+            },
+        }
+    }
+
+    /// A push on `conn`: a message on a subscribed channel prompts a round now. Returns whether `conn` is a
+    /// sentinel's.
+    pub(crate) fn push(&mut self, now: Instant, conn: ConnId, frame: &[u8], out: &mut Outbox) -> bool {
+        let Some(index) = self.node_of(conn) else { return false };
+        if let Some(Value::Array(items)) = parse(frame) {
+            if let [Value::Bulk(kind), Value::Bulk(channel), Value::Bulk(payload)] = items.as_slice() {
+                if kind == b"message" {
+                    out.event(Event::SentinelNotice {
+                        sentinel: self.nodes[index].address.clone(),
+                        channel: String::from_utf8_lossy(channel).into_owned(),
+                        payload: String::from_utf8_lossy(payload).into_owned(),
+                    });
+                    self.hurry(now, now + URGENT_WINDOW);
+                    self.next_round = now;
+                }
+            }
+        }
+        true
+    }
+
+    /// The connection `conn` is gone (refused, broken, closed): if it was a sentinel's, its answer no longer
+    /// counts and both its connections are reopened at the next round. Returns whether it was a sentinel's.
+    pub(crate) fn lost(&mut self, conn: ConnId, pool: &mut Pool, out: &mut Outbox) -> bool {
+        let Some(index) = self.node_of(conn) else { return false };
+        let node = &mut self.nodes[index];
+        if node.command == Some(conn) {
+            node.command = None;
+        } else {
+            node.subscriber = None;
+        }
+        close_node(node, pool, out);
+        true
+    }
+
+    /// Recomputes what the majority says at `now` from the fresh answers (see [`Sentinels::agreed`]); a new
+    /// agreement and the loss of the majority (keeping `routed`) are reported, each once.
+    pub(crate) fn evaluate(&mut self, now: Instant, routed: Option<&ServerAddress>, out: &mut Outbox) {
+        let fresh_for = self.fresh_for();
+        let fresh: Vec<&Answer> = self
+            .nodes
+            .iter()
+            .map(|n| &n.answer)
+            .filter(|a| a.at.is_some_and(|at| now.saturating_duration_since(at) <= fresh_for))
+            .collect();
+        let answers: Vec<Option<&ServerAddress>> = fresh.iter().map(|a| a.master.as_ref()).collect();
+        let majority = self.nodes.len() / 2 + 1;
+        match majority_of(&answers, self.nodes.len()) {
+            Some(address) => {
+                // The majority last spoke when the last of its members needed for it answered: the bound counts
+                // from there, not from this evaluation (answers stay fresh a while after they arrive).
+                let mut times: Vec<Instant> =
+                    fresh.iter().filter(|a| a.master.as_ref() == Some(address)).filter_map(|a| a.at).collect();
+                times.sort_unstable_by(|a, b| b.cmp(a));
+                self.majority_at = times.get(majority - 1).copied().or(Some(now));
+                self.lost_reported = false;
+                if self.agreed.as_ref().is_none_or(|(a, _)| a != address) {
+                    let agreeing = answers.iter().filter(|a| **a == Some(address)).count();
+                    out.event(Event::SentinelMajority {
+                        address: address.clone(),
+                        agreeing,
+                        configured: self.nodes.len(),
+                    });
+                    self.agreed = Some((address.clone(), now));
+                }
+            }
+            None => {
+                let news = self.majority_at.is_some() || now.saturating_duration_since(self.started) >= fresh_for;
+                if !self.lost_reported && news {
+                    self.lost_reported = true;
+                    out.event(Event::SentinelNoMajority {
+                        answering: answers.len(),
+                        needed: majority,
+                        configured: self.nodes.len(),
+                        keeping: routed.cloned(),
+                    });
+                }
+                self.agreed = None;
+            }
+        }
+    }
+
+    /// The master a majority names now, and since when it does.
+    pub(crate) fn agreed(&self) -> Option<(&ServerAddress, Instant)> {
+        self.agreed.as_ref().map(|(address, since)| (address, *since))
+    }
+
+    /// When a proxy without a majority must stop routing writes (None: it never had one).
+    fn cut_off_at(&self) -> Option<Instant> {
+        self.majority_at.map(|at| at + self.majority_lost_after)
+    }
+
+    /// Whether the proxy has been without a majority for longer than `majority_lost_after`.
+    pub(crate) fn cut_off(&self, now: Instant) -> bool {
+        self.agreed.is_none() && self.cut_off_at().is_none_or(|at| now >= at)
+    }
+
+    /// The replicas listed by the sentinels whose standing answer names the agreed master (the first of them, in
+    /// configuration order, that lists any), or None without agreement.
+    pub(crate) fn replicas(&self) -> Option<&[ReplicaReport]> {
+        let (agreed, _) = self.agreed.as_ref()?;
+        let mut agreeing =
+            self.nodes.iter().filter(|n| n.answer.at.is_some() && n.answer.master.as_ref() == Some(agreed));
+        let first = agreeing.clone().next()?;
+        Some(agreeing.find(|n| !n.answer.replicas.is_empty()).unwrap_or(first).answer.replicas.as_slice())
+    }
+}
+
+/// Closes both connections of `node` (those still open) and forgets its answer.
+fn close_node(node: &mut Node, pool: &mut Pool, out: &mut Outbox) {
+    for conn in [node.command.take(), node.subscriber.take()].into_iter().flatten() {
+        pool.close(conn, out);
+    }
+    node.pending = 0;
+    node.asked_at = None;
+    node.answer.at = None;
+}
+
+/// The address named by more than half of `configured` sentinels among `answers` (one per sentinel that answered
+/// in time; None: it does not know the master).
+pub(crate) fn majority_of<'a>(answers: &[Option<&'a ServerAddress>], configured: usize) -> Option<&'a ServerAddress> {
+    let needed = configured / 2 + 1;
+    answers
+        .iter()
+        .flatten()
+        .copied()
+        .find(|candidate| answers.iter().filter(|a| **a == Some(*candidate)).count() >= needed)
+}
+
+/// What the proxy does about the master, from the sentinels' agreement and the servers' own word.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing changes.
+    Keep,
+    /// Route writes to this server from now on (a majority names it and its `INFO` confirms it).
+    Route(ServerId),
+    /// Stop routing to the routed master, for this reason; if `confirm` is set, that server is the one a majority
+    /// names but it has not confirmed yet: probe it again.
+    Drop {
+        /// Why, for the log.
+        reason: &'static str,
+        /// The server a majority names instead, not confirmed yet.
+        confirm: Option<ServerId>,
+    },
+    /// A majority names this server, which has not confirmed it yet (no master is routed): probe it again.
+    Confirm(ServerId),
+}
+
+/// Decides what to do about `routed` (the master writes go to) given the server a majority names (`agreed`, and
+/// since when), whether the proxy is `cut_off` from the majority for too long, and the servers' views.
+pub(crate) fn verdict(
+    views: &[ServerView],
+    routed: Option<ServerId>,
+    agreed: Option<(ServerId, Instant)>,
+    cut_off: bool,
+) -> Verdict {
+    let Some((named, since)) = agreed else {
+        return match routed {
+            Some(_) if cut_off => {
+                Verdict::Drop { reason: "no majority of the sentinels heard for majority_lost_after", confirm: None }
+            }
+            _ => Verdict::Keep,
+        };
+    };
+    let view = &views[named.0];
+    if routed == Some(named) {
+        return if view.is(Role::Replica) {
+            Verdict::Drop { reason: "it reports role:slave", confirm: Some(named) }
+        } else {
+            Verdict::Keep
+        };
+    }
+    // Its own INFO, asked after the sentinels agreed, must say master: a sentinel's word alone may be stale.
+    let confirmed = view.is(Role::Master) && view.info_at.is_some_and(|at| at >= since);
+    match (confirmed, routed) {
+        (true, _) => Verdict::Route(named),
+        (false, Some(_)) => {
+            Verdict::Drop { reason: "a majority of the sentinels names another master", confirm: Some(named) }
+        }
+        (false, None) => Verdict::Confirm(named),
+    }
+}
+
+/// A reply value, as much as Sentinel mode needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    Simple(Vec<u8>),
+    Error,
+    Bulk(Vec<u8>),
+    Nil,
+    Number,
+    /// Arrays, sets, pushes, and maps (flattened to key, value, ...).
+    Array(Vec<Value>),
+}
+
+/// How deep replies may nest here: `SENTINEL replicas` is two levels.
+const MAX_DEPTH: usize = 4;
+
+/// Parses one complete reply frame; None when it is not one (a sentinel's reply is input: never trusted).
+fn parse(frame: &[u8]) -> Option<Value> {
+    let (value, used) = parse_at(frame, 0, 0)?;
+    (used == frame.len()).then_some(value)
+}
+
+fn parse_at(frame: &[u8], pos: usize, depth: usize) -> Option<(Value, usize)> {
+    let kind = *frame.get(pos)?;
+    // The line after the type byte: a CRLF at `pos` itself leaves no type byte, and is no reply.
+    let end = pos + 1 + frame.get(pos + 1..)?.windows(2).position(|w| w == b"\r\n")?;
+    let line = &frame[pos + 1..end];
+    let next = end + 2;
+    let number = || std::str::from_utf8(line).ok()?.parse::<i64>().ok();
+    match kind {
+        b'+' => Some((Value::Simple(line.to_vec()), next)),
+        b'-' | b'!' => Some((Value::Error, next)),
+        b':' | b',' | b'(' | b'#' => Some((Value::Number, next)),
+        b'_' => Some((Value::Nil, next)),
+        b'$' | b'=' => {
+            let len = number()?;
+            if len < 0 {
+                return Some((Value::Nil, next));
+            }
+            let stop = next.checked_add(usize::try_from(len).ok()?)?;
+            let after = stop.checked_add(2)?;
+            if frame.get(stop..after)? != b"\r\n" {
+                return None;
+            }
+            Some((Value::Bulk(frame.get(next..stop)?.to_vec()), after))
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let count = number()?;
+            if count < 0 {
+                return Some((Value::Nil, next));
+            }
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            let elements = if matches!(kind, b'%' | b'|') { count.checked_mul(2)? } else { count };
+            let (mut items, mut at) = (Vec::new(), next);
+            for _ in 0..elements {
+                // Each element takes at least 3 bytes: a count larger than the frame is a lie, stopped here.
+                let (item, after) = parse_at(frame, at, depth + 1)?;
+                items.push(item);
+                at = after;
+            }
+            if kind == b'|' {
+                // An attribute precedes the real reply.
+                return parse_at(frame, at, depth);
+            }
+            Some((Value::Array(items), at))
+        }
+        _ => None,
+    }
+}
+
+/// A bulk as text.
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::Bulk(bytes) | Value::Simple(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// An `ip`/`port` pair as an address, if both are valid.
+fn address(ip: &str, port: &str) -> Option<ServerAddress> {
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    crate::config::valid_host(ip).then(|| ServerAddress { host: ip.to_string(), port })
+}
+
+/// The reply to `get-master-addr-by-name`: Some(None) when the sentinel does not know the name, None when the
+/// reply is not one.
+fn master_address(value: &Value) -> Option<Option<ServerAddress>> {
+    match value {
+        Value::Nil => Some(None),
+        Value::Array(items) => match items.as_slice() {
+            [ip, port] => address(text(ip)?, text(port)?).map(Some),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The reply to `SENTINEL replicas`: one field list per replica; entries without a usable address are skipped.
+fn replica_reports(value: &Value) -> Option<Vec<ReplicaReport>> {
+    let Value::Array(entries) = value else { return None };
+    let mut reports = Vec::new();
+    for entry in entries {
+        let Value::Array(fields) = entry else { return None };
+        let field = |name: &str| {
+            fields.chunks_exact(2).find(|pair| text(&pair[0]) == Some(name)).and_then(|pair| text(&pair[1]))
+        };
+        let Some(address) = field("ip").zip(field("port")).and_then(|(ip, port)| address(ip, port)) else {
+            continue;
+        };
+        let flags_ok = field("flags")
+            .is_some_and(|flags| !flags.split(',').any(|f| matches!(f, "s_down" | "o_down" | "disconnected")));
+        let link_ok = field("master-link-status") == Some("ok");
+        reports.push(ReplicaReport { address, healthy: flags_ok && link_ok });
+    }
+    Some(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A sentinel's reply is input: whatever bytes come, parsing them never panics.
+        #[test]
+        fn parsing_any_reply_never_panics(pieces in proptest::collection::vec(prop_oneof![
+            Just(b"*2\r\n".to_vec()), Just(b"*-1\r\n".to_vec()), Just(b"%1\r\n".to_vec()), Just(b">3\r\n".to_vec()),
+            Just(b"|1\r\n".to_vec()), Just(b"$4\r\n".to_vec()), Just(b"$-1\r\n".to_vec()), Just(b"_\r\n".to_vec()),
+            Just(b"port".to_vec()), Just(b"flags".to_vec()), Just(b"\r\n".to_vec()), Just(b":1\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ], 0..12)) {
+            let frame = pieces.concat();
+            if let Some(value) = parse(&frame) {
+                let _ = master_address(&value);
+                let _ = replica_reports(&value);
+            }
+        }
+    }
+
+    fn addr(port: u16) -> ServerAddress {
+        ServerAddress { host: "127.0.0.1".into(), port }
+    }
+
+    #[test]
+    fn credentials_go_first_on_both_connections() {
+        use crate::contract::Action;
+        let config = SentinelConfig {
+            sentinels: vec![addr(26000)],
+            master_name: "m".into(),
+            credentials: Some(Credentials {
+                username: Some("proxy".into()),
+                password: PasswordSource::Plain(crate::config::Secret::new("secret")),
+            }),
+            majority_lost_after: Duration::from_secs(5),
+        };
+        let now = Instant::now();
+        let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
+        let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default(), |_| None), Outbox::default());
+        sentinels.tick(now, &mut pool, &mut out);
+        let sent: Vec<Vec<u8>> = out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { data, .. } => Some(data.to_vec()),
+                _ => None,
+            })
+            .collect();
+        let auth = Request::from_args(&["AUTH", "proxy", "secret"]).frame().to_vec();
+        let hello = Request::from_args(&["HELLO", "3", "AUTH", "proxy", "secret"]).frame().to_vec();
+        assert_eq!(sent[0], auth, "the query connection authenticates first");
+        assert!(sent[1].starts_with(&hello), "the subscription says HELLO 3 with the credentials first");
+        assert!(sent[2].starts_with(b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name"), "then the questions");
+        assert_eq!(sent.len(), 3);
+
+        // A wrong password: every reply is an error, reported once until a good answer comes.
+        let Some(Action::Connect { conn, .. }) = out.actions.front().cloned() else { panic!("a connect first") };
+        out.events.clear();
+        let noauth = b"-NOAUTH Authentication required.\r\n";
+        for _ in 0..3 {
+            sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+        }
+        assert_eq!(out.events.len(), 1, "{:?}", out.events);
+        let good = b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n";
+        sentinels.reply(now, conn, SentinelQuery::MasterAddr, good, &mut out);
+        sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+        assert_eq!(out.events.len(), 2, "{:?}", out.events);
+    }
+
+    #[test]
+    fn a_majority_of_the_configured_sentinels_is_needed() {
+        let (a, b) = (addr(1), addr(2));
+        assert_eq!(majority_of(&[Some(&a), Some(&a), Some(&b)], 3), Some(&a));
+        assert_eq!(majority_of(&[Some(&a), Some(&b)], 3), None, "split");
+        assert_eq!(majority_of(&[Some(&a)], 3), None, "one of three is no majority, even if it is all we hear");
+        assert_eq!(majority_of(&[Some(&a), Some(&a)], 4), None, "two of four is no majority");
+        assert_eq!(majority_of(&[Some(&a), None, Some(&a)], 3), Some(&a));
+        assert_eq!(majority_of(&[None, None, None], 3), None);
+        assert_eq!(majority_of(&[Some(&b)], 1), Some(&b));
+    }
+
+    #[test]
+    fn parses_sentinel_replies_and_refuses_nonsense() {
+        let master = parse(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n").unwrap();
+        assert_eq!(master_address(&master), Some(Some(addr(6380))));
+        assert_eq!(master_address(&parse(b"*-1\r\n").unwrap()), Some(None));
+        assert_eq!(master_address(&parse(b"_\r\n").unwrap()), Some(None));
+        for bad in [&b"*2\r\n$9\r\n127.0.0.1\r\n$5\r\n99999\r\n"[..], b"*1\r\n$1\r\nx\r\n", b"-ERR no\r\n"] {
+            assert_eq!(parse(bad).as_ref().and_then(master_address), None, "{bad:?}");
+        }
+        for broken in [
+            &b"*9999999999\r\n"[..],
+            b"$5\r\nab\r\n",
+            b"*2\r\n",
+            b"",
+            b"$-x\r\n",
+            b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+            b"*1\r\n\r\n",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"$9223372036854775807\r\n",
+            b"+OK\r\n+extra\r\n",
+        ] {
+            assert_eq!(parse(broken), None, "{broken:?}");
+        }
+        let replicas = b"*3\r\n*8\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nport\r\n$4\r\n7001\r\n$5\r\nflags\r\n$5\r\nslave\r\n$18\r\nmaster-link-status\r\n$2\r\nok\r\n*8\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nport\r\n$4\r\n7002\r\n$5\r\nflags\r\n$12\r\ns_down,slave\r\n$18\r\nmaster-link-status\r\n$2\r\nok\r\n*2\r\n$2\r\nip\r\n$1\r\n?\r\n";
+        let reports = replica_reports(&parse(replicas).unwrap()).unwrap();
+        assert_eq!(
+            reports,
+            vec![
+                ReplicaReport { address: addr(7001), healthy: true },
+                ReplicaReport { address: addr(7002), healthy: false }
+            ]
+        );
+        let resp3 = b"*1\r\n%2\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nport\r\n$4\r\n7003\r\n";
+        let reports = replica_reports(&parse(resp3).unwrap()).unwrap();
+        assert_eq!(reports, vec![ReplicaReport { address: addr(7003), healthy: false }], "no flags: not healthy");
+    }
+}
