@@ -355,6 +355,9 @@ impl Engine {
                 self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
             }
             Input::ConnectFailed { conn, reason } => {
+                if let Some(server) = self.pool.server_of(conn) {
+                    self.monitor.connect_error(server, reason, &mut self.out);
+                }
                 self.backend_lost(now, conn, &format!("connect failed: {reason}"), Loss::ConnectFailed)
             }
             Input::Refused { conn } => self.backend_lost(now, conn, "connection refused", Loss::Refused),
@@ -1297,6 +1300,29 @@ mod tests {
         assert_eq!(counters.requests[Target::Master as usize][Class::Read as usize], 1);
         assert_eq!(counters.bytes_in, 34);
         assert_eq!(status.clients, 1);
+    }
+
+    #[test]
+    fn a_connect_error_is_reported_once_per_reason() {
+        // Long enough that the server is not counted down (which closes its connections) during the test.
+        let mut slow = config(1);
+        slow.down_after = Duration::from_secs(60);
+        let mut kit = Driver::new(slow);
+        // Every connect of the next probe round fails for `reason`; returns how many connect errors were reported.
+        let fail_round = |kit: &mut Driver, reason: &str| {
+            kit.advance(Duration::from_secs(1));
+            let opened = connects(&kit.drain());
+            assert!(!opened.is_empty(), "the round opens a connection");
+            for (conn, _) in opened {
+                kit.connect_failed(conn, reason);
+            }
+            kit.drain();
+            kit.events().into_iter().filter(|e| matches!(e, Event::ConnectFailed { .. })).count()
+        };
+        let tls = "TLS with server 127.0.0.1:7000 failed: invalid peer certificate: UnknownIssuer";
+        assert_eq!(fail_round(&mut kit, tls), 1);
+        assert_eq!(fail_round(&mut kit, tls), 0, "the same reason is not said again");
+        assert_eq!(fail_round(&mut kit, "timed out"), 1, "a new reason is");
     }
 
     #[test]

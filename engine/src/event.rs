@@ -63,6 +63,14 @@ pub enum Event {
         /// The message.
         payload: String,
     },
+    /// A connection to a server could not be made (not refused: a timeout, an unreachable network, a failed TLS
+    /// handshake). Reported once per server and reason, again after the server has answered.
+    ConnectFailed {
+        /// The server.
+        address: ServerAddress,
+        /// Why, as the runtime saw it.
+        reason: String,
+    },
     /// Sentinel mode: a sentinel's reply made no sense or was an error; it counts as no answer.
     SentinelError {
         /// The sentinel.
@@ -257,7 +265,8 @@ impl Event {
             | Event::MasterLost { .. }
             | Event::RequestsExpired { .. }
             | Event::SentinelNoMajority { .. }
-            | Event::SentinelError { .. } => Level::Warn,
+            | Event::SentinelError { .. }
+            | Event::ConnectFailed { .. } => Level::Warn,
             Event::BackendLost { failed_requests, .. } if *failed_requests > 0 => Level::Warn,
             Event::BackendLost { .. } => Level::Debug,
             _ => Level::Info,
@@ -283,6 +292,12 @@ impl fmt::Display for Event {
                 write!(f, "sentinel {sentinel}: {channel} {payload}; asking the sentinels again")
             }
             Event::SentinelError { sentinel, message } => write!(f, "sentinel {sentinel}: {message}"),
+            Event::ConnectFailed { address, reason } => {
+                write!(
+                    f,
+                    "cannot connect to {address}: {reason} (not logged again until the reason changes or it answers)"
+                )
+            }
             Event::ClientAccepted { conn, peer } => write!(f, "client {conn} connected from {peer}"),
             Event::ClientRejected { peer } => write!(f, "client {peer} rejected: max_clients reached"),
             Event::ClientClosed { conn } => write!(f, "client {conn} closed"),

@@ -71,6 +71,8 @@ struct Watch {
     kill_sent_at: Option<Instant>,
     /// An `INFO replication` for `WAIT` is outstanding.
     offset_pending: bool,
+    /// Why the last connect failed, as reported (so that a reason that repeats every probe is logged once).
+    connect_error: Option<String>,
 }
 
 /// The probe schedule and what it has learnt.
@@ -453,6 +455,19 @@ impl Monitor {
         watch.knock = None;
         watch.alive_at = None;
         watch.knocks_timed_out += 1;
+    }
+
+    /// A connect to `server` failed for `reason`: reported unless it is the reason already reported since the
+    /// server last answered.
+    pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, out: &mut Outbox) {
+        let watch = &mut self.watches[server.0];
+        if watch.connect_error.as_deref() != Some(reason) {
+            watch.connect_error = Some(reason.to_string());
+            out.event(Event::ConnectFailed {
+                address: self.views[server.0].address.clone(),
+                reason: reason.to_string(),
+            });
+        }
     }
 
     /// A new connection to `server` (a knock, a probe, a data connection) failed without being refused: the host

@@ -384,7 +384,7 @@ impl Runtime {
 
     /// Moves a connection the engine asked for towards `Connected`: the TCP connect, then (under `server_tls`)
     /// the TLS handshake. A failure of either is a failed connect for the engine (a refusal is evidence of its
-    /// own; a TLS failure is not one), logged with the server and the reason.
+    /// own; a TLS failure is not one), which logs the server and the reason.
     fn advance_connect(&mut self, id: ConnId) {
         let Some(socket) = self.sockets.get_mut(id) else { return };
         let established = match connect_result(&socket.stream) {
@@ -394,10 +394,7 @@ impl Runtime {
                 Some(tls) => match tls.handshake(&mut &socket.stream) {
                     Ok(true) => Ok(()),
                     Ok(false) => return,
-                    Err(error) => {
-                        self.logger.log(Level::Warn, &error);
-                        Err(error)
-                    }
+                    Err(error) => Err(error),
                 },
             },
             Some(Err(error)) => Err(error),

@@ -48,8 +48,8 @@ enum Message {
     Writable(ConnId),
     /// A connect the engine asked for succeeded (with its TLS handshake done, under `server_tls`).
     Connected(ConnId, TcpStream, Option<Box<TlsConn>>),
-    /// A connect the engine asked for failed (`true`: in its TLS handshake).
-    ConnectFailed(ConnId, io::Error, bool),
+    /// A connect the engine asked for failed (in the TCP connect or the TLS handshake; the engine logs why).
+    ConnectFailed(ConnId, io::Error),
 }
 
 /// Aborts its task when dropped, so no task outlives the connection it serves.
@@ -272,11 +272,8 @@ impl Driver {
                 self.drain_engine();
                 self.mark_dirty(conn);
             }
-            Message::ConnectFailed(conn, reason, in_handshake) => {
+            Message::ConnectFailed(conn, reason) => {
                 if self.sockets.remove(conn).is_some() {
-                    if in_handshake {
-                        self.log(Level::Warn, &reason);
-                    }
                     connect_failed(&mut self.engine, Instant::now(), conn, &reason);
                     self.drain_engine();
                 }
@@ -338,19 +335,17 @@ impl Driver {
                     let tls = self.tls.connect(&address).transpose();
                     let task = tokio::spawn(async move {
                         let connected = async {
-                            let mut tls = tls.map_err(|error| (error, true))?.map(Box::new);
-                            let stream = TcpStream::connect((address.host.as_str(), address.port))
-                                .await
-                                .map_err(|error| (error, false))?;
+                            let mut tls = tls?.map(Box::new);
+                            let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
                             let _ = stream.set_nodelay(true);
                             if let Some(tls) = &mut tls {
-                                tls_handshake(&stream, tls).await.map_err(|error| (error, true))?;
+                                tls_handshake(&stream, tls).await?;
                             }
                             Ok((stream, tls))
                         };
                         let message = match connected.await {
                             Ok((stream, tls)) => Message::Connected(conn, stream, tls),
-                            Err((error, in_handshake)) => Message::ConnectFailed(conn, error, in_handshake),
+                            Err(error) => Message::ConnectFailed(conn, error),
                         };
                         let _ = sender.send(message).await;
                     });
