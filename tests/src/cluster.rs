@@ -48,10 +48,16 @@ pub fn ports(servers: &[RedisServer]) -> Vec<u16> {
     servers.iter().map(|s| s.port).collect()
 }
 
-/// Waits until the replicas' offsets equal the master's (all acknowledged writes replicated).
+/// Waits until both replicas have every write the master has acknowledged so far, to any client. `WAIT` counts
+/// the replicas that acknowledged the calling connection's own last write (none at all for a fresh connection,
+/// which is then answered at once even while the replication stream is not flowing), so this connection first
+/// writes something of its own: a `PUBLISH`, replicated like a write, which changes no key.
 pub fn wait_caught_up(master: &RedisServer) {
     let mut conn = master.connect();
-    let synced = wait_until(CONVERGE, || conn.call(&[b"WAIT", b"2", b"1000"]) == Reply::Int(2));
+    let synced = wait_until(CONVERGE, || {
+        conn.call(&[b"PUBLISH", b"redis-proxy-tests:caught-up", b"1"]);
+        conn.call(&[b"WAIT", b"2", b"1000"]) == Reply::Int(2)
+    });
     assert!(synced, "replicas did not acknowledge the writes");
 }
 
