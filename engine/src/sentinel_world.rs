@@ -50,7 +50,7 @@ pub(crate) enum Cut {
 /// A client connected to one proxy.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Client {
-    pub(crate) proxy: usize,
+    proxy: usize,
     conn: ConnId,
 }
 
