@@ -170,7 +170,7 @@ impl Sim {
         naming.count() >= 2
     }
 
-    /// Notes, at `now`, which sentinels naming Sentinel's master each proxy reaches.
+    /// Notes which sentinels naming Sentinel's master each proxy reaches now.
     fn note_heard(&mut self) {
         let now = self.world.clock.ms();
         for proxy in 0..PROXIES {
@@ -182,8 +182,8 @@ impl Sim {
         }
     }
 
-    /// Updates every proxy's standing after a step at `now`: Sentinel `switched`, or cuts of proxies in `healed`
-    /// healed.
+    /// Updates every proxy's standing after a step (which happens at one instant): Sentinel `switched`, or cuts of
+    /// the proxies in `healed` healed.
     fn update(&mut self, switched: bool, healed: &[usize]) {
         let now = self.world.clock.ms();
         if switched {
