@@ -128,7 +128,9 @@ pub struct SentinelConfig {
     pub credentials: Option<Credentials>,
     /// How long the proxy keeps routing writes to its master while it cannot hear a majority of the sentinels
     /// (`sentinel.majority_lost_after`, ms, default 5000). Past it writes are held, then refused: a majority
-    /// elsewhere may have promoted another master. Keep it below the sentinels' `down-after-milliseconds`.
+    /// elsewhere may have promoted another master. Keep it below the sentinels' `down-after-milliseconds`. A
+    /// silent partition is noticed only when the answers held are 2 x `check_period` old, so the bound is in fact
+    /// the larger of the two (the Sentinel simulation checks that).
     pub majority_lost_after: Duration,
 }
 

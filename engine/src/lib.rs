@@ -119,7 +119,11 @@ mod resp;
 mod route;
 mod sentinel;
 #[cfg(test)]
+mod sentinel_sim;
+#[cfg(test)]
 mod sentinel_tests;
+#[cfg(test)]
+mod sentinel_world;
 mod session;
 #[cfg(test)]
 mod sim;
