@@ -2,7 +2,7 @@
 //! for log shippers: `log_format`); filtered by `log_level`, else `RUST_LOG`.
 
 use crate::cli::log_level;
-use redis_proxy_engine::{Level, LogFormat, ServerAddress};
+use redis_proxy_engine::{Config, Level, LogFormat, ServerAddress};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -65,10 +65,18 @@ impl Logger {
         }
     }
 
-    /// Logs where the proxy accepts clients and which servers stand behind it: the first line of every run.
-    pub fn listening(&self, address: SocketAddr, servers: &[ServerAddress]) {
-        let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
-        self.log(Level::Info, &format!("listening on {address}, servers {}", servers.join(", ")));
+    /// Logs where the proxy accepts clients and which servers stand behind it (or, in Sentinel mode, which
+    /// sentinels name them): the first line of every run.
+    pub fn listening(&self, address: SocketAddr, config: &Config) {
+        let list =
+            |addresses: &[ServerAddress]| addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let behind = match &config.sentinel {
+            Some(sentinel) => {
+                format!("master {} named by sentinels {}", sentinel.master_name, list(&sentinel.sentinels))
+            }
+            None => format!("servers {}", list(&config.servers)),
+        };
+        self.log(Level::Info, &format!("listening on {address}, {behind}"));
     }
 }
 

@@ -97,7 +97,7 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-    logger.listening(address, &config.servers);
+    logger.listening(address, &config);
     let mut status = bind_optional(config.status_listen.as_deref(), "status_listen")?;
     if let Some((listener, address)) = &mut status {
         poll.registry().register(listener, STATUS_LISTENER, Interest::READABLE)?;

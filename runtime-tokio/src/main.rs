@@ -22,11 +22,11 @@ async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let servers = config.servers.clone();
+    let shown = config.clone();
     let mut proxy = Proxy::bind(config).await?;
     proxy.set_logger(logger.clone());
     proxy.set_config_file(path);
-    logger.listening(proxy.local_addr()?, &servers);
+    logger.listening(proxy.local_addr()?, &shown);
     if let Some(address) = proxy.tls_addr().transpose()? {
         logger.log(Level::Info, &format!("TLS clients on {address}"));
     }
