@@ -591,16 +591,23 @@ mod tests {
         ReplicationInfo { replid: Some(replid.into()), replid2: replid2.map(Into::into), ..info }
     }
 
-    #[test]
-    fn a_master_promoted_from_ours_is_followed_and_ours_re_pointed() {
-        // Another proxy, cut off from server 0, promoted server 1; this proxy still reaches server 0.
+    /// Server 0 a master (run id "a", history "history-a"), server 1 its replica (run id "b"), and a failover
+    /// machine that has adopted server 0.
+    fn master_a_with_replica_b() -> (Instant, Vec<ServerView>, Failover) {
         let now = Instant::now();
-        let mut views = vec![
+        let views = vec![
             view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
             view(2, now, Some(replica_info(1, 10, 100, "b"))),
         ];
         let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
+        (now, views, failover)
+    }
+
+    #[test]
+    fn a_master_promoted_from_ours_is_followed_and_ours_re_pointed() {
+        // Another proxy, cut off from server 0, promoted server 1; this proxy still reaches server 0.
+        let (now, mut views, mut failover) = master_a_with_replica_b();
         // The monitor saw it report role:slave with run id "b", then role:master with the same run id.
         views[1].info = Some(with_ids(master_info("b"), "history-b", Some("history-a")));
         views[1].promoted_in_place = true;
@@ -624,13 +631,7 @@ mod tests {
     /// followed.
     #[test]
     fn a_replica_restarted_as_master_is_re_pointed_not_followed() {
-        let now = Instant::now();
-        let mut views = vec![
-            view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
-            view(2, now, Some(replica_info(1, 10, 100, "b"))),
-        ];
-        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
-        let _ = failover.evaluate(&views, now);
+        let (now, mut views, mut failover) = master_a_with_replica_b();
         views[1].info = Some(with_ids(master_info("b-restarted"), "history-new", Some("history-a")));
         views[1].promoted_in_place = false;
         let decisions = failover.evaluate(&views, now);
