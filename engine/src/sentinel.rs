@@ -40,6 +40,8 @@ pub(crate) enum SentinelQuery {
     MasterAddr,
     /// `SENTINEL replicas <name>`.
     Replicas,
+    /// `HELLO 3` (with the credentials) on the subscription connection.
+    Subscribe,
 }
 
 /// A replica as a sentinel lists it.
@@ -205,8 +207,9 @@ impl Sentinels {
             if node.subscriber.is_none() && retry_due {
                 let purpose = Purpose::Sentinel { index, subscriber: true };
                 let conn = pool.open_sentinel(node.address.clone(), purpose, out);
-                // The replies to HELLO 3 and SUBSCRIBE come as a map and pushes: nobody reads them.
-                pool.send(conn, &[Waiter::Ignore], self.hello.clone(), out);
+                // SUBSCRIBE answers with pushes once HELLO 3 is taken; a refused HELLO is reported, and the
+                // SUBSCRIBE refused after it closes this connection alone.
+                pool.send(conn, &[Waiter::Sentinel(SentinelQuery::Subscribe)], self.hello.clone(), out);
                 node.subscriber = Some(conn);
                 node.opened_at = Some(now);
             }
@@ -233,8 +236,9 @@ impl Sentinels {
     /// answer.
     pub(crate) fn reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8], out: &mut Outbox) {
         let Some(index) = self.node_of(conn) else { return };
+        let authenticates = self.auth.is_some();
         let node = &mut self.nodes[index];
-        if query != SentinelQuery::Auth {
+        if !matches!(query, SentinelQuery::Auth | SentinelQuery::Subscribe) {
             node.pending = node.pending.saturating_sub(1);
             if node.pending == 0 {
                 node.asked_at = None;
@@ -253,6 +257,11 @@ impl Sentinels {
             SentinelQuery::Auth => {
                 if !matches!(value, Some(Value::Simple(_))) {
                     complain("AUTH failed");
+                }
+            }
+            SentinelQuery::Subscribe => {
+                if !matches!(value, Some(Value::Array(_))) {
+                    complain(if authenticates { "HELLO 3 AUTH failed" } else { "HELLO 3 refused" });
                 }
             }
             SentinelQuery::MasterAddr => match value.as_ref().map(master_address) {
@@ -292,17 +301,18 @@ impl Sentinels {
         true
     }
 
-    /// The connection `conn` is gone (refused, broken, closed): if it was a sentinel's, its answer no longer
-    /// counts and both its connections are reopened at the next round. Returns whether it was a sentinel's.
+    /// The connection `conn` is gone (refused, broken, closed): if it was a sentinel's command connection, its
+    /// answer no longer counts and both its connections are reopened at the next round; a lost subscription alone
+    /// is reopened then (the answers stay good). Returns whether it was a sentinel's.
     pub(crate) fn lost(&mut self, conn: ConnId, pool: &mut Pool, out: &mut Outbox) -> bool {
         let Some(index) = self.node_of(conn) else { return false };
         let node = &mut self.nodes[index];
         if node.command == Some(conn) {
             node.command = None;
+            close_node(node, pool, out);
         } else {
             node.subscriber = None;
         }
-        close_node(node, pool, out);
         true
     }
 
@@ -641,6 +651,44 @@ mod tests {
         sentinels.reply(now, conn, SentinelQuery::MasterAddr, good, &mut out);
         sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
         assert_eq!(out.events.len(), 2, "{:?}", out.events);
+    }
+
+    #[test]
+    fn a_refused_subscription_is_reported_and_leaves_the_query_connection_alone() {
+        use crate::contract::Action;
+        let config = SentinelConfig {
+            sentinels: vec![addr(26000)],
+            master_name: "m".into(),
+            credentials: Some(Credentials {
+                username: None,
+                password: PasswordSource::Plain(crate::config::Secret::new("wrong")),
+            }),
+            majority_lost_after: Duration::from_secs(5),
+        };
+        let now = Instant::now();
+        let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
+        let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default(), |_| None), Outbox::default());
+        sentinels.tick(now, &mut pool, &mut out);
+        let connects: Vec<ConnId> = out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        let [query, subscription] = connects[..] else { panic!("two connections: {connects:?}") };
+        out.actions.clear();
+        // The subscription's replies can come first: its refused HELLO says why, and the refused SUBSCRIBE after
+        // it (a reply nobody waits for) loses that connection alone.
+        sentinels.reply(now, subscription, SentinelQuery::Subscribe, b"-WRONGPASS invalid password\r\n", &mut out);
+        assert!(sentinels.lost(subscription, &mut pool, &mut out));
+        let closed = out.actions.iter().any(|a| matches!(a, Action::Close { conn } if *conn == query));
+        assert!(!closed, "the query connection stays: {:?}", out.actions);
+        sentinels.reply(now, query, SentinelQuery::Auth, b"-WRONGPASS invalid password\r\n", &mut out);
+        let said: Vec<String> = out.events.iter().map(|e| format!("{e:?}")).collect();
+        assert!(said.iter().any(|e| e.contains("HELLO 3 AUTH failed")), "{said:?}");
+        assert!(said.iter().any(|e| e.contains("\"AUTH failed")), "{said:?}");
     }
 
     #[test]
