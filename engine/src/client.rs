@@ -2,7 +2,7 @@
 //! backpressure, pass-through, and the end of its life. Nothing here chooses a server or a backend connection.
 
 use crate::auth::{ClientAuth, Users, Verdict};
-use crate::command::{self, CommandSpec};
+use crate::command::{self, CommandFlags, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
@@ -10,10 +10,11 @@ use crate::cursor::{Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
-use crate::resp::{self, Request, RequestScanner};
-use crate::session::{Handling, Pin, Session};
+use crate::resp::{self, PendingLastArg, Request, RequestScanner};
+use crate::session::{self, Handling, Pin, Session};
 use crate::topology::ServerId;
-use bytes::{Bytes, BytesMut};
+use crate::upload::{UPLOAD_HEAD_MAX, UPLOAD_MIN};
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,6 +43,16 @@ pub(crate) enum NextRequest {
     Request(HeldRequest),
     /// Nothing complete yet, or the client is gone or closing.
     None,
+}
+
+/// The start of a request that may be uploaded piece by piece (see [`crate::upload`]).
+pub(crate) struct UploadHead {
+    /// Everything before the value, classified as the request it starts.
+    pub(crate) held: HeldRequest,
+    /// How many bytes of the client's buffer that is.
+    pub(crate) head_len: usize,
+    /// How long the value is.
+    pub(crate) body_len: usize,
 }
 
 /// Where a client's next forwarded request may go.
@@ -77,6 +88,8 @@ struct Client {
     shared_slot: usize,
     paused: bool,
     write_blocked: bool,
+    /// The backend connection its upload goes on is blocked on writing.
+    upload_blocked: bool,
     bytes_while_blocked: usize,
     /// Its private connection passes every frame straight through (set once the first passthrough request
     /// went out, after all earlier replies came back).
@@ -199,6 +212,7 @@ impl Clients {
             shared_slot: 0,
             paused: false,
             write_blocked: false,
+            upload_blocked: false,
             bytes_while_blocked: 0,
             hold_tracked: false,
             passthrough: false,
@@ -271,6 +285,49 @@ impl Clients {
             let resp3 = client.session.resp3;
             return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
         }
+    }
+
+    /// The start of `conn`'s request in `buf` when it may be uploaded: its last argument is a large value still
+    /// arriving, everything before it is here, and the client's state lets it go on a private connection now (a
+    /// plain command, authenticated, nothing held and no order barrier). None otherwise: it is held whole.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn upload_head(&self, now: Instant, conn: ConnId, buf: &BytesMut) -> Option<UploadHead> {
+        let client = self.conns.get(conn)?;
+        let PendingLastArg { head_len, body_len, args } = client.scanner.pending_last_arg()?;
+        let ready = !client.closing
+            && client.held.is_empty()
+            && !client.passthrough
+            && !client.auth.restricted()
+            && (client.private.is_some() || client.in_flight() == 0);
+        if body_len < UPLOAD_MIN || head_len > UPLOAD_HEAD_MAX || args.len() < 2 || !ready {
+            return None;
+        }
+        let request = Request::from_head(Bytes::copy_from_slice(&buf[..head_len]), args);
+        let spec = command::resolve(request.arg(0)?, request.arg(1))?;
+        let special = CommandFlags::BLOCKING | CommandFlags::NO_AUTH;
+        if session::may_be_special(spec.name) || spec.flags.intersects(special) {
+            return None;
+        }
+        let handling = Handling::Forward(client.session.current_pin().max(Pin::Transient));
+        let held = HeldRequest { request, spec: Some(spec), handling, since: now, resp3: client.session.resp3 };
+        Some(UploadHead { held, head_len, body_len })
+    }
+
+    /// The head of `conn`'s request went on as an upload: it leaves `buf`, and the scanner starts afresh after
+    /// the value.
+    pub(crate) fn upload_started(&mut self, conn: ConnId, buf: &mut BytesMut, head_len: usize) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            buf.advance(head_len);
+            client.scanner.restart();
+        }
+    }
+
+    /// The backend connection `conn`'s upload goes on is blocked on writing (`true`) or drained (`false`).
+    pub(crate) fn set_upload_blocked(&mut self, conn: ConnId, blocked: bool, out: &mut Outbox) {
+        let Some(client) = self.conns.get_mut(conn) else { return };
+        client.upload_blocked = blocked;
+        self.update_reading(conn, out);
     }
 
     fn protocol_error(&mut self, conn: ConnId, message: String, out: &mut Outbox) {
@@ -660,8 +717,9 @@ impl Clients {
         let max = self.config.max_pipeline;
         let Some(client) = self.conns.get_mut(conn) else { return };
         let load = client.in_flight() + client.held.len();
-        let should_pause = client.write_blocked || load >= max;
-        let may_resume = !client.write_blocked && load <= max / 2;
+        let blocked = client.write_blocked || client.upload_blocked;
+        let should_pause = blocked || load >= max;
+        let may_resume = !blocked && load <= max / 2;
         if !client.paused && should_pause {
             client.paused = true;
             out.actions.push_back(Action::SetReadable { conn, readable: false });

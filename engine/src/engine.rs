@@ -26,6 +26,7 @@ use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
 use crate::stream::{Piece, Streams};
 use crate::topology::{addresses_match, Role, ServerId, ServerView};
+use crate::upload::{UploadPiece, Uploads};
 use crate::wait::Waits;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -63,6 +64,8 @@ pub struct Engine {
     fence_poll: FencePoll,
     /// Large replies being forwarded as they arrive.
     streams: Streams,
+    /// Large requests being forwarded piece by piece as they arrive.
+    uploads: Uploads,
     /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
     /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
     master_epoch: u64,
@@ -120,6 +123,7 @@ impl Engine {
             waits: Waits::default(),
             fence_poll: FencePoll::default(),
             streams: Streams::default(),
+            uploads: Uploads::default(),
             master_epoch: 0,
             master_history: None,
             out: Outbox::default(),
@@ -368,10 +372,12 @@ impl Engine {
             Input::WriteBlocked { conn } => {
                 self.clients.set_write_blocked(conn, true, &mut self.out);
                 self.stream_backpressure(now, conn, true);
+                self.upload_backpressure(conn, true);
             }
             Input::Drained { conn } => {
                 self.clients.set_write_blocked(conn, false, &mut self.out);
                 self.stream_backpressure(now, conn, false);
+                self.upload_backpressure(conn, false);
             }
         }
     }
@@ -411,20 +417,101 @@ impl Engine {
     // split into machines cost about 20 instructions per round trip (bench/instructions.sh).
     #[inline(always)]
     fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
-        while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
-            // A PROXY command the authentication check refused is answered as any refusal.
-            if held.spec.is_none()
-                && !matches!(held.handling, Handling::Refuse(_))
-                && admin::is_proxy_command(&held.request)
-            {
-                self.admin_command(now, conn, &held);
-                continue;
+        if !self.uploads.is_empty() && self.upload_data(now, conn, buf) {
+            return;
+        }
+        loop {
+            while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+                // A PROXY command the authentication check refused is answered as any refusal.
+                if held.spec.is_none()
+                    && !matches!(held.handling, Handling::Refuse(_))
+                    && admin::is_proxy_command(&held.request)
+                {
+                    self.admin_command(now, conn, &held);
+                    continue;
+                }
+                if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
+                    self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
+                }
             }
-            if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
-                self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
+            // What is left is the start of a request: one with a large value still arriving goes on as it comes.
+            if buf.is_empty() || !self.start_upload(now, conn, buf) || self.upload_data(now, conn, buf) {
+                break;
             }
         }
         self.clients.update_reading(conn, &mut self.out);
+    }
+
+    /// Starts uploading the request whose start `buf` holds, if it may be (see [`crate::upload`]): its head goes
+    /// on a private connection of the client's now, as [`Engine::execute`] sends any request. Returns whether it
+    /// did; otherwise the request is held whole, as every other one.
+    #[cold]
+    #[inline(never)]
+    fn start_upload(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
+        let Some(head) = self.clients.upload_head(now, conn, buf) else { return false };
+        if !self.execute(now, conn, &head.held) {
+            return false;
+        }
+        // The head asked for a private connection, so the client holds one now.
+        let Some(backend) = self.clients.forward_state(conn).and_then(|state| state.private) else { return false };
+        self.clients.upload_started(conn, buf, head.head_len);
+        self.uploads.start(conn, backend, head.body_len);
+        true
+    }
+
+    /// Forwards what arrived of the value `conn` is uploading. Returns whether the upload goes on (the caller
+    /// leaves `buf` alone); false when the client uploads nothing or the request just ended (what follows in
+    /// `buf` is the next request).
+    #[cold]
+    #[inline(never)]
+    fn upload_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
+        let Some(piece) = self.uploads.take(conn, buf) else { return false };
+        match piece {
+            UploadPiece::Part { backend, data } => self.pool.send(backend, &[], data, &mut self.out),
+            UploadPiece::Waiting => {}
+            UploadPiece::Last { backend, data, was_blocked } => {
+                self.pool.send(backend, &[], data, &mut self.out);
+                if was_blocked {
+                    self.clients.set_upload_blocked(conn, false, &mut self.out);
+                }
+                return false;
+            }
+            UploadPiece::BadTerminator { backend } => {
+                buf.clear();
+                self.upload_malformed(now, conn, backend);
+            }
+        }
+        true
+    }
+
+    /// The value `client` uploaded on `backend` is not followed by CRLF. The server never got the request's last
+    /// bytes, so it never ran it: closing the connection drops it there. The client gets Redis's protocol error
+    /// in the request's slot and is closed.
+    #[cold]
+    #[inline(never)]
+    fn upload_malformed(&mut self, now: Instant, client: ConnId, backend: ConnId) {
+        self.uploads.remove_backend(backend);
+        self.clients.private_lost(client, backend);
+        let Some(lost) = self.pool.remove(backend) else { return };
+        self.out.close(backend);
+        let message = format!("ERR {}", resp::ProtocolError::MissingBulkTerminator);
+        self.out.event(Event::ClientProtocolError { conn: client, message: message.clone() });
+        let earlier = resp::error_reply(
+            "ERR redis-proxy closed the connection after a protocol error; the command may or may not have run",
+        );
+        let slots: Vec<(ConnId, u64)> = lost
+            .waiters
+            .iter()
+            .filter_map(|waiter| match *waiter {
+                Waiter::Client { conn, seq, .. } => Some((conn, seq)),
+                _ => None,
+            })
+            .collect();
+        for (index, &(conn, seq)) in slots.iter().enumerate() {
+            let reply = if index + 1 == slots.len() { resp::error_reply(&message) } else { earlier.clone() };
+            self.deliver(now, conn, seq, reply);
+        }
+        self.clients.close_if_done(client, &mut self.out);
     }
 
     /// Runs a classified request now (true), or leaves it to the caller to hold (false) when it must wait: no
@@ -661,6 +748,11 @@ impl Engine {
         if !self.streams.is_empty() {
             self.tidy_streams();
         }
+        if !self.uploads.is_empty() {
+            // Their connections were closed with them: they hold part of a request.
+            let clients = &self.clients;
+            self.uploads.retain_clients(|client| clients.contains(client));
+        }
     }
 
     /// Forgets streams on connections that closed, and resumes reading the ones paused for a client that left:
@@ -671,6 +763,14 @@ impl Engine {
         let (pool, clients) = (&self.pool, &self.clients);
         for backend in self.streams.tidy(|b| pool.contains(b), |c| clients.contains(c)) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });
+        }
+    }
+
+    /// A backend connection blocked on writing (or drained): the client uploading on it stops (or resumes) being
+    /// read, so the proxy never holds more of a value than the server's socket refuses.
+    fn upload_backpressure(&mut self, backend: ConnId, blocked: bool) {
+        if let Some(client) = self.uploads.backend_blocked(backend, blocked) {
+            self.clients.set_upload_blocked(client, blocked, &mut self.out);
         }
     }
 
@@ -877,6 +977,10 @@ impl Engine {
         if let Some(client) = self.streams.remove(conn) {
             // The client has part of a reply whose rest will never come: no error can follow it in the protocol.
             self.clients.remove(client, true, &mut self.out);
+        }
+        if let Some(client) = self.uploads.remove_backend(conn) {
+            // The client is closed below (it loses its private connection); what it still sends is dropped.
+            self.clients.set_upload_blocked(client, false, &mut self.out);
         }
         let Some(lost_server) = lost.server else {
             self.sentinel_lost(now, conn);

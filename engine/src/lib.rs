@@ -135,6 +135,9 @@ mod stream_path_tests;
 pub mod testkit;
 mod tls_config;
 mod topology;
+mod upload;
+#[cfg(test)]
+mod upload_path_tests;
 mod wait;
 
 pub use config::{

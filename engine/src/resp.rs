@@ -20,7 +20,7 @@ mod request;
 
 pub(crate) use encode::{bulk_reply, error_reply, simple_reply};
 pub(crate) use reply::ReplyScanner;
-pub(crate) use request::{Request, RequestScanner};
+pub(crate) use request::{PendingLastArg, Request, RequestScanner};
 use std::fmt;
 
 /// Bounds on what a peer may send, as Redis enforces them.

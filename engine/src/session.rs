@@ -441,7 +441,7 @@ const SPECIAL_NAMES: [u32; 26] = {
 /// Whether `name` (a command table name: lowercase ASCII) may have an arm of its own in
 /// [`Session::classify_known`]; false is certain, true may be wrong.
 #[inline]
-fn may_be_special(name: &str) -> bool {
+pub(crate) fn may_be_special(name: &str) -> bool {
     let bytes = name.as_bytes();
     let Some(letter) = bytes.first().and_then(|b| b.checked_sub(b'a')).filter(|l| *l < 26) else { return true };
     SPECIAL_NAMES[usize::from(letter)] & (1 << bytes.len().min(31)) != 0

@@ -2,7 +2,7 @@
 //! shared connection keep working, and a client that reads a large value slowly does not make the proxy hold it
 //! (the reply is streamed, and the backend connection is not read while the client does not read).
 
-use redis_proxy_tests::{status, Proxy, RedisServer, Reply, Runtime};
+use redis_proxy_tests::{bulk, status, Proxy, RedisServer, Reply, Runtime};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -95,5 +95,54 @@ fn a_slow_reader_of_a_large_value_does_not_make_the_proxy_hold_it() {
         // Held whole, the value alone would be 64 MiB; streamed, the proxy holds what one turn of reads brings in.
         assert!(grew_mib < 24, "{runtime:?}: the proxy grew by {grew_mib} MiB while a client read 64 MiB slowly");
         eprintln!("{runtime:?}: the proxy grew by {grew_mib} MiB while a client read 64 MiB slowly");
+    }
+}
+
+/// A client that sends a large value slowly: the proxy forwards it as it arrives (it never holds the value), the
+/// value lands byte-exact, and a client gone halfway through its value sets nothing.
+#[test]
+fn a_large_value_sent_slowly_is_forwarded_as_it_arrives_and_half_a_value_sets_nothing() {
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let proxy = Proxy::start(runtime, &[master.port], "");
+        assert_eq!(proxy.connect().call(&[b"PING"]), status("PONG"));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = rss_kib(&proxy);
+        let value = big_value(BIG);
+        let mut request = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${BIG}\r\n").into_bytes();
+        request.extend_from_slice(&value);
+        request.extend_from_slice(b"\r\n");
+
+        let mut conn = proxy.connect();
+        let mut peak = before;
+        // 1 MiB every 10 ms: far slower than the proxy and the server take it over loopback.
+        for piece in request.chunks(1 << 20) {
+            conn.send_raw(piece);
+            peak = peak.max(rss_kib(&proxy));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(conn.read_reply(), status("OK"), "{runtime:?}");
+        let grew_mib = peak.saturating_sub(before) / 1024;
+        // Held whole, the value alone would be 64 MiB; uploaded, the proxy holds what one turn of reads brings in.
+        assert!(grew_mib < 24, "{runtime:?}: the proxy grew by {grew_mib} MiB while a client sent 64 MiB slowly");
+        eprintln!("{runtime:?}: the proxy grew by {grew_mib} MiB while a client sent 64 MiB slowly");
+        let mut direct = master.connect();
+        match direct.call(&[b"GET", b"big"]) {
+            Reply::Bulk(Some(data)) => assert!(data == value, "{runtime:?}: other bytes"),
+            other => panic!("{runtime:?}: not a bulk reply: {:?}", std::mem::discriminant(&other)),
+        }
+
+        // Half a value, then the client is gone: the server never got the request's end, so nothing is set.
+        let mut half = proxy.connect();
+        let mut request = format!("*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n${BIG}\r\n").into_bytes();
+        request.extend_from_slice(&value[..BIG / 2]);
+        half.send_raw(&request);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(half);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(direct.call(&[b"EXISTS", b"half"]), Reply::Int(0), "{runtime:?}");
+        let mut after = proxy.connect();
+        assert_eq!(after.call(&[b"SET", b"k", b"v"]), status("OK"), "{runtime:?}: the proxy goes on");
+        assert_eq!(after.call(&[b"GET", b"k"]), bulk(b"v"), "{runtime:?}");
     }
 }

@@ -4,6 +4,7 @@
 use super::encode::{put_array_header, put_bulk_header};
 use super::inline::split_inline_args;
 use super::{find_line_end, parse_int, Limits, ProtocolError};
+use crate::upload::UPLOAD_MIN;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -54,6 +55,12 @@ impl Request {
         Request { frame: out.freeze(), args: ranges }
     }
 
+    /// The start of a request whose last argument's body is still to come: `frame` holds everything up to that
+    /// body, and `args` where the arguments before it lie.
+    pub(crate) fn from_head(frame: Bytes, args: &[(u32, u32)]) -> Request {
+        Request { frame, args: SmallVec::from_slice(args) }
+    }
+
     /// The request's bytes in RESP multibulk form, ready to forward.
     pub(crate) fn frame(&self) -> &Bytes {
         &self.frame
@@ -78,6 +85,16 @@ impl Request {
     pub(crate) fn is_empty(&self) -> bool {
         self.args.is_empty()
     }
+}
+
+/// A request whose last argument's body is still to come (see [`RequestScanner::pending_last_arg`]).
+pub(crate) struct PendingLastArg<'a> {
+    /// How long its head is: everything up to that body.
+    pub(crate) head_len: usize,
+    /// How long the body is (its CRLF not counted).
+    pub(crate) body_len: usize,
+    /// Where the head's arguments lie in it.
+    pub(crate) args: &'a [(u32, u32)],
 }
 
 /// Resumable scanner for client requests: RESP multibulks of bulk strings, or inline commands.
@@ -181,8 +198,11 @@ impl RequestScanner {
                 }
             };
             if buf.len() < pos + len + 2 {
-                // Reserve for the whole value at once so a large value is not copied on every regrowth.
-                buf.reserve(pos + len + 2 - buf.len());
+                // Reserve for the whole value at once so a large value is not copied on every regrowth; not for
+                // one the engine may upload piece by piece, which would never fill that room.
+                if remaining > 1 || len < UPLOAD_MIN {
+                    buf.reserve(pos + len + 2 - buf.len());
+                }
                 self.suspend(pos, remaining, Some(len));
                 return Ok(None);
             }
@@ -237,6 +257,22 @@ impl RequestScanner {
             self.args.push((start as u32, end as u32));
         }
         Some(pos)
+    }
+
+    /// The request in progress when all of it is here but the body of its last argument; None otherwise.
+    pub(crate) fn pending_last_arg(&self) -> Option<PendingLastArg<'_>> {
+        match (self.remaining, self.bulk_len) {
+            (Some(1), Some(body_len)) => Some(PendingLastArg { head_len: self.pos, body_len, args: &self.args }),
+            _ => None,
+        }
+    }
+
+    /// Forgets the request in progress: its head went on, and its body follows outside the scanner.
+    pub(crate) fn restart(&mut self) {
+        self.pos = 0;
+        self.remaining = None;
+        self.bulk_len = None;
+        self.args.clear();
     }
 
     /// Remembers where an incomplete request stands, to resume from there when more bytes arrive.
