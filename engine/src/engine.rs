@@ -412,12 +412,7 @@ impl Engine {
     #[inline(always)]
     fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
-            // A PROXY command the authentication check refused is answered as any refusal.
-            if held.spec.is_none()
-                && !matches!(held.handling, Handling::Refuse(_))
-                && admin::is_proxy_command(&held.request)
-            {
-                self.admin_command(now, conn, &held);
+            if held.spec.is_none() && self.proxy_command(now, conn, &held) {
                 continue;
             }
             if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
@@ -935,6 +930,18 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------ admin
+
+    /// Runs `held` if it is a `PROXY` command (true); one the authentication check refused is answered as any
+    /// refusal. Out of line: only commands Redis does not know get here, and the request path stays short.
+    #[cold]
+    #[inline(never)]
+    fn proxy_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        if matches!(held.handling, Handling::Refuse(_)) || !admin::is_proxy_command(&held.request) {
+            return false;
+        }
+        self.admin_command(now, conn, held);
+        true
+    }
 
     /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener).
     fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
