@@ -650,8 +650,11 @@ impl Engine {
     /// Hands the pool the private connections of clients that left, and lets streams whose client or backend
     /// connection is gone go on or end.
     fn release_departed(&mut self) {
-        for departed in self.clients.take_departed() {
-            self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+        // Looked at before it is taken: taking the list, empty after nearly every input, costs more.
+        if self.clients.any_departed() {
+            for departed in self.clients.take_departed() {
+                self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+            }
         }
         if !self.streams.is_empty() {
             self.tidy_streams();
