@@ -787,6 +787,11 @@ impl Clients {
         }
     }
 
+    /// Whether clients were removed since the last [`Clients::take_departed`].
+    pub(crate) fn any_departed(&self) -> bool {
+        !self.departed.is_empty()
+    }
+
     /// The clients removed since the last call, whose private connections the pool must take back.
     pub(crate) fn take_departed(&mut self) -> Vec<Departed> {
         std::mem::take(&mut self.departed)
