@@ -736,20 +736,28 @@ impl Engine {
 
     /// Hands the pool the private connections of clients that left, and lets streams whose client or backend
     /// connection is gone go on or end.
+    #[inline(always)]
     fn release_departed(&mut self) {
         // Looked at before it is taken: taking the list, empty after nearly every input, costs more.
         if self.clients.any_departed() {
-            for departed in self.clients.take_departed() {
-                self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
-            }
-            if !self.uploads.is_empty() {
-                // Their connections were closed with them: they hold part of a request.
-                let clients = &self.clients;
-                self.uploads.retain_clients(|client| clients.contains(client));
-            }
+            self.release_privates_of_departed();
         }
         if !self.streams.is_empty() {
             self.tidy_streams();
+        }
+    }
+
+    /// Takes back the private connections of the clients that left.
+    #[cold]
+    #[inline(never)]
+    fn release_privates_of_departed(&mut self) {
+        for departed in self.clients.take_departed() {
+            self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+        }
+        if !self.uploads.is_empty() {
+            // Their connections were closed with them: they hold part of a request.
+            let clients = &self.clients;
+            self.uploads.retain_clients(|client| clients.contains(client));
         }
     }
 
