@@ -7,6 +7,7 @@
 //!   [`cli`] for its parts;
 //! - [`log::Logger`]: log lines on standard error, filtered by `RUST_LOG`;
 //! - [`SocketTable`]: sockets by [`ConnId`](redis_proxy_engine::ConnId) index, with the generation checked;
+//! - [`ReadBuffers`]: large read-buffer allocations used again once the frames split off them are written;
 //! - [`WriteQueue`]: a connection's pending output, written with vectored writes, and the `WriteBlocked` /
 //!   `Drained` edges the engine hears about;
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
@@ -25,12 +26,14 @@ pub mod closing;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod read_buffers;
 pub mod socket_table;
 pub mod tls;
 pub mod write_queue;
 
 pub use closing::{CloseStep, Closing, Discarded, CLOSE_STALL};
 pub use log::Logger;
+pub use read_buffers::ReadBuffers;
 pub use socket_table::SocketTable;
 pub use tls::{TlsConn, TlsSetup};
 pub use write_queue::{WriteQueue, MAX_IOVECS};

@@ -9,7 +9,8 @@ use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
 use redis_proxy_runtime_common::reload as runtime_common_reload;
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
-    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, ReadBuffers, SocketTable,
+    WriteQueue,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -48,6 +49,8 @@ struct Socket {
     read_buf: BytesMut,
     /// The most `read_buf` has held since it was last replaced (its allocation is at least this large).
     read_buf_peak: usize,
+    /// The size of `read_buf`'s allocation (0: none), for [`ReadBuffers`].
+    read_alloc: usize,
     /// Room to give the read buffer before the next read: doubles while reads fill it.
     read_room: usize,
     out: WriteQueue,
@@ -69,6 +72,8 @@ struct Runtime {
     poll: Poll,
     engine: Engine,
     sockets: SocketTable<Socket>,
+    /// Large read-buffer allocations, used again once the frames split off them are written.
+    read_buffers: ReadBuffers,
     /// Closed by the engine, still flushing; the token is `CLOSING` | index.
     closing: Vec<Option<ClosingSocket>>,
     /// Connections with bytes queued this turn, written at its end.
@@ -127,6 +132,7 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         poll,
         engine: Engine::new(config, Instant::now()),
         sockets: SocketTable::new(),
+        read_buffers: ReadBuffers::default(),
         closing: Vec::new(),
         dirty: Vec::new(),
         read_again: Vec::new(),
@@ -431,7 +437,7 @@ impl Runtime {
                 return;
             }
             if socket.read_buf.capacity() - socket.read_buf.len() < MIN_READ_ROOM {
-                socket.read_buf.reserve(socket.read_room);
+                self.read_buffers.make_room(&mut socket.read_buf, &mut socket.read_alloc, socket.read_room);
             }
             let room = socket.read_buf.capacity() - socket.read_buf.len();
             let received = match &mut socket.tls {
@@ -456,13 +462,18 @@ impl Runtime {
                     if let Some(socket) = self.sockets.get_mut(id) {
                         if buf.is_empty() {
                             // Nothing partial is left: let go of the allocation (the frames split off keep it
-                            // alive only until they are written), so an idle connection holds no buffer.
-                            buf = BytesMut::new();
+                            // alive only until they are written, then a later read may take it), so an idle
+                            // connection holds no buffer.
+                            self.read_buffers.recycle(std::mem::take(&mut buf), socket.read_alloc);
+                            socket.read_alloc = 0;
                             socket.read_buf_peak = 0;
                         } else if socket.read_buf_peak > SHRINK_READ_BUF_AFTER && buf.len() <= MIN_READ_ROOM {
                             // The frames split off share the large allocation; copying the small rest lets it go
                             // once they are written.
-                            buf = BytesMut::from(&buf[..]);
+                            let rest = BytesMut::from(&buf[..]);
+                            let large = std::mem::replace(&mut buf, rest);
+                            self.read_buffers.recycle(large, socket.read_alloc);
+                            socket.read_alloc = buf.capacity();
                             socket.read_buf_peak = buf.len();
                         }
                         socket.read_buf = buf;
@@ -671,6 +682,7 @@ impl Socket {
             tls,
             read_buf: BytesMut::new(),
             read_buf_peak: 0,
+            read_alloc: 0,
             read_room: MIN_READ_ROOM,
             out: WriteQueue::new(),
             connecting,
