@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +23,9 @@ use tokio::time::Instant as TokioInstant;
 
 /// Room a connection's read buffer gets when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes an I/O task may have read that the engine has not been handed yet; it stops reading past this. Without
+/// it, one fast peer could fill the channel to the engine task (a large value, read faster than it is forwarded).
+const MAX_UNHANDED: usize = 2 * 1024 * 1024;
 /// Below this much room, the read buffer grows (to `READ_CHUNK`) before the next read.
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// Messages the engine task takes from the channel per turn, before it flushes what they produced.
@@ -70,6 +74,16 @@ struct Io {
     reading: watch::Sender<bool>,
     /// Asks the I/O task to report when the socket is writable.
     want_write: Arc<Notify>,
+    /// What the I/O task has read and the engine has not been handed yet (see [`MAX_UNHANDED`]).
+    unhanded: Arc<ReadCredit>,
+}
+
+/// The bytes one connection's I/O task has read that the engine has not been handed yet, and the wake-up for the
+/// task when that falls.
+#[derive(Default)]
+struct ReadCredit {
+    unhanded: AtomicUsize,
+    handed: Notify,
 }
 
 struct Socket {
@@ -80,6 +94,8 @@ struct Socket {
     out: WriteQueue,
     /// Bytes read but not yet handed in (a partial frame, or data read just before a pause took effect).
     read_buf: BytesMut,
+    /// How many bytes of `read_buf` the engine has not seen yet (they count against [`MAX_UNHANDED`]).
+    unreported: usize,
     /// The engine wants this connection read.
     readable: bool,
 }
@@ -246,6 +262,7 @@ impl Driver {
         match message {
             Message::Data(conn, chunk) => {
                 let Some(socket) = self.sockets.get_mut(conn) else { return };
+                socket.unreported += chunk.len();
                 if socket.read_buf.is_empty() {
                     socket.read_buf = chunk;
                 } else {
@@ -306,6 +323,12 @@ impl Driver {
             return;
         }
         let mut buf = std::mem::take(&mut socket.read_buf);
+        if let Some(io) = &socket.io {
+            let before = io.unhanded.unhanded.fetch_sub(std::mem::take(&mut socket.unreported), Ordering::AcqRel);
+            if before >= MAX_UNHANDED {
+                io.unhanded.handed.notify_one();
+            }
+        }
         self.engine.handle_input(Instant::now(), Input::Data { conn: id, buf: &mut buf });
         if let Some(socket) = self.sockets.get_mut(id) {
             socket.read_buf = buf;
@@ -443,7 +466,7 @@ impl Driver {
 
 impl Socket {
     fn new(io: Option<Io>, task: TaskGuard) -> Socket {
-        Socket { io, _task: task, out: WriteQueue::new(), read_buf: BytesMut::new(), readable: true }
+        Socket { io, _task: task, out: WriteQueue::new(), read_buf: BytesMut::new(), unreported: 0, readable: true }
     }
 }
 
@@ -626,9 +649,11 @@ fn spawn_io(
     let tls = tls.map(|tls| Arc::new(Mutex::new(*tls)));
     let (reading, reading_rx) = watch::channel(true);
     let want_write = Arc::new(Notify::new());
-    let channels = IoChannels { reading: reading_rx, want_write: want_write.clone(), sender };
+    let unhanded = Arc::new(ReadCredit::default());
+    let channels =
+        IoChannels { reading: reading_rx, want_write: want_write.clone(), unhanded: unhanded.clone(), sender };
     let task = tokio::spawn(io_task(id, stream.clone(), tls.clone(), channels));
-    (Io { stream, tls, reading, want_write }, TaskGuard(task))
+    (Io { stream, tls, reading, want_write, unhanded }, TaskGuard(task))
 }
 
 /// What an I/O task hears from and tells the engine task.
@@ -637,17 +662,20 @@ struct IoChannels {
     reading: watch::Receiver<bool>,
     /// The engine task asks to be told when the socket is writable.
     want_write: Arc<Notify>,
+    /// What this task read that the engine has not been handed yet.
+    unhanded: Arc<ReadCredit>,
     /// To the engine task.
     sender: mpsc::Sender<Message>,
 }
 
 /// Reads the socket while the engine wants it read, and reports writability when asked.
 async fn io_task(id: ConnId, stream: Arc<TcpStream>, tls: Option<Arc<Mutex<TlsConn>>>, channels: IoChannels) {
-    let IoChannels { mut reading, want_write, sender } = channels;
+    let IoChannels { mut reading, want_write, unhanded, sender } = channels;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut awaiting_writable = false;
     loop {
         let read_enabled = *reading.borrow_and_update();
+        let over_credit = unhanded.unhanded.load(Ordering::Acquire) >= MAX_UNHANDED;
         let message = tokio::select! {
             changed = reading.changed() => match changed {
                 Ok(()) => continue,
@@ -664,7 +692,8 @@ async fn io_task(id: ConnId, stream: Arc<TcpStream>, tls: Option<Arc<Mutex<TlsCo
                     Err(_) => Message::Closed(id),
                 }
             }
-            ready = stream.readable(), if read_enabled => {
+            () = unhanded.handed.notified(), if over_credit => continue,
+            ready = stream.readable(), if read_enabled && !over_credit => {
                 if buf.capacity() - buf.len() < MIN_READ_ROOM {
                     buf.reserve(READ_CHUNK);
                 }
@@ -680,7 +709,10 @@ async fn io_task(id: ConnId, stream: Arc<TcpStream>, tls: Option<Arc<Mutex<TlsCo
                 });
                 match received {
                     Ok(0) => Message::Closed(id),
-                    Ok(_) => Message::Data(id, buf.split()),
+                    Ok(n) => {
+                        unhanded.unhanded.fetch_add(n, Ordering::AcqRel);
+                        Message::Data(id, buf.split())
+                    }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                     Err(error) if error.kind() == io::ErrorKind::InvalidData => Message::TlsFailed(id, error),
