@@ -6,7 +6,7 @@ use crate::command::{self, CommandFlags, CommandSpec};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
-use crate::cursor::{Cursors, Issuer, ScanCall};
+use crate::cursor::{self, Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
@@ -306,7 +306,10 @@ impl Clients {
         let request = Request::from_head(Bytes::copy_from_slice(&buf[..head_len]), args);
         let spec = command::resolve(request.arg(0)?, request.arg(1))?;
         let special = CommandFlags::BLOCKING | CommandFlags::NO_AUTH;
-        if session::may_be_special(spec.name) || spec.flags.intersects(special) {
+        // A `SCAN` whose cursor the proxy cannot place is answered with an error instead of being sent: an upload
+        // must go out once started.
+        if session::may_be_special(spec.name) || spec.flags.intersects(special) || cursor::scan_call(&request).is_some()
+        {
             return None;
         }
         let handling = Handling::Forward(client.session.current_pin().max(Pin::Transient));

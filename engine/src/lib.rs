@@ -79,6 +79,7 @@
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
 //! | `stream` | large bulk replies forwarded to their client as they arrive, paused while the client does not read |
+//! | `upload` | large request values forwarded to the server as they arrive, on a private connection, paused while the server does not read |
 //! | `route` | where a request goes: master, a readable replica, the cursor's server, or nowhere yet |
 //! | `wait` | `WAIT` answered by the proxy from the replicas' offsets |
 //! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
