@@ -136,6 +136,14 @@ impl<T> ConnTable<T> {
     }
 }
 
+/// A client id and a backend id, for tests of machines that pair the two.
+#[cfg(test)]
+pub(crate) fn client_and_backend_ids() -> (ConnId, ConnId) {
+    let mut clients = ConnTable::new(Lane::Client);
+    let mut backends = ConnTable::new(Lane::Backend);
+    (clients.insert(()), backends.insert(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

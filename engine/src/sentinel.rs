@@ -608,15 +608,14 @@ mod tests {
         ServerAddress { host: "127.0.0.1".into(), port }
     }
 
-    #[test]
-    fn credentials_go_first_on_both_connections() {
-        use crate::contract::Action;
+    /// One sentinel that takes `username`/`password`, after its first round: the connections are asked for.
+    fn one_sentinel_with(username: Option<&str>, password: &str) -> (Sentinels, Pool, Outbox, Instant) {
         let config = SentinelConfig {
             sentinels: vec![addr(26000)],
             master_name: "m".into(),
             credentials: Some(Credentials {
-                username: Some("proxy".into()),
-                password: PasswordSource::Plain(crate::config::Secret::new("secret")),
+                username: username.map(str::to_string),
+                password: PasswordSource::Plain(crate::config::Secret::new(password)),
             }),
             majority_lost_after: Duration::from_secs(5),
         };
@@ -624,6 +623,13 @@ mod tests {
         let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
         let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default(), |_| None), Outbox::default());
         sentinels.tick(now, &mut pool, &mut out);
+        (sentinels, pool, out, now)
+    }
+
+    #[test]
+    fn credentials_go_first_on_both_connections() {
+        use crate::contract::Action;
+        let (mut sentinels, _, mut out, now) = one_sentinel_with(Some("proxy"), "secret");
         let sent: Vec<Vec<u8>> = out
             .actions
             .iter()
@@ -656,19 +662,7 @@ mod tests {
     #[test]
     fn a_refused_subscription_is_reported_and_leaves_the_query_connection_alone() {
         use crate::contract::Action;
-        let config = SentinelConfig {
-            sentinels: vec![addr(26000)],
-            master_name: "m".into(),
-            credentials: Some(Credentials {
-                username: None,
-                password: PasswordSource::Plain(crate::config::Secret::new("wrong")),
-            }),
-            majority_lost_after: Duration::from_secs(5),
-        };
-        let now = Instant::now();
-        let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
-        let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default(), |_| None), Outbox::default());
-        sentinels.tick(now, &mut pool, &mut out);
+        let (mut sentinels, mut pool, mut out, now) = one_sentinel_with(None, "wrong");
         let connects: Vec<ConnId> = out
             .actions
             .iter()

@@ -157,13 +157,7 @@ fn terminator_fits(data: &[u8], left: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{ConnTable, Lane};
-
-    fn ids() -> (ConnId, ConnId) {
-        let mut clients = ConnTable::new(Lane::Client);
-        let mut backends = ConnTable::new(Lane::Backend);
-        (clients.insert(()), backends.insert(()))
-    }
+    use crate::conn::client_and_backend_ids as ids;
 
     #[test]
     fn pieces_end_exactly_at_the_reply_and_check_its_crlf() {

@@ -3,7 +3,7 @@
 //! mid-stream, and the replies behind a streamed one on a shared connection.
 
 use crate::stream::{STREAM_MIN, STREAM_STALL};
-use crate::testkit::{config, connects, sent_on, Driver};
+use crate::testkit::{config, connects, readable, sent_on, Driver};
 use crate::{Action, ConnId, Input};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -119,17 +119,6 @@ fn a_client_that_leaves_mid_stream_gets_nothing_more_and_the_replies_behind_it_a
     }
     assert_eq!(writes_to(&actions, leaver), 0, "{actions:?}");
     assert_eq!(sent_on(&actions, other), b"$2\r\nvb\r\n");
-}
-
-/// The `SetReadable` actions for `conn` in `actions` (the client's own pauses are the client machine's).
-fn readable(actions: &[Action], conn: ConnId) -> Vec<bool> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::SetReadable { conn: to, readable } if *to == conn => Some(*readable),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -19,5 +19,5 @@ mod server;
 pub(crate) mod stream;
 
 pub use clock::FakeClock;
-pub use driver::{config, connects, master_and_replicas, port_of, sent_on, Driver};
+pub use driver::{config, connects, master_and_replicas, port_of, readable, sent_on, Driver};
 pub use server::{ConnectedReplica, FakeServer, Info, ReplicaLink};

@@ -119,13 +119,7 @@ impl Uploads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{ConnTable, Lane};
-
-    fn ids() -> (ConnId, ConnId) {
-        let mut clients = ConnTable::new(Lane::Client);
-        let mut backends = ConnTable::new(Lane::Backend);
-        (clients.insert(()), backends.insert(()))
-    }
+    use crate::conn::client_and_backend_ids as ids;
 
     #[test]
     fn pieces_end_at_the_value_and_its_crlf_goes_only_once_checked() {

@@ -3,7 +3,7 @@
 //! that does not read, a client or a connection that goes away mid-upload, and the order behind a request in
 //! flight.
 
-use crate::testkit::{config, connects, sent_on, Driver};
+use crate::testkit::{config, connects, readable, sent_on, Driver};
 use crate::upload::UPLOAD_MIN;
 use crate::{Action, ConnId, Input};
 use proptest::prelude::*;
@@ -35,17 +35,6 @@ fn feed_in_pieces(kit: &mut Driver, client: ConnId, request: &[u8], piece: usize
         actions.extend(kit.drain());
     }
     actions
-}
-
-/// The `SetReadable` actions for `conn` in `actions`.
-fn readable(actions: &[Action], conn: ConnId) -> Vec<bool> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::SetReadable { conn: to, readable } if *to == conn => Some(*readable),
-            _ => None,
-        })
-        .collect()
 }
 
 fn closes(actions: &[Action], conn: ConnId) -> bool {

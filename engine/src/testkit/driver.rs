@@ -61,6 +61,17 @@ pub fn sent_on(actions: &[Action], conn: ConnId) -> Vec<u8> {
     out
 }
 
+/// The `SetReadable` actions for `conn` in `actions`, in order.
+pub fn readable(actions: &[Action], conn: ConnId) -> Vec<bool> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetReadable { conn: to, readable } if *to == conn => Some(*readable),
+            _ => None,
+        })
+        .collect()
+}
+
 /// An engine on a fake clock, and what a runtime would keep for it.
 pub struct Driver {
     /// The engine under test.
