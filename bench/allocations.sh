@@ -23,6 +23,13 @@ for tool in redis-server redis-benchmark redis-cli strace; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed (apt-get install redis-server strace)" >&2; exit 1; }
 done
 
+for port in "$P_REDIS" "$P_PROXY"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is taken: choose another BASE_PORT" >&2
+        exit 1
+    fi
+done
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-allocations.XXXXXX")
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
