@@ -5,6 +5,7 @@
 #   MODE      get (default) | set | mix   (see engine/examples/bench_engine.rs)
 #   REQUESTS  round trips measured (default 200000)
 #   PIPELINE  requests per client read (default 1)
+#   RESP3=1   (environment) every client says HELLO 3 first, as redis-benchmark -3 does
 #
 # Builds the engine micro-benchmark (release profile, which keeps symbols), then runs it twice under
 # `valgrind --tool=callgrind`, collecting only while the program is inside the named functions:
@@ -34,6 +35,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # The example rounds REQUESTS up to whole turns of 50 clients x PIPELINE; it prints the exact count.
 ARGS=(--mode "$MODE" --requests "$REQUESTS" --pipeline "$PIPELINE")
+[ "${RESP3:-0}" = 1 ] && ARGS+=(--resp3)
 TRIPS=$("$BIN" "${ARGS[@]}" | sed -n 's/.*round_trips=\([0-9]*\).*/\1/p')
 [ -n "$TRIPS" ] && [ "$TRIPS" -gt 0 ] || { echo "bench_engine did not report its round trips" >&2; exit 1; }
 
@@ -48,7 +50,7 @@ collected() { # out-file toggle-pattern...
 ENGINE_IR=$(collected "$WORK/engine.out" '*Engine::handle_input*' '*Engine::poll_action*')
 HARNESS_IR=$(collected "$WORK/harness.out" '*bench_engine::round_trips*')
 
-echo "== engine instructions per round trip: mode=$MODE pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
+echo "== engine instructions per round trip: mode=$MODE${RESP3:+ resp3=$RESP3} pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
 echo "   $(valgrind --version), $(rustc --version)"
 awk -v e="$ENGINE_IR" -v h="$HARNESS_IR" -v n="$TRIPS" 'BEGIN {
     printf "   engine (handle_input + poll_action): %8.0f instructions per round trip\n", e / n

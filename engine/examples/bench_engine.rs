@@ -9,8 +9,11 @@
 //!
 //! ```text
 //! cargo run --release -p redis-proxy-engine --example bench_engine -- [--mode get|set|mix] [--requests N]
-//!     [--clients C] [--pipeline P] [--value-size B] [--quiet]
+//!     [--clients C] [--pipeline P] [--value-size B] [--resp3] [--quiet]
 //! ```
+//!
+//! With `--resp3` every client says `HELLO 3` first (as `redis-benchmark -3` does), so its requests go on the
+//! proxy's RESP3 shared connections.
 //!
 //! It prints ns per round trip. `bench/instructions.sh` runs it under `valgrind --tool=callgrind` with
 //! collection switched on only inside [`round_trips`], which gives instructions per round trip without setup.
@@ -36,12 +39,20 @@ struct Options {
     clients: usize,
     pipeline: usize,
     value_size: usize,
+    resp3: bool,
     quiet: bool,
 }
 
 fn parse_options() -> Options {
-    let mut options =
-        Options { mix: Mix::Get, requests: 1_000_000, clients: 50, pipeline: 1, value_size: 3, quiet: false };
+    let mut options = Options {
+        mix: Mix::Get,
+        requests: 1_000_000,
+        clients: 50,
+        pipeline: 1,
+        value_size: 3,
+        resp3: false,
+        quiet: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
@@ -58,6 +69,7 @@ fn parse_options() -> Options {
             "--clients" => options.clients = value().parse().unwrap_or_else(|_| usage("bad --clients")),
             "--pipeline" => options.pipeline = value().parse().unwrap_or_else(|_| usage("bad --pipeline")),
             "--value-size" => options.value_size = value().parse().unwrap_or_else(|_| usage("bad --value-size")),
+            "--resp3" => options.resp3 = true,
             "--quiet" => options.quiet = true,
             "--help" | "-h" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -75,7 +87,7 @@ fn usage(problem: &str) -> ! {
     }
     eprintln!(
         "usage: bench_engine [--mode get|set|mix] [--requests N] [--clients C] [--pipeline P] [--value-size B] \
-         [--quiet]"
+         [--resp3] [--quiet]"
     );
     std::process::exit(2);
 }
@@ -105,7 +117,7 @@ struct FakeBackend {
 }
 
 impl Rig {
-    fn new(clients: usize, value_size: usize) -> Rig {
+    fn new(clients: usize, value_size: usize, resp3: bool) -> Rig {
         let mut config = testkit::config(1);
         config.max_clients = clients.max(config.max_clients);
         let value = vec![b'x'; value_size];
@@ -131,9 +143,26 @@ impl Rig {
         for _ in 0..clients {
             let conn = rig.driver.accept();
             rig.clients.push(conn);
-            rig.client_bufs.push(BytesMut::new());
+            let mut buf = BytesMut::new();
+            if resp3 {
+                buf.extend_from_slice(HELLO_3);
+                rig.driver.engine.handle_input(rig.now, Input::Data { conn, buf: &mut buf });
+            }
+            rig.client_bufs.push(buf);
         }
         rig.drain();
+        // The HELLOs went on the RESP3 connection (the proxy passes them, answered by the server): answer them.
+        for index in 0..rig.backends.len() {
+            let owed = std::mem::take(&mut rig.backends[index].owed);
+            if !owed.is_empty() {
+                let conn = rig.backends[index].conn;
+                rig.backends[index].buf.extend_from_slice(&owed);
+                rig.driver.engine.handle_input(rig.now, Input::Data { conn, buf: &mut rig.backends[index].buf });
+                rig.drain();
+            }
+        }
+        rig.replies = 0;
+        rig.reply_bytes = 0;
         rig.driver.events();
         rig
     }
@@ -162,6 +191,9 @@ impl Rig {
     }
 }
 
+/// `HELLO 3`, as a client and the proxy's RESP3 connections send it.
+const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+
 /// What the fake server answers to one forwarded request: the engine forwards each request as its own `Send`,
 /// and the benchmark's GET and SET requests have different lengths, so the length says which it is.
 fn answer(owed: &mut Vec<u8>, data: &[u8], get_request_len: usize, get_reply: &[u8]) {
@@ -169,6 +201,12 @@ fn answer(owed: &mut Vec<u8>, data: &[u8], get_request_len: usize, get_reply: &[
         owed.extend_from_slice(get_reply);
     } else if data.starts_with(b"*3\r\n$3\r\nSET\r\n") {
         owed.extend_from_slice(b"+OK\r\n");
+    } else if data.starts_with(HELLO_3) {
+        // One answer per HELLO in `data` (the connection's own, then the clients').
+        let count = data.windows(HELLO_3.len()).filter(|w| *w == HELLO_3).count();
+        for _ in 0..count {
+            owed.extend_from_slice(b"%1\r\n$5\r\nproto\r\n:3\r\n");
+        }
     } else {
         // Nothing else is forwarded: the probe was answered before the benchmark, and the clock stands still.
     }
@@ -220,7 +258,7 @@ fn round_trips(rig: &mut Rig, turns: u64, pipeline: usize, mix: Mix) -> u64 {
 
 fn main() {
     let options = parse_options();
-    let mut rig = Rig::new(options.clients, options.value_size);
+    let mut rig = Rig::new(options.clients, options.value_size, options.resp3);
     let per_turn = (options.clients * options.pipeline) as u64;
     let turns = options.requests.div_ceil(per_turn);
     // Warm up (opens the shared backend connections) outside the measured part, unless asked for nothing.
@@ -241,8 +279,9 @@ fn main() {
         };
         let ns = if sent > 0 { elapsed.as_nanos() as f64 / sent as f64 } else { 0.0 };
         println!(
-            "mode={mode} clients={} pipeline={} value={}B round_trips={sent} backends={} elapsed={:.3}s \
+            "mode={mode}{} clients={} pipeline={} value={}B round_trips={sent} backends={} elapsed={:.3}s \
              ns_per_round_trip={ns:.1} ({:.2} M round trips/s)",
+            if options.resp3 { " resp3" } else { "" },
             options.clients,
             options.pipeline,
             options.value_size,
