@@ -1286,7 +1286,7 @@ impl Engine {
     fn sentinel_reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8]) {
         let Some(sentinels) = self.sentinels.as_mut() else { return };
         sentinels.reply(now, conn, query, frame, &mut self.out);
-        if !matches!(query, SentinelQuery::Auth | SentinelQuery::Subscribe) {
+        if query.is_round_question() {
             self.evaluate_failover(now);
             self.run_all_held(now);
         }

@@ -44,6 +44,13 @@ pub(crate) enum SentinelQuery {
     Subscribe,
 }
 
+impl SentinelQuery {
+    /// Whether it is one of a round's questions, whose reply is the sentinel's answer (not a connection's set-up).
+    pub(crate) fn is_round_question(self) -> bool {
+        matches!(self, SentinelQuery::MasterAddr | SentinelQuery::Replicas)
+    }
+}
+
 /// A replica as a sentinel lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReplicaReport {
@@ -238,7 +245,7 @@ impl Sentinels {
         let Some(index) = self.node_of(conn) else { return };
         let authenticates = self.auth.is_some();
         let node = &mut self.nodes[index];
-        if !matches!(query, SentinelQuery::Auth | SentinelQuery::Subscribe) {
+        if query.is_round_question() {
             node.pending = node.pending.saturating_sub(1);
             if node.pending == 0 {
                 node.asked_at = None;
