@@ -19,6 +19,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// A reply this large (long enough to be streamed), or as many bytes arriving at once from a client, make the
+/// client one that moves large values ([`Clients::moves_large_values`]).
+pub(crate) const LARGE_VALUE: usize = crate::stream::STREAM_MIN;
+
 /// A request waiting in a client's queue, already classified.
 pub(crate) struct HeldRequest {
     pub(crate) request: Request,
@@ -147,6 +151,7 @@ pub(crate) struct Clients {
 struct ClientLimits {
     limits: resp::Limits,
     pool_size: usize,
+    large_pool_size: usize,
     max_clients: usize,
     max_pipeline: usize,
     client_output_limit: usize,
@@ -161,6 +166,7 @@ impl ClientLimits {
         ClientLimits {
             limits: config.limits,
             pool_size: config.pool_size,
+            large_pool_size: config.large_pool_size,
             max_clients: config.max_clients,
             max_pipeline: config.max_pipeline,
             client_output_limit: config.client_output_limit,
@@ -222,7 +228,7 @@ impl Clients {
         });
         let pool_size = self.config.pool_size;
         if let Some(client) = self.conns.get_mut(conn) {
-            client.shared_slot = (conn.index() / 2) % pool_size;
+            client.shared_slot = spread(conn) % pool_size;
         }
         self.count += 1;
         if shutting_down {
@@ -481,6 +487,19 @@ impl Clients {
         }
         if expired > 0 {
             out.event(Event::RequestsExpired { count: expired });
+        }
+    }
+
+    /// `conn` moves large values (a reply of [`LARGE_VALUE`] or more, or as much at once from it): from now on its
+    /// shared connections are among the `large_pool_size` ones set aside for such clients, so that small requests
+    /// keep sharing few connections and large ones do not queue on them. The order barrier of
+    /// [`Clients::start_request`] keeps its requests in order across the move.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn moves_large_values(&mut self, conn: ConnId) {
+        let (pool_size, large_pool_size) = (self.config.pool_size, self.config.large_pool_size);
+        if let Some(client) = self.conns.get_mut(conn).filter(|_| large_pool_size > 0) {
+            client.shared_slot = pool_size + spread(conn) % large_pool_size;
         }
     }
 
@@ -799,4 +818,9 @@ impl Clients {
     pub(crate) fn take_departed(&mut self) -> Vec<Departed> {
         std::mem::take(&mut self.departed)
     }
+}
+
+/// A number that spreads clients evenly over shared slots (client ids alternate with backend ids).
+fn spread(conn: ConnId) -> usize {
+    conn.index() / 2
 }

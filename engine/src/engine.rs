@@ -7,7 +7,7 @@
 
 use crate::admin::{self, AdminCommand};
 use crate::auth;
-use crate::client::{Clients, HeldRequest, NextRequest};
+use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
 use crate::command::CommandFlags;
 use crate::config::{Config, ServerAddress};
 use crate::conn::{ConnId, Lane};
@@ -114,7 +114,7 @@ impl Engine {
     pub fn new(config: Config, now: Instant) -> Engine {
         let mut engine = Engine {
             clients: Clients::new(&config),
-            pool: Pool::new(&config.servers, config.pool_size, config.limits, |address| {
+            pool: Pool::new(&config.servers, config.pool_size + config.large_pool_size, config.limits, |address| {
                 config.server_credentials(address).and_then(auth::auth_request)
             }),
             monitor: Monitor::new(&config, now),
@@ -332,6 +332,10 @@ impl Engine {
             Input::Data { conn, buf } => match conn.lane() {
                 Lane::Client => {
                     let before = buf.len();
+                    if before >= LARGE_VALUE {
+                        // A large value, or a pipeline as large, arrived at once.
+                        self.clients.moves_large_values(conn);
+                    }
                     self.client_data(now, conn, buf);
                     self.out.counters.bytes_in += before.saturating_sub(buf.len()) as u64;
                 }
@@ -439,11 +443,13 @@ impl Engine {
 
     /// Starts uploading the request whose start `buf` holds, if it may be (see [`crate::upload`]): its head goes
     /// on a private connection of the client's now, as [`Engine::execute`] sends any request. Returns whether it
-    /// did; otherwise the request is held whole, as every other one.
+    /// did (the client moves large values from then on); otherwise the request is held whole, as every other one.
     #[cold]
     #[inline(never)]
     fn start_upload(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
         let Some(head) = self.clients.upload_head(now, conn, buf) else { return false };
+        // Its read buffer may never hold 64 KiB at once: the value leaves it as it comes.
+        self.clients.moves_large_values(conn);
         if !self.execute(now, conn, &head.held) {
             return false;
         }
@@ -841,6 +847,9 @@ impl Engine {
                     if seq % LATENCY_SAMPLE == 0 {
                         self.out.counters.latency.observe(now.saturating_duration_since(sent));
                     }
+                    if frame.len() >= LARGE_VALUE {
+                        self.clients.moves_large_values(client);
+                    }
                     self.deliver(now, client, seq, frame)
                 }
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
@@ -900,6 +909,9 @@ impl Engine {
     #[inline(never)]
     fn partial_reply(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         let Some((whole, waiter)) = self.pool.partial_large_bulk(conn, buf) else { return };
+        if let Some(Waiter::Client { conn: client, .. }) = waiter {
+            self.clients.moves_large_values(client);
+        }
         let client = match waiter {
             Some(Waiter::Client { conn: client, seq, .. }) if self.clients.is_next(client, seq) => (client, seq),
             _ => return self.pool.hold_whole(conn, buf),

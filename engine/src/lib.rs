@@ -143,7 +143,7 @@ mod wait;
 
 pub use config::{
     ClientUser, Config, ConfigError, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation,
-    SentinelConfig, ServerAddress,
+    SentinelConfig, ServerAddress, DEFAULT_LARGE_POOL_SIZE,
 };
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};

@@ -20,7 +20,7 @@ const MAX_IDLE_PRIVATE: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
     /// Shared and pipelined: many clients' stateless requests; `slot` is its place in the server's pool (the
-    /// first `pool_size` slots speak RESP2, the next `pool_size` RESP3).
+    /// first `pool_size` + `large_pool_size` slots speak RESP2, as many more RESP3).
     Shared { slot: usize },
     /// Private to one client while its session carries state; `owner` None while being cleaned or idle.
     Private { owner: Option<ConnId> },
@@ -98,7 +98,7 @@ pub(crate) struct LostBackend {
 /// The connections the engine keeps to one server (the probe connection is the monitor's).
 struct ServerConns {
     address: ServerAddress,
-    /// `pool_size` RESP2 slots, then `pool_size` RESP3 slots.
+    /// The shared RESP2 slots, then as many RESP3 ones.
     shared: Vec<Option<ConnId>>,
     idle_private: Vec<ConnId>,
     /// The `AUTH` request each new connection starts with (`server_auth`), if any.
@@ -110,15 +110,16 @@ pub(crate) struct Pool {
     conns: ConnTable<Backend>,
     servers: Vec<ServerConns>,
     limits: Limits,
-    pool_size: usize,
+    /// Shared slots per server and protocol: `pool_size` + `large_pool_size`.
+    slots_per_protocol: usize,
 }
 
 impl Pool {
-    /// A pool with `pool_size` shared slots per protocol (RESP2 and RESP3) for each of `servers`, whose
+    /// A pool with `slots_per_protocol` shared slots per protocol (RESP2 and RESP3) for each of `servers`, whose
     /// connections start with the `AUTH` request `auth` gives for their server.
     pub(crate) fn new(
         servers: &[ServerAddress],
-        pool_size: usize,
+        slots_per_protocol: usize,
         limits: Limits,
         auth: impl Fn(&ServerAddress) -> Option<Bytes>,
     ) -> Pool {
@@ -126,12 +127,12 @@ impl Pool {
             .iter()
             .map(|address| ServerConns {
                 address: address.clone(),
-                shared: vec![None; 2 * pool_size],
+                shared: vec![None; 2 * slots_per_protocol],
                 idle_private: Vec::new(),
                 auth: auth(address),
             })
             .collect();
-        Pool { conns: ConnTable::new(Lane::Backend), servers, limits, pool_size }
+        Pool { conns: ConnTable::new(Lane::Backend), servers, limits, slots_per_protocol }
     }
 
     /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
@@ -182,12 +183,12 @@ impl Pool {
         self.servers[server.0].auth = auth;
     }
 
-    /// The shared connection in `slot` (below `pool_size`) of `server` for RESP2 or `resp3` clients, opened if
+    /// The shared connection in `slot` (of one protocol's slots) of `server` for RESP2 or `resp3` clients, opened if
     /// there is none. A RESP3 one starts with `HELLO 3`, whose reply nobody reads.
     // Inlined into the request path (bench/instructions.sh: 15 instructions per round trip); opening is out of line.
     #[inline(always)]
     pub(crate) fn shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
-        let slot = if resp3 { slot + self.pool_size } else { slot };
+        let slot = if resp3 { slot + self.slots_per_protocol } else { slot };
         match self.servers[server.0].shared[slot] {
             Some(conn) => conn,
             None => self.open_shared(server, slot, resp3, out),
@@ -392,7 +393,7 @@ impl Pool {
     /// A new server at the next [`ServerId`] (`PROXY ADD`, reload, Sentinel mode), whose connections start with
     /// `auth`.
     pub(crate) fn add_server(&mut self, address: ServerAddress, auth: Option<Bytes>) {
-        let slots = 2 * self.pool_size;
+        let slots = 2 * self.slots_per_protocol;
         self.servers.push(ServerConns { address, shared: vec![None; slots], idle_private: Vec::new(), auth });
     }
 

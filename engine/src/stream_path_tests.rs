@@ -1,6 +1,7 @@
 //! Large replies streamed through the whole engine, on the test kit: byte-exact in any split, only to a client
 //! owed the reply next, backpressure from a client that does not read, a client or a backend that goes away
-//! mid-stream, and the replies behind a streamed one on a shared connection.
+//! mid-stream, the replies behind a streamed one on a shared connection, and clients that move large values
+//! moving to the connections set aside for them.
 
 use crate::stream::{STREAM_MIN, STREAM_STALL};
 use crate::testkit::{config, connects, readable, sent_on, Driver};
@@ -282,4 +283,85 @@ proptest! {
         prop_assert_eq!(&whole, &expected);
         prop_assert_eq!(run(&cuts), whole);
     }
+}
+
+/// An engine with one shared connection for small values and `large_pool_size` for large ones, and two clients.
+fn kit_with_lanes(large_pool_size: usize) -> (Driver, ConnId, ConnId) {
+    let mut kit = Driver::with_master(crate::Config { pool_size: 1, large_pool_size, ..config(1) });
+    let (first, second) = (kit.accept(), kit.accept());
+    kit.drain();
+    (kit, first, second)
+}
+
+#[test]
+fn a_client_sent_a_large_value_moves_to_the_large_values_connections_and_a_small_one_stays() {
+    let (mut kit, large, small) = kit_with_lanes(1);
+    let shared = send_requests(&mut kit, &[(large, GET_A), (small, GET_B)]);
+    // Both replies in one read: the large one is complete, never streamed.
+    let mut replies = bulk(STREAM_MIN, 1);
+    replies.extend_from_slice(b"$1\r\nb\r\n");
+    kit.feed(shared, &replies);
+    kit.drain();
+    kit.feed(small, GET_B);
+    let actions = kit.drain();
+    assert!(connects(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sent_on(&actions, shared), GET_B);
+    kit.feed(large, GET_A);
+    let actions = kit.drain();
+    let [(lane, _)] = connects(&actions)[..] else { panic!("a connection for large values: {actions:?}") };
+    assert_eq!(sent_on(&actions, lane), GET_A);
+    assert!(sent_on(&actions, shared).is_empty());
+}
+
+#[test]
+fn without_connections_for_large_values_a_client_sent_one_stays_where_it_was() {
+    let (mut kit, large, _) = kit_with_lanes(0);
+    let shared = send_requests(&mut kit, &[(large, GET_A)]);
+    kit.feed(shared, &bulk(STREAM_MIN, 1));
+    kit.drain();
+    kit.feed(large, GET_A);
+    let actions = kit.drain();
+    assert!(connects(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sent_on(&actions, shared), GET_A);
+}
+
+#[test]
+fn a_client_pipelining_behind_its_streamed_reply_moves_only_once_that_reply_is_in() {
+    let (mut kit, large, _) = kit_with_lanes(1);
+    let shared = send_requests(&mut kit, &[(large, GET_A)]);
+    let reply = bulk(2 * STREAM_MIN, 3);
+    let (head, rest) = reply.split_at(STREAM_MIN);
+    kit.feed(shared, head);
+    let mut got = sent_on(&kit.drain(), large);
+    // Its next request goes to a connection for large values, but may not overtake the reply still streaming
+    // on the shared one: it waits (the connection may open meanwhile).
+    kit.feed(large, GET_B);
+    let actions = kit.drain();
+    let [(lane, _)] = connects(&actions)[..] else { panic!("a connection for large values: {actions:?}") };
+    assert!(sent_on(&actions, lane).is_empty() && sent_on(&actions, shared).is_empty(), "{actions:?}");
+    kit.feed(shared, rest);
+    let actions = kit.drain();
+    got.extend(sent_on(&actions, large));
+    assert_eq!(got, reply);
+    assert_eq!(sent_on(&actions, lane), GET_B);
+}
+
+#[test]
+fn a_client_whose_request_value_is_large_moves_to_the_large_values_connections() {
+    let (mut kit, large, _) = kit_with_lanes(1);
+    let shared = send_requests(&mut kit, &[(large, GET_A)]);
+    kit.feed(shared, b"$1\r\na\r\n");
+    kit.drain();
+    // Below the upload size: held whole, and sent once all of it is here.
+    let value = vec![b'v'; STREAM_MIN];
+    let mut set = format!("*3\r\n$3\r\nSET\r\n$1\r\na\r\n${}\r\n", value.len()).into_bytes();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    let (start, end) = set.split_at(100);
+    kit.feed(large, start);
+    assert!(connects(&kit.drain()).is_empty());
+    kit.feed(large, end);
+    let actions = kit.drain();
+    let [(lane, _)] = connects(&actions)[..] else { panic!("a connection for large values: {actions:?}") };
+    assert_eq!(sent_on(&actions, lane), set);
 }

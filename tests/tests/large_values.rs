@@ -1,8 +1,9 @@
 //! Large values through the proxy: a 64 MiB value set and read back byte-exact while other clients on the same
-//! shared connection keep working, and a client that reads a large value slowly does not make the proxy hold it
-//! (the reply is streamed, and the backend connection is not read while the client does not read).
+//! shared connection keep working, a client that reads a large value slowly does not make the proxy hold it
+//! (the reply is streamed, and the backend connection is not read while the client does not read), and clients
+//! that move large values get shared connections of their own (`large_pool_size`).
 
-use redis_proxy_tests::{bulk, status, Proxy, RedisServer, Reply, Runtime};
+use redis_proxy_tests::{bulk, status, Proxy, RedisServer, Reply, RespConn, Runtime};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,9 @@ fn rss_kib(proxy: &Proxy) -> u64 {
 fn a_64_mib_value_goes_through_byte_exact_while_other_clients_share_its_connection() {
     for &runtime in Runtime::ALL {
         let master = RedisServer::start();
-        // One shared connection: the small requests travel on the very connection that carries the large value.
-        let proxy = Proxy::start(runtime, &[master.port], r#""pool_size": 1"#);
+        // One shared connection, none set aside for large values: the small requests travel on the very
+        // connection that carries the large value.
+        let proxy = Proxy::start(runtime, &[master.port], r#""pool_size": 1, "large_pool_size": 0"#);
         std::thread::scope(|scope| {
             let small_clients: Vec<_> = (0..2)
                 .map(|worker| {
@@ -144,5 +146,47 @@ fn a_large_value_sent_slowly_is_forwarded_as_it_arrives_and_half_a_value_sets_no
         let mut after = proxy.connect();
         assert_eq!(after.call(&[b"SET", b"k", b"v"]), status("OK"), "{runtime:?}: the proxy goes on");
         assert_eq!(after.call(&[b"GET", b"k"]), bulk(b"v"), "{runtime:?}");
+    }
+}
+
+/// The client connections `redis` has, other than the one asking, by name (`CLIENT LIST`).
+fn connections_on(redis: &RedisServer) -> usize {
+    let Reply::Bulk(Some(list)) = redis.connect().call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
+    String::from_utf8_lossy(&list).lines().filter(|l| !l.contains("cmd=client|list")).count()
+}
+
+/// Clients that move large values (a 100 kB reply, a 100 kB request value) go on the `large_pool_size`
+/// connections; clients with small values keep sharing the `pool_size` ones, and none of them waits behind a
+/// large value.
+#[test]
+fn clients_that_move_large_values_get_connections_of_their_own() {
+    for &runtime in Runtime::ALL {
+        let master = RedisServer::start();
+        let proxy = Proxy::start(runtime, &[master.port], r#""pool_size": 1, "large_pool_size": 3"#);
+        let small: Vec<RespConn> = (0..4).map(|_| proxy.connect()).collect();
+        for (i, mut conn) in small.into_iter().enumerate() {
+            let key = format!("small:{i}");
+            assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"v"]), status("OK"), "{runtime:?}");
+            assert_eq!(conn.call(&[b"GET", key.as_bytes()]), bulk(b"v"), "{runtime:?}");
+        }
+        // The probe and the one shared connection.
+        assert_eq!(connections_on(&master), 2, "{runtime:?}: small clients share pool_size connections");
+
+        let value = big_value(100_000);
+        let mut writer = proxy.connect();
+        let mut reader = proxy.connect();
+        let mut other = proxy.connect();
+        assert_eq!(writer.call(&[b"SET", b"big", &value]), status("OK"), "{runtime:?}");
+        assert_eq!(reader.call(&[b"GET", b"big"]), bulk(&value), "{runtime:?}");
+        assert_eq!(other.call(&[b"SET", b"small", b"v"]), status("OK"), "{runtime:?}");
+        // Their next requests go on connections set aside for large values, byte-exact as before.
+        assert_eq!(writer.call(&[b"SET", b"big2", &value]), status("OK"), "{runtime:?}");
+        assert_eq!(reader.call(&[b"GET", b"big2"]), bulk(&value), "{runtime:?}");
+        assert_eq!(other.call(&[b"GET", b"small"]), bulk(b"v"), "{runtime:?}");
+        let connections = connections_on(&master);
+        assert!(
+            (3..=5).contains(&connections),
+            "{runtime:?}: {connections} connections: the probe, the shared one, and 1-3 for large values"
+        );
     }
 }
