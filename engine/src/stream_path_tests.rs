@@ -23,8 +23,12 @@ fn bulk(len: usize, seed: u8) -> Vec<u8> {
 
 /// An engine with one shared connection (`pool_size` 1) to its master, and `count` clients.
 fn kit_with_clients(count: usize) -> (Driver, Vec<ConnId>) {
-    let kit = Driver::with_master(crate::Config { pool_size: 1, ..config(1) });
-    let mut kit = kit;
+    kit_with(crate::Config { pool_size: 1, ..config(1) }, count)
+}
+
+/// An engine for `config` with its server 0 as master, and `count` clients.
+fn kit_with(config: crate::Config, count: usize) -> (Driver, Vec<ConnId>) {
+    let mut kit = Driver::with_master(config);
     let clients = (0..count).map(|_| kit.accept()).collect();
     kit.drain();
     (kit, clients)
@@ -287,10 +291,8 @@ proptest! {
 
 /// An engine with one shared connection for small values and `large_pool_size` for large ones, and two clients.
 fn kit_with_lanes(large_pool_size: usize) -> (Driver, ConnId, ConnId) {
-    let mut kit = Driver::with_master(crate::Config { pool_size: 1, large_pool_size, ..config(1) });
-    let (first, second) = (kit.accept(), kit.accept());
-    kit.drain();
-    (kit, first, second)
+    let (kit, clients) = kit_with(crate::Config { pool_size: 1, large_pool_size, ..config(1) }, 2);
+    (kit, clients[0], clients[1])
 }
 
 #[test]

@@ -37,6 +37,16 @@ fn feed_in_pieces(kit: &mut Driver, client: ConnId, request: &[u8], piece: usize
     actions
 }
 
+/// `client` has sent half of a `SET` of a 2 x [`UPLOAD_MIN`] value (made from `seed`), uploading on a private
+/// connection that is connected; returns the whole request and that connection.
+fn half_uploaded(kit: &mut Driver, client: ConnId, seed: u8) -> (Vec<u8>, ConnId) {
+    let request = set_request(2 * UPLOAD_MIN, seed, b"\r\n");
+    let actions = feed_in_pieces(kit, client, &request[..UPLOAD_MIN], 256 * 1024);
+    let [(private, _)] = connects(&actions)[..] else { panic!("one private connection") };
+    kit.connected(private);
+    (request, private)
+}
+
 fn closes(actions: &[Action], conn: ConnId) -> bool {
     actions.iter().any(|a| matches!(a, Action::Close { conn: to } if *to == conn))
 }
@@ -129,10 +139,7 @@ fn a_server_connection_blocked_on_writing_pauses_the_uploading_client() {
 #[test]
 fn a_client_that_leaves_mid_upload_has_its_connection_closed_not_reused() {
     let (mut kit, client) = kit_with_client();
-    let request = set_request(2 * UPLOAD_MIN, 6, b"\r\n");
-    let actions = feed_in_pieces(&mut kit, client, &request[..UPLOAD_MIN], 256 * 1024);
-    let [(private, _)] = connects(&actions)[..] else { panic!("one private connection") };
-    kit.connected(private);
+    let (request, private) = half_uploaded(&mut kit, client, 6);
     kit.closed(client);
     let actions = kit.drain();
     assert!(closes(&actions, private), "it holds half a request");
@@ -149,10 +156,7 @@ fn a_client_that_leaves_mid_upload_has_its_connection_closed_not_reused() {
 #[test]
 fn a_connection_lost_mid_upload_fails_the_request_and_drops_the_rest_of_the_value() {
     let (mut kit, client) = kit_with_client();
-    let request = set_request(2 * UPLOAD_MIN, 7, b"\r\n");
-    let actions = feed_in_pieces(&mut kit, client, &request[..UPLOAD_MIN], 256 * 1024);
-    let [(private, _)] = connects(&actions)[..] else { panic!("one private connection") };
-    kit.connected(private);
+    let (_, private) = half_uploaded(&mut kit, client, 7);
     kit.closed(private);
     let actions = kit.drain();
     let reply = sent_on(&actions, client);
