@@ -521,6 +521,17 @@ pub fn calls(port: u16, command: &str) -> u64 {
     stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
+/// The connections the proxy holds on the server at `port`, from `CLIENT LIST`, as (all, speaking RESP3): our
+/// own connection and replicas' replication links are left out.
+pub fn proxy_connections(port: u16) -> (usize, usize) {
+    let mut conn = RespConn::connect(port);
+    let Reply::Bulk(Some(list)) = conn.call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    let proxy: Vec<&str> =
+        list.lines().filter(|l| !l.contains("cmd=client|list") && !l.contains(" flags=S ")).collect();
+    (proxy.len(), proxy.iter().filter(|l| l.split_whitespace().any(|field| field == "resp=3")).count())
+}
+
 /// Resets the command statistics of every server (`CONFIG RESETSTAT`), so that [`calls`] counts from now.
 pub fn reset_stats(servers: &[RedisServer]) {
     for server in servers {

@@ -124,17 +124,6 @@ fn redis_cli_pipe_scan_bigkeys_and_monitor() {
     }
 }
 
-/// The connections the proxy holds on the server at `port`, from `CLIENT LIST`: (all, RESP3). Replicas' own links
-/// and our connection are left out.
-fn proxy_connections(port: u16) -> (usize, usize) {
-    let mut conn = redis_proxy_tests::RespConn::connect(port);
-    let Reply::Bulk(Some(list)) = conn.call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
-    let list = String::from_utf8_lossy(&list).into_owned();
-    let proxy: Vec<&str> =
-        list.lines().filter(|l| !l.contains("cmd=client|list") && !l.contains(" flags=S ")).collect();
-    (proxy.len(), proxy.iter().filter(|l| l.split_whitespace().any(|field| field == "resp=3")).count())
-}
-
 #[test]
 fn fifty_redis_py_resp3_clients_share_the_pool_and_stay_connected_through_a_failover() {
     let _serial = redis_proxy_tests::exclusive();
@@ -156,7 +145,7 @@ fn fifty_redis_py_resp3_clients_share_the_pool_and_stay_connected_through_a_fail
             let output = checker.wait_with_output().expect("checker output");
             panic!("pool_check.py did not get ready: {ready:?}\n{}", String::from_utf8_lossy(&output.stderr));
         }
-        let (connections, resp3) = proxy_connections(all[0]);
+        let (connections, resp3) = redis_proxy_tests::proxy_connections(all[0]);
         eprintln!(
             "{runtime:?}: 50 redis-py RESP3 clients -> {connections} proxy connections on the master, {resp3} RESP3"
         );

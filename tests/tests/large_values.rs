@@ -3,7 +3,7 @@
 //! (the reply is streamed, and the backend connection is not read while the client does not read), and clients
 //! that move large values get shared connections of their own (`large_pool_size`).
 
-use redis_proxy_tests::{bulk, status, Proxy, RedisServer, Reply, RespConn, Runtime};
+use redis_proxy_tests::{bulk, proxy_connections, status, Proxy, RedisServer, Reply, RespConn, Runtime};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -149,15 +149,8 @@ fn a_large_value_sent_slowly_is_forwarded_as_it_arrives_and_half_a_value_sets_no
     }
 }
 
-/// The client connections `redis` has, other than the one asking, by name (`CLIENT LIST`).
-fn connections_on(redis: &RedisServer) -> usize {
-    let Reply::Bulk(Some(list)) = redis.connect().call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
-    String::from_utf8_lossy(&list).lines().filter(|l| !l.contains("cmd=client|list")).count()
-}
-
 /// Clients that move large values (a 100 kB reply, a 100 kB request value) go on the `large_pool_size`
-/// connections; clients with small values keep sharing the `pool_size` ones, and none of them waits behind a
-/// large value.
+/// connections; clients with small values keep sharing the `pool_size` ones.
 #[test]
 fn clients_that_move_large_values_get_connections_of_their_own() {
     for &runtime in Runtime::ALL {
@@ -170,7 +163,7 @@ fn clients_that_move_large_values_get_connections_of_their_own() {
             assert_eq!(conn.call(&[b"GET", key.as_bytes()]), bulk(b"v"), "{runtime:?}");
         }
         // The probe and the one shared connection.
-        assert_eq!(connections_on(&master), 2, "{runtime:?}: small clients share pool_size connections");
+        assert_eq!(proxy_connections(master.port).0, 2, "{runtime:?}: small clients share pool_size connections");
 
         let value = big_value(100_000);
         let mut writer = proxy.connect();
@@ -183,7 +176,7 @@ fn clients_that_move_large_values_get_connections_of_their_own() {
         assert_eq!(writer.call(&[b"SET", b"big2", &value]), status("OK"), "{runtime:?}");
         assert_eq!(reader.call(&[b"GET", b"big2"]), bulk(&value), "{runtime:?}");
         assert_eq!(other.call(&[b"GET", b"small"]), bulk(b"v"), "{runtime:?}");
-        let connections = connections_on(&master);
+        let connections = proxy_connections(master.port).0;
         assert!(
             (3..=5).contains(&connections),
             "{runtime:?}: {connections} connections: the probe, the shared one, and 1-3 for large values"

@@ -1,16 +1,7 @@
 //! Issue 11, part 1: clients that open with `HELLO 3`, `CLIENT SETINFO` and `CLIENT SETNAME` (redis-py 5+, ioredis,
 //! node-redis) are multiplexed onto shared connections of their protocol instead of pinning one each.
 
-use redis_proxy_tests::{bulk, status, Proxy, RedisServer, Reply, RespConn, Runtime};
-
-/// The connections the proxy holds on `master`, as (all, speaking RESP3), from `CLIENT LIST` (without our own).
-fn proxy_connections(master: &RedisServer) -> (usize, usize) {
-    let mut conn = master.connect();
-    let Reply::Bulk(Some(list)) = conn.call(&[b"CLIENT", b"LIST"]) else { panic!("CLIENT LIST") };
-    let list = String::from_utf8_lossy(&list).into_owned();
-    let others: Vec<&str> = list.lines().filter(|l| !l.contains("cmd=client|list")).collect();
-    (others.len(), others.iter().filter(|l| l.split_whitespace().any(|field| field == "resp=3")).count())
-}
+use redis_proxy_tests::{bulk, proxy_connections, status, Proxy, RedisServer, Reply, RespConn, Runtime};
 
 #[test]
 fn hello_3_clients_share_resp3_connections_and_their_names_pin_nothing() {
@@ -35,7 +26,7 @@ fn hello_3_clients_share_resp3_connections_and_their_names_pin_nothing() {
         for (i, conn) in clients.iter_mut().enumerate() {
             assert_eq!(conn.call(&[b"CLIENT", b"GETNAME"]), bulk(format!("client-{i}").as_bytes()));
         }
-        let (all, resp3) = proxy_connections(&master);
+        let (all, resp3) = proxy_connections(master.port);
         // Two RESP3 shared connections at most, the probe, and no private connection for anyone.
         assert!(resp3 <= 2 && all <= 3, "{all} proxy connections on the master, {resp3} RESP3 ({runtime:?})");
 
@@ -44,6 +35,6 @@ fn hello_3_clients_share_resp3_connections_and_their_names_pin_nothing() {
         assert_eq!(clients[1].call(&[b"CLIENT", b"GETNAME"]), Reply::Bulk(None));
         // CLIENT ID refers to the server's connection: it pins one for the client.
         assert!(matches!(clients[2].call(&[b"CLIENT", b"ID"]), Reply::Int(_)));
-        assert_eq!(proxy_connections(&master).0, all + 1);
+        assert_eq!(proxy_connections(master.port).0, all + 1);
     }
 }
