@@ -6,11 +6,11 @@
 //! (defaults: 5 runs, the proxy's default settings, mio). Needs `redis-server`; everything runs on 127.0.0.1.
 //!
 //! With the word `sentinel` among the arguments the proxy runs in Sentinel mode instead: three sentinels
-//! (`down-after-milliseconds` 1000, quorum 2) decide the failover, and the proxy has `hold_ms` 15000 so that
+//! (`down-after-milliseconds` 2000, quorum 2) decide the failover, and the proxy has `hold_ms` 15000 so that
 //! writes wait for it rather than fail.
 
 use redis_proxy_tests::cluster::{ports, start_write_load, synced_cluster, CONVERGE};
-use redis_proxy_tests::sentinel::{master_named_by, sentinel_section, three_sentinels};
+use redis_proxy_tests::sentinel::{master_named_by, sentinel_section, three_sentinels, DOWN_AFTER_MS};
 use redis_proxy_tests::{status, wait_until, Proxy, RespConn, Runtime};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ fn main() {
     let extra = check_period.map(|ms| format!(r#""check_period": {ms}"#)).unwrap_or_default();
     let mut setting = check_period.map_or("defaults".to_string(), |ms| format!("check_period {ms} ms"));
     if sentinel_mode {
-        setting.push_str(", Sentinel mode, down-after-milliseconds 1000");
+        setting.push_str(&format!(", Sentinel mode, down-after-milliseconds {DOWN_AFTER_MS}"));
     }
     let mut outages = Vec::new();
     for run in 1..=runs {

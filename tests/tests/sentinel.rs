@@ -10,7 +10,7 @@ use redis_proxy_tests::{
 };
 use std::time::Duration;
 
-/// Probes every 100 ms; requests may wait 15 s for a master (a Sentinel failover with a 1 s down-after takes a few
+/// Probes every 100 ms; requests may wait 15 s for a master (a Sentinel failover with a 2 s down-after takes a few
 /// seconds, and the other sentinels learn its outcome from the leader's hello messages, sent every 2 s).
 const FAST: &str = r#""check_period": 100"#;
 const HOLD: &str = r#""hold_ms": 15000"#;
