@@ -7,7 +7,8 @@
 # Usage:  bench/sentinel_refailover.sh [DOWN_AFTER_MS] [ROUNDS]     # defaults: 1000 ms, 20 rounds (15 s each)
 #
 # Why: with 1000 ms the test saw `+sdown` of the new master 1.00-1.03 s after `+switch-master` (Sentinel reconnects
-# a link at most once a second, and a master reset to its new address keeps the link's last reconnect time).
+# a link at most once a second, and a master reset to its new address keeps the link's last reconnect time; the
+# other sentinels' answers that the old master was down still count for 5 s, so one such sentinel fails over again).
 # BASE_PORT=7600 (ports +0..+2 servers, +10..+12 sentinels); refuses to run when one is taken.
 set -euo pipefail
 export LC_ALL=C

@@ -12,8 +12,10 @@ pub const MASTER_NAME: &str = "mymaster";
 /// The sentinels' `down-after-milliseconds`. Not 1000: Sentinel reconnects a link at most once a second, and after
 /// a failover its link to the new master keeps the last reconnect time of the dead one, so the first PING to the
 /// new master may go out a full second after the switch, and a sentinel then counts the master it just promoted as
-/// down before its first PONG. Two sentinels doing so at once fail it over again (seen in CI: `+sdown` of the new
-/// master 1.00-1.03 s after `+switch-master`, `-sdown` one timer tick later). Redis's own Sentinel tests use 2000.
+/// down before its first PONG. The other sentinels' answers that the old master was down still count for 5 s, so
+/// that one sentinel can fail it over again (seen in CI: `+sdown` of the new master 1.00-1.03 s after
+/// `+switch-master`, `-sdown` one timer tick later; see `bench/sentinel_refailover.sh`). Redis's own Sentinel tests
+/// use 2000.
 pub const DOWN_AFTER_MS: u64 = 2000;
 
 /// One sentinel process.
