@@ -4,7 +4,7 @@
 # replicas on 127.0.0.1; each round SIGKILLs the master, restarts it once all three sentinels name the new one (as
 # the Sentinel end-to-end test does), and reads the sentinels' logs.
 #
-# Usage:  bench/sentinel_refailover.sh [DOWN_AFTER_MS] [ROUNDS]     # defaults: 1000 ms, 20 rounds (15 s each)
+# Usage:  bench/sentinel_refailover.sh [DOWN_AFTER_MS] [ROUNDS]     # defaults: 1000 ms, 20 rounds (about 30 s each)
 #
 # Why: with 1000 ms the test saw `+sdown` of the new master 1.00-1.03 s after `+switch-master` (Sentinel reconnects
 # a link at most once a second, and a master reset to its new address keeps the link's last reconnect time; the
