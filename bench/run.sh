@@ -13,6 +13,8 @@
 #        redis-proxy  :+12  allToMaster              target/release/redis-proxy, 3 servers
 #        redis-proxy-tokio :+13 allToMaster          only if target/release/redis-proxy-tokio exists
 #        redis-proxy  :+14  readsToSlaves            target/release/redis-proxy, 3 servers
+#        baseline     :+19  allToMaster              only with BASELINE_BIN=another build of redis-proxy, beside
+#                                                    this one in the c50_*, c500_P1, d100k and d1m workloads
 #        redis-server :+4 TLS only (certificates made with openssl in WORKDIR/tls); redis-proxy :+15 (TLS
 #        listener :+16) and redis-proxy-tokio :+17 (TLS :+18) with server_tls to it
 #      with redis-benchmark on CPU CLI_CPU (0) and every server and proxy on CPU SRV_CPU (1) (PIN=none: no
@@ -37,7 +39,8 @@
 #   CLI_CPU=0 SRV_CPU=1 RUN_TIMEOUT=60 BUDGET=900 (seconds of measurement, then the rest is skipped) SKIP_BUILD=0
 #   FOREIGN_MAX=15 (% of a core used by other processes during a run before it is re-run once) WORKDIR
 #   (default: a new /tmp/redis-proxy-bench.XXXXXX, kept: logs, configs, raw CSV) ONLY (a regular expression:
-#   run only the workloads whose name matches, e.g. ONLY='^(c50_P1|c50_P16|tls_)').
+#   run only the workloads whose name matches, e.g. ONLY='^(c50_P1|c50_P16|tls_)'). BASELINE_BIN (an older build of
+#   redis-proxy: a ratio to direct measured on another day is no baseline, that build's in the same run is).
 #
 # Installs redis-server, redis-tools and nutcracker with apt-get when missing and run as root.
 # Everything binds to 127.0.0.1; every process started here is stopped at exit, by PID.
@@ -58,6 +61,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-60}
 BUDGET=${BUDGET:-900}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ONLY=${ONLY:-}
+BASELINE_BIN=${BASELINE_BIN:-}
 FOREIGN_MAX=${FOREIGN_MAX:-15}
 for knob in REPS N N_P16 N_LARGE N_HUGE BASE_PORT RUN_TIMEOUT BUDGET FOREIGN_MAX; do
     [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -gt 0 ] || { echo "$knob must be a positive number" >&2; exit 2; }
@@ -92,6 +96,7 @@ fi
 PROXY_BIN=$ROOT/target/release/redis-proxy
 TOKIO_BIN=$ROOT/target/release/redis-proxy-tokio
 [ -x "$PROXY_BIN" ] || die "$PROXY_BIN not built"
+[ -z "$BASELINE_BIN" ] || [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
 
 # ---------------------------------------------------------------- arrangement
 if [ "$PIN" = split ] && [ "$(nproc)" -ge 2 ]; then
@@ -108,7 +113,7 @@ mkdir -p "$W/raw"
 
 P_MASTER=$((BASE_PORT + 1)) P_R1=$((BASE_PORT + 2)) P_R2=$((BASE_PORT + 3))
 P_TWEM=$((BASE_PORT + 11)) P_TWEM_STATS=$((BASE_PORT + 21))
-P_PROXY=$((BASE_PORT + 12)) P_TOKIO=$((BASE_PORT + 13)) P_RTS=$((BASE_PORT + 14))
+P_PROXY=$((BASE_PORT + 12)) P_TOKIO=$((BASE_PORT + 13)) P_RTS=$((BASE_PORT + 14)) P_BASELINE=$((BASE_PORT + 19))
 P_TLS_REDIS=$((BASE_PORT + 4)) P_TLS_PROXY=$((BASE_PORT + 15)) P_TLS_PROXY_TLS=$((BASE_PORT + 16))
 P_TLS_TOKIO=$((BASE_PORT + 17)) P_TLS_TOKIO_TLS=$((BASE_PORT + 18))
 
@@ -163,7 +168,7 @@ start() { # name command...: starts a pinned background process, logs to $W/name
 
 # ---------------------------------------------------------------- start servers
 for port in "$P_MASTER" "$P_R1" "$P_R2" "$P_TWEM" "$P_TWEM_STATS" "$P_PROXY" "$P_TOKIO" "$P_RTS" "$P_TLS_REDIS" \
-    "$P_TLS_PROXY" "$P_TLS_PROXY_TLS" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS"; do
+    "$P_TLS_PROXY" "$P_TLS_PROXY_TLS" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS" "$P_BASELINE"; do
     port_open "$port" && die "127.0.0.1:$port is in use; refusing to run (set BASE_PORT to move every port)"
 done
 start_redis() { # port [args]
@@ -218,6 +223,11 @@ else
     log "no $TOKIO_BIN: redis-proxy-tokio skipped"
 fi
 start_proxy redis-proxy-rts "$PROXY_BIN" "$P_RTS" readsToSlaves; RTS_PID=$LAST_PID
+BASELINE_PID=
+if [ -n "$BASELINE_BIN" ]; then
+    start_proxy baseline "$BASELINE_BIN" "$P_BASELINE" allToMaster; BASELINE_PID=$LAST_PID
+    log "baseline $BASELINE_BIN :$P_BASELINE (pid $BASELINE_PID)"
+fi
 # readsToSlaves must really read from both replicas: GETs through it must show up in their command stats.
 rts_spread() {
     local port
@@ -271,6 +281,7 @@ log "TLS: redis-server :$P_TLS_REDIS (pid $TLS_REDIS_PID), proxies' TLS listener
 # name|redis-benchmark arguments|requests per test|targets (label:port:pid, space separated)
 MAIN_TARGETS="direct:$P_MASTER: twemproxy:$P_TWEM:$TWEM_PID redis-proxy:$P_PROXY:$PROXY_PID"
 [ -n "$TOKIO_PID" ] && MAIN_TARGETS+=" redis-proxy-tokio:$P_TOKIO:$TOKIO_PID"
+[ -n "$BASELINE_PID" ] && MAIN_TARGETS+=" baseline:$P_BASELINE:$BASELINE_PID"
 RTS_TARGETS="direct:$P_MASTER: redis-proxy:$P_PROXY:$PROXY_PID redis-proxy-rts:$P_RTS:$RTS_PID"
 RESP3_TARGETS="direct:$P_MASTER: redis-proxy:$P_PROXY:$PROXY_PID"
 [ -n "$TOKIO_PID" ] && RESP3_TARGETS+=" redis-proxy-tokio:$P_TOKIO:$TOKIO_PID"
@@ -414,6 +425,7 @@ END {
 echo
 echo "   x direct = median over repetitions of (target req/s / direct req/s in the same repetition)."
 echo "   proxy us = proxy process CPU (user+system, /proc/PID/stat, 1/${HZ} s ticks) per request, median."
+[ -n "$BASELINE_BIN" ] && echo "   baseline = $BASELINE_BIN (allToMaster), beside this build in the same repetitions."
 echo "   rts_get: direct = the master alone; redis-proxy-rts spreads GETs over the 2 replicas (readsToSlaves)."
 echo "   tls_*: direct = a TLS-only redis-server; the proxies: client -TLS-> proxy -TLS-> that server."
 echo "   re-runs for a busy machine: $reruns; skipped over budget: $skipped; measurement $((SECONDS - MEAS_T0)) s"
