@@ -37,7 +37,16 @@ fn write_through(proxy: &Proxy, key: &str) {
 
 /// The master every running sentinel in `sentinels` names, once they agree.
 fn agreed_master(sentinels: &[&Sentinel]) -> Option<u16> {
-    let named: Vec<Option<u16>> = sentinels.iter().map(|s| s.master_port()).collect();
+    agreed(&named_masters(sentinels))
+}
+
+/// The master each of `sentinels` names now.
+fn named_masters(sentinels: &[&Sentinel]) -> Vec<Option<u16>> {
+    sentinels.iter().map(|s| s.master_port()).collect()
+}
+
+/// The master all of `named` name, if they agree.
+fn agreed(named: &[Option<u16>]) -> Option<u16> {
     named[0].filter(|m| named.iter().all(|n| *n == Some(*m)))
 }
 
@@ -116,7 +125,7 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
             // name it, and they still do when asked after the count.
             let sets = calls(old, "set");
             let role = replication_role(old);
-            let named: Vec<Option<u16>> = running.iter().map(|s| s.master_port()).collect();
+            let named = named_masters(&running);
             if named.contains(&Some(old)) {
                 // Sentinel chose the restarted server in a failover of its own: it is the master now.
                 return true;
@@ -127,7 +136,7 @@ fn proxies_follow_sentinel_failovers_and_keep_the_master_without_a_majority() {
                     rounds_as_master += 1;
                     false
                 }
-                Some((_, of)) => of.is_some() && of == agreed_master(&running),
+                Some((_, of)) => of.is_some() && of == agreed(&named),
                 None => false,
             }
         });
