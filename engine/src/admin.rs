@@ -1,7 +1,7 @@
 //! The admin commands (`PROXY STATUS|SERVERS|ADD|REMOVE|FAILOVER|RELOAD`): recognised here, allowed only to
 //! clients that came in on the admin listener ([`crate::Engine::accept_admin`]), carried out by the engine.
 
-use crate::config::{valid_host, ServerAddress};
+use crate::address::ServerAddress;
 use crate::resp::Request;
 use crate::status::StatusSnapshot;
 use bytes::Bytes;
@@ -48,15 +48,10 @@ pub(crate) fn parse(request: &Request) -> Result<AdminCommand, String> {
 }
 
 fn parse_address(arg: &[u8]) -> Result<ServerAddress, String> {
-    let text = std::str::from_utf8(arg).unwrap_or("");
-    let bad = || format!("ERR expected host:port, got {}", String::from_utf8_lossy(arg));
-    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
-    if !valid_host(host) {
-        return Err(bad());
-    }
-    Ok(ServerAddress { host: host.to_string(), port })
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(ServerAddress::parse)
+        .ok_or_else(|| format!("ERR expected host:port, got {}", String::from_utf8_lossy(arg)))
 }
 
 /// A bulk string reply.

@@ -396,7 +396,8 @@ mod tests {
 /// The engine with credentials on both sides, on the test kit's fake clock and servers.
 #[cfg(test)]
 mod engine_tests {
-    use crate::config::{ClientUser, Credentials, PasswordSource, Secret, ServerAddress};
+    use crate::address::ServerAddress;
+    use crate::config::{ClientUser, Credentials, PasswordSource, Secret};
     use crate::testkit::{config, connects, sent_on, Driver, FakeServer};
     use crate::{Action, Config, Event, Health};
     use bytes::Bytes;

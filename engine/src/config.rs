@@ -4,6 +4,10 @@
 //! the field. The Node tool's `debug`, `loggers`, `slave_balance` and `softErrorCount` are accepted and ignored,
 //! each with a warning in [`Config::warnings`].
 
+use crate::address::valid_host;
+use crate::address::ServerAddress;
+use crate::config_fields::ConfigError;
+use crate::config_fields::{error, get_bool, get_u64, port};
 use crate::event::Level;
 use crate::resp::Limits;
 use crate::tls_config::{parse_client_tls, parse_server_tls, ClientTls, ServerTls};
@@ -28,25 +32,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line with `ts`, `level` and `msg` (`"json"`), for log shippers.
     Json,
-}
-
-/// One configured Redis server.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ServerAddress {
-    /// Host name or IP address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl fmt::Display for ServerAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// A password or other secret: never printed (its `Debug` says `<redacted>`), compared only through digests.
@@ -219,49 +204,7 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// A configuration that cannot be used; the message names the offending field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 const LEGACY_FIELDS: &[&str] = &["debug", "loggers", "slave_balance", "softErrorCount"];
-
-fn error(message: impl Into<String>) -> ConfigError {
-    ConfigError(message.into())
-}
-
-fn get_u64(map: &Map<String, Value>, field: &str, default: u64, min: u64) -> Result<u64, ConfigError> {
-    match map.get(field) {
-        None => Ok(default),
-        Some(value) => match value.as_u64() {
-            Some(n) if n >= min => Ok(n),
-            _ => Err(error(format!("`{field}`: expected a whole number >= {min}, got {value}"))),
-        },
-    }
-}
-
-fn get_bool(map: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ConfigError> {
-    match map.get(field) {
-        None => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(error(format!("`{field}`: expected true or false, got {other}"))),
-    }
-}
-
-pub(crate) fn port(value: &Value, field: &str) -> Result<u16, ConfigError> {
-    value
-        .as_u64()
-        .filter(|p| (1..=65535).contains(p))
-        .map(|p| p as u16)
-        .ok_or_else(|| error(format!("`{field}`: expected a TCP port (1-65535), got {value}")))
-}
 
 impl Config {
     /// Parses and validates a JSON configuration.
@@ -599,24 +542,6 @@ fn parse_client_users(value: Option<&Value>) -> Result<Vec<ClientUser>, ConfigEr
         });
     }
     Ok(users)
-}
-
-/// Whether `host` is syntactically an IP address or a DNS host name (letters, digits, hyphens and dots, labels of
-/// 1-63 characters not starting or ending with a hyphen): caught by `--check` rather than when binding fails.
-pub(crate) fn valid_host(host: &str) -> bool {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// An optional `"host:port"` listen address (`[v6]:port` for IPv6).

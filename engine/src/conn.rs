@@ -117,11 +117,6 @@ impl<T> ConnTable<T> {
         Some(value)
     }
 
-    /// Every live entry, mutable, in slot order.
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        self.slots.iter_mut().filter_map(|s| s.value.as_mut())
-    }
-
     /// Ids of every live entry, in slot order (deterministic).
     pub(crate) fn ids(&self) -> Vec<ConnId> {
         self.iter().map(|(id, _)| id).collect()

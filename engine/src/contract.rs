@@ -1,7 +1,7 @@
 //! The sans-IO surface: what a runtime hands the engine ([`Input`]), what it must do ([`Action`]), why the engine
 //! wants the clock ([`TimerReason`]), and the queue the engine's machines fill ([`Outbox`]).
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
 use crate::conn::{ConnId, Lane};
 use crate::event::Event;
 use crate::status::Counters;

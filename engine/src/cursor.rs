@@ -7,7 +7,7 @@
 //! looked at, and only their first element (the cursor).
 
 use crate::resp::Request;
-use crate::topology::ServerId;
+use crate::server_id::ServerId;
 use std::collections::VecDeque;
 
 /// Cursors remembered per client: one per iteration in progress is typical; the oldest is forgotten past this.
@@ -20,12 +20,21 @@ pub(crate) struct ScanCall {
     iteration: u64,
     /// The cursor it continues; 0 starts an iteration.
     cursor: u64,
+    /// Which argument is the cursor.
+    cursor_at: usize,
 }
 
 impl ScanCall {
     /// Whether it starts an iteration (any server may answer it).
     pub(crate) fn starts(&self) -> bool {
         self.cursor == 0
+    }
+
+    /// `request`, this call, with its cursor replaced by 0: the same iteration started again.
+    pub(crate) fn restarted(&self, request: &Request) -> Request {
+        let args: Vec<&[u8]> =
+            request.args().enumerate().map(|(at, arg)| if at == self.cursor_at { &b"0"[..] } else { arg }).collect();
+        Request::from_args(&args)
     }
 }
 
@@ -46,7 +55,7 @@ pub(crate) fn scan_call(request: &Request) -> Option<ScanCall> {
     };
     let cursor = parse_u64(request.arg(cursor_at)?)?;
     let key = if cursor_at == 2 { request.arg(1)? } else { b"" };
-    Some(ScanCall { iteration: fingerprint(kind, key), cursor })
+    Some(ScanCall { iteration: fingerprint(kind, key), cursor, cursor_at })
 }
 
 /// FNV-1a of the command kind and the key: two iterations of one client that collide only share cursors that are
@@ -175,18 +184,18 @@ mod tests {
         let mut cursors = Cursors::default();
         let start = call(&["SCAN", "0"]).unwrap();
         assert_eq!(cursors.issuer(&start), Issuer::Anyone);
-        cursors.sent(3, &start, ServerId(2));
+        cursors.sent(3, &start, ServerId::first(2));
         cursors.reply(3, &reply("96"));
         let next = call(&["SCAN", "96", "COUNT", "10"]).unwrap();
-        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId(2)));
+        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId::first(2)));
         assert_eq!(cursors.issuer(&call(&["HSCAN", "h", "96"]).unwrap()), Issuer::Unknown, "another iteration");
         assert_eq!(cursors.issuer(&call(&["SCAN", "97"]).unwrap()), Issuer::Unknown);
         // The same cursor from another server for the same iteration cannot be attributed.
-        cursors.sent(4, &start, ServerId(1));
+        cursors.sent(4, &start, ServerId::first(1));
         cursors.reply(4, &reply("96"));
         assert_eq!(cursors.issuer(&next), Issuer::Unknown);
         // Replies to other slots, errors and the final 0 leave no cursor.
-        cursors.sent(5, &start, ServerId(1));
+        cursors.sent(5, &start, ServerId::first(1));
         cursors.reply(6, &reply("5"));
         cursors.reply(5, b"-ERR no\r\n");
         assert!(cursors.in_flight.is_empty());
@@ -198,10 +207,10 @@ mod tests {
         let mut cursors = Cursors::default();
         let start = call(&["SCAN", "0"]).unwrap();
         for n in 1..=MAX_REMEMBERED as u64 + 1 {
-            cursors.sent(n, &start, ServerId(1));
+            cursors.sent(n, &start, ServerId::first(1));
             cursors.reply(n, &reply(&n.to_string()));
         }
         assert_eq!(cursors.issuer(&call(&["SCAN", "1"]).unwrap()), Issuer::Unknown);
-        assert_eq!(cursors.issuer(&call(&["SCAN", "2"]).unwrap()), Issuer::Server(ServerId(1)));
+        assert_eq!(cursors.issuer(&call(&["SCAN", "2"]).unwrap()), Issuer::Server(ServerId::first(1)));
     }
 }

@@ -5,11 +5,12 @@
 //! back `pool` (whose) -> `client` (in order); probe replies go to `monitor`, and whatever changes a server's
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
+use crate::address::ServerAddress;
 use crate::admin::{self, AdminCommand};
 use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
 use crate::command::CommandFlags;
-use crate::config::{Config, ServerAddress};
+use crate::config::Config;
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
 use crate::cursor::{self, Issuer, ScanCall};
@@ -22,10 +23,11 @@ use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
 use crate::sentinel::{self, SentinelQuery, Sentinels, Verdict};
+use crate::server_id::ServerId;
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
 use crate::stream::{Piece, Streams};
-use crate::topology::{addresses_match, Role, ServerId, ServerView};
+use crate::topology::{Role, ServerView};
 use crate::upload::{UploadPiece, Uploads};
 use crate::wait::Waits;
 use bytes::BytesMut;
@@ -38,6 +40,9 @@ struct SplitFacts {
     scan: Option<ScanCall>,
     /// It may write: the client's reads stay on the master until it has replicated.
     fences: bool,
+    /// The request to send instead of the client's: its `SCAN` iteration started again from 0, because the
+    /// server that issued its cursor is gone, down or no longer serves reads.
+    restarted: Option<bytes::Bytes>,
 }
 
 /// How a backend connection was lost: the evidence it is, if any.
@@ -114,11 +119,9 @@ impl Engine {
     pub fn new(config: Config, now: Instant) -> Engine {
         let mut engine = Engine {
             clients: Clients::new(&config),
-            pool: Pool::new(&config.servers, config.pool_size + config.large_pool_size, config.limits, |address| {
-                config.server_credentials(address).and_then(auth::auth_request)
-            }),
+            pool: Pool::new(config.pool_size + config.large_pool_size, config.limits),
             monitor: Monitor::new(&config, now),
-            failover: Failover::new(config.servers.len(), now, config.down_after, config.check_period),
+            failover: Failover::new(now, config.down_after, config.check_period),
             router: Router::new(&config),
             waits: Waits::default(),
             fence_poll: FencePoll::default(),
@@ -138,10 +141,14 @@ impl Engine {
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             config,
         };
+        for (id, view) in engine.monitor.views().iter() {
+            let auth = engine.config.server_credentials(&view.address).and_then(auth::auth_request);
+            engine.pool.add_server(id, view.address.clone(), auth);
+        }
         if engine.sentinels.is_some() {
             // Reads reach a replica only once the sentinels list it as healthy.
-            for index in 0..engine.monitor.views().len() {
-                engine.monitor.set_reads_vetoed(ServerId(index), true);
+            for id in engine.monitor.views().ids() {
+                engine.monitor.set_reads_vetoed(id, true);
             }
         }
         engine
@@ -185,8 +192,8 @@ impl Engine {
         if new.server_auth != self.config.server_auth || new.server_auth_overrides != self.config.server_auth_overrides
         {
             // New connections log in with the new credentials; open ones stay logged in as they are.
-            for (index, view) in self.monitor.views().iter().enumerate() {
-                self.pool.set_auth(ServerId(index), new.server_credentials(&view.address).and_then(auth::auth_request));
+            for (id, view) in self.monitor.views().iter() {
+                self.pool.set_auth(id, new.server_credentials(&view.address).and_then(auth::auth_request));
             }
             changes.push("server credentials (for new connections)".to_string());
         }
@@ -217,17 +224,17 @@ impl Engine {
     pub fn status(&self, now: Instant) -> StatusSnapshot {
         let master = self.failover.master();
         let views = self.monitor.views();
-        let master_offset = master.and_then(|m| views[m.0].info.as_ref()).map(|i| i.repl_offset);
+        let master_view = master.and_then(|m| views.get(m));
+        let master_offset = master_view.and_then(|v| v.info.as_ref()).map(|i| i.repl_offset);
         let servers = views
             .iter()
-            .enumerate()
-            .map(|(index, view)| {
+            .map(|(id, view)| {
                 let info = view.info.as_ref();
                 let replica = info.is_some_and(|i| i.role == Some(Role::Replica));
                 ServerStatus {
                     address: view.address.clone(),
                     role: info.and_then(|i| i.role),
-                    routed_master: master == Some(ServerId(index)),
+                    routed_master: master == Some(id),
                     health: view.health,
                     why: if view.auth_refused {
                         "it refuses the proxy's credentials (WRONGPASS or NOAUTH): see server_auth"
@@ -241,23 +248,22 @@ impl Engine {
                     lag_seconds: info.filter(|_| replica).and_then(|i| i.last_io_secs),
                     link_up: info.filter(|_| replica).map(|i| i.link_up),
                     last_ok_ago: view.last_ok.map(|ok| now.saturating_duration_since(ok)),
-                    connections: self.pool.counts_of(ServerId(index)),
+                    connections: self.pool.counts_of(id),
                 }
             })
             .collect();
-        let no_master_reason = match master {
-            Some(m) if views[m.0].is_routable() => None,
-            Some(m) => {
-                Some(format!("master {} is {}: {}", views[m.0].address, views[m.0].health.name(), views[m.0].why))
-            }
-            None if self.sentinels.is_some() => Some(
+        let no_master_reason = match (master, master_view) {
+            (Some(_), Some(m)) if m.is_routable() => None,
+            (Some(_), Some(m)) => Some(format!("master {} is {}: {}", m.address, m.health.name(), m.why)),
+            (Some(_), None) => Some("no master: the routed master is no longer a server of this proxy".to_string()),
+            (None, _) if self.sentinels.is_some() => Some(
                 "no master: waiting for a majority of the sentinels to name one that its own INFO confirms".to_string(),
             ),
-            None => Some(self.failover.why_no_master().to_string()),
+            (None, _) => Some(self.failover.why_no_master().to_string()),
         };
         let gathered = Gathered {
             servers,
-            master: master.map(|m| views[m.0].address.clone()),
+            master: master_view.map(|m| m.address.clone()),
             master_since: self.master_since.filter(|_| master.is_some()).map(|at| now.saturating_duration_since(at)),
             no_master_reason,
             mode: self.config.mode,
@@ -269,7 +275,7 @@ impl Engine {
 
     /// The master writes go to now, if any.
     pub fn master(&self) -> Option<&ServerAddress> {
-        self.failover.master().map(|m| self.monitor.address(m))
+        self.failover.master().and_then(|m| self.monitor.address(m))
     }
 
     /// Number of client connections open.
@@ -547,8 +553,13 @@ impl Engine {
             Handling::OutOfBand => {
                 // Its own connection to the master, so that it never waits behind the script it must stop.
                 let Some(master) = self.failover.master() else { return false };
+                if !self.monitor.views().contains(master) {
+                    return false;
+                }
                 let Some(seq) = self.clients.reserve_slot(conn) else { return true };
-                let backend = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out);
+                let Some(backend) = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out) else {
+                    return true;
+                };
                 self.out.counters.request(Target::Master, Class::Other);
                 let waiter = Waiter::Client { conn, seq, sent: now };
                 self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
@@ -561,7 +572,7 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let (server, split) = if self.router.splits_reads() {
+        let (server, mut split) = if self.router.splits_reads() {
             match self.route_split(now, conn, held, wants_private, master) {
                 Ok(routed) => routed,
                 Err(ran) => return ran,
@@ -577,15 +588,19 @@ impl Engine {
             (true, None) => {
                 // A replication stream is passed on raw, from its first byte: no HELLO reply may precede it.
                 let resp3 = held.resp3 && pin != Pin::Replication;
-                let backend = self.pool.acquire_private(server, conn, resp3, &mut self.out);
+                let Some(backend) = self.pool.acquire_private(server, conn, resp3, &mut self.out) else { return false };
                 self.clients.set_private(conn, backend);
                 backend
             }
-            (false, _) => self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out),
+            (false, _) => match self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out) {
+                Some(backend) => backend,
+                None => return false,
+            },
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
         let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
         let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
+        let restarted = split.as_mut().and_then(|split| split.restarted.take());
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
             self.split_sent(conn, seq, split, server);
         }
@@ -594,7 +609,8 @@ impl Engine {
         }
         let target = if Some(server) == master { Target::Master } else { Target::Replica };
         self.out.counters.request(target, Class::of(held.spec));
-        self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
+        let frame = restarted.unwrap_or_else(|| held.request.frame().clone());
+        self.pool.send(backend, waiter.as_slice(), frame, &mut self.out);
         true
     }
 
@@ -614,7 +630,7 @@ impl Engine {
         let replica_read = self.router.replica_read(held.spec, private);
         let floor = if replica_read && self.router.read_your_writes() {
             let master_offset = master.and_then(|m| {
-                let view = &self.monitor.views()[m.0];
+                let view = self.monitor.views().get(m)?;
                 // Read from a server that still said it was the master (as `WAIT` requires).
                 let reading = view.offset_seen.as_ref().filter(|(_, info)| info.role == Some(Role::Master));
                 reading.map(|(_, info)| (view.offset_serial, info.repl_offset))
@@ -629,17 +645,20 @@ impl Engine {
             None => Issuer::Anyone,
         };
         let demand = Demand { replica_read, issuer, floor };
-        let server = match self.router.route(now, demand, self.monitor.views(), master) {
-            Route::Server(server) => server,
+        let (server, restarted) = match self.router.route(now, demand, self.monitor.views(), master) {
+            Route::Server(server) => (server, None),
+            Route::Restart(server) => {
+                let restarted = scan.as_ref().map(|call| call.restarted(&held.request).frame().clone());
+                (server, restarted)
+            }
             Route::Wait => return Err(false),
             Route::Refuse(refusal) => {
-                let message = refusal.message(self.monitor.views());
-                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
+                self.clients.reply_local(conn, resp::error_reply(refusal.message()), &mut self.out);
                 return Err(true);
             }
         };
         let fences = !replica_read && self.router.fences(held.spec, private);
-        Ok((server, Some(SplitFacts { scan, fences })))
+        Ok((server, Some(SplitFacts { scan, fences, restarted })))
     }
 
     /// A request routed with reads split went to `server` with reply slot `seq`: its cursor and its write are
@@ -656,8 +675,8 @@ impl Engine {
 
     /// Asks every server for its replication offset (for `WAIT` and read fences).
     fn request_offsets(&mut self, now: Instant) {
-        for index in 0..self.monitor.views().len() {
-            self.monitor.request_offset(now, ServerId(index), &mut self.pool, &mut self.out);
+        for server in self.monitor.views().ids() {
+            self.monitor.request_offset(now, server, &mut self.pool, &mut self.out);
         }
         self.clients.set_next_offset_serial(self.monitor.next_offset_serial());
     }
@@ -899,7 +918,7 @@ impl Engine {
 
     /// The `CONFIG SET masterauth` a server needs before it is pointed at `master` (None: no credentials).
     fn masterauth_for(&self, master: ServerId) -> Option<bytes::Bytes> {
-        let address = self.monitor.address(master);
+        let address = self.monitor.address(master)?;
         self.config.server_credentials(address).and_then(auth::masterauth_request)
     }
 
@@ -1010,7 +1029,11 @@ impl Engine {
             Purpose::Private { owner: Some(owner) } if self.clients.private_lost(owner, conn) => Some(owner),
             _ => None,
         };
-        let address = self.monitor.address(lost_server).clone();
+        let address = self
+            .monitor
+            .address(lost_server)
+            .cloned()
+            .unwrap_or_else(|| ServerAddress { host: "a removed server".to_string(), port: 0 });
         let message = if lost.connected {
             format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run")
         } else {
@@ -1113,7 +1136,7 @@ impl Engine {
 
     /// The servers watched now, in order (configured ones and those added since).
     pub fn servers(&self) -> Vec<ServerAddress> {
-        self.monitor.views().iter().filter(|v| !v.draining).map(|v| v.address.clone()).collect()
+        self.monitor.views().values().filter(|v| !v.draining).map(|v| v.address.clone()).collect()
     }
 
     /// Watches a new server (`PROXY ADD`, a reload): probed at once; the failover rules make it a replica of the
@@ -1122,9 +1145,10 @@ impl Engine {
         if self.monitor.find(&address).is_some() {
             return Err(format!("ERR {address} is already a server of this proxy"));
         }
-        self.pool.add_server(address.clone(), self.config.server_credentials(&address).and_then(auth::auth_request));
-        self.failover.add_server();
-        self.monitor.add_server(now, address.clone(), &mut self.pool, &mut self.out);
+        let id = self.monitor.vacant_id();
+        let auth = self.config.server_credentials(&address).and_then(auth::auth_request);
+        self.pool.add_server(id, address.clone(), auth);
+        self.monitor.add_server(now, id, address.clone(), &mut self.pool, &mut self.out);
         self.out.event(Event::ServerAdded { address });
         Ok(())
     }
@@ -1155,16 +1179,13 @@ impl Engine {
             for conn in self.pool.conns_of(server, false) {
                 self.close_and_fail(now, conn, "server removed");
             }
-            let address = self.monitor.address(server).clone();
+            let address = self.monitor.address(server).cloned();
             self.monitor.remove_server(server);
             self.pool.remove_server(server);
             self.failover.remove_server(server);
-            for other in &mut self.removing {
-                if other.0 > server.0 {
-                    other.0 -= 1;
-                }
+            if let Some(address) = address {
+                self.out.event(Event::ServerRemoved { address });
             }
-            self.out.event(Event::ServerRemoved { address });
         }
     }
 
@@ -1185,7 +1206,10 @@ impl Engine {
             .begin_switchover(self.monitor.views(), target, deadline)
             .map_err(|why| format!("ERR cannot fail over: {why}"))?;
         let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
-        let (from, to) = (self.monitor.address(master).clone(), self.monitor.address(target).clone());
+        let (Some(from), Some(to)) = (self.monitor.address(master).cloned(), self.monitor.address(target).cloned())
+        else {
+            return Ok(());
+        };
         self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
         self.out.event(Event::SwitchoverStarted { from, to });
         let poll = PollSchedule::default();
@@ -1209,10 +1233,11 @@ impl Engine {
             view.offset_seen.as_ref().filter(|(at, _)| *at >= drained).map(|(_, info)| info.repl_offset)
         };
         let views = self.monitor.views();
-        if let (Some(master_offset), Some(target_offset)) = (fresh(&views[master.0]), fresh(&views[target.0])) {
+        let offsets = (views.get(master).and_then(fresh), views.get(target).and_then(fresh));
+        if let (Some(master_offset), Some(target_offset)) = offsets {
             if master_offset == target_offset {
                 self.failover.promote_switchover(now);
-                let address = self.monitor.address(target).clone();
+                let Some(address) = self.monitor.address(target).cloned() else { return };
                 let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
@@ -1244,7 +1269,7 @@ impl Engine {
     fn carry_out(&mut self, now: Instant, decision: Decision) {
         match decision {
             Decision::Adopt { master, reason } => {
-                let address = self.monitor.address(master).clone();
+                let Some(address) = self.monitor.address(master).cloned() else { return };
                 self.history.end(now, &address);
                 self.master_since = Some(now);
                 if let Some(switchover) = self.switchover.take() {
@@ -1266,16 +1291,17 @@ impl Engine {
                 self.run_all_held(now);
             }
             Decision::Lose { master, reason } => {
-                let address = self.monitor.address(master).clone();
-                self.history.begin(now, address.clone(), reason);
-                self.out.event(Event::MasterLost { address, reason });
+                if let Some(address) = self.monitor.address(master).cloned() {
+                    self.history.begin(now, address.clone(), reason);
+                    self.out.event(Event::MasterLost { address, reason });
+                }
                 // The next choice waits for fresh INFO from every running server: ask for it now.
                 self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
                 // Requests in flight on the old master get errors now rather than hanging.
                 self.close_backends_of(now, master, true, "master lost");
             }
             Decision::Promote { candidate, reason } => {
-                let address = self.monitor.address(candidate).clone();
+                let Some(address) = self.monitor.address(candidate).cloned() else { return };
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
                 let why = "promoting it: the master is lost".to_string();
@@ -1284,7 +1310,8 @@ impl Engine {
             Decision::Repoint { server, master } => {
                 let order = ReplicaOf::Master { master, masterauth: self.masterauth_for(master) };
                 let views = self.monitor.views();
-                let why = views[server.0].misplacement(&views[master.0].address);
+                let (Some(view), Some(master_view)) = (views.get(server), views.get(master)) else { return };
+                let why = view.misplacement(&master_view.address);
                 self.monitor.send_replicaof(now, server, order, why, &mut self.pool, &mut self.out)
             }
         }
@@ -1324,13 +1351,13 @@ impl Engine {
 
     /// The server at `address`, watched from now on if it was not (the sentinels named it).
     fn server_for(&mut self, now: Instant, address: &ServerAddress) -> ServerId {
-        let known = self.monitor.views().iter().position(|v| addresses_match(&address.host, address.port, &v.address));
-        if let Some(index) = known {
-            return ServerId(index);
+        let known = self.monitor.views().iter().find(|(_, v)| v.address.is_named(&address.host, address.port));
+        if let Some((id, _)) = known {
+            return id;
         }
-        // Not watched yet (checked just above), so it is added.
+        // Not watched yet (checked just above), so it is added under the vacant id.
+        let server = self.monitor.vacant_id();
         let _ = self.add_server(now, address.clone());
-        let server = ServerId(self.monitor.views().len() - 1);
         self.monitor.set_reads_vetoed(server, true);
         server
     }
@@ -1340,7 +1367,7 @@ impl Engine {
     /// replicas the sentinels list as healthy.
     fn follow_sentinels(&mut self, now: Instant) {
         let routed = self.failover.master();
-        let routed_address = routed.map(|m| self.monitor.address(m).clone());
+        let routed_address = routed.and_then(|m| self.monitor.address(m).cloned());
         let Some(sentinels) = self.sentinels.as_mut() else { return };
         sentinels.evaluate(now, routed_address.as_ref(), &mut self.out);
         let agreed = sentinels.agreed().map(|(address, since)| (address.clone(), since));
@@ -1351,11 +1378,10 @@ impl Engine {
             for report in &replicas {
                 self.server_for(now, &report.address);
             }
-            for index in 0..self.monitor.views().len() {
-                let address = self.monitor.address(ServerId(index));
-                let healthy =
-                    replicas.iter().any(|r| r.healthy && addresses_match(&r.address.host, r.address.port, address));
-                self.monitor.set_reads_vetoed(ServerId(index), !healthy);
+            for server in self.monitor.views().ids() {
+                let Some(address) = self.monitor.address(server) else { continue };
+                let healthy = replicas.iter().any(|r| r.healthy && address.is_named(&r.address.host, r.address.port));
+                self.monitor.set_reads_vetoed(server, !healthy);
             }
         }
         match sentinel::verdict(self.monitor.views(), routed, agreed, cut_off) {
@@ -1368,7 +1394,9 @@ impl Engine {
                 }
                 self.failover.follow(Some(master), now);
                 let reason = "a majority of the sentinels names it and its INFO reports role:master";
-                self.history.chose(self.monitor.address(master), reason);
+                if let Some(address) = self.monitor.address(master) {
+                    self.history.chose(address, reason);
+                }
                 self.carry_out(now, Decision::Adopt { master, reason });
             }
             Verdict::Drop { reason, confirm } => {
@@ -1388,7 +1416,7 @@ impl Engine {
     /// the sentinels again soon: it is routed to once it reports `role:master`.
     fn confirm_master(&mut self, now: Instant, server: ServerId) {
         let due = self.sentinels.as_mut().is_some_and(|s| s.confirm_due(now));
-        if due && self.monitor.views()[server.0].probe_pending_since.is_none() {
+        if due && self.monitor.views().get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
             self.monitor.send_probe(now, server, &mut self.pool, &mut self.out);
         }
     }
@@ -1396,7 +1424,7 @@ impl Engine {
     /// Starts a new master epoch when the routed master, or the history it serves, changed.
     fn follow_master_history(&mut self) {
         let views = self.monitor.views();
-        let replid = |m: ServerId| views[m.0].info.as_ref().and_then(|i| i.replid.as_deref());
+        let replid = |m: ServerId| views.get(m)?.info.as_ref()?.replid.as_deref();
         let current = self.failover.master().map(|m| (m, replid(m)));
         let known = self.master_history.as_ref().map(|(m, h)| (*m, h.as_deref()));
         if current != known {

@@ -1,6 +1,6 @@
 //! What the engine reports for logs, metrics and status: [`Event`]s with a [`Level`].
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
 use crate::conn::ConnId;
 use crate::topology::Role;
 use std::fmt;

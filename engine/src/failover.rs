@@ -4,7 +4,8 @@
 //! same facts decide the same. It returns [`Decision`]s for the engine to carry out (send `REPLICAOF`, start or
 //! stop routing); the engine feeds the servers' answers back through the view.
 
-use crate::topology::{Role, ServerId, ServerView};
+use crate::server_id::ServerId;
+use crate::topology::{Role, ServerView, Views};
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
@@ -84,8 +85,8 @@ pub(crate) struct Failover {
     retry_after: Duration,
     /// Candidates that failed during the current failover; skipped until a master is confirmed.
     failed_candidates: SmallVec<[ServerId; 4]>,
-    /// When each server was last sent `REPLICAOF`, so it is not repeated before its INFO could confirm it.
-    repointed_at: Vec<Option<Instant>>,
+    /// When servers were last sent `REPLICAOF`, so it is not repeated before their INFO could confirm it.
+    repointed_at: SmallVec<[(ServerId, Instant); 4]>,
     /// The run id the routed master had when it was adopted ("" if unknown).
     master_run_id: String,
     /// After losing a master that restarted: choose again only from INFO that arrived since then.
@@ -96,8 +97,8 @@ pub(crate) struct Failover {
 const LINK_DOWN_FACTOR: u32 = 10;
 
 impl Failover {
-    /// A machine for `servers` servers that starts with no master known.
-    pub(crate) fn new(servers: usize, now: Instant, down_after: Duration, check_period: Duration) -> Failover {
+    /// A machine that starts with no master known.
+    pub(crate) fn new(now: Instant, down_after: Duration, check_period: Duration) -> Failover {
         Failover {
             phase: Phase::NoMaster { since: now },
             down_after,
@@ -105,7 +106,7 @@ impl Failover {
             failed_candidates: SmallVec::new(),
             master_run_id: String::new(),
             fresh_facts_since: None,
-            repointed_at: vec![None; servers],
+            repointed_at: SmallVec::new(),
         }
     }
 
@@ -117,31 +118,11 @@ impl Failover {
         }
     }
 
-    /// A new server at the next [`ServerId`].
-    pub(crate) fn add_server(&mut self) {
-        self.repointed_at.push(None);
-    }
-
-    /// Forgets `server` (never the master, nor a switchover's or promotion's target); the servers after it move
-    /// down one id.
+    /// Forgets what it kept about `server` (never the master, nor a switchover's or promotion's target: the
+    /// engine refuses to remove those; were one removed, the next evaluation finds it gone and chooses again).
     pub(crate) fn remove_server(&mut self, server: ServerId) {
-        let shift = |id: &mut ServerId| {
-            if id.0 > server.0 {
-                id.0 -= 1;
-            }
-        };
-        match &mut self.phase {
-            Phase::NoMaster { .. } => {}
-            Phase::Stable { master } => shift(master),
-            Phase::Switching { master, target, .. } => {
-                shift(master);
-                shift(target);
-            }
-            Phase::Promoting { candidate, .. } => shift(candidate),
-        }
         self.failed_candidates.retain(|c| *c != server);
-        self.failed_candidates.iter_mut().for_each(shift);
-        self.repointed_at.remove(server.0);
+        self.repointed_at.retain(|(s, _)| *s != server);
     }
 
     /// Whether `server` is the master or the one being made master (it cannot be removed now).
@@ -159,24 +140,26 @@ impl Failover {
     /// the target, or why it cannot start.
     pub(crate) fn begin_switchover(
         &mut self,
-        views: &[ServerView],
+        views: &Views,
         target: Option<ServerId>,
         deadline: Instant,
     ) -> Result<(ServerId, ServerId), &'static str> {
         let Phase::Stable { master } = self.phase else {
             return Err("no master is routed now (a failover is under way)");
         };
+        let Some(master_view) = views.get(master) else { return Err("the master is gone") };
         let linked = |id: ServerId| {
-            views[id.0].replicates(&views[master.0].address)
-                && views[id.0].info.as_ref().is_some_and(|i| i.link_up && !i.sync_in_progress)
+            views.get(id).is_some_and(|view| {
+                view.replicates(&master_view.address)
+                    && view.info.as_ref().is_some_and(|i| i.link_up && !i.sync_in_progress)
+            })
         };
         let target = match target {
             Some(target) if target == master => return Err("that server is the master already"),
             Some(target) if !linked(target) => return Err("that server is not a replica linked to the master"),
             Some(target) => target,
             None => {
-                let others: SmallVec<[ServerId; 4]> =
-                    (0..views.len()).map(ServerId).filter(|id| !linked(*id)).collect();
+                let others: SmallVec<[ServerId; 4]> = views.ids().into_iter().filter(|id| !linked(*id)).collect();
                 promote_candidate(views, Duration::ZERO, &others).ok_or("no replica linked to the master")?
             }
         };
@@ -232,13 +215,15 @@ impl Failover {
     }
 
     /// Applies the rules to the current view and returns what to do, in order.
-    pub(crate) fn evaluate(&mut self, views: &[ServerView], now: Instant) -> SmallVec<[Decision; 4]> {
+    pub(crate) fn evaluate(&mut self, views: &Views, now: Instant) -> SmallVec<[Decision; 4]> {
         let mut decisions = SmallVec::new();
-        if let Phase::Switching { master, deadline, .. } = self.phase {
-            // A master lost meanwhile is handled as in Stable below; a target too slow aborts the switchover.
-            if views[master.0].is_down() || now >= deadline {
+        if let Phase::Switching { master, target, deadline } = self.phase {
+            // A master lost meanwhile is handled as in Stable below; a target too slow (or gone) aborts the
+            // switchover.
+            let master_down = views.get(master).is_none_or(ServerView::is_down);
+            if master_down || now >= deadline || !views.contains(target) {
                 self.phase = Phase::Stable { master };
-                if !views[master.0].is_down() {
+                if !master_down {
                     decisions.push(Decision::Adopt {
                         master,
                         reason: "planned switchover aborted: the target did not catch up in time",
@@ -247,7 +232,12 @@ impl Failover {
             }
         }
         if let Phase::Stable { master } = self.phase {
-            let view = &views[master.0];
+            let Some(view) = views.get(master) else {
+                decisions.push(Decision::Lose { master, reason: "it is no longer a server of this proxy" });
+                self.phase = Phase::NoMaster { since: now };
+                self.fresh_facts_since = Some(now);
+                return decisions;
+            };
             // Whatever the reason, the next choice waits for INFO that every running server sent after the loss
             // (the engine probes them at once): a choice made from the round of INFO that revealed the loss could
             // rest on another server's older INFO and contradict the proxy that caused the change.
@@ -273,24 +263,24 @@ impl Failover {
                 decisions.push(Decision::Lose { master, reason: "one of its replicas was promoted" });
                 decisions.push(Decision::Adopt { master: newer, reason: "it was promoted from the master's history" });
                 self.phase = Phase::Stable { master: newer };
-                self.master_run_id = views[newer.0].run_id().to_string();
+                self.master_run_id = views.get(newer).map_or("", ServerView::run_id).to_string();
             }
         }
         if let Phase::Promoting { candidate, deadline, since } = self.phase {
-            let view = &views[candidate.0];
-            if view.is(Role::Master) {
+            let view = views.get(candidate);
+            if let Some(view) = view.filter(|v| v.is(Role::Master)) {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master: candidate };
                 self.master_run_id = view.run_id().to_string();
                 decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
-            } else if view.is_down() || now >= deadline {
+            } else if view.is_none_or(ServerView::is_down) || now >= deadline {
                 self.failed_candidates.push(candidate);
                 self.phase = Phase::NoMaster { since };
             }
         }
         if let Phase::NoMaster { since } = self.phase {
             let stale = self.fresh_facts_since.is_some_and(|t| {
-                views.iter().any(|v| !v.is_down() && !v.auth_refused && v.info_at.is_none_or(|at| at < t))
+                views.values().any(|v| !v.is_down() && !v.auth_refused && v.info_at.is_none_or(|at| at < t))
             });
             if stale {
                 return decisions;
@@ -300,21 +290,22 @@ impl Failover {
             if let Some(master) = master {
                 self.failed_candidates.clear();
                 self.phase = Phase::Stable { master };
-                self.master_run_id = views[master.0].run_id().to_string();
+                self.master_run_id = views.get(master).map_or("", ServerView::run_id).to_string();
                 decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
             } else if facts_complete(views) {
                 let down_for = now.saturating_duration_since(since);
                 let limit = down_for + self.down_after * LINK_DOWN_FACTOR;
-                match promote_candidate(views, limit, &self.failed_candidates) {
-                    Some(candidate) => {
-                        let info = views[candidate.0].info.as_ref().expect("candidates have INFO");
+                let chosen = promote_candidate(views, limit, &self.failed_candidates)
+                    .and_then(|c| Some((c, views.get(c)?, views.get(c)?.info.as_ref()?)));
+                match chosen {
+                    Some((candidate, view, info)) => {
                         decisions.push(Decision::Promote {
                             candidate,
                             reason: format!(
                                 "lowest priority ({}), then highest offset ({}), then run id {}",
                                 info.priority,
                                 info.repl_offset,
-                                views[candidate.0].run_id()
+                                view.run_id()
                             ),
                         });
                         self.phase = Phase::Promoting { candidate, deadline: now + self.down_after, since };
@@ -331,23 +322,23 @@ impl Failover {
 
     fn repoint_others(
         &mut self,
-        views: &[ServerView],
+        views: &Views,
         master: ServerId,
         now: Instant,
         decisions: &mut SmallVec<[Decision; 4]>,
     ) {
+        let Some(master_view) = views.get(master) else { return };
         // Re-point only while the master plainly answers. A master that has been silent for half of `down_after`
         // may be dead: another proxy may already have counted it down and promoted a replica, and re-pointing that
         // new master (or its replicas) to the silent one would undo the failover. (Another proxy promotes at the
         // earliest `down_after - check_period` after our last valid reply, more than `down_after / 2` with the
         // default `down_after` of 3 x `check_period`; a healthy master answers every `check_period`.)
-        let silent_for = views[master.0].last_ok.map(|ok| now.saturating_duration_since(ok));
+        let silent_for = master_view.last_ok.map(|ok| now.saturating_duration_since(ok));
         if silent_for.is_none_or(|silent| silent > self.down_after / 2) {
             return;
         }
-        let master_address = &views[master.0].address;
-        for (index, view) in views.iter().enumerate() {
-            let server = ServerId(index);
+        let master_address = &master_view.address;
+        for (server, view) in views.iter() {
             if server == master || view.is_down() || view.info.is_none() {
                 continue;
             }
@@ -355,20 +346,29 @@ impl Failover {
             // Re-point only on evidence of the master as fresh as the evidence about this server: a replica another
             // proxy promoted because our master just died must not be sent back to it before this proxy has heard
             // from the master in the same probe round (it would hear the refusal instead).
-            let master_ok = views[master.0].last_ok;
+            let master_ok = master_view.last_ok;
             let master_answered_since =
                 view.info_at.is_none_or(|seen| master_ok.is_some_and(|ok| ok + self.retry_after / 2 >= seen));
             if misplaced && !master_answered_since {
                 continue;
             }
+            let last = self.repointed_at.iter().position(|(s, _)| *s == server);
             if !misplaced {
-                self.repointed_at[index] = None;
+                if let Some(at) = last {
+                    self.repointed_at.swap_remove(at);
+                }
                 continue;
             }
-            let due = self.repointed_at[index].is_none_or(|at| now.saturating_duration_since(at) >= self.retry_after);
-            if due {
-                self.repointed_at[index] = Some(now);
-                decisions.push(Decision::Repoint { server, master });
+            match last {
+                Some(at) if now.saturating_duration_since(self.repointed_at[at].1) < self.retry_after => {}
+                Some(at) => {
+                    self.repointed_at[at].1 = now;
+                    decisions.push(Decision::Repoint { server, master });
+                }
+                None => {
+                    self.repointed_at.push((server, now));
+                    decisions.push(Decision::Repoint { server, master });
+                }
             }
         }
     }
@@ -379,20 +379,20 @@ impl Failover {
 /// Only a promotion in place counts (the same run id as when it was a replica): a replica that restarted comes
 /// up as a master with the same history ids, behind the master it left, and following it would throw away the
 /// writes it missed (the chaos soak lost WAIT-confirmed writes that way).
-pub(crate) fn superseding_master(views: &[ServerView], master: ServerId) -> Option<ServerId> {
+pub(crate) fn superseding_master(views: &Views, master: ServerId) -> Option<ServerId> {
+    let master_view = views.get(master)?;
     views
         .iter()
-        .enumerate()
-        .find(|(index, v)| {
-            *index != master.0 && v.is(Role::Master) && v.promoted_in_place && v.continues_history_of(&views[master.0])
+        .find(|(id, v)| {
+            *id != master && v.is(Role::Master) && v.promoted_in_place && v.continues_history_of(master_view)
         })
-        .map(|(index, _)| ServerId(index))
+        .map(|(id, _)| id)
 }
 
 /// Whether every server is either down or has reported INFO: only then may a replica be promoted, so that a
 /// master that merely has not answered yet is never replaced.
-fn facts_complete(views: &[ServerView]) -> bool {
-    views.iter().all(|v| v.is_down() || v.info.is_some())
+fn facts_complete(views: &Views) -> bool {
+    views.values().all(|v| v.is_down() || v.info.is_some())
 }
 
 /// Whether every server has reported INFO, is down, refused the probe's connection or the proxy's credentials:
@@ -400,53 +400,44 @@ fn facts_complete(views: &[ServerView]) -> bool {
 /// master), without waiting `down_after` for a server that is plainly not there. (A server refusing the
 /// credentials still blocks a promotion, in `facts_complete`: it may be the master, and a wrong password is no
 /// reason to fail over.)
-fn facts_known_or_unreachable(views: &[ServerView]) -> bool {
-    views.iter().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable() || v.auth_refused)
+fn facts_known_or_unreachable(views: &Views) -> bool {
+    views.values().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable() || v.auth_refused)
 }
 
 /// The master to adopt among servers that already report `role:master`: most attached replicas, then highest
 /// replication offset, then lowest run id.
-pub(crate) fn existing_master(views: &[ServerView]) -> Option<ServerId> {
+pub(crate) fn existing_master(views: &Views) -> Option<ServerId> {
     views
         .iter()
-        .enumerate()
         .filter(|(_, v)| v.is(Role::Master))
-        .max_by_key(|(index, v)| {
-            let attached = views.iter().filter(|r| r.replicates(&v.address)).count();
+        .max_by_key(|(id, v)| {
+            let attached = views.values().filter(|r| r.replicates(&v.address)).count();
             let offset = v.info.as_ref().map_or(0, |i| i.repl_offset);
-            (attached, offset, Reverse(v.run_id()), Reverse(*index))
+            (attached, offset, Reverse(v.run_id()), Reverse(*id))
         })
-        .map(|(index, _)| ServerId(index))
+        .map(|(id, _)| id)
 }
 
 /// The replica to promote: reachable, priority not 0, link not down longer than `link_down_limit`, not in
 /// `excluded`; then lowest priority, highest replication offset, lowest run id.
-pub(crate) fn promote_candidate(
-    views: &[ServerView],
-    link_down_limit: Duration,
-    excluded: &[ServerId],
-) -> Option<ServerId> {
+pub(crate) fn promote_candidate(views: &Views, link_down_limit: Duration, excluded: &[ServerId]) -> Option<ServerId> {
     views
         .iter()
-        .enumerate()
-        .filter(|(index, v)| v.is(Role::Replica) && !excluded.contains(&ServerId(*index)))
-        .filter(|(_, v)| {
-            let info = v.info.as_ref().expect("is() implies INFO");
+        .filter(|(id, v)| v.is(Role::Replica) && !excluded.contains(id))
+        .filter_map(|(id, v)| Some((id, v, v.info.as_ref()?)))
+        .filter(|(_, _, info)| {
             let link_ok =
                 info.link_up || info.link_down_since_secs.is_none_or(|s| Duration::from_secs(s) <= link_down_limit);
             info.priority != 0 && link_ok
         })
-        .min_by_key(|(index, v)| {
-            let info = v.info.as_ref().expect("is() implies INFO");
-            (info.priority, Reverse(info.repl_offset), v.run_id(), *index)
-        })
-        .map(|(index, _)| ServerId(index))
+        .min_by_key(|(id, v, info)| (info.priority, Reverse(info.repl_offset), v.run_id(), *id))
+        .map(|(id, _, _)| id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerAddress;
+    use crate::address::ServerAddress;
     use crate::topology::Health;
     use crate::topology::ReplicationInfo;
 
@@ -476,46 +467,49 @@ mod tests {
     #[test]
     fn adopts_existing_setup_without_repointing() {
         let now = Instant::now();
-        let views = vec![
+        let views: Views = Views::from_iter([
             view(1, now, Some(replica_info(2, 10, 100, "a"))),
             view(2, now, Some(master_info("b"))),
             view(3, now, Some(replica_info(2, 10, 100, "c"))),
-        ];
-        let mut failover = Failover::new(3, now, Duration::from_secs(3), Duration::from_secs(1));
+        ]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         let decisions = failover.evaluate(&views, now);
-        assert_eq!(decisions.as_slice(), &[Decision::Adopt { master: ServerId(1), reason: "it reports role:master" }]);
+        assert_eq!(
+            decisions.as_slice(),
+            &[Decision::Adopt { master: ServerId::first(1), reason: "it reports role:master" }]
+        );
     }
 
     #[test]
     fn promotes_by_priority_then_offset_then_run_id() {
         let now = Instant::now();
-        let mut views = vec![
+        let mut views: Views = Views::from_iter([
             view(1, now, Some(master_info("m"))),
             view(2, now, Some(replica_info(1, 50, 100, "b"))),
             view(3, now, Some(replica_info(1, 90, 100, "c"))),
             view(4, now, Some(replica_info(1, 99, 0, "d"))),
-        ];
-        let mut failover = Failover::new(4, now, Duration::from_secs(3), Duration::from_secs(1));
+        ]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
         views[0].health = Health::Down;
         let decisions = failover.evaluate(&views, now);
-        assert_eq!(decisions.as_slice(), &[Decision::Lose { master: ServerId(0), reason: "it is down" }]);
+        assert_eq!(decisions.as_slice(), &[Decision::Lose { master: ServerId::first(0), reason: "it is down" }]);
         // The choice waits for INFO sent after the loss.
         let later = now + Duration::from_millis(1);
-        for v in &mut views[1..] {
+        for (_, v) in views.iter_mut().skip(1) {
             v.info_at = Some(later);
         }
         let decisions = failover.evaluate(&views, later);
-        assert!(matches!(decisions[0], Decision::Promote { candidate: ServerId(2), .. }));
+        assert!(matches!(decisions[0], Decision::Promote { candidate, .. } if candidate == ServerId::first(2)));
         // Confirmed: the others (and the old master once it returns) are re-pointed.
         views[2].info = Some(master_info("c"));
         views[0].health = Health::Up;
         let decisions = failover.evaluate(&views, now);
-        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(2), .. }));
+        assert!(matches!(decisions[0], Decision::Adopt { master, .. } if master == ServerId::first(2)));
         let repointed: Vec<_> = decisions[1..]
             .iter()
             .map(|d| match d {
-                Decision::Repoint { server, .. } => server.0,
+                Decision::Repoint { server, .. } => server.slot(),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -525,14 +519,15 @@ mod tests {
     #[test]
     fn several_masters_wait_for_every_server_then_the_one_with_replicas_wins() {
         let now = Instant::now();
-        let mut views = vec![view(1, now, Some(master_info("a"))), view(2, now, None), view(3, now, None)];
-        let mut failover = Failover::new(3, now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut views: Views =
+            Views::from_iter([view(1, now, Some(master_info("a"))), view(2, now, None), view(3, now, None)]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         assert!(failover.evaluate(&views, now).is_empty(), "server 2 and 3 have not answered yet");
         views[1].info = Some(master_info("b"));
         views[2].info = Some(replica_info(2, 0, 100, "c"));
         let decisions = failover.evaluate(&views, now);
-        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
-        assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+        assert!(matches!(decisions[0], Decision::Adopt { master, .. } if master == ServerId::first(1)));
+        assert_eq!(decisions[1], Decision::Repoint { server: ServerId::first(0), master: ServerId::first(1) });
     }
 
     #[test]
@@ -541,12 +536,12 @@ mod tests {
         // already promoted server 1. Re-pointing server 1 to the silent master would undo that failover.
         let start = Instant::now();
         let down_after = Duration::from_secs(3);
-        let mut views = vec![
+        let mut views: Views = Views::from_iter([
             view(1, start, Some(master_info("a"))),
             view(2, start, Some(replica_info(1, 10, 100, "b"))),
             view(3, start, Some(replica_info(1, 10, 100, "c"))),
-        ];
-        let mut failover = Failover::new(3, start, down_after, Duration::from_secs(1));
+        ]);
+        let mut failover = Failover::new(start, down_after, Duration::from_secs(1));
         let _ = failover.evaluate(&views, start);
         let later = start + Duration::from_millis(2_000);
         views[1].info = Some(master_info("b"));
@@ -557,16 +552,18 @@ mod tests {
         // While the master answers, the stray master is re-pointed as before.
         views[0].last_ok = Some(later);
         let decisions = failover.evaluate(&views, later);
-        assert_eq!(decisions[0], Decision::Repoint { server: ServerId(1), master: ServerId(0) });
+        assert_eq!(decisions[0], Decision::Repoint { server: ServerId::first(1), master: ServerId::first(0) });
     }
 
     #[test]
     fn a_restarted_master_is_chosen_again_from_fresh_facts() {
         // Found by the simulation: our master restarted within down_after while another proxy promoted server 1.
         let start = Instant::now();
-        let mut views =
-            vec![view(1, start, Some(master_info("a"))), view(2, start, Some(replica_info(1, 10, 100, "b")))];
-        let mut failover = Failover::new(2, start, Duration::from_secs(3), Duration::from_secs(1));
+        let mut views: Views = Views::from_iter([
+            view(1, start, Some(master_info("a"))),
+            view(2, start, Some(replica_info(1, 10, 100, "b"))),
+        ]);
+        let mut failover = Failover::new(start, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, start);
         let later = start + Duration::from_millis(2_900);
         views[0].info = Some(ReplicationInfo { repl_offset: 10, ..master_info("a2") });
@@ -575,15 +572,15 @@ mod tests {
         let decisions = failover.evaluate(&views, later);
         assert_eq!(
             decisions.as_slice(),
-            &[Decision::Lose { master: ServerId(0), reason: "it restarted (new run id)" }]
+            &[Decision::Lose { master: ServerId::first(0), reason: "it restarted (new run id)" }]
         );
         // Server 1's INFO of this round: it is a master with more data, so it is the one to route to.
         views[1].info = Some(ReplicationInfo { repl_offset: 12, ..master_info("b") });
         views[1].info_at = Some(later);
         views[1].last_ok = Some(later);
         let decisions = failover.evaluate(&views, later);
-        assert!(matches!(decisions[0], Decision::Adopt { master: ServerId(1), .. }));
-        assert_eq!(decisions[1], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+        assert!(matches!(decisions[0], Decision::Adopt { master, .. } if master == ServerId::first(1)));
+        assert_eq!(decisions[1], Decision::Repoint { server: ServerId::first(0), master: ServerId::first(1) });
     }
 
     /// `info` with replication ids: the history it serves, and the one it continued when promoted.
@@ -593,13 +590,13 @@ mod tests {
 
     /// Server 0 a master (run id "a", history "history-a"), server 1 its replica (run id "b"), and a failover
     /// machine that has adopted server 0.
-    fn master_a_with_replica_b() -> (Instant, Vec<ServerView>, Failover) {
+    fn master_a_with_replica_b() -> (Instant, Views, Failover) {
         let now = Instant::now();
-        let views = vec![
+        let views: Views = Views::from_iter([
             view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
             view(2, now, Some(replica_info(1, 10, 100, "b"))),
-        ];
-        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        ]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
         (now, views, failover)
     }
@@ -612,18 +609,21 @@ mod tests {
         views[1].info = Some(with_ids(master_info("b"), "history-b", Some("history-a")));
         views[1].promoted_in_place = true;
         let decisions = failover.evaluate(&views, now);
-        assert!(matches!(decisions[0], Decision::Lose { master: ServerId(0), .. }));
-        assert!(matches!(decisions[1], Decision::Adopt { master: ServerId(1), .. }));
-        assert_eq!(decisions[2], Decision::Repoint { server: ServerId(0), master: ServerId(1) });
+        assert!(matches!(decisions[0], Decision::Lose { master, .. } if master == ServerId::first(0)));
+        assert!(matches!(decisions[1], Decision::Adopt { master, .. } if master == ServerId::first(1)));
+        assert_eq!(decisions[2], Decision::Repoint { server: ServerId::first(0), master: ServerId::first(1) });
         // The proxy on server 1 sees server 0 as a stray master (no shared history the other way): re-point it.
-        let mut other = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut other = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         let mut only_b = views.clone();
         only_b[0].health = Health::Unreachable;
         only_b[0].info = None;
         let _ = other.evaluate(&only_b, now);
-        assert_eq!(other.master(), Some(ServerId(1)));
+        assert_eq!(other.master(), Some(ServerId::first(1)));
         let decisions = other.evaluate(&views, now);
-        assert_eq!(decisions.as_slice(), &[Decision::Repoint { server: ServerId(0), master: ServerId(1) }]);
+        assert_eq!(
+            decisions.as_slice(),
+            &[Decision::Repoint { server: ServerId::first(0), master: ServerId::first(1) }]
+        );
     }
 
     /// Found by the chaos soak: a replica killed and restarted without its `replicaof` comes up as a master from its
@@ -635,15 +635,18 @@ mod tests {
         views[1].info = Some(with_ids(master_info("b-restarted"), "history-new", Some("history-a")));
         views[1].promoted_in_place = false;
         let decisions = failover.evaluate(&views, now);
-        assert_eq!(failover.master(), Some(ServerId(0)));
-        assert_eq!(decisions.as_slice(), &[Decision::Repoint { server: ServerId(1), master: ServerId(0) }]);
+        assert_eq!(failover.master(), Some(ServerId::first(0)));
+        assert_eq!(
+            decisions.as_slice(),
+            &[Decision::Repoint { server: ServerId::first(1), master: ServerId::first(0) }]
+        );
     }
 
     #[test]
     fn waits_for_every_server_before_promoting() {
         let now = Instant::now();
-        let views = vec![view(1, now, None), view(2, now, Some(replica_info(1, 5, 100, "b")))];
-        let mut failover = Failover::new(2, now, Duration::from_secs(3), Duration::from_secs(1));
+        let views: Views = Views::from_iter([view(1, now, None), view(2, now, Some(replica_info(1, 5, 100, "b")))]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
         assert!(failover.evaluate(&views, now).is_empty());
     }
 }

@@ -12,7 +12,10 @@
 //! waiting for them.
 
 use crate::offset_poll::PollSchedule;
-use crate::topology::{ServerId, ServerView};
+use crate::server_id::ServerId;
+#[cfg(test)]
+use crate::topology::ServerView;
+use crate::topology::Views;
 use std::time::{Duration, Instant};
 
 /// How often the offsets are re-read while a fence waits for them. Replication on a LAN takes well under a
@@ -104,7 +107,7 @@ impl FencePoll {
 
     /// Whether the offsets should be read now (the next poll is then scheduled): while the newest answered write
     /// is not known to have reached every replica of `master` that answers probes, for at most [`POLL_FOR`].
-    pub(crate) fn poll_due(&mut self, now: Instant, views: &[ServerView], master: Option<ServerId>) -> bool {
+    pub(crate) fn poll_due(&mut self, now: Instant, views: &Views, master: Option<ServerId>) -> bool {
         let active = self.until.is_some_and(|until| now < until) && !self.settled(views, master);
         if !active {
             self.needs_serial = None;
@@ -121,16 +124,15 @@ impl FencePoll {
 
     /// Whether the master's offset covering the newest answered write is known and every routable replica of it
     /// has reached that offset.
-    fn settled(&self, views: &[ServerView], master: Option<ServerId>) -> bool {
-        let Some(master) = master else { return false };
+    fn settled(&self, views: &Views, master: Option<ServerId>) -> bool {
+        let Some(view) = master.and_then(|m| views.get(m)) else { return false };
         let Some(needs) = self.needs_serial else { return true };
-        let view = &views[master.0];
         let Some((_, reading)) = view.offset_seen.as_ref().filter(|_| view.offset_serial >= needs) else {
             return false;
         };
         let history = reading.replid.as_deref();
         views
-            .iter()
+            .values()
             .filter(|v| v.replicates(&view.address) && v.is_routable())
             .all(|v| v.has_applied(history, reading.repl_offset))
     }
@@ -139,12 +141,12 @@ impl FencePoll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerAddress;
+    use crate::address::ServerAddress;
     use crate::topology::{ReplicationInfo, Role};
 
     /// A master and one replica, each with an offset reading of `offsets` in one history, the master's read by
     /// offset request `serial`.
-    fn views(now: Instant, serial: u64, offsets: [i64; 2]) -> Vec<ServerView> {
+    fn views(now: Instant, serial: u64, offsets: [i64; 2]) -> Views {
         let info = |role, offset| ReplicationInfo {
             role: Some(role),
             master: (role == Role::Replica).then(|| ("127.0.0.1".to_string(), 1)),
@@ -153,7 +155,7 @@ mod tests {
             replid: Some("history".into()),
             ..Default::default()
         };
-        let mut views: Vec<ServerView> = [(1, Role::Master), (2, Role::Replica)]
+        let mut views: Views = [(1, Role::Master), (2, Role::Replica)]
             .into_iter()
             .zip(offsets)
             .map(|((port, role), offset)| {
@@ -172,19 +174,19 @@ mod tests {
     fn offsets_are_polled_until_every_replica_has_the_last_write() {
         let t0 = Instant::now();
         let mut poll = FencePoll::default();
-        assert!(!poll.poll_due(t0, &views(t0, 0, [0, 0]), Some(ServerId(0))), "nothing to wait for");
+        assert!(!poll.poll_due(t0, &views(t0, 0, [0, 0]), Some(ServerId::first(0))), "nothing to wait for");
         poll.demand(t0, 5);
-        assert!(poll.poll_due(t0, &views(t0, 4, [100, 100]), Some(ServerId(0))), "the master's proof is older");
+        assert!(poll.poll_due(t0, &views(t0, 4, [100, 100]), Some(ServerId::first(0))), "the master's proof is older");
         let soon = t0 + Duration::from_millis(1);
-        assert!(!poll.poll_due(soon, &views(soon, 4, [100, 100]), Some(ServerId(0))), "not again within 2 ms");
+        assert!(!poll.poll_due(soon, &views(soon, 4, [100, 100]), Some(ServerId::first(0))), "not again within 2 ms");
         let later = t0 + POLL_EVERY;
-        assert!(poll.poll_due(later, &views(later, 5, [120, 110]), Some(ServerId(0))), "the replica is behind");
+        assert!(poll.poll_due(later, &views(later, 5, [120, 110]), Some(ServerId::first(0))), "the replica is behind");
         let settled = later + POLL_EVERY;
-        assert!(!poll.poll_due(settled, &views(settled, 5, [120, 120]), Some(ServerId(0))));
+        assert!(!poll.poll_due(settled, &views(settled, 5, [120, 120]), Some(ServerId::first(0))));
         assert_eq!(poll.deadline(), None, "settled: polling stops");
         poll.demand(settled, 6);
         let expired = settled + POLL_FOR;
-        assert!(!poll.poll_due(expired, &views(expired, 0, [0, 0]), Some(ServerId(0))), "bounded in time");
+        assert!(!poll.poll_due(expired, &views(expired, 0, [0, 0]), Some(ServerId::first(0))), "bounded in time");
     }
 
     #[test]

@@ -93,6 +93,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod address;
 mod admin;
 mod auth;
 mod client;
@@ -102,6 +103,7 @@ pub mod command;
 #[allow(unreachable_pub, dead_code)] // What only the drift test reads is published with `command-table`.
 mod command;
 mod config;
+mod config_fields;
 mod conn;
 mod contract;
 mod cursor;
@@ -125,6 +127,7 @@ mod sentinel_sim;
 mod sentinel_tests;
 #[cfg(test)]
 mod sentinel_world;
+mod server_id;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -141,10 +144,12 @@ mod upload;
 mod upload_path_tests;
 mod wait;
 
+pub use address::ServerAddress;
 pub use config::{
-    ClientUser, Config, ConfigError, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation,
-    SentinelConfig, ServerAddress, DEFAULT_LARGE_POOL_SIZE,
+    ClientUser, Config, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation, SentinelConfig,
+    DEFAULT_LARGE_POOL_SIZE,
 };
+pub use config_fields::ConfigError;
 pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;

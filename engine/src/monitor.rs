@@ -12,14 +12,16 @@
 //! - unreachable: silent, and knocks time out (host or network gone). Down after `down_after`, once at least one
 //!   knock has confirmed it.
 
+use crate::address::ServerAddress;
 use crate::auth;
-use crate::config::{Config, ServerAddress};
+use crate::config::Config;
 use crate::conn::ConnId;
 use crate::contract::{Outbox, TimerReason};
 use crate::event::Event;
 use crate::pool::{Pool, Probe, Purpose, Waiter};
 use crate::resp::Request;
-use crate::topology::{Health, ReplicationInfo, Role, ServerId, ServerView};
+use crate::server_id::{ServerId, ServerTable};
+use crate::topology::{Health, ReplicationInfo, Role, ServerView, Views};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -77,8 +79,8 @@ struct Watch {
 
 /// The probe schedule and what it has learnt.
 pub(crate) struct Monitor {
-    views: Vec<ServerView>,
-    watches: Vec<Watch>,
+    views: Views,
+    watches: ServerTable<Watch>,
     next_probe: Instant,
     check_period: Duration,
     down_after: Duration,
@@ -92,7 +94,7 @@ impl Monitor {
     pub(crate) fn new(config: &Config, now: Instant) -> Monitor {
         Monitor {
             views: config.servers.iter().map(|a| ServerView::new(a.clone(), now)).collect(),
-            watches: vec![Watch::default(); config.servers.len()],
+            watches: config.servers.iter().map(|_| Watch::default()).collect(),
             next_probe: now,
             check_period: config.check_period,
             down_after: config.down_after,
@@ -101,48 +103,64 @@ impl Monitor {
         }
     }
 
-    /// Starts watching a new server at the next [`ServerId`] (`PROXY ADD`, reload): probed at once.
-    pub(crate) fn add_server(&mut self, now: Instant, address: ServerAddress, pool: &mut Pool, out: &mut Outbox) {
-        self.views.push(ServerView::new(address, now));
-        self.watches.push(Watch::default());
-        self.open_probe(now, ServerId(self.views.len() - 1), pool, out);
+    /// The id the next server added gets (the other machines store their state under it first).
+    pub(crate) fn vacant_id(&self) -> ServerId {
+        self.views.vacant_id()
+    }
+
+    /// Starts watching a new server under `id` (from [`Monitor::vacant_id`]; `PROXY ADD`, reload): probed at once.
+    pub(crate) fn add_server(
+        &mut self,
+        now: Instant,
+        id: ServerId,
+        address: ServerAddress,
+        pool: &mut Pool,
+        out: &mut Outbox,
+    ) {
+        self.views.insert(id, ServerView::new(address, now));
+        self.watches.insert(id, Watch::default());
+        self.open_probe(now, id, pool, out);
     }
 
     /// Sentinel mode: whether the sentinels keep reads off `server` (they do not list it as a healthy replica).
     pub(crate) fn set_reads_vetoed(&mut self, server: ServerId, vetoed: bool) {
-        self.views[server.0].reads_vetoed = vetoed;
+        if let Some(view) = self.views.get_mut(server) {
+            view.reads_vetoed = vetoed;
+        }
     }
 
     /// Marks `server` as being removed: it takes no part in routing or failover from now on.
     pub(crate) fn drain(&mut self, server: ServerId) {
-        self.views[server.0].draining = true;
+        if let Some(view) = self.views.get_mut(server) {
+            view.draining = true;
+        }
     }
 
-    /// Forgets `server` (its connections are closed); the servers after it move down one id.
+    /// Forgets `server` (its connections are closed); no other server's id changes.
     pub(crate) fn remove_server(&mut self, server: ServerId) {
-        self.views.remove(server.0);
-        self.watches.remove(server.0);
+        self.views.remove(server);
+        self.watches.remove(server);
     }
 
     /// The server at `address`, if it is watched.
     pub(crate) fn find(&self, address: &ServerAddress) -> Option<ServerId> {
-        self.views.iter().position(|v| v.address == *address).map(ServerId)
+        self.views.iter().find(|(_, v)| v.address == *address).map(|(id, _)| id)
     }
 
-    /// What is known of every server, in configuration order.
-    pub(crate) fn views(&self) -> &[ServerView] {
+    /// What is known of every server, by id.
+    pub(crate) fn views(&self) -> &Views {
         &self.views
     }
 
-    /// Where `server` is.
-    pub(crate) fn address(&self, server: ServerId) -> &ServerAddress {
-        &self.views[server.0].address
+    /// Where `server` is (None once it is gone).
+    pub(crate) fn address(&self, server: ServerId) -> Option<&ServerAddress> {
+        self.views.get(server).map(|v| &v.address)
     }
 
     /// The instant `server` counts as down (or is sent `SCRIPT KILL`, or its knock times out) unless it answers
     /// first; None once it is down.
-    fn down_deadline(&self, index: usize) -> Option<Instant> {
-        let (view, watch) = (&self.views[index], &self.watches[index]);
+    fn down_deadline(&self, server: ServerId) -> Option<Instant> {
+        let (view, watch) = (self.views.get(server)?, self.watches.get(server)?);
         if view.is_down() {
             return None;
         }
@@ -164,9 +182,9 @@ impl Monitor {
     /// The next instant the monitor must act: a probe round, or a server's deadline.
     pub(crate) fn deadline(&self) -> (Instant, TimerReason) {
         let mut best = (self.next_probe, TimerReason::Probe);
-        for index in 0..self.views.len() {
-            if let Some(at) = self.down_deadline(index).filter(|at| *at < best.0) {
-                best = (at, TimerReason::DownCheck(index));
+        for (server, _) in self.views.iter() {
+            if let Some(at) = self.down_deadline(server).filter(|at| *at < best.0) {
+                best = (at, TimerReason::DownCheck(server.slot()));
             }
         }
         best
@@ -179,12 +197,13 @@ impl Monitor {
             return;
         }
         self.next_probe = now + self.check_period;
-        for index in 0..self.views.len() {
-            let server = ServerId(index);
-            match (self.watches[index].probe, self.views[index].probe_pending_since) {
+        for server in self.views.ids() {
+            let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get(server)) else { continue };
+            let is_down = view.is_down();
+            match (watch.probe, view.probe_pending_since) {
                 (None, _) => self.open_probe(now, server, pool, out),
                 (Some(_), None) => self.send_probe(now, server, pool, out),
-                (Some(conn), Some(sent)) if self.views[index].is_down() => {
+                (Some(conn), Some(sent)) if is_down => {
                     // A down server's probe connect may hang (host gone): try a fresh one now and then.
                     if now.saturating_duration_since(sent) >= self.down_after {
                         pool.close(conn, out);
@@ -197,30 +216,33 @@ impl Monitor {
     }
 
     fn open_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        self.watches[server.0].probe = Some(pool.open(server, Purpose::Probe, out));
-        self.watches[server.0].offset_pending = false;
+        let Some(watch) = self.watches.get_mut(server) else { return };
+        watch.probe = pool.open(server, Purpose::Probe, out);
+        watch.offset_pending = false;
         self.send_probe(now, server, pool, out);
     }
 
     fn knock(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        if self.watches[server.0].knock.is_none() {
-            self.watches[server.0].knock = Some((pool.open(server, Purpose::Knock, out), now));
+        let Some(watch) = self.watches.get_mut(server) else { return };
+        if watch.knock.is_none() {
+            watch.knock = pool.open(server, Purpose::Knock, out).map(|conn| (conn, now));
         }
     }
 
     /// Sends `PING` and `INFO` to `server` now.
     pub(crate) fn send_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let Some(conn) = self.watches[server.0].probe else { return };
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get(server)) else { return };
+        let Some(conn) = watch.probe else { return };
         let waiters = [Waiter::Probe(Probe::Ping), Waiter::Probe(Probe::Info)];
         pool.send(conn, &waiters, Bytes::from_static(PING_AND_INFO), out);
-        self.views[server.0].probe_pending_since = Some(now);
+        view.probe_pending_since = Some(now);
     }
 
     /// Probes at once every server without a probe outstanding (the next choice of master needs fresh `INFO`).
     pub(crate) fn probe_idle_servers(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
-        for index in 0..self.views.len() {
-            if self.views[index].probe_pending_since.is_none() {
-                self.send_probe(now, ServerId(index), pool, out);
+        for server in self.views.ids() {
+            if self.views.get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
+                self.send_probe(now, server, pool, out);
             }
         }
     }
@@ -234,7 +256,7 @@ impl Monitor {
     /// Asks `server` for its replication offset now (for `WAIT` and read fences), unless such a question is
     /// outstanding.
     pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let watch = &mut self.watches[server.0];
+        let Some(watch) = self.watches.get_mut(server) else { return };
         let Some(conn) = watch.probe.filter(|_| !watch.offset_pending) else { return };
         watch.offset_pending = true;
         let probe = Probe::Offset { sent_at: now, serial: self.offset_serial };
@@ -254,7 +276,7 @@ impl Monitor {
         pool: &mut Pool,
         out: &mut Outbox,
     ) {
-        let Some(conn) = self.watches[server.0].probe else { return };
+        let Some(conn) = self.watches.get(server).and_then(|w| w.probe) else { return };
         let master = match order {
             ReplicaOf::NoOne => None,
             ReplicaOf::Master { master, masterauth } => {
@@ -264,7 +286,12 @@ impl Monitor {
                 Some(master)
             }
         };
-        let target = master.map(|m| self.views[m.0].address.clone());
+        let target = match master {
+            // A master that is gone meanwhile: nothing to point at.
+            Some(m) => Some(self.views.get(m).map(|v| v.address.clone()).ok_or(())),
+            None => None,
+        };
+        let Ok(target) = target.transpose() else { return };
         let request = match &target {
             Some(address) => Request::from_args(&[
                 b"REPLICAOF".as_slice(),
@@ -275,9 +302,9 @@ impl Monitor {
         };
         pool.send(conn, &[Waiter::Probe(Probe::ReplicaOf)], request.frame().clone(), out);
         pool.send(conn, &[Waiter::Probe(Probe::Info)], Bytes::from_static(INFO), out);
-        self.views[server.0].probe_pending_since.get_or_insert(now);
-        let address = self.views[server.0].address.clone();
-        out.event(Event::ReplicaOfSent { address, master: target, reason });
+        let Some(view) = self.views.get_mut(server) else { return };
+        view.probe_pending_since.get_or_insert(now);
+        out.event(Event::ReplicaOfSent { address: view.address.clone(), master: target, reason });
     }
 
     /// A probe reply from `server`.
@@ -292,12 +319,13 @@ impl Monitor {
         match probe {
             Probe::Ping => self.ping_reply(now, server, frame, out),
             Probe::Info => {
-                self.views[server.0].probe_pending_since = None;
+                let Some(view) = self.views.get_mut(server) else { return ProbeOutcome::Nothing };
+                view.probe_pending_since = None;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
                 // An INFO answered is as good a sign of life as a PONG (a PING may not have been sent for a while:
                 // a promotion's REPLICAOF keeps the probe busy).
                 self.answered(now, server, out);
-                let view = &mut self.views[server.0];
+                let Some(view) = self.views.get_mut(server) else { return ProbeOutcome::Nothing };
                 let info = ReplicationInfo::parse(text);
                 let changed = view.info.as_ref().is_none_or(|old| old.role != info.role || old.master != info.master);
                 if let (true, Some(role)) = (changed, info.role) {
@@ -322,9 +350,11 @@ impl Monitor {
                 ProbeOutcome::Facts
             }
             Probe::Offset { sent_at, serial } => {
-                self.watches[server.0].offset_pending = false;
+                let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
+                    return ProbeOutcome::Nothing;
+                };
+                watch.offset_pending = false;
                 let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
-                let view = &mut self.views[server.0];
                 view.offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
                 view.offset_serial = serial;
                 if self.answered(now, server, out) {
@@ -334,7 +364,7 @@ impl Monitor {
                 }
             }
             Probe::ReplicaOf | Probe::Kill | Probe::MasterAuth => {
-                let address = self.views[server.0].address.clone();
+                let Some(address) = self.address(server).cloned() else { return ProbeOutcome::Nothing };
                 let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
                 let command = match probe {
                     Probe::Kill => "SCRIPT KILL",
@@ -348,7 +378,9 @@ impl Monitor {
     }
 
     fn ping_reply(&mut self, now: Instant, server: ServerId, frame: &[u8], out: &mut Outbox) -> ProbeOutcome {
-        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
+            return ProbeOutcome::Nothing;
+        };
         let busy = if frame.starts_with(b"-BUSY") {
             let function = memchr::memmem::find(frame, b"FUNCTION KILL").is_some();
             watch.kill = Some(if function { "FUNCTION KILL" } else { "SCRIPT KILL" });
@@ -400,7 +432,7 @@ impl Monitor {
     /// `server` refused the proxy's credentials (or has none from it and wants some): not usable, not down. Said
     /// loudly once, not at every probe.
     fn credentials_refused(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) {
-        let view = &mut self.views[server.0];
+        let Some(view) = self.views.get_mut(server) else { return };
         view.info = None;
         if !view.auth_refused {
             view.auth_refused = true;
@@ -411,7 +443,7 @@ impl Monitor {
 
     /// `server` accepted the proxy's credentials: usable again if it was not. Returns whether it was not.
     fn credentials_accepted(&mut self, server: ServerId, out: &mut Outbox) -> bool {
-        let view = &mut self.views[server.0];
+        let Some(view) = self.views.get_mut(server) else { return false };
         let was_refused = std::mem::replace(&mut view.auth_refused, false);
         if was_refused {
             out.event(Event::ServerAuthAccepted { address: view.address.clone() });
@@ -421,7 +453,9 @@ impl Monitor {
 
     /// `server` gave a valid answer: it is up. Returns whether it was not routable before.
     fn answered(&mut self, now: Instant, server: ServerId, out: &mut Outbox) -> bool {
-        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
+            return false;
+        };
         view.last_ok = Some(now);
         *watch =
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
@@ -435,11 +469,12 @@ impl Monitor {
 
     /// `conn` was accepted; if it is a knock, the process is alive, and the knock is closed.
     pub(crate) fn knock_accepted(&mut self, now: Instant, conn: ConnId, pool: &mut Pool, out: &mut Outbox) {
-        let Some(index) = self.watches.iter().position(|w| w.knock.is_some_and(|(k, _)| k == conn)) else {
+        let Some((server, watch)) = self.watches.iter_mut().find(|(_, w)| w.knock.is_some_and(|(k, _)| k == conn))
+        else {
             return;
         };
         pool.close(conn, out);
-        let (view, watch) = (&mut self.views[index], &mut self.watches[index]);
+        let Some(view) = self.views.get_mut(server) else { return };
         watch.knock = None;
         watch.alive_at = Some(now);
         if view.health == Health::Up && view.probe_pending_since.is_some() {
@@ -450,8 +485,8 @@ impl Monitor {
     }
 
     /// The knock connection `conn` timed out: no proof of life.
-    fn knock_timed_out(&mut self, index: usize) {
-        let watch = &mut self.watches[index];
+    fn knock_timed_out(&mut self, server: ServerId) {
+        let Some(watch) = self.watches.get_mut(server) else { return };
         watch.knock = None;
         watch.alive_at = None;
         watch.knocks_timed_out += 1;
@@ -460,20 +495,17 @@ impl Monitor {
     /// A connect to `server` failed for `reason`: reported unless it is the reason already reported since the
     /// server last answered.
     pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, out: &mut Outbox) {
-        let watch = &mut self.watches[server.0];
+        let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get_mut(server)) else { return };
         if watch.connect_error.as_deref() != Some(reason) {
             watch.connect_error = Some(reason.to_string());
-            out.event(Event::ConnectFailed {
-                address: self.views[server.0].address.clone(),
-                reason: reason.to_string(),
-            });
+            out.event(Event::ConnectFailed { address: view.address.clone(), reason: reason.to_string() });
         }
     }
 
     /// A new connection to `server` (a knock, a probe, a data connection) failed without being refused: the host
     /// or the network may be gone, so whatever proved it alive no longer does.
     pub(crate) fn connect_failed(&mut self, server: ServerId, conn: ConnId) {
-        let watch = &mut self.watches[server.0];
+        let Some(watch) = self.watches.get_mut(server) else { return };
         if watch.knock.is_some_and(|(k, _)| k == conn) {
             watch.knock = None;
         }
@@ -484,7 +516,7 @@ impl Monitor {
     /// Forgets the knock `conn` if it was one, without taking it as evidence (a refusal is weighed by
     /// [`Monitor::refused`]; a knock the engine closed itself says nothing).
     pub(crate) fn forget_knock(&mut self, server: ServerId, conn: ConnId) {
-        let watch = &mut self.watches[server.0];
+        let Some(watch) = self.watches.get_mut(server) else { return };
         if watch.knock.is_some_and(|(k, _)| k == conn) {
             watch.knock = None;
         }
@@ -492,13 +524,13 @@ impl Monitor {
 
     /// A connect to `server` was refused: its process is gone. Returns whether that made it down.
     pub(crate) fn refused(&mut self, server: ServerId, out: &mut Outbox) -> bool {
-        self.mark_down(server.0, "a connection to it was refused (its process is gone)", out)
+        self.mark_down(server, "a connection to it was refused (its process is gone)", out)
     }
 
     /// The probe connection of `server` failed or broke: reopened at once (at most once per `check_period`) to
     /// tell a gone process (refused) from a closed connection.
     pub(crate) fn probe_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let (view, watch) = (&mut self.views[server.0], &mut self.watches[server.0]);
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else { return };
         watch.probe = None;
         watch.offset_pending = false;
         view.probe_pending_since = None;
@@ -513,7 +545,7 @@ impl Monitor {
     /// A data connection to `server` was refused, or lost with requests on it: it may be dead. Route nothing more
     /// to it until a probe hears from it (asked at once, if its probe connection still works).
     pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let view = &mut self.views[server.0];
+        let Some(view) = self.views.get_mut(server) else { return };
         view.worsen(Health::Suspect, "a data connection to it was refused or lost");
         if view.probe_pending_since.is_none() {
             self.send_probe(now, server, pool, out);
@@ -524,21 +556,21 @@ impl Monitor {
     /// server now down. Returns the servers that went down.
     pub(crate) fn detect_down(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
         let mut newly_down = SmallVec::new();
-        for index in 0..self.views.len() {
-            if let Some((conn, started)) = self.watches[index].knock {
+        for server in self.views.ids() {
+            if let Some((conn, started)) = self.watches.get(server).and_then(|w| w.knock) {
                 if now >= started + self.check_period {
                     pool.close(conn, out);
-                    self.knock_timed_out(index);
+                    self.knock_timed_out(server);
                 }
             }
-            if self.down_deadline(index).is_none_or(|at| now < at) {
+            if self.down_deadline(server).is_none_or(|at| now < at) {
                 continue;
             }
-            let watch = &mut self.watches[index];
+            let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get_mut(server)) else { continue };
             if let (Some(kill), None, Some(probe)) = (watch.kill, watch.kill_sent_at, watch.probe) {
                 watch.kill_sent_at = Some(now);
                 pool.send(probe, &[Waiter::Probe(Probe::Kill)], kill_request(kill), out);
-                out.event(Event::KillSent { address: self.views[index].address.clone(), command: kill });
+                out.event(Event::KillSent { address: view.address.clone(), command: kill });
                 continue;
             }
             let reason = if watch.kill_sent_at.is_some() {
@@ -547,28 +579,29 @@ impl Monitor {
                 "alive but not answering for busy_down_after"
             } else if watch.knocks_timed_out == 0 {
                 // Silent, and nothing says whether it is alive: one knock decides, within check_period.
-                self.knock(now, ServerId(index), pool, out);
+                self.knock(now, server, pool, out);
                 continue;
             } else {
                 "no valid reply for down_after, and new connections time out"
             };
-            if self.mark_down(index, reason, out) {
-                newly_down.push(ServerId(index));
+            if self.mark_down(server, reason, out) {
+                newly_down.push(server);
             }
         }
         newly_down
     }
 
-    fn mark_down(&mut self, index: usize, reason: &'static str, out: &mut Outbox) -> bool {
-        let view = &mut self.views[index];
+    fn mark_down(&mut self, server: ServerId, reason: &'static str, out: &mut Outbox) -> bool {
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
+            return false;
+        };
         if view.is_down() {
             return false;
         }
         view.health = Health::Down;
         view.why = reason;
         view.info = None;
-        let probe = self.watches[index].probe;
-        self.watches[index] = Watch { probe, ..Watch::default() };
+        *watch = Watch { probe: watch.probe, ..Watch::default() };
         out.event(Event::ServerDown { address: view.address.clone(), reason });
         true
     }

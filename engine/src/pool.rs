@@ -2,13 +2,13 @@
 //! server has credentials), probe connections, the FIFO that matches each connection's replies to their requests,
 //! and what is left when one is lost.
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
 use crate::sentinel::SentinelQuery;
+use crate::server_id::{ServerId, ServerTable};
 use crate::status::BackendCounts;
-use crate::topology::ServerId;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -108,38 +108,25 @@ struct ServerConns {
 /// Every backend connection, by server.
 pub(crate) struct Pool {
     conns: ConnTable<Backend>,
-    servers: Vec<ServerConns>,
+    servers: ServerTable<ServerConns>,
     limits: Limits,
     /// Shared slots per server and protocol: `pool_size` + `large_pool_size`.
     slots_per_protocol: usize,
 }
 
 impl Pool {
-    /// A pool with `slots_per_protocol` shared slots per protocol (RESP2 and RESP3) for each of `servers`, whose
-    /// connections start with the `AUTH` request `auth` gives for their server.
-    pub(crate) fn new(
-        servers: &[ServerAddress],
-        slots_per_protocol: usize,
-        limits: Limits,
-        auth: impl Fn(&ServerAddress) -> Option<Bytes>,
-    ) -> Pool {
-        let servers = servers
-            .iter()
-            .map(|address| ServerConns {
-                address: address.clone(),
-                shared: vec![None; 2 * slots_per_protocol],
-                idle_private: Vec::new(),
-                auth: auth(address),
-            })
-            .collect();
+    /// A pool with `slots_per_protocol` shared slots per protocol (RESP2 and RESP3) for each server added.
+    pub(crate) fn new(slots_per_protocol: usize, limits: Limits) -> Pool {
+        let servers = ServerTable::default();
         Pool { conns: ConnTable::new(Lane::Backend), servers, limits, slots_per_protocol }
     }
 
     /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
     /// runtime reports the outcome.
-    pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> ConnId {
-        let address = self.servers[server.0].address.clone();
-        self.open_to(Some(server), address, purpose, out)
+    /// None when `server` is gone.
+    pub(crate) fn open(&mut self, server: ServerId, purpose: Purpose, out: &mut Outbox) -> Option<ConnId> {
+        let address = self.servers.get(server)?.address.clone();
+        Some(self.open_to(Some(server), address, purpose, out))
     }
 
     /// Opens a connection to the sentinel at `address` (a [`Purpose::Sentinel`]); the runtime reports the outcome.
@@ -173,46 +160,57 @@ impl Pool {
     /// Sends `server`'s `AUTH` on `conn`, if it has credentials. A sentinel connection (no server) logs in with
     /// the sentinels' own credentials, which `sentinel` sends.
     fn authenticate(&mut self, conn: ConnId, server: Option<ServerId>, out: &mut Outbox) {
-        if let Some(auth) = server.and_then(|server| self.servers[server.0].auth.clone()) {
+        if let Some(auth) = server.and_then(|server| self.servers.get(server)?.auth.clone()) {
             self.send(conn, &[Waiter::Auth], auth, out);
         }
     }
 
     /// Replaces the `AUTH` request of `server`'s new connections (a reload changed `server_auth`).
     pub(crate) fn set_auth(&mut self, server: ServerId, auth: Option<Bytes>) {
-        self.servers[server.0].auth = auth;
+        if let Some(conns) = self.servers.get_mut(server) {
+            conns.auth = auth;
+        }
     }
 
     /// The shared connection in `slot` (of one protocol's slots) of `server` for RESP2 or `resp3` clients, opened if
-    /// there is none. A RESP3 one starts with `HELLO 3`, whose reply nobody reads.
+    /// there is none (None when `server` is gone). A RESP3 one starts with `HELLO 3`, whose reply nobody reads.
     // Inlined into the request path (bench/instructions.sh: 15 instructions per round trip); opening is out of line.
     #[inline(always)]
-    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
+    pub(crate) fn shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> Option<ConnId> {
         let slot = if resp3 { slot + self.slots_per_protocol } else { slot };
-        match self.servers[server.0].shared[slot] {
-            Some(conn) => conn,
-            None => self.open_shared(server, slot, resp3, out),
+        match self.servers.get(server)?.shared.get(slot) {
+            Some(Some(conn)) => Some(*conn),
+            _ => self.open_shared(server, slot, resp3, out),
         }
     }
 
     /// Opens the shared connection in `slot` (of both protocols' slots) of `server`.
     #[cold]
     #[inline(never)]
-    fn open_shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> ConnId {
-        let conn = self.open(server, Purpose::Shared { slot }, out);
-        self.servers[server.0].shared[slot] = Some(conn);
+    fn open_shared(&mut self, server: ServerId, slot: usize, resp3: bool, out: &mut Outbox) -> Option<ConnId> {
+        let conn = self.open(server, Purpose::Shared { slot }, out)?;
+        if let Some(shared) = self.servers.get_mut(server).and_then(|s| s.shared.get_mut(slot)) {
+            *shared = Some(conn);
+        }
         if resp3 {
             self.send(conn, &[Waiter::Ignore], hello_3(), out);
         }
-        conn
+        Some(conn)
     }
 
     /// A private connection to `server` for `owner`: an idle clean one, or a new one. For a `resp3` client it is
-    /// switched with `HELLO 3` first (idle ones were `RESET` to RESP2), and that reply is read by nobody.
-    pub(crate) fn acquire_private(&mut self, server: ServerId, owner: ConnId, resp3: bool, out: &mut Outbox) -> ConnId {
+    /// switched with `HELLO 3` first (idle ones were `RESET` to RESP2), and that reply is read by nobody. None when
+    /// `server` is gone.
+    pub(crate) fn acquire_private(
+        &mut self,
+        server: ServerId,
+        owner: ConnId,
+        resp3: bool,
+        out: &mut Outbox,
+    ) -> Option<ConnId> {
         let conn = loop {
-            let Some(idle) = self.servers[server.0].idle_private.pop() else {
-                break self.open(server, Purpose::Private { owner: Some(owner) }, out);
+            let Some(idle) = self.servers.get_mut(server)?.idle_private.pop() else {
+                break self.open(server, Purpose::Private { owner: Some(owner) }, out)?;
             };
             if let Some(backend) = self.conns.get_mut(idle) {
                 backend.purpose = Purpose::Private { owner: Some(owner) };
@@ -222,7 +220,7 @@ impl Pool {
         if resp3 {
             self.send(conn, &[Waiter::Ignore], hello_3(), out);
         }
-        conn
+        Some(conn)
     }
 
     /// Hands back a private connection whose client no longer needs it: cleaned with `RESET` and pooled when
@@ -250,10 +248,10 @@ impl Pool {
         let reusable = frame == b"+RESET\r\n"
             && backend.waiters.iter().all(|w| *w == Waiter::Auth)
             && released
-            && self.servers[server.0].idle_private.len() < MAX_IDLE_PRIVATE
+            && self.servers.get(server).is_some_and(|s| s.idle_private.len() < MAX_IDLE_PRIVATE)
             && master == Some(server);
-        if reusable {
-            self.servers[server.0].idle_private.push(conn);
+        if let Some(conns) = self.servers.get_mut(server).filter(|_| reusable) {
+            conns.idle_private.push(conn);
         } else if released {
             self.close(conn, out);
         }
@@ -390,21 +388,16 @@ impl Pool {
             .sum()
     }
 
-    /// A new server at the next [`ServerId`] (`PROXY ADD`, reload, Sentinel mode), whose connections start with
+    /// A new server under `id` (at start, `PROXY ADD`, reload, Sentinel mode), whose connections start with
     /// `auth`.
-    pub(crate) fn add_server(&mut self, address: ServerAddress, auth: Option<Bytes>) {
+    pub(crate) fn add_server(&mut self, id: ServerId, address: ServerAddress, auth: Option<Bytes>) {
         let slots = 2 * self.slots_per_protocol;
-        self.servers.push(ServerConns { address, shared: vec![None; slots], idle_private: Vec::new(), auth });
+        self.servers.insert(id, ServerConns { address, shared: vec![None; slots], idle_private: Vec::new(), auth });
     }
 
-    /// Forgets `server`, whose connections are all closed; the servers after it move down one id.
+    /// Forgets `server`, whose connections are all closed; no other server's id changes.
     pub(crate) fn remove_server(&mut self, server: ServerId) {
-        self.servers.remove(server.0);
-        for backend in self.conns.values_mut() {
-            if let Some(id) = backend.server.as_mut().filter(|id| id.0 > server.0) {
-                id.0 -= 1;
-            }
-        }
+        self.servers.remove(server);
     }
 
     /// The connections to `server` by kind, for the status snapshot.
@@ -431,10 +424,9 @@ impl Pool {
     }
 
     fn detach(&mut self, conn: ConnId, backend: &Backend) {
-        let Some(id) = backend.server else { return };
-        let server = &mut self.servers[id.0];
+        let Some(server) = backend.server.and_then(|id| self.servers.get_mut(id)) else { return };
         match backend.purpose {
-            Purpose::Shared { slot } if server.shared[slot] == Some(conn) => server.shared[slot] = None,
+            Purpose::Shared { slot } if server.shared.get(slot) == Some(&Some(conn)) => server.shared[slot] = None,
             Purpose::Shared { .. }
             | Purpose::Probe
             | Purpose::Knock

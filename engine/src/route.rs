@@ -1,16 +1,18 @@
 //! Where a request goes: the routed master, or (in `readsToSlaves`) a healthy replica chosen round robin; nowhere
-//! (hold it) while no master is routable; or back to the client with an error when the server a `SCAN` cursor
-//! belongs to no longer serves reads.
+//! (hold it) while no master is routable; or back to the client with an error when nothing says which server
+//! issued the `SCAN` cursor it continues.
 //!
 //! Two per-client facts bend the choice: the server that issued the cursor a `SCAN`-family call continues (see
 //! `cursor`), and, with `read_your_writes`, how far the client's own writes are known to have replicated (see
-//! `fence`).
+//! `fence`). A cursor whose server is gone, down or no longer serves reads restarts its iteration from 0 on a
+//! server that does: the client sees keys again (as `SCAN` allows), and misses none.
 
 use crate::command::{CommandFlags, CommandSpec};
 use crate::config::{Config, Mode};
 use crate::cursor::Issuer;
 use crate::fence::ReadFloor;
-use crate::topology::{ServerId, ServerView};
+use crate::server_id::ServerId;
+use crate::topology::{ServerView, Views};
 use std::time::{Duration, Instant};
 
 /// What makes a replica fit to serve reads.
@@ -43,21 +45,23 @@ fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPoli
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
 /// With `min_offset`, only a replica known to have reached that replication offset will do.
 fn read_replica(
-    views: &[ServerView],
+    views: &Views,
     master: ServerId,
     cursor: &mut usize,
     policy: &ReadPolicy,
     min_offset: Option<i64>,
 ) -> Option<ServerId> {
-    let count = views.len();
-    let history = views[master.0].latest_reading().and_then(|info| info.replid.as_deref());
+    let master_view = views.get(master)?;
+    let count = views.slot_count();
+    let history = master_view.latest_reading().and_then(|info| info.replid.as_deref());
     let caught_up = |view: &ServerView| min_offset.is_none_or(|min| view.has_applied(history, min));
     for step in 0..count {
-        let index = (*cursor + step) % count;
-        if index != master.0 && is_readable_replica(&views[index], &views[master.0], policy) && caught_up(&views[index])
-        {
-            *cursor = index + 1;
-            return Some(ServerId(index));
+        let slot = (*cursor + step) % count;
+        let Some(server) = views.id_in_slot(slot).filter(|id| *id != master) else { continue };
+        let Some(view) = views.get(server) else { continue };
+        if is_readable_replica(view, master_view, policy) && caught_up(view) {
+            *cursor = slot + 1;
+            return Some(server);
         }
     }
     None
@@ -79,6 +83,9 @@ pub(crate) struct Demand {
 pub(crate) enum Route {
     /// To this server.
     Server(ServerId),
+    /// A `SCAN`-family call whose cursor's server is gone, down or no longer serves reads: to this server with the
+    /// cursor replaced by 0, so that the iteration starts again there.
+    Restart(ServerId),
     /// Nowhere yet: hold it until a master is routable.
     Wait,
     /// Nowhere: answer the client with an error.
@@ -143,16 +150,17 @@ impl Router {
     }
 
     /// The server a forwarded request goes to; `master` is the routed master.
-    pub(crate) fn route(
-        &mut self,
-        now: Instant,
-        demand: Demand,
-        views: &[ServerView],
-        master: Option<ServerId>,
-    ) -> Route {
+    pub(crate) fn route(&mut self, now: Instant, demand: Demand, views: &Views, master: Option<ServerId>) -> Route {
         let Some(routed) = master else { return Route::Wait };
         if let Issuer::Server(issuer) = demand.issuer {
-            return self.route_to_issuer(now, issuer, demand.replica_read, views, routed);
+            if let Some(route) = self.route_to_issuer(now, issuer, demand.replica_read, views, routed) {
+                return route;
+            }
+            // Anywhere else the iteration starts again, where a new one would go.
+            return match self.route(now, Demand { issuer: Issuer::Anyone, ..demand }, views, master) {
+                Route::Server(server) => Route::Restart(server),
+                other => other,
+            };
         }
         if demand.replica_read {
             if demand.issuer == Issuer::Unknown {
@@ -175,15 +183,15 @@ impl Router {
 
     /// The routed master for a request that goes nowhere else (every request in `allToMaster`), or None when it
     /// must wait for one.
-    pub(crate) fn route_to_master(&self, views: &[ServerView], master: Option<ServerId>) -> Option<ServerId> {
+    pub(crate) fn route_to_master(&self, views: &Views, master: Option<ServerId>) -> Option<ServerId> {
         let master = master?;
         // A master whose connections just failed gets nothing until a probe hears from it again: requests wait
         // (for it, or for a failover) instead of failing one by one.
-        views[master.0].is_routable().then_some(master)
+        views.get(master).is_some_and(ServerView::is_routable).then_some(master)
     }
 
-    fn to_master(views: &[ServerView], master: ServerId) -> Route {
-        if views[master.0].is_routable() {
+    fn to_master(views: &Views, master: ServerId) -> Route {
+        if views.get(master).is_some_and(ServerView::is_routable) {
             Route::Server(master)
         } else {
             Route::Wait
@@ -191,23 +199,22 @@ impl Router {
     }
 
     /// A cursor continues only on the server that issued it: the master if it still is the master, a replica if
-    /// it still serves reads; anywhere else the iteration would silently skip or repeat entries.
+    /// it still serves reads; None when neither holds (anywhere else the iteration would silently skip or repeat
+    /// entries, so it starts again).
     fn route_to_issuer(
         &self,
         now: Instant,
         issuer: ServerId,
         replica_read: bool,
-        views: &[ServerView],
+        views: &Views,
         master: ServerId,
-    ) -> Route {
+    ) -> Option<Route> {
         if issuer == master {
-            return Self::to_master(views, master);
+            return Some(Self::to_master(views, master));
         }
         let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
-        if replica_read && is_readable_replica(&views[issuer.0], &views[master.0], &policy) {
-            return Route::Server(issuer);
-        }
-        Route::Refuse(Refusal::CursorServerGone(issuer))
+        let (view, master_view) = (views.get(issuer)?, views.get(master)?);
+        (replica_read && is_readable_replica(view, master_view, &policy)).then_some(Route::Server(issuer))
     }
 
     /// Whether reads are split (`readsToSlaves`): only then do cursors and writes bend the route. In
@@ -220,25 +227,18 @@ impl Router {
 /// Why a request is answered with an error instead of being routed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The server that issued the `SCAN` cursor no longer serves this client's reads.
-    CursorServerGone(ServerId),
     /// Nothing says which server issued the `SCAN` cursor.
     UnknownCursor,
 }
 
 impl Refusal {
     /// The error message (without the leading `-`).
-    pub(crate) fn message(self, views: &[ServerView]) -> String {
+    pub(crate) fn message(self) -> &'static str {
         match self {
-            Refusal::CursorServerGone(issuer) => format!(
-                "ERR redis-proxy: the SCAN cursor was issued by {}, which is no longer serving reads; restart the \
-                 iteration from 0",
-                views[issuer.0].address
-            ),
-            Refusal::UnknownCursor => "ERR redis-proxy: this SCAN cursor was not returned on this connection, and \
-                                       in readsToSlaves only the server that issued a cursor can continue it; \
-                                       restart the iteration from 0 on one connection"
-                .to_string(),
+            Refusal::UnknownCursor => {
+                "ERR redis-proxy: this SCAN cursor was not returned on this connection, and in readsToSlaves only \
+                 the server that issued a cursor can continue it; restart the iteration from 0 on one connection"
+            }
         }
     }
 }
@@ -246,7 +246,7 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerAddress;
+    use crate::address::ServerAddress;
     use crate::topology::{ReplicationInfo, Role};
 
     fn view(port: u16, info: ReplicationInfo) -> ServerView {
@@ -265,26 +265,27 @@ mod tests {
             last_io_secs: Some(lag),
             ..Default::default()
         };
-        let views = vec![
+        let views: Views = Views::from_iter([
             view(1, ReplicationInfo { role: Some(Role::Master), ..Default::default() }),
             view(2, replica(true, 0)),
             view(3, replica(false, 0)),
             view(4, replica(true, 100)),
             view(5, replica(true, 1)),
-        ];
+        ]);
         let mut cursor = 0;
         let policy = ReadPolicy {
             now: Instant::now(),
             max_lag: Duration::from_secs(10),
             probe_late_after: Duration::from_secs(1),
         };
-        let picks: Vec<usize> =
-            (0..4).map(|_| read_replica(&views, ServerId(0), &mut cursor, &policy, None).unwrap().0).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| read_replica(&views, ServerId::first(0), &mut cursor, &policy, None).unwrap().slot())
+            .collect();
         assert_eq!(picks, vec![1, 4, 1, 4]);
     }
 
     /// A master (server 0) with two linked replicas whose known offsets are 100 and 200.
-    fn cluster() -> Vec<ServerView> {
+    fn cluster() -> Views {
         let replica = |offset| ReplicationInfo {
             role: Some(Role::Replica),
             master: Some(("127.0.0.1".into(), 1)),
@@ -295,8 +296,8 @@ mod tests {
             ..Default::default()
         };
         let master = ReplicationInfo { role: Some(Role::Master), replid: Some("history".into()), ..Default::default() };
-        let mut views = vec![view(1, master), view(2, replica(100)), view(3, replica(200))];
-        for v in &mut views {
+        let mut views: Views = Views::from_iter([view(1, master), view(2, replica(100)), view(3, replica(200))]);
+        for (_, v) in views.iter_mut() {
             v.info_at = Some(Instant::now());
         }
         views
@@ -317,60 +318,73 @@ mod tests {
     #[test]
     fn a_cursor_goes_back_to_the_server_that_issued_it() {
         let (mut router, mut views, now) = (router(""), cluster(), Instant::now());
-        let master = Some(ServerId(0));
+        let master = Some(ServerId::first(0));
         for _ in 0..4 {
-            let demand = read(Issuer::Server(ServerId(2)), ReadFloor::Any);
-            assert_eq!(router.route(now, demand, &views, master), Route::Server(ServerId(2)));
+            let demand = read(Issuer::Server(ServerId::first(2)), ReadFloor::Any);
+            assert_eq!(router.route(now, demand, &views, master), Route::Server(ServerId::first(2)));
         }
-        let from_master = read(Issuer::Server(ServerId(0)), ReadFloor::Any);
-        assert_eq!(router.route(now, from_master, &views, master), Route::Server(ServerId(0)));
-        // The issuing replica lost its link: the iteration cannot go on anywhere else.
+        let from_master = read(Issuer::Server(ServerId::first(0)), ReadFloor::Any);
+        assert_eq!(router.route(now, from_master, &views, master), Route::Server(ServerId::first(0)));
+        // The issuing replica lost its link: the iteration starts again where a new one would go.
         views[2].info.as_mut().unwrap().link_up = false;
-        let route = router.route(now, read(Issuer::Server(ServerId(2)), ReadFloor::Any), &views, master);
-        let Route::Refuse(refusal) = route else { panic!("a cursor of an unusable replica must be refused") };
-        let message = refusal.message(&views);
-        assert!(message.contains("issued by 127.0.0.1:3, which is no longer serving reads"), "{message}");
-        // A cursor of a master that was replaced (failover) is refused too.
-        let old_master = read(Issuer::Server(ServerId(0)), ReadFloor::Any);
-        assert!(matches!(router.route(now, old_master, &views, Some(ServerId(1))), Route::Refuse(_)));
+        let route = router.route(now, read(Issuer::Server(ServerId::first(2)), ReadFloor::Any), &views, master);
+        assert_eq!(route, Route::Restart(ServerId::first(1)), "the one readable replica");
+        // The issuing replica was removed: the same.
+        let mut removed = views.clone();
+        removed.remove(ServerId::first(2));
+        let route = router.route(now, read(Issuer::Server(ServerId::first(2)), ReadFloor::Any), &removed, master);
+        assert_eq!(route, Route::Restart(ServerId::first(1)));
+        // A cursor of a master that was replaced (failover) starts again on the new master.
+        let old_master = read(Issuer::Server(ServerId::first(0)), ReadFloor::Any);
+        let new_master = Some(ServerId::first(1));
+        assert_eq!(router.route(now, old_master, &views, new_master), Route::Restart(ServerId::first(1)));
         // No master: held, as every request is.
-        assert_eq!(router.route(now, read(Issuer::Server(ServerId(1)), ReadFloor::Any), &views, None), Route::Wait);
+        assert_eq!(
+            router.route(now, read(Issuer::Server(ServerId::first(1)), ReadFloor::Any), &views, None),
+            Route::Wait
+        );
     }
 
     #[test]
     fn an_unknown_cursor_is_refused_only_where_reads_are_split() {
         let (mut router, views, now) = (router(""), cluster(), Instant::now());
-        let master = Some(ServerId(0));
+        let master = Some(ServerId::first(0));
         assert!(matches!(router.route(now, read(Issuer::Unknown, ReadFloor::Any), &views, master), Route::Refuse(_)));
         // On the client's private connection (or in allToMaster) everything goes to the master anyway.
         let private = Demand { replica_read: false, issuer: Issuer::Unknown, floor: ReadFloor::Any };
-        assert_eq!(router.route(now, private, &views, master), Route::Server(ServerId(0)));
+        assert_eq!(router.route(now, private, &views, master), Route::Server(ServerId::first(0)));
         let config = Config::from_json(r#"{"servers": [{"port": 1}, {"port": 2}, {"port": 3}]}"#).unwrap();
         let mut all_to_master = Router::new(&config);
         let scan = ["scan", "0"].map(|s| s.to_string());
         let spec = crate::command::resolve(scan[0].as_bytes(), Some(scan[1].as_bytes()));
         assert!(!all_to_master.replica_read(spec, false));
         assert!(router.replica_read(spec, false));
-        assert_eq!(all_to_master.route(now, private, &views, master), Route::Server(ServerId(0)));
+        assert_eq!(all_to_master.route(now, private, &views, master), Route::Server(ServerId::first(0)));
     }
 
     #[test]
     fn a_fenced_read_goes_only_where_the_write_has_replicated() {
         let (mut router, views, now) = (router(""), cluster(), Instant::now());
-        let master = Some(ServerId(0));
+        let master = Some(ServerId::first(0));
         let route = |router: &mut Router, floor| router.route(now, read(Issuer::Anyone, floor), &views, master);
-        assert_eq!(route(&mut router, ReadFloor::Master), Route::Server(ServerId(0)));
+        assert_eq!(route(&mut router, ReadFloor::Master), Route::Server(ServerId::first(0)));
         for _ in 0..3 {
-            assert_eq!(route(&mut router, ReadFloor::Offset(150)), Route::Server(ServerId(2)));
+            assert_eq!(route(&mut router, ReadFloor::Offset(150)), Route::Server(ServerId::first(2)));
         }
-        assert_eq!(route(&mut router, ReadFloor::Offset(201)), Route::Server(ServerId(0)), "no replica has it yet");
+        assert_eq!(
+            route(&mut router, ReadFloor::Offset(201)),
+            Route::Server(ServerId::first(0)),
+            "no replica has it yet"
+        );
         let spread: Vec<Route> = (0..2).map(|_| route(&mut router, ReadFloor::Offset(100))).collect();
-        assert!(spread.contains(&Route::Server(ServerId(1))) && spread.contains(&Route::Server(ServerId(2))));
+        assert!(
+            spread.contains(&Route::Server(ServerId::first(1))) && spread.contains(&Route::Server(ServerId::first(2)))
+        );
         // An offset of another replication history (a server before its resync) proves nothing.
         let mut resyncing = views.clone();
         resyncing[2].info.as_mut().unwrap().replid = Some("its own".into());
         let read = read(Issuer::Anyone, ReadFloor::Offset(150));
-        assert_eq!(router.route(now, read, &resyncing, master), Route::Server(ServerId(0)));
+        assert_eq!(router.route(now, read, &resyncing, master), Route::Server(ServerId::first(0)));
     }
 
     #[test]

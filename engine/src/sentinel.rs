@@ -9,14 +9,16 @@
 //! current master is kept for `majority_lost_after`, then dropped: a majority elsewhere may have promoted another.
 //! The proxy never sends `REPLICAOF` here.
 
+use crate::address::ServerAddress;
 use crate::auth;
-use crate::config::{Credentials, PasswordSource, SentinelConfig, ServerAddress};
+use crate::config::{Credentials, PasswordSource, SentinelConfig};
 use crate::conn::ConnId;
 use crate::contract::Outbox;
 use crate::event::Event;
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp::Request;
-use crate::topology::{Role, ServerId, ServerView};
+use crate::server_id::ServerId;
+use crate::topology::{Role, Views};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -439,7 +441,7 @@ pub(crate) enum Verdict {
 /// Decides what to do about `routed` (the master writes go to) given the server a majority names (`agreed`, and
 /// since when), whether the proxy is `cut_off` from the majority for too long, and the servers' views.
 pub(crate) fn verdict(
-    views: &[ServerView],
+    views: &Views,
     routed: Option<ServerId>,
     agreed: Option<(ServerId, Instant)>,
     cut_off: bool,
@@ -452,7 +454,7 @@ pub(crate) fn verdict(
             _ => Verdict::Keep,
         };
     };
-    let view = &views[named.0];
+    let Some(view) = views.get(named) else { return Verdict::Keep };
     if routed == Some(named) {
         return if view.is(Role::Replica) {
             Verdict::Drop { reason: "it reports role:slave", confirm: Some(named) }
@@ -553,7 +555,7 @@ fn text(value: &Value) -> Option<&str> {
 /// An `ip`/`port` pair as an address, if both are valid.
 fn address(ip: &str, port: &str) -> Option<ServerAddress> {
     let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    crate::config::valid_host(ip).then(|| ServerAddress { host: ip.to_string(), port })
+    crate::address::valid_host(ip).then(|| ServerAddress { host: ip.to_string(), port })
 }
 
 /// The reply to `get-master-addr-by-name`: Some(None) when the sentinel does not know the name, None when the
@@ -628,7 +630,7 @@ mod tests {
         };
         let now = Instant::now();
         let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
-        let (mut pool, mut out) = (Pool::new(&[], 1, crate::resp::Limits::default(), |_| None), Outbox::default());
+        let (mut pool, mut out) = (Pool::new(1, crate::resp::Limits::default()), Outbox::default());
         sentinels.tick(now, &mut pool, &mut out);
         (sentinels, pool, out, now)
     }

@@ -5,8 +5,9 @@
 //! no lookup); everything that can be computed when a snapshot is asked for (per-server connections, held
 //! requests, lag) is computed then, not kept up to date on the hot path.
 
+use crate::address::ServerAddress;
 use crate::command::{CommandFlags, CommandSpec};
-use crate::config::{Mode, ServerAddress};
+use crate::config::Mode;
 use crate::event::Event;
 use crate::topology::{Health, Role};
 use std::collections::VecDeque;

@@ -2,7 +2,8 @@
 //! switches only, checked for shape here. The engine makes no decision from them; the runtimes load the files
 //! and speak TLS (see `redis-proxy-runtime-common`'s `tls` module).
 
-use crate::config::ConfigError;
+use crate::address::valid_host;
+use crate::config_fields::{error, port, ConfigError};
 use serde_json::{Map, Value};
 
 /// TLS to clients (`tls`): a second listener, beside the plain one, whose clients speak TLS.
@@ -41,10 +42,6 @@ pub struct ServerTls {
 /// The CA bundle `server_tls` trusts when `ca_file` is not set (Debian's `ca-certificates`).
 pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-fn error(message: String) -> ConfigError {
-    ConfigError(message)
-}
-
 /// The object `field` holds, with no key outside `known`.
 fn object<'a>(value: &'a Value, field: &str, known: &[&str]) -> Result<&'a Map<String, Value>, ConfigError> {
     let Value::Object(map) = value else {
@@ -74,7 +71,7 @@ pub(crate) fn parse_client_tls(value: Option<&Value>) -> Result<Option<ClientTls
     };
     let port = match map.get("port") {
         None => return Err(error("`tls.port`: missing (the port of the TLS listener)".to_string())),
-        Some(value) => crate::config::port(value, "tls.port")?,
+        Some(value) => port(value, "tls.port")?,
     };
     Ok(Some(ClientTls {
         port,
@@ -91,7 +88,7 @@ pub(crate) fn parse_server_tls(value: Option<&Value>) -> Result<Option<ServerTls
     let map = object(value, "server_tls", &known)?;
     let server_name = match map.get("server_name") {
         None => None,
-        Some(Value::String(s)) if crate::config::valid_host(s) => Some(s.clone()),
+        Some(Value::String(s)) if valid_host(s) => Some(s.clone()),
         Some(other) => {
             return Err(error(format!("`server_tls.server_name`: expected a host name or IP address, got {other}")))
         }

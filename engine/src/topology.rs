@@ -1,18 +1,12 @@
 //! What the proxy knows of each server: reachability from probes, role and replication facts from `INFO`.
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
+use crate::server_id::ServerTable;
 use std::fmt;
 use std::time::Instant;
 
-/// Index of a configured server (its position in `servers`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct ServerId(pub(crate) usize);
-
-impl fmt::Display for ServerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "server {}", self.0)
-    }
-}
+/// What is known of every watched server, by id.
+pub(crate) type Views = ServerTable<ServerView>;
 
 /// A server's replication role as it reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +255,7 @@ impl ServerView {
     /// Whether it is up, reports itself a replica, and names `master` as its master.
     pub(crate) fn replicates(&self, master: &ServerAddress) -> bool {
         self.is(Role::Replica)
-            && self.info.as_ref().and_then(|i| i.master.as_ref()).is_some_and(|(h, p)| addresses_match(h, *p, master))
+            && self.info.as_ref().and_then(|i| i.master.as_ref()).is_some_and(|(h, p)| master.is_named(h, *p))
     }
 
     /// Whether this server was promoted from the replication history `other` serves: then it continues that
@@ -296,15 +290,6 @@ impl ServerView {
     }
 }
 
-/// Whether `host:port` as a server reports it names the configured `address`.
-pub(crate) fn addresses_match(host: &str, port: u16, address: &ServerAddress) -> bool {
-    if port != address.port {
-        return false;
-    }
-    let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
-    host.eq_ignore_ascii_case(&address.host) || (loopback(host) && loopback(&address.host))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,13 +314,5 @@ mod tests {
         assert_eq!(info.replid2.as_deref(), Some("aaaa"));
         let never = ReplicationInfo::parse(b"master_replid2:0000000000000000000000000000000000000000\r\n");
         assert_eq!(never.replid2, None);
-    }
-
-    #[test]
-    fn loopback_names_match() {
-        let addr = ServerAddress { host: "localhost".into(), port: 1 };
-        assert!(addresses_match("127.0.0.1", 1, &addr));
-        assert!(!addresses_match("127.0.0.1", 2, &addr));
-        assert!(!addresses_match("10.0.0.1", 1, &addr));
     }
 }

@@ -12,7 +12,8 @@
 
 use crate::conn::ConnId;
 use crate::offset_poll::PollSchedule;
-use crate::topology::{addresses_match, ReplicationInfo, Role, ServerId, ServerView};
+use crate::server_id::ServerId;
+use crate::topology::{ReplicationInfo, Role, ServerView, Views};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -82,7 +83,7 @@ impl Waits {
     pub(crate) fn settle(
         &mut self,
         now: Instant,
-        views: &[ServerView],
+        views: &Views,
         master: Option<ServerId>,
         epoch: u64,
         alive: impl Fn(ConnId) -> bool,
@@ -99,7 +100,8 @@ impl Waits {
                 _ => 0,
             };
             let timed_out = wait.deadline.is_some_and(|at| now >= at);
-            let target_known = wait.void || master.is_some_and(|m| target_offset(&views[m.0], wait.since).is_some());
+            let target_known =
+                wait.void || master.and_then(|m| views.get(m)).is_some_and(|v| target_offset(v, wait.since).is_some());
             if (target_known && count >= wait.replicas) || timed_out {
                 let reply = Bytes::from(format!(":{count}\r\n"));
                 done.push(WaitDone { client: wait.client, seq: wait.seq, reply });
@@ -125,19 +127,20 @@ fn target_offset(view: &ServerView, since: Instant) -> Option<i64> {
 /// said, in the same fresh reply, that it replicates `master` over a link that is up, not in a sync, in the
 /// master's replication history (the same `master_replid`: offsets of another history, such as a re-pointed
 /// server's own before its resync, mean nothing), and how far it has processed that stream.
-fn acknowledged(views: &[ServerView], master: ServerId, since: Instant) -> u64 {
-    let Some(target) = target_offset(&views[master.0], since) else { return 0 };
-    let history = fresh_info(&views[master.0], since).and_then(|info| info.replid.as_deref());
+fn acknowledged(views: &Views, master: ServerId, since: Instant) -> u64 {
+    let Some(master_view) = views.get(master) else { return 0 };
+    let Some(target) = target_offset(master_view, since) else { return 0 };
+    let history = fresh_info(master_view, since).and_then(|info| info.replid.as_deref());
     // The history the engine's epoch follows (from the probe's INFO) must still be the master's: a master demoted,
     // resynced and promoted again between two probes has a new one, and may have dropped the client's writes.
-    let probed_history = views[master.0].info.as_ref().and_then(|info| info.replid.as_deref());
+    let probed_history = master_view.info.as_ref().and_then(|info| info.replid.as_deref());
     if history != probed_history {
         return 0;
     }
-    let master_address = &views[master.0].address;
+    let master_address = &master_view.address;
     let applied = |view: &ServerView| {
         fresh_info(view, since).is_some_and(|info| {
-            let follows = info.master.as_ref().is_some_and(|(host, port)| addresses_match(host, *port, master_address));
+            let follows = info.master.as_ref().is_some_and(|(host, port)| master_address.is_named(host, *port));
             let same_history = history.is_some() && info.replid.as_deref() == history;
             info.role == Some(Role::Replica)
                 && follows
@@ -147,13 +150,13 @@ fn acknowledged(views: &[ServerView], master: ServerId, since: Instant) -> u64 {
                 && info.repl_offset >= target
         })
     };
-    views.iter().enumerate().filter(|(i, v)| *i != master.0 && applied(v)).count() as u64
+    views.iter().filter(|(id, v)| *id != master && applied(v)).count() as u64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerAddress;
+    use crate::address::ServerAddress;
 
     /// A server whose probe's `INFO` says it serves (or follows) history "h".
     fn view(port: u16, now: Instant) -> ServerView {
@@ -181,20 +184,20 @@ mod tests {
     #[test]
     fn counts_only_replicas_that_reached_a_fresh_master_offset() {
         let t0 = Instant::now();
-        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0), view(3, t0)]);
         let mut waits = Waits::default();
         let since = t0 + Duration::from_millis(5);
         waits.add(since, client(), 7, 2, Some(Duration::from_millis(100)), false, 0);
         // Offsets read before the WAIT began do not count, however high.
         views[0].offset_seen = reading(t0, None, 100);
         views[1].offset_seen = reading(t0, Some(1), 500);
-        assert!(waits.settle(since, &views, Some(ServerId(0)), 0, |_| true).is_empty());
+        assert!(waits.settle(since, &views, Some(ServerId::first(0)), 0, |_| true).is_empty());
         let later = since + Duration::from_millis(1);
         views[0].offset_seen = reading(later, None, 120);
         views[1].offset_seen = reading(later, Some(1), 120);
         views[2].offset_seen = reading(later, Some(1), 119);
-        assert!(waits.settle(later, &views, Some(ServerId(0)), 0, |_| true).is_empty(), "one replica is behind");
-        let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId(0)), 0, |_| true);
+        assert!(waits.settle(later, &views, Some(ServerId::first(0)), 0, |_| true).is_empty(), "one replica is behind");
+        let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId::first(0)), 0, |_| true);
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].seq, &done[0].reply[..]), (7, &b":1\r\n"[..]), "at the timeout: the one that applied it");
     }
@@ -203,14 +206,14 @@ mod tests {
     #[test]
     fn a_server_that_no_longer_replicates_the_master_is_not_counted() {
         let t0 = Instant::now();
-        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0), view(3, t0)]);
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
         views[0].offset_seen = reading(t0, None, 100);
         views[1].offset_seen = reading(t0, None, 900);
         views[2].offset_seen = reading(t0, Some(2), 900);
-        assert!(waits.settle(t0, &views, Some(ServerId(0)), 0, |_| true).is_empty());
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        assert!(waits.settle(t0, &views, Some(ServerId::first(0)), 0, |_| true).is_empty());
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
@@ -218,7 +221,7 @@ mod tests {
     #[test]
     fn a_replica_not_yet_synced_into_the_masters_history_is_not_counted() {
         let t0 = Instant::now();
-        let mut views = vec![view(1, t0), view(2, t0), view(3, t0)];
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0), view(3, t0)]);
         views[0].offset_seen = reading(t0, None, 100);
         views[1].offset_seen = reading(t0, Some(1), 500);
         views[2].offset_seen = reading(t0, Some(1), 500);
@@ -230,34 +233,34 @@ mod tests {
         }
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
     #[test]
     fn a_failover_during_a_wait_makes_it_answer_zero() {
         let t0 = Instant::now();
-        let mut views = vec![view(1, t0), view(2, t0)];
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0)]);
         views[0].offset_seen = reading(t0, Some(2), 10);
         views[1].offset_seen = reading(t0, None, 10);
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
         // Server 1 is the master of epoch 1; server 0, its synced replica, may have lost the client's writes.
         let later = t0 + Duration::from_millis(50);
-        let done = waits.settle(later, &views, Some(ServerId(1)), 1, |_| true);
+        let done = waits.settle(later, &views, Some(ServerId::first(1)), 1, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
     #[test]
     fn a_void_wait_answers_zero_whatever_the_replicas_have() {
         let t0 = Instant::now();
-        let mut views = vec![view(1, t0), view(2, t0)];
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0)]);
         views[0].offset_seen = reading(t0, None, 10);
         views[1].offset_seen = reading(t0, Some(1), 10);
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), true, 0);
-        assert!(waits.settle(t0, &views, Some(ServerId(0)), 0, |_| true).is_empty(), "it waits for its timeout");
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId(0)), 0, |_| true);
+        assert!(waits.settle(t0, &views, Some(ServerId::first(0)), 0, |_| true).is_empty(), "it waits for its timeout");
+        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 }

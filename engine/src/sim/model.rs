@@ -11,10 +11,10 @@
 //! dataset as of the crash (persistence on, e.g. AOF with `appendfsync always`), its offset as of the crash, and a
 //! new run id; it may spend a while loading (`loading:1`, `-LOADING` to most commands).
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
 use crate::resp::{bulk_reply, Request};
 use crate::testkit::{port_of, ConnectedReplica, Info, ReplicaLink};
-use crate::topology::addresses_match;
+
 use bytes::Bytes;
 
 /// Whether a server process runs.
@@ -289,7 +289,7 @@ impl Cluster {
         let Some(port) = std::str::from_utf8(port).ok().and_then(|p| p.parse::<u16>().ok()) else {
             return simple(b"-ERR Invalid master port\r\n");
         };
-        let master = self.servers.iter().position(|s| addresses_match(&host, port, &s.address));
+        let master = self.servers.iter().position(|s| s.address.is_named(&host, port));
         let server = &mut self.servers[index];
         if server.role == (SimRole::Replica { master }) {
             return simple(b"+OK Already connected to specified master\r\n");

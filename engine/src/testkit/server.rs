@@ -1,7 +1,7 @@
 //! A fake Redis server for the probe: [`Info`] lays out what `INFO` reports, [`FakeServer`] answers `PING`,
 //! `INFO`, `REPLICAOF`, `RESET`, `AUTH` and `CONFIG SET` from it.
 
-use crate::config::ServerAddress;
+use crate::address::ServerAddress;
 use crate::resp::bulk_reply;
 use bytes::{Bytes, BytesMut};
 
