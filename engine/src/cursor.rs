@@ -86,9 +86,9 @@ fn reply_cursor(reply: &[u8]) -> Option<u64> {
 pub(crate) enum Issuer {
     /// Cursor 0: a new iteration, any server.
     Anyone,
-    /// This server returned it to this client.
+    /// This server returned it to this client (the latest to, when several did).
     Server(ServerId),
-    /// Not returned on this connection (another connection, a cursor forgotten, or two servers returned it).
+    /// Not returned on this connection (another connection, or a cursor forgotten).
     Unknown,
 }
 
@@ -96,8 +96,7 @@ pub(crate) enum Issuer {
 struct Issued {
     iteration: u64,
     cursor: u64,
-    /// None when two servers returned the same cursor for the same iteration key: it cannot be told apart.
-    server: Option<ServerId>,
+    server: ServerId,
 }
 
 /// One client's cursors: those returned to it, and its `SCAN`-family requests in flight.
@@ -116,8 +115,8 @@ impl Cursors {
             return Issuer::Anyone;
         }
         let found = self.issued.iter().rev().find(|i| i.iteration == call.iteration && i.cursor == call.cursor);
-        match found.and_then(|i| i.server) {
-            Some(server) => Issuer::Server(server),
+        match found {
+            Some(issued) => Issuer::Server(issued.server),
             None => Issuer::Unknown,
         }
     }
@@ -133,16 +132,15 @@ impl Cursors {
         let (_, iteration, server) = self.in_flight.swap_remove(at);
         // 0 ends the iteration; an error reply carries no cursor.
         let Some(cursor) = reply_cursor(reply).filter(|c| *c != 0) else { return };
-        if let Some(known) = self.issued.iter_mut().find(|i| i.iteration == iteration && i.cursor == cursor) {
-            if known.server != Some(server) {
-                known.server = None;
-            }
-            return;
-        }
+        // Cursors are bucket positions, so two servers (or two iterations in a row) can return the same one: the
+        // latest wins, since a client continues an iteration with the cursor it was just given. (Two iterations of
+        // the same key interleaved on one connection that meet at the same cursor would confuse it; a client that
+        // does that can keep them on separate connections.)
+        self.issued.retain(|i| i.iteration != iteration || i.cursor != cursor);
         if self.issued.len() == MAX_REMEMBERED {
             self.issued.pop_front();
         }
-        self.issued.push_back(Issued { iteration, cursor, server: Some(server) });
+        self.issued.push_back(Issued { iteration, cursor, server });
     }
 }
 
@@ -172,6 +170,19 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_call_is_the_same_iteration_from_0() {
+        let request = Request::from_args(&["HSCAN", "h", "96", "MATCH", "a*", "COUNT", "10"]);
+        let call = scan_call(&request).unwrap();
+        let restarted = call.restarted(&request);
+        let args: Vec<&[u8]> = restarted.args().collect();
+        assert_eq!(args, [&b"HSCAN"[..], b"h", b"0", b"MATCH", b"a*", b"COUNT", b"10"]);
+        let again = scan_call(&restarted).unwrap();
+        assert!(again.starts() && again.iteration == call.iteration);
+        let scan = Request::from_args(&["scan", "12"]);
+        assert_eq!(scan_call(&scan).unwrap().restarted(&scan).frame().as_ref(), b"*2\r\n$4\r\nscan\r\n$1\r\n0\r\n");
+    }
+
+    #[test]
     fn parses_reply_cursors() {
         assert_eq!(reply_cursor(&reply("1234")), Some(1234));
         assert_eq!(reply_cursor(b"*2\r\n$1\r\n0\r\n*0\r\n"), Some(0));
@@ -190,10 +201,10 @@ mod tests {
         assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId::first(2)));
         assert_eq!(cursors.issuer(&call(&["HSCAN", "h", "96"]).unwrap()), Issuer::Unknown, "another iteration");
         assert_eq!(cursors.issuer(&call(&["SCAN", "97"]).unwrap()), Issuer::Unknown);
-        // The same cursor from another server for the same iteration cannot be attributed.
+        // The same cursor from another server for the same iteration: the latest is the one continued.
         cursors.sent(4, &start, ServerId::first(1));
         cursors.reply(4, &reply("96"));
-        assert_eq!(cursors.issuer(&next), Issuer::Unknown);
+        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId::first(1)));
         // Replies to other slots, errors and the final 0 leave no cursor.
         cursors.sent(5, &start, ServerId::first(1));
         cursors.reply(6, &reply("5"));

@@ -1,4 +1,4 @@
-//! Issue 16 end to end: `readsToSlaves` never breaks a `SCAN`-family iteration, and with `read_your_writes` a
+//! End to end: `readsToSlaves` never breaks a `SCAN`-family iteration, and with `read_your_writes` a
 //! client reads its own writes while other clients' reads still go to the replicas.
 
 use redis_proxy_tests::cluster::{cluster, ports, wait_caught_up};
@@ -98,8 +98,57 @@ fn scan_family_iterations_see_every_entry_through_replicas() {
     }
 }
 
+/// Takes `steps` calls of `SCAN ... COUNT 100` from cursor 0 on `conn`; returns the cursor to continue from and the
+/// keys seen so far.
+fn scan_steps(conn: &mut RespConn, steps: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let (mut cursor, mut seen) = (b"0".to_vec(), Vec::new());
+    for _ in 0..steps {
+        let reply = conn.call(&[b"SCAN", &cursor, b"COUNT", b"100"]);
+        let Reply::Array(Some(reply)) = reply else { panic!("SCAN {cursor:?} answered {reply:?}") };
+        let [Reply::Bulk(Some(next)), Reply::Array(Some(items))] = &reply[..] else { panic!("SCAN {reply:?}") };
+        seen.extend(items.iter().map(|item| match item {
+            Reply::Bulk(Some(key)) => key.clone(),
+            other => panic!("SCAN item {other:?}"),
+        }));
+        assert_ne!(next, b"0", "{ITEMS} keys take more than {steps} steps of COUNT 100");
+        cursor = next.clone();
+    }
+    (cursor, seen)
+}
+
+/// Continues a `SCAN ... COUNT 100` iteration from `cursor` to its end; returns the keys it returned.
+fn scan_rest(conn: &mut RespConn, mut cursor: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut seen = Vec::new();
+    for _ in 0..100 * ITEMS {
+        let reply = conn.call(&[b"SCAN", &cursor, b"COUNT", b"100"]);
+        let Reply::Array(Some(reply)) = reply else { panic!("SCAN {cursor:?} answered {reply:?}") };
+        let [Reply::Bulk(Some(next)), Reply::Array(Some(items))] = &reply[..] else { panic!("SCAN {reply:?}") };
+        seen.extend(items.iter().filter_map(|item| match item {
+            Reply::Bulk(Some(key)) => Some(key.clone()),
+            _ => None,
+        }));
+        if next == b"0" {
+            return seen;
+        }
+        cursor = next.clone();
+    }
+    panic!("SCAN did not finish within {} calls", 100 * ITEMS)
+}
+
+/// The keys `populate` wrote.
+fn every_key() -> HashSet<Vec<u8>> {
+    (0..ITEMS).map(|i| format!("key:{i}").into_bytes()).collect()
+}
+
+/// Asserts that an iteration that returned `seen` returned every key `populate` wrote.
+fn assert_complete(runtime: Runtime, case: &str, seen: Vec<Vec<u8>>) {
+    let seen: HashSet<Vec<u8>> = seen.into_iter().collect();
+    let missing = every_key().difference(&seen).count();
+    assert_eq!(missing, 0, "{runtime:?}, {case}: {missing} of {ITEMS} keys never returned");
+}
+
 #[test]
-fn a_cursor_of_a_replica_that_stopped_serving_reads_is_refused() {
+fn a_cursor_of_a_replica_that_stopped_serving_reads_restarts_and_misses_nothing() {
     let _serial = redis_proxy_tests::exclusive();
     for &runtime in Runtime::ALL {
         let servers = cluster(2);
@@ -107,18 +156,120 @@ fn a_cursor_of_a_replica_that_stopped_serving_reads_is_refused() {
         let proxy = proxy(runtime, &servers, "");
         reset_stats(&servers);
         let mut conn = proxy.connect();
-        let Reply::Array(Some(reply)) = conn.call(&[b"SCAN", b"0", b"COUNT", b"10"]) else { panic!("SCAN") };
-        let Reply::Bulk(Some(cursor)) = &reply[0] else { panic!("cursor") };
-        let issuer = if calls(servers[1].port, "scan") == 1 { &servers[1] } else { &servers[2] };
+        let (cursor, mut seen) = scan_steps(&mut conn, 3);
+        let issuer = if calls(servers[1].port, "scan") == 3 { &servers[1] } else { &servers[2] };
+        assert_eq!(calls(issuer.port, "scan"), 3, "{runtime:?}: the steps of one iteration stay on one replica");
         issuer.signal("STOP");
         // Within about a check period (100 ms) its late probe takes it out of the rotation.
         std::thread::sleep(Duration::from_millis(300));
-        let reply = conn.call(&[b"SCAN", cursor, b"COUNT", b"10"]);
+        seen.extend(scan_rest(&mut conn, cursor));
         issuer.signal("CONT");
-        let expected = format!("issued by 127.0.0.1:{}, which is no longer serving reads", issuer.port);
-        assert!(matches!(&reply, Reply::Error(e) if e.contains(&expected)), "{runtime:?}: {reply:?}");
-        // A new iteration works at once, on the replica still serving.
-        assert!(iterate(&mut conn, "SCAN", None, 100).len() >= ITEMS);
+        assert_complete(runtime, "issuer stopped", seen);
+    }
+}
+
+/// The servers `PROXY SERVERS` lists, by address, in its order.
+fn listed_servers(admin: &mut RespConn) -> Vec<String> {
+    let Reply::Array(Some(lines)) = admin.call(&[b"PROXY", b"SERVERS"]) else { panic!("PROXY SERVERS") };
+    lines
+        .iter()
+        .map(|line| match line {
+            Reply::Bulk(Some(line)) => String::from_utf8_lossy(line).split_whitespace().next().unwrap_or("").into(),
+            other => panic!("PROXY SERVERS line {other:?}"),
+        })
+        .collect()
+}
+
+/// Waits until `address` is listed (`present`) or not by the proxy's admin listener.
+fn wait_listed(admin: &mut RespConn, address: &str, present: bool) {
+    let done = redis_proxy_tests::wait_until(Duration::from_secs(20), || {
+        listed_servers(admin).iter().any(|s| s == address) == present
+    });
+    assert!(done, "{address} listed: {:?}, expected present={present}", listed_servers(admin));
+}
+
+/// Starts an iteration of three steps whose steps a replica served, choosing the one listed `position` among the
+/// servers (`last`, or not); returns the cursor, the keys so far, and the replica's address.
+fn scan_on_replica(
+    conn: &mut RespConn,
+    admin: &mut RespConn,
+    servers: &[RedisServer],
+    last: bool,
+) -> (Vec<u8>, Vec<Vec<u8>>, String) {
+    for _ in 0..10 {
+        reset_stats(servers);
+        let (cursor, seen) = scan_steps(conn, 3);
+        let Some(issuer) = servers[1..].iter().find(|s| calls(s.port, "scan") == 3) else { continue };
+        let address = format!("127.0.0.1:{}", issuer.port);
+        let listed = listed_servers(admin);
+        if (listed.last() == Some(&address)) == last {
+            return (cursor, seen, address);
+        }
+    }
+    panic!("no iteration landed on the replica listed {}", if last { "last" } else { "first" })
+}
+
+#[test]
+fn a_scan_goes_on_with_every_key_when_a_server_is_removed_by_proxy_remove_or_a_reload() {
+    let _serial = redis_proxy_tests::exclusive();
+    for &runtime in Runtime::ALL {
+        let servers = cluster(2);
+        populate(&servers);
+        let admin_port = redis_proxy_tests::free_port();
+        let proxy = proxy(runtime, &servers, &format!(r#", "admin_listen": "127.0.0.1:{admin_port}""#));
+        let mut admin = RespConn::connect(admin_port);
+        let mut conn = proxy.connect();
+        let replica_linked = |port: u16| {
+            redis_proxy_tests::info_field(port, "replication", "master_link_status").as_deref() == Some("up")
+        };
+        // Re-add each replica once the case is done, and wait until the proxy sends it reads again.
+        let re_add = |admin: &mut RespConn, address: &str| {
+            assert_eq!(admin.call(&[b"PROXY", b"ADD", address.as_bytes()]), status("OK"), "{runtime:?}");
+            wait_listed(admin, address, true);
+            let port: u16 = address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+            assert!(redis_proxy_tests::wait_until(Duration::from_secs(20), || replica_linked(port)));
+            std::thread::sleep(Duration::from_millis(300));
+        };
+
+        // 1. The server listed before the cursor's own is removed (the cursor's server moves up one position):
+        //    this used to index past the end of the server list and kill the proxy.
+        let (cursor, mut seen, issuer) = scan_on_replica(&mut conn, &mut admin, &servers, true);
+        let listed = listed_servers(&mut admin);
+        let before = listed[listed.len() - 2].clone();
+        assert_eq!(admin.call(&[b"PROXY", b"REMOVE", before.as_bytes()]), status("OK draining"), "{runtime:?}");
+        wait_listed(&mut admin, &before, false);
+        seen.extend(scan_rest(&mut conn, cursor));
+        assert_complete(runtime, "the server listed before the cursor's removed", seen);
+        re_add(&mut admin, &before);
+
+        // 2. The cursor's own server is removed, while listed first among the replicas: the iteration starts again
+        //    on the remaining replica.
+        let (cursor, mut seen, issuer_2) = scan_on_replica(&mut conn, &mut admin, &servers, false);
+        assert_eq!(admin.call(&[b"PROXY", b"REMOVE", issuer_2.as_bytes()]), status("OK draining"));
+        wait_listed(&mut admin, &issuer_2, false);
+        seen.extend(scan_rest(&mut conn, cursor));
+        assert_complete(runtime, "the cursor's own server removed", seen);
+        re_add(&mut admin, &issuer_2);
+
+        // 3. The cursor's own server is removed by a reload of a configuration that no longer lists it.
+        let (cursor, mut seen, issuer_3) = scan_on_replica(&mut conn, &mut admin, &servers, true);
+        let config = std::fs::read_to_string(proxy.config_path()).expect("config");
+        let port = issuer_3.rsplit(':').next().expect("port");
+        let entry = format!(r#", {{"host": "127.0.0.1", "port": {port}}}"#);
+        let shorter = if config.contains(&entry) {
+            config.replace(&entry, "")
+        } else {
+            config.replace(&format!(r#"{{"host": "127.0.0.1", "port": {port}}}, "#), "")
+        };
+        assert_ne!(shorter, config, "{runtime:?}: {issuer_3} is in the configuration file");
+        std::fs::write(proxy.config_path(), shorter).expect("rewrite the config");
+        proxy.signal("HUP");
+        wait_listed(&mut admin, &issuer_3, false);
+        seen.extend(scan_rest(&mut conn, cursor));
+        assert_complete(runtime, "the cursor's own server removed by a reload", seen);
+
+        assert_eq!(conn.call(&[b"PING"]), status("PONG"), "{runtime:?}: the proxy is up; its log:\n{}", proxy.log());
+        let _ = issuer;
     }
 }
 
