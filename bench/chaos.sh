@@ -6,6 +6,8 @@
 # Usage:  bench/chaos.sh [SECONDS] [mio|tokio|both] [SEED]     # defaults: 60 s, both runtimes, a seed from the clock
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh # the servers and the proxy are started by tests/examples/chaos.rs (the tests crate's helpers)
 seconds=${1:-60}
 which=${2:-both}
 seed=${3:-}
@@ -14,6 +16,7 @@ case "$which" in
     mio | tokio) runtimes=("$which") ;;
     *) echo "usage: bench/chaos.sh [SECONDS] [mio|tokio|both] [SEED]" >&2; exit 2 ;;
 esac
+install_if_missing redis-server
 cargo build -q --release -p redis-proxy-tests --example chaos
 status=0
 for runtime in "${runtimes[@]}"; do

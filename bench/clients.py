@@ -19,14 +19,14 @@ Workloads (each bounded: --ops requests in all, RUN_TIMEOUT 120 s):
   rb_resp3   redis-benchmark -3 -c --clients -t set,get -n --ops
 
 Needs redis-server, redis-benchmark, python3 with redis-py, and node with tests/clients/node's node_modules
-(`npm ci` there). Everything binds to 127.0.0.1; every process started here is stopped at exit, by PID.
+(`npm ci` there). The servers and proxies are started by bench/serve.sh (bench/lib.sh, as every bench script starts
+them): everything binds to 127.0.0.1; every process started here is stopped at exit, by PID, also if this script dies.
 """
 
 import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,69 +69,40 @@ const [port, clients, ops] = process.argv.slice(2).map(Number);
 """
 
 
-def wait_port(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"nothing answers PING on port {port} after {timeout} s")
-
-
-def free_or_die(port):
-    with socket.socket() as sock:
-        # As the servers bind: a previous run's connections in TIME_WAIT do not make the port taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise SystemExit(f"port {port} is taken: choose another --base-port")
-
-
 class Cluster:
-    """The servers and proxies of one run; stops them all (by PID) on exit."""
+    """The servers and proxies of one run, started by bench/serve.sh with bench/lib.sh, which stops them all (by PID)
+    when its standard input closes: at stop(), or when this process exits or dies."""
 
     def __init__(self, base_port, proxies, workdir):
-        self.procs = []
-        self.workdir = workdir
         self.master = base_port + 1
         replica = base_port + 2
-        for port in (self.master, replica):
-            free_or_die(port)
-        self.start(["redis-server", "--port", str(self.master), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                    "no", "--daemonize", "no", "--dir", workdir], "master")
-        wait_port(self.master)
-        self.start(["redis-server", "--port", str(replica), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--replicaof", "127.0.0.1", str(self.master), "--dir", workdir], "replica")
-        wait_port(replica)
-        self.targets = [("direct", self.master, None)]
+        specs = [f"redis:{self.master}", f"replica:{replica}:{self.master}"]
+        ports = {}
         for index, (label, binary) in enumerate(proxies):
-            port = base_port + 11 + index
-            free_or_die(port)
-            config = os.path.join(workdir, f"{label}.json")
-            with open(config, "w") as f:
+            ports[label] = port = base_port + 11 + index
+            with open(os.path.join(workdir, f"{label}.json"), "w") as f:
                 json.dump({"servers": [{"host": "127.0.0.1", "port": self.master},
                                        {"host": "127.0.0.1", "port": replica}],
-                           "listen_port": port, "pool_size": 2}, f)
-            proc = self.start([binary, config], label, env={**os.environ, "RUST_LOG": "warn"})
-            wait_port(port)
-            self.targets.append((label, port, proc.pid))
-
-    def start(self, args, label, env=None):
-        log = open(os.path.join(self.workdir, f"{label}.log"), "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(proc)
-        return proc
+                           "listen_port": port, "bind_address": "127.0.0.1", "pool_size": 2}, f)
+            specs.append(f"proxy:{label}:{port}:{binary}")
+        self.server = subprocess.Popen(
+            [os.path.join(ROOT, "bench", "serve.sh"), workdir, *specs], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "RUST_LOG": "warn", "PORT_HINT": "choose another --base-port"})
+        pids = {}
+        for line in self.server.stdout:
+            if line.strip() == "ready":
+                break
+            label, _, pid = line.split()
+            pids[label] = int(pid)
+        else:
+            self.server.wait()
+            raise SystemExit(f"bench/serve.sh could not start the servers and proxies (logs in {workdir})")
+        self.targets = [("direct", self.master, None)] + [(label, ports[label], pids[label]) for label, _ in proxies]
 
     def stop(self):
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
+        self.server.stdin.close()
+        self.server.wait()
 
 
 def connected_clients(port):

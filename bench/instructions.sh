@@ -24,14 +24,16 @@ TOP=${TOP:-10}
 case "$MODE" in get|set|mix) ;; *) echo "usage: $0 [get|set|mix] [REQUESTS] [PIPELINE]" >&2; exit 2;; esac
 [[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || { echo "REQUESTS must be a positive number" >&2; exit 2; }
 [[ $PIPELINE =~ ^[1-9][0-9]*$ ]] || { echo "PIPELINE must be a positive number" >&2; exit 2; }
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh" # starts no server: install_if_missing, and the work directory removed at exit
+install_if_missing valgrind callgrind_annotate:valgrind
 cargo build --release --quiet -p redis-proxy-engine --example bench_engine
 BIN=$ROOT/target/release/examples/bench_engine
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-instructions.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+BENCH_WORK=$WORK BENCH_WORK_REMOVE=1
 
 # The example rounds REQUESTS up to whole turns of 50 clients x PIPELINE; it prints the exact count.
 ARGS=(--mode "$MODE" --requests "$REQUESTS" --pipeline "$PIPELINE")

@@ -11,7 +11,8 @@
 #   during and after a SET of a BIG_MIB MiB value and a GET of it (sampled, and the exact peak: VmHWM, reset
 #   before each), checking that the value comes back byte-exact;
 #   during and after a client that pipelines GETs of a 1 MiB value for SLOW_SECONDS without reading.
-# Everything binds to 127.0.0.1; the processes started here are stopped at exit, by PID.
+# Servers and proxy are started with bench/lib.sh: everything binds to 127.0.0.1; the processes started here are
+# stopped at exit, by PID.
 set -euo pipefail
 export LC_ALL=C
 
@@ -23,9 +24,10 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PROXY_BIN=${PROXY_BIN:-$ROOT/target/release/redis-proxy}
 P_REDIS=$((BASE_PORT + 1)) P_PROXY=$((BASE_PORT + 2))
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is not installed" >&2; exit 1; }
+install_if_missing redis-server redis-cli:redis-tools python3
 # The proxy and the client script each hold CLIENTS sockets.
 ulimit -n $((CLIENTS + 1024)) 2>/dev/null || { echo "cannot raise ulimit -n to $((CLIENTS + 1024))" >&2; exit 1; }
 
@@ -33,35 +35,14 @@ if [ "$SKIP_BUILD" != 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet -p redis-proxy-mio) || { echo "build failed" >&2; exit 1; }
 fi
 W=$(mktemp -d /tmp/redis-proxy-memory.XXXXXX)
-PIDS=()
-cleanup() {
-    local status=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    echo "logs in $W" >&2
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_WORK=$W
+bench_on_exit() { echo "logs in $W" >&2; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$P_REDIS" "$P_PROXY"; do
-    if port_open "$port"; then echo "127.0.0.1:$port is in use; set BASE_PORT" >&2; exit 1; fi
-done
-wait_for() { local tries=$(($1 * 10)); shift; while ((tries-- > 0)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
-
-redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$W" >"$W/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for 10 sh -c "[ \"\$(redis-cli -p $P_REDIS ping)\" = PONG ]" || { echo "redis did not start" >&2; exit 1; }
-cat >"$W/proxy.json" <<EOF
-{ "servers": [ {"host": "127.0.0.1", "port": $P_REDIS} ], "listen_port": $P_PROXY, "bind_address": "127.0.0.1",
-  "check_period": 1000, "max_clients": $((CLIENTS + 100)) }
-EOF
-"$PROXY_BIN" "$W/proxy.json" >"$W/proxy.log" 2>&1 &
-PROXY_PID=$!
-PIDS=("$PROXY_PID" "${PIDS[@]}")
-wait_for 15 sh -c "[ \"\$(redis-cli -p $P_PROXY set __ready 1)\" = OK ]" || { echo "proxy did not start" >&2; exit 1; }
+port_free_or_die "$P_REDIS" "$P_PROXY"
+start_redis "$P_REDIS"
+proxy_config "$W/proxy.json" "$P_PROXY" "$P_REDIS" "\"check_period\": 1000, \"max_clients\": $((CLIENTS + 100))"
+start_proxy "$PROXY_BIN" "$W/proxy.json" "$P_PROXY"
+PROXY_PID=$LAST_PID
 
 echo "== redis-proxy memory  $(date -u +%Y-%m-%dT%H:%MZ)  commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "   VmRSS of redis-proxy (pid $PROXY_PID) in MiB; $(nproc) CPU, Linux $(uname -r), $(python3 --version)"

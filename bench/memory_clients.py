@@ -10,21 +10,22 @@ import threading
 import time
 
 
-def rss_mib(pid):
+def status_mib(pid, field):
+    """A kB field of /proc/PID/status (VmRSS, VmHWM), in MiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_mib(pid):
+    return status_mib(pid, "VmRSS")
 
 
 def hwm_mib(pid):
     """The peak VmRSS since the last reset_hwm (VmHWM)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM")
+    return status_mib(pid, "VmHWM")
 
 
 def reset_hwm(pid):

@@ -43,10 +43,10 @@
 #   redis-proxy: a ratio to direct measured on another day is no baseline, that build's in the same run is).
 #
 # Installs redis-server, redis-tools and nutcracker with apt-get when missing and run as root.
-# Everything binds to 127.0.0.1; every process started here is stopped at exit, by PID.
+# Servers and proxies are started with bench/lib.sh: everything binds to 127.0.0.1; every process started here is
+# stopped at exit, by PID.
 set -euo pipefail
 export LC_ALL=C
-PATH=$PATH:/usr/sbin:/sbin
 
 REPS=${REPS:-3}
 N=${N:-200000}
@@ -68,25 +68,14 @@ for knob in REPS N N_P16 N_LARGE N_HUGE BASE_PORT RUN_TIMEOUT BUDGET FOREIGN_MAX
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 T0=$SECONDS
 log() { printf '[%4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- packages
-need=()
-command -v redis-server >/dev/null || need+=(redis-server)
-{ command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null; } || need+=(redis-tools)
-command -v nutcracker >/dev/null || need+=(nutcracker)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v timeout >/dev/null || need+=(coreutils)
-command -v openssl >/dev/null || need+=(openssl)
-if ((${#need[@]})); then
-    [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} (run as root, or apt-get install them)"
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${need[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${need[@]}" >&2; } ||
-        die "apt-get install ${need[*]} failed"
-fi
+install_if_missing redis-server redis-benchmark:redis-tools redis-cli:redis-tools nutcracker taskset:util-linux \
+    timeout:coreutils openssl
 
 # ---------------------------------------------------------------- build
 if [ "$SKIP_BUILD" != 1 ]; then
@@ -110,6 +99,7 @@ ulimit -n 16384 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 HZ=$(getconf CLK_TCK)
 W=${WORKDIR:-$(mktemp -d /tmp/redis-proxy-bench.XXXXXX)}
 mkdir -p "$W/raw"
+BENCH_WORK=$W
 
 P_MASTER=$((BASE_PORT + 1)) P_R1=$((BASE_PORT + 2)) P_R2=$((BASE_PORT + 3))
 P_TWEM=$((BASE_PORT + 11)) P_TWEM_STATS=$((BASE_PORT + 21))
@@ -117,16 +107,7 @@ P_PROXY=$((BASE_PORT + 12)) P_TOKIO=$((BASE_PORT + 13)) P_RTS=$((BASE_PORT + 14)
 P_TLS_REDIS=$((BASE_PORT + 4)) P_TLS_PROXY=$((BASE_PORT + 15)) P_TLS_PROXY_TLS=$((BASE_PORT + 16))
 P_TLS_TOKIO=$((BASE_PORT + 17)) P_TLS_TOKIO_TLS=$((BASE_PORT + 18))
 
-# ---------------------------------------------------------------- helpers
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for() { # seconds command...: polls every 0.1 s
-    local tries=$(($1 * 10)); shift
-    while ((tries-- > 0)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    return 1
-}
-cli() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
-ping_ok() { [ "$(cli "$1" ping 2>/dev/null)" = PONG ]; }
-set_ok() { [ "$(cli "$1" set __bench_ready 1 2>/dev/null)" = OK ]; }
+# ---------------------------------------------------------------- helpers (the others are in bench/lib.sh)
 ticks() { # utime+stime of a process, in clock ticks
     local stat fields
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo NA; return; }
@@ -139,51 +120,16 @@ busy_jiffies() { # machine-wide user+nice+system+irq+softirq jiffies
     echo $((user + nice + system + irq + softirq))
 }
 
-STARTED=()
-cleanup() {
-    local status=$? pid
-    trap - EXIT INT TERM
-    # Proxies first (started last), then the replicas, then the master.
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        pid=${STARTED[i]}
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && { log "pid $pid ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
-        wait "$pid" 2>/dev/null || true
-    done
-    ((${#STARTED[@]})) && log "stopped the ${#STARTED[@]} processes started here; logs and raw CSV in $W"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log interrupted; exit 130' INT TERM
-
-start() { # name command...: starts a pinned background process, logs to $W/name.log, sets LAST_PID
-    local name=$1; shift
-    "${SRV_PIN[@]}" "$@" >"$W/$name.log" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED+=("$LAST_PID")
-}
+# bench/lib.sh's EXIT trap stops them (proxies first: started last, then the replicas, then the master), then:
+bench_on_exit() { ((BENCH_STOPPED)) && log "stopped the $BENCH_STOPPED processes started here; logs and raw CSV in $W"; }
 
 # ---------------------------------------------------------------- start servers
-for port in "$P_MASTER" "$P_R1" "$P_R2" "$P_TWEM" "$P_TWEM_STATS" "$P_PROXY" "$P_TOKIO" "$P_RTS" "$P_TLS_REDIS" \
-    "$P_TLS_PROXY" "$P_TLS_PROXY_TLS" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS" "$P_BASELINE"; do
-    port_open "$port" && die "127.0.0.1:$port is in use; refusing to run (set BASE_PORT to move every port)"
-done
-start_redis() { # port [args]
-    local port=$1; shift
-    start "redis-$port" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$W" --dbfilename "dump-$port.rdb" --repl-diskless-sync yes --repl-diskless-sync-delay 0 "$@"
-    wait_for 10 ping_ok "$port" || die "redis-server :$port does not answer (see $W/redis-$port.log)"
-}
+PORT_HINT="set BASE_PORT to move every port"
+port_free_or_die "$P_MASTER" "$P_R1" "$P_R2" "$P_TWEM" "$P_TWEM_STATS" "$P_PROXY" "$P_TOKIO" "$P_RTS" "$P_TLS_REDIS" \
+    "$P_TLS_PROXY" "$P_TLS_PROXY_TLS" "$P_TLS_TOKIO" "$P_TLS_TOKIO_TLS" "$P_BASELINE"
 start_redis "$P_MASTER"; MASTER_PID=$LAST_PID
-start_redis "$P_R1" --replicaof 127.0.0.1 "$P_MASTER"; R1_PID=$LAST_PID
-start_redis "$P_R2" --replicaof 127.0.0.1 "$P_MASTER"; R2_PID=$LAST_PID
-for port in "$P_R1" "$P_R2"; do
-    wait_for 20 sh -c "redis-cli -h 127.0.0.1 -p $port info replication | grep -q master_link_status:up" ||
-        die "replica :$port did not sync with :$P_MASTER"
-done
+start_replica "$P_R1" "$P_MASTER"
+start_replica "$P_R2" "$P_MASTER"
 log "redis master :$P_MASTER (pid $MASTER_PID), replicas :$P_R1 :$P_R2 in sync"
 
 cat >"$W/nutcracker.yml" <<EOF
@@ -203,29 +149,21 @@ nutcracker -t -c "$W/nutcracker.yml" >/dev/null 2>&1 || die "nutcracker rejects 
 start nutcracker nutcracker -c "$W/nutcracker.yml" -s "$P_TWEM_STATS" -a 127.0.0.1 -v 4; TWEM_PID=$LAST_PID
 wait_for 10 set_ok "$P_TWEM" || die "twemproxy :$P_TWEM does not answer (see $W/nutcracker.log)"
 
-proxy_config() { # file port mode
-    cat >"$1" <<EOF
-{ "servers": [ {"host": "127.0.0.1", "port": $P_MASTER}, {"host": "127.0.0.1", "port": $P_R1},
-               {"host": "127.0.0.1", "port": $P_R2} ],
-  "mode": "$3", "listen_port": $2, "bind_address": "127.0.0.1", "check_period": 1000 }
-EOF
+start_mode_proxy() { # name binary port mode: a proxy in front of the three servers; sets LAST_PID
+    proxy_config "$W/$1.json" "$3" "$P_MASTER $P_R1 $P_R2" "\"mode\": \"$4\", \"check_period\": 1000"
+    start_proxy "$2" "$W/$1.json" "$3"
 }
-start_proxy() { # name binary port mode; sets LAST_PID
-    proxy_config "$W/$1.json" "$3" "$4"
-    start "$1" "$2" "$W/$1.json"
-    wait_for 15 set_ok "$3" || die "$1 :$3 does not forward a SET (see $W/$1.log)"
-}
-start_proxy redis-proxy "$PROXY_BIN" "$P_PROXY" allToMaster; PROXY_PID=$LAST_PID
+start_mode_proxy redis-proxy "$PROXY_BIN" "$P_PROXY" allToMaster; PROXY_PID=$LAST_PID
 TOKIO_PID=
 if [ -x "$TOKIO_BIN" ]; then
-    start_proxy redis-proxy-tokio "$TOKIO_BIN" "$P_TOKIO" allToMaster; TOKIO_PID=$LAST_PID
+    start_mode_proxy redis-proxy-tokio "$TOKIO_BIN" "$P_TOKIO" allToMaster; TOKIO_PID=$LAST_PID
 else
     log "no $TOKIO_BIN: redis-proxy-tokio skipped"
 fi
-start_proxy redis-proxy-rts "$PROXY_BIN" "$P_RTS" readsToSlaves; RTS_PID=$LAST_PID
+start_mode_proxy redis-proxy-rts "$PROXY_BIN" "$P_RTS" readsToSlaves; RTS_PID=$LAST_PID
 BASELINE_PID=
 if [ -n "$BASELINE_BIN" ]; then
-    start_proxy baseline "$BASELINE_BIN" "$P_BASELINE" allToMaster; BASELINE_PID=$LAST_PID
+    start_mode_proxy baseline "$BASELINE_BIN" "$P_BASELINE" allToMaster; BASELINE_PID=$LAST_PID
     log "baseline $BASELINE_BIN :$P_BASELINE (pid $BASELINE_PID)"
 fi
 # readsToSlaves must really read from both replicas: GETs through it must show up in their command stats.
@@ -260,13 +198,9 @@ TLS_REDIS_PID=$LAST_PID
 tls_ping_ok() { [ "$(timeout 5 redis-cli "${TLS_ARGS[@]}" -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
 wait_for 10 tls_ping_ok "$P_TLS_REDIS" || die "TLS redis-server :$P_TLS_REDIS does not answer over TLS"
 start_tls_proxy() { # name binary port tls_port; sets LAST_PID
-    cat >"$W/$1.json" <<EOF
-{ "servers": [ {"host": "127.0.0.1", "port": $P_TLS_REDIS} ], "listen_port": $3, "bind_address": "127.0.0.1",
-  "tls": {"port": $4, "cert_file": "$T/server.crt", "key_file": "$T/server.key"},
-  "server_tls": {"ca_file": "$T/ca.crt"} }
-EOF
-    start "$1" "$2" "$W/$1.json"
-    wait_for 15 set_ok "$3" || die "$1 :$3 does not forward a SET over TLS (see $W/$1.log)"
+    local tls="\"tls\": {\"port\": $4, \"cert_file\": \"$T/server.crt\", \"key_file\": \"$T/server.key\"}"
+    proxy_config "$W/$1.json" "$3" "$P_TLS_REDIS" "$tls, \"server_tls\": {\"ca_file\": \"$T/ca.crt\"}"
+    start_proxy "$2" "$W/$1.json" "$3"
     wait_for 5 tls_ping_ok "$4" || die "$1 does not answer on its TLS listener :$4 (see $W/$1.log)"
 }
 start_tls_proxy redis-proxy-tls "$PROXY_BIN" "$P_TLS_PROXY" "$P_TLS_PROXY_TLS"; TLS_PROXY_PID=$LAST_PID

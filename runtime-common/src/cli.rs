@@ -100,7 +100,7 @@ pub fn read_secret(location: SecretLocation<'_>) -> Result<Secret, String> {
 pub fn usage(program: &str) -> String {
     format!(
         "Usage: {program} [--check] CONFIG.json\n       {program} --help | --version\n\n\
-         Runs a Redis failover proxy for the servers in CONFIG.json (see the README's config reference).\n\
+         Runs a Redis failover proxy for the servers in CONFIG.json (see docs/configuration.md).\n\
          --check validates CONFIG.json and the TLS files it names, and exits (0: valid, 2: invalid).\n\
          Logs go to stderr; RUST_LOG=error|warn|info|debug sets the level (default info)."
     )

@@ -183,7 +183,7 @@ fn address(address: &ServerAddress) -> String {
     address.to_string()
 }
 
-/// The snapshot as JSON (documented in the README, "Status over HTTP").
+/// The snapshot as JSON (documented in `docs/operating.md`, "Status over HTTP").
 pub fn status_json(snapshot: &StatusSnapshot) -> Value {
     let counters = &snapshot.counters;
     let requests: serde_json::Map<String, Value> = Target::ALL

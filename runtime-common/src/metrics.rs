@@ -66,7 +66,7 @@ fn counters(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>,
     }
 }
 
-/// Every metric of `snapshot`, named `redis_proxy_*` (the README lists them).
+/// Every metric of `snapshot`, named `redis_proxy_*` (`docs/operating.md` lists them).
 pub fn render(snapshot: &StatusSnapshot) -> String {
     let mut registry = Registry::with_prefix("redis_proxy");
     let c = &snapshot.counters;
