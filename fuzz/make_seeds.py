@@ -134,3 +134,52 @@ write("engine_client_bytes", "max-clients-and-stale", setup(clients=1) + ACCEPT 
       + bytes([3, 0]) + bytes([13, 0, 3]) + bytes([9, 0]) + bytes([13, 0, 1]))
 write("engine_client_bytes", "backpressure", setup(pipeline=2) + MASTER_UP + ACCEPT + client_bytes(0, mb(b"GET", b"k") * 5)
       + connected() + answer(1, 2) + bytes([4, 0]) + answer(1, 3) + bytes([5, 0]))
+
+# engine_admin: the same setup and operations, plus (see Op::decode_with_admin) PROXY ADD/REMOVE/FAILOVER from an
+# admin client, reloads, SCAN and numbered ECHO.
+def admin_add(server):
+    return bytes([14, server])
+
+
+def admin_remove(server):
+    return bytes([15, server])
+
+
+def admin_failover(server=0x80):
+    return bytes([16, server])
+
+
+def reload(mask, rotate=0, flip_mode=False):
+    return bytes([17, mask, rotate, int(flip_mode)])
+
+
+def scan(c, cursor):
+    """cursor: 0 starts an iteration, 2 continues the client's last cursor."""
+    return bytes([18, c, cursor])
+
+
+def echo(c):
+    return bytes([20, c])
+
+
+# Three servers in readsToSlaves: every probe (opened at the start) connects and answers PING and INFO, so server 0
+# is adopted as the master with servers 1 and 2 as its readable replicas.
+THREE_UP = connected() * 3 + answer(0, 2, 1) + answer(1, 2, 1) + answer(2, 2, 1)
+# A client's SCAN 0 goes to server 1 (round robin), a second SCAN 0 to server 2, answered with a cursor each, so
+# the client's last cursor is server 2's.
+CURSOR_ON_LAST = scan(0, 0) + connected() + answer(3, 1, 1) + scan(0, 0) + connected() + answer(4, 1, 1)
+# The crash this target was made for: the cursor of the last server listed is continued after the server before
+# it was removed; with positions for ids, that id pointed past the end of the server list and the engine panicked.
+write("engine_admin", "scan-after-remove-of-an-earlier-server", setup(servers=3, reads_to_slaves=True) + THREE_UP
+      + ACCEPT + CURSOR_ON_LAST + admin_remove(1) + scan(0, 2) + answer(4, 1, 1) + echo(0) + answer(4, 1, 1))
+write("engine_admin", "scan-after-remove-of-its-server", setup(servers=3, reads_to_slaves=True) + THREE_UP
+      + ACCEPT + CURSOR_ON_LAST + admin_remove(2) + scan(0, 2) + connected() + answer(3, 1, 1) + scan(0, 2)
+      + answer(3, 1, 1))
+write("engine_admin", "scan-after-reload-without-its-server", setup(servers=3, reads_to_slaves=True) + THREE_UP
+      + ACCEPT + CURSOR_ON_LAST + reload(0b0011) + scan(0, 2) + answer(3, 1, 1) + reload(0b1011, 1) + TIMEOUT
+      + connected() + scan(0, 0) + answer(5, 2, 1))
+write("engine_admin", "add-remove-readd-and-failover", setup(servers=2, reads_to_slaves=True)
+      + connected() * 2 + answer(0, 2, 1) + answer(1, 2, 1) + ACCEPT + echo(0) + admin_add(2) + connected()
+      + answer(2, 2, 1) + echo(0) + admin_remove(2) + admin_add(2) + admin_failover(1) + advance(50) + TIMEOUT
+      + answer(0, 4, 1) + answer(1, 4, 1) + echo(0) + command(0, "MULTI") + command(0, "SET", "k", "v")
+      + command(0, "EXEC") + command(0, "WAIT", "1", "0") + reload(0b0101, 1, True) + TIMEOUT)

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// One configured Redis server.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerAddress {
     /// Host name or IP address.
     pub host: String,

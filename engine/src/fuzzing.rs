@@ -11,6 +11,9 @@
 //!   operations (clients connecting, sending bytes or commands, backends connecting, failing, answering ...) run
 //!   against an [`Engine`](crate::Engine) on the test kit's fake clock, checking the connection contract after
 //!   every input.
+//! - [`engine_admin`]: the same with an admin client's `PROXY ADD/REMOVE/FAILOVER`, reloads that add, remove,
+//!   reorder and re-address servers, `SCAN` cursors and numbered `ECHO`s mixed in; replies must stay in order per
+//!   client, and a removed server must get no new connection or request.
 //!
 //! | module | holds |
 //! |---|---|
@@ -24,7 +27,7 @@ mod input;
 mod scan;
 mod servers;
 
-pub use harness::engine_client_bytes;
+pub use harness::{engine_admin, engine_client_bytes};
 pub use scan::{resp_reply, resp_request, tiny_limits};
 
 #[cfg(test)]
@@ -36,10 +39,11 @@ mod tests {
     fn fuzz_corpus_replays() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
+        let targets: [(&str, Target); 4] = [
             ("resp_request", super::resp_request),
             ("resp_reply", super::resp_reply),
             ("engine_client_bytes", super::engine_client_bytes),
+            ("engine_admin", super::engine_admin),
         ];
         let mut failures = Vec::new();
         for (name, target) in targets {

@@ -1,16 +1,20 @@
-//! The engine target: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`],
-//! with a model of every connection it opened, checking the connection contract after every input.
+//! The engine targets: an [`Engine`](crate::Engine) driven through decoded [`Op`]s by the test kit's [`Driver`],
+//! with a model of every connection it opened, checking the connection contract after every input. The admin
+//! target mixes in `PROXY ADD/REMOVE/FAILOVER` from an admin client, reloads that add, remove, reorder and
+//! re-address servers, `SCAN` cursors and numbered `ECHO`s, and checks that replies stay in order and that a
+//! removed server gets no new connection or request.
 
-use super::input::{Op, Setup, ARGS, COMMANDS};
+use super::input::{reload_config, Op, Setup, ARGS, COMMANDS, UNIVERSE};
 use super::servers;
+use crate::address::ServerAddress;
 use crate::conn::ConnId;
-use crate::resp::{Limits, Request};
+use crate::resp::{Limits, ReplyScanner, Request};
 use crate::testkit::stream::RequestStream;
 use crate::testkit::{master_and_replicas, Driver, FakeServer};
 use crate::{Action, Event, Input};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// The harness's view of one client connection.
@@ -27,6 +31,10 @@ struct ClientModel {
     protocol_error_event: bool,
     sends: Vec<Bytes>,
     closed_by_engine: bool,
+    /// `ECHO` tokens sent so far (each one's number is its position).
+    echoes: u32,
+    /// The last `SCAN` cursor this client was sent back, if seen.
+    cursor: Option<Vec<u8>>,
 }
 
 /// The harness's view of one backend connection the engine asked for.
@@ -55,14 +63,26 @@ struct Harness {
     backends: Vec<BackendModel>,
     /// Every id the engine ever issued, open or not.
     known: BTreeMap<ConnId, Kind>,
-    /// The servers, in configuration order.
+    /// The fake servers of every address the target may use: the configured ones first.
     servers: Vec<FakeServer>,
+    /// Their addresses, in the same order.
+    universe: Vec<ServerAddress>,
+    /// Servers the engine reported removed (and did not add back since): no connection or request may reach them.
+    removed: BTreeSet<ServerAddress>,
+    /// The admin client, in the admin target.
+    admin: Option<usize>,
+    /// Whether reads are split now (reloads may flip it).
+    reads_to_slaves: bool,
 }
 
 impl Harness {
     fn new(setup: &Setup) -> Harness {
         let config = setup.config();
-        let servers = master_and_replicas(&config.servers);
+        let universe: Vec<ServerAddress> = (0..UNIVERSE)
+            .map(|i| ServerAddress { host: "127.0.0.1".into(), port: crate::testkit::port_of(i) })
+            .collect();
+        assert!(config.servers.iter().zip(&universe).all(|(a, b)| a == b), "configured servers come first");
+        let servers = master_and_replicas(&universe);
         Harness {
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
             driver: Driver::new(config),
@@ -70,7 +90,50 @@ impl Harness {
             backends: Vec::new(),
             known: BTreeMap::new(),
             servers,
+            universe,
+            removed: BTreeSet::new(),
+            admin: None,
+            reads_to_slaves: setup.reads_to_slaves(),
         }
+    }
+
+    /// Registers a new client connection `id` in the model.
+    fn add_client(&mut self, id: ConnId) -> usize {
+        assert!(!self.known.contains_key(&id), "accept reused a live or earlier id {id}");
+        self.known.insert(id, Kind::Client(self.clients.len()));
+        self.clients.push(ClientModel {
+            id,
+            open: true,
+            readable: true,
+            socket: Vec::new(),
+            shadow: RequestStream::new(self.driver.config.limits),
+            shadow_error: false,
+            protocol_error_event: false,
+            sends: Vec::new(),
+            closed_by_engine: false,
+            echoes: 0,
+            cursor: None,
+        });
+        self.clients.len() - 1
+    }
+
+    /// The admin client, connected on the admin listener at first use (again if the engine closed it).
+    fn admin_client(&mut self) -> usize {
+        if let Some(i) = self.admin.filter(|&i| self.clients[i].open) {
+            return i;
+        }
+        let now = self.driver.clock.now();
+        let id = self.driver.engine.accept_admin(now, "127.0.0.1:1".parse().expect("an address"));
+        let i = self.add_client(id);
+        self.admin = Some(i);
+        self.drain();
+        i
+    }
+
+    /// Sends `words` as one request from client `i`.
+    fn send_words(&mut self, i: usize, words: &[&str]) {
+        self.clients[i].socket.extend_from_slice(Request::from_args(words).frame());
+        self.deliver_client(i);
     }
 
     fn open_client(&self, pick: u8) -> Option<usize> {
@@ -92,20 +155,53 @@ impl Harness {
         match op {
             Op::Accept => {
                 let id = self.driver.accept();
-                assert!(!self.known.contains_key(&id), "accept reused a live or earlier id {id}");
-                self.known.insert(id, Kind::Client(self.clients.len()));
-                self.clients.push(ClientModel {
-                    id,
-                    open: true,
-                    readable: true,
-                    socket: Vec::new(),
-                    shadow: RequestStream::new(self.driver.config.limits),
-                    shadow_error: false,
-                    protocol_error_event: false,
-                    sends: Vec::new(),
-                    closed_by_engine: false,
-                });
+                self.add_client(id);
                 self.drain();
+            }
+            Op::AdminAdd { server } | Op::AdminRemove { server } => {
+                let address = self.universe[usize::from(server) % UNIVERSE].to_string();
+                let verb = if matches!(op, Op::AdminAdd { .. }) { "ADD" } else { "REMOVE" };
+                let admin = self.admin_client();
+                self.send_words(admin, &["PROXY", verb, &address]);
+            }
+            Op::AdminFailover { server } => {
+                let address = self.universe[usize::from(server) % UNIVERSE].to_string();
+                let admin = self.admin_client();
+                if server >= 0x80 {
+                    self.send_words(admin, &["PROXY", "FAILOVER"]);
+                } else {
+                    self.send_words(admin, &["PROXY", "FAILOVER", &address]);
+                }
+            }
+            Op::Reload { mask, rotate, flip_mode } => {
+                let universe: Vec<String> = self.universe.iter().map(ToString::to_string).collect();
+                let reads_to_slaves = self.reads_to_slaves != flip_mode;
+                let config = reload_config(&universe, mask, rotate, reads_to_slaves);
+                let now = self.driver.clock.now();
+                // A refusal (it would remove the master, or a server still draining) changes nothing.
+                if self.driver.engine.reconfigure(now, config).is_ok() {
+                    self.reads_to_slaves = reads_to_slaves;
+                }
+                self.drain();
+            }
+            Op::ClientScan { client, cursor } => {
+                if let Some(i) = self.open_client(client) {
+                    let last = self.clients[i].cursor.clone().unwrap_or_else(|| b"0".to_vec());
+                    let cursor = match cursor % 4 {
+                        0 => b"0".to_vec(),
+                        1 => cursor.to_string().into_bytes(),
+                        _ => last,
+                    };
+                    let cursor = String::from_utf8_lossy(&cursor).into_owned();
+                    self.send_words(i, &["SCAN", &cursor, "COUNT", "10"]);
+                }
+            }
+            Op::ClientEcho { client } => {
+                if let Some(i) = self.open_client(client) {
+                    let token = format!("echo-{}-{}", i, self.clients[i].echoes);
+                    self.clients[i].echoes += 1;
+                    self.send_words(i, &["ECHO", &token]);
+                }
             }
             Op::ClientBytes { client, data } => {
                 if let Some(i) = self.open_client(client) {
@@ -271,6 +367,14 @@ impl Harness {
 
     /// Drains actions and events, checking each against the connections the harness knows to be open.
     fn drain(&mut self) {
+        // Actions and events come in two queues, so their order within one input is lost: a server added by this
+        // input may be connected to in it, and one removed by it may have been sent its last probe in it.
+        let events: Vec<Event> = std::iter::from_fn(|| self.driver.engine.poll_event()).collect();
+        for event in &events {
+            if let Event::ServerAdded { address } = event {
+                self.removed.remove(address);
+            }
+        }
         while let Some(action) = self.driver.engine.poll_action() {
             if self.trace {
                 eprintln!("  action {action:?}");
@@ -278,13 +382,8 @@ impl Harness {
             match action {
                 Action::Connect { conn, address } => {
                     assert!(!self.known.contains_key(&conn), "Connect with an id already in use or used: {conn}");
-                    let server = self
-                        .driver
-                        .config
-                        .servers
-                        .iter()
-                        .position(|s| *s == address)
-                        .expect("Connect to a configured server");
+                    assert!(!self.removed.contains(&address), "Connect to the removed server {address}");
+                    let server = self.universe.iter().position(|s| *s == address).expect("Connect to a known server");
                     self.known.insert(conn, Kind::Backend(self.backends.len()));
                     self.backends.push(BackendModel {
                         id: conn,
@@ -298,9 +397,14 @@ impl Harness {
                 Action::Send { conn, data } => match self.known.get(&conn).copied() {
                     Some(Kind::Client(i)) => {
                         assert!(self.clients[i].open, "Send to the closed client {conn}: {data:?}");
+                        if let Some(cursor) = scan_cursor(&data) {
+                            self.clients[i].cursor = Some(cursor);
+                        }
                         self.clients[i].sends.push(data);
                     }
                     Some(Kind::Backend(i)) => {
+                        let address = &self.universe[self.backends[i].server];
+                        assert!(!self.removed.contains(address), "Send to the removed server {address}: {data:?}");
                         let backend = &mut self.backends[i];
                         assert!(backend.open, "Send to the closed backend {conn}: {data:?}");
                         backend.sent.push(&data);
@@ -337,9 +441,12 @@ impl Harness {
                 },
             }
         }
-        while let Some(event) = self.driver.engine.poll_event() {
+        for event in events {
             if self.trace {
                 eprintln!("  event {event}");
+            }
+            if let Event::ServerRemoved { address } = &event {
+                self.removed.insert(address.clone());
             }
             if let Event::ClientProtocolError { conn, message } = event {
                 assert!(message.starts_with("ERR Protocol error"), "protocol error event with {message:?}");
@@ -376,6 +483,27 @@ impl Harness {
         }
     }
 
+    /// Every client got its `ECHO` replies in the order it sent them (a request may fail instead, with an error
+    /// in its place, but never overtake or be overtaken).
+    fn check_reply_order(&self) {
+        for client in &self.clients {
+            let mut scanner = ReplyScanner::new(Limits::default());
+            let mut buf = BytesMut::new();
+            for piece in &client.sends {
+                buf.extend_from_slice(piece);
+            }
+            let mut next = 0u32;
+            while let Ok(Some(frame)) = scanner.next_reply(&mut buf) {
+                let text = String::from_utf8_lossy(&frame);
+                if let Some(n) = text.split("echo-").nth(1).and_then(|rest| rest.split(['-', '\r']).nth(1)) {
+                    let n: u32 = n.parse().expect("an echo number");
+                    assert!(n >= next, "client {}: ECHO {n} answered after a later one ({next})", client.id);
+                    next = n + 1;
+                }
+            }
+        }
+    }
+
     fn check_protocol_errors(&self) {
         for client in &self.clients {
             if client.shadow_error {
@@ -399,8 +527,28 @@ impl Harness {
     }
 }
 
+/// The cursor of a `SCAN` reply at the start of `data`, if it is one.
+fn scan_cursor(data: &[u8]) -> Option<Vec<u8>> {
+    let rest = data.strip_prefix(b"*2\r\n$")?;
+    let header_end = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..header_end]).ok()?.parse().ok()?;
+    let cursor = rest.get(header_end + 2..header_end + 2 + len)?;
+    cursor.iter().all(u8::is_ascii_digit).then(|| cursor.to_vec())
+}
+
 /// Runs an engine through the operations encoded in `data`, checking the connection contract throughout.
 pub fn engine_client_bytes(data: &[u8]) {
+    run_ops(data, Op::decode);
+}
+
+/// Like [`engine_client_bytes`], with admin commands, reloads, `SCAN` cursors and numbered `ECHO`s mixed in:
+/// besides the connection contract, replies stay in order per client and a removed server gets no new
+/// connection or request.
+pub fn engine_admin(data: &[u8]) {
+    run_ops(data, Op::decode_with_admin);
+}
+
+fn run_ops(data: &[u8], decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<Op>) {
     let mut input = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut input) else { return };
     let mut harness = Harness::new(&setup);
@@ -408,10 +556,11 @@ pub fn engine_client_bytes(data: &[u8]) {
     harness.drain();
     let mut steps = 0;
     while !input.is_empty() && steps < 512 {
-        let Ok(op) = Op::decode(&mut input) else { break };
+        let Ok(op) = decode(&mut input) else { break };
         harness.run(op);
         steps += 1;
     }
     harness.settle();
     harness.check_protocol_errors();
+    harness.check_reply_order();
 }

@@ -3,6 +3,34 @@
 use crate::Config;
 use arbitrary::{Arbitrary, Unstructured};
 
+/// How many server addresses the admin target knows: the configured ones and those it may add.
+pub(super) const UNIVERSE: usize = 4;
+
+/// The configuration the admin target's reloads hand the engine: the servers of `universe` (addresses) picked by
+/// the bits of `mask` (at least one), rotated by `rotate`, in `mode`.
+pub(super) fn reload_config(universe: &[String], mask: u8, rotate: u8, reads_to_slaves: bool) -> Config {
+    let mut picked: Vec<&String> =
+        universe.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, s)| s).collect();
+    if picked.is_empty() {
+        picked.push(&universe[usize::from(mask) % universe.len()]);
+    }
+    let len = picked.len();
+    picked.rotate_left(usize::from(rotate) % len);
+    let list: Vec<String> = picked
+        .iter()
+        .map(|address| {
+            let (host, port) = address.rsplit_once(':').unwrap_or(("127.0.0.1", "7000"));
+            format!("{{\"host\": \"{host}\", \"port\": {port}}}")
+        })
+        .collect();
+    let json = format!(
+        "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500}}",
+        list.join(","),
+        if reads_to_slaves { "readsToSlaves" } else { "allToMaster" },
+    );
+    Config::from_json(&json).expect("the harness writes valid configurations")
+}
+
 /// Commands the fuzzer may send by number (as well as raw bytes): one of each kind of handling.
 pub(super) const COMMANDS: &[&str] = &[
     "PING",
@@ -55,6 +83,11 @@ pub(super) struct Setup {
 }
 
 impl Setup {
+    /// Whether reads are split.
+    pub(super) fn reads_to_slaves(&self) -> bool {
+        self.reads_to_slaves
+    }
+
     /// The configuration it describes, written as JSON so that the configuration parser is fuzzed along.
     pub(super) fn config(&self) -> Config {
         let servers = usize::from(self.servers % 3) + 1;
@@ -82,24 +115,89 @@ impl Setup {
 #[derive(Debug)]
 pub(super) enum Op {
     Accept,
-    ClientBytes { client: u8, data: Vec<u8> },
-    ClientCommand { client: u8, command: u8, args: Vec<u8>, inline: bool },
-    ClientClosed { client: u8 },
-    WriteBlocked { client: u8 },
-    Drained { client: u8 },
-    Advance { ms: u16 },
+    ClientBytes {
+        client: u8,
+        data: Vec<u8>,
+    },
+    ClientCommand {
+        client: u8,
+        command: u8,
+        args: Vec<u8>,
+        inline: bool,
+    },
+    ClientClosed {
+        client: u8,
+    },
+    WriteBlocked {
+        client: u8,
+    },
+    Drained {
+        client: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     Timeout,
-    Connected { backend: u8 },
-    ConnectFailed { backend: u8 },
-    BackendClosed { backend: u8 },
-    BackendBytes { backend: u8, data: Vec<u8> },
-    BackendAnswer { backend: u8, count: u8, flavor: u8 },
-    Stale { conn: u8, kind: u8 },
+    Connected {
+        backend: u8,
+    },
+    ConnectFailed {
+        backend: u8,
+    },
+    BackendClosed {
+        backend: u8,
+    },
+    BackendBytes {
+        backend: u8,
+        data: Vec<u8>,
+    },
+    BackendAnswer {
+        backend: u8,
+        count: u8,
+        flavor: u8,
+    },
+    Stale {
+        conn: u8,
+        kind: u8,
+    },
+    /// `PROXY ADD` of a server of the universe, from the admin client.
+    AdminAdd {
+        server: u8,
+    },
+    /// `PROXY REMOVE` of a server of the universe.
+    AdminRemove {
+        server: u8,
+    },
+    /// `PROXY FAILOVER`, to a server of the universe or (high bit) to whichever the rules pick.
+    AdminFailover {
+        server: u8,
+    },
+    /// A reload with the servers of the universe picked by `mask`, rotated by `rotate` (added, removed,
+    /// reordered, re-addressed: a server replaced by another address).
+    Reload {
+        mask: u8,
+        rotate: u8,
+        flip_mode: bool,
+    },
+    /// `SCAN` continuing the client's last cursor (or 0, or a made-up one).
+    ClientScan {
+        client: u8,
+        cursor: u8,
+    },
+    /// `ECHO` of a token that numbers the client's requests: its replies must come back in that order.
+    ClientEcho {
+        client: u8,
+    },
 }
 
 impl Op {
     pub(super) fn decode(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
         let tag: u8 = u.arbitrary()?;
+        Op::decode_fields(tag, u)
+    }
+
+    /// The operation `tag` names (mod 14) and its fields.
+    fn decode_fields(tag: u8, u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
         let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
         let bytes = |u: &mut Unstructured<'_>| -> arbitrary::Result<Vec<u8>> {
             let len = u.arbitrary::<u8>()?;
@@ -120,6 +218,21 @@ impl Op {
             11 => Op::BackendBytes { backend: byte(u)?, data: bytes(u)? },
             12 => Op::BackendAnswer { backend: byte(u)?, count: byte(u)?, flavor: byte(u)? },
             _ => Op::Stale { conn: byte(u)?, kind: byte(u)? },
+        })
+    }
+
+    /// Like [`Op::decode`], with the admin operations, reloads, `SCAN` and `ECHO` among the tags.
+    pub(super) fn decode_with_admin(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
+        let tag: u8 = u.arbitrary()?;
+        let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
+        Ok(match tag % 22 {
+            14 => Op::AdminAdd { server: byte(u)? },
+            15 => Op::AdminRemove { server: byte(u)? },
+            16 => Op::AdminFailover { server: byte(u)? },
+            17 => Op::Reload { mask: byte(u)?, rotate: byte(u)?, flip_mode: u.arbitrary()? },
+            18 | 19 => Op::ClientScan { client: byte(u)?, cursor: byte(u)? },
+            20 | 21 => Op::ClientEcho { client: byte(u)? },
+            other => Op::decode_fields(other, u)?,
         })
     }
 }

@@ -39,6 +39,18 @@ pub(super) fn answer(server: &mut FakeServer, request: &Request, flavor: u8, out
             }
         }
         (b"EXEC", _) => out.extend_from_slice(b"*2\r\n+OK\r\n:1\r\n"),
+        (b"ECHO", _) => {
+            let arg = request.arg(1).unwrap_or_default();
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        (b"SCAN", _) => {
+            // A cursor of the server's own, or the end of the iteration.
+            let cursor = if flavor % 4 == 0 { 0 } else { u32::from(flavor) * 7 + server.info.offset as u32 % 97 };
+            let cursor = cursor.to_string();
+            out.extend_from_slice(format!("*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n", cursor.len()).as_bytes());
+        }
         (_, 0) => out.extend_from_slice(b"$-1\r\n"),
         (_, 1) => out.extend_from_slice(b"-ERR fuzz\r\n"),
         (_, 2) => out.extend_from_slice(b":42\r\n"),
