@@ -15,10 +15,9 @@ use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
 use crate::cursor::{self, Issuer, ScanCall};
 use crate::event::Event;
-use crate::failover::{Decision, Failover};
+use crate::failover::{Decision, Failover, SwitchoverStep};
 use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome, ReplicaOf};
-use crate::offset_poll::PollSchedule;
 use crate::pool::{Pool, Purpose, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
@@ -27,7 +26,7 @@ use crate::server_id::ServerId;
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
 use crate::stream::{Piece, Streams};
-use crate::topology::{Role, ServerView};
+use crate::topology::Role;
 use crate::upload::{UploadPiece, Uploads};
 use crate::wait::Waits;
 use bytes::BytesMut;
@@ -88,31 +87,11 @@ pub struct Engine {
     admins: Vec<ConnId>,
     /// Servers being removed, forgotten once their requests in flight are answered.
     removing: Vec<ServerId>,
-    /// The planned switchover under way.
-    switchover: Option<Switchover>,
     /// The configuration in force (the last one [`Engine::reconfigure`] accepted).
     config: Config,
-    /// How long a planned switchover may hold writes before it is aborted (half of `hold_ms`, so that held
-    /// requests never expire because of one).
-    switchover_bound: Duration,
     /// Sentinel mode: the sentinels decide the master (the failover rules are not applied).
     sentinels: Option<Sentinels>,
 }
-
-/// A planned switchover (`PROXY FAILOVER`) under way; the failover machine holds its phase.
-struct Switchover {
-    /// The admin client's reply slot, filled when it ends.
-    admin: (ConnId, u64),
-    target: ServerId,
-    started: Instant,
-    /// When the master had no request of a client in flight any more: offsets read after it count.
-    drained_at: Option<Instant>,
-    /// When to ask for the offsets again.
-    poll: PollSchedule,
-}
-
-/// How often a planned switchover asks the master and its target for their offsets.
-const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
 
 impl Engine {
     /// An engine for `config`; it starts probing the servers at the first [`Engine::handle_timeout`].
@@ -121,7 +100,9 @@ impl Engine {
             clients: Clients::new(&config),
             pool: Pool::new(config.pool_size + config.large_pool_size, config.limits),
             monitor: Monitor::new(&config, now),
-            failover: Failover::new(now, config.down_after, config.check_period),
+            // A planned switchover holds writes for at most half of `hold_ms`, so that held requests never expire
+            // because of one.
+            failover: Failover::new(now, config.down_after, config.check_period, config.hold / 2),
             router: Router::new(&config),
             waits: Waits::default(),
             fence_poll: FencePoll::default(),
@@ -136,8 +117,6 @@ impl Engine {
             master_since: None,
             admins: Vec::new(),
             removing: Vec::new(),
-            switchover: None,
-            switchover_bound: config.hold / 2,
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             config,
         };
@@ -202,7 +181,7 @@ impl Engine {
         }
         self.clients.set_limits(&new);
         self.router = Router::new(&new);
-        self.switchover_bound = new.hold / 2;
+        self.failover.set_switchover_bound(new.hold / 2);
         self.config = new;
         Ok(changes)
     }
@@ -306,7 +285,7 @@ impl Engine {
             self.fence_poll.deadline().map(|at| (at, TimerReason::ReadFence)),
             self.shutdown_deadline.map(|at| (at, TimerReason::ShutdownGrace)),
             self.sentinels.as_ref().map(|s| (s.deadline(self.failover.master().is_some()), TimerReason::Sentinel)),
-            self.switchover.as_ref().and_then(|s| s.poll.next()).map(|at| (at, TimerReason::Switchover)),
+            self.failover.switchover_poll().map(|at| (at, TimerReason::Switchover)),
             self.streams.deadline().map(|at| (at, TimerReason::StreamStall)),
         ]
         .into_iter()
@@ -1200,55 +1179,40 @@ impl Engine {
                 self.monitor.find(&address).ok_or_else(|| format!("ERR {address} is not a server of this proxy"))?,
             ),
         };
-        let deadline = now + self.switchover_bound;
-        let (master, target) = self
-            .failover
-            .begin_switchover(self.monitor.views(), target, deadline)
-            .map_err(|why| format!("ERR cannot fail over: {why}"))?;
         let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
-        let (Some(from), Some(to)) = (self.monitor.address(master).cloned(), self.monitor.address(target).cloned())
-        else {
-            return Ok(());
+        let (master, target) = match self.failover.begin_switchover(now, self.monitor.views(), target, (conn, seq)) {
+            Ok(pair) => pair,
+            Err(why) => {
+                let reply = resp::error_reply(&format!("ERR cannot fail over: {why}"));
+                self.deliver(now, conn, seq, reply);
+                return Ok(());
+            }
         };
-        self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
-        self.out.event(Event::SwitchoverStarted { from, to });
-        let poll = PollSchedule::default();
-        self.switchover = Some(Switchover { admin: (conn, seq), target, started: now, drained_at: None, poll });
+        if let (Some(from), Some(to)) = (self.monitor.address(master).cloned(), self.monitor.address(target).cloned()) {
+            self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
+            self.out.event(Event::SwitchoverStarted { from, to });
+        }
         self.advance_switchover(now);
         Ok(())
     }
 
-    /// Moves a planned switchover on: once the master has no request in flight, polls both offsets until the
-    /// target's equals the master's (every acknowledged write is on it), then promotes the target.
+    /// Moves a planned switchover on (see [`Failover::advance_switchover`]).
     fn advance_switchover(&mut self, now: Instant) {
-        let Some((master, target)) = self.failover.switching() else { return };
-        let Some(switchover) = self.switchover.as_mut() else { return };
-        let due = switchover.poll.due(now, true, SWITCHOVER_POLL);
-        // Requests already sent run to the end: their writes are acknowledged, so they must be on the target too.
-        if self.pool.in_flight(master) > 0 {
-            return;
-        }
-        let drained = *switchover.drained_at.get_or_insert(now);
-        let fresh = |view: &ServerView| {
-            view.offset_seen.as_ref().filter(|(at, _)| *at >= drained).map(|(_, info)| info.repl_offset)
-        };
-        let views = self.monitor.views();
-        let offsets = (views.get(master).and_then(fresh), views.get(target).and_then(fresh));
-        if let (Some(master_offset), Some(target_offset)) = offsets {
-            if master_offset == target_offset {
-                self.failover.promote_switchover(now);
+        let Some((master, _)) = self.failover.switching() else { return };
+        let in_flight = self.pool.in_flight(master);
+        match self.failover.advance_switchover(now, self.monitor.views(), in_flight) {
+            SwitchoverStep::Wait => {}
+            SwitchoverStep::ReadOffsets { master, target } => {
+                self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
+                self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
+            }
+            SwitchoverStep::Promote { target, reason } => {
                 let Some(address) = self.monitor.address(target).cloned() else { return };
-                let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
                 let why = "promoting it: a planned switchover".to_string();
                 self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
-                return;
             }
-        }
-        if due {
-            self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
-            self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
         }
     }
 
@@ -1272,17 +1236,16 @@ impl Engine {
                 let Some(address) = self.monitor.address(master).cloned() else { return };
                 self.history.end(now, &address);
                 self.master_since = Some(now);
-                if let Some(switchover) = self.switchover.take() {
-                    let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
-                    let (reply, outcome) = if master == switchover.target {
-                        let text = format!("done: {address} is the master; writes were held for {held_ms:.1} ms");
-                        (resp::simple_reply(&format!("OK {text}")), text)
-                    } else {
-                        let text = format!("aborted ({reason}); {address} is still the master");
-                        (resp::error_reply(&format!("ERR planned switchover {text}")), text)
+                if let Some(end) = self.failover.end_switchover(now, master, &address, reason) {
+                    let reply = match &end.outcome {
+                        Ok(text) => resp::simple_reply(&format!("OK {text}")),
+                        Err(text) => resp::error_reply(&format!("ERR planned switchover {text}")),
+                    };
+                    let outcome = match end.outcome {
+                        Ok(text) | Err(text) => text,
                     };
                     self.out.event(Event::SwitchoverEnded { outcome });
-                    let (client, seq) = switchover.admin;
+                    let (client, seq) = end.requester;
                     self.deliver(now, client, seq, reply);
                 }
                 self.out.event(Event::MasterAdopted { address, reason });

@@ -4,6 +4,9 @@
 //! same facts decide the same. It returns [`Decision`]s for the engine to carry out (send `REPLICAOF`, start or
 //! stop routing); the engine feeds the servers' answers back through the view.
 
+use crate::address::ServerAddress;
+use crate::conn::ConnId;
+use crate::offset_poll::PollSchedule;
 use crate::server_id::ServerId;
 use crate::topology::{Role, ServerView, Views};
 use smallvec::SmallVec;
@@ -77,6 +80,53 @@ pub(crate) enum Decision {
     },
 }
 
+/// A planned switchover (`PROXY FAILOVER`) under way, beside the [`Phase::Switching`] and [`Phase::Promoting`]
+/// phases it goes through.
+#[derive(Debug)]
+struct Switchover {
+    /// The admin client's reply slot, filled when it ends.
+    requester: (ConnId, u64),
+    target: ServerId,
+    started: Instant,
+    /// When the master had no request of a client in flight any more: offsets read after it count.
+    drained_at: Option<Instant>,
+    /// When to ask for the offsets again.
+    poll: PollSchedule,
+}
+
+/// How often a planned switchover asks the master and its target for their offsets.
+const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
+
+/// What a planned switchover needs next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SwitchoverStep {
+    /// Nothing now.
+    Wait,
+    /// Read both offsets again.
+    ReadOffsets {
+        /// The master.
+        master: ServerId,
+        /// The replica to promote.
+        target: ServerId,
+    },
+    /// The target has every acknowledged write: send it `REPLICAOF NO ONE`.
+    Promote {
+        /// The replica to promote.
+        target: ServerId,
+        /// Why now, for the log.
+        reason: String,
+    },
+}
+
+/// How a planned switchover ended, for the admin client that asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SwitchoverEnd {
+    /// The admin client's reply slot.
+    pub(crate) requester: (ConnId, u64),
+    /// `Ok` with what happened, or `Err` with why it was aborted.
+    pub(crate) outcome: Result<String, String>,
+}
+
 /// The failover phase machine.
 #[derive(Debug)]
 pub(crate) struct Failover {
@@ -91,14 +141,23 @@ pub(crate) struct Failover {
     master_run_id: String,
     /// After losing a master that restarted: choose again only from INFO that arrived since then.
     fresh_facts_since: Option<Instant>,
+    /// The planned switchover under way.
+    switchover: Option<Switchover>,
+    /// How long a planned switchover may hold writes before it is aborted.
+    switchover_bound: Duration,
 }
 
 /// How much longer than the master a replica's link may have been down before it is not promoted (as Sentinel).
 const LINK_DOWN_FACTOR: u32 = 10;
 
 impl Failover {
-    /// A machine that starts with no master known.
-    pub(crate) fn new(now: Instant, down_after: Duration, check_period: Duration) -> Failover {
+    /// A machine that starts with no master known; a planned switchover may hold writes for `switchover_bound`.
+    pub(crate) fn new(
+        now: Instant,
+        down_after: Duration,
+        check_period: Duration,
+        switchover_bound: Duration,
+    ) -> Failover {
         Failover {
             phase: Phase::NoMaster { since: now },
             down_after,
@@ -107,7 +166,14 @@ impl Failover {
             master_run_id: String::new(),
             fresh_facts_since: None,
             repointed_at: SmallVec::new(),
+            switchover: None,
+            switchover_bound,
         }
+    }
+
+    /// A reload changed how long a planned switchover may hold writes (for the next one).
+    pub(crate) fn set_switchover_bound(&mut self, bound: Duration) {
+        self.switchover_bound = bound;
     }
 
     /// The master writes go to, if any.
@@ -135,14 +201,16 @@ impl Failover {
         }
     }
 
-    /// Starts a planned switchover to `target` (a replica of the master that is linked to it), or to the replica
-    /// the failover rules would promote: new requests are held from now until `deadline`. Returns the master and
-    /// the target, or why it cannot start.
+    /// Starts a planned switchover for `requester` (an admin client's reply slot) to `target` (a replica of the
+    /// master that is linked to it), or to the replica the failover rules would promote: new requests are held
+    /// from now until it ends or the switchover bound passes. Returns the master and the target, or why it cannot
+    /// start.
     pub(crate) fn begin_switchover(
         &mut self,
+        now: Instant,
         views: &Views,
         target: Option<ServerId>,
-        deadline: Instant,
+        requester: (ConnId, u64),
     ) -> Result<(ServerId, ServerId), &'static str> {
         let Phase::Stable { master } = self.phase else {
             return Err("no master is routed now (a failover is under way)");
@@ -163,8 +231,71 @@ impl Failover {
                 promote_candidate(views, Duration::ZERO, &others).ok_or("no replica linked to the master")?
             }
         };
-        self.phase = Phase::Switching { master, target, deadline };
+        self.phase = Phase::Switching { master, target, deadline: now + self.switchover_bound };
+        let poll = PollSchedule::default();
+        self.switchover = Some(Switchover { requester, target, started: now, drained_at: None, poll });
         Ok((master, target))
+    }
+
+    /// Moves a planned switchover on: once the master has no request of a client in flight (`master_in_flight`),
+    /// the offsets of both are polled until the target's equals the master's (every acknowledged write is on
+    /// it); then the target is promoted.
+    pub(crate) fn advance_switchover(
+        &mut self,
+        now: Instant,
+        views: &Views,
+        master_in_flight: usize,
+    ) -> SwitchoverStep {
+        let Phase::Switching { master, target, .. } = self.phase else { return SwitchoverStep::Wait };
+        let Some(switchover) = self.switchover.as_mut() else { return SwitchoverStep::Wait };
+        let due = switchover.poll.due(now, true, SWITCHOVER_POLL);
+        // Requests already sent run to the end: their writes are acknowledged, so they must be on the target too.
+        if master_in_flight > 0 {
+            return SwitchoverStep::Wait;
+        }
+        let drained = *switchover.drained_at.get_or_insert(now);
+        let fresh = |view: &ServerView| {
+            view.offset_seen.as_ref().filter(|(at, _)| *at >= drained).map(|(_, info)| info.repl_offset)
+        };
+        let offsets = (views.get(master).and_then(fresh), views.get(target).and_then(fresh));
+        if let (Some(master_offset), Some(target_offset)) = offsets {
+            if master_offset == target_offset {
+                // Not confirmed within down_after, the rules choose again (the old master still reports
+                // role:master, so it is adopted back).
+                self.phase = Phase::Promoting { candidate: target, deadline: now + self.down_after, since: now };
+                let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
+                return SwitchoverStep::Promote { target, reason };
+            }
+        }
+        if due {
+            SwitchoverStep::ReadOffsets { master, target }
+        } else {
+            SwitchoverStep::Wait
+        }
+    }
+
+    /// When a planned switchover next polls the offsets.
+    pub(crate) fn switchover_poll(&self) -> Option<Instant> {
+        self.switchover.as_ref().and_then(|s| s.poll.next())
+    }
+
+    /// A master was adopted (`address`, for `reason`): the planned switchover under way, if any, ended with it,
+    /// done if it is the switchover's target, aborted otherwise.
+    pub(crate) fn end_switchover(
+        &mut self,
+        now: Instant,
+        adopted: ServerId,
+        address: &ServerAddress,
+        reason: &str,
+    ) -> Option<SwitchoverEnd> {
+        let switchover = self.switchover.take()?;
+        let held_ms = now.saturating_duration_since(switchover.started).as_secs_f64() * 1000.0;
+        let outcome = if adopted == switchover.target {
+            Ok(format!("done: {address} is the master; writes were held for {held_ms:.1} ms"))
+        } else {
+            Err(format!("aborted ({reason}); {address} is still the master"))
+        };
+        Some(SwitchoverEnd { requester: switchover.requester, outcome })
     }
 
     /// The switchover under way: (master, target).
@@ -173,15 +304,6 @@ impl Failover {
             Phase::Switching { master, target, .. } => Some((master, target)),
             _ => None,
         }
-    }
-
-    /// The switchover's target has caught up: it is promoted now (the engine sends `REPLICAOF NO ONE`). If the
-    /// promotion is not confirmed within `down_after`, the rules choose again (the old master still reports
-    /// `role:master`, so it is adopted back).
-    pub(crate) fn promote_switchover(&mut self, now: Instant) -> Option<ServerId> {
-        let Phase::Switching { target, .. } = self.phase else { return None };
-        self.phase = Phase::Promoting { candidate: target, deadline: now + self.down_after, since: now };
-        Some(target)
     }
 
     /// Sentinel mode: writes go to `master` from now on (None: to nobody), as the sentinels decided; the rules
@@ -472,7 +594,7 @@ mod tests {
             view(2, now, Some(master_info("b"))),
             view(3, now, Some(replica_info(2, 10, 100, "c"))),
         ]);
-        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         let decisions = failover.evaluate(&views, now);
         assert_eq!(
             decisions.as_slice(),
@@ -489,7 +611,7 @@ mod tests {
             view(3, now, Some(replica_info(1, 90, 100, "c"))),
             view(4, now, Some(replica_info(1, 99, 0, "d"))),
         ]);
-        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
         views[0].health = Health::Down;
         let decisions = failover.evaluate(&views, now);
@@ -521,7 +643,7 @@ mod tests {
         let now = Instant::now();
         let mut views: Views =
             Views::from_iter([view(1, now, Some(master_info("a"))), view(2, now, None), view(3, now, None)]);
-        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         assert!(failover.evaluate(&views, now).is_empty(), "server 2 and 3 have not answered yet");
         views[1].info = Some(master_info("b"));
         views[2].info = Some(replica_info(2, 0, 100, "c"));
@@ -541,7 +663,7 @@ mod tests {
             view(2, start, Some(replica_info(1, 10, 100, "b"))),
             view(3, start, Some(replica_info(1, 10, 100, "c"))),
         ]);
-        let mut failover = Failover::new(start, down_after, Duration::from_secs(1));
+        let mut failover = Failover::new(start, down_after, Duration::from_secs(1), Duration::from_secs(1));
         let _ = failover.evaluate(&views, start);
         let later = start + Duration::from_millis(2_000);
         views[1].info = Some(master_info("b"));
@@ -563,7 +685,7 @@ mod tests {
             view(1, start, Some(master_info("a"))),
             view(2, start, Some(replica_info(1, 10, 100, "b"))),
         ]);
-        let mut failover = Failover::new(start, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(start, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         let _ = failover.evaluate(&views, start);
         let later = start + Duration::from_millis(2_900);
         views[0].info = Some(ReplicationInfo { repl_offset: 10, ..master_info("a2") });
@@ -596,7 +718,7 @@ mod tests {
             view(1, now, Some(with_ids(master_info("a"), "history-a", None))),
             view(2, now, Some(replica_info(1, 10, 100, "b"))),
         ]);
-        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         let _ = failover.evaluate(&views, now);
         (now, views, failover)
     }
@@ -613,7 +735,7 @@ mod tests {
         assert!(matches!(decisions[1], Decision::Adopt { master, .. } if master == ServerId::first(1)));
         assert_eq!(decisions[2], Decision::Repoint { server: ServerId::first(0), master: ServerId::first(1) });
         // The proxy on server 1 sees server 0 as a stray master (no shared history the other way): re-point it.
-        let mut other = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut other = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         let mut only_b = views.clone();
         only_b[0].health = Health::Unreachable;
         only_b[0].info = None;
@@ -646,7 +768,66 @@ mod tests {
     fn waits_for_every_server_before_promoting() {
         let now = Instant::now();
         let views: Views = Views::from_iter([view(1, now, None), view(2, now, Some(replica_info(1, 5, 100, "b")))]);
-        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1));
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
         assert!(failover.evaluate(&views, now).is_empty());
+    }
+
+    #[test]
+    fn a_planned_switchover_promotes_once_the_target_has_every_write_and_reports_to_its_requester() {
+        let now = Instant::now();
+        let mut views: Views = Views::from_iter([
+            view(1, now, Some(master_info("a"))),
+            view(2, now, Some(replica_info(1, 10, 100, "b"))),
+            view(3, now, Some(replica_info(1, 10, 100, "c"))),
+        ]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, now);
+        let (master, target) = (ServerId::first(0), ServerId::first(2));
+        let requester = crate::conn::client_and_backend_ids().0;
+        assert_eq!(
+            failover.begin_switchover(now, &views, Some(master), (requester, 1)),
+            Err("that server is the master already")
+        );
+        assert_eq!(failover.begin_switchover(now, &views, Some(target), (requester, 1)), Ok((master, target)));
+        assert_eq!(failover.master(), None, "writes are held");
+        // Requests of clients still in flight on the master: nothing yet (the poll schedule starts all the same).
+        assert_eq!(failover.advance_switchover(now, &views, 1), SwitchoverStep::Wait);
+        let drained = now + SWITCHOVER_POLL;
+        assert_eq!(failover.advance_switchover(drained, &views, 0), SwitchoverStep::ReadOffsets { master, target });
+        assert_eq!(failover.switchover_poll(), Some(drained + SWITCHOVER_POLL));
+        // Offsets read after the drain: the target is behind, then it has caught up.
+        let reading = |offset| Some((drained, ReplicationInfo { repl_offset: offset, ..Default::default() }));
+        views[0].offset_seen = reading(120);
+        views[2].offset_seen = reading(110);
+        assert_eq!(failover.advance_switchover(drained, &views, 0), SwitchoverStep::Wait, "polled within 10 ms");
+        views[2].offset_seen = reading(120);
+        let step = failover.advance_switchover(drained, &views, 0);
+        assert!(matches!(step, SwitchoverStep::Promote { target: t, .. } if t == target), "{step:?}");
+        // Its INFO confirms the promotion: adopted, and the requester hears it is done.
+        views[2].info = Some(master_info("c"));
+        views[0].info = Some(replica_info(3, 120, 100, "a"));
+        let decisions = failover.evaluate(&views, drained);
+        assert!(matches!(decisions[0], Decision::Adopt { master, .. } if master == target));
+        let end = failover.end_switchover(drained, target, &views[2].address, "promotion confirmed by INFO");
+        let end = end.expect("the switchover ends");
+        assert_eq!(end.requester, (requester, 1));
+        assert!(matches!(&end.outcome, Ok(text) if text.starts_with("done: 127.0.0.1:3 is the master")), "{end:?}");
+        assert_eq!(failover.end_switchover(drained, target, &views[2].address, ""), None, "it ended once");
+    }
+
+    #[test]
+    fn a_planned_switchover_whose_target_is_gone_is_aborted() {
+        let now = Instant::now();
+        let mut views: Views =
+            Views::from_iter([view(1, now, Some(master_info("a"))), view(2, now, Some(replica_info(1, 10, 100, "b")))]);
+        let mut failover = Failover::new(now, Duration::from_secs(3), Duration::from_secs(1), Duration::from_secs(1));
+        let _ = failover.evaluate(&views, now);
+        let requester = crate::conn::client_and_backend_ids().0;
+        assert!(failover.begin_switchover(now, &views, None, (requester, 7)).is_ok(), "the rules pick the replica");
+        views.remove(ServerId::first(1));
+        let decisions = failover.evaluate(&views, now);
+        assert!(matches!(decisions[0], Decision::Adopt { master, .. } if master == ServerId::first(0)));
+        let end = failover.end_switchover(now, ServerId::first(0), &views[0].address, "aborted").expect("it ends");
+        assert!(end.outcome.is_err(), "{end:?}");
     }
 }
