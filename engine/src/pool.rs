@@ -6,7 +6,6 @@ use crate::address::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::resp::{Limits, ProtocolError, ReplyScanner};
-use crate::sentinel::SentinelQuery;
 use crate::server_id::{ServerId, ServerTable};
 use crate::status::BackendCounts;
 use bytes::{Bytes, BytesMut};
@@ -51,6 +50,26 @@ pub(crate) enum Probe {
         sent_at: Instant,
         serial: u64,
     },
+}
+
+/// A question asked of a sentinel, awaiting its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SentinelQuery {
+    /// `AUTH` on connecting.
+    Auth,
+    /// `SENTINEL get-master-addr-by-name <name>`.
+    MasterAddr,
+    /// `SENTINEL replicas <name>`.
+    Replicas,
+    /// `HELLO 3` (with the credentials) on the subscription connection.
+    Subscribe,
+}
+
+impl SentinelQuery {
+    /// Whether it is one of a round's questions, whose reply is the sentinel's answer (not a connection's set-up).
+    pub(crate) fn is_round_question(self) -> bool {
+        matches!(self, SentinelQuery::MasterAddr | SentinelQuery::Replicas)
+    }
 }
 
 /// Who gets the next reply on a backend connection.

@@ -15,7 +15,7 @@ use crate::config::{Credentials, PasswordSource, SentinelConfig};
 use crate::conn::ConnId;
 use crate::contract::Outbox;
 use crate::event::Event;
-use crate::pool::{Pool, Purpose, Waiter};
+use crate::pool::{Pool, Purpose, SentinelQuery, Waiter};
 use crate::resp::Request;
 use crate::server_id::ServerId;
 use crate::topology::{Role, Views};
@@ -32,26 +32,6 @@ const URGENT_WINDOW: Duration = Duration::from_secs(5);
 
 /// The channels whose messages prompt a round: the master changed, or its reachability did.
 const CHANNELS: &[&str] = &["+switch-master", "+odown", "-odown", "+sdown", "-sdown", "+failover-end"];
-
-/// A question asked of a sentinel, awaiting its reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SentinelQuery {
-    /// `AUTH` on connecting.
-    Auth,
-    /// `SENTINEL get-master-addr-by-name <name>`.
-    MasterAddr,
-    /// `SENTINEL replicas <name>`.
-    Replicas,
-    /// `HELLO 3` (with the credentials) on the subscription connection.
-    Subscribe,
-}
-
-impl SentinelQuery {
-    /// Whether it is one of a round's questions, whose reply is the sentinel's answer (not a connection's set-up).
-    pub(crate) fn is_round_question(self) -> bool {
-        matches!(self, SentinelQuery::MasterAddr | SentinelQuery::Replicas)
-    }
-}
 
 /// A replica as a sentinel lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
