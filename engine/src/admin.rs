@@ -1,8 +1,10 @@
 //! The admin commands (`PROXY STATUS|SERVERS|ADD|REMOVE|FAILOVER|RELOAD`): recognised here, allowed only to
-//! clients that came in on the admin listener ([`crate::Engine::accept_admin`]), carried out by the engine.
+//! clients that came in on the admin listener ([`crate::Engine::accept_admin`]) or log in as an admin user,
+//! refused here when not allowed, carried out by the engine (they touch every machine).
 
 use crate::address::ServerAddress;
-use crate::resp::Request;
+use crate::conn::ConnId;
+use crate::resp::{self, Request};
 use crate::status::StatusSnapshot;
 use bytes::Bytes;
 use std::fmt::Write;
@@ -22,6 +24,51 @@ pub(crate) enum AdminCommand {
     Failover(Option<ServerAddress>),
     /// `PROXY RELOAD`: the runtime re-reads the configuration file.
     Reload,
+}
+
+/// The clients that came in on the admin listener.
+#[derive(Default)]
+pub(crate) struct AdminClients {
+    conns: Vec<ConnId>,
+}
+
+impl AdminClients {
+    /// `conn` came in on the admin listener; clients that left (`alive` says) are forgotten.
+    pub(crate) fn accepted(&mut self, conn: ConnId, alive: impl Fn(ConnId) -> bool) {
+        self.conns.retain(|admin| alive(*admin));
+        if alive(conn) {
+            self.conns.push(conn);
+        }
+    }
+
+    /// Whether `conn` came in on the admin listener.
+    pub(crate) fn contains(&self, conn: ConnId) -> bool {
+        self.conns.contains(&conn)
+    }
+}
+
+/// The admin command `request` asks for, or the error reply it gets: not `allowed` (neither the admin listener
+/// nor an admin user), malformed, or, in Sentinel mode (`following_sentinels`), one that the sentinels decide.
+pub(crate) fn admit(request: &Request, allowed: bool, following_sentinels: bool) -> Result<AdminCommand, Bytes> {
+    if !allowed {
+        return Err(resp::error_reply(
+            "ERR PROXY commands are accepted only on the admin listener (admin_listen) or from a client user with \
+             \"admin\": true",
+        ));
+    }
+    match parse(request) {
+        Err(message) => Err(resp::error_reply(&message)),
+        Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_)) if following_sentinels => {
+            Err(resp::error_reply("ERR in Sentinel mode the sentinels decide the servers and the master: ask them"))
+        }
+        Ok(command) => Ok(command),
+    }
+}
+
+/// `request` as text, for the log.
+pub(crate) fn describe(request: &Request) -> String {
+    let words: Vec<String> = request.args().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    words.join(" ")
 }
 
 /// Whether `request` is a `PROXY ...` command.

@@ -6,7 +6,7 @@
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
 use crate::address::ServerAddress;
-use crate::admin::{self, AdminCommand};
+use crate::admin::{self, AdminClients, AdminCommand};
 use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
 use crate::command::CommandFlags;
@@ -70,11 +70,6 @@ pub struct Engine {
     streams: Streams,
     /// Large requests being forwarded piece by piece as they arrive.
     uploads: Uploads,
-    /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
-    /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
-    master_epoch: u64,
-    /// The routed master, with its `master_replid` as its last `INFO` said.
-    master_history: Option<(ServerId, Option<String>)>,
     out: Outbox,
     shutdown_grace: Duration,
     /// When the shutdown grace ends ([`Engine::begin_shutdown`] was called).
@@ -83,10 +78,8 @@ pub struct Engine {
     history: History,
     /// Since when writes go to the routed master.
     master_since: Option<Instant>,
-    /// Clients that came in on the admin listener (the only ones allowed `PROXY` commands).
-    admins: Vec<ConnId>,
-    /// Servers being removed, forgotten once their requests in flight are answered.
-    removing: Vec<ServerId>,
+    /// Clients that came in on the admin listener (allowed `PROXY` commands, as admin users are).
+    admins: AdminClients,
     /// The configuration in force (the last one [`Engine::reconfigure`] accepted).
     config: Config,
     /// Sentinel mode: the sentinels decide the master (the failover rules are not applied).
@@ -108,15 +101,12 @@ impl Engine {
             fence_poll: FencePoll::default(),
             streams: Streams::default(),
             uploads: Uploads::default(),
-            master_epoch: 0,
-            master_history: None,
             out: Outbox::default(),
             shutdown_grace: config.shutdown_grace,
             shutdown_deadline: None,
             history: History::default(),
             master_since: None,
-            admins: Vec::new(),
-            removing: Vec::new(),
+            admins: AdminClients::default(),
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             config,
         };
@@ -191,10 +181,7 @@ impl Engine {
     pub fn accept_admin(&mut self, now: Instant, peer: SocketAddr) -> ConnId {
         let conn = self.accept(now, peer);
         let clients = &self.clients;
-        self.admins.retain(|admin| clients.contains(*admin));
-        if self.clients.contains(conn) {
-            self.admins.push(conn);
-        }
+        self.admins.accepted(conn, |c| clients.contains(c));
         conn
     }
 
@@ -577,7 +564,7 @@ impl Engine {
             },
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
-        let write_epoch = (Some(server) == master && !read_only).then_some(self.master_epoch);
+        let write_epoch = (Some(server) == master && !read_only).then_some(self.waits.epoch());
         let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
         let restarted = split.as_mut().and_then(|split| split.restarted.take());
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
@@ -669,8 +656,9 @@ impl Engine {
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         self.out.counters.request(Target::Proxy, Class::Other);
         // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
-        let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|epoch| epoch < self.master_epoch);
-        self.waits.add(now, conn, seq, replicas, timeout, void, self.master_epoch);
+        let epoch = self.waits.epoch();
+        let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|written| written < epoch);
+        self.waits.add(now, conn, seq, replicas, timeout, void, epoch);
         self.request_offsets(now);
         true
     }
@@ -678,7 +666,7 @@ impl Engine {
     /// Answers the `WAIT`s that are done.
     fn settle_waits(&mut self, now: Instant) {
         let clients = &self.clients;
-        let (views, master, epoch) = (self.monitor.views(), self.failover.master(), self.master_epoch);
+        let (views, master, epoch) = (self.monitor.views(), self.failover.master(), self.waits.epoch());
         let done = self.waits.settle(now, views, master, epoch, |c| clients.contains(c));
         for wait in done {
             self.deliver(now, wait.client, wait.seq, wait.reply);
@@ -1072,40 +1060,32 @@ impl Engine {
         true
     }
 
-    /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener).
+    /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener or as an admin user).
     fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
         self.out.counters.request(Target::Proxy, Class::Other);
-        if !self.admins.contains(&conn) && !self.clients.is_admin_user(conn) {
-            let message = "ERR PROXY commands are accepted only on the admin listener (admin_listen) or from a client \
-                           user with \"admin\": true";
-            self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
-            return;
-        }
-        let text: Vec<String> = held.request.args().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        self.out.event(Event::AdminCommand { conn, command: text.join(" ") });
-        let reply = match admin::parse(&held.request) {
-            Err(message) => resp::error_reply(&message),
-            Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_))
-                if self.sentinels.is_some() =>
-            {
-                resp::error_reply("ERR in Sentinel mode the sentinels decide the servers and the master: ask them")
-            }
-            Ok(AdminCommand::Status) => admin::bulk(&admin::status_text(&self.status(now))),
-            Ok(AdminCommand::Servers) => admin::bulk_array(&admin::server_lines(&self.status(now))),
-            Ok(AdminCommand::Add(address)) => match self.add_server(now, address) {
+        let allowed = self.admins.contains(conn) || self.clients.is_admin_user(conn);
+        let command = match admin::admit(&held.request, allowed, self.sentinels.is_some()) {
+            Ok(command) => command,
+            Err(reply) => return self.clients.reply_local(conn, reply, &mut self.out),
+        };
+        self.out.event(Event::AdminCommand { conn, command: admin::describe(&held.request) });
+        let reply = match command {
+            AdminCommand::Status => admin::bulk(&admin::status_text(&self.status(now))),
+            AdminCommand::Servers => admin::bulk_array(&admin::server_lines(&self.status(now))),
+            AdminCommand::Add(address) => match self.add_server(now, address) {
                 Ok(()) => resp::simple_reply("OK"),
                 Err(message) => resp::error_reply(&message),
             },
-            Ok(AdminCommand::Remove(address)) => match self.remove_server(now, &address) {
+            AdminCommand::Remove(address) => match self.remove_server(now, &address) {
                 Ok(()) => resp::simple_reply("OK draining"),
                 Err(message) => resp::error_reply(&message),
             },
-            Ok(AdminCommand::Failover(target)) => match self.begin_switchover(now, conn, target) {
+            AdminCommand::Failover(target) => match self.begin_switchover(now, conn, target) {
                 // The reply comes when the switchover ends.
                 Ok(()) => return,
                 Err(message) => resp::error_reply(&message),
             },
-            Ok(AdminCommand::Reload) => {
+            AdminCommand::Reload => {
                 self.out.event(Event::ReloadRequested);
                 resp::simple_reply("OK reloading: see the log for the outcome")
             }
@@ -1135,17 +1115,17 @@ impl Engine {
     /// Removes a server (`PROXY REMOVE`, a reload): it gets no new requests, those in flight finish, then its
     /// connections close. The routed master cannot be removed (fail over first).
     pub fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
-        let Some(server) = self.monitor.find(address).filter(|s| !self.removing.contains(s)) else {
+        let draining = |id: ServerId| self.monitor.views().get(id).is_some_and(|v| v.draining);
+        let Some(server) = self.monitor.find(address).filter(|s| !draining(*s)) else {
             return Err(format!("ERR {address} is not a server of this proxy"));
         };
         if self.failover.is_involved(server) {
             return Err(format!("ERR {address} is the master (or becoming it): fail over first (PROXY FAILOVER)"));
         }
-        if self.monitor.views().len() - self.removing.len() <= 1 {
+        if self.monitor.views().values().filter(|v| !v.draining).count() <= 1 {
             return Err("ERR the last server cannot be removed".to_string());
         }
         self.monitor.drain(server);
-        self.removing.push(server);
         self.out.event(Event::ServerRemoving { address: address.clone() });
         self.finish_removals(now);
         Ok(())
@@ -1153,8 +1133,8 @@ impl Engine {
 
     /// Forgets the servers being removed that have no request of a client in flight any more.
     fn finish_removals(&mut self, now: Instant) {
-        while let Some(position) = self.removing.iter().position(|s| self.pool.in_flight(*s) == 0) {
-            let server = self.removing.remove(position);
+        let done: Vec<ServerId> = self.monitor.draining().filter(|s| self.pool.in_flight(*s) == 0).collect();
+        for server in done {
             for conn in self.pool.conns_of(server, false) {
                 self.close_and_fail(now, conn, "server removed");
             }
@@ -1170,7 +1150,7 @@ impl Engine {
 
     /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
     fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
-        if !self.removing.is_empty() {
+        if self.monitor.draining().next().is_some() {
             return Err("ERR a server is being removed: try again in a moment".to_string());
         }
         let target = match target {
@@ -1226,7 +1206,7 @@ impl Engine {
                 self.carry_out(now, decision);
             }
         }
-        self.follow_master_history();
+        self.waits.follow_master(self.monitor.views(), self.failover.master());
     }
 
     /// Carries out one decision of the failover rules (or, in Sentinel mode, of the sentinels).
@@ -1250,7 +1230,7 @@ impl Engine {
                 }
                 self.out.event(Event::MasterAdopted { address, reason });
                 // Held writes go to the new master in its own epoch.
-                self.follow_master_history();
+                self.waits.follow_master(self.monitor.views(), self.failover.master());
                 self.run_all_held(now);
             }
             Decision::Lose { master, reason } => {
@@ -1381,18 +1361,6 @@ impl Engine {
         let due = self.sentinels.as_mut().is_some_and(|s| s.confirm_due(now));
         if due && self.monitor.views().get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
             self.monitor.send_probe(now, server, &mut self.pool, &mut self.out);
-        }
-    }
-
-    /// Starts a new master epoch when the routed master, or the history it serves, changed.
-    fn follow_master_history(&mut self) {
-        let views = self.monitor.views();
-        let replid = |m: ServerId| views.get(m)?.info.as_ref()?.replid.as_deref();
-        let current = self.failover.master().map(|m| (m, replid(m)));
-        let known = self.master_history.as_ref().map(|(m, h)| (*m, h.as_deref()));
-        if current != known {
-            self.master_history = current.map(|(m, h)| (m, h.map(str::to_string)));
-            self.master_epoch += 1;
         }
     }
 }

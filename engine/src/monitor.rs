@@ -136,6 +136,11 @@ impl Monitor {
         }
     }
 
+    /// The servers being removed.
+    pub(crate) fn draining(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.views.iter().filter(|(_, v)| v.draining).map(|(id, _)| id)
+    }
+
     /// Forgets `server` (its connections are closed); no other server's id changes.
     pub(crate) fn remove_server(&mut self, server: ServerId) {
         self.views.remove(server);

@@ -42,14 +42,35 @@ pub(crate) struct WaitDone {
     pub(crate) reply: Bytes,
 }
 
-/// The `WAIT`s in progress.
+/// The `WAIT`s in progress, and the master epoch their answers depend on.
 #[derive(Default)]
 pub(crate) struct Waits {
     pending: Vec<PendingWait>,
     schedule: PollSchedule,
+    /// Bumped whenever the routed master or its replication history (`master_replid`) changes: a write
+    /// acknowledged in an earlier epoch may have been lost (a demoted master resyncs and drops what it had).
+    epoch: u64,
+    /// The routed master of this epoch, with its `master_replid` as its last `INFO` said.
+    epoch_master: Option<(ServerId, Option<String>)>,
 }
 
 impl Waits {
+    /// The master epoch now (see [`Waits::follow_master`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts a new master epoch when the routed `master`, or the history it serves, changed.
+    pub(crate) fn follow_master(&mut self, views: &Views, master: Option<ServerId>) {
+        let replid = |m: ServerId| views.get(m)?.info.as_ref()?.replid.as_deref();
+        let current = master.map(|m| (m, replid(m)));
+        let known = self.epoch_master.as_ref().map(|(m, h)| (*m, h.as_deref()));
+        if current != known {
+            self.epoch_master = current.map(|(m, h)| (m, h.map(str::to_string)));
+            self.epoch += 1;
+        }
+    }
+
     /// Starts a `WAIT` for `replicas` replicas of `client`'s reply slot `seq`, in master `epoch`; a `void` one can
     /// only answer 0.
     #[allow(clippy::too_many_arguments)]
@@ -262,5 +283,28 @@ mod tests {
         assert!(waits.settle(t0, &views, Some(ServerId::first(0)), 0, |_| true).is_empty(), "it waits for its timeout");
         let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
+    }
+
+    #[test]
+    fn a_new_epoch_begins_when_the_master_or_its_history_changes() {
+        let t0 = Instant::now();
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0)]);
+        let history = |id: &str| {
+            Some(ReplicationInfo { role: Some(Role::Master), replid: Some(id.into()), ..Default::default() })
+        };
+        views[0].info = history("a");
+        let mut waits = Waits::default();
+        let (first, second) = (ServerId::first(0), ServerId::first(1));
+        waits.follow_master(&views, Some(first));
+        let epoch = waits.epoch();
+        waits.follow_master(&views, Some(first));
+        assert_eq!(waits.epoch(), epoch, "nothing changed");
+        views[0].info = history("b");
+        waits.follow_master(&views, Some(first));
+        assert_eq!(waits.epoch(), epoch + 1, "a new history (it resynced)");
+        waits.follow_master(&views, Some(second));
+        assert_eq!(waits.epoch(), epoch + 2, "another master");
+        waits.follow_master(&views, None);
+        assert_eq!(waits.epoch(), epoch + 3, "no master");
     }
 }
