@@ -21,7 +21,7 @@ use crate::monitor::{Monitor, ProbeOutcome, ReplicaOf};
 use crate::pool::{Pool, Purpose, SentinelQuery, Waiter};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
-use crate::sentinel::{self, Sentinels, Verdict};
+use crate::sentinel::Sentinels;
 use crate::server_id::ServerId;
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
@@ -1305,53 +1305,35 @@ impl Engine {
         server
     }
 
-    /// Sentinel mode: routes to the master a majority of the sentinels names once its own `INFO` confirms it,
-    /// keeps the current one without a majority (until `majority_lost_after`), and lets reads reach only the
-    /// replicas the sentinels list as healthy.
+    /// Sentinel mode: watches every server the sentinels name, lets reads reach only the replicas they list as
+    /// healthy, and carries out what following them decides (see [`Sentinels::follow`]).
     fn follow_sentinels(&mut self, now: Instant) {
         let routed = self.failover.master();
         let routed_address = routed.and_then(|m| self.monitor.address(m).cloned());
         let Some(sentinels) = self.sentinels.as_mut() else { return };
-        sentinels.evaluate(now, routed_address.as_ref(), &mut self.out);
-        let agreed = sentinels.agreed().map(|(address, since)| (address.clone(), since));
-        let replicas = sentinels.replicas().map(<[_]>::to_vec);
-        let cut_off = sentinels.cut_off(now);
-        let agreed = agreed.map(|(address, since)| (self.server_for(now, &address), since));
-        if let Some(replicas) = replicas {
-            for report in &replicas {
-                self.server_for(now, &report.address);
-            }
-            for server in self.monitor.views().ids() {
-                let Some(address) = self.monitor.address(server) else { continue };
-                let healthy = replicas.iter().any(|r| r.healthy && address.is_named(&r.address.host, r.address.port));
-                self.monitor.set_reads_vetoed(server, !healthy);
-            }
+        for address in sentinels.named_servers(now, routed_address.as_ref(), &mut self.out) {
+            self.server_for(now, &address);
         }
-        match sentinel::verdict(self.monitor.views(), routed, agreed, cut_off) {
-            Verdict::Keep => {}
-            Verdict::Route(master) => {
-                if let Some(old) = routed {
-                    self.failover.follow(None, now);
-                    let reason = "a majority of the sentinels names another master";
-                    self.carry_out(now, Decision::Lose { master: old, reason });
+        let Some(sentinels) = self.sentinels.as_ref() else { return };
+        let following = sentinels.follow(now, self.monitor.views(), routed);
+        for (server, readable) in following.reads {
+            self.monitor.set_reads_vetoed(server, !readable);
+        }
+        for decision in following.decisions {
+            match &decision {
+                Decision::Lose { .. } => self.failover.follow(None, now),
+                Decision::Adopt { master, reason } => {
+                    self.failover.follow(Some(*master), now);
+                    if let Some(address) = self.monitor.address(*master) {
+                        self.history.chose(address, reason);
+                    }
                 }
-                self.failover.follow(Some(master), now);
-                let reason = "a majority of the sentinels names it and its INFO reports role:master";
-                if let Some(address) = self.monitor.address(master) {
-                    self.history.chose(address, reason);
-                }
-                self.carry_out(now, Decision::Adopt { master, reason });
+                _ => {}
             }
-            Verdict::Drop { reason, confirm } => {
-                self.failover.follow(None, now);
-                if let Some(old) = routed {
-                    self.carry_out(now, Decision::Lose { master: old, reason });
-                }
-                if let Some(server) = confirm {
-                    self.confirm_master(now, server);
-                }
-            }
-            Verdict::Confirm(server) => self.confirm_master(now, server),
+            self.carry_out(now, decision);
+        }
+        if let Some(server) = following.confirm {
+            self.confirm_master(now, server);
         }
     }
 

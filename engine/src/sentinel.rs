@@ -15,11 +15,13 @@ use crate::config::{Credentials, PasswordSource, SentinelConfig};
 use crate::conn::ConnId;
 use crate::contract::Outbox;
 use crate::event::Event;
+use crate::failover::Decision;
 use crate::pool::{Pool, Purpose, SentinelQuery, Waiter};
 use crate::resp::Request;
 use crate::server_id::ServerId;
 use crate::topology::{Role, Views};
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 /// How often the sentinels are asked while a change is under way (an event came, or the master they name is not
@@ -32,6 +34,16 @@ const URGENT_WINDOW: Duration = Duration::from_secs(5);
 
 /// The channels whose messages prompt a round: the master changed, or its reachability did.
 const CHANNELS: &[&str] = &["+switch-master", "+odown", "-odown", "+sdown", "-sdown", "+failover-end"];
+
+/// What following the sentinels asks of the engine (see [`Sentinels::follow`]).
+pub(crate) struct Following {
+    /// Whether each server may serve reads; empty without an agreed master (nothing changes then).
+    pub(crate) reads: Vec<(ServerId, bool)>,
+    /// What to carry out, in order: `Lose` of the routed master, `Adopt` of the named one.
+    pub(crate) decisions: SmallVec<[Decision; 2]>,
+    /// The server a majority names that has not confirmed it yet: ask it for its `INFO`.
+    pub(crate) confirm: Option<ServerId>,
+}
 
 /// A replica as a sentinel lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -367,9 +379,66 @@ impl Sentinels {
         self.agreed.is_none() && self.cut_off_at().is_none_or(|at| now >= at)
     }
 
+    /// Recomputes what the majority says (see [`Sentinels::evaluate`]) and returns the servers it names, the
+    /// agreed master and the replicas listed beside it: the engine watches each one it does not watch yet before
+    /// it asks [`Sentinels::follow`] what to do.
+    pub(crate) fn named_servers(
+        &mut self,
+        now: Instant,
+        routed: Option<&ServerAddress>,
+        out: &mut Outbox,
+    ) -> Vec<ServerAddress> {
+        self.evaluate(now, routed, out);
+        let master = self.agreed().map(|(address, _)| address.clone());
+        let replicas = self.replicas().unwrap_or_default().iter().map(|r| r.address.clone());
+        master.into_iter().chain(replicas).collect()
+    }
+
+    /// What following the sentinels means now for the servers in `views` and the `routed` master: which
+    /// servers may serve reads (only the replicas the sentinels list as healthy), the decisions to carry out
+    /// (stop routing to the old master, route to the one a majority names once its own `INFO` confirms it, or
+    /// to none when the proxy is cut off from the majority for too long), and a server to ask for `INFO`.
+    pub(crate) fn follow(&self, now: Instant, views: &Views, routed: Option<ServerId>) -> Following {
+        let find = |address: &ServerAddress| {
+            views.iter().find(|(_, v)| v.address.is_named(&address.host, address.port)).map(|(id, _)| id)
+        };
+        let agreed = self.agreed().and_then(|(address, since)| Some((find(address)?, since)));
+        let reads = match self.replicas() {
+            None => Vec::new(),
+            Some(replicas) => views
+                .iter()
+                .map(|(id, view)| {
+                    let named = |r: &ReplicaReport| view.address.is_named(&r.address.host, r.address.port);
+                    (id, replicas.iter().any(|r| r.healthy && named(r)))
+                })
+                .collect(),
+        };
+        let mut decisions = SmallVec::new();
+        let mut confirm = None;
+        match verdict(views, routed, agreed, self.cut_off(now)) {
+            Verdict::Keep => {}
+            Verdict::Route(master) => {
+                if let Some(old) = routed {
+                    let reason = "a majority of the sentinels names another master";
+                    decisions.push(Decision::Lose { master: old, reason });
+                }
+                let reason = "a majority of the sentinels names it and its INFO reports role:master";
+                decisions.push(Decision::Adopt { master, reason });
+            }
+            Verdict::Drop { reason, confirm: named } => {
+                if let Some(old) = routed {
+                    decisions.push(Decision::Lose { master: old, reason });
+                }
+                confirm = named;
+            }
+            Verdict::Confirm(server) => confirm = Some(server),
+        }
+        Following { reads, decisions, confirm }
+    }
+
     /// The replicas listed by the sentinels whose standing answer names the agreed master (the first of them, in
     /// configuration order, that lists any), or None without agreement.
-    pub(crate) fn replicas(&self) -> Option<&[ReplicaReport]> {
+    fn replicas(&self) -> Option<&[ReplicaReport]> {
         let (agreed, _) = self.agreed.as_ref()?;
         let mut agreeing =
             self.nodes.iter().filter(|n| n.answer.at.is_some() && n.answer.master.as_ref() == Some(agreed));
