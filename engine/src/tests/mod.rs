@@ -1,6 +1,6 @@
-//! The engine's tests that span modules, compiled only for the crate's own tests: each drives a whole
-//! [`Engine`](crate::Engine) on a fake clock through the [`testkit`](crate::testkit) (the unit tests of a single
-//! module stay beside it).
+//! The engine's tests that span modules, compiled only for the crate's own tests: each drives whole
+//! [`Engine`](crate::Engine)s on a fake clock through the test kit's [`Driver`](crate::testkit::Driver) (the unit
+//! tests of a single module stay beside it).
 //!
 //! | module | what it tests |
 //! |---|---|
