@@ -89,7 +89,8 @@
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
 //! driver) that the tests, the fuzz targets and the benchmark share; `command-table` publishes the command table
-//! (for the drift test against a live server).
+//! (for the drift test against a live server). The tests that span modules (the request, stream and upload paths,
+//! the failover simulation, Sentinel mode) are in the test-only `tests` folder.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -116,32 +117,20 @@ pub mod fuzzing;
 mod monitor;
 mod offset_poll;
 mod pool;
-#[cfg(test)]
-mod request_path_tests;
 mod resp;
 mod route;
 mod sentinel;
-#[cfg(test)]
-mod sentinel_sim;
-#[cfg(test)]
-mod sentinel_tests;
-#[cfg(test)]
-mod sentinel_world;
 mod server_id;
 mod session;
-#[cfg(test)]
-mod sim;
 mod status;
 mod stream;
-#[cfg(test)]
-mod stream_path_tests;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+#[cfg(test)]
+mod tests;
 mod tls_config;
 mod topology;
 mod upload;
-#[cfg(test)]
-mod upload_path_tests;
 mod wait;
 
 pub use address::ServerAddress;

@@ -304,9 +304,8 @@ impl<'a> Sim<'a> {
 
     /// Engine `e`'s driver, its clock brought to the simulation's time (an engine sees time only when called).
     fn driver(&mut self, e: usize) -> &mut Driver {
-        let driver = self.engines[e].as_mut().expect("only started engines are driven");
-        driver.clock.advance_to(self.clock.now());
-        driver
+        let now = self.clock.now();
+        self.engines[e].as_mut().expect("only started engines are driven").catch_up(now)
     }
 
     /// Performs everything engine `e` asked for.

@@ -5,10 +5,13 @@
 //!
 //! Servers are on ports 7000.., sentinels on 26000..; answers come at once (no latency), so the only delays are the
 //! engines' own timers and the 10 ms steps of [`World::run`].
+//!
+//! Each proxy's engine is driven by a [`Driver`], as the simulation drives its engines: the driver keeps the
+//! engine's read buffers and a copy of the world's one [`FakeClock`], brought to the world's time before every
+//! call ([`World::driver`]); this module adds only the network.
 
-use crate::testkit::{FakeClock, FakeServer};
-use crate::{Action, Config, ConnId, Engine, Event, Input, ServerAddress};
-use bytes::BytesMut;
+use crate::testkit::{Driver, FakeClock, FakeServer};
+use crate::{Action, Config, ConnId, Event, ServerAddress};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -67,11 +70,11 @@ pub(crate) struct Landing {
 
 /// One engine and its side of the network.
 pub(crate) struct Proxy {
-    pub(crate) engine: Engine,
+    /// The engine, with its read buffers and its copy of the world's clock.
+    pub(crate) driver: Driver,
     peers: BTreeMap<ConnId, Peer>,
     /// Sentinel subscription connections (those that were sent HELLO), by sentinel port.
     subscribers: BTreeMap<u16, ConnId>,
-    bufs: BTreeMap<ConnId, BytesMut>,
     /// What each backend connection was sent that does not form a whole request yet.
     received: BTreeMap<ConnId, Vec<u8>>,
     /// The sentinels this proxy is cut from, and how.
@@ -117,10 +120,9 @@ impl World {
             .collect();
         let proxies = (0..proxies)
             .map(|_| Proxy {
-                engine: Engine::new(config.clone(), clock.now()),
+                driver: Driver::with_clock(config.clone(), clock),
                 peers: BTreeMap::new(),
                 subscribers: BTreeMap::new(),
-                bufs: BTreeMap::new(),
                 received: BTreeMap::new(),
                 cuts: BTreeMap::new(),
                 quiet: BTreeSet::new(),
@@ -141,9 +143,10 @@ impl World {
     /// connections, so the engines settle one by one).
     fn settle_proxy(&mut self, proxy: usize) {
         for _ in 0..1000 {
-            let p = &mut self.proxies[proxy];
-            let actions: Vec<Action> = std::iter::from_fn(|| p.engine.poll_action()).collect();
-            p.events.extend(std::iter::from_fn(|| p.engine.poll_event()));
+            let driver = self.driver(proxy);
+            let actions = driver.drain();
+            let events = driver.events();
+            self.proxies[proxy].events.extend(events);
             if actions.is_empty() {
                 return;
             }
@@ -154,9 +157,9 @@ impl World {
         panic!("engine {proxy} never settled");
     }
 
-    fn input(&mut self, proxy: usize, input: Input<'_>) {
-        let now = self.clock.now();
-        self.proxies[proxy].engine.handle_input(now, input);
+    /// Proxy `proxy`'s driver, its clock brought to the world's time (an engine sees time only when called).
+    fn driver(&mut self, proxy: usize) -> &mut Driver {
+        self.proxies[proxy].driver.catch_up(self.clock.now())
     }
 
     fn perform(&mut self, proxy: usize, action: Action) {
@@ -177,9 +180,9 @@ impl World {
                     }
                     None if up => {
                         self.proxies[proxy].peers.insert(conn, peer);
-                        self.input(proxy, Input::Connected { conn });
+                        self.driver(proxy).connected(conn);
                     }
-                    _ => self.input(proxy, Input::Refused { conn }),
+                    _ => self.driver(proxy).refused(conn),
                 }
             }
             Action::Send { conn, data } => {
@@ -206,7 +209,7 @@ impl World {
                 }
                 self.proxies[proxy].received.insert(conn, pending);
                 if !reply.is_empty() {
-                    self.feed(proxy, conn, &reply);
+                    self.driver(proxy).feed(conn, &reply);
                 }
             }
             Action::Close { conn } => {
@@ -233,21 +236,13 @@ impl World {
         reply
     }
 
-    fn feed(&mut self, proxy: usize, conn: ConnId, data: &[u8]) {
-        let now = self.clock.now();
-        let p = &mut self.proxies[proxy];
-        let buf = p.bufs.entry(conn).or_default();
-        buf.extend_from_slice(data);
-        p.engine.handle_input(now, Input::Data { conn, buf });
-    }
-
     /// Lets `by` pass in steps of [`STEP_MS`], every engine acting on time and the network answering.
     pub(crate) fn run(&mut self, by: Duration) {
         self.settle();
         for _ in 0..by.as_millis() as u64 / STEP_MS {
             let now = self.clock.advance(Duration::from_millis(STEP_MS));
             for proxy in 0..self.proxies.len() {
-                self.proxies[proxy].engine.handle_timeout(now);
+                self.proxies[proxy].driver.advance_to(now);
                 self.settle_proxy(proxy);
             }
         }
@@ -255,7 +250,7 @@ impl World {
 
     /// The port of the master engine `proxy` routes writes to.
     pub(crate) fn master_port(&self, proxy: usize) -> Option<u16> {
-        self.proxies[proxy].engine.master().map(|m| m.port)
+        self.proxies[proxy].driver.engine.master().map(|m| m.port)
     }
 
     /// Resets the connections of every proxy that `matches` selects (by proxy and peer).
@@ -268,7 +263,7 @@ impl World {
                 let p = &mut self.proxies[proxy];
                 p.peers.remove(&conn);
                 p.quiet.remove(&conn);
-                self.input(proxy, Input::Closed { conn });
+                self.driver(proxy).closed(conn);
             }
             self.settle_proxy(proxy);
         }
@@ -317,7 +312,7 @@ impl World {
         for proxy in 0..self.proxies.len() {
             let p = &self.proxies[proxy];
             if let Some(conn) = p.subscribers.get(&port).copied().filter(|c| !p.quiet.contains(c)) {
-                self.feed(proxy, conn, push.as_bytes());
+                self.driver(proxy).feed(conn, push.as_bytes());
                 self.settle_proxy(proxy);
             }
         }
@@ -336,15 +331,14 @@ impl World {
 
     /// A new client of proxy `proxy`.
     pub(crate) fn client(&mut self, proxy: usize) -> Client {
-        let now = self.clock.now();
-        let conn = self.proxies[proxy].engine.accept(now, "127.0.0.1:50000".parse().unwrap());
+        let conn = self.driver(proxy).accept();
         self.settle_proxy(proxy);
         Client { proxy, conn }
     }
 
     /// `client` sends `request`, without letting time pass.
     pub(crate) fn send(&mut self, client: Client, request: &[u8]) {
-        self.feed(client.proxy, client.conn, request);
+        self.driver(client.proxy).feed(client.conn, request);
         self.settle_proxy(client.proxy);
     }
 

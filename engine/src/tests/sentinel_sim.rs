@@ -23,7 +23,7 @@
 //! 4. After everything heals, every proxy routes to Sentinel's master within [`LIVENESS_MS`] and every write it is
 //!    sent from then on lands there.
 
-use crate::sentinel_world::{Client, Cut, World, MAJORITY_LOST_AFTER_MS, STEP_MS};
+use super::sentinel_world::{Client, Cut, World, MAJORITY_LOST_AFTER_MS, STEP_MS};
 use crate::testkit::FakeServer;
 use proptest::prelude::*;
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! cut off from the majority, and two proxies of which one is cut off while Sentinel fails over. The randomized
 //! schedules are in `sentinel_sim`.
 
-use crate::sentinel_world::{Cut, World, MAJORITY_LOST_AFTER_MS, STEP_MS};
+use super::sentinel_world::{Cut, World, MAJORITY_LOST_AFTER_MS, STEP_MS};
 use crate::testkit::FakeServer;
 use crate::{Config, Event};
 use std::time::Duration;

@@ -1,0 +1,21 @@
+//! The engine's tests that span modules, compiled only for the crate's own tests: each drives whole
+//! [`Engine`](crate::Engine)s on a fake clock through the test kit's [`Driver`](crate::testkit::Driver) (the unit
+//! tests of a single module stay beside it).
+//!
+//! | module | what it tests |
+//! |---|---|
+//! | `request_path` | the request path: reply order, order barrier, hold queue, pass-through, `QUIT`, protocol errors |
+//! | `stream_path` | large replies streamed to their client |
+//! | `upload_path` | large requests uploaded to the server |
+//! | `sim` | the deterministic failover simulation: modelled Redis servers, one or two engines, fault scenarios, invariants |
+//! | `sentinel_world` | fake sentinels and fake servers for the Sentinel-mode tests, with per-proxy partitions |
+//! | `sentinel` | Sentinel mode: majority rule, stale or lying sentinels, cut-off proxies |
+//! | `sentinel_sim` | several proxies in Sentinel mode on random schedules, checked against the Sentinel invariants |
+
+mod request_path;
+mod sentinel;
+mod sentinel_sim;
+mod sentinel_world;
+mod sim;
+mod stream_path;
+mod upload_path;
