@@ -33,29 +33,12 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// What a request routed with reads split must leave behind once it is sent.
-struct SplitFacts {
-    /// Its `SCAN`-family call, whose reply's cursor is remembered.
-    scan: Option<ScanCall>,
-    /// It may write: the client's reads stay on the master until it has replicated.
-    fences: bool,
-    /// The request to send instead of the client's: its `SCAN` iteration started again from 0, because the
-    /// server that issued its cursor is gone, down or no longer serves reads.
-    restarted: Option<bytes::Bytes>,
-}
+mod following;
+mod operations;
+mod reply_path;
+mod request_path;
 
-/// How a backend connection was lost: the evidence it is, if any.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loss {
-    /// The connect was refused: nothing listens there.
-    Refused,
-    /// The connect failed otherwise (timed out, host unreachable).
-    ConnectFailed,
-    /// The server (or the network) closed it.
-    Closed,
-    /// The engine closed it (the server is down or lost as master, a bad reply): no evidence.
-    GaveUp,
-}
+use reply_path::Loss;
 
 /// The sans-IO proxy. See the crate documentation for the call order.
 pub struct Engine {
@@ -121,59 +104,6 @@ impl Engine {
             }
         }
         engine
-    }
-
-    /// Applies a re-read configuration while clients stay connected: servers added and removed (as `PROXY ADD`
-    /// and `PROXY REMOVE`), `mode`, the client limits, `hold_ms`, `replica_max_lag`, `allow_topology_commands`.
-    /// Refused, with nothing changed, when `new` changes a field that cannot change live (see
-    /// [`Config::unchangeable_difference`]) or would remove the master. Returns what changed, for the log.
-    pub fn reconfigure(&mut self, now: Instant, new: Config) -> Result<Vec<String>, String> {
-        if let Some(field) = self.config.unchangeable_difference(&new) {
-            return Err(format!("`{field}` cannot change while the proxy runs (restart it to change it)"));
-        }
-        let current = self.servers();
-        // In Sentinel mode the servers are the ones the sentinels name: the configured list is only a first view.
-        let following = self.sentinels.is_some();
-        let removed: Vec<ServerAddress> =
-            current.iter().filter(|s| !following && !new.servers.contains(s)).cloned().collect();
-        let added: Vec<ServerAddress> =
-            new.servers.iter().filter(|s| !following && !current.contains(s)).cloned().collect();
-        if let Some(master) =
-            removed.iter().find(|s| self.monitor.find(s).is_some_and(|id| self.failover.is_involved(id)))
-        {
-            return Err(format!("it removes {master}, the master: fail over first (PROXY FAILOVER)"));
-        }
-        if let Some(draining) = added.iter().find(|s| self.monitor.find(s).is_some()) {
-            return Err(format!("it adds {draining}, which is still being removed: reload again in a moment"));
-        }
-        let mut changes = Vec::new();
-        for address in removed {
-            self.remove_server(now, &address)?;
-            changes.push(format!("removing server {address}"));
-        }
-        for address in added {
-            self.add_server(now, address.clone())?;
-            changes.push(format!("added server {address}"));
-        }
-        if new.mode != self.config.mode {
-            changes.push(format!("mode {:?} -> {:?}", self.config.mode, new.mode));
-        }
-        if new.server_auth != self.config.server_auth || new.server_auth_overrides != self.config.server_auth_overrides
-        {
-            // New connections log in with the new credentials; open ones stay logged in as they are.
-            for (id, view) in self.monitor.views().iter() {
-                self.pool.set_auth(id, new.server_credentials(&view.address).and_then(auth::auth_request));
-            }
-            changes.push("server credentials (for new connections)".to_string());
-        }
-        if new.client_users != self.config.client_users {
-            changes.push("client users (for new logins)".to_string());
-        }
-        self.clients.set_limits(&new);
-        self.router = Router::new(&new);
-        self.failover.set_switchover_bound(new.hold / 2);
-        self.config = new;
-        Ok(changes)
     }
 
     /// A client connected from `peer` on the admin listener: as [`Engine::accept`], and it may send `PROXY`
@@ -327,7 +257,7 @@ impl Engine {
     /// Everything but data: kept out of line so that the data path stays small.
     #[cold]
     #[inline(never)]
-    fn connection_changed(&mut self, now: Instant, input: Input<'_>) {
+    pub(super) fn connection_changed(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Data { .. } => {}
             Input::Connected { conn } => {
@@ -387,293 +317,7 @@ impl Engine {
         self.release_departed();
     }
 
-    // ------------------------------------------------------------------ requests
-
-    // Inlined by hand, with `deliver`: the request and reply paths are the hot path, and the call overhead of the
-    // split into machines cost about 20 instructions per round trip (bench/instructions.sh).
-    #[inline(always)]
-    fn client_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
-        if !self.uploads.is_empty() && self.upload_data(now, conn, buf) {
-            return;
-        }
-        loop {
-            while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
-                if held.spec.is_none() && self.proxy_command(now, conn, &held) {
-                    continue;
-                }
-                if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
-                    self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
-                }
-            }
-            // What is left is the start of a request: one with a large value still arriving goes on as it comes.
-            if buf.is_empty() || !self.start_upload(now, conn, buf) || self.upload_data(now, conn, buf) {
-                break;
-            }
-        }
-        self.clients.update_reading(conn, &mut self.out);
-    }
-
-    /// Starts uploading the request whose start `buf` holds, if it may be (see [`crate::upload`]): its head goes
-    /// on a private connection of the client's now, as [`Engine::execute`] sends any request. Returns whether it
-    /// did (the client moves large values from then on); otherwise the request is held whole, as every other one.
-    #[cold]
-    #[inline(never)]
-    fn start_upload(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
-        let Some(head) = self.clients.upload_head(now, conn, buf) else { return false };
-        // Its read buffer may never hold 64 KiB at once: the value leaves it as it comes.
-        self.clients.moves_large_values(conn);
-        if !self.execute(now, conn, &head.held) {
-            return false;
-        }
-        // The head asked for a private connection, so the client holds one now.
-        let Some(backend) = self.clients.forward_state(conn).and_then(|state| state.private) else { return false };
-        self.clients.upload_started(conn, buf, head.head_len);
-        self.uploads.start(conn, backend, head.body_len);
-        true
-    }
-
-    /// Forwards what arrived of the value `conn` is uploading. Returns whether the upload goes on (the caller
-    /// leaves `buf` alone); false when the client uploads nothing or the request just ended (what follows in
-    /// `buf` is the next request).
-    #[cold]
-    #[inline(never)]
-    fn upload_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
-        let Some(piece) = self.uploads.take(conn, buf) else { return false };
-        match piece {
-            UploadPiece::Part { backend, data } => self.pool.send(backend, &[], data, &mut self.out),
-            UploadPiece::Waiting => {}
-            UploadPiece::Last { backend, data, was_blocked } => {
-                self.pool.send(backend, &[], data, &mut self.out);
-                if was_blocked {
-                    self.clients.set_upload_blocked(conn, false, &mut self.out);
-                }
-                return false;
-            }
-            UploadPiece::BadTerminator { backend } => {
-                buf.clear();
-                self.upload_malformed(now, conn, backend);
-            }
-        }
-        true
-    }
-
-    /// The value `client` uploaded on `backend` is not followed by CRLF. The server never got the request's last
-    /// bytes, so it never ran it: closing the connection drops it there. The client gets Redis's protocol error
-    /// in the request's slot and is closed.
-    #[cold]
-    #[inline(never)]
-    fn upload_malformed(&mut self, now: Instant, client: ConnId, backend: ConnId) {
-        self.uploads.remove_backend(backend);
-        self.clients.private_lost(client, backend);
-        let Some(lost) = self.pool.remove(backend) else { return };
-        self.out.close(backend);
-        let message = format!("ERR {}", resp::ProtocolError::MissingBulkTerminator);
-        self.out.event(Event::ClientProtocolError { conn: client, message: message.clone() });
-        let earlier = resp::error_reply(
-            "ERR redis-proxy closed the connection after a protocol error; the command may or may not have run",
-        );
-        let slots: Vec<(ConnId, u64)> = lost
-            .waiters
-            .iter()
-            .filter_map(|waiter| match *waiter {
-                Waiter::Client { conn, seq, .. } => Some((conn, seq)),
-                _ => None,
-            })
-            .collect();
-        for (index, &(conn, seq)) in slots.iter().enumerate() {
-            let reply = if index + 1 == slots.len() { resp::error_reply(&message) } else { earlier.clone() };
-            self.deliver(now, conn, seq, reply);
-        }
-        self.clients.close_if_done(client, &mut self.out);
-    }
-
-    /// Runs a classified request now (true), or leaves it to the caller to hold (false) when it must wait: no
-    /// master, or an order barrier.
-    fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
-        let pin = match &held.handling {
-            Handling::Local(reply) => {
-                self.out.counters.request(Target::Proxy, Class::of(held.spec));
-                self.clients.reply_local(conn, reply.clone(), &mut self.out);
-                return true;
-            }
-            Handling::LocalThenClose(reply) => {
-                self.out.counters.request(Target::Proxy, Class::of(held.spec));
-                self.clients.reply_local(conn, reply.clone(), &mut self.out);
-                self.clients.close_after_replies(conn, &mut self.out);
-                return true;
-            }
-            Handling::Refuse(message) => {
-                self.out.counters.request(Target::Proxy, Class::of(held.spec));
-                self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
-                return true;
-            }
-            Handling::AbortExec => {
-                // The server still queues the transaction: drop it there, and fail EXEC as Redis would.
-                if let Some(private) = self.clients.forward_state(conn).and_then(|state| state.private) {
-                    self.pool.send(private, &[Waiter::Ignore], discard_request(), &mut self.out);
-                }
-                let abort = "EXECABORT Transaction discarded because of previous errors.";
-                self.clients.reply_local(conn, resp::error_reply(abort), &mut self.out);
-                return true;
-            }
-            Handling::OutOfBand => {
-                // Its own connection to the master, so that it never waits behind the script it must stop.
-                let Some(master) = self.failover.master() else { return false };
-                if !self.monitor.views().contains(master) {
-                    return false;
-                }
-                let Some(seq) = self.clients.reserve_slot(conn) else { return true };
-                let Some(backend) = self.pool.open(master, Purpose::OutOfBand { owner: conn }, &mut self.out) else {
-                    return true;
-                };
-                self.out.counters.request(Target::Master, Class::Other);
-                let waiter = Waiter::Client { conn, seq, sent: now };
-                self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
-                return true;
-            }
-            Handling::Wait { replicas, timeout } => return self.start_wait(now, conn, *replicas, *timeout),
-            Handling::Forward(pin) => *pin,
-        };
-        // A client that is gone needs nothing more.
-        let Some(state) = self.clients.forward_state(conn) else { return true };
-        let wants_private = pin > Pin::Shared || state.private.is_some();
-        let master = self.failover.master();
-        let (server, mut split) = if self.router.splits_reads() {
-            match self.route_split(now, conn, held, wants_private, master) {
-                Ok(routed) => routed,
-                Err(ran) => return ran,
-            }
-        } else {
-            let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
-            (server, None)
-        };
-        let backend = match (wants_private, state.private) {
-            (true, Some(existing)) => existing,
-            // Order barrier: the private connection must not overtake requests still in flight elsewhere.
-            (true, None) if state.in_flight > 0 => return false,
-            (true, None) => {
-                // A replication stream is passed on raw, from its first byte: no HELLO reply may precede it.
-                let resp3 = held.resp3 && pin != Pin::Replication;
-                let Some(backend) = self.pool.acquire_private(server, conn, resp3, &mut self.out) else { return false };
-                self.clients.set_private(conn, backend);
-                backend
-            }
-            (false, _) => match self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out) {
-                Some(backend) => backend,
-                None => return false,
-            },
-        };
-        let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
-        let write_epoch = (Some(server) == master && !read_only).then_some(self.waits.epoch());
-        let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
-        let restarted = split.as_mut().and_then(|split| split.restarted.take());
-        if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
-            self.split_sent(conn, seq, split, server);
-        }
-        if pin == Pin::Replication {
-            self.pool.set_raw(backend);
-        }
-        let target = if Some(server) == master { Target::Master } else { Target::Replica };
-        self.out.counters.request(target, Class::of(held.spec));
-        let frame = restarted.unwrap_or_else(|| held.request.frame().clone());
-        self.pool.send(backend, waiter.as_slice(), frame, &mut self.out);
-        true
-    }
-
-    /// Routes a request where reads are split (`readsToSlaves`): the client's `SCAN` cursors and, with
-    /// `read_your_writes`, its writes bend the choice. Returns the server and what must be remembered once the
-    /// request is sent, or what [`Engine::execute`] returns when it is not sent (held: false; answered here with
-    /// an error: true). Out of line, so that the `allToMaster` path stays short.
-    #[inline(never)]
-    fn route_split(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        held: &HeldRequest,
-        private: bool,
-        master: Option<ServerId>,
-    ) -> Result<(ServerId, Option<SplitFacts>), bool> {
-        let replica_read = self.router.replica_read(held.spec, private);
-        let floor = if replica_read && self.router.read_your_writes() {
-            let master_offset = master.and_then(|m| {
-                let view = self.monitor.views().get(m)?;
-                // Read from a server that still said it was the master (as `WAIT` requires).
-                let reading = view.offset_seen.as_ref().filter(|(_, info)| info.role == Some(Role::Master));
-                reading.map(|(_, info)| (view.offset_serial, info.repl_offset))
-            });
-            self.clients.read_floor(conn, master_offset)
-        } else {
-            ReadFloor::Any
-        };
-        let scan = cursor::scan_call(&held.request);
-        let issuer = match &scan {
-            Some(call) => self.clients.cursor_issuer(conn, call),
-            None => Issuer::Anyone,
-        };
-        let demand = Demand { replica_read, issuer, floor };
-        let (server, restarted) = match self.router.route(now, demand, self.monitor.views(), master) {
-            Route::Server(server) => (server, None),
-            Route::Restart(server) => {
-                let restarted = scan.as_ref().map(|call| call.restarted(&held.request).frame().clone());
-                (server, restarted)
-            }
-            Route::Wait => return Err(false),
-            Route::Refuse(refusal) => {
-                self.clients.reply_local(conn, resp::error_reply(refusal.message()), &mut self.out);
-                return Err(true);
-            }
-        };
-        let fences = !replica_read && self.router.fences(held.spec, private);
-        Ok((server, Some(SplitFacts { scan, fences, restarted })))
-    }
-
-    /// A request routed with reads split went to `server` with reply slot `seq`: its cursor and its write are
-    /// remembered for the client.
-    #[inline(never)]
-    fn split_sent(&mut self, conn: ConnId, seq: u64, split: SplitFacts, server: ServerId) {
-        if let Some(call) = &split.scan {
-            self.clients.scan_sent(conn, seq, call, server);
-        }
-        if split.fences {
-            self.clients.write_sent(conn, seq);
-        }
-    }
-
-    /// Asks every server for its replication offset (for `WAIT` and read fences).
-    fn request_offsets(&mut self, now: Instant) {
-        for server in self.monitor.views().ids() {
-            self.monitor.request_offset(now, server, &mut self.pool, &mut self.out);
-        }
-        self.clients.set_next_offset_serial(self.monitor.next_offset_serial());
-    }
-
-    /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then).
-    fn start_wait(&mut self, now: Instant, conn: ConnId, replicas: u64, timeout: Option<Duration>) -> bool {
-        let Some(state) = self.clients.forward_state(conn) else { return true };
-        if state.in_flight > 0 || self.failover.master().is_none() {
-            return false;
-        }
-        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
-        self.out.counters.request(Target::Proxy, Class::Other);
-        // Writes acknowledged by an earlier master may have been lost with it: no replica can vouch for them.
-        let epoch = self.waits.epoch();
-        let void = self.clients.take_unconfirmed_writes(conn).is_some_and(|written| written < epoch);
-        self.waits.add(now, conn, seq, replicas, timeout, void, epoch);
-        self.request_offsets(now);
-        true
-    }
-
-    /// Answers the `WAIT`s that are done.
-    fn settle_waits(&mut self, now: Instant) {
-        let clients = &self.clients;
-        let (views, master, epoch) = (self.monitor.views(), self.failover.master(), self.waits.epoch());
-        let done = self.waits.settle(now, views, master, epoch, |c| clients.contains(c));
-        for wait in done {
-            self.deliver(now, wait.client, wait.seq, wait.reply);
-        }
-    }
-
-    fn run_held(&mut self, now: Instant, conn: ConnId) {
+    pub(super) fn run_held(&mut self, now: Instant, conn: ConnId) {
         while let Some(held) = self.clients.pop_held(conn) {
             if !self.execute(now, conn, &held) {
                 self.clients.unpop_held(conn, held);
@@ -682,7 +326,7 @@ impl Engine {
         }
     }
 
-    fn run_all_held(&mut self, now: Instant) {
+    pub(super) fn run_all_held(&mut self, now: Instant) {
         if !self.clients.any_held() {
             return;
         }
@@ -695,7 +339,7 @@ impl Engine {
     /// Fills a client's reply slot; if replies went out, releases a private connection its state no longer
     /// needs, runs held requests, resumes reading and finishes a pending close.
     #[inline(always)]
-    fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
+    pub(super) fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
         if !self.clients.deliver(conn, seq, reply, &mut self.out) {
             return;
         }
@@ -711,25 +355,16 @@ impl Engine {
 
     /// Replies that answered fenced clients' writes need the offsets that prove where the writes have
     /// replicated: asked for once per input that can carry replies (not per reply), at its end.
-    fn after_replies(&mut self, now: Instant) {
+    pub(super) fn after_replies(&mut self, now: Instant) {
         if self.clients.take_write_answered() {
             self.fence_write_answered(now);
-        }
-    }
-
-    /// Out of line: it only happens with `read_your_writes`.
-    #[inline(never)]
-    fn fence_write_answered(&mut self, now: Instant) {
-        self.fence_poll.demand(now, self.monitor.next_offset_serial());
-        if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
-            self.request_offsets(now);
         }
     }
 
     /// Hands the pool the private connections of clients that left, and lets streams whose client or backend
     /// connection is gone go on or end.
     #[inline(always)]
-    fn release_departed(&mut self) {
+    pub(super) fn release_departed(&mut self) {
         // Looked at before it is taken: taking the list, empty after nearly every input, costs more.
         if self.clients.any_departed() {
             self.release_privates_of_departed();
@@ -742,7 +377,7 @@ impl Engine {
     /// Takes back the private connections of the clients that left.
     #[cold]
     #[inline(never)]
-    fn release_privates_of_departed(&mut self) {
+    pub(super) fn release_privates_of_departed(&mut self) {
         for departed in self.clients.take_departed() {
             self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
         }
@@ -757,448 +392,14 @@ impl Engine {
     /// the rest of its value is read and dropped, so that the connection's later replies get through.
     #[cold]
     #[inline(never)]
-    fn tidy_streams(&mut self) {
+    pub(super) fn tidy_streams(&mut self) {
         let (pool, clients) = (&self.pool, &self.clients);
         for backend in self.streams.tidy(|b| pool.contains(b), |c| clients.contains(c)) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });
         }
     }
 
-    /// A backend connection blocked on writing (or drained): the client uploading on it stops (or resumes) being
-    /// read, so the proxy never holds more of a value than the server's socket refuses.
-    fn upload_backpressure(&mut self, backend: ConnId, blocked: bool) {
-        if let Some(client) = self.uploads.backend_blocked(backend, blocked) {
-            self.clients.set_upload_blocked(client, blocked, &mut self.out);
-        }
-    }
-
-    /// A client blocked on writing (or drained): the backend connection streaming a reply to it, if any, stops
-    /// (or resumes) being read, so the proxy never holds more of a value than the client's socket refuses.
-    fn stream_backpressure(&mut self, now: Instant, client: ConnId, blocked: bool) {
-        // A client that left has no say: the rest of its value is read and dropped.
-        if !self.clients.contains(client) {
-            return;
-        }
-        if let Some(backend) = self.streams.client_blocked(now, client, blocked) {
-            self.out.actions.push_back(Action::SetReadable { conn: backend, readable: !blocked });
-        }
-    }
-
-    // ------------------------------------------------------------------ backends
-
-    fn backend_data(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
-        if !self.streams.is_empty() && self.stream_through(now, conn, buf) {
-            return;
-        }
-        loop {
-            let (frame, owner) = match self.pool.next_reply(conn, buf) {
-                Ok(Some(reply)) => reply,
-                Ok(None) => {
-                    // Only a partial reply can be a large one to stream; the common case has nothing left.
-                    if !buf.is_empty() {
-                        self.partial_reply(now, conn, buf);
-                    }
-                    return;
-                }
-                Err(error) => {
-                    buf.clear();
-                    self.close_and_fail(now, conn, &format!("bad reply: {error}"));
-                    return;
-                }
-            };
-            if let Some(owner) = owner {
-                match self.pool.take_proxy_waiter(conn) {
-                    Some(Waiter::Auth) => {
-                        self.backend_auth_reply(now, conn, &frame);
-                        continue;
-                    }
-                    Some(_) => continue,
-                    None => {}
-                }
-                if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
-                    self.clients.push(owner, frame, &mut self.out);
-                    continue;
-                }
-            } else if frame.first() == Some(&b'>') {
-                // A push on a shared RESP3 connection answers no request (none of its clients subscribed to
-                // anything, as that pins): matching it to one would put the connection out of step. On a
-                // sentinel's subscription it is an event.
-                self.sentinel_push(now, conn, &frame);
-                continue;
-            }
-            match self.pool.pop_waiter(conn, &mut self.out) {
-                Some(Waiter::Client { conn: client, seq, sent }) => {
-                    // One request in LATENCY_SAMPLE: reading the time difference costs more than the rest of
-                    // the counting together, and a steady sample shows the same distribution.
-                    if seq % LATENCY_SAMPLE == 0 {
-                        self.out.counters.latency.observe(now.saturating_duration_since(sent));
-                    }
-                    if frame.len() >= LARGE_VALUE {
-                        self.clients.moves_large_values(client);
-                    }
-                    self.deliver(now, client, seq, frame)
-                }
-                Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
-                Some(Waiter::Ignore) => {}
-                Some(Waiter::Auth) => self.backend_auth_reply(now, conn, &frame),
-                Some(Waiter::Sentinel(query)) => self.sentinel_reply(now, conn, query, &frame),
-                Some(Waiter::Probe(probe)) => {
-                    let Some(server) = self.pool.server_of(conn) else { continue };
-                    match self.monitor.probe_reply(now, server, probe, &frame, &mut self.out) {
-                        ProbeOutcome::Nothing => {}
-                        ProbeOutcome::Recovered | ProbeOutcome::Facts => {
-                            self.evaluate_failover(now);
-                            self.run_all_held(now);
-                            self.settle_waits(now);
-                        }
-                        ProbeOutcome::Offset => {
-                            self.settle_waits(now);
-                            // While fences wait, the next poll goes out as soon as one is due.
-                            if self.fence_poll.poll_due(now, self.monitor.views(), self.failover.master()) {
-                                self.request_offsets(now);
-                            }
-                            self.advance_switchover(now);
-                        }
-                    }
-                }
-                None => {
-                    // A reply nobody asked for: the connection is out of step and cannot be trusted.
-                    self.close_and_fail(now, conn, "unexpected reply");
-                    buf.clear();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The reply to the `AUTH` a backend connection started with: the monitor learns whether the server takes the
-    /// proxy's credentials; one that takes them again may be what held requests and the failover rules wait for.
-    #[cold]
-    #[inline(never)]
-    fn backend_auth_reply(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
-        let Some(server) = self.pool.server_of(conn) else { return };
-        if self.monitor.auth_reply(server, frame, &mut self.out) {
-            self.evaluate_failover(now);
-            self.run_all_held(now);
-        }
-    }
-
-    /// The `CONFIG SET masterauth` a server needs before it is pointed at `master` (None: no credentials).
-    fn masterauth_for(&self, master: ServerId) -> Option<bytes::Bytes> {
-        let address = self.monitor.address(master)?;
-        self.config.server_credentials(address).and_then(auth::masterauth_request)
-    }
-
-    /// Starts streaming the large reply whose start `buf` holds on `conn` if its client is owed it next (then the
-    /// header and the body so far go out now); otherwise it is held whole, as every other reply.
-    #[cold]
-    #[inline(never)]
-    fn partial_reply(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
-        let Some((whole, waiter)) = self.pool.partial_large_bulk(conn, buf) else { return };
-        if let Some(Waiter::Client { conn: client, .. }) = waiter {
-            self.clients.moves_large_values(client);
-        }
-        let client = match waiter {
-            Some(Waiter::Client { conn: client, seq, .. }) if self.clients.is_next(client, seq) => (client, seq),
-            _ => return self.pool.hold_whole(conn, buf),
-        };
-        self.pool.stream_taken(conn);
-        let data = buf.split().freeze();
-        self.streams.start(conn, client.0, client.1, whole - data.len());
-        self.stream_part(now, client.0, client.1, data);
-    }
-
-    /// Sends a piece of a streamed reply; a client already blocked on writing pauses the stream at once.
-    fn stream_part(&mut self, now: Instant, client: ConnId, seq: u64, data: bytes::Bytes) {
-        self.clients.stream_part(client, seq, data, &mut self.out);
-        if self.clients.is_write_blocked(client) {
-            self.stream_backpressure(now, client, true);
-        }
-    }
-
-    /// Hands what arrived on `conn` to the reply streamed on it, if one is. Returns true when the stream took
-    /// everything (or the connection was given up); false when there is none, or it ended and the replies after
-    /// it are left in `buf` for the scanner.
-    #[cold]
-    #[inline(never)]
-    fn stream_through(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
-        match self.streams.take(conn, buf) {
-            None => false,
-            Some(Piece::Part { client, seq, data }) => {
-                self.stream_part(now, client, seq, data);
-                true
-            }
-            Some(Piece::Last { data, was_paused }) => {
-                if was_paused {
-                    self.out.actions.push_back(Action::SetReadable { conn, readable: true });
-                }
-                match self.pool.pop_waiter(conn, &mut self.out) {
-                    Some(Waiter::Client { conn: client, seq, sent }) => {
-                        if seq % LATENCY_SAMPLE == 0 {
-                            self.out.counters.latency.observe(now.saturating_duration_since(sent));
-                        }
-                        self.deliver(now, client, seq, data);
-                        false
-                    }
-                    // A stream starts only for a client's waiter and keeps it at the front: not reached.
-                    _ => {
-                        buf.clear();
-                        self.close_and_fail(now, conn, "unexpected reply");
-                        true
-                    }
-                }
-            }
-            Some(Piece::BadTerminator) => {
-                buf.clear();
-                self.close_and_fail(now, conn, "bad reply: bulk string not terminated by CRLF");
-                true
-            }
-        }
-    }
-
-    /// Closes the connections to `server` (the probe too unless `keep_probe`); in-flight requests get errors.
-    fn close_backends_of(&mut self, now: Instant, server: ServerId, keep_probe: bool, reason: &str) {
-        for conn in self.pool.conns_of(server, keep_probe) {
-            self.close_and_fail(now, conn, reason);
-        }
-    }
-
-    /// Closes a backend connection the engine gives up on and fails its requests (see [`Engine::backend_lost`]).
-    /// Failing requests can close other connections, so a connection already gone is skipped.
-    fn close_and_fail(&mut self, now: Instant, conn: ConnId, reason: &str) {
-        if self.pool.contains(conn) {
-            self.out.close(conn);
-            self.backend_lost(now, conn, reason, Loss::GaveUp);
-        }
-    }
-
-    /// A backend connection failed, was `refused`, broke or was closed by the engine: every request in flight on it
-    /// gets an error (a write may or may not have run: never retried), a private connection's client is closed
-    /// because the state it built is gone, and the monitor weighs the evidence.
-    fn backend_lost(&mut self, now: Instant, conn: ConnId, reason: &str, loss: Loss) {
-        let refused = loss == Loss::Refused;
-        let Some(lost) = self.pool.remove(conn) else { return };
-        if let Some(client) = self.streams.remove(conn) {
-            // The client has part of a reply whose rest will never come: no error can follow it in the protocol.
-            self.clients.remove(client, true, &mut self.out);
-        }
-        if let Some(client) = self.uploads.remove_backend(conn) {
-            // The client is closed below (it loses its private connection); what it still sends is dropped.
-            self.clients.set_upload_blocked(client, false, &mut self.out);
-        }
-        let Some(lost_server) = lost.server else {
-            self.sentinel_lost(now, conn);
-            return;
-        };
-        // The owner loses its private connection before any error is delivered: delivering runs the owner's held
-        // requests, which must not be sent on (or wait forever for) this connection.
-        let orphaned = match lost.purpose {
-            Purpose::Private { owner: Some(owner) } if self.clients.private_lost(owner, conn) => Some(owner),
-            _ => None,
-        };
-        let address = self
-            .monitor
-            .address(lost_server)
-            .cloned()
-            .unwrap_or_else(|| ServerAddress { host: "a removed server".to_string(), port: 0 });
-        let message = if lost.connected {
-            format!("ERR redis-proxy lost the connection to {address} ({reason}); the command may or may not have run")
-        } else {
-            format!("ERR redis-proxy could not reach {address} ({reason}); the command was not sent")
-        };
-        let error = resp::error_reply(&message);
-        let mut failed = 0;
-        for waiter in &lost.waiters {
-            if let Waiter::Client { conn: client, seq, .. } = *waiter {
-                failed += 1;
-                self.deliver(now, client, seq, error.clone());
-            }
-        }
-        self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });
-        let went_down = refused && self.monitor.refused(lost_server, &mut self.out);
-        if went_down {
-            self.close_backends_of(now, lost_server, false, "server is down");
-        }
-        if refused {
-            self.monitor.forget_knock(lost_server, conn);
-        } else if loss == Loss::ConnectFailed && !lost.connected {
-            self.monitor.connect_failed(lost_server, conn);
-        } else {
-            // Closed by the engine itself (it gave up on the server's connections): no evidence either way.
-            self.monitor.forget_knock(lost_server, conn);
-        }
-        match lost.purpose {
-            Purpose::Knock => {}
-            Purpose::Probe => self.monitor.probe_lost(now, lost_server, &mut self.pool, &mut self.out),
-            // A connection that never opened, or one lost with requests on it, may mean a dead server. An idle
-            // connection closed by the server (its `timeout` setting) is just reopened when needed.
-            _ if !lost.connected || failed > 0 => {
-                self.monitor.data_conn_lost(now, lost_server, &mut self.pool, &mut self.out)
-            }
-            _ => {}
-        }
-        if went_down || matches!(lost.purpose, Purpose::Probe | Purpose::Knock) {
-            // A server gone or unreachable may be what a choice among several masters was waiting for.
-            self.evaluate_failover(now);
-        }
-        if let Some(owner) = orphaned {
-            self.clients.close_if_done(owner, &mut self.out);
-        }
-    }
-
-    // ------------------------------------------------------------------ admin
-
-    /// Runs `held` if it is a `PROXY` command (true); one the authentication check refused is answered as any
-    /// refusal. Out of line: only commands Redis does not know get here, and the request path stays short.
-    #[cold]
-    #[inline(never)]
-    fn proxy_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
-        if matches!(held.handling, Handling::Refuse(_)) || !admin::is_proxy_command(&held.request) {
-            return false;
-        }
-        self.admin_command(now, conn, held);
-        true
-    }
-
-    /// Runs a `PROXY` command of `conn` (refused unless it came in on the admin listener or as an admin user).
-    fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
-        self.out.counters.request(Target::Proxy, Class::Other);
-        let allowed = self.admins.contains(conn) || self.clients.is_admin_user(conn);
-        let command = match admin::admit(&held.request, allowed, self.sentinels.is_some()) {
-            Ok(command) => command,
-            Err(reply) => return self.clients.reply_local(conn, reply, &mut self.out),
-        };
-        self.out.event(Event::AdminCommand { conn, command: admin::describe(&held.request) });
-        let reply = match command {
-            AdminCommand::Status => admin::bulk(&admin::status_text(&self.status(now))),
-            AdminCommand::Servers => admin::bulk_array(&admin::server_lines(&self.status(now))),
-            AdminCommand::Add(address) => match self.add_server(now, address) {
-                Ok(()) => resp::simple_reply("OK"),
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Remove(address) => match self.remove_server(now, &address) {
-                Ok(()) => resp::simple_reply("OK draining"),
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Failover(target) => match self.begin_switchover(now, conn, target) {
-                // The reply comes when the switchover ends.
-                Ok(()) => return,
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Reload => {
-                self.out.event(Event::ReloadRequested);
-                resp::simple_reply("OK reloading: see the log for the outcome")
-            }
-        };
-        self.clients.reply_local(conn, reply, &mut self.out);
-    }
-
-    /// The servers watched now, in order (configured ones and those added since).
-    pub fn servers(&self) -> Vec<ServerAddress> {
-        self.monitor.views().values().filter(|v| !v.draining).map(|v| v.address.clone()).collect()
-    }
-
-    /// Watches a new server (`PROXY ADD`, a reload): probed at once; the failover rules make it a replica of the
-    /// master if it is not one, and reads reach it once it is in sync (`readsToSlaves`).
-    pub fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String> {
-        if self.monitor.find(&address).is_some() {
-            return Err(format!("ERR {address} is already a server of this proxy"));
-        }
-        let id = self.monitor.vacant_id();
-        let auth = self.config.server_credentials(&address).and_then(auth::auth_request);
-        self.pool.add_server(id, address.clone(), auth);
-        self.monitor.add_server(now, id, address.clone(), &mut self.pool, &mut self.out);
-        self.out.event(Event::ServerAdded { address });
-        Ok(())
-    }
-
-    /// Removes a server (`PROXY REMOVE`, a reload): it gets no new requests, those in flight finish, then its
-    /// connections close. The routed master cannot be removed (fail over first).
-    pub fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
-        let draining = |id: ServerId| self.monitor.views().get(id).is_some_and(|v| v.draining);
-        let Some(server) = self.monitor.find(address).filter(|s| !draining(*s)) else {
-            return Err(format!("ERR {address} is not a server of this proxy"));
-        };
-        if self.failover.is_involved(server) {
-            return Err(format!("ERR {address} is the master (or becoming it): fail over first (PROXY FAILOVER)"));
-        }
-        if self.monitor.views().values().filter(|v| !v.draining).count() <= 1 {
-            return Err("ERR the last server cannot be removed".to_string());
-        }
-        self.monitor.drain(server);
-        self.out.event(Event::ServerRemoving { address: address.clone() });
-        self.finish_removals(now);
-        Ok(())
-    }
-
-    /// Forgets the servers being removed that have no request of a client in flight any more.
-    fn finish_removals(&mut self, now: Instant) {
-        let done: Vec<ServerId> = self.monitor.draining().filter(|s| self.pool.in_flight(*s) == 0).collect();
-        for server in done {
-            for conn in self.pool.conns_of(server, false) {
-                self.close_and_fail(now, conn, "server removed");
-            }
-            let address = self.monitor.address(server).cloned();
-            self.monitor.remove_server(server);
-            self.pool.remove_server(server);
-            self.failover.remove_server(server);
-            if let Some(address) = address {
-                self.out.event(Event::ServerRemoved { address });
-            }
-        }
-    }
-
-    /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
-    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
-        if self.monitor.draining().next().is_some() {
-            return Err("ERR a server is being removed: try again in a moment".to_string());
-        }
-        let target = match target {
-            None => None,
-            Some(address) => Some(
-                self.monitor.find(&address).ok_or_else(|| format!("ERR {address} is not a server of this proxy"))?,
-            ),
-        };
-        let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
-        let (master, target) = match self.failover.begin_switchover(now, self.monitor.views(), target, (conn, seq)) {
-            Ok(pair) => pair,
-            Err(why) => {
-                let reply = resp::error_reply(&format!("ERR cannot fail over: {why}"));
-                self.deliver(now, conn, seq, reply);
-                return Ok(());
-            }
-        };
-        if let (Some(from), Some(to)) = (self.monitor.address(master).cloned(), self.monitor.address(target).cloned()) {
-            self.history.begin(now, from.clone(), "planned switchover (PROXY FAILOVER)");
-            self.out.event(Event::SwitchoverStarted { from, to });
-        }
-        self.advance_switchover(now);
-        Ok(())
-    }
-
-    /// Moves a planned switchover on (see [`Failover::advance_switchover`]).
-    fn advance_switchover(&mut self, now: Instant) {
-        let Some((master, _)) = self.failover.switching() else { return };
-        let in_flight = self.pool.in_flight(master);
-        match self.failover.advance_switchover(now, self.monitor.views(), in_flight) {
-            SwitchoverStep::Wait => {}
-            SwitchoverStep::ReadOffsets { master, target } => {
-                self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
-                self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
-            }
-            SwitchoverStep::Promote { target, reason } => {
-                let Some(address) = self.monitor.address(target).cloned() else { return };
-                self.history.chose(&address, &reason);
-                self.out.event(Event::PromotionStarted { address, reason });
-                let why = "promoting it: a planned switchover".to_string();
-                self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------ failover
-
-    fn evaluate_failover(&mut self, now: Instant) {
+    pub(super) fn evaluate_failover(&mut self, now: Instant) {
         if self.sentinels.is_some() {
             self.follow_sentinels(now);
         } else {
@@ -1210,7 +411,7 @@ impl Engine {
     }
 
     /// Carries out one decision of the failover rules (or, in Sentinel mode, of the sentinels).
-    fn carry_out(&mut self, now: Instant, decision: Decision) {
+    pub(super) fn carry_out(&mut self, now: Instant, decision: Decision) {
         match decision {
             Decision::Adopt { master, reason } => {
                 let Some(address) = self.monitor.address(master).cloned() else { return };
@@ -1259,97 +460,6 @@ impl Engine {
             }
         }
     }
-
-    // ------------------------------------------------------------------ sentinel mode
-
-    /// A reply from a sentinel.
-    #[cold]
-    #[inline(never)]
-    fn sentinel_reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8]) {
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        sentinels.reply(now, conn, query, frame, &mut self.out);
-        if query.is_round_question() {
-            self.evaluate_failover(now);
-            self.run_all_held(now);
-        }
-    }
-
-    /// A push on a connection with no owner: a sentinel's event prompts a round at once.
-    #[cold]
-    #[inline(never)]
-    fn sentinel_push(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        if sentinels.push(now, conn, frame, &mut self.out) {
-            sentinels.tick(now, &mut self.pool, &mut self.out);
-        }
-    }
-
-    /// A sentinel connection is gone: its answer no longer counts.
-    fn sentinel_lost(&mut self, now: Instant, conn: ConnId) {
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        if sentinels.lost(conn, &mut self.pool, &mut self.out) {
-            self.evaluate_failover(now);
-        }
-    }
-
-    /// The server at `address`, watched from now on if it was not (the sentinels named it).
-    fn server_for(&mut self, now: Instant, address: &ServerAddress) -> ServerId {
-        let known = self.monitor.views().iter().find(|(_, v)| v.address.is_named(&address.host, address.port));
-        if let Some((id, _)) = known {
-            return id;
-        }
-        // Not watched yet (checked just above), so it is added under the vacant id.
-        let server = self.monitor.vacant_id();
-        let _ = self.add_server(now, address.clone());
-        self.monitor.set_reads_vetoed(server, true);
-        server
-    }
-
-    /// Sentinel mode: watches every server the sentinels name, lets reads reach only the replicas they list as
-    /// healthy, and carries out what following them decides (see [`Sentinels::follow`]).
-    fn follow_sentinels(&mut self, now: Instant) {
-        let routed = self.failover.master();
-        let routed_address = routed.and_then(|m| self.monitor.address(m).cloned());
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        for address in sentinels.named_servers(now, routed_address.as_ref(), &mut self.out) {
-            self.server_for(now, &address);
-        }
-        let Some(sentinels) = self.sentinels.as_ref() else { return };
-        let following = sentinels.follow(now, self.monitor.views(), routed);
-        for (server, readable) in following.reads {
-            self.monitor.set_reads_vetoed(server, !readable);
-        }
-        for decision in following.decisions {
-            match &decision {
-                Decision::Lose { .. } => self.failover.follow(None, now),
-                Decision::Adopt { master, reason } => {
-                    self.failover.follow(Some(*master), now);
-                    if let Some(address) = self.monitor.address(*master) {
-                        self.history.chose(address, reason);
-                    }
-                }
-                _ => {}
-            }
-            self.carry_out(now, decision);
-        }
-        if let Some(server) = following.confirm {
-            self.confirm_master(now, server);
-        }
-    }
-
-    /// Asks `server`, which a majority of the sentinels names, for its `INFO` (unless a probe is outstanding), and
-    /// the sentinels again soon: it is routed to once it reports `role:master`.
-    fn confirm_master(&mut self, now: Instant, server: ServerId) {
-        let due = self.sentinels.as_mut().is_some_and(|s| s.confirm_due(now));
-        if due && self.monitor.views().get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
-            self.monitor.send_probe(now, server, &mut self.pool, &mut self.out);
-        }
-    }
-}
-
-/// `DISCARD`, as a request frame.
-fn discard_request() -> bytes::Bytes {
-    bytes::Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")
 }
 
 #[cfg(test)]
