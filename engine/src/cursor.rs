@@ -20,8 +20,6 @@ pub(crate) struct ScanCall {
     iteration: u64,
     /// The cursor it continues; 0 starts an iteration.
     cursor: u64,
-    /// Which argument is the cursor.
-    cursor_at: usize,
 }
 
 impl ScanCall {
@@ -32,8 +30,10 @@ impl ScanCall {
 
     /// `request`, this call, with its cursor replaced by 0: the same iteration started again.
     pub(crate) fn restarted(&self, request: &Request) -> Request {
+        // `SCAN cursor`, or `HSCAN key cursor` (and `SSCAN`, `ZSCAN`).
+        let cursor_at = if request.arg(0).is_some_and(|name| name.len() == 4) { 1 } else { 2 };
         let args: Vec<&[u8]> =
-            request.args().enumerate().map(|(at, arg)| if at == self.cursor_at { &b"0"[..] } else { arg }).collect();
+            request.args().enumerate().map(|(at, arg)| if at == cursor_at { &b"0"[..] } else { arg }).collect();
         Request::from_args(&args)
     }
 }
@@ -55,7 +55,7 @@ pub(crate) fn scan_call(request: &Request) -> Option<ScanCall> {
     };
     let cursor = parse_u64(request.arg(cursor_at)?)?;
     let key = if cursor_at == 2 { request.arg(1)? } else { b"" };
-    Some(ScanCall { iteration: fingerprint(kind, key), cursor, cursor_at })
+    Some(ScanCall { iteration: fingerprint(kind, key), cursor })
 }
 
 /// FNV-1a of the command kind and the key: two iterations of one client that collide only share cursors that are

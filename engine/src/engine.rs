@@ -318,8 +318,8 @@ impl Engine {
     }
 
     pub(super) fn run_held(&mut self, now: Instant, conn: ConnId) {
-        while let Some(held) = self.clients.pop_held(conn) {
-            if !self.execute(now, conn, &held) {
+        while let Some(mut held) = self.clients.pop_held(conn) {
+            if !self.execute(now, conn, &mut held) {
                 self.clients.unpop_held(conn, held);
                 return;
             }

@@ -9,9 +9,6 @@ pub(super) struct SplitFacts {
     scan: Option<ScanCall>,
     /// It may write: the client's reads stay on the master until it has replicated.
     fences: bool,
-    /// The request to send instead of the client's: its `SCAN` iteration started again from 0, because the
-    /// server that issued its cursor is gone, down or no longer serves reads.
-    restarted: Option<bytes::Bytes>,
 }
 
 impl Engine {
@@ -23,11 +20,11 @@ impl Engine {
             return;
         }
         loop {
-            while let NextRequest::Request(held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+            while let NextRequest::Request(mut held) = self.clients.next_request(now, conn, buf, &mut self.out) {
                 if held.spec.is_none() && self.proxy_command(now, conn, &held) {
                     continue;
                 }
-                if self.clients.has_held(conn) || !self.execute(now, conn, &held) {
+                if self.clients.has_held(conn) || !self.execute(now, conn, &mut held) {
                     self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
                 }
             }
@@ -45,10 +42,10 @@ impl Engine {
     #[cold]
     #[inline(never)]
     pub(super) fn start_upload(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
-        let Some(head) = self.clients.upload_head(now, conn, buf) else { return false };
+        let Some(mut head) = self.clients.upload_head(now, conn, buf) else { return false };
         // Its read buffer may never hold 64 KiB at once: the value leaves it as it comes.
         self.clients.moves_large_values(conn);
-        if !self.execute(now, conn, &head.held) {
+        if !self.execute(now, conn, &mut head.held) {
             return false;
         }
         // The head asked for a private connection, so the client holds one now.
@@ -115,23 +112,84 @@ impl Engine {
 
     /// Runs a classified request now (true), or leaves it to the caller to hold (false) when it must wait: no
     /// master, or an order barrier.
-    pub(super) fn execute(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+    /// A `SCAN`-family call whose cursor's server is gone is rewritten in `held` to start its iteration again.
+    pub(super) fn execute(&mut self, now: Instant, conn: ConnId, held: &mut HeldRequest) -> bool {
         let pin = match &held.handling {
+            Handling::Forward(pin) => *pin,
+            _ => return self.execute_locally(now, conn, held),
+        };
+        // A client that is gone needs nothing more.
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let wants_private = pin > Pin::Shared || state.private.is_some();
+        let master = self.failover.master();
+        let (server, split) = if self.router.splits_reads() {
+            match self.route_split(now, conn, held, wants_private, master) {
+                Ok(routed) => routed,
+                Err(ran) => return ran,
+            }
+        } else {
+            let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
+            (server, None)
+        };
+        let backend = match (wants_private, state.private) {
+            (true, Some(existing)) => existing,
+            // Order barrier: the private connection must not overtake requests still in flight elsewhere.
+            (true, None) if state.in_flight > 0 => return false,
+            (true, None) => match self.open_private(conn, server, held.resp3 && pin != Pin::Replication) {
+                Some(backend) => backend,
+                None => return false,
+            },
+            (false, _) => match self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out) {
+                Some(backend) => backend,
+                None => return false,
+            },
+        };
+        let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
+        let write_epoch = (Some(server) == master && !read_only).then_some(self.waits.epoch());
+        let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
+        if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
+            self.split_sent(conn, seq, split, server);
+        }
+        if pin == Pin::Replication {
+            self.pool.set_raw(backend);
+        }
+        let target = if Some(server) == master { Target::Master } else { Target::Replica };
+        self.out.counters.request(target, Class::of(held.spec));
+        self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
+        true
+    }
+
+    /// A private connection to `server` for `conn`, now its own (`resp3`: switched with `HELLO 3`; a replication
+    /// stream is passed on raw, from its first byte, so no `HELLO` reply may precede it). Out of line: pinning is
+    /// rare next to forwarding.
+    #[inline(never)]
+    fn open_private(&mut self, conn: ConnId, server: ServerId, resp3: bool) -> Option<ConnId> {
+        let backend = self.pool.acquire_private(server, conn, resp3, &mut self.out)?;
+        self.clients.set_private(conn, backend);
+        Some(backend)
+    }
+
+    /// Runs a request that is not forwarded as it is: answered here (`PING`, refusals, `EXECABORT`), a `WAIT`, or
+    /// one that needs a connection of its own. Returns as [`Engine::execute`] does. Out of line, so that the
+    /// forwarding path stays short.
+    #[inline(never)]
+    fn execute_locally(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        match &held.handling {
             Handling::Local(reply) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
-                return true;
+                true
             }
             Handling::LocalThenClose(reply) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, reply.clone(), &mut self.out);
                 self.clients.close_after_replies(conn, &mut self.out);
-                return true;
+                true
             }
             Handling::Refuse(message) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));
                 self.clients.reply_local(conn, resp::error_reply(message), &mut self.out);
-                return true;
+                true
             }
             Handling::AbortExec => {
                 // The server still queues the transaction: drop it there, and fail EXEC as Redis would.
@@ -140,7 +198,7 @@ impl Engine {
                 }
                 let abort = "EXECABORT Transaction discarded because of previous errors.";
                 self.clients.reply_local(conn, resp::error_reply(abort), &mut self.out);
-                return true;
+                true
             }
             Handling::OutOfBand => {
                 // Its own connection to the master, so that it never waits behind the script it must stop.
@@ -155,55 +213,11 @@ impl Engine {
                 self.out.counters.request(Target::Master, Class::Other);
                 let waiter = Waiter::Client { conn, seq, sent: now };
                 self.pool.send(backend, &[waiter], held.request.frame().clone(), &mut self.out);
-                return true;
+                true
             }
-            Handling::Wait { replicas, timeout } => return self.start_wait(now, conn, *replicas, *timeout),
-            Handling::Forward(pin) => *pin,
-        };
-        // A client that is gone needs nothing more.
-        let Some(state) = self.clients.forward_state(conn) else { return true };
-        let wants_private = pin > Pin::Shared || state.private.is_some();
-        let master = self.failover.master();
-        let (server, mut split) = if self.router.splits_reads() {
-            match self.route_split(now, conn, held, wants_private, master) {
-                Ok(routed) => routed,
-                Err(ran) => return ran,
-            }
-        } else {
-            let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
-            (server, None)
-        };
-        let backend = match (wants_private, state.private) {
-            (true, Some(existing)) => existing,
-            // Order barrier: the private connection must not overtake requests still in flight elsewhere.
-            (true, None) if state.in_flight > 0 => return false,
-            (true, None) => {
-                // A replication stream is passed on raw, from its first byte: no HELLO reply may precede it.
-                let resp3 = held.resp3 && pin != Pin::Replication;
-                let Some(backend) = self.pool.acquire_private(server, conn, resp3, &mut self.out) else { return false };
-                self.clients.set_private(conn, backend);
-                backend
-            }
-            (false, _) => match self.pool.shared(server, state.shared_slot, held.resp3, &mut self.out) {
-                Some(backend) => backend,
-                None => return false,
-            },
-        };
-        let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
-        let write_epoch = (Some(server) == master && !read_only).then_some(self.waits.epoch());
-        let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
-        let restarted = split.as_mut().and_then(|split| split.restarted.take());
-        if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
-            self.split_sent(conn, seq, split, server);
+            Handling::Wait { replicas, timeout } => self.start_wait(now, conn, *replicas, *timeout),
+            Handling::Forward(_) => false,
         }
-        if pin == Pin::Replication {
-            self.pool.set_raw(backend);
-        }
-        let target = if Some(server) == master { Target::Master } else { Target::Replica };
-        self.out.counters.request(target, Class::of(held.spec));
-        let frame = restarted.unwrap_or_else(|| held.request.frame().clone());
-        self.pool.send(backend, waiter.as_slice(), frame, &mut self.out);
-        true
     }
 
     /// Routes a request where reads are split (`readsToSlaves`): the client's `SCAN` cursors and, with
@@ -215,7 +229,7 @@ impl Engine {
         &mut self,
         now: Instant,
         conn: ConnId,
-        held: &HeldRequest,
+        held: &mut HeldRequest,
         private: bool,
         master: Option<ServerId>,
     ) -> Result<(ServerId, Option<SplitFacts>), bool> {
@@ -237,11 +251,13 @@ impl Engine {
             None => Issuer::Anyone,
         };
         let demand = Demand { replica_read, issuer, floor };
-        let (server, restarted) = match self.router.route(now, demand, self.monitor.views(), master) {
-            Route::Server(server) => (server, None),
+        let server = match self.router.route(now, demand, self.monitor.views(), master) {
+            Route::Server(server) => server,
             Route::Restart(server) => {
-                let restarted = scan.as_ref().map(|call| call.restarted(&held.request).frame().clone());
-                (server, restarted)
+                if let Some(call) = &scan {
+                    held.request = call.restarted(&held.request);
+                }
+                server
             }
             Route::Wait => return Err(false),
             Route::Refuse(refusal) => {
@@ -250,7 +266,7 @@ impl Engine {
             }
         };
         let fences = !replica_read && self.router.fences(held.spec, private);
-        Ok((server, Some(SplitFacts { scan, fences, restarted })))
+        Ok((server, Some(SplitFacts { scan, fences })))
     }
 
     /// A request routed with reads split went to `server` with reply slot `seq`: its cursor and its write are
