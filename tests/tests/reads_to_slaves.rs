@@ -1,4 +1,4 @@
-//! End to end: `readsToSlaves` never breaks a `SCAN`-family iteration, and with `read_your_writes` a
+//! End to end: no failover, removal or read split breaks a `SCAN`-family iteration, and with `read_your_writes` a
 //! client reads its own writes while other clients' reads still go to the replicas.
 
 use redis_proxy_tests::cluster::{cluster, ports, wait_caught_up};
@@ -165,6 +165,27 @@ fn a_cursor_of_a_replica_that_stopped_serving_reads_restarts_and_misses_nothing(
         seen.extend(scan_rest(&mut conn, cursor));
         issuer.signal("CONT");
         assert_complete(runtime, "issuer stopped", seen);
+    }
+}
+
+#[test]
+fn in_all_to_master_a_scan_that_spans_a_failover_starts_again_on_the_new_master_and_misses_nothing() {
+    let _serial = redis_proxy_tests::exclusive();
+    for &runtime in Runtime::ALL {
+        let mut servers = redis_proxy_tests::cluster::synced_cluster(2, &[]);
+        populate(&servers);
+        let proxy = Proxy::start(runtime, &ports(&servers), r#""check_period": 100"#);
+        let mut conn = proxy.connect();
+        let (cursor, mut seen) = scan_steps(&mut conn, 3);
+        servers[0].kill();
+        let replicas = [servers[1].port, servers[2].port];
+        let promoted = redis_proxy_tests::wait_until(Duration::from_secs(20), || {
+            replicas.iter().any(|p| redis_proxy_tests::replication_role(*p).is_some_and(|(role, _)| role == "master"))
+        });
+        assert!(promoted, "{runtime:?}: no replica was promoted; the proxy's log:\n{}", proxy.log());
+        // Until the proxy routes to the new master the call is held; then it starts again there.
+        seen.extend(scan_rest(&mut conn, cursor));
+        assert_complete(runtime, "a failover in allToMaster", seen);
     }
 }
 

@@ -122,7 +122,10 @@ impl Engine {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let wants_private = pin > Pin::Shared || state.private.is_some();
         let master = self.failover.master();
-        let (server, split) = if self.router.splits_reads() {
+        // The SCAN family is flagged `readonly` and nothing else: in `allToMaster` only such a request takes the
+        // longer route, where a cursor an earlier master returned starts its iteration again.
+        let may_scan = held.spec.is_some_and(|s| s.flags == CommandFlags::READONLY);
+        let (server, split) = if self.router.splits_reads() || may_scan {
             match self.route_split(now, conn, held, wants_private, master) {
                 Ok(routed) => routed,
                 Err(ran) => return ran,
