@@ -1,5 +1,6 @@
-//! Client connections: each client's reply slots in request order, the requests it has waiting (held), its
-//! backpressure, pass-through, and the end of its life. Nothing here chooses a server or a backend connection.
+//! Client connections: the requests each client has waiting (held), its backpressure, pass-through, and the end of
+//! its life; its replies in request order are a [`ReplyOrder`]. Nothing here chooses a server or a backend
+//! connection.
 
 use crate::auth::{ClientAuth, Users, Verdict};
 use crate::command::{self, CommandFlags, CommandSpec};
@@ -10,6 +11,7 @@ use crate::cursor::{self, Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::pool::Waiter;
+use crate::reply_order::ReplyOrder;
 use crate::resp::{self, PendingLastArg, Request, RequestScanner};
 use crate::server_id::ServerId;
 use crate::session::{self, Handling, Pin, Session};
@@ -81,9 +83,8 @@ struct Client {
     session: Session,
     /// What its authentication allows it.
     auth: ClientAuth,
-    /// Replies in request order; None while awaited. The front is request number `first_seq`.
-    slots: VecDeque<Option<Bytes>>,
-    first_seq: u64,
+    /// Its replies, in request order.
+    replies: ReplyOrder,
     held: VecDeque<HeldRequest>,
     /// The private backend connection, if the session needs one.
     private: Option<ConnId>,
@@ -120,7 +121,7 @@ struct ReadTracking {
 
 impl Client {
     fn in_flight(&self) -> usize {
-        self.slots.len()
+        self.replies.len()
     }
 
     fn is_passthrough(&self) -> bool {
@@ -210,8 +211,7 @@ impl Clients {
             scanner: RequestScanner::new(self.config.limits),
             session: Session::default(),
             auth: ClientAuth::new(&self.config.users),
-            slots: VecDeque::new(),
-            first_seq: 0,
+            replies: ReplyOrder::default(),
             held: VecDeque::new(),
             private: None,
             last_backend: None,
@@ -542,8 +542,7 @@ impl Clients {
         if client.passthrough {
             return Ok(None);
         }
-        let seq = client.first_seq + client.slots.len() as u64;
-        client.slots.push_back(None);
+        let seq = client.replies.await_reply();
         Ok(Some(Waiter::Client { conn, seq, sent: now }))
     }
 
@@ -598,9 +597,7 @@ impl Clients {
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
     /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
     pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
-        let client = self.conns.get_mut(conn)?;
-        client.slots.push_back(None);
-        Some(client.first_seq + client.slots.len() as u64 - 1)
+        Some(self.conns.get_mut(conn)?.replies.await_reply())
     }
 
     /// The master epoch of the oldest write of `conn` that no `WAIT` has covered yet, and forgets it: the `WAIT`
@@ -628,38 +625,30 @@ impl Clients {
     pub(crate) fn reply_local(&mut self, conn: ConnId, reply: Bytes, out: &mut Outbox) {
         let Some(client) = self.conns.get_mut(conn) else { return };
         // Behind replies still awaited, also in passthrough mode (entered while earlier requests were in flight).
-        if client.slots.is_empty() {
+        if client.replies.is_empty() {
             self.send(conn, reply, out);
             return;
         }
-        client.slots.push_back(Some(reply));
+        client.replies.push_local(reply);
     }
 
     /// Fills the reply slot `seq` of `conn` and sends every reply now next in order. Returns whether replies went
     /// out (the client may then have room for held requests, or be done).
     pub(crate) fn deliver(&mut self, conn: ConnId, seq: u64, reply: Bytes, out: &mut Outbox) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
-        let Some(index) = seq.checked_sub(client.first_seq).map(|i| i as usize) else { return false };
-        if index >= client.slots.len() {
-            return false;
-        }
-        if let Some(reads) = client.reads.as_deref_mut() {
+        if let Some(reads) = client.reads.as_deref_mut().filter(|_| client.replies.owes(seq)) {
             reads.cursors.reply(seq, &reply);
             if reads.fence.replied(seq, self.next_offset_serial) {
                 self.write_answered = true;
             }
         }
-        if index > 0 {
-            client.slots[index] = Some(reply);
+        if !client.replies.take_if_next(seq) {
+            client.replies.fill_later(seq, reply);
             return false;
         }
-        client.slots.pop_front();
-        client.first_seq += 1;
         self.send(conn, reply, out);
-        while let Some(client) = self.conns.get_mut(conn) {
-            let Some(ready) = client.slots.front_mut().and_then(Option::take) else { break };
-            client.slots.pop_front();
-            client.first_seq += 1;
+        // Looked up again after each reply: writing one may remove the client (its output limit).
+        while let Some(ready) = self.conns.get_mut(conn).and_then(|c| c.replies.pop_ready()) {
             self.send(conn, ready, out);
         }
         true
@@ -668,7 +657,7 @@ impl Clients {
     /// Whether reply slot `seq` of `conn` is the next reply it is owed (every earlier one is out), so a large reply
     /// for it may be streamed. Never in pass-through, where replies are not counted.
     pub(crate) fn is_next(&self, conn: ConnId, seq: u64) -> bool {
-        self.conns.get(conn).is_some_and(|c| c.first_seq == seq && !c.is_passthrough())
+        self.conns.get(conn).is_some_and(|c| c.replies.is_next(seq) && !c.is_passthrough())
     }
 
     /// Sends a piece of the reply streamed into slot `seq` of `conn` (the slot stays awaited until the last piece
@@ -693,7 +682,7 @@ impl Clients {
     /// client's state no longer needs it. Then [`Clients::needs_attention`] says whether more is to do.
     pub(crate) fn settle(&mut self, conn: ConnId) -> Option<ConnId> {
         let client = self.conns.get_mut(conn)?;
-        if !client.slots.is_empty() {
+        if !client.replies.is_empty() {
             return None;
         }
         client.session.blocking = false;
@@ -754,7 +743,7 @@ impl Clients {
     /// Closes `conn` if it is closing and awaits no reply.
     pub(crate) fn close_if_done(&mut self, conn: ConnId, out: &mut Outbox) {
         let Some(client) = self.conns.get(conn) else { return };
-        if client.closing && client.slots.is_empty() {
+        if client.closing && client.replies.is_empty() {
             self.remove(conn, true, out);
         }
     }

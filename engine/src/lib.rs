@@ -70,7 +70,8 @@
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
 //! | `command` | the command table generated from Redis 7 (flags, key positions) |
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
-//! | `client` | the clients: reply slots in request order, held requests, backpressure, pass-through |
+//! | `client` | the clients: held requests, backpressure, pass-through; their replies in order with `reply_order` |
+//! | `reply_order` | one client's reply slots in request order: numbering, filling, what may be written now |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
@@ -116,6 +117,7 @@ pub mod fuzzing;
 mod monitor;
 mod offset_poll;
 mod pool;
+mod reply_order;
 #[cfg(test)]
 mod request_path_tests;
 mod resp;
