@@ -1,15 +1,16 @@
-//! Client connections: the requests each client has waiting (held), its backpressure, pass-through, and the end of
-//! its life; its replies in request order are a [`ReplyOrder`]. Nothing here chooses a server or a backend
-//! connection.
+//! Client connections: the table of clients and each one's state, its backpressure, pass-through, and the end of
+//! its life. Its replies in request order are a [`ReplyOrder`], its held requests a queue in the [`HoldQueue`];
+//! `Clients` answers for both. Nothing here chooses a server or a backend connection.
 
 use crate::auth::{ClientAuth, Users, Verdict};
-use crate::command::{self, CommandFlags, CommandSpec};
+use crate::command::{self, CommandFlags};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
 use crate::cursor::{self, Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
+use crate::hold_queue::{Admission, ClientHolds, HoldQueue};
 use crate::pool::Waiter;
 use crate::reply_order::ReplyOrder;
 use crate::resp::{self, PendingLastArg, Request, RequestScanner};
@@ -17,31 +18,14 @@ use crate::server_id::ServerId;
 use crate::session::{self, Handling, Pin, Session};
 use crate::upload::{UPLOAD_HEAD_MAX, UPLOAD_MIN};
 use bytes::{Buf, Bytes, BytesMut};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+pub(crate) use crate::hold_queue::HeldRequest;
 
 /// A reply this large (long enough to be streamed), or as many bytes arriving at once from a client, make the
 /// client one that moves large values ([`Clients::moves_large_values`]).
 pub(crate) const LARGE_VALUE: usize = crate::stream::STREAM_MIN;
-
-/// A request waiting in a client's queue, already classified.
-pub(crate) struct HeldRequest {
-    pub(crate) request: Request,
-    /// The command, if Redis knows it.
-    pub(crate) spec: Option<&'static CommandSpec>,
-    pub(crate) handling: Handling,
-    pub(crate) since: Instant,
-    /// The client spoke RESP3 when it sent it (its protocol may change before a held request runs).
-    pub(crate) resp3: bool,
-}
-
-impl HeldRequest {
-    /// The memory it takes while held: its bytes and its bookkeeping.
-    fn cost(&self) -> usize {
-        self.request.frame().len() + std::mem::size_of::<HeldRequest>()
-    }
-}
 
 /// The next thing a client's input holds.
 pub(crate) enum NextRequest {
@@ -85,7 +69,8 @@ struct Client {
     auth: ClientAuth,
     /// Its replies, in request order.
     replies: ReplyOrder,
-    held: VecDeque<HeldRequest>,
+    /// Its requests waiting to go out, in the [`HoldQueue`].
+    held: ClientHolds,
     /// The private backend connection, if the session needs one.
     private: Option<ConnId>,
     /// The backend connection of the newest request in flight, so the client's order survives a switch.
@@ -99,8 +84,6 @@ struct Client {
     /// Its private connection passes every frame straight through (set once the first passthrough request
     /// went out, after all earlier replies came back).
     passthrough: bool,
-    /// Whether `hold_deadlines` has an entry for this client.
-    hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
     /// The master epoch of its oldest write not yet covered by a `WAIT` (None: none since the last `WAIT`).
@@ -133,10 +116,8 @@ impl Client {
 pub(crate) struct Clients {
     conns: ConnTable<Client>,
     count: usize,
-    /// Memory taken by held requests over all clients (see [`HeldRequest::cost`]).
-    held_bytes: usize,
-    /// (deadline, client) in deadline order, for expiring held requests; stale entries are skipped.
-    hold_deadlines: VecDeque<(Instant, ConnId)>,
+    /// The requests held over all clients: their bounds and deadlines.
+    holds: HoldQueue,
     /// Clients removed since the coordinator last asked, whose private connections it must hand back.
     departed: Vec<Departed>,
     /// Set when a reply answered a client's newest write (read fences need fresh offsets); taken by the
@@ -156,8 +137,6 @@ struct ClientLimits {
     max_clients: usize,
     max_pipeline: usize,
     client_output_limit: usize,
-    hold: Duration,
-    hold_max_bytes: usize,
     allow_topology_commands: bool,
     users: Users,
 }
@@ -171,8 +150,6 @@ impl ClientLimits {
             max_clients: config.max_clients,
             max_pipeline: config.max_pipeline,
             client_output_limit: config.client_output_limit,
-            hold: config.hold,
-            hold_max_bytes: config.hold_max_bytes,
             allow_topology_commands: config.allow_topology_commands,
             users: Users::new(&config.client_users),
         }
@@ -185,8 +162,7 @@ impl Clients {
         Clients {
             conns: ConnTable::new(Lane::Client),
             count: 0,
-            held_bytes: 0,
-            hold_deadlines: VecDeque::new(),
+            holds: HoldQueue::new(config.hold, config.hold_max_bytes),
             departed: Vec::new(),
             write_answered: false,
             next_offset_serial: 0,
@@ -198,6 +174,7 @@ impl Clients {
     /// caller refuses a config that changes them).
     pub(crate) fn set_limits(&mut self, config: &Config) {
         self.config = ClientLimits::from(config);
+        self.holds.set_limits(config.hold, config.hold_max_bytes);
     }
 
     /// Clients connected.
@@ -212,7 +189,7 @@ impl Clients {
             session: Session::default(),
             auth: ClientAuth::new(&self.config.users),
             replies: ReplyOrder::default(),
-            held: VecDeque::new(),
+            held: ClientHolds::default(),
             private: None,
             last_backend: None,
             shared_slot: 0,
@@ -220,7 +197,6 @@ impl Clients {
             write_blocked: false,
             upload_blocked: false,
             bytes_while_blocked: 0,
-            hold_tracked: false,
             passthrough: false,
             closing: false,
             reads: None,
@@ -366,9 +342,7 @@ impl Clients {
     /// Drops every held request of `conn` and returns how many there were.
     fn take_held(&mut self, conn: ConnId) -> usize {
         let Some(client) = self.conns.get_mut(conn) else { return 0 };
-        let dropped = std::mem::take(&mut client.held);
-        self.held_bytes -= dropped.iter().map(HeldRequest::cost).sum::<usize>();
-        dropped.len()
+        self.holds.drop_all(&mut client.held)
     }
 
     /// Whether `conn` has requests waiting (then a new one must wait behind them).
@@ -378,51 +352,40 @@ impl Clients {
 
     /// How many requests are held over all clients, and the memory they take (for the status snapshot).
     pub(crate) fn held_stats(&self) -> (usize, usize) {
-        (self.conns.iter().map(|(_, c)| c.held.len()).sum(), self.held_bytes)
+        self.holds.stats()
     }
 
     /// Whether any client has requests waiting.
     pub(crate) fn any_held(&self) -> bool {
-        self.held_bytes > 0
+        self.holds.any()
     }
 
     /// The clients with held requests, oldest deadline first.
     pub(crate) fn holding(&self) -> Vec<ConnId> {
-        self.hold_deadlines.iter().map(|(_, c)| *c).collect()
+        self.holds.holding()
     }
 
     /// The earliest instant a held request expires.
     pub(crate) fn hold_deadline(&self) -> Option<Instant> {
-        self.hold_deadlines.front().map(|(at, _)| *at)
+        self.holds.deadline()
     }
 
     /// Queues a request that cannot go out yet; past the global bound it gets an error instead, in its turn: behind
     /// the client's earlier held requests, in place of the request (whose bytes are dropped).
-    pub(crate) fn hold(&mut self, conn: ConnId, mut held: HeldRequest, master_known: bool, out: &mut Outbox) {
-        if self.held_bytes + held.cost() > self.config.hold_max_bytes {
-            out.event(Event::RequestsExpired { count: 1 });
-            let message = self.hold_error(master_known);
-            if !self.has_held(conn) {
+    /// Out of line: rare (no master, or behind a held request), and inlined it would weigh on the request path
+    /// of `Engine::handle_input` (bench/instructions.sh).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn hold(&mut self, conn: ConnId, held: HeldRequest, master_known: bool, out: &mut Outbox) {
+        let held = match self.holds.admit(held, !self.has_held(conn), master_known, out) {
+            Admission::Hold(held) => held,
+            Admission::Refuse(message) => {
                 self.reply_local(conn, resp::error_reply(&message), out);
                 return;
             }
-            // A marker of a few bytes; the client's reading is paused by `max_pipeline`, which bounds them.
-            held = HeldRequest {
-                request: Request::from_args::<&[u8]>(&[]),
-                spec: None,
-                handling: Handling::Refuse(message),
-                ..held
-            };
-        }
-        let deadline = held.since + self.config.hold;
+        };
         let Some(client) = self.conns.get_mut(conn) else { return };
-        self.held_bytes += held.cost();
-        client.held.push_back(held);
-        if !client.hold_tracked {
-            client.hold_tracked = true;
-            let at = self.hold_deadlines.partition_point(|(d, _)| *d <= deadline);
-            self.hold_deadlines.insert(at, (deadline, conn));
-        }
+        self.holds.push(conn, &mut client.held, held);
     }
 
     /// The oldest held request of `conn`, taken off its queue (None when there is none, or when the client is
@@ -430,55 +393,27 @@ impl Clients {
     pub(crate) fn pop_held(&mut self, conn: ConnId) -> Option<HeldRequest> {
         let client = self.conns.get_mut(conn)?;
         if client.closing {
-            self.take_held(conn);
+            self.holds.drop_all(&mut client.held);
             return None;
         }
-        let held = client.held.pop_front()?;
-        self.held_bytes -= held.cost();
-        Some(held)
+        self.holds.pop(&mut client.held)
     }
 
     /// Puts back a request [`Clients::pop_held`] gave out that still cannot run.
     pub(crate) fn unpop_held(&mut self, conn: ConnId, held: HeldRequest) {
         let Some(client) = self.conns.get_mut(conn) else { return };
-        self.held_bytes += held.cost();
-        client.held.push_front(held);
-    }
-
-    fn hold_error(&self, master_known: bool) -> String {
-        let ms = self.config.hold.as_millis();
-        if master_known {
-            format!("ERR redis-proxy held the request for {ms} ms and could not send it")
-        } else {
-            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms")
-        }
+        self.holds.unpop(&mut client.held, held);
     }
 
     /// Answers every held request whose time is up with an error.
     pub(crate) fn expire_held(&mut self, now: Instant, master_known: bool, out: &mut Outbox) {
         let mut expired = 0;
-        let hold = self.config.hold;
-        while let Some(&(deadline, conn)) = self.hold_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.hold_deadlines.pop_front();
-            let error = resp::error_reply(&self.hold_error(master_known));
-            if let Some(client) = self.conns.get_mut(conn) {
-                client.hold_tracked = false;
-            }
+        while let Some(conn) = self.holds.next_due(now) {
+            let error = resp::error_reply(&self.holds.error(master_known));
+            // Looked up again after each error: writing one may remove the client (its output limit).
             while let Some(client) = self.conns.get_mut(conn) {
-                let Some(front) = client.held.front() else { break };
-                if front.since + hold > now {
-                    // Its own deadline governs from here; the entry just popped belonged to an older front.
-                    let next = front.since + hold;
-                    client.hold_tracked = true;
-                    let at = self.hold_deadlines.partition_point(|(d, _)| *d <= next);
-                    self.hold_deadlines.insert(at, (next, conn));
+                if !self.holds.expire_front(conn, &mut client.held, now) {
                     break;
-                }
-                if let Some(expired_request) = client.held.pop_front() {
-                    self.held_bytes -= expired_request.cost();
                 }
                 expired += 1;
                 self.reply_local(conn, error.clone(), out);
@@ -788,7 +723,7 @@ impl Clients {
     pub(crate) fn remove(&mut self, conn: ConnId, close: bool, out: &mut Outbox) {
         let Some(client) = self.conns.remove(conn) else { return };
         self.count -= 1;
-        self.held_bytes -= client.held.iter().map(HeldRequest::cost).sum::<usize>();
+        self.holds.forget(&client.held);
         if close {
             out.close(conn);
         }

@@ -70,8 +70,9 @@
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
 //! | `command` | the command table generated from Redis 7 (flags, key positions) |
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
-//! | `client` | the clients: held requests, backpressure, pass-through; their replies in order with `reply_order` |
+//! | `client` | the clients: the table, each one's state, backpressure, pass-through; a facade over the next two |
 //! | `reply_order` | one client's reply slots in request order: numbering, filling, what may be written now |
+//! | `hold_queue` | held requests: each client's queue, the time and memory bounds, expiry with its error |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
@@ -114,6 +115,7 @@ mod failover;
 mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod hold_queue;
 mod monitor;
 mod offset_poll;
 mod pool;
