@@ -1,49 +1,33 @@
 //! Client connections: the table of clients and each one's state, its backpressure, pass-through, and the end of
-//! its life. Its replies in request order are a [`ReplyOrder`], its held requests a queue in the [`HoldQueue`];
-//! `Clients` answers for both. Nothing here chooses a server or a backend connection.
+//! its life. Its replies in request order are a [`ReplyOrder`], its held requests a queue in the [`HoldQueue`],
+//! and what it sends is split off and classified in [`intake`]; `Clients` answers for all three. Nothing here
+//! chooses a server or a backend connection.
 
-use crate::auth::{ClientAuth, Users, Verdict};
-use crate::command::{self, CommandFlags};
+use crate::auth::{ClientAuth, Users};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
-use crate::cursor::{self, Cursors, Issuer, ScanCall};
+use crate::cursor::{Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::hold_queue::{Admission, ClientHolds, HoldQueue};
 use crate::pool::Waiter;
 use crate::reply_order::ReplyOrder;
-use crate::resp::{self, PendingLastArg, Request, RequestScanner};
+use crate::resp::{self, RequestScanner};
 use crate::server_id::ServerId;
-use crate::session::{self, Handling, Pin, Session};
-use crate::upload::{UPLOAD_HEAD_MAX, UPLOAD_MIN};
-use bytes::{Buf, Bytes, BytesMut};
+use crate::session::{Pin, Session};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 pub(crate) use crate::hold_queue::HeldRequest;
+pub(crate) use intake::NextRequest;
+
+mod intake;
 
 /// A reply this large (long enough to be streamed), or as many bytes arriving at once from a client, make the
 /// client one that moves large values ([`Clients::moves_large_values`]).
 pub(crate) const LARGE_VALUE: usize = crate::stream::STREAM_MIN;
-
-/// The next thing a client's input holds.
-pub(crate) enum NextRequest {
-    /// A classified request to run (or hold).
-    Request(HeldRequest),
-    /// Nothing complete yet, or the client is gone or closing.
-    None,
-}
-
-/// The start of a request that may be uploaded piece by piece (see [`crate::upload`]).
-pub(crate) struct UploadHead {
-    /// Everything before the value, classified as the request it starts.
-    pub(crate) held: HeldRequest,
-    /// How many bytes of the client's buffer that is.
-    pub(crate) head_len: usize,
-    /// How long the value is.
-    pub(crate) body_len: usize,
-}
 
 /// Where a client's next forwarded request may go.
 pub(crate) struct ForwardState {
@@ -220,115 +204,11 @@ impl Clients {
         conn
     }
 
-    /// Splits and classifies the next request off `buf`. A protocol error answers the client (after errors for
-    /// what it has held), closes it and returns None.
-    pub(crate) fn next_request(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        buf: &mut BytesMut,
-        out: &mut Outbox,
-    ) -> NextRequest {
-        loop {
-            let Some(client) = self.conns.get_mut(conn).filter(|c| !c.closing) else {
-                buf.clear();
-                return NextRequest::None;
-            };
-            let request = match client.scanner.next_request(buf) {
-                Ok(Some(request)) => request,
-                Ok(None) => return NextRequest::None,
-                Err(error) => {
-                    buf.clear();
-                    self.protocol_error(conn, format!("ERR {error}"), out);
-                    return NextRequest::None;
-                }
-            };
-            if request.is_empty() {
-                continue;
-            }
-            let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
-            let mut request = request;
-            let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
-            if client.auth.restricted() || spec.is_some_and(|s| s.flags.contains(command::CommandFlags::NO_AUTH)) {
-                match client.auth.check(&self.config.users, &request, spec) {
-                    Verdict::Pass => {}
-                    Verdict::Rewritten(rewritten) => request = rewritten,
-                    Verdict::Handle(handling) => {
-                        // Redis fails EXEC of a transaction in which it refused a command while queuing.
-                        if matches!(handling, Handling::Refuse(_)) {
-                            client.session.multi_refused |= client.session.in_multi;
-                        }
-                        let resp3 = client.session.resp3;
-                        return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
-                    }
-                }
-            }
-            let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            let resp3 = client.session.resp3;
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
-        }
-    }
-
-    /// The start of `conn`'s request in `buf` when it may be uploaded: its last argument is a large value still
-    /// arriving, everything before it is here, and the client's state lets it go on a private connection now (a
-    /// plain command, authenticated, nothing held and no order barrier). None otherwise: it is held whole.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn upload_head(&self, now: Instant, conn: ConnId, buf: &BytesMut) -> Option<UploadHead> {
-        let client = self.conns.get(conn)?;
-        let PendingLastArg { head_len, body_len, args } = client.scanner.pending_last_arg()?;
-        let ready = !client.closing
-            && client.held.is_empty()
-            && !client.passthrough
-            && !client.auth.restricted()
-            && (client.private.is_some() || client.in_flight() == 0);
-        if body_len < UPLOAD_MIN || head_len > UPLOAD_HEAD_MAX || args.len() < 2 || !ready {
-            return None;
-        }
-        let request = Request::from_head(Bytes::copy_from_slice(&buf[..head_len]), args);
-        let spec = command::resolve(request.arg(0)?, request.arg(1))?;
-        let special = CommandFlags::BLOCKING | CommandFlags::NO_AUTH;
-        // A `SCAN` whose cursor the proxy cannot place is answered with an error instead of being sent: an upload
-        // must go out once started.
-        if session::may_be_special(spec.name) || spec.flags.intersects(special) || cursor::scan_call(&request).is_some()
-        {
-            return None;
-        }
-        let handling = Handling::Forward(client.session.current_pin().max(Pin::Transient));
-        let held = HeldRequest { request, spec: Some(spec), handling, since: now, resp3: client.session.resp3 };
-        Some(UploadHead { held, head_len, body_len })
-    }
-
-    /// The head of `conn`'s request went on as an upload: it leaves `buf`, and the scanner starts afresh after
-    /// the value.
-    pub(crate) fn upload_started(&mut self, conn: ConnId, buf: &mut BytesMut, head_len: usize) {
-        if let Some(client) = self.conns.get_mut(conn) {
-            buf.advance(head_len);
-            client.scanner.restart();
-        }
-    }
-
     /// The backend connection `conn`'s upload goes on is blocked on writing (`true`) or drained (`false`).
     pub(crate) fn set_upload_blocked(&mut self, conn: ConnId, blocked: bool, out: &mut Outbox) {
         let Some(client) = self.conns.get_mut(conn) else { return };
         client.upload_blocked = blocked;
         self.update_reading(conn, out);
-    }
-
-    fn protocol_error(&mut self, conn: ConnId, message: String, out: &mut Outbox) {
-        out.event(Event::ClientProtocolError { conn, message: message.clone() });
-        // Requests held so far were never sent, and the client is about to be closed: each gets an error now, so
-        // that the protocol error stays the last reply, in the order of the stream.
-        let dropped = self.take_held(conn);
-        for _ in 0..dropped {
-            self.reply_local(
-                conn,
-                resp::error_reply("ERR redis-proxy did not send this command: a protocol error followed it"),
-                out,
-            );
-        }
-        self.reply_local(conn, resp::error_reply(&message), out);
-        self.close_after_replies(conn, out);
     }
 
     /// Marks `conn` closing (QUIT, protocol error): it is closed once every awaited reply is out.

@@ -70,7 +70,7 @@
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
 //! | `command` | the command table generated from Redis 7 (flags, key positions) |
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
-//! | `client` | the clients: the table, each one's state, backpressure, pass-through; a facade over the next two |
+//! | `client` | the clients: the table, each one's state, its input, backpressure, pass-through; a facade over the next two |
 //! | `reply_order` | one client's reply slots in request order: numbering, filling, what may be written now |
 //! | `hold_queue` | held requests: each client's queue, the time and memory bounds, expiry with its error |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
