@@ -628,3 +628,259 @@ impl Clients {
 fn spread(conn: ConnId) -> usize {
     conn.index() / 2
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::conn::{ConnTable, Lane};
+    use bytes::BytesMut;
+    use std::time::Duration;
+
+    /// A client table with the default settings plus `settings` (`, "field": value ...`).
+    pub(super) fn clients(settings: &str) -> Clients {
+        let json = format!(r#"{{"servers": [{{"host": "127.0.0.1", "port": 6379}}]{settings}}}"#);
+        Clients::new(&Config::from_json(&json).expect("a valid configuration"))
+    }
+
+    /// A new client of `clients`, and the outbox (its events drained).
+    pub(super) fn accept(clients: &mut Clients) -> (ConnId, Outbox) {
+        let mut out = Outbox::default();
+        let conn = clients.accept("127.0.0.1:50000".parse().expect("an address"), false, &mut out);
+        out.events.clear();
+        (conn, out)
+    }
+
+    /// The actions `out` holds, taken.
+    pub(super) fn actions(out: &mut Outbox) -> Vec<Action> {
+        out.actions.drain(..).collect()
+    }
+
+    pub(super) fn send(conn: ConnId, data: &'static str) -> Action {
+        Action::Send { conn, data: Bytes::from_static(data.as_bytes()) }
+    }
+
+    pub(super) fn error(conn: ConnId, message: &str) -> Action {
+        Action::Send { conn, data: resp::error_reply(message) }
+    }
+
+    /// `GET key`, as `clients` splits and classifies it for `conn` at `now`.
+    pub(super) fn get(clients: &mut Clients, now: Instant, conn: ConnId, key: &str) -> HeldRequest {
+        let mut buf = BytesMut::from(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+        match clients.next_request(now, conn, &mut buf, &mut Outbox::default()) {
+            NextRequest::Request(held) => held,
+            NextRequest::None => panic!("a complete request"),
+        }
+    }
+
+    fn backend() -> ConnId {
+        ConnTable::new(Lane::Backend).insert(())
+    }
+
+    #[test]
+    fn replies_are_written_in_request_order_with_local_ones_between() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let Ok(Some(Waiter::Client { seq: first, .. })) =
+            clients.start_request(Instant::now(), conn, backend(), Pin::Shared, None)
+        else {
+            panic!("a reply slot")
+        };
+        clients.reply_local(conn, Bytes::from_static(b"+local\r\n"), &mut out);
+        let second = clients.reserve_slot(conn).expect("connected");
+        assert_eq!((first, second), (0, 2));
+        assert!(actions(&mut out).is_empty(), "the local reply waits behind the first");
+        assert!(!clients.deliver(conn, second, Bytes::from_static(b"+second\r\n"), &mut out));
+        assert!(!clients.deliver(conn, 7, Bytes::from_static(b"+unknown\r\n"), &mut out));
+        assert!(actions(&mut out).is_empty());
+        assert!(clients.is_next(conn, first) && !clients.is_next(conn, second));
+        assert!(clients.deliver(conn, first, Bytes::from_static(b"+first\r\n"), &mut out));
+        assert_eq!(actions(&mut out), [send(conn, "+first\r\n"), send(conn, "+local\r\n"), send(conn, "+second\r\n")]);
+        assert_eq!(clients.forward_state(conn).map(|f| f.in_flight), Some(0));
+        clients.reply_local(conn, Bytes::from_static(b"+now\r\n"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+now\r\n")], "nothing owed: written at once");
+    }
+
+    #[test]
+    fn a_streamed_reply_goes_out_only_while_its_slot_is_next() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let (first, second) =
+            (clients.reserve_slot(conn).expect("a slot"), clients.reserve_slot(conn).expect("a slot"));
+        clients.stream_part(conn, second, Bytes::from_static(b"$6\r\nab"), &mut out);
+        assert!(actions(&mut out).is_empty(), "it would overtake the first reply");
+        clients.stream_part(conn, first, Bytes::from_static(b"$4\r\nab"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "$4\r\nab")]);
+        assert!(clients.is_next(conn, first), "the slot stays owed until its last piece");
+        assert!(clients.deliver(conn, first, Bytes::from_static(b"cd\r\n"), &mut out));
+        assert!(clients.is_next(conn, second));
+        assert_eq!(actions(&mut out), [send(conn, "cd\r\n")]);
+    }
+
+    #[test]
+    fn a_request_to_another_connection_waits_for_the_replies_in_flight() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let mut backends = ConnTable::new(Lane::Backend);
+        let (one, other) = (backends.insert(()), backends.insert(()));
+        let now = Instant::now();
+        assert!(clients.start_request(now, conn, one, Pin::Shared, None).is_ok());
+        assert!(clients.start_request(now, conn, one, Pin::Shared, None).is_ok(), "same connection: pipelined");
+        assert!(clients.start_request(now, conn, other, Pin::Shared, None).is_err(), "the order barrier");
+        assert!(clients.deliver(conn, 0, Bytes::from_static(b"+a\r\n"), &mut out));
+        assert!(clients.deliver(conn, 1, Bytes::from_static(b"+b\r\n"), &mut out));
+        assert!(clients.start_request(now, conn, other, Pin::Shared, None).is_ok());
+    }
+
+    #[test]
+    fn reading_pauses_at_max_pipeline_and_resumes_at_half() {
+        let mut clients = clients(r#", "max_pipeline": 4"#);
+        let (conn, mut out) = accept(&mut clients);
+        for _ in 0..3 {
+            clients.reserve_slot(conn);
+        }
+        clients.update_reading(conn, &mut out);
+        assert!(actions(&mut out).is_empty(), "3 of 4");
+        clients.reserve_slot(conn);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        assert!(clients.needs_attention(conn));
+        clients.deliver(conn, 0, Bytes::from_static(b"+0\r\n"), &mut out);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+0\r\n")], "3 left: still paused");
+        clients.deliver(conn, 1, Bytes::from_static(b"+1\r\n"), &mut out);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+1\r\n"), Action::SetReadable { conn, readable: true }]);
+        assert!(!clients.needs_attention(conn));
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_paused_until_drained() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        clients.set_write_blocked(conn, true, &mut out);
+        assert!(clients.is_write_blocked(conn));
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        clients.reply_local(conn, Bytes::from_static(b"+still sent\r\n"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+still sent\r\n")], "the runtime queues it");
+        clients.set_write_blocked(conn, false, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: true }]);
+        clients.set_upload_blocked(conn, true, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        clients.set_upload_blocked(conn, false, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: true }]);
+    }
+
+    #[test]
+    fn a_pass_through_client_that_does_not_read_is_closed_at_its_output_limit() {
+        let mut clients = clients(r#", "client_output_limit": 1024"#);
+        let (conn, mut out) = accept(&mut clients);
+        let private = backend();
+        clients.set_private(conn, private);
+        assert_eq!(clients.start_request(Instant::now(), conn, private, Pin::Passthrough, None).ok(), Some(None));
+        assert!(clients.is_passthrough(conn));
+        clients.set_write_blocked(conn, true, &mut out);
+        let frame = Bytes::from(vec![b'x'; 600]);
+        clients.push(conn, frame.clone(), &mut out);
+        assert!(clients.contains(conn), "600 bytes are within the limit");
+        clients.push(conn, frame, &mut out);
+        assert!(!clients.contains(conn), "1,200 are not");
+        assert!(matches!(actions(&mut out)[..], [_, Action::Send { .. }, Action::Close { conn: c }] if c == conn));
+        assert!(out.events.iter().any(|e| matches!(e, Event::ClientOutputLimit { .. })));
+        let departed = clients.take_departed();
+        assert_eq!(departed.len(), 1);
+        assert!(departed[0].private == private && departed[0].passthrough);
+    }
+
+    #[test]
+    fn held_requests_expire_in_their_turn_behind_the_replies_in_flight() {
+        let mut clients = clients(r#", "hold_ms": 100"#);
+        let (conn, mut out) = accept(&mut clients);
+        let t0 = Instant::now();
+        let seq = clients.reserve_slot(conn).expect("a slot");
+        let held = get(&mut clients, t0, conn, "k");
+        clients.hold(conn, held, false, &mut out);
+        assert!(clients.has_held(conn) && clients.any_held());
+        assert_eq!(clients.holding(), [conn]);
+        assert_eq!(clients.hold_deadline(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(clients.held_stats().0, 1);
+        clients.expire_held(t0 + Duration::from_millis(99), false, &mut out);
+        assert!(clients.has_held(conn));
+        clients.expire_held(t0 + Duration::from_millis(100), false, &mut out);
+        assert!(!clients.has_held(conn));
+        assert_eq!(clients.held_stats(), (0, 0));
+        assert_eq!(clients.hold_deadline(), None);
+        assert_eq!(out.counters.errors.hold_expired, 1);
+        assert!(actions(&mut out).is_empty(), "the error waits behind the reply in flight");
+        clients.deliver(conn, seq, Bytes::from_static(b"+OK\r\n"), &mut out);
+        let masterdown = "MASTERDOWN no master is available: redis-proxy held the request for 100 ms";
+        assert_eq!(actions(&mut out), [send(conn, "+OK\r\n"), error(conn, masterdown)]);
+    }
+
+    #[test]
+    fn held_requests_are_released_in_order() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let now = Instant::now();
+        for key in ["a", "b"] {
+            let held = get(&mut clients, now, conn, key);
+            clients.hold(conn, held, true, &mut out);
+        }
+        let a = clients.pop_held(conn).expect("held");
+        assert_eq!(a.request.arg(1), Some(&b"a"[..]));
+        clients.unpop_held(conn, a);
+        let keys: Vec<Vec<u8>> = std::iter::from_fn(|| clients.pop_held(conn))
+            .map(|h| h.request.arg(1).unwrap_or_default().to_vec())
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+        assert!(!clients.any_held());
+    }
+
+    #[test]
+    fn past_the_memory_bound_a_request_is_answered_at_once() {
+        let mut clients = clients(r#", "hold_max_bytes": 1, "hold_ms": 250"#);
+        let (conn, mut out) = accept(&mut clients);
+        let held = get(&mut clients, Instant::now(), conn, "k");
+        clients.hold(conn, held, true, &mut out);
+        assert!(!clients.has_held(conn));
+        let message = "ERR redis-proxy held the request for 250 ms and could not send it";
+        assert_eq!(actions(&mut out), [error(conn, message)]);
+        assert_eq!(out.counters.errors.hold_expired, 1);
+    }
+
+    #[test]
+    fn shutdown_answers_held_requests_and_closes_once_the_replies_are_out() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let now = Instant::now();
+        let seq = clients.reserve_slot(conn).expect("a slot");
+        for key in ["a", "b"] {
+            let held = get(&mut clients, now, conn, key);
+            clients.hold(conn, held, false, &mut out);
+        }
+        clients.begin_shutdown(&mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        assert!(clients.contains(conn), "a reply is still owed");
+        assert_eq!(clients.held_stats(), (0, 0));
+        clients.deliver(conn, seq, Bytes::from_static(b"+OK\r\n"), &mut out);
+        clients.close_if_done(conn, &mut out);
+        let shutting_down = "ERR redis-proxy is shutting down; the command was not sent";
+        assert_eq!(
+            actions(&mut out),
+            [send(conn, "+OK\r\n"), error(conn, shutting_down), error(conn, shutting_down), Action::Close { conn }]
+        );
+        assert_eq!(clients.count(), 0);
+    }
+
+    #[test]
+    fn a_client_that_leaves_releases_its_held_memory() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let held = get(&mut clients, Instant::now(), conn, "k");
+        clients.hold(conn, held, false, &mut out);
+        assert_ne!(clients.held_stats(), (0, 0));
+        clients.remove(conn, false, &mut out);
+        assert_eq!(clients.held_stats(), (0, 0));
+        assert!(!clients.any_held());
+        assert!(actions(&mut out).is_empty(), "the runtime reported it closed");
+    }
+}

@@ -137,3 +137,94 @@ impl Clients {
         self.close_after_replies(conn, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{accept, actions, clients, error, get};
+    use super::*;
+    use crate::contract::Action;
+    use crate::session::Pin;
+
+    fn next(clients: &mut Clients, conn: ConnId, buf: &mut BytesMut, out: &mut Outbox) -> Option<HeldRequest> {
+        match clients.next_request(Instant::now(), conn, buf, out) {
+            NextRequest::Request(held) => Some(held),
+            NextRequest::None => None,
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_are_split_off_one_by_one() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let mut buf =
+            BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n*2\r\n$3\r\nGE"[..]);
+        let a = next(&mut clients, conn, &mut buf, &mut out).expect("complete");
+        assert_eq!((a.request.arg(1), a.spec.map(|s| s.name)), (Some(&b"a"[..]), Some("get")));
+        assert_eq!(a.handling, Handling::Forward(Pin::Shared));
+        let b = next(&mut clients, conn, &mut buf, &mut out).expect("complete");
+        assert_eq!(b.request.arg(1), Some(&b"b"[..]));
+        assert!(next(&mut clients, conn, &mut buf, &mut out).is_none(), "the third is not all here");
+        assert_eq!(&buf[..], b"*2\r\n$3\r\nGE", "it stays for the next read");
+        buf.extend_from_slice(b"T\r\n$1\r\nc\r\n");
+        let c = next(&mut clients, conn, &mut buf, &mut out).expect("complete now");
+        assert_eq!(c.request.arg(1), Some(&b"c"[..]));
+        assert!(buf.is_empty());
+        assert!(actions(&mut out).is_empty());
+    }
+
+    #[test]
+    fn a_protocol_error_answers_the_held_requests_first_and_closes() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let held = get(&mut clients, Instant::now(), conn, "k");
+        clients.hold(conn, held, false, &mut out);
+        let mut buf = BytesMut::from(&b"*x\r\n"[..]);
+        assert!(next(&mut clients, conn, &mut buf, &mut out).is_none());
+        assert!(buf.is_empty());
+        let actions = actions(&mut out);
+        assert_eq!(actions.len(), 3);
+        assert_eq!(actions[0], error(conn, "ERR redis-proxy did not send this command: a protocol error followed it"));
+        assert!(
+            matches!(&actions[1], Action::Send { data, .. } if data.starts_with(b"-ERR Protocol error")),
+            "{actions:?}"
+        );
+        assert_eq!(actions[2], Action::Close { conn });
+        assert!(!clients.contains(conn) && !clients.any_held());
+        assert!(out.events.iter().any(|e| matches!(e, Event::ClientProtocolError { .. })));
+    }
+
+    #[test]
+    fn a_closing_client_is_read_no_more() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        clients.reserve_slot(conn);
+        clients.close_after_replies(conn, &mut out);
+        assert!(clients.contains(conn), "a reply is still owed");
+        let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n"[..]);
+        assert!(next(&mut clients, conn, &mut buf, &mut out).is_none());
+        assert!(buf.is_empty(), "what it sent after QUIT is dropped");
+    }
+
+    #[test]
+    fn a_large_value_still_arriving_may_be_uploaded_when_nothing_waits_before_it() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let head = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${UPLOAD_MIN}\r\n");
+        let mut buf = BytesMut::from(format!("{head}xyz").as_bytes());
+        assert!(next(&mut clients, conn, &mut buf, &mut out).is_none(), "the value is not all here");
+        let since = Instant::now();
+        let upload = clients.upload_head(since, conn, &buf).expect("an upload");
+        assert_eq!((upload.head_len, upload.body_len), (head.len(), UPLOAD_MIN));
+        assert_eq!(upload.held.spec.map(|s| s.name), Some("set"));
+        assert_eq!(upload.held.handling, Handling::Forward(Pin::Transient), "on a private connection");
+        // Behind a held request it is held whole instead, to keep the order.
+        let handling = Handling::Forward(Pin::Shared);
+        let held =
+            HeldRequest { request: Request::from_args(&["GET", "a"]), spec: None, handling, since, resp3: false };
+        clients.hold(conn, held, false, &mut out);
+        assert!(clients.upload_head(Instant::now(), conn, &buf).is_none());
+        assert!(clients.pop_held(conn).is_some());
+        clients.upload_started(conn, &mut buf, upload.head_len);
+        assert_eq!(&buf[..], b"xyz", "the value follows outside the scanner");
+    }
+}
