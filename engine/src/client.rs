@@ -1,63 +1,33 @@
-//! Client connections: each client's reply slots in request order, the requests it has waiting (held), its
-//! backpressure, pass-through, and the end of its life. Nothing here chooses a server or a backend connection.
+//! Client connections: the table of clients and each one's state, its backpressure, pass-through, and the end of
+//! its life. Its replies in request order are a [`ReplyOrder`], its held requests a queue in the [`HoldQueue`],
+//! and what it sends is split off and classified in [`intake`]; `Clients` answers for all three. Nothing here
+//! chooses a server or a backend connection.
 
-use crate::auth::{ClientAuth, Users, Verdict};
-use crate::command::{self, CommandFlags, CommandSpec};
+use crate::auth::{ClientAuth, Users};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
-use crate::cursor::{self, Cursors, Issuer, ScanCall};
+use crate::cursor::{Cursors, Issuer, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
+use crate::hold_queue::{Admission, ClientHolds, HoldQueue};
 use crate::pool::Waiter;
-use crate::resp::{self, PendingLastArg, Request, RequestScanner};
+use crate::reply_order::ReplyOrder;
+use crate::resp::{self, RequestScanner};
 use crate::server_id::ServerId;
-use crate::session::{self, Handling, Pin, Session};
-use crate::upload::{UPLOAD_HEAD_MAX, UPLOAD_MIN};
-use bytes::{Buf, Bytes, BytesMut};
-use std::collections::VecDeque;
+use crate::session::{Pin, Session};
+use bytes::Bytes;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+pub(crate) use crate::hold_queue::HeldRequest;
+pub(crate) use intake::NextRequest;
+
+mod intake;
 
 /// A reply this large (long enough to be streamed), or as many bytes arriving at once from a client, make the
 /// client one that moves large values ([`Clients::moves_large_values`]).
 pub(crate) const LARGE_VALUE: usize = crate::stream::STREAM_MIN;
-
-/// A request waiting in a client's queue, already classified.
-pub(crate) struct HeldRequest {
-    pub(crate) request: Request,
-    /// The command, if Redis knows it.
-    pub(crate) spec: Option<&'static CommandSpec>,
-    pub(crate) handling: Handling,
-    pub(crate) since: Instant,
-    /// The client spoke RESP3 when it sent it (its protocol may change before a held request runs).
-    pub(crate) resp3: bool,
-}
-
-impl HeldRequest {
-    /// The memory it takes while held: its bytes and its bookkeeping.
-    fn cost(&self) -> usize {
-        self.request.frame().len() + std::mem::size_of::<HeldRequest>()
-    }
-}
-
-/// The next thing a client's input holds.
-pub(crate) enum NextRequest {
-    /// A classified request to run (or hold).
-    Request(HeldRequest),
-    /// Nothing complete yet, or the client is gone or closing.
-    None,
-}
-
-/// The start of a request that may be uploaded piece by piece (see [`crate::upload`]).
-pub(crate) struct UploadHead {
-    /// Everything before the value, classified as the request it starts.
-    pub(crate) held: HeldRequest,
-    /// How many bytes of the client's buffer that is.
-    pub(crate) head_len: usize,
-    /// How long the value is.
-    pub(crate) body_len: usize,
-}
 
 /// Where a client's next forwarded request may go.
 pub(crate) struct ForwardState {
@@ -81,10 +51,10 @@ struct Client {
     session: Session,
     /// What its authentication allows it.
     auth: ClientAuth,
-    /// Replies in request order; None while awaited. The front is request number `first_seq`.
-    slots: VecDeque<Option<Bytes>>,
-    first_seq: u64,
-    held: VecDeque<HeldRequest>,
+    /// Its replies, in request order.
+    replies: ReplyOrder,
+    /// Its requests waiting to go out, in the [`HoldQueue`].
+    held: ClientHolds,
     /// The private backend connection, if the session needs one.
     private: Option<ConnId>,
     /// The backend connection of the newest request in flight, so the client's order survives a switch.
@@ -98,8 +68,6 @@ struct Client {
     /// Its private connection passes every frame straight through (set once the first passthrough request
     /// went out, after all earlier replies came back).
     passthrough: bool,
-    /// Whether `hold_deadlines` has an entry for this client.
-    hold_tracked: bool,
     /// QUIT, a protocol error or shutdown: close once the queued replies are out, read nothing more.
     closing: bool,
     /// The master epoch of its oldest write not yet covered by a `WAIT` (None: none since the last `WAIT`).
@@ -120,7 +88,7 @@ struct ReadTracking {
 
 impl Client {
     fn in_flight(&self) -> usize {
-        self.slots.len()
+        self.replies.len()
     }
 
     fn is_passthrough(&self) -> bool {
@@ -132,10 +100,8 @@ impl Client {
 pub(crate) struct Clients {
     conns: ConnTable<Client>,
     count: usize,
-    /// Memory taken by held requests over all clients (see [`HeldRequest::cost`]).
-    held_bytes: usize,
-    /// (deadline, client) in deadline order, for expiring held requests; stale entries are skipped.
-    hold_deadlines: VecDeque<(Instant, ConnId)>,
+    /// The requests held over all clients: their bounds and deadlines.
+    holds: HoldQueue,
     /// Clients removed since the coordinator last asked, whose private connections it must hand back.
     departed: Vec<Departed>,
     /// Set when a reply answered a client's newest write (read fences need fresh offsets); taken by the
@@ -155,8 +121,6 @@ struct ClientLimits {
     max_clients: usize,
     max_pipeline: usize,
     client_output_limit: usize,
-    hold: Duration,
-    hold_max_bytes: usize,
     allow_topology_commands: bool,
     users: Users,
 }
@@ -170,8 +134,6 @@ impl ClientLimits {
             max_clients: config.max_clients,
             max_pipeline: config.max_pipeline,
             client_output_limit: config.client_output_limit,
-            hold: config.hold,
-            hold_max_bytes: config.hold_max_bytes,
             allow_topology_commands: config.allow_topology_commands,
             users: Users::new(&config.client_users),
         }
@@ -184,8 +146,7 @@ impl Clients {
         Clients {
             conns: ConnTable::new(Lane::Client),
             count: 0,
-            held_bytes: 0,
-            hold_deadlines: VecDeque::new(),
+            holds: HoldQueue::new(config.hold, config.hold_max_bytes),
             departed: Vec::new(),
             write_answered: false,
             next_offset_serial: 0,
@@ -197,6 +158,7 @@ impl Clients {
     /// caller refuses a config that changes them).
     pub(crate) fn set_limits(&mut self, config: &Config) {
         self.config = ClientLimits::from(config);
+        self.holds.set_limits(config.hold, config.hold_max_bytes);
     }
 
     /// Clients connected.
@@ -210,9 +172,8 @@ impl Clients {
             scanner: RequestScanner::new(self.config.limits),
             session: Session::default(),
             auth: ClientAuth::new(&self.config.users),
-            slots: VecDeque::new(),
-            first_seq: 0,
-            held: VecDeque::new(),
+            replies: ReplyOrder::default(),
+            held: ClientHolds::default(),
             private: None,
             last_backend: None,
             shared_slot: 0,
@@ -220,7 +181,6 @@ impl Clients {
             write_blocked: false,
             upload_blocked: false,
             bytes_while_blocked: 0,
-            hold_tracked: false,
             passthrough: false,
             closing: false,
             reads: None,
@@ -244,115 +204,11 @@ impl Clients {
         conn
     }
 
-    /// Splits and classifies the next request off `buf`. A protocol error answers the client (after errors for
-    /// what it has held), closes it and returns None.
-    pub(crate) fn next_request(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        buf: &mut BytesMut,
-        out: &mut Outbox,
-    ) -> NextRequest {
-        loop {
-            let Some(client) = self.conns.get_mut(conn).filter(|c| !c.closing) else {
-                buf.clear();
-                return NextRequest::None;
-            };
-            let request = match client.scanner.next_request(buf) {
-                Ok(Some(request)) => request,
-                Ok(None) => return NextRequest::None,
-                Err(error) => {
-                    buf.clear();
-                    self.protocol_error(conn, format!("ERR {error}"), out);
-                    return NextRequest::None;
-                }
-            };
-            if request.is_empty() {
-                continue;
-            }
-            let pinned = client.private.is_some() || client.session.current_pin() != Pin::Shared;
-            let mut request = request;
-            let spec = command::resolve(request.arg(0).unwrap_or_default(), request.arg(1));
-            if client.auth.restricted() || spec.is_some_and(|s| s.flags.contains(command::CommandFlags::NO_AUTH)) {
-                match client.auth.check(&self.config.users, &request, spec) {
-                    Verdict::Pass => {}
-                    Verdict::Rewritten(rewritten) => request = rewritten,
-                    Verdict::Handle(handling) => {
-                        // Redis fails EXEC of a transaction in which it refused a command while queuing.
-                        if matches!(handling, Handling::Refuse(_)) {
-                            client.session.multi_refused |= client.session.in_multi;
-                        }
-                        let resp3 = client.session.resp3;
-                        return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
-                    }
-                }
-            }
-            let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            let resp3 = client.session.resp3;
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
-        }
-    }
-
-    /// The start of `conn`'s request in `buf` when it may be uploaded: its last argument is a large value still
-    /// arriving, everything before it is here, and the client's state lets it go on a private connection now (a
-    /// plain command, authenticated, nothing held and no order barrier). None otherwise: it is held whole.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn upload_head(&self, now: Instant, conn: ConnId, buf: &BytesMut) -> Option<UploadHead> {
-        let client = self.conns.get(conn)?;
-        let PendingLastArg { head_len, body_len, args } = client.scanner.pending_last_arg()?;
-        let ready = !client.closing
-            && client.held.is_empty()
-            && !client.passthrough
-            && !client.auth.restricted()
-            && (client.private.is_some() || client.in_flight() == 0);
-        if body_len < UPLOAD_MIN || head_len > UPLOAD_HEAD_MAX || args.len() < 2 || !ready {
-            return None;
-        }
-        let request = Request::from_head(Bytes::copy_from_slice(&buf[..head_len]), args);
-        let spec = command::resolve(request.arg(0)?, request.arg(1))?;
-        let special = CommandFlags::BLOCKING | CommandFlags::NO_AUTH;
-        // A `SCAN` whose cursor the proxy cannot place is answered with an error instead of being sent: an upload
-        // must go out once started.
-        if session::may_be_special(spec.name) || spec.flags.intersects(special) || cursor::scan_call(&request).is_some()
-        {
-            return None;
-        }
-        let handling = Handling::Forward(client.session.current_pin().max(Pin::Transient));
-        let held = HeldRequest { request, spec: Some(spec), handling, since: now, resp3: client.session.resp3 };
-        Some(UploadHead { held, head_len, body_len })
-    }
-
-    /// The head of `conn`'s request went on as an upload: it leaves `buf`, and the scanner starts afresh after
-    /// the value.
-    pub(crate) fn upload_started(&mut self, conn: ConnId, buf: &mut BytesMut, head_len: usize) {
-        if let Some(client) = self.conns.get_mut(conn) {
-            buf.advance(head_len);
-            client.scanner.restart();
-        }
-    }
-
     /// The backend connection `conn`'s upload goes on is blocked on writing (`true`) or drained (`false`).
     pub(crate) fn set_upload_blocked(&mut self, conn: ConnId, blocked: bool, out: &mut Outbox) {
         let Some(client) = self.conns.get_mut(conn) else { return };
         client.upload_blocked = blocked;
         self.update_reading(conn, out);
-    }
-
-    fn protocol_error(&mut self, conn: ConnId, message: String, out: &mut Outbox) {
-        out.event(Event::ClientProtocolError { conn, message: message.clone() });
-        // Requests held so far were never sent, and the client is about to be closed: each gets an error now, so
-        // that the protocol error stays the last reply, in the order of the stream.
-        let dropped = self.take_held(conn);
-        for _ in 0..dropped {
-            self.reply_local(
-                conn,
-                resp::error_reply("ERR redis-proxy did not send this command: a protocol error followed it"),
-                out,
-            );
-        }
-        self.reply_local(conn, resp::error_reply(&message), out);
-        self.close_after_replies(conn, out);
     }
 
     /// Marks `conn` closing (QUIT, protocol error): it is closed once every awaited reply is out.
@@ -366,9 +222,7 @@ impl Clients {
     /// Drops every held request of `conn` and returns how many there were.
     fn take_held(&mut self, conn: ConnId) -> usize {
         let Some(client) = self.conns.get_mut(conn) else { return 0 };
-        let dropped = std::mem::take(&mut client.held);
-        self.held_bytes -= dropped.iter().map(HeldRequest::cost).sum::<usize>();
-        dropped.len()
+        self.holds.drop_all(&mut client.held)
     }
 
     /// Whether `conn` has requests waiting (then a new one must wait behind them).
@@ -378,51 +232,40 @@ impl Clients {
 
     /// How many requests are held over all clients, and the memory they take (for the status snapshot).
     pub(crate) fn held_stats(&self) -> (usize, usize) {
-        (self.conns.iter().map(|(_, c)| c.held.len()).sum(), self.held_bytes)
+        self.holds.stats()
     }
 
     /// Whether any client has requests waiting.
     pub(crate) fn any_held(&self) -> bool {
-        self.held_bytes > 0
+        self.holds.any()
     }
 
     /// The clients with held requests, oldest deadline first.
     pub(crate) fn holding(&self) -> Vec<ConnId> {
-        self.hold_deadlines.iter().map(|(_, c)| *c).collect()
+        self.holds.holding()
     }
 
     /// The earliest instant a held request expires.
     pub(crate) fn hold_deadline(&self) -> Option<Instant> {
-        self.hold_deadlines.front().map(|(at, _)| *at)
+        self.holds.deadline()
     }
 
     /// Queues a request that cannot go out yet; past the global bound it gets an error instead, in its turn: behind
     /// the client's earlier held requests, in place of the request (whose bytes are dropped).
-    pub(crate) fn hold(&mut self, conn: ConnId, mut held: HeldRequest, master_known: bool, out: &mut Outbox) {
-        if self.held_bytes + held.cost() > self.config.hold_max_bytes {
-            out.event(Event::RequestsExpired { count: 1 });
-            let message = self.hold_error(master_known);
-            if !self.has_held(conn) {
+    /// Out of line: rare (no master, or behind a held request), and inlined it would weigh on the request path
+    /// of `Engine::handle_input` (bench/instructions.sh).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn hold(&mut self, conn: ConnId, held: HeldRequest, master_known: bool, out: &mut Outbox) {
+        let held = match self.holds.admit(held, !self.has_held(conn), master_known, out) {
+            Admission::Hold(held) => held,
+            Admission::Refuse(message) => {
                 self.reply_local(conn, resp::error_reply(&message), out);
                 return;
             }
-            // A marker of a few bytes; the client's reading is paused by `max_pipeline`, which bounds them.
-            held = HeldRequest {
-                request: Request::from_args::<&[u8]>(&[]),
-                spec: None,
-                handling: Handling::Refuse(message),
-                ..held
-            };
-        }
-        let deadline = held.since + self.config.hold;
+        };
         let Some(client) = self.conns.get_mut(conn) else { return };
-        self.held_bytes += held.cost();
-        client.held.push_back(held);
-        if !client.hold_tracked {
-            client.hold_tracked = true;
-            let at = self.hold_deadlines.partition_point(|(d, _)| *d <= deadline);
-            self.hold_deadlines.insert(at, (deadline, conn));
-        }
+        self.holds.push(conn, &mut client.held, held);
     }
 
     /// The oldest held request of `conn`, taken off its queue (None when there is none, or when the client is
@@ -430,55 +273,27 @@ impl Clients {
     pub(crate) fn pop_held(&mut self, conn: ConnId) -> Option<HeldRequest> {
         let client = self.conns.get_mut(conn)?;
         if client.closing {
-            self.take_held(conn);
+            self.holds.drop_all(&mut client.held);
             return None;
         }
-        let held = client.held.pop_front()?;
-        self.held_bytes -= held.cost();
-        Some(held)
+        self.holds.pop(&mut client.held)
     }
 
     /// Puts back a request [`Clients::pop_held`] gave out that still cannot run.
     pub(crate) fn unpop_held(&mut self, conn: ConnId, held: HeldRequest) {
         let Some(client) = self.conns.get_mut(conn) else { return };
-        self.held_bytes += held.cost();
-        client.held.push_front(held);
-    }
-
-    fn hold_error(&self, master_known: bool) -> String {
-        let ms = self.config.hold.as_millis();
-        if master_known {
-            format!("ERR redis-proxy held the request for {ms} ms and could not send it")
-        } else {
-            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms")
-        }
+        self.holds.unpop(&mut client.held, held);
     }
 
     /// Answers every held request whose time is up with an error.
     pub(crate) fn expire_held(&mut self, now: Instant, master_known: bool, out: &mut Outbox) {
         let mut expired = 0;
-        let hold = self.config.hold;
-        while let Some(&(deadline, conn)) = self.hold_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.hold_deadlines.pop_front();
-            let error = resp::error_reply(&self.hold_error(master_known));
-            if let Some(client) = self.conns.get_mut(conn) {
-                client.hold_tracked = false;
-            }
+        while let Some(conn) = self.holds.next_due(now) {
+            let error = resp::error_reply(&self.holds.error(master_known));
+            // Looked up again after each error: writing one may remove the client (its output limit).
             while let Some(client) = self.conns.get_mut(conn) {
-                let Some(front) = client.held.front() else { break };
-                if front.since + hold > now {
-                    // Its own deadline governs from here; the entry just popped belonged to an older front.
-                    let next = front.since + hold;
-                    client.hold_tracked = true;
-                    let at = self.hold_deadlines.partition_point(|(d, _)| *d <= next);
-                    self.hold_deadlines.insert(at, (next, conn));
+                if !self.holds.expire_front(conn, &mut client.held, now) {
                     break;
-                }
-                if let Some(expired_request) = client.held.pop_front() {
-                    self.held_bytes -= expired_request.cost();
                 }
                 expired += 1;
                 self.reply_local(conn, error.clone(), out);
@@ -542,8 +357,7 @@ impl Clients {
         if client.passthrough {
             return Ok(None);
         }
-        let seq = client.first_seq + client.slots.len() as u64;
-        client.slots.push_back(None);
+        let seq = client.replies.await_reply();
         Ok(Some(Waiter::Client { conn, seq, sent: now }))
     }
 
@@ -598,9 +412,7 @@ impl Clients {
     /// Takes a reply slot for a request of `conn` answered apart from its connections (an out-of-band request, or
     /// `WAIT`): no order barrier, since its reply is still released in order. None when the client is gone.
     pub(crate) fn reserve_slot(&mut self, conn: ConnId) -> Option<u64> {
-        let client = self.conns.get_mut(conn)?;
-        client.slots.push_back(None);
-        Some(client.first_seq + client.slots.len() as u64 - 1)
+        Some(self.conns.get_mut(conn)?.replies.await_reply())
     }
 
     /// The master epoch of the oldest write of `conn` that no `WAIT` has covered yet, and forgets it: the `WAIT`
@@ -628,38 +440,30 @@ impl Clients {
     pub(crate) fn reply_local(&mut self, conn: ConnId, reply: Bytes, out: &mut Outbox) {
         let Some(client) = self.conns.get_mut(conn) else { return };
         // Behind replies still awaited, also in passthrough mode (entered while earlier requests were in flight).
-        if client.slots.is_empty() {
+        if client.replies.is_empty() {
             self.send(conn, reply, out);
             return;
         }
-        client.slots.push_back(Some(reply));
+        client.replies.push_local(reply);
     }
 
     /// Fills the reply slot `seq` of `conn` and sends every reply now next in order. Returns whether replies went
     /// out (the client may then have room for held requests, or be done).
     pub(crate) fn deliver(&mut self, conn: ConnId, seq: u64, reply: Bytes, out: &mut Outbox) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
-        let Some(index) = seq.checked_sub(client.first_seq).map(|i| i as usize) else { return false };
-        if index >= client.slots.len() {
-            return false;
-        }
-        if let Some(reads) = client.reads.as_deref_mut() {
+        if let Some(reads) = client.reads.as_deref_mut().filter(|_| client.replies.owes(seq)) {
             reads.cursors.reply(seq, &reply);
             if reads.fence.replied(seq, self.next_offset_serial) {
                 self.write_answered = true;
             }
         }
-        if index > 0 {
-            client.slots[index] = Some(reply);
+        if !client.replies.take_if_next(seq) {
+            client.replies.fill_later(seq, reply);
             return false;
         }
-        client.slots.pop_front();
-        client.first_seq += 1;
         self.send(conn, reply, out);
-        while let Some(client) = self.conns.get_mut(conn) {
-            let Some(ready) = client.slots.front_mut().and_then(Option::take) else { break };
-            client.slots.pop_front();
-            client.first_seq += 1;
+        // Looked up again after each reply: writing one may remove the client (its output limit).
+        while let Some(ready) = self.conns.get_mut(conn).and_then(|c| c.replies.pop_ready()) {
             self.send(conn, ready, out);
         }
         true
@@ -668,7 +472,7 @@ impl Clients {
     /// Whether reply slot `seq` of `conn` is the next reply it is owed (every earlier one is out), so a large reply
     /// for it may be streamed. Never in pass-through, where replies are not counted.
     pub(crate) fn is_next(&self, conn: ConnId, seq: u64) -> bool {
-        self.conns.get(conn).is_some_and(|c| c.first_seq == seq && !c.is_passthrough())
+        self.conns.get(conn).is_some_and(|c| c.replies.is_next(seq) && !c.is_passthrough())
     }
 
     /// Sends a piece of the reply streamed into slot `seq` of `conn` (the slot stays awaited until the last piece
@@ -693,7 +497,7 @@ impl Clients {
     /// client's state no longer needs it. Then [`Clients::needs_attention`] says whether more is to do.
     pub(crate) fn settle(&mut self, conn: ConnId) -> Option<ConnId> {
         let client = self.conns.get_mut(conn)?;
-        if !client.slots.is_empty() {
+        if !client.replies.is_empty() {
             return None;
         }
         client.session.blocking = false;
@@ -756,7 +560,7 @@ impl Clients {
     /// Closes `conn` if it is closing and awaits no reply.
     pub(crate) fn close_if_done(&mut self, conn: ConnId, out: &mut Outbox) {
         let Some(client) = self.conns.get(conn) else { return };
-        if client.closing && client.slots.is_empty() {
+        if client.closing && client.replies.is_empty() {
             self.remove(conn, true, out);
         }
     }
@@ -801,7 +605,7 @@ impl Clients {
     pub(crate) fn remove(&mut self, conn: ConnId, close: bool, out: &mut Outbox) {
         let Some(client) = self.conns.remove(conn) else { return };
         self.count -= 1;
-        self.held_bytes -= client.held.iter().map(HeldRequest::cost).sum::<usize>();
+        self.holds.forget(&client.held);
         if close {
             out.close(conn);
         }
@@ -825,4 +629,260 @@ impl Clients {
 /// A number that spreads clients evenly over shared slots (client ids alternate with backend ids).
 fn spread(conn: ConnId) -> usize {
     conn.index() / 2
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::conn::{ConnTable, Lane};
+    use bytes::BytesMut;
+    use std::time::Duration;
+
+    /// A client table with the default settings plus `settings` (`, "field": value ...`).
+    pub(super) fn clients(settings: &str) -> Clients {
+        let json = format!(r#"{{"servers": [{{"host": "127.0.0.1", "port": 6379}}]{settings}}}"#);
+        Clients::new(&Config::from_json(&json).expect("a valid configuration"))
+    }
+
+    /// A new client of `clients`, and the outbox (its events drained).
+    pub(super) fn accept(clients: &mut Clients) -> (ConnId, Outbox) {
+        let mut out = Outbox::default();
+        let conn = clients.accept("127.0.0.1:50000".parse().expect("an address"), false, &mut out);
+        out.events.clear();
+        (conn, out)
+    }
+
+    /// The actions `out` holds, taken.
+    pub(super) fn actions(out: &mut Outbox) -> Vec<Action> {
+        out.actions.drain(..).collect()
+    }
+
+    pub(super) fn send(conn: ConnId, data: &'static str) -> Action {
+        Action::Send { conn, data: Bytes::from_static(data.as_bytes()) }
+    }
+
+    pub(super) fn error(conn: ConnId, message: &str) -> Action {
+        Action::Send { conn, data: resp::error_reply(message) }
+    }
+
+    /// `GET key`, as `clients` splits and classifies it for `conn` at `now`.
+    pub(super) fn get(clients: &mut Clients, now: Instant, conn: ConnId, key: &str) -> HeldRequest {
+        let mut buf = BytesMut::from(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+        match clients.next_request(now, conn, &mut buf, &mut Outbox::default()) {
+            NextRequest::Request(held) => held,
+            NextRequest::None => panic!("a complete request"),
+        }
+    }
+
+    fn backend() -> ConnId {
+        ConnTable::new(Lane::Backend).insert(())
+    }
+
+    #[test]
+    fn replies_are_written_in_request_order_with_local_ones_between() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let Ok(Some(Waiter::Client { seq: first, .. })) =
+            clients.start_request(Instant::now(), conn, backend(), Pin::Shared, None)
+        else {
+            panic!("a reply slot")
+        };
+        clients.reply_local(conn, Bytes::from_static(b"+local\r\n"), &mut out);
+        let second = clients.reserve_slot(conn).expect("connected");
+        assert_eq!((first, second), (0, 2));
+        assert!(actions(&mut out).is_empty(), "the local reply waits behind the first");
+        assert!(!clients.deliver(conn, second, Bytes::from_static(b"+second\r\n"), &mut out));
+        assert!(!clients.deliver(conn, 7, Bytes::from_static(b"+unknown\r\n"), &mut out));
+        assert!(actions(&mut out).is_empty());
+        assert!(clients.is_next(conn, first) && !clients.is_next(conn, second));
+        assert!(clients.deliver(conn, first, Bytes::from_static(b"+first\r\n"), &mut out));
+        assert_eq!(actions(&mut out), [send(conn, "+first\r\n"), send(conn, "+local\r\n"), send(conn, "+second\r\n")]);
+        assert_eq!(clients.forward_state(conn).map(|f| f.in_flight), Some(0));
+        clients.reply_local(conn, Bytes::from_static(b"+now\r\n"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+now\r\n")], "nothing owed: written at once");
+    }
+
+    #[test]
+    fn a_streamed_reply_goes_out_only_while_its_slot_is_next() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let (first, second) =
+            (clients.reserve_slot(conn).expect("a slot"), clients.reserve_slot(conn).expect("a slot"));
+        clients.stream_part(conn, second, Bytes::from_static(b"$6\r\nab"), &mut out);
+        assert!(actions(&mut out).is_empty(), "it would overtake the first reply");
+        clients.stream_part(conn, first, Bytes::from_static(b"$4\r\nab"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "$4\r\nab")]);
+        assert!(clients.is_next(conn, first), "the slot stays owed until its last piece");
+        assert!(clients.deliver(conn, first, Bytes::from_static(b"cd\r\n"), &mut out));
+        assert!(clients.is_next(conn, second));
+        assert_eq!(actions(&mut out), [send(conn, "cd\r\n")]);
+    }
+
+    #[test]
+    fn a_request_to_another_connection_waits_for_the_replies_in_flight() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let mut backends = ConnTable::new(Lane::Backend);
+        let (one, other) = (backends.insert(()), backends.insert(()));
+        let now = Instant::now();
+        assert!(clients.start_request(now, conn, one, Pin::Shared, None).is_ok());
+        assert!(clients.start_request(now, conn, one, Pin::Shared, None).is_ok(), "same connection: pipelined");
+        assert!(clients.start_request(now, conn, other, Pin::Shared, None).is_err(), "the order barrier");
+        assert!(clients.deliver(conn, 0, Bytes::from_static(b"+a\r\n"), &mut out));
+        assert!(clients.deliver(conn, 1, Bytes::from_static(b"+b\r\n"), &mut out));
+        assert!(clients.start_request(now, conn, other, Pin::Shared, None).is_ok());
+    }
+
+    #[test]
+    fn reading_pauses_at_max_pipeline_and_resumes_at_half() {
+        let mut clients = clients(r#", "max_pipeline": 4"#);
+        let (conn, mut out) = accept(&mut clients);
+        for _ in 0..3 {
+            clients.reserve_slot(conn);
+        }
+        clients.update_reading(conn, &mut out);
+        assert!(actions(&mut out).is_empty(), "3 of 4");
+        clients.reserve_slot(conn);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        assert!(clients.needs_attention(conn));
+        clients.deliver(conn, 0, Bytes::from_static(b"+0\r\n"), &mut out);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+0\r\n")], "3 left: still paused");
+        clients.deliver(conn, 1, Bytes::from_static(b"+1\r\n"), &mut out);
+        clients.update_reading(conn, &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+1\r\n"), Action::SetReadable { conn, readable: true }]);
+        assert!(!clients.needs_attention(conn));
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_paused_until_drained() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        clients.set_write_blocked(conn, true, &mut out);
+        assert!(clients.is_write_blocked(conn));
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        clients.reply_local(conn, Bytes::from_static(b"+still sent\r\n"), &mut out);
+        assert_eq!(actions(&mut out), [send(conn, "+still sent\r\n")], "the runtime queues it");
+        clients.set_write_blocked(conn, false, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: true }]);
+        clients.set_upload_blocked(conn, true, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        clients.set_upload_blocked(conn, false, &mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: true }]);
+    }
+
+    #[test]
+    fn a_pass_through_client_that_does_not_read_is_closed_at_its_output_limit() {
+        let mut clients = clients(r#", "client_output_limit": 1024"#);
+        let (conn, mut out) = accept(&mut clients);
+        let private = backend();
+        clients.set_private(conn, private);
+        assert_eq!(clients.start_request(Instant::now(), conn, private, Pin::Passthrough, None).ok(), Some(None));
+        assert!(clients.is_passthrough(conn));
+        clients.set_write_blocked(conn, true, &mut out);
+        let frame = Bytes::from(vec![b'x'; 600]);
+        clients.push(conn, frame.clone(), &mut out);
+        assert!(clients.contains(conn), "600 bytes are within the limit");
+        clients.push(conn, frame, &mut out);
+        assert!(!clients.contains(conn), "1,200 are not");
+        assert!(matches!(actions(&mut out)[..], [_, Action::Send { .. }, Action::Close { conn: c }] if c == conn));
+        assert!(out.events.iter().any(|e| matches!(e, Event::ClientOutputLimit { .. })));
+        let departed = clients.take_departed();
+        assert_eq!(departed.len(), 1);
+        assert!(departed[0].private == private && departed[0].passthrough);
+    }
+
+    #[test]
+    fn held_requests_expire_in_their_turn_behind_the_replies_in_flight() {
+        let mut clients = clients(r#", "hold_ms": 100"#);
+        let (conn, mut out) = accept(&mut clients);
+        let t0 = Instant::now();
+        let seq = clients.reserve_slot(conn).expect("a slot");
+        let held = get(&mut clients, t0, conn, "k");
+        clients.hold(conn, held, false, &mut out);
+        assert!(clients.has_held(conn) && clients.any_held());
+        assert_eq!(clients.holding(), [conn]);
+        assert_eq!(clients.hold_deadline(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(clients.held_stats().0, 1);
+        clients.expire_held(t0 + Duration::from_millis(99), false, &mut out);
+        assert!(clients.has_held(conn));
+        clients.expire_held(t0 + Duration::from_millis(100), false, &mut out);
+        assert!(!clients.has_held(conn));
+        assert_eq!(clients.held_stats(), (0, 0));
+        assert_eq!(clients.hold_deadline(), None);
+        assert_eq!(out.counters.errors.hold_expired, 1);
+        assert!(actions(&mut out).is_empty(), "the error waits behind the reply in flight");
+        clients.deliver(conn, seq, Bytes::from_static(b"+OK\r\n"), &mut out);
+        let masterdown = "MASTERDOWN no master is available: redis-proxy held the request for 100 ms";
+        assert_eq!(actions(&mut out), [send(conn, "+OK\r\n"), error(conn, masterdown)]);
+    }
+
+    #[test]
+    fn held_requests_are_released_in_order() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let now = Instant::now();
+        for key in ["a", "b"] {
+            let held = get(&mut clients, now, conn, key);
+            clients.hold(conn, held, true, &mut out);
+        }
+        let a = clients.pop_held(conn).expect("held");
+        assert_eq!(a.request.arg(1), Some(&b"a"[..]));
+        clients.unpop_held(conn, a);
+        let keys: Vec<Vec<u8>> = std::iter::from_fn(|| clients.pop_held(conn))
+            .map(|h| h.request.arg(1).unwrap_or_default().to_vec())
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+        assert!(!clients.any_held());
+    }
+
+    #[test]
+    fn past_the_memory_bound_a_request_is_answered_at_once() {
+        let mut clients = clients(r#", "hold_max_bytes": 1, "hold_ms": 250"#);
+        let (conn, mut out) = accept(&mut clients);
+        let held = get(&mut clients, Instant::now(), conn, "k");
+        clients.hold(conn, held, true, &mut out);
+        assert!(!clients.has_held(conn));
+        let message = "ERR redis-proxy held the request for 250 ms and could not send it";
+        assert_eq!(actions(&mut out), [error(conn, message)]);
+        assert_eq!(out.counters.errors.hold_expired, 1);
+    }
+
+    #[test]
+    fn shutdown_answers_held_requests_and_closes_once_the_replies_are_out() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let now = Instant::now();
+        let seq = clients.reserve_slot(conn).expect("a slot");
+        for key in ["a", "b"] {
+            let held = get(&mut clients, now, conn, key);
+            clients.hold(conn, held, false, &mut out);
+        }
+        clients.begin_shutdown(&mut out);
+        assert_eq!(actions(&mut out), [Action::SetReadable { conn, readable: false }]);
+        assert!(clients.contains(conn), "a reply is still owed");
+        assert_eq!(clients.held_stats(), (0, 0));
+        clients.deliver(conn, seq, Bytes::from_static(b"+OK\r\n"), &mut out);
+        clients.close_if_done(conn, &mut out);
+        let shutting_down = "ERR redis-proxy is shutting down; the command was not sent";
+        assert_eq!(
+            actions(&mut out),
+            [send(conn, "+OK\r\n"), error(conn, shutting_down), error(conn, shutting_down), Action::Close { conn }]
+        );
+        assert_eq!(clients.count(), 0);
+    }
+
+    #[test]
+    fn a_client_that_leaves_releases_its_held_memory() {
+        let mut clients = clients("");
+        let (conn, mut out) = accept(&mut clients);
+        let held = get(&mut clients, Instant::now(), conn, "k");
+        clients.hold(conn, held, false, &mut out);
+        assert_ne!(clients.held_stats(), (0, 0));
+        clients.remove(conn, false, &mut out);
+        assert_eq!(clients.held_stats(), (0, 0));
+        assert!(!clients.any_held());
+        assert!(actions(&mut out).is_empty(), "the runtime reported it closed");
+    }
 }

@@ -70,7 +70,9 @@
 //! | `resp` | resumable zero-copy RESP2/RESP3 scanners, encoders, limits for client input |
 //! | `command` | the command table generated from Redis 7 (flags, key positions) |
 //! | `session` | one client's connection state (db, MULTI/WATCH, pins) and what each request demands |
-//! | `client` | the clients: reply slots in request order, held requests, backpressure, pass-through |
+//! | `client` | the clients: the table, each one's state, its input, backpressure, pass-through; a facade over the next two |
+//! | `reply_order` | one client's reply slots in request order: numbering, filling, what may be written now |
+//! | `hold_queue` | held requests: each client's queue, the time and memory bounds, expiry with its error |
 //! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
@@ -114,9 +116,11 @@ mod failover;
 mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod hold_queue;
 mod monitor;
 mod offset_poll;
 mod pool;
+mod reply_order;
 mod resp;
 mod route;
 mod sentinel;

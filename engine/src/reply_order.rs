@@ -1,0 +1,224 @@
+//! One client's replies in request order. Each request that expects a reply takes a slot, numbered in the order
+//! the client sent them; replies fill their slots in whatever order the servers answer (a client's requests may
+//! be spread over the master, replicas and out-of-band connections), and a reply is written only once every
+//! reply before it is out. Replies the proxy makes itself queue behind those still awaited.
+//!
+//! The request and reply paths go through here for every request: everything is small and inlined into the
+//! `client` machine's callers (`bench/instructions.sh` counts it).
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// The reply slots of one client, oldest first.
+#[derive(Default)]
+pub(crate) struct ReplyOrder {
+    /// Replies in request order; None while awaited. The front is request number `first_seq`.
+    slots: VecDeque<Option<Bytes>>,
+    first_seq: u64,
+}
+
+impl ReplyOrder {
+    /// Replies the client is still owed: awaited ones, and those waiting behind them.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether every reply is out: then a reply of the proxy's own may be written at once.
+    #[inline(always)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Takes the next slot, awaited, and returns its sequence number (the one its reply is filled in with).
+    #[inline(always)]
+    pub(crate) fn await_reply(&mut self) -> u64 {
+        let seq = self.first_seq + self.slots.len() as u64;
+        self.slots.push_back(None);
+        seq
+    }
+
+    /// Queues a reply of the proxy's own behind the replies still owed (when none is, it is written at once
+    /// instead, and takes no slot).
+    #[inline(always)]
+    pub(crate) fn push_local(&mut self, reply: Bytes) {
+        self.slots.push_back(Some(reply));
+    }
+
+    /// Whether slot `seq` is one of the slots still owed (not yet written, not unknown).
+    #[inline(always)]
+    pub(crate) fn owes(&self, seq: u64) -> bool {
+        seq.checked_sub(self.first_seq).is_some_and(|index| index < self.slots.len() as u64)
+    }
+
+    /// Takes slot `seq` off when it is the next reply owed: true, and its reply is to be written now (then
+    /// [`ReplyOrder::pop_ready`] gives the ones that were waiting behind it). False otherwise: the reply goes to
+    /// [`ReplyOrder::fill_later`]. (Two steps, so that the reply on the hot path never moves in and out of here.)
+    #[inline(always)]
+    pub(crate) fn take_if_next(&mut self, seq: u64) -> bool {
+        if self.first_seq != seq || self.slots.is_empty() {
+            return false;
+        }
+        self.slots.pop_front();
+        self.first_seq += 1;
+        true
+    }
+
+    /// Fills slot `seq`, which is not next, with `reply`: it waits there until every reply before it is out. A
+    /// `seq` that is not owed (already written, or never taken) is dropped.
+    #[inline(always)]
+    pub(crate) fn fill_later(&mut self, seq: u64, reply: Bytes) {
+        if let Some(slot) = seq.checked_sub(self.first_seq).and_then(|index| self.slots.get_mut(index as usize)) {
+            *slot = Some(reply);
+        }
+    }
+
+    /// The next reply owed, taken off the slots when it is ready to be written.
+    #[inline(always)]
+    pub(crate) fn pop_ready(&mut self) -> Option<Bytes> {
+        let ready = self.slots.front_mut().and_then(Option::take)?;
+        self.slots.pop_front();
+        self.first_seq += 1;
+        Some(ready)
+    }
+
+    /// Whether slot `seq` is the next reply owed (every earlier one is out), so pieces of a large reply for it may
+    /// be written as they arrive; the slot stays owed until the whole reply fills it.
+    #[inline(always)]
+    pub(crate) fn is_next(&self, seq: u64) -> bool {
+        self.first_seq == seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    /// Fills `seq` as the `client` machine does, and returns everything that may be written now, in order.
+    fn fill_and_drain(order: &mut ReplyOrder, seq: u64, text: &'static str) -> Vec<Bytes> {
+        if !order.take_if_next(seq) {
+            order.fill_later(seq, reply(text));
+            return Vec::new();
+        }
+        std::iter::once(reply(text)).chain(std::iter::from_fn(|| order.pop_ready())).collect()
+    }
+
+    /// A reply of the proxy's own, as the `client` machine answers it: given back when it may be written now.
+    fn local(order: &mut ReplyOrder, reply: Bytes) -> Option<Bytes> {
+        if order.is_empty() {
+            return Some(reply);
+        }
+        order.push_local(reply);
+        None
+    }
+
+    #[test]
+    fn slots_are_numbered_in_request_order() {
+        let mut order = ReplyOrder::default();
+        assert!(order.is_empty());
+        assert_eq!((order.await_reply(), order.await_reply(), order.await_reply()), (0, 1, 2));
+        assert_eq!(order.len(), 3);
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a")]);
+        assert_eq!(order.await_reply(), 3, "numbers keep counting after replies went out");
+        assert_eq!(order.len(), 3);
+    }
+
+    #[test]
+    fn replies_out_of_order_are_written_in_request_order() {
+        let mut order = ReplyOrder::default();
+        for _ in 0..4 {
+            order.await_reply();
+        }
+        assert!(fill_and_drain(&mut order, 2, "c").is_empty(), "waits for 0 and 1");
+        assert!(fill_and_drain(&mut order, 1, "b").is_empty(), "waits for 0");
+        assert_eq!(order.len(), 4);
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a"), reply("b"), reply("c")]);
+        assert_eq!(order.len(), 1, "3 is still awaited");
+        assert_eq!(fill_and_drain(&mut order, 3, "d"), [reply("d")]);
+        assert!(order.is_empty());
+    }
+
+    #[test]
+    fn a_reply_for_a_slot_not_owed_is_dropped() {
+        let mut order = ReplyOrder::default();
+        order.await_reply();
+        order.await_reply();
+        assert!(!order.owes(2), "never taken");
+        assert!(fill_and_drain(&mut order, 2, "x").is_empty());
+        assert!(fill_and_drain(&mut order, u64::MAX, "x").is_empty());
+        assert_eq!(order.len(), 2);
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a")]);
+        assert!(!order.owes(0), "already written");
+        assert!(fill_and_drain(&mut order, 0, "again").is_empty(), "a slot written once is not written twice");
+        assert_eq!(order.len(), 1);
+        assert!(order.owes(1));
+        assert_eq!(fill_and_drain(&mut order, 1, "b"), [reply("b")]);
+    }
+
+    #[test]
+    fn a_waiting_slot_filled_twice_keeps_the_later_reply() {
+        let mut order = ReplyOrder::default();
+        order.await_reply();
+        order.await_reply();
+        assert!(fill_and_drain(&mut order, 1, "first").is_empty());
+        assert!(fill_and_drain(&mut order, 1, "second").is_empty());
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a"), reply("second")]);
+    }
+
+    #[test]
+    fn local_replies_are_written_at_once_only_when_nothing_is_owed() {
+        let mut order = ReplyOrder::default();
+        assert_eq!(local(&mut order, reply("now")), Some(reply("now")));
+        assert!(order.is_empty(), "a reply written at once takes no slot");
+        assert_eq!(order.await_reply(), 0);
+        assert_eq!(local(&mut order, reply("L1")), None, "behind the awaited reply");
+        assert_eq!(order.await_reply(), 2, "a local reply counts as a slot");
+        assert_eq!(local(&mut order, reply("L3")), None);
+        assert_eq!(order.len(), 4);
+        assert!(fill_and_drain(&mut order, 2, "b").is_empty());
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a"), reply("L1"), reply("b"), reply("L3")]);
+        assert!(order.is_empty());
+        assert_eq!(local(&mut order, reply("later")), Some(reply("later")));
+    }
+
+    #[test]
+    fn a_local_reply_waits_for_the_awaited_reply_behind_it() {
+        let mut order = ReplyOrder::default();
+        order.await_reply();
+        assert_eq!(local(&mut order, reply("L")), None);
+        assert_eq!(order.await_reply(), 2);
+        assert_eq!(fill_and_drain(&mut order, 0, "a"), [reply("a"), reply("L")], "stops at the awaited 2");
+        assert_eq!(order.pop_ready(), None);
+        assert_eq!(local(&mut order, reply("M")), None, "2 is still owed");
+        assert_eq!(fill_and_drain(&mut order, 2, "b"), [reply("b"), reply("M")]);
+    }
+
+    #[test]
+    fn only_the_next_slot_may_stream() {
+        let mut order = ReplyOrder::default();
+        order.await_reply();
+        order.await_reply();
+        assert!(order.is_next(0));
+        assert!(!order.is_next(1), "its pieces would overtake reply 0");
+        // Pieces of reply 0 go out as they arrive; the slot stays owed until the last piece fills it.
+        assert!(order.owes(0));
+        assert_eq!(order.len(), 2);
+        assert_eq!(fill_and_drain(&mut order, 0, "last piece"), [reply("last piece")]);
+        assert!(order.is_next(1));
+        assert!(!order.is_next(0));
+    }
+
+    #[test]
+    fn pop_ready_gives_nothing_while_the_front_is_awaited() {
+        let mut order = ReplyOrder::default();
+        assert_eq!(order.pop_ready(), None);
+        order.await_reply();
+        assert_eq!(local(&mut order, reply("L")), None);
+        assert_eq!(order.pop_ready(), None);
+        assert_eq!(order.len(), 2);
+    }
+}
