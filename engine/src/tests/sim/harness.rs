@@ -140,7 +140,7 @@ impl<'a> Sim<'a> {
             faults.iter().filter_map(|(_, f)| if let Fault::Slow { ms, .. } = f { Some(*ms) } else { None }).max();
         let engine_start: Vec<u64> =
             (0..scenario.engines).map(|e| if e == 0 { 0 } else { scenario.second_engine_delay_ms }).collect();
-        let mut cluster = Cluster::new(&scenario.master_of, &scenario.priorities);
+        let mut cluster = Cluster::new(&scenario.master_of, &scenario.priorities, 0);
         cluster.replicate(0);
         Sim {
             scenario,
