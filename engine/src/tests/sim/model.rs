@@ -24,6 +24,7 @@ use crate::resp::{bulk_reply, Request};
 use crate::testkit::{port_of, ConnectedReplica, Info, ReplicaLink};
 
 use bytes::Bytes;
+use std::collections::BTreeSet;
 
 /// Whether a server process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +217,12 @@ impl Cluster {
     /// The server listening on `address` (its own or its alias), if any.
     pub(crate) fn server_at(&self, address: &ServerAddress) -> Option<usize> {
         self.servers.iter().position(|s| s.address == *address || s.alias == *address)
+    }
+
+    /// The keys server `index` holds now that start with `prefix`.
+    pub(crate) fn keys_with_prefix(&self, index: usize, prefix: &[u8]) -> BTreeSet<Bytes> {
+        let server = &self.servers[index];
+        server.log.iter().map(|&id| &self.writes[id as usize].key).filter(|k| k.starts_with(prefix)).cloned().collect()
     }
 
     /// Kills server `index` (the harness closes its connections).
@@ -478,7 +485,6 @@ impl Cluster {
 mod tests {
     use super::*;
     use crate::topology::{ReplicationInfo, Role};
-    use std::collections::BTreeSet;
 
     fn request(args: &[&str]) -> Request {
         Request::from_args(args)
