@@ -74,6 +74,10 @@ pub(crate) enum Fault {
 pub(crate) enum AdminOp {
     /// `PROXY ADD host:port` (refused by the engine if it already watches the server).
     Add(usize),
+    /// `PROXY ADD` of the server's address the engine does not watch it under, while it watches it under the
+    /// other: an operator's mistake (one process watched as two servers), never generated; see
+    /// `regression_the_master_added_again_under_another_address`.
+    AddOther(usize),
     /// `PROXY REMOVE host:port` (refused for the master, the last server, one not watched).
     Remove(usize),
     /// `PROXY FAILOVER [host:port]`: a planned switchover, to this server or to the engine's choice.

@@ -43,7 +43,7 @@ impl Sim<'_> {
     pub(super) fn apply_admin(&mut self, op: AdminOp) -> Result<(), String> {
         let count = self.cluster.servers.len();
         let valid = match op {
-            AdminOp::Add(s) | AdminOp::Remove(s) | AdminOp::Failover(Some(s)) => s < count,
+            AdminOp::Add(s) | AdminOp::AddOther(s) | AdminOp::Remove(s) | AdminOp::Failover(Some(s)) => s < count,
             AdminOp::Failover(None) => true,
             AdminOp::Reload(reload) => {
                 [reload.add, reload.remove, reload.readdress].iter().flatten().all(|&s| s < count)
@@ -57,9 +57,17 @@ impl Sim<'_> {
             AdminOp::Add(s) => {
                 for e in self.started() {
                     // Under the address it is watched by, if it is (refused): two addresses of one server watched
-                    // at once are an operator's mistake.
+                    // at once are an operator's mistake, tried only by `AddOther`.
                     let address = self.address_known_to(e, s).unwrap_or_else(|| self.operator_address[s].clone());
                     self.admin_send(e, &["PROXY", "ADD", &address.to_string()])?;
+                }
+            }
+            AdminOp::AddOther(s) => {
+                for e in self.started() {
+                    let server = &self.cluster.servers[s];
+                    let known = self.address_known_to(e, s);
+                    let other = if known.as_ref() == Some(&server.address) { &server.alias } else { &server.address };
+                    self.admin_send(e, &["PROXY", "ADD", &other.to_string()])?;
                 }
             }
             AdminOp::Remove(s) => {
