@@ -7,6 +7,14 @@
 //! master never had, as Redis does. Because write ids are unique and logs only grow by appending new ids or by
 //! copying another log's prefix, write `w` is held by a server exactly when `log[position(w)] == w`.
 //!
+//! Each server listens on `127.0.0.1:port` and is reachable under an alias, `localhost:port`: to the engine another
+//! address, so a reload can re-address a server (remove one address, add the other) without changing the process.
+//!
+//! `SCAN` walks the keys in an order of the server process's own (a hash of the key seeded by the server and its
+//! incarnation, as Redis seeds its dictionaries at start): the cursor is the position after the last key examined.
+//! So an iteration returns every key present throughout it, even while keys are added or dropped, and a cursor
+//! continued on another server, or on the same one after a restart, skips keys, as with Redis.
+//!
 //! Restarts: a crashed server comes back as a master (a Redis without `replicaof` in its config file) with its
 //! dataset as of the crash (persistence on, e.g. AOF with `appendfsync always`), its offset as of the crash, and a
 //! new run id; it may spend a while loading (`loading:1`, `-LOADING` to most commands).
@@ -16,6 +24,7 @@ use crate::resp::{bulk_reply, Request};
 use crate::testkit::{port_of, ConnectedReplica, Info, ReplicaLink};
 
 use bytes::Bytes;
+use std::collections::BTreeSet;
 
 /// Whether a server process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +69,8 @@ pub(crate) struct Write {
 pub(crate) struct SimServer {
     /// Where it listens.
     pub(crate) address: ServerAddress,
+    /// Another address of the same process (`localhost` for `127.0.0.1`).
+    pub(crate) alias: ServerAddress,
     /// Whether it runs.
     pub(crate) health: Health,
     /// Extra delay before it processes what arrives (a busy server), in ms.
@@ -147,6 +158,22 @@ fn run_id(server: usize, incarnation: u32) -> String {
     text[..40].to_string()
 }
 
+/// The seed of a server process's `SCAN` order: new at every restart.
+fn scan_seed(server: usize, incarnation: u32) -> u64 {
+    (server as u64) << 32 | u64::from(incarnation)
+}
+
+/// Where `key` sits in the `SCAN` order of the process with `seed`: FNV-1a, then mixed; 1..=2^62, so that the
+/// cursor after it is never 0 and never overflows.
+fn scan_position(seed: u64, key: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for &byte in key {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (hash ^ (hash >> 29)) % (1 << 62) + 1
+}
+
 fn simple(text: &'static [u8]) -> Bytes {
     Bytes::from_static(text)
 }
@@ -155,13 +182,18 @@ const LOADING: &[u8] = b"-LOADING Redis is loading the dataset in memory\r\n";
 
 impl Cluster {
     /// `count` servers on 127.0.0.1:7000.., all up; `master_of[i] == i` makes server `i` a master, any other
-    /// index makes it a replica of that server (link up at the first replication tick); `priorities` per server.
-    pub(crate) fn new(master_of: &[usize], priorities: &[i64]) -> Cluster {
+    /// index makes it a replica of that server (link up at the first replication tick); `priorities` per server;
+    /// then `spares` more, each a fresh and empty master of nothing.
+    pub(crate) fn new(master_of: &[usize], priorities: &[i64], spares: usize) -> Cluster {
+        let count = master_of.len();
         let servers = master_of
             .iter()
+            .copied()
+            .chain(count..count + spares)
             .enumerate()
-            .map(|(index, &of)| SimServer {
+            .map(|(index, of)| SimServer {
                 address: ServerAddress { host: "127.0.0.1".into(), port: port_of(index) },
+                alias: ServerAddress { host: "localhost".into(), port: port_of(index) },
                 health: Health::Up,
                 slow_ms: 0,
                 role: if of == index { SimRole::Master } else { SimRole::Replica { master: Some(of) } },
@@ -182,9 +214,15 @@ impl Cluster {
         Cluster { servers, writes: Vec::new(), holders_dirty: false }
     }
 
-    /// The server listening on `address`, if any.
+    /// The server listening on `address` (its own or its alias), if any.
     pub(crate) fn server_at(&self, address: &ServerAddress) -> Option<usize> {
-        self.servers.iter().position(|s| s.address == *address)
+        self.servers.iter().position(|s| s.address == *address || s.alias == *address)
+    }
+
+    /// The keys server `index` holds now that start with `prefix`.
+    pub(crate) fn keys_with_prefix(&self, index: usize, prefix: &[u8]) -> BTreeSet<Bytes> {
+        let server = &self.servers[index];
+        server.log.iter().map(|&id| &self.writes[id as usize].key).filter(|k| k.starts_with(prefix)).cloned().collect()
     }
 
     /// Kills server `index` (the harness closes its connections).
@@ -218,6 +256,11 @@ impl Cluster {
             b"RESET" => simple(b"+RESET\r\n"),
             _ if loading => simple(LOADING),
             b"PING" => simple(b"+PONG\r\n"),
+            b"ECHO" => match request.arg(1) {
+                Some(message) if request.arg_count() == 2 => bulk_reply(message),
+                _ => simple(b"-ERR wrong number of arguments for 'echo' command\r\n"),
+            },
+            b"SCAN" => self.scan(index, request),
             b"REPLICAOF" | b"SLAVEOF" => self.replicaof(index, now_ms, request, &mut effect),
             b"SET" => match (request.arg(1), request.arg(2)) {
                 (Some(key), Some(value)) if request.arg_count() == 3 => {
@@ -263,6 +306,49 @@ impl Cluster {
             }
         };
         (reply, effect)
+    }
+
+    /// `SCAN cursor [MATCH prefix*] [COUNT n]`: examines the next `n` keys (10 by default) in this process's
+    /// order from `cursor`, returns those that match, and the cursor after the last one examined (0: the end).
+    fn scan(&self, index: usize, request: &Request) -> Bytes {
+        let number = |arg: Option<&[u8]>| std::str::from_utf8(arg?).ok()?.parse::<u64>().ok();
+        let Some(cursor) = number(request.arg(1)) else { return simple(b"-ERR invalid cursor\r\n") };
+        let (mut prefix, mut count, mut at) = (&b""[..], 10usize, 2);
+        while at < request.arg_count() {
+            let option = request.arg(at).unwrap_or_default().to_ascii_uppercase();
+            match (option.as_slice(), request.arg(at + 1)) {
+                (b"MATCH", Some(pattern))
+                    if pattern.ends_with(b"*") && !pattern[..pattern.len() - 1].contains(&b'*') =>
+                {
+                    prefix = &pattern[..pattern.len() - 1];
+                }
+                (b"COUNT", Some(n)) => match number(Some(n)) {
+                    Some(n) if n > 0 => count = n as usize,
+                    _ => return simple(b"-ERR value is out of range, must be positive\r\n"),
+                },
+                _ => return simple(b"-ERR syntax error\r\n"),
+            }
+            at += 2;
+        }
+        let server = &self.servers[index];
+        let seed = scan_seed(index, server.incarnation);
+        let mut keys: Vec<(u64, &Bytes)> = server
+            .log
+            .iter()
+            .map(|&id| &self.writes[id as usize].key)
+            .map(|key| (scan_position(seed, key), key))
+            .filter(|(position, _)| *position >= cursor)
+            .collect();
+        keys.sort_unstable();
+        let examined = &keys[..count.min(keys.len())];
+        let next = if examined.len() == keys.len() { 0 } else { examined.last().map_or(0, |(p, _)| p + 1) };
+        let matched: Vec<&Bytes> = examined.iter().map(|(_, k)| *k).filter(|k| k.starts_with(prefix)).collect();
+        let next = next.to_string();
+        let mut reply = format!("*2\r\n${}\r\n{next}\r\n*{}\r\n", next.len(), matched.len()).into_bytes();
+        for key in matched {
+            reply.extend_from_slice(&bulk_reply(key));
+        }
+        Bytes::from(reply)
     }
 
     fn replicaof(&mut self, index: usize, now_ms: u64, request: &Request, effect: &mut Effect) -> Bytes {
@@ -406,7 +492,7 @@ mod tests {
 
     #[test]
     fn info_parses_as_the_engine_expects() {
-        let mut cluster = Cluster::new(&[0, 0, 1], &[100, 50, 100]);
+        let mut cluster = Cluster::new(&[0, 0, 1], &[100, 50, 100], 0);
         cluster.execute(0, 0, &request(&["SET", "k", "v"]));
         cluster.replicate(10);
         let master = ReplicationInfo::parse(cluster.info(0, 10).text().as_bytes());
@@ -429,7 +515,7 @@ mod tests {
 
     #[test]
     fn replicas_refuse_writes_and_full_sync_drops_unreplicated_writes() {
-        let mut cluster = Cluster::new(&[0, 0], &[100, 100]);
+        let mut cluster = Cluster::new(&[0, 0], &[100, 100], 0);
         let (reply, _) = cluster.execute(1, 0, &request(&["SET", "a", "1"]));
         assert!(reply.starts_with(b"-READONLY"));
         cluster.execute(0, 0, &request(&["SET", "a", "1"]));
@@ -448,5 +534,55 @@ mod tests {
         assert_eq!(&reply[..], b"$-1\r\n");
         let (reply, _) = cluster.execute(0, 8, &request(&["GET", "c"]));
         assert_eq!(&reply[..], b"$1\r\n3\r\n");
+    }
+
+    /// Runs `SCAN cursor MATCH k* COUNT 3` on `server`; the next cursor and the keys.
+    fn scan(cluster: &mut Cluster, server: usize, cursor: u64) -> (u64, Vec<String>) {
+        let (reply, _) =
+            cluster.execute(server, 0, &request(&["SCAN", &cursor.to_string(), "MATCH", "k*", "COUNT", "3"]));
+        let text = String::from_utf8(reply.to_vec()).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        let next = lines[2].parse().unwrap();
+        let keys = lines[4..].iter().skip(1).step_by(2).map(|s| s.to_string()).collect();
+        (next, keys)
+    }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout_and_a_foreign_cursor_skips() {
+        let mut cluster = Cluster::new(&[0, 0], &[100, 100], 0);
+        for n in 0..20 {
+            cluster.execute(0, 0, &request(&["SET", &format!("k{n}"), "v"]));
+        }
+        cluster.execute(0, 0, &request(&["SET", "other", "v"]));
+        cluster.replicate(1);
+        let (mut cursor, mut seen, mut calls) = (0, BTreeSet::new(), 0);
+        loop {
+            let (next, keys) = scan(&mut cluster, 0, cursor);
+            seen.extend(keys);
+            // Keys written meanwhile may or may not be returned; none of the others may be missed.
+            cluster.execute(0, 0, &request(&["SET", &format!("k-new{calls}"), "v"]));
+            calls += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!(calls >= 7, "COUNT 3 over 21 keys takes 7 calls or more");
+        assert!((0..20).all(|n| seen.contains(&format!("k{n}"))), "{seen:?}");
+        assert!(!seen.contains("other"), "MATCH filters");
+        // Four calls into server 0's order, continued on server 1 (another order): some keys are never returned.
+        let (mut cursor, mut returned) = (0, BTreeSet::new());
+        for _ in 0..4 {
+            let (next, keys) = scan(&mut cluster, 0, cursor);
+            returned.extend(keys);
+            cursor = next;
+        }
+        while cursor != 0 {
+            let (next, keys) = scan(&mut cluster, 1, cursor);
+            returned.extend(keys);
+            cursor = next;
+        }
+        let skipped = (0..20).filter(|n| !returned.contains(&format!("k{n}"))).count();
+        assert!(skipped > 0, "a cursor continued on another server skips keys");
     }
 }

@@ -1,5 +1,6 @@
-//! What a simulation run is given and gives back: the [`Scenario`] with its [`Fault`]s, the [`Outcome`] of a
-//! passing run, the [`Violation`] of a failing one, and the timing constants and allowances the invariants use.
+//! What a simulation run is given and gives back: the [`Scenario`] with its [`Fault`]s and [`AdminOp`]s, the
+//! [`Outcome`] of a passing run, the [`Violation`] of a failing one, and the timing constants and allowances the
+//! invariants use.
 
 use std::fmt;
 
@@ -65,8 +66,44 @@ pub(crate) enum Fault {
     },
 }
 
-/// One simulated run: the servers, the engines, the clients and the faults.
-#[derive(Clone, Debug)]
+/// An operator's action, applied at a scheduled simulated time: a `PROXY` command from an admin client (accepted
+/// with [`crate::Engine::accept_admin`]), or a reload ([`crate::Engine::reconfigure`]). Servers are model indices;
+/// the harness names each by the address the operator uses for it (its own, or its alias after a re-address), or
+/// by the one the engine knows it under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AdminOp {
+    /// `PROXY ADD host:port` (refused by the engine if it already watches the server).
+    Add(usize),
+    /// `PROXY ADD` of the server's address the engine does not watch it under, while it watches it under the
+    /// other: an operator's mistake (one process watched as two servers), never generated; see
+    /// `regression_the_master_added_again_under_another_address`.
+    AddOther(usize),
+    /// `PROXY REMOVE host:port` (refused for the master, the last server, one not watched).
+    Remove(usize),
+    /// `PROXY FAILOVER [host:port]`: a planned switchover, to this server or to the engine's choice.
+    Failover(Option<usize>),
+    /// A reload of an edited server list, built from each engine's current one.
+    Reload(Reload),
+}
+
+/// How a reload edits the server list the engine has now (applied in this order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reload {
+    /// Drop this server from the list (under whatever address it is listed).
+    pub(crate) remove: Option<usize>,
+    /// Append this server (under the operator's address for it) if it is not listed.
+    pub(crate) add: Option<usize>,
+    /// List this server, in its place, under its other address (`127.0.0.1` and `localhost` are the same
+    /// process): for the engine, one server removed and another added.
+    pub(crate) readdress: Option<usize>,
+    /// Rotate the list left by this many places (a reordering).
+    pub(crate) rotate: usize,
+    /// Switch `mode` between `allToMaster` and `readsToSlaves`.
+    pub(crate) flip_mode: bool,
+}
+
+/// One simulated run: the servers, the engines, the clients, the faults and the operator's actions.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Scenario {
     /// Initial topology: `master_of[i] == i` makes server `i` a master, another index makes it that one's replica.
     pub(crate) master_of: Vec<usize>,
@@ -84,6 +121,16 @@ pub(crate) struct Scenario {
     pub(crate) faults: Vec<(u64, Fault)>,
     /// Whether healing restarts the crashed servers too.
     pub(crate) restart_at_end: bool,
+    /// Modelled servers besides the configured ones, fresh and empty (masters of nothing), not configured: only
+    /// `PROXY ADD` or a reload brings them in. Faults may hit them too.
+    pub(crate) spares: usize,
+    /// `mode: readsToSlaves` at start (else `allToMaster`).
+    pub(crate) reads_to_slaves: bool,
+    /// Besides `SET`, `GET` and `WAIT`: numbered `ECHO`s, pipelines, `MULTI`/`EXEC` and `SCAN` iterations
+    /// continued across steps, drawn from this seed.
+    pub(crate) mixed_traffic: Option<u64>,
+    /// The operator's actions and when (ms), in any order.
+    pub(crate) admin: Vec<(u64, AdminOp)>,
 }
 
 /// What a passing run did, for statistics.
@@ -106,6 +153,34 @@ pub(crate) struct Outcome {
     pub(crate) promotions: u64,
     /// Simulated time, ms.
     pub(crate) simulated_ms: u64,
+    /// Admin commands and reloads the engines carried out, and those they refused.
+    pub(crate) admin_done: u64,
+    pub(crate) admin_refused: u64,
+    /// Servers the engines reported removed (`Event::ServerRemoved`).
+    pub(crate) removals: u64,
+    /// `SCAN` iterations that ended (cursor 0 back), and those of them that a server removal happened during.
+    pub(crate) scans_completed: u64,
+    pub(crate) scans_across_removal: u64,
+    /// Iterations that ended and were checked for completeness (reads split throughout, no known bug met).
+    pub(crate) scans_checked: u64,
+    /// For each iteration that ended, per removal during it: (the server serving it when the removal began, the
+    /// removed server), model indices.
+    pub(crate) scan_removals: Vec<(usize, usize)>,
+    /// `SCAN` calls whose cursor the engine replaced by 0 (the iteration started again on another server).
+    pub(crate) scan_restarts: u64,
+    /// `SCAN` calls the engine sent, with their cursor, to the server that returned it, but after that server
+    /// restarted: a new process, whose `SCAN` order differs, so keys are skipped. A known engine bug (the cursor
+    /// table remembers the server, not its run id; see `regression_scan_continued_on_a_restarted_server`):
+    /// counted here rather than failing the run, and the iteration goes unchecked.
+    pub(crate) scans_continued_after_restart: u64,
+    /// Times an engine, just woken for its timeout, asked again at once for the switchover poll: a known engine
+    /// bug (once `PROXY FAILOVER` has sent `REPLICAOF NO ONE`, the switchover's poll deadline, already past, is
+    /// still reported until the promotion is confirmed: a runtime spins meanwhile; see
+    /// `regression_switchover_poll_deadline_left_in_the_past`). Counted here rather than failing the run.
+    pub(crate) switchover_timer_spins: u64,
+    /// `MULTI`/`EXEC` transactions that ran, and `ECHO`s answered with their own tag.
+    pub(crate) transactions: u64,
+    pub(crate) echoes: u64,
     /// The last faults, engine events and model changes.
     pub(crate) trace: Vec<String>,
 }

@@ -14,6 +14,34 @@ impl Sim<'_> {
         self.engines[e].as_ref()?.engine.master().and_then(|address| self.cluster.server_at(address))
     }
 
+    /// The servers some engine watches now (not being removed); before any engine runs, the configured ones.
+    pub(super) fn members(&self) -> BTreeSet<usize> {
+        let started: Vec<&crate::testkit::Driver> = self.engines.iter().flatten().collect();
+        if started.is_empty() {
+            return (0..self.scenario.master_of.len()).collect();
+        }
+        started.iter().flat_map(|d| d.engine.servers()).filter_map(|a| self.cluster.server_at(&a)).collect()
+    }
+
+    /// With one engine, a planned switchover promotes a server that holds every write of the master it moves
+    /// away from, while that master runs (new writes are held, those in flight are awaited, and the target must
+    /// catch up first).
+    pub(super) fn check_switchover_promotion(&self, p: usize) -> Result<(), String> {
+        let Some(from) = self.switching_from[0].filter(|&m| m != p && self.engines.len() == 1) else { return Ok(()) };
+        let servers = &self.cluster.servers;
+        if servers[from].health != Health::Up {
+            return Ok(());
+        }
+        let missing = servers[from].log.iter().find(|&&id| !servers[p].holds(&self.cluster.writes[id as usize], id));
+        if let Some(&id) = missing {
+            return Err(format!(
+                "a planned switchover promoted server {p}, which lacks write {:?} of master {from}",
+                self.cluster.writes[id as usize].key
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn write_executed(&mut self, server: usize, id: u64) {
         let id = id as usize;
         if self.excused.len() <= id {
@@ -25,6 +53,7 @@ impl Sim<'_> {
     }
 
     pub(super) fn promoted(&mut self, p: usize) {
+        let members = self.members();
         let servers = &self.cluster.servers;
         for (id, write) in self.cluster.writes.iter().enumerate() {
             if self.excused[id] || servers[p].holds(write, id as u64) {
@@ -33,6 +62,7 @@ impl Sim<'_> {
             let writer_running = servers[write.server].serving(self.clock.ms());
             let better_replica = servers.iter().enumerate().any(|(q, other)| {
                 q != p
+                    && members.contains(&q)
                     && other.serving(self.clock.ms())
                     && matches!(other.role, SimRole::Replica { .. })
                     && other.priority == servers[p].priority
@@ -46,10 +76,21 @@ impl Sim<'_> {
 
     pub(super) fn check_step(&mut self) -> Result<(), String> {
         if std::mem::take(&mut self.cluster.holders_dirty) {
+            // A write no running member holds any more is lost to the proxies (a removed server may keep it).
+            let members = self.members();
             let servers = &self.cluster.servers;
             for (id, write) in self.cluster.writes.iter().enumerate() {
-                if !self.excused[id] && !servers.iter().any(|s| s.health == Health::Up && s.holds(write, id as u64)) {
+                let held =
+                    members.iter().any(|&m| servers[m].health == Health::Up && servers[m].holds(write, id as u64));
+                if !self.excused[id] && !held {
                     self.excused[id] = true;
+                }
+            }
+        }
+        for driver in self.engines.iter().flatten() {
+            if let Some(master) = driver.engine.master() {
+                if !driver.engine.servers().contains(master) {
+                    return Err(format!("an engine routes to {master}, which is not one of its servers"));
                 }
             }
         }
@@ -101,8 +142,9 @@ impl Sim<'_> {
     }
 
     pub(super) fn check_converged(&mut self) -> Result<(), String> {
+        let members = self.members();
         let servers = &self.cluster.servers;
-        let running: Vec<usize> = (0..servers.len()).filter(|&s| servers[s].health == Health::Up).collect();
+        let running: Vec<usize> = members.into_iter().filter(|&s| servers[s].health == Health::Up).collect();
         let masters: Vec<usize> = running.iter().copied().filter(|&s| servers[s].role == SimRole::Master).collect();
         let promotable = running.iter().any(|&s| servers[s].role == SimRole::Master || servers[s].priority != 0);
         let routed: Vec<Option<usize>> = (0..self.engines.len()).map(|e| self.routed_master(e)).collect();
@@ -135,6 +177,11 @@ impl Sim<'_> {
         for (index, client) in self.clients.iter().enumerate() {
             if !client.outstanding.is_empty() {
                 return Err(format!("client {index} still waits for {} replies", client.outstanding.len()));
+            }
+        }
+        for (e, admin) in self.admins.iter().enumerate() {
+            if let Some(command) = admin.as_ref().and_then(|a| a.outstanding.front()) {
+                return Err(format!("engine {e}'s admin client still waits for the reply to {command}"));
             }
         }
         let Some(master) = self.outcome.final_master else { return Ok(()) };
