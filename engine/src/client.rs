@@ -7,14 +7,13 @@ use crate::auth::{ClientAuth, Users};
 use crate::config::Config;
 use crate::conn::{ConnId, ConnTable, Lane};
 use crate::contract::{Action, Outbox};
-use crate::cursor::{Cursors, Issuer, ScanCall};
+use crate::cursor::{Cursors, Issuer, Process, ScanCall};
 use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::hold_queue::{Admission, ClientHolds, HoldQueue};
 use crate::pool::Waiter;
 use crate::reply_order::ReplyOrder;
 use crate::resp::{self, RequestScanner};
-use crate::server_id::ServerId;
 use crate::session::{Pin, Session};
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -372,8 +371,9 @@ impl Clients {
         }
     }
 
-    /// The `SCAN`-family `call` of `conn` went to `server` with reply slot `seq`: its reply's cursor is remembered.
-    pub(crate) fn scan_sent(&mut self, conn: ConnId, seq: u64, call: &ScanCall, server: ServerId) {
+    /// The `SCAN`-family `call` of `conn` went to `server` (that process of it) with reply slot `seq`: its reply's
+    /// cursor is remembered.
+    pub(crate) fn scan_sent(&mut self, conn: ConnId, seq: u64, call: &ScanCall, server: Process) {
         if let Some(client) = self.conns.get_mut(conn) {
             client.reads.get_or_insert_default().cursors.sent(seq, call, server);
         }

@@ -81,13 +81,23 @@ fn reply_cursor(reply: &[u8]) -> Option<u64> {
     parse_u64(rest.get(start..start.checked_add(len)?)?)
 }
 
+/// One process behind a server's address: a cursor is a position in that process's tables, so a restart (the same
+/// server, a new incarnation) makes it meaningless there too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Process {
+    /// The server.
+    pub(crate) server: ServerId,
+    /// Its incarnation when the cursor was asked for (see `ServerView::incarnation`).
+    pub(crate) incarnation: u64,
+}
+
 /// Where the cursor of a `SCAN`-family call came from, as far as this client's connection knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Issuer {
     /// Cursor 0: a new iteration, any server.
     Anyone,
-    /// This server returned it to this client (the latest to, when several did).
-    Server(ServerId),
+    /// This process returned it to this client (the latest to, when several did).
+    Server(Process),
     /// Not returned on this connection (another connection, or a cursor forgotten).
     Unknown,
 }
@@ -96,7 +106,7 @@ pub(crate) enum Issuer {
 struct Issued {
     iteration: u64,
     cursor: u64,
-    server: ServerId,
+    process: Process,
 }
 
 /// One client's cursors: those returned to it, and its `SCAN`-family requests in flight.
@@ -104,8 +114,8 @@ struct Issued {
 pub(crate) struct Cursors {
     /// Newest last; at most [`MAX_REMEMBERED`].
     issued: VecDeque<Issued>,
-    /// (reply slot, iteration, server) of each `SCAN`-family request awaiting its reply.
-    in_flight: Vec<(u64, u64, ServerId)>,
+    /// (reply slot, iteration, process) of each `SCAN`-family request awaiting its reply.
+    in_flight: Vec<(u64, u64, Process)>,
 }
 
 impl Cursors {
@@ -116,20 +126,20 @@ impl Cursors {
         }
         let found = self.issued.iter().rev().find(|i| i.iteration == call.iteration && i.cursor == call.cursor);
         match found {
-            Some(issued) => Issuer::Server(issued.server),
+            Some(issued) => Issuer::Server(issued.process),
             None => Issuer::Unknown,
         }
     }
 
-    /// `call` went out to `server`, its reply awaited in slot `seq`.
-    pub(crate) fn sent(&mut self, seq: u64, call: &ScanCall, server: ServerId) {
-        self.in_flight.push((seq, call.iteration, server));
+    /// `call` went out to `process`, its reply awaited in slot `seq`.
+    pub(crate) fn sent(&mut self, seq: u64, call: &ScanCall, process: Process) {
+        self.in_flight.push((seq, call.iteration, process));
     }
 
     /// The reply for slot `seq` arrived: if a `SCAN`-family request awaited it, remember the cursor it returns.
     pub(crate) fn reply(&mut self, seq: u64, reply: &[u8]) {
         let Some(at) = self.in_flight.iter().position(|(s, _, _)| *s == seq) else { return };
-        let (_, iteration, server) = self.in_flight.swap_remove(at);
+        let (_, iteration, process) = self.in_flight.swap_remove(at);
         // 0 ends the iteration; an error reply carries no cursor.
         let Some(cursor) = reply_cursor(reply).filter(|c| *c != 0) else { return };
         // Cursors are bucket positions, so two servers (or two iterations in a row) can return the same one: the
@@ -140,13 +150,17 @@ impl Cursors {
         if self.issued.len() == MAX_REMEMBERED {
             self.issued.pop_front();
         }
-        self.issued.push_back(Issued { iteration, cursor, server });
+        self.issued.push_back(Issued { iteration, cursor, process });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(slot: usize) -> Process {
+        Process { server: ServerId::first(slot), incarnation: 0 }
+    }
 
     fn call(args: &[&str]) -> Option<ScanCall> {
         scan_call(&Request::from_args(args))
@@ -195,18 +209,18 @@ mod tests {
         let mut cursors = Cursors::default();
         let start = call(&["SCAN", "0"]).unwrap();
         assert_eq!(cursors.issuer(&start), Issuer::Anyone);
-        cursors.sent(3, &start, ServerId::first(2));
+        cursors.sent(3, &start, process(2));
         cursors.reply(3, &reply("96"));
         let next = call(&["SCAN", "96", "COUNT", "10"]).unwrap();
-        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId::first(2)));
+        assert_eq!(cursors.issuer(&next), Issuer::Server(process(2)));
         assert_eq!(cursors.issuer(&call(&["HSCAN", "h", "96"]).unwrap()), Issuer::Unknown, "another iteration");
         assert_eq!(cursors.issuer(&call(&["SCAN", "97"]).unwrap()), Issuer::Unknown);
         // The same cursor from another server for the same iteration: the latest is the one continued.
-        cursors.sent(4, &start, ServerId::first(1));
+        cursors.sent(4, &start, process(1));
         cursors.reply(4, &reply("96"));
-        assert_eq!(cursors.issuer(&next), Issuer::Server(ServerId::first(1)));
+        assert_eq!(cursors.issuer(&next), Issuer::Server(process(1)));
         // Replies to other slots, errors and the final 0 leave no cursor.
-        cursors.sent(5, &start, ServerId::first(1));
+        cursors.sent(5, &start, process(1));
         cursors.reply(6, &reply("5"));
         cursors.reply(5, b"-ERR no\r\n");
         assert!(cursors.in_flight.is_empty());
@@ -218,10 +232,10 @@ mod tests {
         let mut cursors = Cursors::default();
         let start = call(&["SCAN", "0"]).unwrap();
         for n in 1..=MAX_REMEMBERED as u64 + 1 {
-            cursors.sent(n, &start, ServerId::first(1));
+            cursors.sent(n, &start, process(1));
             cursors.reply(n, &reply(&n.to_string()));
         }
         assert_eq!(cursors.issuer(&call(&["SCAN", "1"]).unwrap()), Issuer::Unknown);
-        assert_eq!(cursors.issuer(&call(&["SCAN", "2"]).unwrap()), Issuer::Server(ServerId::first(1)));
+        assert_eq!(cursors.issuer(&call(&["SCAN", "2"]).unwrap()), Issuer::Server(process(1)));
     }
 }

@@ -13,7 +13,7 @@ use crate::command::CommandFlags;
 use crate::config::Config;
 use crate::conn::{ConnId, Lane};
 use crate::contract::{Action, Input, Outbox, TimerReason};
-use crate::cursor::{self, Issuer, ScanCall};
+use crate::cursor::{self, Issuer, Process, ScanCall};
 use crate::event::Event;
 use crate::failover::{Decision, Failover, SwitchoverStep};
 use crate::fence::{FencePoll, ReadFloor};

@@ -274,9 +274,14 @@ impl Failover {
         }
     }
 
-    /// When a planned switchover next polls the offsets.
+    /// When a planned switchover next polls the offsets: only while it waits for the target to catch up (once the
+    /// target is being promoted, the promotion's deadline is the one that counts, and a poll instant left behind
+    /// would be a deadline in the past forever).
     pub(crate) fn switchover_poll(&self) -> Option<Instant> {
-        self.switchover.as_ref().and_then(|s| s.poll.next())
+        match self.phase {
+            Phase::Switching { .. } => self.switchover.as_ref().and_then(|s| s.poll.next()),
+            _ => None,
+        }
     }
 
     /// A master was adopted (`address`, for `reason`): the planned switchover under way, if any, ended with it,
@@ -462,6 +467,11 @@ impl Failover {
         let master_address = &master_view.address;
         for (server, view) in views.iter() {
             if server == master || view.is_down() || view.info.is_none() {
+                continue;
+            }
+            // The same process as the master, watched under another address (`localhost` beside `127.0.0.1`):
+            // re-pointing it would make the master a replica of itself.
+            if !view.run_id().is_empty() && view.run_id() == master_view.run_id() {
                 continue;
             }
             let misplaced = view.is(Role::Master) || (view.is(Role::Replica) && !view.replicates(master_address));
@@ -803,6 +813,7 @@ mod tests {
         views[2].offset_seen = reading(120);
         let step = failover.advance_switchover(drained, &views, 0);
         assert!(matches!(step, SwitchoverStep::Promote { target: t, .. } if t == target), "{step:?}");
+        assert_eq!(failover.switchover_poll(), None, "no poll while the promotion awaits confirmation");
         // Its INFO confirms the promotion: adopted, and the requester hears it is done.
         views[2].info = Some(master_info("c"));
         views[0].info = Some(replica_info(3, 120, 100, "a"));

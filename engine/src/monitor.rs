@@ -332,6 +332,11 @@ impl Monitor {
                 self.answered(now, server, out);
                 let Some(view) = self.views.get_mut(server) else { return ProbeOutcome::Nothing };
                 let info = ReplicationInfo::parse(text);
+                let last_run_id =
+                    view.info.as_ref().and_then(|old| old.run_id.as_deref()).or(view.replica_run_id.as_deref());
+                if last_run_id.is_some_and(|old| info.run_id.as_deref().is_some_and(|new| new != old)) {
+                    view.incarnation += 1;
+                }
                 let changed = view.info.as_ref().is_none_or(|old| old.role != info.role || old.master != info.master);
                 if let (true, Some(role)) = (changed, info.role) {
                     out.event(Event::RoleSeen {
@@ -539,6 +544,7 @@ impl Monitor {
         watch.probe = None;
         watch.offset_pending = false;
         view.probe_pending_since = None;
+        view.incarnation += 1;
         view.worsen(Health::Unreachable, "its probe connection failed or broke");
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
         if !view.is_down() && !recently && !view.draining {
@@ -551,6 +557,7 @@ impl Monitor {
     /// to it until a probe hears from it (asked at once, if its probe connection still works).
     pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
         let Some(view) = self.views.get_mut(server) else { return };
+        view.incarnation += 1;
         view.worsen(Health::Suspect, "a data connection to it was refused or lost");
         if view.probe_pending_since.is_none() {
             self.send_probe(now, server, pool, out);
@@ -606,6 +613,7 @@ impl Monitor {
         view.health = Health::Down;
         view.why = reason;
         view.info = None;
+        view.incarnation += 1;
         *watch = Watch { probe: watch.probe, ..Watch::default() };
         out.event(Event::ServerDown { address: view.address.clone(), reason });
         true

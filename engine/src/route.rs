@@ -9,7 +9,7 @@
 
 use crate::command::{CommandFlags, CommandSpec};
 use crate::config::{Config, Mode};
-use crate::cursor::Issuer;
+use crate::cursor::{Issuer, Process};
 use crate::fence::ReadFloor;
 use crate::server_id::ServerId;
 use crate::topology::{ServerView, Views};
@@ -198,17 +198,21 @@ impl Router {
         }
     }
 
-    /// A cursor continues only on the server that issued it: the master if it still is the master, a replica if
-    /// it still serves reads; None when neither holds (anywhere else the iteration would silently skip or repeat
-    /// entries, so it starts again).
+    /// A cursor continues only on the process that issued it: the master if it still is the master, a replica if
+    /// it still serves reads, and not restarted since; None when that does not hold (anywhere else the iteration
+    /// would silently skip or repeat entries, so it starts again).
     fn route_to_issuer(
         &self,
         now: Instant,
-        issuer: ServerId,
+        process: Process,
         replica_read: bool,
         views: &Views,
         master: ServerId,
     ) -> Option<Route> {
+        let issuer = process.server;
+        if views.get(issuer)?.incarnation != process.incarnation {
+            return None;
+        }
         if issuer == master {
             return Some(Self::to_master(views, master));
         }
@@ -311,6 +315,10 @@ mod tests {
         Router::new(&config)
     }
 
+    fn process(slot: usize) -> Process {
+        Process { server: ServerId::first(slot), incarnation: 0 }
+    }
+
     fn read(issuer: Issuer, floor: ReadFloor) -> Demand {
         Demand { replica_read: true, issuer, floor }
     }
@@ -320,29 +328,32 @@ mod tests {
         let (mut router, mut views, now) = (router(""), cluster(), Instant::now());
         let master = Some(ServerId::first(0));
         for _ in 0..4 {
-            let demand = read(Issuer::Server(ServerId::first(2)), ReadFloor::Any);
+            let demand = read(Issuer::Server(process(2)), ReadFloor::Any);
             assert_eq!(router.route(now, demand, &views, master), Route::Server(ServerId::first(2)));
         }
-        let from_master = read(Issuer::Server(ServerId::first(0)), ReadFloor::Any);
+        let from_master = read(Issuer::Server(process(0)), ReadFloor::Any);
         assert_eq!(router.route(now, from_master, &views, master), Route::Server(ServerId::first(0)));
         // The issuing replica lost its link: the iteration starts again where a new one would go.
         views[2].info.as_mut().unwrap().link_up = false;
-        let route = router.route(now, read(Issuer::Server(ServerId::first(2)), ReadFloor::Any), &views, master);
+        let route = router.route(now, read(Issuer::Server(process(2)), ReadFloor::Any), &views, master);
         assert_eq!(route, Route::Restart(ServerId::first(1)), "the one readable replica");
+        // The issuing replica restarted (a new incarnation of the same server): the iteration starts again, here on
+        // the replica round robin comes to, which is the same server's new process.
+        views[2].info.as_mut().unwrap().link_up = true;
+        views[2].incarnation += 1;
+        let route = router.route(now, read(Issuer::Server(process(2)), ReadFloor::Any), &views, master);
+        assert_eq!(route, Route::Restart(ServerId::first(2)));
         // The issuing replica was removed: the same.
         let mut removed = views.clone();
         removed.remove(ServerId::first(2));
-        let route = router.route(now, read(Issuer::Server(ServerId::first(2)), ReadFloor::Any), &removed, master);
+        let route = router.route(now, read(Issuer::Server(process(2)), ReadFloor::Any), &removed, master);
         assert_eq!(route, Route::Restart(ServerId::first(1)));
         // A cursor of a master that was replaced (failover) starts again on the new master.
-        let old_master = read(Issuer::Server(ServerId::first(0)), ReadFloor::Any);
+        let old_master = read(Issuer::Server(process(0)), ReadFloor::Any);
         let new_master = Some(ServerId::first(1));
         assert_eq!(router.route(now, old_master, &views, new_master), Route::Restart(ServerId::first(1)));
         // No master: held, as every request is.
-        assert_eq!(
-            router.route(now, read(Issuer::Server(ServerId::first(1)), ReadFloor::Any), &views, None),
-            Route::Wait
-        );
+        assert_eq!(router.route(now, read(Issuer::Server(process(1)), ReadFloor::Any), &views, None), Route::Wait);
     }
 
     #[test]

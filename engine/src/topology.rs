@@ -187,6 +187,10 @@ pub(crate) struct ServerView {
     pub(crate) auth_refused: bool,
     /// Sentinel mode: the sentinels do not list it as a healthy replica, so it gets no reads.
     pub(crate) reads_vetoed: bool,
+    /// Bumped whenever the process behind the address may have changed: its run id changed, it was counted down,
+    /// or a connection to it was refused or lost. What belongs to one process (a `SCAN` cursor) is not used with
+    /// another.
+    pub(crate) incarnation: u64,
 }
 
 impl ServerView {
@@ -208,6 +212,7 @@ impl ServerView {
             probe_pending_since: None,
             auth_refused: false,
             reads_vetoed: false,
+            incarnation: 0,
         }
     }
 

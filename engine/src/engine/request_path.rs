@@ -277,7 +277,8 @@ impl Engine {
     #[inline(never)]
     pub(super) fn split_sent(&mut self, conn: ConnId, seq: u64, split: SplitFacts, server: ServerId) {
         if let Some(call) = &split.scan {
-            self.clients.scan_sent(conn, seq, call, server);
+            let incarnation = self.monitor.views().get(server).map_or(0, |v| v.incarnation);
+            self.clients.scan_sent(conn, seq, call, Process { server, incarnation });
         }
         if split.fences {
             self.clients.write_sent(conn, seq);

@@ -570,7 +570,6 @@ fn regression_a_knock_closed_by_the_engine_is_no_evidence() {
 /// which survives the restart; it would need the run id too (or the restart to invalidate the server's cursors)
 /// so that the iteration starts again from 0, as it does for a removed or down server.
 #[test]
-#[ignore = "engine bug: a SCAN cursor is continued on its server after that server restarted"]
 fn regression_scan_continued_on_a_restarted_server() {
     let scenario = Scenario {
         master_of: vec![0, 0],
@@ -602,7 +601,6 @@ fn regression_scan_continued_on_a_restarted_server() {
 /// comes ~100 ms after the promotion and the engine spins for 44 ms of simulated time (the harness counts each
 /// millisecond; found with two engines and no slow server, for 1 ms).
 #[test]
-#[ignore = "engine bug: the switchover poll deadline stays in the past while the promotion awaits confirmation"]
 fn regression_switchover_poll_deadline_left_in_the_past() {
     let scenario = Scenario {
         master_of: vec![0, 0],
@@ -631,7 +629,6 @@ fn regression_switchover_poll_deadline_left_in_the_past() {
 /// the engine then fails over. Both addresses report the same `run_id`; a server whose run id is the master's is
 /// the master, and must never be re-pointed (nor counted as a second server).
 #[test]
-#[ignore = "engine weakness: the master watched under a second address is re-pointed to itself"]
 fn regression_the_master_added_again_under_another_address() {
     check(&Scenario {
         master_of: vec![0, 0],
