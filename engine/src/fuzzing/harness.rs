@@ -370,11 +370,14 @@ impl Harness {
         // Actions and events come in two queues, so their order within one input is lost: a server added by this
         // input may be connected to in it, and one removed by it may have been sent its last probe in it.
         let events: Vec<Event> = std::iter::from_fn(|| self.driver.engine.poll_event()).collect();
-        for event in &events {
-            if let Event::ServerAdded { address } = event {
-                self.removed.remove(address);
-            }
-        }
+        let added: BTreeSet<ServerAddress> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::ServerAdded { address } => Some(address.clone()),
+                _ => None,
+            })
+            .collect();
+        let removed: BTreeSet<ServerAddress> = self.removed.difference(&added).cloned().collect();
         while let Some(action) = self.driver.engine.poll_action() {
             if self.trace {
                 eprintln!("  action {action:?}");
@@ -382,7 +385,7 @@ impl Harness {
             match action {
                 Action::Connect { conn, address } => {
                     assert!(!self.known.contains_key(&conn), "Connect with an id already in use or used: {conn}");
-                    assert!(!self.removed.contains(&address), "Connect to the removed server {address}");
+                    assert!(!removed.contains(&address), "Connect to the removed server {address}");
                     let server = self.universe.iter().position(|s| *s == address).expect("Connect to a known server");
                     self.known.insert(conn, Kind::Backend(self.backends.len()));
                     self.backends.push(BackendModel {
@@ -404,7 +407,7 @@ impl Harness {
                     }
                     Some(Kind::Backend(i)) => {
                         let address = &self.universe[self.backends[i].server];
-                        assert!(!self.removed.contains(address), "Send to the removed server {address}: {data:?}");
+                        assert!(!removed.contains(address), "Send to the removed server {address}: {data:?}");
                         let backend = &mut self.backends[i];
                         assert!(backend.open, "Send to the closed backend {conn}: {data:?}");
                         backend.sent.push(&data);
@@ -445,8 +448,14 @@ impl Harness {
             if self.trace {
                 eprintln!("  event {event}");
             }
-            if let Event::ServerRemoved { address } = &event {
-                self.removed.insert(address.clone());
+            match &event {
+                Event::ServerRemoved { address } => {
+                    self.removed.insert(address.clone());
+                }
+                Event::ServerAdded { address } => {
+                    self.removed.remove(address);
+                }
+                _ => {}
             }
             if let Event::ClientProtocolError { conn, message } = event {
                 assert!(message.starts_with("ERR Protocol error"), "protocol error event with {message:?}");
