@@ -144,6 +144,9 @@ pub(crate) struct Clients {
     /// The serial the monitor's next offset request carries (a fence's proof must come from it or a later one);
     /// kept current by the coordinator.
     next_offset_serial: u64,
+    /// What a held request's error ends with: why each server cannot be used (see
+    /// [`Clients::set_obstacles`]).
+    obstacles: String,
     config: ClientLimits,
 }
 
@@ -189,6 +192,7 @@ impl Clients {
             departed: Vec::new(),
             write_answered: false,
             next_offset_serial: 0,
+            obstacles: String::new(),
             config: ClientLimits::from(config),
         }
     }
@@ -445,12 +449,19 @@ impl Clients {
         client.held.push_front(held);
     }
 
+    /// Sets what the error of a held request that expires ends with: ` (address: reason; ...)`, why each server
+    /// cannot be used, or nothing; kept current by the coordinator while requests are held.
+    pub(crate) fn set_obstacles(&mut self, obstacles: String) {
+        self.obstacles = obstacles;
+    }
+
     fn hold_error(&self, master_known: bool) -> String {
         let ms = self.config.hold.as_millis();
+        let why = &self.obstacles;
         if master_known {
-            format!("ERR redis-proxy held the request for {ms} ms and could not send it")
+            format!("ERR redis-proxy held the request for {ms} ms and could not send it{why}")
         } else {
-            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms")
+            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms{why}")
         }
     }
 

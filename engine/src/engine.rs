@@ -15,6 +15,7 @@ use crate::contract::{Action, Input, Outbox, TimerReason};
 use crate::cursor::{self, Issuer, ScanCall};
 use crate::event::Event;
 use crate::failover::{Decision, Failover};
+use crate::failure;
 use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome, ReplicaOf};
 use crate::offset_poll::PollSchedule;
@@ -362,9 +363,9 @@ impl Engine {
                 self.pool.connected(conn);
                 self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
             }
-            Input::ConnectFailed { conn, reason } => {
+            Input::ConnectFailed { conn, reason, failure } => {
                 if let Some(server) = self.pool.server_of(conn) {
-                    self.monitor.connect_error(server, reason, &mut self.out);
+                    self.monitor.connect_error(server, reason, failure, &mut self.out);
                 }
                 self.backend_lost(now, conn, &format!("connect failed: {reason}"), Loss::ConnectFailed)
             }
@@ -404,6 +405,10 @@ impl Engine {
         self.settle_waits(now);
         self.advance_switchover(now);
         self.finish_removals(now);
+        if self.clients.any_held() {
+            // Why no server can be used, for the errors of the held requests that expire.
+            self.clients.set_obstacles(failure::obstacles_suffix(self.monitor.views()));
+        }
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         for backend in self.streams.stalled(now) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });

@@ -75,6 +75,7 @@
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
+//! | `failure` | why a server cannot be used: the runtime's [`ConnectFailure`], the last obstacle per server, the words a held request's error ends with |
 //! | `sentinel` | Sentinel mode: asks the sentinels, accepts the master a majority names, learns healthy replicas |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
@@ -108,6 +109,7 @@ mod cursor;
 mod engine;
 mod event;
 mod failover;
+mod failure;
 mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -149,6 +151,7 @@ pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;
 pub use event::{Event, Level};
+pub use failure::{CertificateProblem, ConnectFailure};
 pub use resp::Limits;
 pub use status::{
     BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,

@@ -17,6 +17,7 @@ use crate::config::{Config, ServerAddress};
 use crate::conn::ConnId;
 use crate::contract::{Outbox, TimerReason};
 use crate::event::Event;
+use crate::failure::{ConnectFailure, Obstacle};
 use crate::pool::{Pool, Probe, Purpose, Waiter};
 use crate::resp::Request;
 use crate::topology::{Health, ReplicationInfo, Role, ServerId, ServerView};
@@ -73,6 +74,9 @@ struct Watch {
     offset_pending: bool,
     /// Why the last connect failed, as reported (so that a reason that repeats every probe is logged once).
     connect_error: Option<String>,
+    /// The kind of the last connect failure since the last valid reply: the evidence a server that goes down
+    /// because of it is down for.
+    last_failure: Option<ConnectFailure>,
 }
 
 /// The probe schedule and what it has learnt.
@@ -402,6 +406,10 @@ impl Monitor {
     fn credentials_refused(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) {
         let view = &mut self.views[server.0];
         view.info = None;
+        // The first refusal says most (`-WRONGPASS` for the AUTH; the commands after it only get `-NOAUTH`).
+        if !view.auth_refused || !matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
+            view.obstacle = Some(Obstacle::credentials(frame));
+        }
         if !view.auth_refused {
             view.auth_refused = true;
             let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
@@ -413,6 +421,9 @@ impl Monitor {
     fn credentials_accepted(&mut self, server: ServerId, out: &mut Outbox) -> bool {
         let view = &mut self.views[server.0];
         let was_refused = std::mem::replace(&mut view.auth_refused, false);
+        if matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
+            view.obstacle = None;
+        }
         if was_refused {
             out.event(Event::ServerAuthAccepted { address: view.address.clone() });
         }
@@ -427,6 +438,9 @@ impl Monitor {
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
         view.why = "it answers probes";
+        if !view.auth_refused {
+            view.obstacle = None;
+        }
         if was != Health::Up {
             out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
@@ -457,10 +471,15 @@ impl Monitor {
         watch.knocks_timed_out += 1;
     }
 
-    /// A connect to `server` failed for `reason`: reported unless it is the reason already reported since the
-    /// server last answered.
-    pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, out: &mut Outbox) {
+    /// A connect to `server` failed for `reason` (of the kind `failure`): kept as its obstacle, and reported
+    /// unless it is the reason already reported since the server last answered.
+    pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, failure: ConnectFailure, out: &mut Outbox) {
         let watch = &mut self.watches[server.0];
+        watch.last_failure = Some(failure);
+        let view = &mut self.views[server.0];
+        if !view.auth_refused {
+            view.obstacle = Some(Obstacle::Connect(failure));
+        }
         if watch.connect_error.as_deref() != Some(reason) {
             watch.connect_error = Some(reason.to_string());
             out.event(Event::ConnectFailed {
@@ -492,7 +511,13 @@ impl Monitor {
 
     /// A connect to `server` was refused: its process is gone. Returns whether that made it down.
     pub(crate) fn refused(&mut self, server: ServerId, out: &mut Outbox) -> bool {
-        self.mark_down(server.0, "a connection to it was refused (its process is gone)", out)
+        self.views[server.0].obstacle = Some(Obstacle::Refused);
+        self.mark_down(
+            server.0,
+            "refused: a connection to it was refused (its process is gone)",
+            Obstacle::Refused,
+            out,
+        )
     }
 
     /// The probe connection of `server` failed or broke: reopened at once (at most once per `check_period`) to
@@ -541,34 +566,45 @@ impl Monitor {
                 out.event(Event::KillSent { address: self.views[index].address.clone(), command: kill });
                 continue;
             }
-            let reason = if watch.kill_sent_at.is_some() {
-                "still busy after busy_down_after and a kill"
+            let (reason, obstacle) = if watch.kill_sent_at.is_some() {
+                ("busy: still busy after busy_down_after and a kill", Obstacle::Busy)
             } else if watch.alive_at.is_some() {
-                "alive but not answering for busy_down_after"
+                ("busy: alive but not answering for busy_down_after", Obstacle::Busy)
             } else if watch.knocks_timed_out == 0 {
                 // Silent, and nothing says whether it is alive: one knock decides, within check_period.
                 self.knock(now, ServerId(index), pool, out);
                 continue;
             } else {
-                "no valid reply for down_after, and new connections time out"
+                match watch.last_failure {
+                    // New connections failed, for a reason the runtime saw (a TLS certificate refused ...).
+                    Some(failure) => (failure.down_reason(), Obstacle::Connect(failure)),
+                    None => {
+                        ("timed out: no valid reply for down_after, and new connections time out", Obstacle::NoReply)
+                    }
+                }
             };
-            if self.mark_down(index, reason, out) {
+            if self.mark_down(index, reason, obstacle, out) {
                 newly_down.push(ServerId(index));
             }
         }
         newly_down
     }
 
-    fn mark_down(&mut self, index: usize, reason: &'static str, out: &mut Outbox) -> bool {
+    fn mark_down(&mut self, index: usize, reason: &'static str, obstacle: Obstacle, out: &mut Outbox) -> bool {
         let view = &mut self.views[index];
         if view.is_down() {
             return false;
         }
+        if !view.auth_refused {
+            view.obstacle = Some(obstacle);
+        }
         view.health = Health::Down;
         view.why = reason;
         view.info = None;
-        let probe = self.watches[index].probe;
-        self.watches[index] = Watch { probe, ..Watch::default() };
+        let watch = &mut self.watches[index];
+        // The connect error already logged stays known, so that a down server failing the same way every probe
+        // round is not logged again.
+        *watch = Watch { probe: watch.probe, connect_error: watch.connect_error.take(), ..Watch::default() };
         out.event(Event::ServerDown { address: view.address.clone(), reason });
         true
     }

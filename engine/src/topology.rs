@@ -1,6 +1,7 @@
 //! What the proxy knows of each server: reachability from probes, role and replication facts from `INFO`.
 
 use crate::config::ServerAddress;
+use crate::failure::Obstacle;
 use std::fmt;
 use std::time::Instant;
 
@@ -193,6 +194,9 @@ pub(crate) struct ServerView {
     pub(crate) auth_refused: bool,
     /// Sentinel mode: the sentinels do not list it as a healthy replica, so it gets no reads.
     pub(crate) reads_vetoed: bool,
+    /// The last thing that kept it from being used (a refused or failed connect, credentials refused, no reply),
+    /// until it answers a probe again: what a held request's error names.
+    pub(crate) obstacle: Option<Obstacle>,
 }
 
 impl ServerView {
@@ -214,6 +218,7 @@ impl ServerView {
             probe_pending_since: None,
             auth_refused: false,
             reads_vetoed: false,
+            obstacle: None,
         }
     }
 

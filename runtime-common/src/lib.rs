@@ -38,7 +38,7 @@ pub use socket_table::SocketTable;
 pub use tls::{TlsConn, TlsSetup};
 pub use write_queue::{WriteQueue, MAX_IOVECS};
 
-use redis_proxy_engine::{Config, ConnId, Engine, Input, Level};
+use redis_proxy_engine::{Config, ConnId, ConnectFailure, Engine, Input, Level};
 use std::io;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -124,12 +124,24 @@ pub fn fire_due_timer(engine: &mut Engine, now: Instant, logger: Option<&Logger>
 }
 
 /// Reports a connect to a server that failed: a refusal as [`Input::Refused`] (nothing listens there: the
-/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`].
+/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`] with
+/// its kind ([`connect_failure`]).
 pub fn connect_failed(engine: &mut Engine, now: Instant, conn: ConnId, error: &io::Error) {
     if error.kind() == io::ErrorKind::ConnectionRefused {
         engine.handle_input(now, Input::Refused { conn });
     } else {
-        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string() });
+        let failure = connect_failure(error);
+        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string(), failure });
+    }
+}
+
+/// The kind of a failed connect to a server: the error's kind tells a timeout and an unreachable host from the
+/// rest.
+pub fn connect_failure(error: &io::Error) -> ConnectFailure {
+    match error.kind() {
+        io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Other,
     }
 }
 
