@@ -13,7 +13,8 @@
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
 //! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
-//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own);
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own; the rest with its
+//!   kind, a refused TLS certificate's in plain words from [`server_cert`]);
 //! - [`tls`]: TLS with rustls on both sides ([`TlsSetup`] from the configuration's files, [`TlsConn`] for one
 //!   connection, driven by the runtime's own sockets);
 //! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
@@ -27,6 +28,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod read_buffers;
+pub mod server_cert;
 pub mod socket_table;
 pub mod tls;
 pub mod write_queue;
@@ -135,9 +137,12 @@ pub fn connect_failed(engine: &mut Engine, now: Instant, conn: ConnId, error: &i
     }
 }
 
-/// The kind of a failed connect to a server: the error's kind tells a timeout and an unreachable host from the
-/// rest.
+/// The kind of a failed connect to a server: a failed TLS handshake says its own ([`server_cert::TlsFailure`]);
+/// otherwise the error's kind tells a timeout and an unreachable host from the rest.
 pub fn connect_failure(error: &io::Error) -> ConnectFailure {
+    if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<server_cert::TlsFailure>()) {
+        return tls.failure;
+    }
     match error.kind() {
         io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
         io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectFailure::Unreachable,
