@@ -3,8 +3,8 @@
 //! The engine (`redis-proxy-engine`) decides everything and does no I/O; a runtime (`redis-proxy-mio`,
 //! `redis-proxy-tokio`) moves bytes and time. What the runtimes would otherwise each write again lives here:
 //!
-//! - [`main`]: the binaries' shared `main` (command line, `--check`, `--help`, `--version`, exit codes);
-//!   [`cli`] for its parts;
+//! - [`main`]: the binaries' shared `main` (command line, `--check`, `--probe`, `--help`, `--version`, exit
+//!   codes); [`cli`] for its parts, [`probe`] for `--probe`;
 //! - [`log::Logger`]: log lines on standard error, filtered by `RUST_LOG`;
 //! - [`SocketTable`]: sockets by [`ConnId`](redis_proxy_engine::ConnId) index, with the generation checked;
 //! - [`ReadBuffers`]: large read-buffer allocations used again once the frames split off them are written;
@@ -27,6 +27,7 @@ pub mod closing;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod probe;
 pub mod read_buffers;
 pub mod server_cert;
 pub mod socket_table;
@@ -46,12 +47,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 /// The `main` of a runtime binary called `program`: reads the command line and the configuration file, answers
-/// `--help`, `--version` and `--check`, logs the configuration's warnings, then runs `run` with the configuration
-/// and a logger set by its `log_level` (else `RUST_LOG`). Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
-/// configuration.
+/// `--help`, `--version`, `--check` and `--probe` ([`probe`]), logs the configuration's warnings, then runs `run`
+/// with the configuration and a logger set by its `log_level` (else `RUST_LOG`). Exit code 0 when `run` returns,
+/// 1 when it fails, 2 for a bad command line or configuration.
 pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Result<()>) -> ExitCode {
     let (config, path) = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
         cli::Startup::Run(config, path) => (*config, path),
+        cli::Startup::Probe(config, path) => return probe::main(program, &config, &path),
         cli::Startup::Exit { code, stdout, stderr } => {
             print!("{stdout}");
             eprint!("{stderr}");
