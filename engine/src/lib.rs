@@ -86,6 +86,7 @@
 //! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
 //! | `tls_config` | the `tls` and `server_tls` settings, parsed for the runtimes (no decision depends on them) |
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
+//! | `trend` | a sample every [`TREND_INTERVAL`] of what the status page charts, kept for [`TREND_WINDOW`] |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
@@ -138,6 +139,7 @@ mod stream_path_tests;
 pub mod testkit;
 mod tls_config;
 mod topology;
+mod trend;
 mod upload;
 #[cfg(test)]
 mod upload_path_tests;
@@ -159,3 +161,4 @@ pub use status::{
 };
 pub use tls_config::{ClientTls, ServerTls, SYSTEM_CA_FILE};
 pub use topology::{Health, Role};
+pub use trend::{TrendSample, TREND_INTERVAL, TREND_WINDOW};

@@ -9,6 +9,7 @@ use crate::command::{CommandFlags, CommandSpec};
 use crate::config::{Mode, ServerAddress};
 use crate::event::Event;
 use crate::topology::{Health, Role};
+use crate::trend::TrendSample;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -294,6 +295,17 @@ pub struct ServerStatus {
     pub lag_seconds: Option<i64>,
     /// Replicas: whether the link to its master is up.
     pub link_up: Option<bool>,
+    /// Replicas: what replication is doing, from its last `INFO`: `in sync`, `syncing` (a sync with its master
+    /// is in progress, or its initial sync has not finished), `link down`, or `lagging` (it has not heard from its
+    /// master within `replica_max_lag`).
+    pub replication: Option<&'static str>,
+    /// `readsToSlaves`: why this server gets no reads now (None: it gets them, it is the routed master, or reads
+    /// do not go to replicas).
+    pub no_reads_because: Option<&'static str>,
+    /// The last thing that kept it from being used, briefly (`refused`, `timed out`, `TLS certificate refused
+    /// (expired)`, `WRONGPASS` ...), until it answers again; what a held request's error names. No secret and no
+    /// certificate content.
+    pub obstacle: Option<String>,
     /// How long ago it last gave a valid probe reply (None: never).
     pub last_ok_ago: Option<Duration>,
     /// The proxy's connections to it.
@@ -327,6 +339,9 @@ pub struct StatusSnapshot {
     pub held_bytes: usize,
     /// The counters.
     pub counters: Counters,
+    /// Samples of the last [`crate::TREND_WINDOW`], oldest first, one per [`crate::TREND_INTERVAL`]: for the status
+    /// page's charts.
+    pub trend: Vec<TrendSample>,
 }
 
 impl StatusSnapshot {
@@ -363,6 +378,7 @@ impl History {
             held_requests: gathered.held.0,
             held_bytes: gathered.held.1,
             counters: counters.clone(),
+            trend: Vec::new(),
         }
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct ReplicationInfo {
     pub(crate) link_up: bool,
     /// `master_link_down_since_seconds` (replicas, while the link is down)
     pub(crate) link_down_since_secs: Option<u64>,
+    /// `master_link_down_since_seconds:-1`: the link has not been up since the replica started, so its initial
+    /// sync has not finished (it may still be in the handshake, before `master_sync_in_progress` says 1).
+    pub(crate) never_synced: bool,
     /// `master_last_io_seconds_ago` (replicas)
     pub(crate) last_io_secs: Option<i64>,
     /// `slave_repl_offset` on replicas, `master_repl_offset` on masters
@@ -88,7 +91,10 @@ impl ReplicationInfo {
                 b"master_host" => master_host = Some(value_str.to_string()),
                 b"master_port" => master_port = value_str.parse::<u16>().ok(),
                 b"master_link_status" => info.link_up = value == b"up",
-                b"master_link_down_since_seconds" => info.link_down_since_secs = value_str.parse().ok(),
+                b"master_link_down_since_seconds" => {
+                    info.link_down_since_secs = value_str.parse().ok();
+                    info.never_synced = value == b"-1";
+                }
                 b"master_last_io_seconds_ago" => info.last_io_secs = value_str.parse().ok(),
                 b"master_repl_offset" => master_offset = value_str.parse().ok(),
                 b"slave_repl_offset" => replica_offset = value_str.parse().ok(),
@@ -324,6 +330,10 @@ mod tests {
         assert_eq!(info.repl_offset, 420);
         assert_eq!(info.priority, 50);
         assert_eq!(info.replid2, None);
+        assert!(!info.never_synced);
+        let waiting =
+            ReplicationInfo::parse(b"role:slave\r\nmaster_link_status:down\r\nmaster_link_down_since_seconds:-1\r\n");
+        assert!(waiting.never_synced && !waiting.link_up && waiting.link_down_since_secs.is_none());
     }
 
     #[test]
