@@ -108,7 +108,7 @@ pub(crate) fn percentile(histogram: &LatencyHistogram, percent: u64) -> Option<D
         return None;
     }
     // The rank of the wanted latency, 1-based: the smallest that at least `percent`% of them do not exceed.
-    let rank = (count * percent).div_ceil(100).max(1);
+    let rank = count.saturating_mul(percent).div_ceil(100).max(1);
     let mut below = 0;
     for (index, &in_bucket) in histogram.counts.iter().enumerate() {
         if in_bucket == 0 || below + in_bucket < rank {

@@ -406,7 +406,9 @@ fn open(address: &ServerAddress, tls: &TlsSetup, timeout: Duration, result: &mut
         if let Err(error) = conn.handshake() {
             result.failure = Some(match error.get_ref().and_then(|e| e.downcast_ref::<TlsFailure>()) {
                 Some(failure) => format!("TLS refused: {}", plain_part(&failure.text)),
-                None => format!("TLS refused: {}", io_words(&error)),
+                // No answer to the handshake: a server that does not answer, not a refusal.
+                None if matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => io_words(&error),
+                None => format!("TLS failed: {}", io_words(&error)),
             });
             return None;
         }
@@ -506,7 +508,11 @@ impl Conn {
                     let taken = tls.write(&mut &self.stream, &[IoSlice::new(bytes)])?;
                     bytes = &bytes[taken..];
                 }
-                while !tls.flush(&mut &self.stream)? {}
+                while !tls.flush(&mut &self.stream)? {
+                    if Instant::now() >= self.deadline {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
                 Ok(())
             }
         }
