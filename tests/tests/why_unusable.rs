@@ -1,8 +1,9 @@
 //! When a server cannot be used, the proxy says why: to the client (the `MASTERDOWN` of a held request ends with
 //! the last reason per server), in the log (one line in plain words), and before start (`--probe`). Also: a TLS
 //! server whose self-signed certificate is listed in `server_tls.ca_file` itself is accepted (pinned), as
-//! OpenSSL clients accept it. Both runtimes.
+//! OpenSSL clients accept it. `--probe` in Sentinel mode asks the sentinels first. Both runtimes.
 
+use redis_proxy_tests::sentinel::{sentinel_section, Sentinel};
 use redis_proxy_tests::tls::Certs;
 use redis_proxy_tests::{
     bulk, exclusive, proxy_binary, scratch_dir, status, wait_until, Proxy, RedisServer, Reply, Runtime,
@@ -241,5 +242,31 @@ fn probe_of_a_healthy_tls_setup_with_credentials_says_what_each_server_is() {
         assert!(lines[1].starts_with(&replica_line), "{text}");
         assert_eq!(lines[2], format!("OK: 127.0.0.1:{} is usable as master", master.port));
         assert!(!text.contains("s3cret"), "no secret printed");
+    }
+}
+
+#[test]
+fn probe_in_sentinel_mode_asks_every_sentinel_then_probes_the_master_they_name() {
+    let _serial = exclusive();
+    let master = RedisServer::start();
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
+    let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
+    for &runtime in Runtime::ALL {
+        let (code, text) = probe(runtime, &sentinel_section(&ports, ""));
+        assert_eq!(code, Some(0), "{runtime:?}: {text}");
+        for port in &ports {
+            let line = format!(
+                "sentinel 127.0.0.1:{port}  reachable  plain TCP  no auth  names master 127.0.0.1:{}",
+                master.port
+            );
+            assert!(text.contains(&line), "{runtime:?}: {text}");
+        }
+        assert!(text.contains(&format!("127.0.0.1:{}  reachable  plain TCP  no auth  master", master.port)), "{text}");
+        assert!(text.contains(&format!("OK: a majority of the sentinels names 127.0.0.1:{}", master.port)), "{text}");
+        // A name they do not monitor: no master.
+        let unknown = sentinel_section(&ports, "").replace("\"mymaster\"", "\"nosuch\"");
+        let (code, text) = probe(runtime, &unknown);
+        assert_eq!(code, Some(1), "{runtime:?}: {text}");
+        assert!(text.contains("does not know the master name \"nosuch\"") && text.contains("NO MASTER"), "{text}");
     }
 }
