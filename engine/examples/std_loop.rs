@@ -6,7 +6,7 @@
 //! (for at most 1 s each). The real runtimes (`redis-proxy`, `redis-proxy-tokio`) do neither.
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Input};
+use redis_proxy_engine::{Action, Config, ConnId, ConnectFailure, Engine, Input};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -125,7 +125,7 @@ fn perform(engine: &mut Engine, conns: &mut Conns) {
         for (conn, failure) in reports {
             let input = match &failure {
                 None => Input::Connected { conn },
-                Some(reason) => Input::ConnectFailed { conn, reason },
+                Some(reason) => Input::ConnectFailed { conn, reason, failure: ConnectFailure::Other },
             };
             engine.handle_input(Instant::now(), input);
         }

@@ -284,6 +284,11 @@ impl Clients {
         self.holds.unpop(&mut client.held, held);
     }
 
+    /// Sets what the error of a held request that expires ends with (see [`HoldQueue::set_obstacles`]).
+    pub(crate) fn set_obstacles(&mut self, obstacles: String) {
+        self.holds.set_obstacles(obstacles);
+    }
+
     /// Answers every held request whose time is up with an error.
     pub(crate) fn expire_held(&mut self, now: Instant, master_known: bool, out: &mut Outbox) {
         let mut expired = 0;

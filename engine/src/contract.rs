@@ -4,6 +4,7 @@
 use crate::address::ServerAddress;
 use crate::conn::{ConnId, Lane};
 use crate::event::Event;
+use crate::failure::ConnectFailure;
 use crate::status::Counters;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -56,12 +57,15 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnId,
     },
-    /// A connection asked for with [`Action::Connect`] could not be established.
+    /// A connection asked for with [`Action::Connect`] could not be established (the TCP connect, or the TLS
+    /// handshake a runtime does before it reports [`Input::Connected`]).
     ConnectFailed {
         /// The connection.
         conn: ConnId,
-        /// Why, for the log.
+        /// Why, in plain words, for the log.
         reason: &'a str,
+        /// Why, as a kind: what the server's status and a held request's error say.
+        failure: ConnectFailure,
     },
     /// A connection asked for with [`Action::Connect`] was refused (`ECONNREFUSED`): nothing listens there, so
     /// the server's process is gone. Report other connect failures as [`Input::ConnectFailed`].

@@ -26,7 +26,8 @@ use crate::server_id::ServerId;
 use crate::session::{Handling, Pin};
 use crate::status::{Class, Gathered, History, ServerStatus, StatusSnapshot, Target, LATENCY_SAMPLE};
 use crate::stream::{Piece, Streams};
-use crate::topology::Role;
+use crate::topology::{self, Role};
+use crate::trend::Trend;
 use crate::upload::{UploadPiece, Uploads};
 use crate::wait::Waits;
 use bytes::BytesMut;
@@ -67,6 +68,8 @@ pub struct Engine {
     config: Config,
     /// Sentinel mode: the sentinels decide the master (the failover rules are not applied).
     sentinels: Option<Sentinels>,
+    /// Samples of the last minutes, for the status page's charts.
+    trend: Trend,
 }
 
 impl Engine {
@@ -91,6 +94,7 @@ impl Engine {
             master_since: None,
             admins: AdminClients::default(),
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
+            trend: Trend::default(),
             config,
         };
         for (id, view) in engine.monitor.views().iter() {
@@ -127,6 +131,7 @@ impl Engine {
             .map(|(id, view)| {
                 let info = view.info.as_ref();
                 let replica = info.is_some_and(|i| i.role == Some(Role::Replica));
+                let replica_info = info.filter(|_| replica);
                 ServerStatus {
                     address: view.address.clone(),
                     role: info.and_then(|i| i.role),
@@ -141,8 +146,28 @@ impl Engine {
                     lag_bytes: master_offset
                         .zip(info.filter(|_| replica))
                         .map(|(m, i)| m.saturating_sub(i.repl_offset).max(0)),
-                    lag_seconds: info.filter(|_| replica).and_then(|i| i.last_io_secs),
-                    link_up: info.filter(|_| replica).map(|i| i.link_up),
+                    // Redis says -1 while the link is down or syncing: no lag to show then.
+                    lag_seconds: replica_info
+                        .filter(|i| i.link_up && !i.sync_in_progress)
+                        .and_then(|i| i.last_io_secs)
+                        .filter(|s| *s >= 0),
+                    link_up: replica_info.map(|i| i.link_up),
+                    replication: replica_info.map(|i| {
+                        let lagging = i.last_io_secs.is_some_and(|s| {
+                            s < 0 || Duration::from_secs(s.unsigned_abs()) > self.config.replica_max_lag
+                        });
+                        if i.sync_in_progress || (!i.link_up && i.never_synced) {
+                            "syncing"
+                        } else if !i.link_up {
+                            "link down"
+                        } else if lagging {
+                            "lagging"
+                        } else {
+                            "in sync"
+                        }
+                    }),
+                    no_reads_because: self.router.why_no_reads(now, views, master, id),
+                    obstacle: view.obstacle.as_ref().map(|o| o.brief().to_string()),
                     last_ok_ago: view.last_ok.map(|ok| now.saturating_duration_since(ok)),
                     connections: self.pool.counts_of(id),
                 }
@@ -166,7 +191,9 @@ impl Engine {
             clients: self.clients.count(),
             held: self.clients.held_stats(),
         };
-        self.history.snapshot_into(now, gathered, &self.out.counters)
+        let mut snapshot = self.history.snapshot_into(now, gathered, &self.out.counters);
+        snapshot.trend = self.trend.samples(now);
+        snapshot
     }
 
     /// The master writes go to now, if any.
@@ -264,9 +291,9 @@ impl Engine {
                 self.pool.connected(conn);
                 self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
             }
-            Input::ConnectFailed { conn, reason } => {
+            Input::ConnectFailed { conn, reason, failure } => {
                 if let Some(server) = self.pool.server_of(conn) {
-                    self.monitor.connect_error(server, reason, &mut self.out);
+                    self.monitor.connect_error(server, reason, failure, &mut self.out);
                 }
                 self.backend_lost(now, conn, &format!("connect failed: {reason}"), Loss::ConnectFailed)
             }
@@ -291,6 +318,10 @@ impl Engine {
     /// Lets the engine act on time: probes, down detection, failover deadlines, held requests that expire, the end
     /// of the shutdown grace.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.trend.due(now) {
+            let snapshot = self.status(now);
+            self.trend.record(now, &snapshot);
+        }
         self.monitor.tick(now, &mut self.pool, &mut self.out);
         if let Some(sentinels) = self.sentinels.as_mut() {
             sentinels.tick(now, &mut self.pool, &mut self.out);
@@ -306,6 +337,10 @@ impl Engine {
         self.settle_waits(now);
         self.advance_switchover(now);
         self.finish_removals(now);
+        if self.clients.any_held() {
+            // Why no server can be used, for the errors of the held requests that expire.
+            self.clients.set_obstacles(topology::obstacles_suffix(self.monitor.views()));
+        }
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         for backend in self.streams.stalled(now) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });

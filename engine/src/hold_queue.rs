@@ -75,12 +75,15 @@ pub(crate) struct HoldQueue {
     /// (deadline, client) in deadline order, at most one per client; stale entries (for a client that is gone, or
     /// whose requests ran) are skipped when they come due.
     deadlines: VecDeque<(Instant, ConnId)>,
+    /// What the error ends with: ` (address: reason; ...)`, why each server cannot be used, or nothing (see
+    /// [`HoldQueue::set_obstacles`]).
+    obstacles: String,
 }
 
 impl HoldQueue {
     /// Nothing held yet; requests are held for `hold`, in at most `max_bytes` over all clients.
     pub(crate) fn new(hold: Duration, max_bytes: usize) -> HoldQueue {
-        HoldQueue { hold, max_bytes, count: 0, bytes: 0, deadlines: VecDeque::new() }
+        HoldQueue { hold, max_bytes, count: 0, bytes: 0, deadlines: VecDeque::new(), obstacles: String::new() }
     }
 
     /// Applies reloaded bounds. Deadlines already tracked stay; when one comes, the requests behind it are checked
@@ -110,13 +113,20 @@ impl HoldQueue {
         self.deadlines.front().map(|(at, _)| *at)
     }
 
+    /// Sets what the error of a held request that expires ends with: ` (address: reason; ...)`, why each server
+    /// cannot be used, or nothing; kept current by the coordinator while requests are held.
+    pub(crate) fn set_obstacles(&mut self, obstacles: String) {
+        self.obstacles = obstacles;
+    }
+
     /// The error a request gets when it is not sent within the bounds.
     pub(crate) fn error(&self, master_known: bool) -> String {
         let ms = self.hold.as_millis();
+        let why = &self.obstacles;
         if master_known {
-            format!("ERR redis-proxy held the request for {ms} ms and could not send it")
+            format!("ERR redis-proxy held the request for {ms} ms and could not send it{why}")
         } else {
-            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms")
+            format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms{why}")
         }
     }
 

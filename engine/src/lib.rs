@@ -77,6 +77,7 @@
 //! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
+//! | `failure` | why a server cannot be used: the runtime's [`ConnectFailure`], the last obstacle per server, the words a held request's error ends with |
 //! | `sentinel` | Sentinel mode: asks the sentinels, accepts the master a majority names, learns healthy replicas |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |
@@ -87,6 +88,7 @@
 //! | `offset_poll` | the schedule on which `wait`, `fence` and a planned switchover re-read replication offsets |
 //! | `tls_config` | the `tls` and `server_tls` settings, parsed for the runtimes (no decision depends on them) |
 //! | `status` | the [`StatusSnapshot`] ([`Engine::status`]), the cheap [`Counters`], the failover history |
+//! | `trend` | a sample every [`TREND_INTERVAL`] of what the status page charts, kept for [`TREND_WINDOW`] |
 //! | `engine` | the coordinator: [`Engine`] |
 //!
 //! The `fuzzing` feature publishes the fuzz target bodies; `testkit` the test kit (fake clock, fake server, engine
@@ -113,6 +115,7 @@ mod cursor;
 mod engine;
 mod event;
 mod failover;
+mod failure;
 mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -134,6 +137,7 @@ pub mod testkit;
 mod tests;
 mod tls_config;
 mod topology;
+mod trend;
 mod upload;
 mod wait;
 
@@ -147,10 +151,12 @@ pub use conn::ConnId;
 pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;
 pub use event::{Event, Level};
+pub use failure::{CertificateProblem, ConnectFailure};
 pub use resp::Limits;
 pub use status::{
     BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
-    Target, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
+    Target, TrendSample, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
 };
 pub use tls_config::{ClientTls, ServerTls, SYSTEM_CA_FILE};
 pub use topology::{Health, Role};
+pub use trend::{TREND_INTERVAL, TREND_WINDOW};

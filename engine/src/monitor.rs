@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::conn::ConnId;
 use crate::contract::{Outbox, TimerReason};
 use crate::event::Event;
+use crate::failure::{ConnectFailure, Obstacle};
 use crate::pool::{Pool, Probe, Purpose, Waiter};
 use crate::resp::Request;
 use crate::server_id::{ServerId, ServerTable};
@@ -75,6 +76,9 @@ struct Watch {
     offset_pending: bool,
     /// Why the last connect failed, as reported (so that a reason that repeats every probe is logged once).
     connect_error: Option<String>,
+    /// The kind of the last connect failure since the last valid reply: the evidence a server that goes down
+    /// because of it is down for.
+    last_failure: Option<ConnectFailure>,
 }
 
 /// The probe schedule and what it has learnt.
@@ -444,6 +448,10 @@ impl Monitor {
     fn credentials_refused(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) {
         let Some(view) = self.views.get_mut(server) else { return };
         view.info = None;
+        // The first refusal says most (`-WRONGPASS` for the AUTH; the commands after it only get `-NOAUTH`).
+        if !view.auth_refused || !matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
+            view.obstacle = Some(Obstacle::credentials(frame));
+        }
         if !view.auth_refused {
             view.auth_refused = true;
             let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
@@ -455,6 +463,9 @@ impl Monitor {
     fn credentials_accepted(&mut self, server: ServerId, out: &mut Outbox) -> bool {
         let Some(view) = self.views.get_mut(server) else { return false };
         let was_refused = std::mem::replace(&mut view.auth_refused, false);
+        if matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
+            view.obstacle = None;
+        }
         if was_refused {
             out.event(Event::ServerAuthAccepted { address: view.address.clone() });
         }
@@ -471,6 +482,9 @@ impl Monitor {
             Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
         let was = std::mem::replace(&mut view.health, Health::Up);
         view.why = "it answers probes";
+        if !view.auth_refused {
+            view.obstacle = None;
+        }
         if was != Health::Up {
             out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
@@ -502,10 +516,14 @@ impl Monitor {
         watch.knocks_timed_out += 1;
     }
 
-    /// A connect to `server` failed for `reason`: reported unless it is the reason already reported since the
-    /// server last answered.
-    pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, out: &mut Outbox) {
-        let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get_mut(server)) else { return };
+    /// A connect to `server` failed for `reason` (of the kind `failure`): kept as its obstacle, and reported
+    /// unless it is the reason already reported since the server last answered.
+    pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, failure: ConnectFailure, out: &mut Outbox) {
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else { return };
+        watch.last_failure = Some(failure);
+        if !view.auth_refused {
+            view.obstacle = Some(Obstacle::Connect(failure));
+        }
         if watch.connect_error.as_deref() != Some(reason) {
             watch.connect_error = Some(reason.to_string());
             out.event(Event::ConnectFailed { address: view.address.clone(), reason: reason.to_string() });
@@ -534,7 +552,10 @@ impl Monitor {
 
     /// A connect to `server` was refused: its process is gone. Returns whether that made it down.
     pub(crate) fn refused(&mut self, server: ServerId, out: &mut Outbox) -> bool {
-        self.mark_down(server, "a connection to it was refused (its process is gone)", out)
+        if let Some(view) = self.views.get_mut(server) {
+            view.obstacle = Some(Obstacle::Refused);
+        }
+        self.mark_down(server, "refused: a connection to it was refused (its process is gone)", Obstacle::Refused, out)
     }
 
     /// The probe connection of `server` failed or broke: reopened at once (at most once per `check_period`) to
@@ -585,36 +606,47 @@ impl Monitor {
                 out.event(Event::KillSent { address: view.address.clone(), command: kill });
                 continue;
             }
-            let reason = if watch.kill_sent_at.is_some() {
-                "still busy after busy_down_after and a kill"
+            let (reason, obstacle) = if watch.kill_sent_at.is_some() {
+                ("busy: still busy after busy_down_after and a kill", Obstacle::Busy)
             } else if watch.alive_at.is_some() {
-                "alive but not answering for busy_down_after"
+                ("busy: alive but not answering for busy_down_after", Obstacle::Busy)
             } else if watch.knocks_timed_out == 0 {
                 // Silent, and nothing says whether it is alive: one knock decides, within check_period.
                 self.knock(now, server, pool, out);
                 continue;
             } else {
-                "no valid reply for down_after, and new connections time out"
+                match watch.last_failure {
+                    // New connections failed, for a reason the runtime saw (a TLS certificate refused ...).
+                    Some(failure) => (failure.down_reason(), Obstacle::Connect(failure)),
+                    None => {
+                        ("timed out: no valid reply for down_after, and new connections time out", Obstacle::NoReply)
+                    }
+                }
             };
-            if self.mark_down(server, reason, out) {
+            if self.mark_down(server, reason, obstacle, out) {
                 newly_down.push(server);
             }
         }
         newly_down
     }
 
-    fn mark_down(&mut self, server: ServerId, reason: &'static str, out: &mut Outbox) -> bool {
+    fn mark_down(&mut self, server: ServerId, reason: &'static str, obstacle: Obstacle, out: &mut Outbox) -> bool {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
             return false;
         };
         if view.is_down() {
             return false;
         }
+        if !view.auth_refused {
+            view.obstacle = Some(obstacle);
+        }
         view.health = Health::Down;
         view.why = reason;
         view.info = None;
         view.incarnation += 1;
-        *watch = Watch { probe: watch.probe, ..Watch::default() };
+        // The connect error already logged stays known, so that a down server failing the same way every probe
+        // round is not logged again.
+        *watch = Watch { probe: watch.probe, connect_error: watch.connect_error.take(), ..Watch::default() };
         out.event(Event::ServerDown { address: view.address.clone(), reason });
         true
     }

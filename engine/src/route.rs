@@ -28,18 +28,34 @@ struct ReadPolicy {
 
 /// Whether `view` may serve reads for `master`: routable, answering probes, linked to it, not syncing, not lagging.
 fn is_readable_replica(view: &ServerView, master: &ServerView, policy: &ReadPolicy) -> bool {
-    let Some(info) = view.info.as_ref() else { return false };
-    let max_lag = policy.max_lag;
+    why_no_reads(view, master, policy).is_none()
+}
+
+/// Why `view` may not serve reads for `master`, in words for the status page (None: it may): the first of the
+/// checks [`is_readable_replica`] makes that fails.
+fn why_no_reads(view: &ServerView, master: &ServerView, policy: &ReadPolicy) -> Option<&'static str> {
+    let Some(info) = view.info.as_ref() else { return Some("no INFO from it since it was last down") };
     let probe_late = view
         .probe_pending_since
         .is_some_and(|since| policy.now.saturating_duration_since(since) > policy.probe_late_after);
-    view.is_routable()
-        && !view.reads_vetoed
-        && !probe_late
-        && view.replicates(&master.address)
-        && info.link_up
-        && !info.sync_in_progress
-        && info.last_io_secs.is_none_or(|s| s >= 0 && Duration::from_secs(s as u64) <= max_lag)
+    let lag_ok = info.last_io_secs.is_none_or(|s| s >= 0 && Duration::from_secs(s as u64) <= policy.max_lag);
+    if !view.is_routable() {
+        Some("it is not routable (see its health)")
+    } else if view.reads_vetoed {
+        Some("the sentinels do not list it as a healthy replica")
+    } else if probe_late {
+        Some("its probe is late")
+    } else if !view.replicates(&master.address) {
+        Some("it does not replicate the routed master (or is loading)")
+    } else if info.sync_in_progress || (!info.link_up && info.never_synced) {
+        Some("syncing: its initial sync with the master has not finished")
+    } else if !info.link_up {
+        Some("link down: its link to the master is down")
+    } else if !lag_ok {
+        Some("lagging: it has not heard from the master within replica_max_lag")
+    } else {
+        None
+    }
 }
 
 /// The next replica for a read, round robin from `cursor` (which is advanced), or None when no replica is usable.
@@ -130,6 +146,23 @@ impl Router {
     /// master).
     pub(crate) fn replica_read(&self, spec: Option<&'static CommandSpec>, private: bool) -> bool {
         self.reads_to_replicas && !private && spec.is_some_and(same_on_a_replica)
+    }
+
+    /// Why `server` gets no reads now, for the status page (None: it may get them, or reads do not go to
+    /// replicas: `allToMaster`, or it is the routed master).
+    pub(crate) fn why_no_reads(
+        &self,
+        now: Instant,
+        views: &Views,
+        master: Option<ServerId>,
+        server: ServerId,
+    ) -> Option<&'static str> {
+        if !self.reads_to_replicas || master == Some(server) {
+            return None;
+        }
+        let Some(master) = master else { return Some("no master is routed") };
+        let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
+        why_no_reads(views.get(server)?, views.get(master)?, &policy)
     }
 
     /// Whether clients' writes fence their reads (`read_your_writes` in `readsToSlaves`).

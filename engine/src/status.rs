@@ -295,10 +295,40 @@ pub struct ServerStatus {
     pub lag_seconds: Option<i64>,
     /// Replicas: whether the link to its master is up.
     pub link_up: Option<bool>,
+    /// Replicas: what replication is doing, from its last `INFO`: `in sync`, `syncing` (a sync with its master
+    /// is in progress, or its initial sync has not finished), `link down`, or `lagging` (it has not heard from its
+    /// master within `replica_max_lag`).
+    pub replication: Option<&'static str>,
+    /// `readsToSlaves`: why this server gets no reads now (None: it gets them, it is the routed master, or reads
+    /// do not go to replicas).
+    pub no_reads_because: Option<&'static str>,
+    /// The last thing that kept it from being used, briefly (`refused`, `timed out`, `TLS certificate refused
+    /// (expired)`, `WRONGPASS` ...), until it answers again; what a held request's error names. No secret and no
+    /// certificate content.
+    pub obstacle: Option<String>,
     /// How long ago it last gave a valid probe reply (None: never).
     pub last_ok_ago: Option<Duration>,
     /// The proxy's connections to it.
     pub connections: BackendCounts,
+}
+
+/// One sample of the trend, as [`StatusSnapshot::trend`] hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrendSample {
+    /// How long before the snapshot it was taken.
+    pub ago: Duration,
+    /// Requests answered since start, by [`Target`] (indexes as in [`Target::ALL`]): running totals.
+    pub requests_total: [u64; 3],
+    /// The median latency of the requests observed since the sample before (None: none observed, or the first
+    /// sample), estimated within its power-of-two histogram bucket.
+    pub latency_p50: Option<Duration>,
+    /// The 99th percentile latency, likewise.
+    pub latency_p99: Option<Duration>,
+    /// Requests held at that moment.
+    pub held_requests: usize,
+    /// Each replica's lag behind the routed master at that moment, in bytes (servers without one, and replicas
+    /// whose link is down or that are syncing, are left out).
+    pub lag_bytes: Vec<(ServerAddress, i64)>,
 }
 
 /// Everything an operator may want to know, at one instant.
@@ -328,6 +358,9 @@ pub struct StatusSnapshot {
     pub held_bytes: usize,
     /// The counters.
     pub counters: Counters,
+    /// Samples of the last [`crate::TREND_WINDOW`], oldest first, one per [`crate::TREND_INTERVAL`]: for the status
+    /// page's charts.
+    pub trend: Vec<TrendSample>,
 }
 
 impl StatusSnapshot {
@@ -364,6 +397,7 @@ impl History {
             held_requests: gathered.held.0,
             held_bytes: gathered.held.1,
             counters: counters.clone(),
+            trend: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the proxy knows of each server: reachability from probes, role and replication facts from `INFO`.
 
 use crate::address::ServerAddress;
+use crate::failure::Obstacle;
 use crate::server_id::ServerTable;
 use std::fmt;
 use std::time::Instant;
@@ -37,6 +38,9 @@ pub(crate) struct ReplicationInfo {
     pub(crate) link_up: bool,
     /// `master_link_down_since_seconds` (replicas, while the link is down)
     pub(crate) link_down_since_secs: Option<u64>,
+    /// `master_link_down_since_seconds:-1`: the link has not been up since the replica started, so its initial
+    /// sync has not finished (it may still be in the handshake, before `master_sync_in_progress` says 1).
+    pub(crate) never_synced: bool,
     /// `master_last_io_seconds_ago` (replicas)
     pub(crate) last_io_secs: Option<i64>,
     /// `slave_repl_offset` on replicas, `master_repl_offset` on masters
@@ -81,7 +85,10 @@ impl ReplicationInfo {
                 b"master_host" => master_host = Some(value_str.to_string()),
                 b"master_port" => master_port = value_str.parse::<u16>().ok(),
                 b"master_link_status" => info.link_up = value == b"up",
-                b"master_link_down_since_seconds" => info.link_down_since_secs = value_str.parse().ok(),
+                b"master_link_down_since_seconds" => {
+                    info.link_down_since_secs = value_str.parse().ok();
+                    info.never_synced = value == b"-1";
+                }
                 b"master_last_io_seconds_ago" => info.last_io_secs = value_str.parse().ok(),
                 b"master_repl_offset" => master_offset = value_str.parse().ok(),
                 b"slave_repl_offset" => replica_offset = value_str.parse().ok(),
@@ -191,6 +198,9 @@ pub(crate) struct ServerView {
     /// or a connection to it was refused or lost. What belongs to one process (a `SCAN` cursor) is not used with
     /// another.
     pub(crate) incarnation: u64,
+    /// The last thing that kept it from being used (a refused or failed connect, credentials refused, no reply),
+    /// until it answers a probe again: what a held request's error names.
+    pub(crate) obstacle: Option<Obstacle>,
 }
 
 impl ServerView {
@@ -213,6 +223,7 @@ impl ServerView {
             auth_refused: false,
             reads_vetoed: false,
             incarnation: 0,
+            obstacle: None,
         }
     }
 
@@ -295,6 +306,21 @@ impl ServerView {
     }
 }
 
+/// What a held request's error ends with: ` (address: obstacle; ...)` for every server with an obstacle, in
+/// configuration order; empty when none has one.
+pub(crate) fn obstacles_suffix(views: &Views) -> String {
+    let mut parts =
+        views.values().filter_map(|view| Some(format!("{}: {}", view.address, view.obstacle.as_ref()?.brief())));
+    let Some(first) = parts.next() else { return String::new() };
+    let mut suffix = format!(" ({first}");
+    for part in parts {
+        suffix.push_str("; ");
+        suffix.push_str(&part);
+    }
+    suffix.push(')');
+    suffix
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +335,10 @@ mod tests {
         assert_eq!(info.repl_offset, 420);
         assert_eq!(info.priority, 50);
         assert_eq!(info.replid2, None);
+        assert!(!info.never_synced);
+        let waiting =
+            ReplicationInfo::parse(b"role:slave\r\nmaster_link_status:down\r\nmaster_link_down_since_seconds:-1\r\n");
+        assert!(waiting.never_synced && !waiting.link_up && waiting.link_down_since_secs.is_none());
     }
 
     #[test]

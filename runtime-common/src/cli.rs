@@ -9,6 +9,9 @@ pub enum CliCommand {
     Run(String),
     /// Validate the config file at this path and exit.
     Check(String),
+    /// Connect to the servers of the config file at this path, say what each one is, and exit (0: a master is
+    /// usable).
+    Probe(String),
     /// Print usage.
     Help,
     /// Print the version.
@@ -21,6 +24,9 @@ pub enum Startup {
     /// Run the proxy with this configuration (its `warnings` are for the log), read from the file at this path
     /// (re-read on reload).
     Run(Box<Config>, String),
+    /// `--probe`: connect to the servers of this valid configuration, read from the file at this path (see
+    /// [`crate::probe`]).
+    Probe(Box<Config>, String),
     /// Print these and exit with `code` without running (help, version, `--check`, or an error).
     Exit {
         /// The process exit code: 0, or 2 for a bad command line or configuration.
@@ -40,14 +46,15 @@ where
     F: FnOnce(&str) -> std::io::Result<String>,
 {
     let exit = |code: u8, stdout: String, stderr: String| Startup::Exit { code, stdout, stderr };
-    let (path, check_only) = match parse_args(args) {
+    let (path, check_only, probe) = match parse_args(args) {
         Err(message) => return exit(2, String::new(), format!("{program}: {message}\n\n{}\n", usage(program))),
         Ok(CliCommand::Help) => return exit(0, format!("{}\n", usage(program)), String::new()),
         Ok(CliCommand::Version) => {
             return exit(0, format!("{program} {}\n", env!("CARGO_PKG_VERSION")), String::new());
         }
-        Ok(CliCommand::Check(path)) => (path, true),
-        Ok(CliCommand::Run(path)) => (path, false),
+        Ok(CliCommand::Check(path)) => (path, true, false),
+        Ok(CliCommand::Probe(path)) => (path, false, true),
+        Ok(CliCommand::Run(path)) => (path, false, false),
     };
     let config = match read_file(&path) {
         Err(error) => return exit(2, String::new(), format!("{program}: cannot read {path}: {error}\n")),
@@ -59,6 +66,9 @@ where
     // The TLS files are read here too, so `--check` catches a missing or unusable one and names its field.
     if let Err(error) = crate::tls::TlsSetup::load(&config) {
         return exit(2, String::new(), format!("{program}: {path}: {error}\n"));
+    }
+    if probe {
+        return Startup::Probe(Box::new(config), path);
     }
     if !check_only {
         return Startup::Run(Box::new(config), path);
@@ -99,9 +109,12 @@ pub fn read_secret(location: SecretLocation<'_>) -> Result<Secret, String> {
 /// The usage text for a binary called `program`.
 pub fn usage(program: &str) -> String {
     format!(
-        "Usage: {program} [--check] CONFIG.json\n       {program} --help | --version\n\n\
+        "Usage: {program} [--check | --probe] CONFIG.json\n       {program} --help | --version\n\n\
          Runs a Redis failover proxy for the servers in CONFIG.json (see docs/configuration.md).\n\
-         --check validates CONFIG.json and the TLS files it names, and exits (0: valid, 2: invalid).\n\
+         --check validates CONFIG.json and the TLS files it names, offline, and exits (0: valid, 2: invalid).\n\
+         --probe also connects to every server (or sentinel) with the configured TLS and credentials, prints one\n\
+         line per server (reachable, TLS, auth, role, replication, version) and exits 0 only when a master is\n\
+         usable (1: none is, 2: invalid configuration).\n\
          Logs go to stderr; RUST_LOG=error|warn|info|debug sets the level (default info)."
     )
 }
@@ -113,6 +126,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<CliCommand,
         ["--help"] | ["-h"] => Ok(CliCommand::Help),
         ["--version"] | ["-V"] => Ok(CliCommand::Version),
         ["--check", path] => Ok(CliCommand::Check(path.to_string())),
+        ["--probe", path] => Ok(CliCommand::Probe(path.to_string())),
         [path] if !path.starts_with('-') => Ok(CliCommand::Run(path.to_string())),
         [] => Err("missing CONFIG.json".to_string()),
         other => Err(format!("unexpected arguments: {}", other.join(" "))),
@@ -142,6 +156,7 @@ mod tests {
         let parse = |args: &[&str]| parse_args(args.iter().map(|s| s.to_string()));
         assert_eq!(parse(&["c.json"]), Ok(CliCommand::Run("c.json".into())));
         assert_eq!(parse(&["--check", "c.json"]), Ok(CliCommand::Check("c.json".into())));
+        assert_eq!(parse(&["--probe", "c.json"]), Ok(CliCommand::Probe("c.json".into())));
         assert_eq!(parse(&["--version"]), Ok(CliCommand::Version));
         assert!(parse(&[]).is_err());
         assert!(parse(&["--bogus"]).is_err());
@@ -152,6 +167,7 @@ mod tests {
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let good = |_: &str| Ok(r#"{"servers": [{"port": 6379}], "debug": true}"#.to_string());
         assert!(matches!(startup("p", args(&["c.json"]), good), Startup::Run(..)));
+        assert!(matches!(startup("p", args(&["--probe", "c.json"]), good), Startup::Probe(..)));
         let Startup::Exit { code: 0, stdout, stderr } = startup("p", args(&["--check", "c.json"]), good) else {
             panic!("--check exits 0 on a valid config");
         };

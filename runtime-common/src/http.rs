@@ -212,6 +212,9 @@ pub fn status_json(snapshot: &StatusSnapshot) -> Value {
             "lag_bytes": s.lag_bytes,
             "lag_seconds": s.lag_seconds,
             "link_up": s.link_up,
+            "replication": s.replication,
+            "no_reads_because": s.no_reads_because,
+            "obstacle": s.obstacle,
             "last_ok_seconds_ago": s.last_ok_ago.map(seconds),
             "connections": {
                 "shared": s.connections.shared,
@@ -230,6 +233,8 @@ pub fn status_json(snapshot: &StatusSnapshot) -> Value {
         "clients": snapshot.clients,
         "held_requests": snapshot.held_requests,
         "held_bytes": snapshot.held_bytes,
+        "requests_per_second": requests_per_second(snapshot),
+        "trend": trend_json(snapshot),
         "counters": {
             "clients_accepted": counters.clients_accepted,
             "requests": requests,
@@ -244,6 +249,55 @@ pub fn status_json(snapshot: &StatusSnapshot) -> Value {
             "bytes_out": counters.bytes_out,
             "servers_down": counters.servers_down,
         },
+    })
+}
+
+/// Requests answered per second lately: from the newest trend sample at least a second old to the snapshot's own
+/// counters (None in the first second after start). The page shows it at once, without waiting for a second
+/// snapshot of its own.
+pub fn requests_per_second(snapshot: &StatusSnapshot) -> Option<f64> {
+    let now: u64 = snapshot.counters.requests.iter().flatten().sum();
+    let sample = snapshot.trend.iter().rev().find(|s| s.ago >= Duration::from_secs(1))?;
+    let then: u64 = sample.requests_total.iter().sum();
+    Some(now.saturating_sub(then) as f64 / sample.ago.as_secs_f64())
+}
+
+/// The trend samples as JSON for the page's charts: per sample, its age, the requests per second by target since
+/// the sample before (null for the first), the latency percentiles in milliseconds, the held requests and each
+/// replica's lag in bytes.
+fn trend_json(snapshot: &StatusSnapshot) -> Value {
+    let milliseconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let mut previous: Option<&redis_proxy_engine::TrendSample> = None;
+    let mut samples = Vec::with_capacity(snapshot.trend.len());
+    for sample in &snapshot.trend {
+        let rates = previous.filter(|p| p.ago > sample.ago).map(|p| {
+            let seconds = (p.ago - sample.ago).as_secs_f64();
+            let by_target: serde_json::Map<String, Value> = Target::ALL
+                .iter()
+                .map(|t| {
+                    let index = *t as usize;
+                    let delta = sample.requests_total[index].saturating_sub(p.requests_total[index]);
+                    (t.name().to_string(), json!(delta as f64 / seconds))
+                })
+                .collect();
+            Value::Object(by_target)
+        });
+        let lag: serde_json::Map<String, Value> =
+            sample.lag_bytes.iter().map(|(server, bytes)| (address(server), json!(bytes))).collect();
+        samples.push(json!({
+            "seconds_ago": seconds(sample.ago),
+            "requests_per_second": rates,
+            "latency_p50_ms": milliseconds(sample.latency_p50),
+            "latency_p99_ms": milliseconds(sample.latency_p99),
+            "held_requests": sample.held_requests,
+            "lag_bytes": lag,
+        }));
+        previous = Some(sample);
+    }
+    json!({
+        "interval_seconds": redis_proxy_engine::TREND_INTERVAL.as_secs(),
+        "window_seconds": redis_proxy_engine::TREND_WINDOW.as_secs(),
+        "samples": samples,
     })
 }
 

@@ -3,8 +3,8 @@
 //! The engine (`redis-proxy-engine`) decides everything and does no I/O; a runtime (`redis-proxy-mio`,
 //! `redis-proxy-tokio`) moves bytes and time. What the runtimes would otherwise each write again lives here:
 //!
-//! - [`main`]: the binaries' shared `main` (command line, `--check`, `--help`, `--version`, exit codes);
-//!   [`cli`] for its parts;
+//! - [`main`]: the binaries' shared `main` (command line, `--check`, `--probe`, `--help`, `--version`, exit
+//!   codes); [`cli`] for its parts, [`probe`] for `--probe`;
 //! - [`log::Logger`]: log lines on standard error, filtered by `RUST_LOG`;
 //! - [`SocketTable`]: sockets by [`ConnId`](redis_proxy_engine::ConnId) index, with the generation checked;
 //! - [`ReadBuffers`]: large read-buffer allocations used again once the frames split off them are written;
@@ -13,7 +13,8 @@
 //! - [`Closing`]: what [`Action::Close`](redis_proxy_engine::Action::Close) means in every runtime: every
 //!   queued byte is written, then the FIN; a connection is given up only after [`CLOSE_STALL`] without progress;
 //! - [`fire_due_timer`] and [`shutdown_complete`]: the two checks of the run loop every runtime makes;
-//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own);
+//! - [`connect_failed`]: how a failed connect is reported (a refusal is evidence of its own; the rest with its
+//!   kind, a refused TLS certificate's in plain words from [`server_cert`]);
 //! - [`tls`]: TLS with rustls on both sides ([`TlsSetup`] from the configuration's files, [`TlsConn`] for one
 //!   connection, driven by the runtime's own sockets);
 //! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
@@ -26,7 +27,9 @@ pub mod closing;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod probe;
 pub mod read_buffers;
+pub mod server_cert;
 pub mod socket_table;
 pub mod tls;
 pub mod write_queue;
@@ -38,18 +41,19 @@ pub use socket_table::SocketTable;
 pub use tls::{TlsConn, TlsSetup};
 pub use write_queue::{WriteQueue, MAX_IOVECS};
 
-use redis_proxy_engine::{Config, ConnId, Engine, Input, Level};
+use redis_proxy_engine::{Config, ConnId, ConnectFailure, Engine, Input, Level};
 use std::io;
 use std::process::ExitCode;
 use std::time::Instant;
 
 /// The `main` of a runtime binary called `program`: reads the command line and the configuration file, answers
-/// `--help`, `--version` and `--check`, logs the configuration's warnings, then runs `run` with the configuration
-/// and a logger set by its `log_level` (else `RUST_LOG`). Exit code 0 when `run` returns, 1 when it fails, 2 for a bad command line or
-/// configuration.
+/// `--help`, `--version`, `--check` and `--probe` ([`probe`]), logs the configuration's warnings, then runs `run`
+/// with the configuration and a logger set by its `log_level` (else `RUST_LOG`). Exit code 0 when `run` returns,
+/// 1 when it fails, 2 for a bad command line or configuration.
 pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Result<()>) -> ExitCode {
     let (config, path) = match cli::startup(program, std::env::args().skip(1), |path| std::fs::read_to_string(path)) {
         cli::Startup::Run(config, path) => (*config, path),
+        cli::Startup::Probe(config, path) => return probe::main(program, &config, &path),
         cli::Startup::Exit { code, stdout, stderr } => {
             print!("{stdout}");
             eprint!("{stderr}");
@@ -124,12 +128,27 @@ pub fn fire_due_timer(engine: &mut Engine, now: Instant, logger: Option<&Logger>
 }
 
 /// Reports a connect to a server that failed: a refusal as [`Input::Refused`] (nothing listens there: the
-/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`].
+/// server's process is gone, which the engine acts on at once), anything else as [`Input::ConnectFailed`] with
+/// its kind ([`connect_failure`]).
 pub fn connect_failed(engine: &mut Engine, now: Instant, conn: ConnId, error: &io::Error) {
     if error.kind() == io::ErrorKind::ConnectionRefused {
         engine.handle_input(now, Input::Refused { conn });
     } else {
-        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string() });
+        let failure = connect_failure(error);
+        engine.handle_input(now, Input::ConnectFailed { conn, reason: &error.to_string(), failure });
+    }
+}
+
+/// The kind of a failed connect to a server: a failed TLS handshake says its own ([`server_cert::TlsFailure`]);
+/// otherwise the error's kind tells a timeout and an unreachable host from the rest.
+pub fn connect_failure(error: &io::Error) -> ConnectFailure {
+    if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<server_cert::TlsFailure>()) {
+        return tls.failure;
+    }
+    match error.kind() {
+        io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Other,
     }
 }
 

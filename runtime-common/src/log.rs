@@ -96,7 +96,7 @@ pub fn json_line(at: SystemTime, level: Level, message: &dyn fmt::Display) -> St
 }
 
 /// `2026-11-24T21:30:00.123Z` (UTC).
-fn timestamp(at: SystemTime) -> String {
+pub(crate) fn timestamp(at: SystemTime) -> String {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (days, day_secs) = (secs / 86_400, secs % 86_400);

@@ -3,12 +3,16 @@
 //! passes the socket in for each call, as a non-blocking `Read + Write`).
 //!
 //! The engine never sees TLS: it gets and gives plaintext, and a backend connection counts as connected only once
-//! its handshake is done (a failed handshake is reported as a failed connect, not as a refusal).
+//! its handshake is done (a failed handshake is reported as a failed connect, not as a refusal, with its reason in
+//! plain words: see [`crate::server_cert`]). A server certificate listed in `server_tls.ca_file` itself is
+//! accepted as pinned, as OpenSSL clients accept it.
 
 use crate::closing::{CloseStep, Closing};
+use crate::server_cert::{explain, PinnedOrWebPki, TlsFailure};
 use bytes::BytesMut;
 use redis_proxy_engine::{ClientTls, Config, ServerAddress, ServerTls, SYSTEM_CA_FILE};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -117,7 +121,12 @@ fn connector(tls: &ServerTls, provider: &Arc<CryptoProvider>) -> Result<Connecto
         builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider.clone())))
     } else {
         let file = tls.ca_file.as_deref().unwrap_or(SYSTEM_CA_FILE);
-        builder.with_root_certificates(roots(file, "server_tls.ca_file")?)
+        let roots = Arc::new(roots(file, "server_tls.ca_file")?);
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("`server_tls.ca_file`: {file}: {e}"))?;
+        let pinned = certificates(file, "server_tls.ca_file")?;
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }))
     };
     let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert_file), Some(key_file)) => {
@@ -203,8 +212,14 @@ impl ServerCertVerifier for AnyServerCertificate {
     }
 }
 
-/// A TLS error as an `io::Error` (kind `InvalidData`) whose text says which peer and why.
+/// A TLS error as an `io::Error` (kind `InvalidData`) whose text says which peer and why. For a server, the
+/// error inside is a [`TlsFailure`]: the reason in plain words, and its kind for the engine.
 fn tls_error(label: &str, error: &rustls::Error) -> io::Error {
+    if label.starts_with("server ") {
+        let (failure, plain) = explain(error);
+        let text = format!("TLS with {label} failed: {plain}");
+        return io::Error::new(io::ErrorKind::InvalidData, TlsFailure { failure, text });
+    }
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS with {label} failed: {error}"))
 }
 
@@ -341,8 +356,13 @@ impl TlsConn {
             }
             match self.conn.read_tls(io) {
                 Ok(0) => {
-                    let message = format!("TLS with {} failed: the peer closed during the handshake", self.label);
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
+                    let text = format!(
+                        "TLS with {} failed: it closed the connection during the handshake (does it listen with TLS \
+                         on this port?)",
+                        self.label
+                    );
+                    let failure = redis_proxy_engine::ConnectFailure::TlsHandshake;
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, TlsFailure { failure, text }));
                 }
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -506,6 +526,64 @@ mod tests {
         assert!(client.finish(&mut c).expect("close_notify written"));
         let mut s = End { inbound: &mut to_server, outbound: &mut to_client, room: usize::MAX };
         assert_eq!(server.read(&mut s, &mut received).expect("a clean end"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Drives a handshake between `client` (the proxy towards a server) and `server` over in-memory sockets; the
+    /// client's outcome.
+    fn handshake(client: &TlsSetup, server: &TlsSetup) -> io::Result<()> {
+        let mut client = client.connect(&server_address()).expect("server_tls").expect("a connection");
+        let mut server = server.accept(Entry::Tls, "127.0.0.1:5").expect("tls").expect("a connection");
+        let (mut to_server, mut to_client) = (Pipe::default(), Pipe::default());
+        for _ in 0..100 {
+            let mut c = End { inbound: &mut to_client, outbound: &mut to_server, room: usize::MAX };
+            if client.handshake(&mut c)? {
+                return Ok(());
+            }
+            let mut s = End { inbound: &mut to_server, outbound: &mut to_client, room: usize::MAX };
+            let _ = server.read(&mut s, &mut BytesMut::new());
+        }
+        Err(io::ErrorKind::TimedOut.into())
+    }
+
+    #[test]
+    fn a_pinned_self_signed_server_certificate_is_accepted_and_an_unlisted_one_refused_in_plain_words() {
+        let (dir, ca_signed) = setup("pinned");
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "pin.key", "-out", "pin.crt"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let config = |ca: &str| {
+            Config::from_json(&format!(
+                r#"{{"servers": [{{"port": 1}}], "tls": {{"port": 2, "cert_file": "{}", "key_file": "{}"}},
+                    "server_tls": {{"ca_file": "{}"}}}}"#,
+                path("pin.crt"),
+                path("pin.key"),
+                path(ca)
+            ))
+            .expect("valid config")
+        };
+        let pinned = TlsSetup::load(&config("pin.crt")).expect("the files load");
+        handshake(&pinned, &pinned).expect("the pinned certificate is accepted");
+        // Trusting only the CA: refused, with the reason in plain words and its kind for the engine.
+        let error = handshake(&ca_signed, &pinned).expect_err("not pinned: refused");
+        assert!(
+            error.to_string().starts_with("TLS with server 127.0.0.1:1 failed: it presents a CA certificate"),
+            "{error}"
+        );
+        assert_eq!(
+            crate::connect_failure(&error),
+            redis_proxy_engine::ConnectFailure::Certificate(
+                redis_proxy_engine::CertificateProblem::CaAsServerCertificate
+            )
+        );
+        // The CA-signed certificate still verifies through the same verifier.
+        handshake(&ca_signed, &ca_signed).expect("a CA-signed certificate is accepted");
         let _ = std::fs::remove_dir_all(dir);
     }
 

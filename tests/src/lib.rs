@@ -126,6 +126,17 @@ impl RedisServer {
         server
     }
 
+    /// Like [`RedisServer::start_tls`], presenting `{name}.crt` (see [`tls::Certs::server_args_with`]).
+    pub fn start_tls_with(certs: &tls::Certs, name: &str, ca: &str, extra_args: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = scratch_dir(&format!("redis-tls-{port}"));
+        let mut args = certs.server_args_with(port, name, ca);
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut server = RedisServer { port, child: None, dir, extra_args: args, tls: Some(certs.dir.clone()) };
+        server.spawn();
+        server
+    }
+
     /// Starts a replica of `master`.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
         Self::start_replica_of_with(master, &[])
@@ -164,7 +175,7 @@ impl RedisServer {
         assert!(
             wait_until(Duration::from_secs(10), || match &tls {
                 None => ping(port),
-                Some(dir) => tls::tls_ping(dir, port),
+                Some(_) => tls::tls_ping(port),
             }),
             "redis-server on port {port} did not answer PING within 10 s"
         );
@@ -563,6 +574,22 @@ pub fn chromium_dom(url: &str) -> String {
         .unwrap_or_else(|e| panic!("cannot run chromium ({e}): install it with `apt-get install chromium`"));
     assert!(output.status.success(), "chromium --dump-dom {url} failed: {:?}", output.status);
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Saves a screenshot of the page at `url`, as headless Chromium draws it in a `width` x `height` window, to the
+/// PNG file `path`.
+pub fn chromium_screenshot(url: &str, path: &Path, width: u32, height: u32) {
+    let output = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-dev-shm-usage", "--hide-scrollbars"])
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}): install it with `apt-get install chromium`"));
+    assert!(output.status.success(), "chromium --screenshot {url} failed: {:?}", output.status);
 }
 
 /// Encodes a command as a RESP multibulk.

@@ -1,7 +1,7 @@
 //! TLS for the end-to-end tests: a CA, a server certificate and a client certificate made with the `openssl`
 //! command in a scratch directory, and `redis-cli --tls` to reach servers that listen on TLS only.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// Certificates and keys made for one test (PEM files in `dir`), removed on drop.
@@ -64,6 +64,121 @@ impl Certs {
         Certs { dir }
     }
 
+    /// Runs `openssl args` in the directory; panics with its error output if it fails.
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install it with `apt-get install openssl`"));
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Makes `{name}.crt` and `{name}.key`: a self-signed certificate made the usual quick way (`openssl req -x509
+    /// -newkey rsa:2048 -nodes -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1`), which
+    /// OpenSSL makes a CA certificate (`CA:TRUE`).
+    pub fn self_signed(&self, name: &str) {
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ]);
+    }
+
+    /// Makes `{name}.crt` and `{name}.key`: a server certificate this CA signed, with the subjectAltName `san`
+    /// (e.g. `DNS:other.example`) and, if given, the validity period `dates` (`YYYYMMDDHHMMSSZ` start and end,
+    /// e.g. one in the past: `openssl ca -startdate -enddate`, which OpenSSL 3.0 has, unlike `x509 -not_after`).
+    pub fn signed(&self, name: &str, san: &str, dates: Option<(&str, &str)>) {
+        let (crt, key, csr, ext) =
+            (format!("{name}.crt"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+        let subject = format!("/CN={name}");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ]);
+        let extensions = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n\
+             subjectAltName={san}\n"
+        );
+        std::fs::write(self.dir.join(&ext), extensions).expect("write extensions");
+        let Some((start, end)) = dates else {
+            self.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ]);
+            return;
+        };
+        // `openssl ca` keeps a small database of what it signed.
+        let db = self.dir.join(format!("{name}-db"));
+        std::fs::create_dir_all(&db).expect("ca database dir");
+        std::fs::write(db.join("index.txt"), "").expect("ca index");
+        std::fs::write(db.join("serial"), "1000\n").expect("ca serial");
+        let config = format!(
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = {db}/index.txt\nserial = {db}/serial\n\
+             new_certs_dir = {db}\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\n\
+             commonName = supplied\n",
+            db = db.display()
+        );
+        let config_file = format!("{name}-ca.cnf");
+        std::fs::write(self.dir.join(&config_file), config).expect("write ca config");
+        self.openssl(&[
+            "ca",
+            "-batch",
+            "-config",
+            &config_file,
+            "-cert",
+            "ca.crt",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            &csr,
+            "-out",
+            &crt,
+            "-notext",
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-extfile",
+            &ext,
+        ]);
+    }
+
     /// The path of `file` in the directory, as a string for configs and command lines.
     pub fn path(&self, file: &str) -> String {
         self.dir.join(file).to_string_lossy().into_owned()
@@ -72,11 +187,17 @@ impl Certs {
     /// The `redis-server` arguments that make it listen with TLS only on `port`, its replication over TLS too,
     /// without asking clients for certificates.
     pub fn server_args(&self, port: u16) -> Vec<String> {
+        self.server_args_with(port, "server", "ca.crt")
+    }
+
+    /// Like [`Certs::server_args`], with the certificate and key `{name}.crt` and `{name}.key` and the CA file
+    /// `ca` (for its replication).
+    pub fn server_args_with(&self, port: u16, name: &str, ca: &str) -> Vec<String> {
         let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()].map(String::from).to_vec();
-        for (flag, file) in [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key")] {
-            args.extend([flag.to_string(), self.path(file)]);
+        for (flag, file) in [("--tls-cert-file", format!("{name}.crt")), ("--tls-key-file", format!("{name}.key"))] {
+            args.extend([flag.to_string(), self.path(&file)]);
         }
-        args.extend(["--tls-ca-cert-file".to_string(), self.path("ca.crt")]);
+        args.extend(["--tls-ca-cert-file".to_string(), self.path(ca)]);
         args.extend(["--tls-auth-clients", "no", "--tls-replication", "yes"].map(String::from));
         args
     }
@@ -119,14 +240,17 @@ impl Drop for Certs {
     }
 }
 
-/// Whether `redis-cli --tls` with the CA in `dir` gets `PONG` from 127.0.0.1:`port`.
-pub(crate) fn tls_ping(dir: &Path, port: u16) -> bool {
+/// Whether `redis-cli --tls` gets `PONG` (or `NOAUTH`) from 127.0.0.1:`port`: whether the server is up, whatever
+/// its certificate (a test may give it an expired one on purpose), hence `--insecure`.
+pub(crate) fn tls_ping(port: u16) -> bool {
     Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(dir.join("ca.crt"))
+        .args(["--tls", "--insecure"])
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        .is_ok_and(|o| {
+            // A server that wants a password answers too, which is all this asks.
+            let answer = String::from_utf8_lossy(&o.stdout);
+            (o.status.success() && answer.trim() == "PONG") || answer.contains("NOAUTH")
+        })
 }

@@ -82,6 +82,12 @@ fn metrics_parse_and_move_and_the_page_shows_the_master_the_replicas_and_a_failo
         assert_eq!(metric(&after, "redis_proxy_server_role", &[("server", &master), ("role", "routed_master")]), 1.0);
         assert_eq!(metric(&after, "redis_proxy_master_routable", &[]), 1.0);
 
+        // Replicas read `up` once their initial sync is over (the page says `syncing` until then).
+        assert!(
+            wait_until(CONVERGE, || http_get(status_port, "/status.json")
+                .is_some_and(|(_, body)| body.matches("\"replication\":\"in sync\"").count() == 2)),
+            "{runtime:?}: the replicas never finished their initial sync"
+        );
         let url = format!("http://127.0.0.1:{status_port}/");
         let dom = chromium_dom(&url);
         assert!(dom.contains(&format!("master 127.0.0.1:{}", all[0])), "{runtime:?}: banner names the master:\n{dom}");

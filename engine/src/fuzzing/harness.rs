@@ -303,7 +303,7 @@ impl Harness {
                 let input = match kind % 7 {
                     0 => Input::Data { conn, buf: &mut buf },
                     1 => Input::Connected { conn },
-                    2 => Input::ConnectFailed { conn, reason: "stale" },
+                    2 => Input::ConnectFailed { conn, reason: "stale", failure: crate::ConnectFailure::TlsHandshake },
                     3 => Input::Closed { conn },
                     4 => Input::WriteBlocked { conn },
                     5 => Input::Refused { conn },

@@ -3,7 +3,7 @@
 
 use super::clock::FakeClock;
 use super::server::FakeServer;
-use crate::{Action, Config, ConnId, Engine, Event, Input, ServerAddress};
+use crate::{Action, Config, ConnId, ConnectFailure, Engine, Event, Input, ServerAddress};
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -189,9 +189,14 @@ impl Driver {
         conns
     }
 
-    /// The connection the engine asked for could not be established.
+    /// The connection the engine asked for could not be established: it timed out.
     pub fn connect_failed(&mut self, conn: ConnId, reason: &str) {
-        self.engine.handle_input(self.clock.now(), Input::ConnectFailed { conn, reason });
+        self.connect_failed_with(conn, reason, ConnectFailure::TimedOut);
+    }
+
+    /// The connection the engine asked for could not be established, for `reason` of the kind `failure`.
+    pub fn connect_failed_with(&mut self, conn: ConnId, reason: &str, failure: ConnectFailure) {
+        self.engine.handle_input(self.clock.now(), Input::ConnectFailed { conn, reason, failure });
     }
 
     /// The server refused the connection the engine asked for: nothing listens there.
