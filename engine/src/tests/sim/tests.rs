@@ -561,14 +561,14 @@ fn regression_a_knock_closed_by_the_engine_is_no_evidence() {
     });
 }
 
-/// Engine bug found by the admin simulation (kept failing, hence ignored): a `SCAN` cursor is continued on the
+/// Found by the admin simulation (fixed): a `SCAN` cursor was continued on the
 /// server that returned it after that server restarted. Server 1 is down from the start, so the master (server 0)
 /// serves the client's reads, `SCAN` included; the master crashes at 3442 ms and restarts 1 ms later (the heal,
 /// `restart_at_end`); the engine sees the new run id ("master lost: it restarted"), adopts it again, and sends the
 /// client's next `SCAN` call, with the old process's cursor, to the new process, whose order differs (Redis seeds
 /// its dictionaries at start): keys are skipped. The cursor table (`cursor::Cursors`) remembers the `ServerId`,
-/// which survives the restart; it would need the run id too (or the restart to invalidate the server's cursors)
-/// so that the iteration starts again from 0, as it does for a removed or down server.
+/// which survives the restart. A cursor now names the server's incarnation too, so the iteration starts again
+/// from 0, as it does for a removed or down server.
 #[test]
 fn regression_scan_continued_on_a_restarted_server() {
     let scenario = Scenario {
@@ -592,7 +592,7 @@ fn regression_scan_continued_on_a_restarted_server() {
     );
 }
 
-/// Engine bug found by the admin simulation (kept failing, hence ignored): after `PROXY FAILOVER` sends
+/// Found by the admin simulation (fixed): after `PROXY FAILOVER` sent
 /// `REPLICAOF NO ONE`, `poll_timeout` keeps reporting the switchover's offset-poll deadline, already past, until the
 /// promotion is confirmed: woken for it, the engine asks at once for the same instant again, so a runtime spins.
 /// `Failover::advance_switchover` returns early once the phase is `Promoting` (before `PollSchedule::due` can move
@@ -622,8 +622,8 @@ fn regression_switchover_poll_deadline_left_in_the_past() {
     );
 }
 
-/// Engine weakness found by the admin simulation (an operator's mistake the engine turns into an outage; kept
-/// failing, hence ignored): `PROXY ADD localhost:7000` while the master is watched as `127.0.0.1:7000`. The new
+/// Found by the admin simulation (an operator's mistake the engine turned into an outage; fixed):
+/// `PROXY ADD localhost:7000` while the master is watched as `127.0.0.1:7000`. The new
 /// "server" reports `role:master` beside the master, so the engine sends it `REPLICAOF 127.0.0.1 7000`: the master
 /// is told to replicate itself, stops taking writes (`-READONLY`, and the engine keeps routing `SET`s to it), and
 /// the engine then fails over. Both addresses report the same `run_id`; a server whose run id is the master's is
