@@ -674,7 +674,7 @@ pub(super) mod tests {
     pub(super) fn get(clients: &mut Clients, now: Instant, conn: ConnId, key: &str) -> HeldRequest {
         let mut buf = BytesMut::from(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
         match clients.next_request(now, conn, &mut buf, &mut Outbox::default()) {
-            NextRequest::Request(held) => held,
+            NextRequest::Request { held, .. } => held,
             NextRequest::None => panic!("a complete request"),
         }
     }

@@ -131,6 +131,8 @@ pub(crate) struct SwitchoverEnd {
 #[derive(Debug)]
 pub(crate) struct Failover {
     phase: Phase,
+    /// The master of a `Stable` phase: kept beside it because every forwarded request asks for it.
+    routed: Option<ServerId>,
     down_after: Duration,
     retry_after: Duration,
     /// Candidates that failed during the current failover; skipped until a master is confirmed.
@@ -160,6 +162,7 @@ impl Failover {
     ) -> Failover {
         Failover {
             phase: Phase::NoMaster { since: now },
+            routed: None,
             down_after,
             retry_after: check_period,
             failed_candidates: SmallVec::new(),
@@ -178,10 +181,16 @@ impl Failover {
 
     /// The master writes go to, if any.
     pub(crate) fn master(&self) -> Option<ServerId> {
-        match self.phase {
+        self.routed
+    }
+
+    /// Enters `phase`.
+    fn enter(&mut self, phase: Phase) {
+        self.routed = match phase {
             Phase::Stable { master } => Some(master),
             _ => None,
-        }
+        };
+        self.phase = phase;
     }
 
     /// Forgets what it kept about `server` (never the master, nor a switchover's or promotion's target: the
@@ -231,7 +240,7 @@ impl Failover {
                 promote_candidate(views, Duration::ZERO, &others).ok_or("no replica linked to the master")?
             }
         };
-        self.phase = Phase::Switching { master, target, deadline: now + self.switchover_bound };
+        self.enter(Phase::Switching { master, target, deadline: now + self.switchover_bound });
         let poll = PollSchedule::default();
         self.switchover = Some(Switchover { requester, target, started: now, drained_at: None, poll });
         Ok((master, target))
@@ -262,7 +271,7 @@ impl Failover {
             if master_offset == target_offset {
                 // Not confirmed within down_after, the rules choose again (the old master still reports
                 // role:master, so it is adopted back).
-                self.phase = Phase::Promoting { candidate: target, deadline: now + self.down_after, since: now };
+                self.enter(Phase::Promoting { candidate: target, deadline: now + self.down_after, since: now });
                 let reason = format!("PROXY FAILOVER, once its offset reached the master's ({master_offset})");
                 return SwitchoverStep::Promote { target, reason };
             }
@@ -314,10 +323,10 @@ impl Failover {
     /// Sentinel mode: writes go to `master` from now on (None: to nobody), as the sentinels decided; the rules
     /// above are never applied.
     pub(crate) fn follow(&mut self, master: Option<ServerId>, now: Instant) {
-        self.phase = match master {
+        self.enter(match master {
             Some(master) => Phase::Stable { master },
             None => Phase::NoMaster { since: now },
-        };
+        });
     }
 
     /// Why no master is routed to, for the status snapshot (meaningless while one is).
@@ -349,7 +358,7 @@ impl Failover {
             // switchover.
             let master_down = views.get(master).is_none_or(ServerView::is_down);
             if master_down || now >= deadline || !views.contains(target) {
-                self.phase = Phase::Stable { master };
+                self.enter(Phase::Stable { master });
                 if !master_down {
                     decisions.push(Decision::Adopt {
                         master,
@@ -361,7 +370,7 @@ impl Failover {
         if let Phase::Stable { master } = self.phase {
             let Some(view) = views.get(master) else {
                 decisions.push(Decision::Lose { master, reason: "it is no longer a server of this proxy" });
-                self.phase = Phase::NoMaster { since: now };
+                self.enter(Phase::NoMaster { since: now });
                 self.fresh_facts_since = Some(now);
                 return decisions;
             };
@@ -370,18 +379,18 @@ impl Failover {
             // rest on another server's older INFO and contradict the proxy that caused the change.
             if view.is_down() {
                 decisions.push(Decision::Lose { master, reason: "it is down" });
-                self.phase = Phase::NoMaster { since: now };
+                self.enter(Phase::NoMaster { since: now });
                 self.fresh_facts_since = Some(now);
             } else if view.is(Role::Replica) {
                 decisions.push(Decision::Lose { master, reason: "it now reports role:slave" });
-                self.phase = Phase::NoMaster { since: now };
+                self.enter(Phase::NoMaster { since: now });
                 self.fresh_facts_since = Some(now);
             } else if view.info.is_some() && !self.master_run_id.is_empty() && view.run_id() != self.master_run_id {
                 // It restarted within down_after: its data is as of the crash, and another proxy that did count it
                 // down may have promoted a replica meanwhile. Choose again from the facts, as that proxy did, rather
                 // than re-point the other master to this one (two proxies would undo each other's choice forever).
                 decisions.push(Decision::Lose { master, reason: "it restarted (new run id)" });
-                self.phase = Phase::NoMaster { since: now };
+                self.enter(Phase::NoMaster { since: now });
                 self.fresh_facts_since = Some(now);
             } else if let Some(newer) = superseding_master(views, master) {
                 // Another proxy (or an operator) promoted a replica of our master: that master continues our
@@ -389,7 +398,7 @@ impl Failover {
                 // re-pointing the other's choice.
                 decisions.push(Decision::Lose { master, reason: "one of its replicas was promoted" });
                 decisions.push(Decision::Adopt { master: newer, reason: "it was promoted from the master's history" });
-                self.phase = Phase::Stable { master: newer };
+                self.enter(Phase::Stable { master: newer });
                 self.master_run_id = views.get(newer).map_or("", ServerView::run_id).to_string();
             }
         }
@@ -397,12 +406,12 @@ impl Failover {
             let view = views.get(candidate);
             if let Some(view) = view.filter(|v| v.is(Role::Master)) {
                 self.failed_candidates.clear();
-                self.phase = Phase::Stable { master: candidate };
+                self.enter(Phase::Stable { master: candidate });
                 self.master_run_id = view.run_id().to_string();
                 decisions.push(Decision::Adopt { master: candidate, reason: "promotion confirmed by INFO" });
             } else if view.is_none_or(ServerView::is_down) || now >= deadline {
                 self.failed_candidates.push(candidate);
-                self.phase = Phase::NoMaster { since };
+                self.enter(Phase::NoMaster { since });
             }
         }
         if let Phase::NoMaster { since } = self.phase {
@@ -416,7 +425,7 @@ impl Failover {
             let master = if facts_known_or_unreachable(views) { existing_master(views) } else { None };
             if let Some(master) = master {
                 self.failed_candidates.clear();
-                self.phase = Phase::Stable { master };
+                self.enter(Phase::Stable { master });
                 self.master_run_id = views.get(master).map_or("", ServerView::run_id).to_string();
                 decisions.push(Decision::Adopt { master, reason: "it reports role:master" });
             } else if facts_complete(views) {
@@ -435,7 +444,7 @@ impl Failover {
                                 view.run_id()
                             ),
                         });
-                        self.phase = Phase::Promoting { candidate, deadline: now + self.down_after, since };
+                        self.enter(Phase::Promoting { candidate, deadline: now + self.down_after, since });
                     }
                     None => self.failed_candidates.clear(),
                 }

@@ -105,8 +105,9 @@ const REFUSED_DEBUG: &[&[u8]] =
 
 impl Session {
     /// Whether the client's private connection (if any) could be released now: no state would be lost.
+    // `|`, not `||`: four flag loads without a branch each (it runs twice per request).
     pub(crate) fn is_clean(&self) -> bool {
-        !self.other_db && !self.in_multi && !self.watching && !self.blocking && self.lasting_pin.is_none()
+        !(self.other_db | self.in_multi | self.watching | self.blocking) && self.lasting_pin.is_none()
     }
 
     fn is_passthrough(&self) -> bool {

@@ -16,8 +16,9 @@ use std::time::Instant;
 
 /// The next thing a client's input holds.
 pub(crate) enum NextRequest {
-    /// A classified request to run (or hold).
-    Request(HeldRequest),
+    /// A classified request to run (or hold); `behind_held`: earlier requests of the client are held, so it must
+    /// be held too (told here, where the client is at hand, to spare the caller a lookup).
+    Request { held: HeldRequest, behind_held: bool },
     /// Nothing complete yet, or the client is gone or closing.
     None,
 }
@@ -71,14 +72,16 @@ impl Clients {
                         if matches!(handling, Handling::Refuse(_)) {
                             client.session.multi_refused |= client.session.in_multi;
                         }
-                        let resp3 = client.session.resp3;
-                        return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
+                        let (resp3, behind_held) = (client.session.resp3, !client.held.is_empty());
+                        let held = HeldRequest { request, spec, handling, since: now, resp3 };
+                        return NextRequest::Request { held, behind_held };
                     }
                 }
             }
             let handling = client.session.classify(&request, spec, pinned, self.config.allow_topology_commands);
-            let resp3 = client.session.resp3;
-            return NextRequest::Request(HeldRequest { request, spec, handling, since: now, resp3 });
+            let (resp3, behind_held) = (client.session.resp3, !client.held.is_empty());
+            let held = HeldRequest { request, spec, handling, since: now, resp3 };
+            return NextRequest::Request { held, behind_held };
         }
     }
 
@@ -147,7 +150,7 @@ mod tests {
 
     fn next(clients: &mut Clients, conn: ConnId, buf: &mut BytesMut, out: &mut Outbox) -> Option<HeldRequest> {
         match clients.next_request(Instant::now(), conn, buf, out) {
-            NextRequest::Request(held) => Some(held),
+            NextRequest::Request { held, .. } => Some(held),
             NextRequest::None => None,
         }
     }

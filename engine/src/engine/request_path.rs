@@ -20,11 +20,13 @@ impl Engine {
             return;
         }
         loop {
-            while let NextRequest::Request(mut held) = self.clients.next_request(now, conn, buf, &mut self.out) {
+            while let NextRequest::Request { mut held, behind_held } =
+                self.clients.next_request(now, conn, buf, &mut self.out)
+            {
                 if held.spec.is_none() && self.proxy_command(now, conn, &held) {
                     continue;
                 }
-                if self.clients.has_held(conn) || !self.execute(now, conn, &mut held) {
+                if behind_held || !self.execute(now, conn, &mut held) {
                     self.clients.hold(conn, held, self.failover.master().is_some(), &mut self.out);
                 }
             }
@@ -125,14 +127,14 @@ impl Engine {
         // The SCAN family is flagged `readonly` and nothing else: in `allToMaster` only such a request takes the
         // longer route, where a cursor an earlier master returned starts its iteration again.
         let may_scan = held.spec.is_some_and(|s| s.flags == CommandFlags::READONLY);
-        let (server, split) = if self.router.splits_reads() || may_scan {
+        let (server, split, to_master) = if self.router.splits_reads() || may_scan {
             match self.route_split(now, conn, held, wants_private, master) {
-                Ok(routed) => routed,
+                Ok((server, split)) => (server, split, Some(server) == master),
                 Err(ran) => return ran,
             }
         } else {
             let Some(server) = self.router.route_to_master(self.monitor.views(), master) else { return false };
-            (server, None)
+            (server, None, true)
         };
         let backend = match (wants_private, state.private) {
             (true, Some(existing)) => existing,
@@ -148,7 +150,7 @@ impl Engine {
             },
         };
         let read_only = held.spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY));
-        let write_epoch = (Some(server) == master && !read_only).then_some(self.waits.epoch());
+        let write_epoch = (to_master && !read_only).then_some(self.waits.epoch());
         let Ok(waiter) = self.clients.start_request(now, conn, backend, pin, write_epoch) else { return false };
         if let (Some(split), Some(Waiter::Client { seq, .. })) = (split, waiter) {
             self.split_sent(conn, seq, split, server);
@@ -156,7 +158,7 @@ impl Engine {
         if pin == Pin::Replication {
             self.pool.set_raw(backend);
         }
-        let target = if Some(server) == master { Target::Master } else { Target::Replica };
+        let target = if to_master { Target::Master } else { Target::Replica };
         self.out.counters.request(target, Class::of(held.spec));
         self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
         true
