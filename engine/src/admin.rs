@@ -1,6 +1,7 @@
 //! The admin commands (`PROXY STATUS|SERVERS|ADD|REMOVE|FAILOVER|RELOAD`): recognised here, allowed only to
 //! clients that came in on the admin listener ([`crate::Engine::accept_admin`]) or log in as an admin user,
-//! refused here when not allowed, carried out by the engine (they touch every machine).
+//! refused here when not allowed, and carried out here through the [`Operations`] the engine offers (each one
+//! touches every machine), which also makes their replies.
 
 use crate::address::ServerAddress;
 use crate::conn::ConnId;
@@ -8,6 +9,7 @@ use crate::resp::{self, Request};
 use crate::status::StatusSnapshot;
 use bytes::Bytes;
 use std::fmt::Write;
+use std::time::Instant;
 
 /// One admin command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +26,46 @@ pub(crate) enum AdminCommand {
     Failover(Option<ServerAddress>),
     /// `PROXY RELOAD`: the runtime re-reads the configuration file.
     Reload,
+}
+
+/// What carrying out an admin command needs of the proxy (the engine offers it).
+pub(crate) trait Operations {
+    /// The status snapshot now.
+    fn status(&self, now: Instant) -> StatusSnapshot;
+    /// Watches a new server; the error is the reply's message.
+    fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String>;
+    /// Drains a server, then forgets it; the error is the reply's message.
+    fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String>;
+    /// Starts a planned switchover for `conn`, who is answered when it ends; the error is the reply's message.
+    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String>;
+    /// Asks the runtime to re-read the configuration file.
+    fn request_reload(&mut self);
+}
+
+/// Carries out `command` of admin client `conn`. Returns its reply, or None when it comes later (a switchover
+/// answers when it ends).
+pub(crate) fn execute(ops: &mut impl Operations, now: Instant, conn: ConnId, command: AdminCommand) -> Option<Bytes> {
+    let reply = match command {
+        AdminCommand::Status => bulk(&status_text(&ops.status(now))),
+        AdminCommand::Servers => bulk_array(&server_lines(&ops.status(now))),
+        AdminCommand::Add(address) => match ops.add_server(now, address) {
+            Ok(()) => resp::simple_reply("OK"),
+            Err(message) => resp::error_reply(&message),
+        },
+        AdminCommand::Remove(address) => match ops.remove_server(now, &address) {
+            Ok(()) => resp::simple_reply("OK draining"),
+            Err(message) => resp::error_reply(&message),
+        },
+        AdminCommand::Failover(target) => match ops.begin_switchover(now, conn, target) {
+            Ok(()) => return None,
+            Err(message) => resp::error_reply(&message),
+        },
+        AdminCommand::Reload => {
+            ops.request_reload();
+            resp::simple_reply("OK reloading: see the log for the outcome")
+        }
+    };
+    Some(reply)
 }
 
 /// The clients that came in on the admin listener.
@@ -102,12 +144,12 @@ fn parse_address(arg: &[u8]) -> Result<ServerAddress, String> {
 }
 
 /// A bulk string reply.
-pub(crate) fn bulk(text: &str) -> Bytes {
+fn bulk(text: &str) -> Bytes {
     Bytes::from(format!("${}\r\n{text}\r\n", text.len()))
 }
 
 /// `PROXY STATUS`: `field:value` lines, like `INFO`.
-pub(crate) fn status_text(status: &StatusSnapshot) -> String {
+fn status_text(status: &StatusSnapshot) -> String {
     let mut text = String::new();
     let master = status.master.as_ref().map_or("none".to_string(), ToString::to_string);
     let _ = writeln!(text, "master:{master}");
@@ -128,7 +170,7 @@ pub(crate) fn status_text(status: &StatusSnapshot) -> String {
 }
 
 /// `PROXY SERVERS`: one line per server.
-pub(crate) fn server_lines(status: &StatusSnapshot) -> Vec<String> {
+fn server_lines(status: &StatusSnapshot) -> Vec<String> {
     status
         .servers
         .iter()
@@ -142,7 +184,7 @@ pub(crate) fn server_lines(status: &StatusSnapshot) -> Vec<String> {
 }
 
 /// An array of bulk strings.
-pub(crate) fn bulk_array(items: &[String]) -> Bytes {
+fn bulk_array(items: &[String]) -> Bytes {
     let mut out = format!("*{}\r\n", items.len());
     for item in items {
         let _ = write!(out, "${}\r\n{item}\r\n", item.len());
@@ -166,5 +208,70 @@ mod tests {
         assert!(parse_args(&["PROXY", "ADD"]).is_err());
         assert!(parse_args(&["PROXY", "STATUS", "x:1"]).is_err());
         assert!(parse_args(&["PROXY"]).is_err());
+    }
+
+    /// Records the operations asked for; refuses to remove `refused`.
+    #[derive(Default)]
+    struct Recorder {
+        asked: Vec<String>,
+        refused: Option<ServerAddress>,
+    }
+
+    impl Operations for Recorder {
+        fn status(&self, _now: Instant) -> StatusSnapshot {
+            unreachable!("not asked for by these commands")
+        }
+        fn add_server(&mut self, _now: Instant, address: ServerAddress) -> Result<(), String> {
+            self.asked.push(format!("add {address}"));
+            Ok(())
+        }
+        fn remove_server(&mut self, _now: Instant, address: &ServerAddress) -> Result<(), String> {
+            self.asked.push(format!("remove {address}"));
+            match &self.refused {
+                Some(refused) if refused == address => Err(format!("ERR {address} is the master")),
+                _ => Ok(()),
+            }
+        }
+        fn begin_switchover(
+            &mut self,
+            _now: Instant,
+            conn: ConnId,
+            target: Option<ServerAddress>,
+        ) -> Result<(), String> {
+            self.asked.push(format!("failover {conn} {target:?}"));
+            Ok(())
+        }
+        fn request_reload(&mut self) {
+            self.asked.push("reload".to_string());
+        }
+    }
+
+    #[test]
+    fn executes_each_command_through_the_operations_and_makes_its_reply() {
+        let (now, conn) = (Instant::now(), crate::conn::client_and_backend_ids().0);
+        let a = ServerAddress { host: "127.0.0.1".into(), port: 7000 };
+        let b = ServerAddress { host: "127.0.0.1".into(), port: 7001 };
+        let mut ops = Recorder { refused: Some(b.clone()), ..Recorder::default() };
+        let reply = |ops: &mut Recorder, command| execute(ops, now, conn, command).map(|r| r.to_vec());
+        assert_eq!(reply(&mut ops, AdminCommand::Add(a.clone())), Some(b"+OK\r\n".to_vec()));
+        assert_eq!(reply(&mut ops, AdminCommand::Remove(a.clone())), Some(b"+OK draining\r\n".to_vec()));
+        assert_eq!(
+            reply(&mut ops, AdminCommand::Remove(b.clone())),
+            Some(b"-ERR 127.0.0.1:7001 is the master\r\n".to_vec())
+        );
+        // A switchover answers when it ends, not now.
+        assert_eq!(reply(&mut ops, AdminCommand::Failover(Some(a.clone()))), None);
+        let reload = reply(&mut ops, AdminCommand::Reload).expect("a reply");
+        assert!(reload.starts_with(b"+OK reloading"), "{}", String::from_utf8_lossy(&reload));
+        assert_eq!(
+            ops.asked,
+            [
+                format!("add {a}"),
+                format!("remove {a}"),
+                format!("remove {b}"),
+                format!("failover {conn} Some({a:?})"),
+                "reload".to_string()
+            ]
+        );
     }
 }

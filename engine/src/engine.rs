@@ -6,7 +6,7 @@
 //! standing goes to `failover`, whose decisions come back here to be carried out.
 
 use crate::address::ServerAddress;
-use crate::admin::{self, AdminClients, AdminCommand};
+use crate::admin::{self, AdminClients};
 use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
 use crate::command::CommandFlags;

@@ -78,28 +78,9 @@ impl Engine {
             Err(reply) => return self.clients.reply_local(conn, reply, &mut self.out),
         };
         self.out.event(Event::AdminCommand { conn, command: admin::describe(&held.request) });
-        let reply = match command {
-            AdminCommand::Status => admin::bulk(&admin::status_text(&self.status(now))),
-            AdminCommand::Servers => admin::bulk_array(&admin::server_lines(&self.status(now))),
-            AdminCommand::Add(address) => match self.add_server(now, address) {
-                Ok(()) => resp::simple_reply("OK"),
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Remove(address) => match self.remove_server(now, &address) {
-                Ok(()) => resp::simple_reply("OK draining"),
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Failover(target) => match self.begin_switchover(now, conn, target) {
-                // The reply comes when the switchover ends.
-                Ok(()) => return,
-                Err(message) => resp::error_reply(&message),
-            },
-            AdminCommand::Reload => {
-                self.out.event(Event::ReloadRequested);
-                resp::simple_reply("OK reloading: see the log for the outcome")
-            }
-        };
-        self.clients.reply_local(conn, reply, &mut self.out);
+        if let Some(reply) = admin::execute(self, now, conn, command) {
+            self.clients.reply_local(conn, reply, &mut self.out);
+        }
     }
 
     /// The servers watched now, in order (configured ones and those added since).
@@ -158,12 +139,7 @@ impl Engine {
     }
 
     /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
-    pub(super) fn begin_switchover(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        target: Option<ServerAddress>,
-    ) -> Result<(), String> {
+    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
         if self.monitor.draining().next().is_some() {
             return Err("ERR a server is being removed: try again in a moment".to_string());
         }
@@ -208,5 +184,28 @@ impl Engine {
                 self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
             }
         }
+    }
+}
+
+/// The engine's side of the admin commands: every operation touches several machines.
+impl admin::Operations for Engine {
+    fn status(&self, now: Instant) -> StatusSnapshot {
+        Engine::status(self, now)
+    }
+
+    fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String> {
+        Engine::add_server(self, now, address)
+    }
+
+    fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
+        Engine::remove_server(self, now, address)
+    }
+
+    fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
+        Engine::begin_switchover(self, now, conn, target)
+    }
+
+    fn request_reload(&mut self) {
+        self.out.event(Event::ReloadRequested);
     }
 }
