@@ -11,57 +11,25 @@ pub struct Certs {
     pub dir: PathBuf,
 }
 
+/// The key options of every certificate made here but the self-signed one: a P-256 key, unencrypted.
+const P256_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 impl Certs {
     /// Makes a CA named `name`, a certificate for 127.0.0.1 and localhost (`server.crt`, usable by servers and
     /// clients) and a client certificate (`client.crt`), all signed by that CA, with P-256 keys.
     pub fn generate(name: &str) -> Certs {
-        let dir = crate::scratch_dir(&format!("certs-{name}"));
-        let openssl =
-            |args: &[&str]| {
-                let output =
-                    Command::new("openssl").args(args).current_dir(&dir).stdin(Stdio::null()).output().unwrap_or_else(
-                        |e| panic!("cannot run openssl ({e}): install it with `apt-get install openssl`"),
-                    );
-                assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-            };
-        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let certs = Certs { dir: crate::scratch_dir(&format!("certs-{name}")) };
         let ca_subject = format!("/CN=redis-proxy test CA {name}");
         let mut ca = vec!["req", "-x509", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt", "-subj", &ca_subject];
-        ca.extend_from_slice(&key);
+        ca.extend_from_slice(&P256_KEY);
         ca.extend_from_slice(&["-addext", "basicConstraints=critical,CA:TRUE"]);
         ca.extend_from_slice(&["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-        openssl(&ca);
+        certs.openssl(&ca);
         for (leaf, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
-            let (key_file, csr, crt, ext) =
-                (format!("{leaf}.key"), format!("{leaf}.csr"), format!("{leaf}.crt"), format!("{leaf}.ext"));
-            let subject = format!("/CN={leaf}");
-            let mut req = vec!["req", "-keyout", &key_file, "-out", &csr, "-subj", &subject];
-            req.extend_from_slice(&key);
-            openssl(&req);
-            let extensions = format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n\
-                 subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-            );
-            std::fs::write(dir.join(&ext), extensions).expect("write extensions");
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &crt,
-                "-extfile",
-                &ext,
-            ]);
+            certs.request(leaf, usage, "DNS:localhost,IP:127.0.0.1");
+            certs.sign(leaf);
         }
-        Certs { dir }
+        certs
     }
 
     /// Runs `openssl args` in the directory; panics with its error output if it fails.
@@ -75,74 +43,46 @@ impl Certs {
         assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
 
+    /// Makes `{name}.key`, the signing request `{name}.csr` (subject `/CN={name}`), and `{name}.ext`: the
+    /// extensions of a leaf certificate for `usage` (extendedKeyUsage) with the subjectAltName `san`.
+    fn request(&self, name: &str, usage: &str, san: &str) {
+        let (key, csr, subject) = (format!("{name}.key"), format!("{name}.csr"), format!("/CN={name}"));
+        let mut req = vec!["req", "-keyout", &key, "-out", &csr, "-subj", &subject];
+        req.extend_from_slice(&P256_KEY);
+        self.openssl(&req);
+        let extensions = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n\
+             subjectAltName={san}\n"
+        );
+        std::fs::write(self.dir.join(format!("{name}.ext")), extensions).expect("write extensions");
+    }
+
+    /// Makes `{name}.crt` from the request [`Certs::request`] made: signed by the CA, valid for two days.
+    fn sign(&self, name: &str) {
+        let (csr, crt, ext) = (format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        let ca = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
+        let mut x509 = vec!["x509", "-req", "-in", &csr, "-out", &crt, "-extfile", &ext];
+        x509.extend_from_slice(&ca);
+        self.openssl(&x509);
+    }
+
     /// Makes `{name}.crt` and `{name}.key`: a self-signed certificate made the usual quick way (`openssl req -x509
     /// -newkey rsa:2048 -nodes -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1`), which
     /// OpenSSL makes a CA certificate (`CA:TRUE`).
     pub fn self_signed(&self, name: &str) {
         let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ]);
+        let mut req = vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt];
+        req.extend_from_slice(&["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]);
+        self.openssl(&req);
     }
 
     /// Makes `{name}.crt` and `{name}.key`: a server certificate this CA signed, with the subjectAltName `san`
     /// (e.g. `DNS:other.example`) and, if given, the validity period `dates` (`YYYYMMDDHHMMSSZ` start and end,
     /// e.g. one in the past: `openssl ca -startdate -enddate`, which OpenSSL 3.0 has, unlike `x509 -not_after`).
     pub fn signed(&self, name: &str, san: &str, dates: Option<(&str, &str)>) {
-        let (crt, key, csr, ext) =
-            (format!("{name}.crt"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
-        let subject = format!("/CN={name}");
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ]);
-        let extensions = format!(
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n\
-             subjectAltName={san}\n"
-        );
-        std::fs::write(self.dir.join(&ext), extensions).expect("write extensions");
-        let Some((start, end)) = dates else {
-            self.openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &crt,
-                "-extfile",
-                &ext,
-            ]);
-            return;
-        };
+        self.request(name, "serverAuth,clientAuth", san);
+        let Some((start, end)) = dates else { return self.sign(name) };
+        let (csr, crt, ext) = (format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
         // `openssl ca` keeps a small database of what it signed.
         let db = self.dir.join(format!("{name}-db"));
         std::fs::create_dir_all(&db).expect("ca database dir");
@@ -156,27 +96,10 @@ impl Certs {
         );
         let config_file = format!("{name}-ca.cnf");
         std::fs::write(self.dir.join(&config_file), config).expect("write ca config");
-        self.openssl(&[
-            "ca",
-            "-batch",
-            "-config",
-            &config_file,
-            "-cert",
-            "ca.crt",
-            "-keyfile",
-            "ca.key",
-            "-in",
-            &csr,
-            "-out",
-            &crt,
-            "-notext",
-            "-startdate",
-            start,
-            "-enddate",
-            end,
-            "-extfile",
-            &ext,
-        ]);
+        let mut ca = vec!["ca", "-batch", "-config", &config_file, "-cert", "ca.crt", "-keyfile", "ca.key"];
+        ca.extend_from_slice(&["-in", &csr, "-out", &crt, "-notext", "-extfile", &ext]);
+        ca.extend_from_slice(&["-startdate", start, "-enddate", end]);
+        self.openssl(&ca);
     }
 
     /// The path of `file` in the directory, as a string for configs and command lines.
