@@ -183,3 +183,65 @@ write("engine_admin", "add-remove-readd-and-failover", setup(servers=2, reads_to
       + answer(2, 2, 1) + echo(0) + admin_remove(2) + admin_add(2) + admin_failover(1) + advance(50) + TIMEOUT
       + answer(0, 4, 1) + answer(1, 4, 1) + echo(0) + command(0, "MULTI") + command(0, "SET", "k", "v")
       + command(0, "EXEC") + command(0, "WAIT", "1", "0") + reload(0b0101, 1, True) + TIMEOUT)
+
+
+# engine_sentinel: the setup, one byte for the sentinels (count - 1 in its low bits), then the admin target's
+# operations and (see Op::decode_with_sentinels) what the sentinels say, their events, their outages and the
+# PROXY commands Sentinel mode keeps.
+def sentinel_setup(sentinels=1, servers=0, reads_to_slaves=True, lost_after=1):
+    """lost_after: 0, 1 or 2 for a majority_lost_after of 150, 400 or 1000 ms."""
+    return setup(servers=servers + 1, reads_to_slaves=reads_to_slaves) + bytes([(sentinels - 1) | lost_after << 2])
+
+
+def sentinel_says(sentinel, master, listed, healthy, alias=False, promote=True):
+    """sentinel: an index, or ALL; master: a universe index, or None (it does not know the name)."""
+    return bytes([22, sentinel, 4 if master is None else master, listed | healthy << 4, int(alias) | 2 * int(promote)])
+
+
+ALL = 0x80
+
+
+def sentinel_push(sentinel, kind=0):
+    return bytes([24, sentinel, kind])
+
+
+def sentinel_toggle(sentinel):
+    return bytes([25, sentinel])
+
+
+def admin_query(which):
+    return bytes([26, which])
+
+
+# One sentinel names server 0 and lists servers 1 and 2: its answers come, the servers it names are probed and
+# answer (server 0 reports role:master), so the engine routes to server 0 and reads to 1 and 2. Backends: 0 and 1
+# are the sentinel's (questions, subscription), 2 to 4 the probes of servers 0 to 2.
+ONE_SENTINEL_UP = (TIMEOUT + connected() * 2 + answer(0, 2, 6) + answer(1, 2, 6) + connected() * 3
+                   + answer(2, 2, 1) + answer(3, 2, 1) + answer(4, 2, 1))
+# The case this target was made for: a SCAN cursor of server 1 (backend 5), then the sentinels drop server 1 from
+# their replicas; the next round's answer reaches the engine and the client continues its cursor.
+write("engine_sentinel", "sentinels-drop-the-scan-cursors-server", sentinel_setup() + ONE_SENTINEL_UP + ACCEPT
+      + scan(0, 0) + connected() + answer(5, 1, 1) + sentinel_says(ALL, 0, 0b0100, 0b0100) + advance(150)
+      + answer(0, 2, 6) + scan(0, 2) + connected() + echo(0) + connected() + answer(6, 1, 1) + answer(7, 1, 1)
+      + scan(0, 2) + answer(6, 1, 1) + echo(0) + answer(7, 1, 1))
+# Three sentinels: two name server 1 (promoted) and publish +switch-master while a client writes, runs a
+# transaction and WAITs; the third lags, then stops, then comes back naming server 1 under another address.
+write("engine_sentinel", "switch-master-with-traffic", sentinel_setup(sentinels=3, lost_after=2) + TIMEOUT
+      + connected() * 6 + answer(0, 2, 6) + answer(2, 2, 6) + answer(4, 2, 6) + answer(1, 2, 6) + connected() * 3
+      + answer(6, 2, 1) + answer(7, 2, 1) + answer(8, 2, 1) + ACCEPT + command(0, "SET", "k", "v") + connected()
+      + answer(9, 1, 6) + command(0, "MULTI") + command(0, "SET", "k", "v") + echo(0) + sentinel_says(0, 1, 0b0101, 0b0101)
+      + sentinel_says(1, 1, 0b0101, 0b0001) + sentinel_push(0) + answer(0, 2, 6) + answer(2, 2, 6) + answer(4, 2, 6)
+      + command(0, "EXEC") + command(0, "WAIT", "1", "0") + answer(7, 4, 1) + TIMEOUT + connected() * 2
+      + command(0, "SET", "k", "v") + echo(0) + connected() + answer(9, 3, 6) + sentinel_toggle(2) + advance(300)
+      + TIMEOUT + sentinel_toggle(2) + sentinel_says(2, 1, 0b0001, 0b0001, alias=True) + TIMEOUT + connected() * 4
+      + answer(0, 2, 6) + answer(2, 2, 6) + answer(4, 2, 6) + echo(0) + TIMEOUT)
+# Answers that name nothing usable: errors, wrong shapes, ports out of range, RESP3 nulls and maps, bytes that
+# are no reply; events of the wrong shape; the admin commands Sentinel mode refuses and those it keeps, reloads.
+# Backends: 0 and 1 probe the configured servers 0 and 1, 2 and 3 are sentinel 0's, 4 and 5 sentinel 1's.
+MALFORMED = b"".join(answer(2, 2, 7 + 8 * v) + answer(4, 2, 7 + 8 * (6 - v)) + advance(100) for v in range(7))
+write("engine_sentinel", "malformed-answers-and-admin", sentinel_setup(sentinels=2, servers=2) + TIMEOUT
+      + connected() * 6 + answer(0, 2, 3) + answer(1, 2, 3) + answer(3, 2, 6) + answer(5, 2, 6) + MALFORMED
+      + answer(2, 2, 6) + answer(4, 2, 3) + ACCEPT + command(0, "GET", "k") + sentinel_push(0, 4) + sentinel_push(1, 5)
+      + sentinel_push(0, 3) + admin_add(3) + admin_remove(1) + admin_failover() + admin_query(0) + admin_query(1)
+      + admin_query(2) + reload(0b1010, 1, True) + answer(2, 2, 63) + sentinel_says(ALL, None, 0, 0) + TIMEOUT
+      + echo(0) + advance(1500) + TIMEOUT)

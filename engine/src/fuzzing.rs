@@ -14,20 +14,25 @@
 //! - [`engine_admin`]: the same with an admin client's `PROXY ADD/REMOVE/FAILOVER`, reloads that add, remove,
 //!   reorder and re-address servers, `SCAN` cursors and numbered `ECHO`s mixed in; replies must stay in order per
 //!   client, and a removed server must get no new connection or request.
+//! - [`engine_sentinel`]: the admin target in Sentinel mode, with what 1 to 3 fuzzed sentinels answer (masters
+//!   that change, replica lists that add, drop and re-address servers, malformed answers), the events they
+//!   publish and their outages mixed in; the engine must connect, write and read only where the sentinels said.
 //!
 //! | module | holds |
 //! |---|---|
 //! | `scan` | the scanner targets: whole against chunked scans |
 //! | `input` | how the engine target's input decodes: the setup and the operations |
 //! | `servers` | how the fuzzed servers answer what the engine sends them |
+//! | `sentinels` | how the fuzzed sentinels answer, and the events they publish |
 //! | `harness` | the engine target: its model of every connection and the checks of the contract |
 
 mod harness;
 mod input;
 mod scan;
+mod sentinels;
 mod servers;
 
-pub use harness::{engine_admin, engine_client_bytes};
+pub use harness::{engine_admin, engine_client_bytes, engine_sentinel};
 pub use scan::{resp_reply, resp_request, tiny_limits};
 
 #[cfg(test)]
@@ -39,11 +44,12 @@ mod tests {
     fn fuzz_corpus_replays() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 4] = [
+        let targets: [(&str, Target); 5] = [
             ("resp_request", super::resp_request),
             ("resp_reply", super::resp_reply),
             ("engine_client_bytes", super::engine_client_bytes),
             ("engine_admin", super::engine_admin),
+            ("engine_sentinel", super::engine_sentinel),
         ];
         let mut failures = Vec::new();
         for (name, target) in targets {

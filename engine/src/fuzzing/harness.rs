@@ -2,9 +2,12 @@
 //! with a model of every connection it opened, checking the connection contract after every input. The admin
 //! target mixes in `PROXY ADD/REMOVE/FAILOVER` from an admin client, reloads that add, remove, reorder and
 //! re-address servers, `SCAN` cursors and numbered `ECHO`s, and checks that replies stay in order and that a
-//! removed server gets no new connection or request.
+//! removed server gets no new connection or request. The Sentinel target runs the same in Sentinel mode, the
+//! fuzzed sentinels answering, publishing and stopping as the input says, and checks that the engine connects
+//! only where it was told to and sends writes and reads only to the servers the sentinels named for them.
 
-use super::input::{reload_config, Op, Setup, ARGS, COMMANDS, UNIVERSE};
+use super::input::{reload_config, sentinel_json, sentinel_port, Op, Setup, ARGS, COMMANDS, UNIVERSE};
+use super::sentinels::{self, FakeSentinel};
 use super::servers;
 use crate::address::ServerAddress;
 use crate::conn::ConnId;
@@ -37,15 +40,28 @@ struct ClientModel {
     cursor: Option<Vec<u8>>,
 }
 
+/// What a backend connection reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// A server of the universe (by index).
+    Server(usize),
+    /// A configured sentinel (by index).
+    Sentinel(usize),
+}
+
 /// The harness's view of one backend connection the engine asked for.
 struct BackendModel {
     id: ConnId,
-    server: usize,
+    peer: Peer,
+    /// The address the engine connected to (a server may go by two).
+    address: ServerAddress,
     open: bool,
     connected: bool,
     /// Requests the engine sent on it and the harness has not answered yet.
     unanswered: VecDeque<Request>,
     sent: RequestStream,
+    /// A sentinel's subscription (it was sent `HELLO`).
+    subscriber: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,16 +89,32 @@ struct Harness {
     admin: Option<usize>,
     /// Whether reads are split now (reloads may flip it).
     reads_to_slaves: bool,
+    /// Sentinel mode: the fuzzed sentinels (none otherwise), and the JSON of the `sentinel` object.
+    sentinels: Vec<FakeSentinel>,
+    sentinel_json: Option<String>,
+    /// Sentinel mode: where the engine may connect (the configured servers and sentinels, and every address an
+    /// answer it was handed named), the servers (by port) an answer named as the master, and those named as the
+    /// master or listed as a healthy replica.
+    may_connect: BTreeSet<ServerAddress>,
+    named_masters: BTreeSet<u16>,
+    named_readable: BTreeSet<u16>,
 }
 
 impl Harness {
-    fn new(setup: &Setup) -> Harness {
-        let config = setup.config();
+    /// A harness for `setup`; in Sentinel mode with `sentinels` (the byte that decodes to the `sentinel` object).
+    fn new(setup: &Setup, sentinels: Option<u8>) -> Harness {
+        let (count, sentinel_json) = match sentinels.map(sentinel_json) {
+            Some((count, json)) => (count, Some(json)),
+            None => (0, None),
+        };
+        let config = setup.config(sentinel_json.as_deref());
         let universe: Vec<ServerAddress> = (0..UNIVERSE)
             .map(|i| ServerAddress { host: "127.0.0.1".into(), port: crate::testkit::port_of(i) })
             .collect();
         assert!(config.servers.iter().zip(&universe).all(|(a, b)| a == b), "configured servers come first");
         let servers = master_and_replicas(&universe);
+        let sentinel_addresses = (0..count).map(|i| ServerAddress { host: "127.0.0.1".into(), port: sentinel_port(i) });
+        let may_connect = config.servers.iter().cloned().chain(sentinel_addresses).collect();
         Harness {
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
             driver: Driver::new(config),
@@ -94,6 +126,11 @@ impl Harness {
             removed: BTreeSet::new(),
             admin: None,
             reads_to_slaves: setup.reads_to_slaves(),
+            sentinels: vec![FakeSentinel::default(); count],
+            sentinel_json,
+            may_connect,
+            named_masters: BTreeSet::new(),
+            named_readable: BTreeSet::new(),
         }
     }
 
@@ -176,7 +213,7 @@ impl Harness {
             Op::Reload { mask, rotate, flip_mode } => {
                 let universe: Vec<String> = self.universe.iter().map(ToString::to_string).collect();
                 let reads_to_slaves = self.reads_to_slaves != flip_mode;
-                let config = reload_config(&universe, mask, rotate, reads_to_slaves);
+                let config = reload_config(&universe, mask, rotate, reads_to_slaves, self.sentinel_json.as_deref());
                 let now = self.driver.clock.now();
                 // A refusal (it would remove the master, or a server still draining) changes nothing.
                 if self.driver.engine.reconfigure(now, config).is_ok() {
@@ -251,6 +288,14 @@ impl Harness {
             }
             Op::Connected { backend } => {
                 if let Some(i) = self.open_backend(backend, Some(false)) {
+                    if let Peer::Sentinel(s) = self.backends[i].peer {
+                        if !self.sentinels[s].up {
+                            self.backends[i].open = false;
+                            self.driver.refused(self.backends[i].id);
+                            self.drain();
+                            return;
+                        }
+                    }
                     self.backends[i].connected = true;
                     self.driver.connected(self.backends[i].id);
                     self.drain();
@@ -283,10 +328,81 @@ impl Harness {
                     let mut out = Vec::new();
                     for _ in 0..usize::from(count % 4) + 1 {
                         let Some(request) = self.backends[i].unanswered.pop_front() else { break };
-                        servers::answer(&mut self.servers[self.backends[i].server], &request, flavor, &mut out);
+                        match self.backends[i].peer {
+                            Peer::Server(server) => {
+                                servers::answer(&mut self.servers[server], &request, flavor, &mut out)
+                            }
+                            Peer::Sentinel(s) => {
+                                let named = self.sentinels[s].answer(&self.universe, &request, flavor, &mut out);
+                                self.learn(named);
+                            }
+                        }
                     }
                     self.deliver_backend(i, &out);
                 }
+            }
+            Op::SentinelSays { sentinel, master, replicas, style } => {
+                if self.sentinels.is_empty() {
+                    return;
+                }
+                let says = FakeSentinel {
+                    master: (usize::from(master % 5) < UNIVERSE).then_some(usize::from(master % 5)),
+                    listed: replicas & 0x0F,
+                    healthy: replicas >> 4,
+                    alias: style & 1 != 0,
+                    up: true,
+                };
+                let count = self.sentinels.len();
+                let picked = if sentinel >= 0x80 {
+                    0..count
+                } else {
+                    usize::from(sentinel) % count..usize::from(sentinel) % count + 1
+                };
+                for s in picked {
+                    self.sentinels[s] = FakeSentinel { up: self.sentinels[s].up, ..says.clone() };
+                }
+                if let Some(master) = says.master.filter(|_| style & 2 != 0) {
+                    self.promote(master);
+                }
+            }
+            Op::SentinelPush { sentinel, kind } => {
+                if self.sentinels.is_empty() {
+                    return;
+                }
+                let s = usize::from(sentinel) % self.sentinels.len();
+                let subscription = (0..self.backends.len()).find(|&i| {
+                    let b = &self.backends[i];
+                    b.open && b.connected && b.subscriber && b.peer == Peer::Sentinel(s)
+                });
+                if let Some(i) = subscription {
+                    let master = self.sentinels[s].master.map_or(0, |m| self.universe[m].port);
+                    self.deliver_backend(i, &sentinels::event(kind, master));
+                }
+            }
+            Op::SentinelToggle { sentinel } => {
+                if self.sentinels.is_empty() {
+                    return;
+                }
+                let s = usize::from(sentinel) % self.sentinels.len();
+                self.sentinels[s].up = !self.sentinels[s].up;
+                if !self.sentinels[s].up {
+                    for i in 0..self.backends.len() {
+                        if self.backends[i].open && self.backends[i].peer == Peer::Sentinel(s) {
+                            if self.backends[i].connected {
+                                self.close_backend(i);
+                            } else {
+                                self.backends[i].open = false;
+                                self.driver.refused(self.backends[i].id);
+                                self.drain();
+                            }
+                        }
+                    }
+                }
+            }
+            Op::AdminQuery { which } => {
+                let verb = ["STATUS", "SERVERS", "RELOAD"][usize::from(which) % 3];
+                let admin = self.admin_client();
+                self.send_words(admin, &["PROXY", verb]);
             }
             Op::Stale { conn, kind } => {
                 let dead: Vec<ConnId> = self
@@ -354,6 +470,58 @@ impl Harness {
         }
     }
 
+    /// Notes what a sentinel's answer, about to be handed to the engine, named.
+    fn learn(&mut self, named: sentinels::Named) {
+        if let Some(master) = named.master {
+            self.named_masters.insert(master.port);
+            self.named_readable.insert(master.port);
+            self.may_connect.insert(master);
+        }
+        for (replica, healthy) in named.replicas {
+            if healthy {
+                self.named_readable.insert(replica.port);
+            }
+            self.may_connect.insert(replica);
+        }
+    }
+
+    /// Sentinel's failover to universe server `master`: it reports `role:master`, every other server becomes its
+    /// replica.
+    fn promote(&mut self, master: usize) {
+        let address = self.universe[master].clone();
+        for (i, server) in self.servers.iter_mut().enumerate() {
+            let offset = server.info.offset;
+            *server = if i == master {
+                FakeServer::master(address.port)
+            } else {
+                FakeServer::replica_of(self.universe[i].port, &address)
+            }
+            .with_offset(offset);
+        }
+    }
+
+    /// Sentinel mode: what reaches a server must be what the sentinels allow (see [`engine_sentinel`]).
+    fn check_sentinel_rules(&self, port: u16, request: &Request) {
+        if self.sentinels.is_empty() {
+            return;
+        }
+        let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
+        match name.as_slice() {
+            // One of another arity is Redis's to refuse (the engine forwards it): it changes nothing.
+            b"REPLICAOF" | b"SLAVEOF" if request.arg_count() == 3 => {
+                panic!("REPLICAOF sent to {port} in Sentinel mode")
+            }
+            b"SET" | b"INCR" | b"DEL" => {
+                assert!(self.named_masters.contains(&port), "a write to {port}, which no sentinel named the master")
+            }
+            b"GET" | b"MGET" | b"SCAN" => assert!(
+                self.named_readable.contains(&port),
+                "a read to {port}, which no sentinel named the master or a healthy replica"
+            ),
+            _ => {}
+        }
+    }
+
     fn deliver_backend(&mut self, i: usize, data: &[u8]) {
         self.driver.feed(self.backends[i].id, data);
         self.drain();
@@ -386,11 +554,24 @@ impl Harness {
                 Action::Connect { conn, address } => {
                     assert!(!self.known.contains_key(&conn), "Connect with an id already in use or used: {conn}");
                     assert!(!removed.contains(&address), "Connect to the removed server {address}");
-                    let server = self.universe.iter().position(|s| *s == address).expect("Connect to a known server");
+                    let peer = match (0..self.sentinels.len()).find(|&s| address.port == sentinel_port(s)) {
+                        Some(s) => Peer::Sentinel(s),
+                        None => Peer::Server(
+                            self.universe
+                                .iter()
+                                .position(|s| address.is_named(&s.host, s.port))
+                                .expect("Connect to a known server"),
+                        ),
+                    };
+                    if !self.sentinels.is_empty() {
+                        assert!(self.may_connect.contains(&address), "Connect to {address}, which no sentinel named");
+                    }
                     self.known.insert(conn, Kind::Backend(self.backends.len()));
                     self.backends.push(BackendModel {
                         id: conn,
-                        server,
+                        peer,
+                        address,
+                        subscriber: false,
                         open: true,
                         connected: false,
                         unanswered: VecDeque::new(),
@@ -406,13 +587,20 @@ impl Harness {
                         self.clients[i].sends.push(data);
                     }
                     Some(Kind::Backend(i)) => {
-                        let address = &self.universe[self.backends[i].server];
+                        let address = &self.backends[i].address;
                         assert!(!removed.contains(address), "Send to the removed server {address}: {data:?}");
-                        let backend = &mut self.backends[i];
-                        assert!(backend.open, "Send to the closed backend {conn}: {data:?}");
-                        backend.sent.push(&data);
-                        while let Some(request) = backend.sent.next_request().unwrap() {
-                            backend.unanswered.push_back(request);
+                        assert!(self.backends[i].open, "Send to the closed backend {conn}: {data:?}");
+                        self.backends[i].sent.push(&data);
+                        while let Some(request) = self.backends[i].sent.next_request().unwrap() {
+                            match self.backends[i].peer {
+                                Peer::Server(_) => self.check_sentinel_rules(self.backends[i].address.port, &request),
+                                Peer::Sentinel(_) => {
+                                    if request.arg(0).is_some_and(|a| a.eq_ignore_ascii_case(b"HELLO")) {
+                                        self.backends[i].subscriber = true;
+                                    }
+                                }
+                            }
+                            self.backends[i].unanswered.push_back(request);
                         }
                     }
                     None => panic!("Send to {conn}, which the engine never issued"),
@@ -547,20 +735,37 @@ fn scan_cursor(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Runs an engine through the operations encoded in `data`, checking the connection contract throughout.
 pub fn engine_client_bytes(data: &[u8]) {
-    run_ops(data, Op::decode);
+    run_ops(data, false, Op::decode);
 }
 
 /// Like [`engine_client_bytes`], with admin commands, reloads, `SCAN` cursors and numbered `ECHO`s mixed in:
 /// besides the connection contract, replies stay in order per client and a removed server gets no new
 /// connection or request.
 pub fn engine_admin(data: &[u8]) {
-    run_ops(data, Op::decode_with_admin);
+    run_ops(data, false, Op::decode_with_admin);
 }
 
-fn run_ops(data: &[u8], decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<Op>) {
+/// Like [`engine_admin`] in Sentinel mode: after the setup, a byte picks 1 to 3 sentinels; the operations add
+/// what each sentinel answers (the master it names, the replicas it lists and which are healthy, under their own
+/// or other addresses, with the named master promoted or not), malformed answers, the events they publish and
+/// their outages. Besides the admin target's invariants: the engine connects only to the configured servers and
+/// sentinels and to servers a sentinel's answer named; no `REPLICAOF` reaches a server; a write reaches only a
+/// server an answer named the master, and a read only one named the master or listed as a healthy replica.
+pub fn engine_sentinel(data: &[u8]) {
+    run_ops(data, true, Op::decode_with_sentinels);
+}
+
+fn run_ops(data: &[u8], sentinel_mode: bool, decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<Op>) {
     let mut input = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut input) else { return };
-    let mut harness = Harness::new(&setup);
+    let sentinels = match sentinel_mode {
+        true => match input.arbitrary::<u8>() {
+            Ok(byte) => Some(byte),
+            Err(_) => return,
+        },
+        false => None,
+    };
+    let mut harness = Harness::new(&setup, sentinels);
     harness.driver.advance(Duration::ZERO);
     harness.drain();
     let mut steps = 0;

@@ -6,9 +6,24 @@ use arbitrary::{Arbitrary, Unstructured};
 /// How many server addresses the admin target knows: the configured ones and those it may add.
 pub(super) const UNIVERSE: usize = 4;
 
+/// How many sentinels the Sentinel target may configure, on ports 26000 and up.
+pub(super) const MAX_SENTINELS: usize = 3;
+
+/// The port of sentinel `index`.
+pub(super) fn sentinel_port(index: usize) -> u16 {
+    26000 + index as u16
+}
+
 /// The configuration the admin target's reloads hand the engine: the servers of `universe` (addresses) picked by
-/// the bits of `mask` (at least one), rotated by `rotate`, in `mode`.
-pub(super) fn reload_config(universe: &[String], mask: u8, rotate: u8, reads_to_slaves: bool) -> Config {
+/// the bits of `mask` (at least one), rotated by `rotate`, in `mode`, with the `sentinel` object of the running
+/// configuration (a reload cannot change it).
+pub(super) fn reload_config(
+    universe: &[String],
+    mask: u8,
+    rotate: u8,
+    reads_to_slaves: bool,
+    sentinel: Option<&str>,
+) -> Config {
     let mut picked: Vec<&String> =
         universe.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, s)| s).collect();
     if picked.is_empty() {
@@ -24,9 +39,10 @@ pub(super) fn reload_config(universe: &[String], mask: u8, rotate: u8, reads_to_
         })
         .collect();
     let json = format!(
-        "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500}}",
+        "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500{}}}",
         list.join(","),
         if reads_to_slaves { "readsToSlaves" } else { "allToMaster" },
+        sentinel.map(|s| format!(", \"sentinel\": {s}")).unwrap_or_default(),
     );
     Config::from_json(&json).expect("the harness writes valid configurations")
 }
@@ -88,18 +104,24 @@ impl Setup {
         self.reads_to_slaves
     }
 
-    /// The configuration it describes, written as JSON so that the configuration parser is fuzzed along.
-    pub(super) fn config(&self) -> Config {
-        let servers = usize::from(self.servers % 3) + 1;
+    /// The configuration it describes, written as JSON so that the configuration parser is fuzzed along; with
+    /// `sentinel` (the JSON of the `sentinel` object), in Sentinel mode, where the server list may be empty.
+    pub(super) fn config(&self, sentinel: Option<&str>) -> Config {
+        let servers = match sentinel {
+            Some(_) => usize::from(self.servers % 3),
+            None => usize::from(self.servers % 3) + 1,
+        };
         let list: Vec<String> = (0..servers)
             .map(|i| format!("{{\"host\": \"127.0.0.1\", \"port\": {}}}", crate::testkit::port_of(i)))
             .collect();
         let limits = if self.small_limits { ", \"max_bulk_len\": 64, \"max_request_len\": 1024" } else { "" };
+        let sentinel = sentinel.map(|s| format!(", \"sentinel\": {s}")).unwrap_or_default();
+        // An empty list is refused: Sentinel mode without servers leaves the field out.
+        let servers = if list.is_empty() { String::new() } else { format!("\"servers\": [{}], ", list.join(",")) };
         let json = format!(
-            "{{\"servers\": [{}], \"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500, \
+            "{{{servers}\"mode\": \"{}\", \"check_period\": 100, \"down_after\": 300, \"hold_ms\": 500, \
              \"pool_size\": {}, \"max_pipeline\": {}, \"max_clients\": {}, \"hold_max_bytes\": {}, \
-             \"client_output_limit\": 1024{limits}}}",
-            list.join(","),
+             \"client_output_limit\": 1024{limits}{sentinel}}}",
             if self.reads_to_slaves { "readsToSlaves" } else { "allToMaster" },
             self.pool_size % 3 + 1,
             self.max_pipeline % 8 + 1,
@@ -108,6 +130,21 @@ impl Setup {
         );
         Config::from_json(&json).expect("the harness writes valid configurations")
     }
+}
+
+/// The Sentinel target's `sentinel` object, decoded from one byte after the [`Setup`]: 1 to [`MAX_SENTINELS`]
+/// sentinels (bits 0-1) and a `majority_lost_after` short enough for a fuzzer to pass (bits 2-3: 150, 400 or
+/// 1000 ms).
+pub(super) fn sentinel_json(byte: u8) -> (usize, String) {
+    let count = usize::from(byte & 3) % MAX_SENTINELS + 1;
+    let lost_after = [150, 400, 1000][usize::from(byte >> 2 & 3) % 3];
+    let list: Vec<String> =
+        (0..count).map(|i| format!("{{\"host\": \"127.0.0.1\", \"port\": {}}}", sentinel_port(i))).collect();
+    let json = format!(
+        "{{\"sentinels\": [{}], \"master_name\": \"mymaster\", \"majority_lost_after\": {lost_after}}}",
+        list.join(",")
+    );
+    (count, json)
 }
 
 /// One step of the engine scenario; decoded by [`Op::decode`] from a simple byte format (a tag byte, then its
@@ -188,6 +225,30 @@ pub(super) enum Op {
     ClientEcho {
         client: u8,
     },
+    /// What sentinel `sentinel` (or, high bit, every sentinel) answers from now on: the master of the universe it
+    /// names (`master` mod 5; 4: it does not know the name), the replicas it lists (the low nibble of `replicas`,
+    /// a mask of the universe) and which of them are healthy (the high nibble); `style` bit 0 names them all
+    /// `localhost` instead of `127.0.0.1` (re-addressed), bit 1 promotes the named master (its `INFO` says
+    /// `role:master`, the other servers become its replicas), as Sentinel's failover does.
+    SentinelSays {
+        sentinel: u8,
+        master: u8,
+        replicas: u8,
+        style: u8,
+    },
+    /// Sentinel `sentinel` publishes an event (`kind` picks which, malformed ones included) on its subscription.
+    SentinelPush {
+        sentinel: u8,
+        kind: u8,
+    },
+    /// Sentinel `sentinel` stops (its connections close, new ones are refused), or starts again.
+    SentinelToggle {
+        sentinel: u8,
+    },
+    /// `PROXY STATUS`, `PROXY SERVERS` or `PROXY RELOAD` from the admin client: the commands Sentinel mode keeps.
+    AdminQuery {
+        which: u8,
+    },
 }
 
 impl Op {
@@ -224,6 +285,11 @@ impl Op {
     /// Like [`Op::decode`], with the admin operations, reloads, `SCAN` and `ECHO` among the tags.
     pub(super) fn decode_with_admin(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
         let tag: u8 = u.arbitrary()?;
+        Op::decode_admin_tag(tag, u)
+    }
+
+    /// The operation `tag` names (mod 22) among the admin target's, and its fields.
+    fn decode_admin_tag(tag: u8, u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
         let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
         Ok(match tag % 22 {
             14 => Op::AdminAdd { server: byte(u)? },
@@ -233,6 +299,19 @@ impl Op {
             18 | 19 => Op::ClientScan { client: byte(u)?, cursor: byte(u)? },
             20 | 21 => Op::ClientEcho { client: byte(u)? },
             other => Op::decode_fields(other, u)?,
+        })
+    }
+
+    /// Like [`Op::decode_with_admin`], with the sentinels' answers, events and outages among the tags.
+    pub(super) fn decode_with_sentinels(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
+        let tag: u8 = u.arbitrary()?;
+        let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
+        Ok(match tag % 27 {
+            22 | 23 => Op::SentinelSays { sentinel: byte(u)?, master: byte(u)?, replicas: byte(u)?, style: byte(u)? },
+            24 => Op::SentinelPush { sentinel: byte(u)?, kind: byte(u)? },
+            25 => Op::SentinelToggle { sentinel: byte(u)? },
+            26 => Op::AdminQuery { which: byte(u)? },
+            other => Op::decode_admin_tag(other, u)?,
         })
     }
 }

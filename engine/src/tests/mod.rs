@@ -11,10 +11,12 @@
 //! | `sentinel_world` | fake sentinels and fake servers for the Sentinel-mode tests, with per-proxy partitions |
 //! | `sentinel` | Sentinel mode: majority rule, stale or lying sentinels, cut-off proxies |
 //! | `sentinel_sim` | several proxies in Sentinel mode on random schedules, checked against the Sentinel invariants |
+//! | `sentinel_traffic` | one proxy in Sentinel mode with client traffic while the sentinels' answers change the servers: reply order, `SCAN` completeness, reads only where the sentinels allow |
 
 mod request_path;
 mod sentinel;
 mod sentinel_sim;
+mod sentinel_traffic;
 mod sentinel_world;
 mod sim;
 mod stream_path;

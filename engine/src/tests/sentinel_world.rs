@@ -27,6 +27,8 @@ pub(crate) fn addr(port: u16) -> ServerAddress {
 
 /// A sentinel reduced to what the proxy asks: the master it names, the replicas it lists, whether it is up.
 pub(crate) struct FakeSentinel {
+    /// The host it names every server by (`127.0.0.1`; `localhost` names the same processes otherwise).
+    pub(crate) host: &'static str,
     pub(crate) master: Option<u16>,
     /// (port, flags, master-link-status)
     pub(crate) replicas: Vec<(u16, &'static str, &'static str)>,
@@ -82,6 +84,10 @@ pub(crate) struct Proxy {
     /// Connections that went quiet in a silent cut: what is sent on them is lost.
     quiet: BTreeSet<ConnId>,
     pub(crate) events: Vec<Event>,
+    /// Its clients, and everything it sent each of them.
+    clients: BTreeMap<ConnId, Vec<u8>>,
+    /// The servers (ports) it reported removed and did not add back since: nothing may reach them.
+    removed: BTreeSet<u16>,
 }
 
 /// Engines in Sentinel mode with their fake network.
@@ -115,7 +121,7 @@ impl World {
         let sentinels = (0..sentinels)
             .map(|i| {
                 let replicas = vec![(7001, "slave", "ok"), (7002, "slave", "ok")];
-                (26000 + i as u16, FakeSentinel { master: Some(7000), replicas, up: true })
+                (26000 + i as u16, FakeSentinel { host: "127.0.0.1", master: Some(7000), replicas, up: true })
             })
             .collect();
         let proxies = (0..proxies)
@@ -127,6 +133,8 @@ impl World {
                 cuts: BTreeMap::new(),
                 quiet: BTreeSet::new(),
                 events: Vec::new(),
+                clients: BTreeMap::new(),
+                removed: BTreeSet::new(),
             })
             .collect();
         World { clock, servers, down: Vec::new(), sentinels, proxies, landings: Vec::new() }
@@ -146,12 +154,22 @@ impl World {
             let driver = self.driver(proxy);
             let actions = driver.drain();
             let events = driver.events();
-            self.proxies[proxy].events.extend(events);
+            // An action and an event of one batch come in two queues: a server removed in this batch may have been
+            // sent its last probe in it, so the removal counts from the next batch on.
+            for action in actions.iter() {
+                self.perform(proxy, action.clone());
+            }
+            let p = &mut self.proxies[proxy];
+            for event in &events {
+                match event {
+                    Event::ServerRemoved { address } => p.removed.insert(address.port),
+                    Event::ServerAdded { address } => p.removed.remove(&address.port),
+                    _ => false,
+                };
+            }
+            p.events.extend(events);
             if actions.is_empty() {
                 return;
-            }
-            for action in actions {
-                self.perform(proxy, action);
             }
         }
         panic!("engine {proxy} never settled");
@@ -166,6 +184,7 @@ impl World {
         match action {
             Action::Connect { conn, address } => {
                 let port = address.port;
+                assert!(!self.proxies[proxy].removed.contains(&port), "proxy {proxy} connects to removed {address}");
                 let cut = self.proxies[proxy].cuts.get(&port).copied();
                 let (peer, up) = if port >= 26000 {
                     (Peer::Sentinel(port), self.sentinels.get(&port).is_some_and(|s| s.up))
@@ -187,8 +206,14 @@ impl World {
             }
             Action::Send { conn, data } => {
                 let p = &mut self.proxies[proxy];
-                // Replies to clients are not looked at: the tests watch where requests land.
+                if let Some(replies) = p.clients.get_mut(&conn) {
+                    replies.extend_from_slice(&data);
+                    return;
+                }
                 let Some(peer) = p.peers.get(&conn).copied() else { return };
+                if let Peer::Server(port) = peer {
+                    assert!(!p.removed.contains(&port), "proxy {proxy} sends to the removed server {port}");
+                }
                 if p.quiet.contains(&conn) {
                     return;
                 }
@@ -223,13 +248,17 @@ impl World {
     }
 
     fn server_answer(&mut self, proxy: usize, port: u16, args: &[Vec<u8>]) -> Vec<u8> {
+        let command = String::from_utf8_lossy(&args[0]).to_uppercase();
+        assert!(!matches!(command.as_str(), "REPLICAOF" | "SLAVEOF"), "proxy {proxy} sent {command} to {port}");
         let server = self.servers.get_mut(&port).expect("a known server");
         if let Some(reply) = server.answer(args) {
             return reply.to_vec();
         }
-        let command = String::from_utf8_lossy(&args[0]).to_uppercase();
         let reply = match command.as_str() {
             "GET" => b"$1\r\nv\r\n".to_vec(),
+            "ECHO" => bulk(args.get(1).map_or(&b""[..], Vec::as_slice)),
+            "EXEC" => b"*0\r\n".to_vec(),
+            "SCAN" => scan_answer(port, args.get(1).map_or(&b"0"[..], Vec::as_slice)),
             _ => b"+OK\r\n".to_vec(),
         };
         self.landings.push(Landing { at: self.clock.ms(), proxy, port, command });
@@ -332,8 +361,19 @@ impl World {
     /// A new client of proxy `proxy`.
     pub(crate) fn client(&mut self, proxy: usize) -> Client {
         let conn = self.driver(proxy).accept();
+        self.proxies[proxy].clients.insert(conn, Vec::new());
         self.settle_proxy(proxy);
         Client { proxy, conn }
+    }
+
+    /// Everything proxy sent `client` so far.
+    pub(crate) fn replies(&self, client: Client) -> &[u8] {
+        &self.proxies[client.proxy].clients[&client.conn]
+    }
+
+    /// Starts sentinel `port` again (new connections get through).
+    pub(crate) fn start_sentinel(&mut self, port: u16) {
+        self.sentinels.get_mut(&port).unwrap().up = true;
     }
 
     /// `client` sends `request`, without letting time pass.
@@ -358,13 +398,15 @@ fn sentinel_answer(sentinel: &FakeSentinel, args: &[Vec<u8>]) -> Vec<u8> {
         ("SUBSCRIBE", _) => Vec::new(),
         ("AUTH", _) => b"+OK\r\n".to_vec(),
         ("SENTINEL", Some("get-master-addr-by-name")) => match sentinel.master {
-            Some(port) => format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.to_string().len()).into_bytes(),
+            Some(port) => {
+                [&b"*2\r\n"[..], &bulk(sentinel.host.as_bytes()), &bulk(port.to_string().as_bytes())].concat()
+            }
             None => b"*-1\r\n".to_vec(),
         },
         ("SENTINEL", Some("replicas")) => {
             let mut out = format!("*{}\r\n", sentinel.replicas.len());
             for (port, flags, link) in &sentinel.replicas {
-                let fields = [("ip", "127.0.0.1".to_string()), ("port", port.to_string())]
+                let fields = [("ip", sentinel.host.to_string()), ("port", port.to_string())]
                     .into_iter()
                     .chain([("flags", flags.to_string()), ("master-link-status", link.to_string())]);
                 out.push_str("*8\r\n");
@@ -376,6 +418,34 @@ fn sentinel_answer(sentinel: &FakeSentinel, args: &[Vec<u8>]) -> Vec<u8> {
         }
         other => panic!("the fake sentinel does not know {other:?}"),
     }
+}
+
+/// A bulk string.
+fn bulk(value: &[u8]) -> Vec<u8> {
+    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
+}
+
+/// The keys every server holds, for `SCAN`.
+pub(crate) const SCAN_KEYS: usize = 10;
+
+/// How many keys one `SCAN` call returns.
+const SCAN_STEP: usize = 3;
+
+/// Server `port`'s reply to `SCAN cursor`: the next [`SCAN_STEP`] of the keys `k0`.. in order, and a cursor that
+/// names the server (`port * 100 + position`; 0 at the end). A cursor another server issued is a test failure:
+/// the proxy must send a cursor only to the server that returned it.
+fn scan_answer(port: u16, cursor: &[u8]) -> Vec<u8> {
+    let cursor: u64 = std::str::from_utf8(cursor).ok().and_then(|c| c.parse().ok()).expect("a numeric cursor");
+    assert!(cursor == 0 || cursor / 100 == u64::from(port), "server {port} got cursor {cursor}, issued by another");
+    let from = (cursor % 100) as usize;
+    let to = (from + SCAN_STEP).min(SCAN_KEYS);
+    let next = if to == SCAN_KEYS { 0 } else { u64::from(port) * 100 + to as u64 };
+    let mut out = [&b"*2\r\n"[..], &bulk(next.to_string().as_bytes())].concat();
+    out.extend_from_slice(format!("*{}\r\n", to - from).as_bytes());
+    for key in from..to {
+        out.extend_from_slice(&bulk(format!("k{key}").as_bytes()));
+    }
+    out
 }
 
 /// The arguments and length of the complete multibulk at the start of `buf`.
