@@ -3,7 +3,8 @@
 //! It owns the machines and decides nothing itself beyond their order: a client's request goes `client` (split,
 //! classify) -> `route` (which server) -> `pool` (which connection) -> `client` (a reply slot); a reply comes
 //! back `pool` (whose) -> `client` (in order); probe replies go to `monitor`, and whatever changes a server's
-//! standing goes to `failover`, whose decisions come back here to be carried out.
+//! standing goes to `failover`, whose decisions come back here to be carried out. What `monitor` and `sentinel`
+//! order (connections to open, requests to send, connections to close) is handed to `pool` at once.
 
 use crate::address::ServerAddress;
 use crate::admin::{self, AdminClients};
@@ -101,6 +102,9 @@ impl Engine {
             let auth = engine.config.server_credentials(&view.address).and_then(auth::auth_request);
             engine.pool.add_server(id, view.address.clone(), auth);
         }
+        for address in engine.config.sentinel.iter().flat_map(|s| &s.sentinels) {
+            engine.pool.add_sentinel(address.clone());
+        }
         if engine.sentinels.is_some() {
             // Reads reach a replica only once the sentinels list it as healthy.
             for id in engine.monitor.views().ids() {
@@ -137,7 +141,7 @@ impl Engine {
                     role: info.and_then(|i| i.role),
                     routed_master: master == Some(id),
                     health: view.health,
-                    why: if view.auth_refused {
+                    why: if view.failures.credentials_refused() {
                         "it refuses the proxy's credentials (WRONGPASS or NOAUTH): see server_auth"
                     } else {
                         view.why
@@ -167,7 +171,7 @@ impl Engine {
                         }
                     }),
                     no_reads_because: self.router.why_no_reads(now, views, master, id),
-                    obstacle: view.obstacle.as_ref().map(|o| o.brief().to_string()),
+                    obstacle: view.failures.obstacle().map(|o| o.brief().to_string()),
                     last_ok_ago: view.last_ok.map(|ok| now.saturating_duration_since(ok)),
                     connections: self.pool.counts_of(id),
                 }
@@ -289,7 +293,10 @@ impl Engine {
             Input::Data { .. } => {}
             Input::Connected { conn } => {
                 self.pool.connected(conn);
-                self.monitor.knock_accepted(now, conn, &mut self.pool, &mut self.out);
+                if let Some(server) = self.pool.knock_of(conn) {
+                    self.monitor.knock_accepted(now, server, &mut self.out);
+                    self.execute_orders();
+                }
             }
             Input::ConnectFailed { conn, reason, failure } => {
                 if let Some(server) = self.pool.server_of(conn) {
@@ -322,11 +329,14 @@ impl Engine {
             let snapshot = self.status(now);
             self.trend.record(now, &snapshot);
         }
-        self.monitor.tick(now, &mut self.pool, &mut self.out);
+        self.monitor.tick(now);
         if let Some(sentinels) = self.sentinels.as_mut() {
-            sentinels.tick(now, &mut self.pool, &mut self.out);
+            sentinels.tick(now);
         }
-        for server in self.monitor.detect_down(now, &mut self.pool, &mut self.out) {
+        self.execute_orders();
+        let newly_down = self.monitor.detect_down(now, &mut self.out);
+        self.execute_orders();
+        for server in newly_down {
             self.close_backends_of(now, server, false, "server is down");
         }
         self.evaluate_failover(now);
@@ -475,7 +485,8 @@ impl Engine {
                     self.out.event(Event::MasterLost { address, reason });
                 }
                 // The next choice waits for fresh INFO from every running server: ask for it now.
-                self.monitor.probe_idle_servers(now, &mut self.pool, &mut self.out);
+                self.monitor.probe_idle_servers(now);
+                self.execute_orders();
                 // Requests in flight on the old master get errors now rather than hanging.
                 self.close_backends_of(now, master, true, "master lost");
             }
@@ -484,15 +495,26 @@ impl Engine {
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
                 let why = "promoting it: the master is lost".to_string();
-                self.monitor.send_replicaof(now, candidate, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
+                self.monitor.send_replicaof(now, candidate, ReplicaOf::NoOne, why, &mut self.out);
+                self.execute_orders();
             }
             Decision::Repoint { server, master } => {
                 let order = ReplicaOf::Master { master, masterauth: self.masterauth_for(master) };
                 let views = self.monitor.views();
                 let (Some(view), Some(master_view)) = (views.get(server), views.get(master)) else { return };
                 let why = view.misplacement(&master_view.address);
-                self.monitor.send_replicaof(now, server, order, why, &mut self.pool, &mut self.out)
+                self.monitor.send_replicaof(now, server, order, why, &mut self.out);
+                self.execute_orders();
             }
+        }
+    }
+
+    /// Hands the pool what the monitor and the sentinels ordered, in the order given. Called right after each of
+    /// their steps that may order something, so the actions come out in the order they were decided.
+    pub(super) fn execute_orders(&mut self) {
+        self.pool.execute(self.monitor.orders(), &mut self.out);
+        if let Some(sentinels) = self.sentinels.as_mut() {
+            self.pool.execute(sentinels.orders(), &mut self.out);
         }
     }
 }

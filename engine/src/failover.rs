@@ -416,7 +416,9 @@ impl Failover {
         }
         if let Phase::NoMaster { since } = self.phase {
             let stale = self.fresh_facts_since.is_some_and(|t| {
-                views.values().any(|v| !v.is_down() && !v.auth_refused && v.info_at.is_none_or(|at| at < t))
+                views
+                    .values()
+                    .any(|v| !v.is_down() && !v.failures.credentials_refused() && v.info_at.is_none_or(|at| at < t))
             });
             if stale {
                 return decisions;
@@ -542,7 +544,7 @@ fn facts_complete(views: &Views) -> bool {
 /// credentials still blocks a promotion, in `facts_complete`: it may be the master, and a wrong password is no
 /// reason to fail over.)
 fn facts_known_or_unreachable(views: &Views) -> bool {
-    views.values().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable() || v.auth_refused)
+    views.values().all(|v| v.is_down() || v.info.is_some() || v.is_unreachable() || v.failures.credentials_refused())
 }
 
 /// The master to adopt among servers that already report `role:master`: most attached replicas, then highest

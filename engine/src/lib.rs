@@ -73,11 +73,11 @@
 //! | `client` | the clients: the table, each one's state, its input, backpressure, pass-through; a facade over the next two |
 //! | `reply_order` | one client's reply slots in request order: numbering, filling, what may be written now |
 //! | `hold_queue` | held requests: each client's queue, the time and memory bounds, expiry with its error |
-//! | `pool` | backend connections: shared, private (RESET before reuse), probe; FIFO reply matching; loss |
-//! | `monitor` | the probe schedule, the evidence (gone, busy, unreachable), each server's health (sends through `pool`) |
+//! | `pool` | backend connections: shared, private (RESET before reuse), probe, sentinels'; FIFO reply matching; loss; orders carried out |
+//! | `monitor` | the probe schedule, each server's health; what to open, send and close, as orders for `pool` |
 //! | `topology` | the server view and health types, `INFO` parsing |
 //! | `failover` | the pure rules and phase machine: adopt, lose, promote, re-point |
-//! | `failure` | why a server cannot be used: the runtime's [`ConnectFailure`], the last obstacle per server, the words a held request's error ends with |
+//! | `failure` | why a server cannot be used: the runtime's [`ConnectFailure`], per server the last obstacle and the evidence (gone, busy, unreachable), the words a held request's error ends with |
 //! | `sentinel` | Sentinel mode: asks the sentinels, accepts the master a majority names, learns healthy replicas |
 //! | `cursor` | `SCAN`-family cursors: which server returned each one to a client |
 //! | `fence` | read-your-writes: a client's reads stay on the master until its writes have replicated |

@@ -1,28 +1,22 @@
 //! Watching the servers: the probe schedule (`PING` + `INFO` every `check_period` on a connection of its own),
-//! the evidence probes and connections gather, and what it makes of it: one [`ServerView`] per server with its
-//! [`Health`] and its last `INFO` facts. `REPLICAOF` and `SCRIPT KILL` go out on the probe connection too.
+//! the knocks (a fresh connection that only has to be accepted) on a server whose probe is late, and what replies
+//! and connections show: one [`ServerView`] per server with its [`Health`] and its last `INFO` facts. `REPLICAOF`
+//! and `SCRIPT KILL` go out on the probe connection too. [`Evidence`] weighs what a silent server showed (gone,
+//! busy or unreachable); [`crate::failure::Failures`] keeps what keeps a server from being used.
 //!
-//! Three kinds of evidence, three answers (Sentinel's experience is the guide):
-//! - the process is gone: a connect is refused (a closed probe connection is reopened at once to find out).
-//!   Down at once.
-//! - alive but busy: it answers `-BUSY` or `-LOADING`, or its probe is late while a fresh connection to it (a
-//!   "knock") is accepted (a long script, `DEBUG SLEEP`, `CLIENT PAUSE`, `SIGSTOP`). Down only after
-//!   `busy_down_after`; a server still answering `-BUSY` then is sent `SCRIPT KILL` first and gets `down_after`
-//!   more.
-//! - unreachable: silent, and knocks time out (host or network gone). Down after `down_after`, once at least one
-//!   knock has confirmed it.
+//! The monitor keeps no connection ids: it names a server's probe and knock connections by [`Line`] and records
+//! [`Orders`] (open, send, close), which the engine hands to the pool.
 
 use crate::address::ServerAddress;
 use crate::auth;
 use crate::config::Config;
-use crate::conn::ConnId;
 use crate::contract::{Outbox, TimerReason};
 use crate::event::Event;
-use crate::failure::{ConnectFailure, Obstacle};
-use crate::pool::{Pool, Probe, Purpose, Waiter};
+use crate::failure::{ConnectFailure, DownCause, Evidence};
+use crate::pool::{Line, Orders, Probe, Waiter};
 use crate::resp::Request;
 use crate::server_id::{ServerId, ServerTable};
-use crate::topology::{Health, ReplicationInfo, Role, ServerView, Views};
+use crate::topology::{Health, ReplicationInfo, ServerView, Views};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -57,28 +51,17 @@ pub(crate) enum ProbeOutcome {
 /// What the monitor keeps per server beyond its view: its connections and the evidence they gathered.
 #[derive(Clone, Debug, Default)]
 struct Watch {
-    probe: Option<ConnId>,
+    /// Whether its probe connection is open: ordered opened, and not reported lost since.
+    probe_open: bool,
     /// When the probe connection was last reopened at once after a loss (at most once per `check_period`, so a
     /// server that closes every connection is not hammered).
     reopened_at: Option<Instant>,
-    /// The liveness check under way, and when it started.
-    knock: Option<(ConnId, Instant)>,
-    /// Knocks that timed out since the last valid reply: the confirmation that a silent server is unreachable.
-    knocks_timed_out: u32,
-    /// The latest proof that the process is alive while it does not answer (a knock accepted, `-BUSY`,
-    /// `-LOADING`); cleared by a valid reply or a knock that timed out.
-    alive_at: Option<Instant>,
-    /// The last probe reply was `-BUSY`: the command that ends what keeps it busy.
-    kill: Option<&'static str>,
-    /// When that command was sent (once per busy spell).
-    kill_sent_at: Option<Instant>,
+    /// When the liveness check under way (its [`Line::Knock`]) started.
+    knock_started: Option<Instant>,
+    /// What it showed since its last valid reply (cleared by one; when it goes down, but for what was reported).
+    evidence: Evidence,
     /// An `INFO replication` for `WAIT` is outstanding.
     offset_pending: bool,
-    /// Why the last connect failed, as reported (so that a reason that repeats every probe is logged once).
-    connect_error: Option<String>,
-    /// The kind of the last connect failure since the last valid reply: the evidence a server that goes down
-    /// because of it is down for.
-    last_failure: Option<ConnectFailure>,
 }
 
 /// The probe schedule and what it has learnt.
@@ -91,6 +74,8 @@ pub(crate) struct Monitor {
     busy_down_after: Duration,
     /// Offset requests sent so far: the serial of the next one.
     offset_serial: u64,
+    /// What the pool is to do, until the engine hands it over.
+    orders: Orders,
 }
 
 impl Monitor {
@@ -104,7 +89,13 @@ impl Monitor {
             down_after: config.down_after,
             busy_down_after: config.busy_down_after,
             offset_serial: 1,
+            orders: Orders::default(),
         }
+    }
+
+    /// What the monitor ordered since the pool last carried it out.
+    pub(crate) fn orders(&mut self) -> &mut Orders {
+        &mut self.orders
     }
 
     /// The id the next server added gets (the other machines store their state under it first).
@@ -113,17 +104,10 @@ impl Monitor {
     }
 
     /// Starts watching a new server under `id` (from [`Monitor::vacant_id`]; `PROXY ADD`, reload): probed at once.
-    pub(crate) fn add_server(
-        &mut self,
-        now: Instant,
-        id: ServerId,
-        address: ServerAddress,
-        pool: &mut Pool,
-        out: &mut Outbox,
-    ) {
+    pub(crate) fn add_server(&mut self, now: Instant, id: ServerId, address: ServerAddress) {
         self.views.insert(id, ServerView::new(address, now));
         self.watches.insert(id, Watch::default());
-        self.open_probe(now, id, pool, out);
+        self.open_probe(now, id);
     }
 
     /// Sentinel mode: whether the sentinels keep reads off `server` (they do not list it as a healthy replica).
@@ -173,18 +157,12 @@ impl Monitor {
         if view.is_down() {
             return None;
         }
-        let base = view.last_ok.unwrap_or(view.watched_since);
-        let deadline = if let Some(sent) = watch.kill_sent_at {
-            sent + self.down_after
-        } else if watch.alive_at.is_some() {
-            base + self.busy_down_after
-        } else {
-            base + self.down_after
-        };
-        let Some((_, started)) = watch.knock else { return Some(deadline) };
+        let since = view.last_ok.unwrap_or(view.watched_since);
+        let deadline = watch.evidence.down_at(since, self.down_after, self.busy_down_after);
+        let Some(started) = watch.knock_started else { return Some(deadline) };
         let knock_timeout = started + self.check_period;
         // A silent server whose only open question is the knock waits for its answer; otherwise the earlier wins.
-        let awaiting_knock = watch.kill_sent_at.is_none() && watch.alive_at.is_none() && watch.knocks_timed_out == 0;
+        let awaiting_knock = watch.evidence.down_cause().is_none();
         Some(if awaiting_knock { knock_timeout } else { deadline.min(knock_timeout) })
     }
 
@@ -201,7 +179,7 @@ impl Monitor {
 
     /// Probes every server when a round is due. A server whose probe is late gets a knock: is it still accepting
     /// connections?
-    pub(crate) fn tick(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         if now < self.next_probe {
             return;
         }
@@ -209,49 +187,51 @@ impl Monitor {
         for server in self.views.ids() {
             let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get(server)) else { continue };
             let is_down = view.is_down();
-            match (watch.probe, view.probe_pending_since) {
-                (None, _) => self.open_probe(now, server, pool, out),
-                (Some(_), None) => self.send_probe(now, server, pool, out),
-                (Some(conn), Some(sent)) if is_down => {
-                    // A down server's probe connect may hang (host gone): try a fresh one now and then.
+            match (watch.probe_open, view.probe_pending_since) {
+                (false, _) => self.open_probe(now, server),
+                (true, None) => self.send_probe(now, server),
+                (true, Some(sent)) if is_down => {
+                    // A down server's probe connect may hang (host gone): try a fresh one (which closes the old
+                    // one) now and then.
                     if now.saturating_duration_since(sent) >= self.down_after {
-                        pool.close(conn, out);
-                        self.open_probe(now, server, pool, out);
+                        self.open_probe(now, server);
                     }
                 }
-                (Some(_), Some(_)) => self.knock(now, server, pool, out),
+                (true, Some(_)) => self.knock(now, server),
             }
         }
     }
 
-    fn open_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+    fn open_probe(&mut self, now: Instant, server: ServerId) {
         let Some(watch) = self.watches.get_mut(server) else { return };
-        watch.probe = pool.open(server, Purpose::Probe, out);
+        watch.probe_open = true;
         watch.offset_pending = false;
-        self.send_probe(now, server, pool, out);
+        self.orders.open(Line::Probe(server));
+        self.send_probe(now, server);
     }
 
-    fn knock(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let Some(watch) = self.watches.get_mut(server) else { return };
-        if watch.knock.is_none() {
-            watch.knock = pool.open(server, Purpose::Knock, out).map(|conn| (conn, now));
-        }
+    fn knock(&mut self, now: Instant, server: ServerId) {
+        let Some(watch) = self.watches.get_mut(server).filter(|w| w.knock_started.is_none()) else { return };
+        watch.knock_started = Some(now);
+        self.orders.open(Line::Knock(server));
     }
 
     /// Sends `PING` and `INFO` to `server` now.
-    pub(crate) fn send_probe(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn send_probe(&mut self, now: Instant, server: ServerId) {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get(server)) else { return };
-        let Some(conn) = watch.probe else { return };
+        if !watch.probe_open {
+            return;
+        }
         let waiters = [Waiter::Probe(Probe::Ping), Waiter::Probe(Probe::Info)];
-        pool.send(conn, &waiters, Bytes::from_static(PING_AND_INFO), out);
+        self.orders.send(Line::Probe(server), &waiters, Bytes::from_static(PING_AND_INFO));
         view.probe_pending_since = Some(now);
     }
 
     /// Probes at once every server without a probe outstanding (the next choice of master needs fresh `INFO`).
-    pub(crate) fn probe_idle_servers(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn probe_idle_servers(&mut self, now: Instant) {
         for server in self.views.ids() {
             if self.views.get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
-                self.send_probe(now, server, pool, out);
+                self.send_probe(now, server);
             }
         }
     }
@@ -264,13 +244,12 @@ impl Monitor {
 
     /// Asks `server` for its replication offset now (for `WAIT` and read fences), unless such a question is
     /// outstanding.
-    pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
-        let Some(watch) = self.watches.get_mut(server) else { return };
-        let Some(conn) = watch.probe.filter(|_| !watch.offset_pending) else { return };
+    pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId) {
+        let Some(watch) = self.watches.get_mut(server).filter(|w| w.probe_open && !w.offset_pending) else { return };
         watch.offset_pending = true;
         let probe = Probe::Offset { sent_at: now, serial: self.offset_serial };
         self.offset_serial += 1;
-        pool.send(conn, &[Waiter::Probe(probe)], Bytes::from_static(INFO_REPLICATION), out);
+        self.orders.send(Line::Probe(server), &[Waiter::Probe(probe)], Bytes::from_static(INFO_REPLICATION));
     }
 
     /// Sends `REPLICAOF` (then `INFO`, so the answer is confirmed at once) to `server` on its probe connection,
@@ -282,35 +261,31 @@ impl Monitor {
         server: ServerId,
         order: ReplicaOf,
         reason: String,
-        pool: &mut Pool,
         out: &mut Outbox,
     ) {
-        let Some(conn) = self.watches.get(server).and_then(|w| w.probe) else { return };
-        let master = match order {
-            ReplicaOf::NoOne => None,
+        if !self.watches.get(server).is_some_and(|w| w.probe_open) {
+            return;
+        }
+        let line = Line::Probe(server);
+        let (target, masterauth) = match order {
+            ReplicaOf::NoOne => (None, None),
             ReplicaOf::Master { master, masterauth } => {
-                if let Some(request) = masterauth {
-                    pool.send(conn, &[Waiter::Probe(Probe::MasterAuth)], request, out);
-                }
-                Some(master)
+                // A master that is gone meanwhile: nothing to point at.
+                let Some(view) = self.views.get(master) else { return };
+                (Some(view.address.clone()), masterauth)
             }
         };
-        let target = match master {
-            // A master that is gone meanwhile: nothing to point at.
-            Some(m) => Some(self.views.get(m).map(|v| v.address.clone()).ok_or(())),
-            None => None,
-        };
-        let Ok(target) = target.transpose() else { return };
+        if let Some(request) = masterauth {
+            self.orders.send(line, &[Waiter::Probe(Probe::MasterAuth)], request);
+        }
         let request = match &target {
-            Some(address) => Request::from_args(&[
-                b"REPLICAOF".as_slice(),
-                address.host.as_bytes(),
-                address.port.to_string().as_bytes(),
-            ]),
-            None => Request::from_args(&[b"REPLICAOF".as_slice(), b"NO", b"ONE"]),
+            Some(address) => {
+                Request::from_args(&["REPLICAOF", address.host.as_str(), address.port.to_string().as_str()])
+            }
+            None => Request::from_args(&["REPLICAOF", "NO", "ONE"]),
         };
-        pool.send(conn, &[Waiter::Probe(Probe::ReplicaOf)], request.frame().clone(), out);
-        pool.send(conn, &[Waiter::Probe(Probe::Info)], Bytes::from_static(INFO), out);
+        self.orders.send(line, &[Waiter::Probe(Probe::ReplicaOf)], request.frame().clone());
+        self.orders.send(line, &[Waiter::Probe(Probe::Info)], Bytes::from_static(INFO));
         let Some(view) = self.views.get_mut(server) else { return };
         view.probe_pending_since.get_or_insert(now);
         out.event(Event::ReplicaOfSent { address: view.address.clone(), master: target, reason });
@@ -330,37 +305,15 @@ impl Monitor {
             Probe::Info => {
                 let Some(view) = self.views.get_mut(server) else { return ProbeOutcome::Nothing };
                 view.probe_pending_since = None;
-                let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
+                let Some(info) = ReplicationInfo::from_reply(frame) else { return ProbeOutcome::Nothing };
                 // An INFO answered is as good a sign of life as a PONG (a PING may not have been sent for a while:
                 // a promotion's REPLICAOF keeps the probe busy).
                 self.answered(now, server, out);
                 let Some(view) = self.views.get_mut(server) else { return ProbeOutcome::Nothing };
-                let info = ReplicationInfo::parse(text);
-                let last_run_id =
-                    view.info.as_ref().and_then(|old| old.run_id.as_deref()).or(view.replica_run_id.as_deref());
-                if last_run_id.is_some_and(|old| info.run_id.as_deref().is_some_and(|new| new != old)) {
-                    view.incarnation += 1;
+                if let Some(role) = view.learn(info, now) {
+                    let master = view.info.as_ref().and_then(|i| i.master.as_ref()).map(|(h, p)| format!("{h}:{p}"));
+                    out.event(Event::RoleSeen { address: view.address.clone(), role, master });
                 }
-                let changed = view.info.as_ref().is_none_or(|old| old.role != info.role || old.master != info.master);
-                if let (true, Some(role)) = (changed, info.role) {
-                    out.event(Event::RoleSeen {
-                        address: view.address.clone(),
-                        role,
-                        master: info.master.as_ref().map(|(h, p)| format!("{h}:{p}")),
-                    });
-                }
-                match info.role {
-                    Some(Role::Replica) => {
-                        view.replica_run_id.clone_from(&info.run_id);
-                        view.promoted_in_place = false;
-                    }
-                    Some(Role::Master) => {
-                        view.promoted_in_place = info.run_id.is_some() && view.replica_run_id == info.run_id;
-                    }
-                    None => view.promoted_in_place = false,
-                }
-                view.info = Some(info);
-                view.info_at = Some(now);
                 ProbeOutcome::Facts
             }
             Probe::Offset { sent_at, serial } => {
@@ -368,8 +321,8 @@ impl Monitor {
                     return ProbeOutcome::Nothing;
                 };
                 watch.offset_pending = false;
-                let Some(text) = bulk_payload(frame) else { return ProbeOutcome::Nothing };
-                view.offset_seen = Some((sent_at, ReplicationInfo::parse(text)));
+                let Some(info) = ReplicationInfo::from_reply(frame) else { return ProbeOutcome::Nothing };
+                view.offset_seen = Some((sent_at, info));
                 view.offset_serial = serial;
                 if self.answered(now, server, out) {
                     ProbeOutcome::Recovered
@@ -380,12 +333,7 @@ impl Monitor {
             Probe::ReplicaOf | Probe::Kill | Probe::MasterAuth => {
                 let Some(address) = self.address(server).cloned() else { return ProbeOutcome::Nothing };
                 let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
-                let command = match probe {
-                    Probe::Kill => "SCRIPT KILL",
-                    Probe::MasterAuth => "CONFIG SET masterauth",
-                    _ => "REPLICAOF",
-                };
-                out.event(Event::CommandAnswered { address, command, reply });
+                out.event(Event::CommandAnswered { address, command: probe.command(), reply });
                 ProbeOutcome::Nothing
             }
         }
@@ -395,19 +343,8 @@ impl Monitor {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
             return ProbeOutcome::Nothing;
         };
-        let busy = if frame.starts_with(b"-BUSY") {
-            let function = memchr::memmem::find(frame, b"FUNCTION KILL").is_some();
-            watch.kill = Some(if function { "FUNCTION KILL" } else { "SCRIPT KILL" });
-            Some("it answers -BUSY")
-        } else if frame.starts_with(b"-LOADING") {
-            Some("it answers -LOADING")
-        } else {
-            None
-        };
-        if let Some(evidence) = busy {
-            watch.alive_at = Some(now);
-            if view.health == Health::Up {
-                view.worsen(Health::Busy, evidence);
+        if let Some(evidence) = watch.evidence.busy_reply(frame, now) {
+            if view.seems_busy(evidence) {
                 out.event(Event::ServerBusy { address: view.address.clone(), evidence });
             }
             return ProbeOutcome::Nothing;
@@ -448,12 +385,7 @@ impl Monitor {
     fn credentials_refused(&mut self, server: ServerId, frame: &[u8], out: &mut Outbox) {
         let Some(view) = self.views.get_mut(server) else { return };
         view.info = None;
-        // The first refusal says most (`-WRONGPASS` for the AUTH; the commands after it only get `-NOAUTH`).
-        if !view.auth_refused || !matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
-            view.obstacle = Some(Obstacle::credentials(frame));
-        }
-        if !view.auth_refused {
-            view.auth_refused = true;
+        if view.failures.refuse_credentials(frame) {
             let reply = String::from_utf8_lossy(frame.trim_ascii_end()).into_owned();
             out.event(Event::ServerAuthRefused { address: view.address.clone(), reply });
         }
@@ -462,10 +394,7 @@ impl Monitor {
     /// `server` accepted the proxy's credentials: usable again if it was not. Returns whether it was not.
     fn credentials_accepted(&mut self, server: ServerId, out: &mut Outbox) -> bool {
         let Some(view) = self.views.get_mut(server) else { return false };
-        let was_refused = std::mem::replace(&mut view.auth_refused, false);
-        if matches!(view.obstacle, Some(Obstacle::Credentials(_))) {
-            view.obstacle = None;
-        }
+        let was_refused = view.failures.accept_credentials();
         if was_refused {
             out.event(Event::ServerAuthAccepted { address: view.address.clone() });
         }
@@ -478,91 +407,75 @@ impl Monitor {
             return false;
         };
         view.last_ok = Some(now);
-        *watch =
-            Watch { probe: watch.probe, knock: watch.knock, offset_pending: watch.offset_pending, ..Watch::default() };
+        *watch = Watch {
+            probe_open: watch.probe_open,
+            knock_started: watch.knock_started,
+            offset_pending: watch.offset_pending,
+            ..Watch::default()
+        };
         let was = std::mem::replace(&mut view.health, Health::Up);
         view.why = "it answers probes";
-        if !view.auth_refused {
-            view.obstacle = None;
-        }
+        view.failures.answered();
         if was != Health::Up {
             out.event(Event::ServerUp { address: view.address.clone(), was: was.describe() });
         }
         was > Health::Busy
     }
 
-    /// `conn` was accepted; if it is a knock, the process is alive, and the knock is closed.
-    pub(crate) fn knock_accepted(&mut self, now: Instant, conn: ConnId, pool: &mut Pool, out: &mut Outbox) {
-        let Some((server, watch)) = self.watches.iter_mut().find(|(_, w)| w.knock.is_some_and(|(k, _)| k == conn))
-        else {
+    /// The knock on `server` was accepted: the process is alive, and the knock is closed.
+    pub(crate) fn knock_accepted(&mut self, now: Instant, server: ServerId, out: &mut Outbox) {
+        let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else { return };
+        if watch.knock_started.take().is_none() {
             return;
-        };
-        pool.close(conn, out);
-        let Some(view) = self.views.get_mut(server) else { return };
-        watch.knock = None;
-        watch.alive_at = Some(now);
-        if view.health == Health::Up && view.probe_pending_since.is_some() {
-            let evidence = "its probe is late but it accepts connections";
-            view.worsen(Health::Busy, evidence);
+        }
+        self.orders.close(Line::Knock(server));
+        watch.evidence.alive(now);
+        let evidence = "its probe is late but it accepts connections";
+        if view.probe_pending_since.is_some() && view.seems_busy(evidence) {
             out.event(Event::ServerBusy { address: view.address.clone(), evidence });
         }
-    }
-
-    /// The knock connection `conn` timed out: no proof of life.
-    fn knock_timed_out(&mut self, server: ServerId) {
-        let Some(watch) = self.watches.get_mut(server) else { return };
-        watch.knock = None;
-        watch.alive_at = None;
-        watch.knocks_timed_out += 1;
     }
 
     /// A connect to `server` failed for `reason` (of the kind `failure`): kept as its obstacle, and reported
     /// unless it is the reason already reported since the server last answered.
     pub(crate) fn connect_error(&mut self, server: ServerId, reason: &str, failure: ConnectFailure, out: &mut Outbox) {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else { return };
-        watch.last_failure = Some(failure);
-        if !view.auth_refused {
-            view.obstacle = Some(Obstacle::Connect(failure));
-        }
-        if watch.connect_error.as_deref() != Some(reason) {
-            watch.connect_error = Some(reason.to_string());
+        view.failures.connect_failed(failure);
+        if watch.evidence.connect_error(reason, failure) {
             out.event(Event::ConnectFailed { address: view.address.clone(), reason: reason.to_string() });
         }
     }
 
-    /// A new connection to `server` (a knock, a probe, a data connection) failed without being refused: the host
-    /// or the network may be gone, so whatever proved it alive no longer does.
-    pub(crate) fn connect_failed(&mut self, server: ServerId, conn: ConnId) {
-        let Some(watch) = self.watches.get_mut(server) else { return };
-        if watch.knock.is_some_and(|(k, _)| k == conn) {
-            watch.knock = None;
+    /// A new connection to `server` (a knock, a probe, a data connection) failed without being refused, or a knock
+    /// timed out: the host or the network may be gone, so whatever proved it alive no longer does.
+    pub(crate) fn connect_failed(&mut self, server: ServerId) {
+        if let Some(watch) = self.watches.get_mut(server) {
+            watch.evidence.no_proof_of_life();
         }
-        watch.alive_at = None;
-        watch.knocks_timed_out += 1;
     }
 
-    /// Forgets the knock `conn` if it was one, without taking it as evidence (a refusal is weighed by
-    /// [`Monitor::refused`]; a knock the engine closed itself says nothing).
-    pub(crate) fn forget_knock(&mut self, server: ServerId, conn: ConnId) {
-        let Some(watch) = self.watches.get_mut(server) else { return };
-        if watch.knock.is_some_and(|(k, _)| k == conn) {
-            watch.knock = None;
+    /// The knock on `server` is gone: forgotten, without taking that as evidence (a refusal is weighed by
+    /// [`Monitor::refused`], a failed connect by [`Monitor::connect_failed`]; a knock the engine closed itself
+    /// says nothing).
+    pub(crate) fn forget_knock(&mut self, server: ServerId) {
+        if let Some(watch) = self.watches.get_mut(server) {
+            watch.knock_started = None;
         }
     }
 
     /// A connect to `server` was refused: its process is gone. Returns whether that made it down.
     pub(crate) fn refused(&mut self, server: ServerId, out: &mut Outbox) -> bool {
         if let Some(view) = self.views.get_mut(server) {
-            view.obstacle = Some(Obstacle::Refused);
+            view.failures.refused();
         }
-        self.mark_down(server, "refused: a connection to it was refused (its process is gone)", Obstacle::Refused, out)
+        self.mark_down(server, DownCause::Refused, out)
     }
 
     /// The probe connection of `server` failed or broke: reopened at once (at most once per `check_period`) to
     /// tell a gone process (refused) from a closed connection.
-    pub(crate) fn probe_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn probe_lost(&mut self, now: Instant, server: ServerId) {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else { return };
-        watch.probe = None;
+        watch.probe_open = false;
         watch.offset_pending = false;
         view.probe_pending_since = None;
         view.incarnation += 1;
@@ -570,83 +483,68 @@ impl Monitor {
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
         if !view.is_down() && !recently && !view.draining {
             watch.reopened_at = Some(now);
-            self.open_probe(now, server, pool, out);
+            self.open_probe(now, server);
         }
     }
 
     /// A data connection to `server` was refused, or lost with requests on it: it may be dead. Route nothing more
     /// to it until a probe hears from it (asked at once, if its probe connection still works).
-    pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn data_conn_lost(&mut self, now: Instant, server: ServerId) {
         let Some(view) = self.views.get_mut(server) else { return };
         view.incarnation += 1;
         view.worsen(Health::Suspect, "a data connection to it was refused or lost");
         if view.probe_pending_since.is_none() {
-            self.send_probe(now, server, pool, out);
+            self.send_probe(now, server);
         }
     }
 
     /// Acts on every deadline that has passed: a knock that timed out, a busy server sent `SCRIPT KILL`, a
     /// server now down. Returns the servers that went down.
-    pub(crate) fn detect_down(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
+    pub(crate) fn detect_down(&mut self, now: Instant, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
         let mut newly_down = SmallVec::new();
         for server in self.views.ids() {
-            if let Some((conn, started)) = self.watches.get(server).and_then(|w| w.knock) {
-                if now >= started + self.check_period {
-                    pool.close(conn, out);
-                    self.knock_timed_out(server);
-                }
+            if self.watches.get(server).and_then(|w| w.knock_started).is_some_and(|at| now >= at + self.check_period) {
+                // No proof of life.
+                self.orders.close(Line::Knock(server));
+                self.forget_knock(server);
+                self.connect_failed(server);
             }
             if self.down_deadline(server).is_none_or(|at| now < at) {
                 continue;
             }
             let (Some(view), Some(watch)) = (self.views.get(server), self.watches.get_mut(server)) else { continue };
-            if let (Some(kill), None, Some(probe)) = (watch.kill, watch.kill_sent_at, watch.probe) {
-                watch.kill_sent_at = Some(now);
-                pool.send(probe, &[Waiter::Probe(Probe::Kill)], kill_request(kill), out);
+            if let Some(kill) = watch.evidence.kill_due().filter(|_| watch.probe_open) {
+                watch.evidence.kill_sent(now);
+                self.orders.send(Line::Probe(server), &[Waiter::Probe(Probe::Kill)], kill_request(kill));
                 out.event(Event::KillSent { address: view.address.clone(), command: kill });
                 continue;
             }
-            let (reason, obstacle) = if watch.kill_sent_at.is_some() {
-                ("busy: still busy after busy_down_after and a kill", Obstacle::Busy)
-            } else if watch.alive_at.is_some() {
-                ("busy: alive but not answering for busy_down_after", Obstacle::Busy)
-            } else if watch.knocks_timed_out == 0 {
+            let Some(cause) = watch.evidence.down_cause() else {
                 // Silent, and nothing says whether it is alive: one knock decides, within check_period.
-                self.knock(now, server, pool, out);
+                self.knock(now, server);
                 continue;
-            } else {
-                match watch.last_failure {
-                    // New connections failed, for a reason the runtime saw (a TLS certificate refused ...).
-                    Some(failure) => (failure.down_reason(), Obstacle::Connect(failure)),
-                    None => {
-                        ("timed out: no valid reply for down_after, and new connections time out", Obstacle::NoReply)
-                    }
-                }
             };
-            if self.mark_down(server, reason, obstacle, out) {
+            if self.mark_down(server, cause, out) {
                 newly_down.push(server);
             }
         }
         newly_down
     }
 
-    fn mark_down(&mut self, server: ServerId, reason: &'static str, obstacle: Obstacle, out: &mut Outbox) -> bool {
+    fn mark_down(&mut self, server: ServerId, cause: DownCause, out: &mut Outbox) -> bool {
         let (Some(view), Some(watch)) = (self.views.get_mut(server), self.watches.get_mut(server)) else {
             return false;
         };
         if view.is_down() {
             return false;
         }
-        if !view.auth_refused {
-            view.obstacle = Some(obstacle);
-        }
+        let reason = view.failures.went_down(cause);
         view.health = Health::Down;
         view.why = reason;
         view.info = None;
         view.incarnation += 1;
-        // The connect error already logged stays known, so that a down server failing the same way every probe
-        // round is not logged again.
-        *watch = Watch { probe: watch.probe, connect_error: watch.connect_error.take(), ..Watch::default() };
+        // Its knock is closed with its other connections.
+        *watch = Watch { probe_open: watch.probe_open, evidence: watch.evidence.after_down(), ..Watch::default() };
         out.event(Event::ServerDown { address: view.address.clone(), reason });
         true
     }
@@ -655,13 +553,4 @@ impl Monitor {
 fn kill_request(kill: &str) -> Bytes {
     let (command, sub) = kill.split_once(' ').unwrap_or((kill, ""));
     Request::from_args(&[command, sub]).frame().clone()
-}
-
-/// The payload of a bulk string reply, if `frame` is one.
-fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
-    if frame.first() != Some(&b'$') && frame.first() != Some(&b'=') {
-        return None;
-    }
-    let header_end = memchr::memchr(b'\n', frame)? + 1;
-    frame.get(header_end..frame.len().checked_sub(2)?)
 }

@@ -1,6 +1,9 @@
 //! Backend connections: shared pipelined ones per server, private ones (RESET before reuse, then AUTH again if the
 //! server has credentials), probe connections, the FIFO that matches each connection's replies to their requests,
 //! and what is left when one is lost.
+//!
+//! The monitor and the sentinels keep no connection ids: they name the connections they use by [`Line`] and
+//! record [`Order`]s, which the engine hands to [`Pool::execute`].
 
 use crate::address::ServerAddress;
 use crate::conn::{ConnId, ConnTable, Lane};
@@ -9,6 +12,7 @@ use crate::resp::{Limits, ProtocolError, ReplyScanner};
 use crate::server_id::{ServerId, ServerTable};
 use crate::status::BackendCounts;
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -52,6 +56,20 @@ pub(crate) enum Probe {
     },
 }
 
+impl Probe {
+    /// The command it sent, for the log of the probes whose reply is only logged.
+    pub(crate) fn command(self) -> &'static str {
+        match self {
+            Probe::Ping => "PING",
+            Probe::Info | Probe::Offset { .. } => "INFO",
+            Probe::ReplicaOf => "REPLICAOF",
+            // FUNCTION KILL is logged under this name too.
+            Probe::Kill => "SCRIPT KILL",
+            Probe::MasterAuth => "CONFIG SET masterauth",
+        }
+    }
+}
+
 /// A question asked of a sentinel, awaiting its reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SentinelQuery {
@@ -91,6 +109,54 @@ pub(crate) enum Waiter {
     Sentinel(SentinelQuery),
 }
 
+/// A connection the monitor or the sentinels use, named by what it is for: the pool keeps its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// The probe connection of a server ([`Purpose::Probe`]).
+    Probe(ServerId),
+    /// The knock under way on a server ([`Purpose::Knock`]).
+    Knock(ServerId),
+    /// A connection to sentinel `index` ([`Purpose::Sentinel`]).
+    Sentinel { index: usize, subscriber: bool },
+}
+
+/// What the monitor or the sentinels ask of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Open the line's connection; one it has already is closed first (a line has one connection at most).
+    Open(Line),
+    /// Send `data` on the line's connection, one request per waiter; nothing when it has none.
+    Send { line: Line, waiters: SmallVec<[Waiter; 2]>, data: Bytes },
+    /// Close the line's connection, if it has one.
+    Close(Line),
+}
+
+/// Orders recorded by one machine, in the order given, until the pool carries them out.
+#[derive(Debug, Default)]
+pub(crate) struct Orders(Vec<Order>);
+
+impl Orders {
+    /// Records that `line`'s connection is to be opened (see [`Order::Open`]).
+    pub(crate) fn open(&mut self, line: Line) {
+        self.0.push(Order::Open(line));
+    }
+
+    /// Records that `data` is to be sent on `line`'s connection, one request per waiter.
+    pub(crate) fn send(&mut self, line: Line, waiters: &[Waiter], data: Bytes) {
+        self.0.push(Order::Send { line, waiters: SmallVec::from_slice(waiters), data });
+    }
+
+    /// Records that `line`'s connection is to be closed.
+    pub(crate) fn close(&mut self, line: Line) {
+        self.0.push(Order::Close(line));
+    }
+
+    /// The orders recorded so far, in order, taken out.
+    pub(crate) fn take(&mut self) -> std::vec::Drain<'_, Order> {
+        self.0.drain(..)
+    }
+}
+
 /// One connection to a server, or to a sentinel (no server of ours: `server` is None).
 struct Backend {
     server: Option<ServerId>,
@@ -102,6 +168,18 @@ struct Backend {
     waiters: VecDeque<Waiter>,
     /// Whatever arrives is handed on as it is, unscanned (a replication stream, see [`Pool::set_raw`]).
     raw: bool,
+}
+
+impl Backend {
+    /// The line it is, if it is one.
+    fn line(&self) -> Option<Line> {
+        match (self.purpose, self.server) {
+            (Purpose::Probe, Some(server)) => Some(Line::Probe(server)),
+            (Purpose::Knock, Some(server)) => Some(Line::Knock(server)),
+            (Purpose::Sentinel { index, subscriber }, _) => Some(Line::Sentinel { index, subscriber }),
+            _ => None,
+        }
+    }
 }
 
 /// A backend connection that is gone, with what was waiting on it.
@@ -124,10 +202,28 @@ struct ServerConns {
     auth: Option<Bytes>,
 }
 
+/// A server's [`Line::Probe`] and [`Line::Knock`]: kept apart from [`ServerConns`], whose size the request path's
+/// lookups depend on (`bench/instructions.sh`).
+#[derive(Clone, Copy, Debug, Default)]
+struct ServerLines {
+    probe: Option<ConnId>,
+    knock: Option<ConnId>,
+}
+
+/// One sentinel's address and its lines ([`Line::Sentinel`]).
+struct SentinelConns {
+    address: ServerAddress,
+    command: Option<ConnId>,
+    subscriber: Option<ConnId>,
+}
+
 /// Every backend connection, by server.
 pub(crate) struct Pool {
     conns: ConnTable<Backend>,
     servers: ServerTable<ServerConns>,
+    lines: ServerTable<ServerLines>,
+    /// Sentinel mode: the sentinels, by their index in the configuration.
+    sentinels: Vec<SentinelConns>,
     limits: Limits,
     /// Shared slots per server and protocol: `pool_size` + `large_pool_size`.
     slots_per_protocol: usize,
@@ -137,7 +233,8 @@ impl Pool {
     /// A pool with `slots_per_protocol` shared slots per protocol (RESP2 and RESP3) for each server added.
     pub(crate) fn new(slots_per_protocol: usize, limits: Limits) -> Pool {
         let servers = ServerTable::default();
-        Pool { conns: ConnTable::new(Lane::Backend), servers, limits, slots_per_protocol }
+        let lines = ServerTable::default();
+        Pool { conns: ConnTable::new(Lane::Backend), servers, lines, sentinels: Vec::new(), limits, slots_per_protocol }
     }
 
     /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
@@ -148,9 +245,74 @@ impl Pool {
         Some(self.open_to(Some(server), address, purpose, out))
     }
 
-    /// Opens a connection to the sentinel at `address` (a [`Purpose::Sentinel`]); the runtime reports the outcome.
-    pub(crate) fn open_sentinel(&mut self, address: ServerAddress, purpose: Purpose, out: &mut Outbox) -> ConnId {
-        self.open_to(None, address, purpose, out)
+    /// Carries out `orders` in the order they were given.
+    pub(crate) fn execute(&mut self, orders: &mut Orders, out: &mut Outbox) {
+        for order in orders.take() {
+            match order {
+                Order::Open(line) => self.open_line(line, out),
+                Order::Send { line, waiters, data } => {
+                    if let Some(conn) = self.line(line) {
+                        self.send(conn, &waiters, data, out);
+                    }
+                }
+                Order::Close(line) => {
+                    if let Some(conn) = self.line(line) {
+                        self.close(conn, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection `line` has now, if any.
+    fn line(&mut self, line: Line) -> Option<ConnId> {
+        *self.line_slot(line)?
+    }
+
+    /// Where the connection of `line` is kept (None when its server or sentinel is unknown).
+    fn line_slot(&mut self, line: Line) -> Option<&mut Option<ConnId>> {
+        match line {
+            Line::Probe(server) => Some(&mut self.lines.get_mut(server)?.probe),
+            Line::Knock(server) => Some(&mut self.lines.get_mut(server)?.knock),
+            Line::Sentinel { index, subscriber } => {
+                let sentinel = self.sentinels.get_mut(index)?;
+                Some(if subscriber { &mut sentinel.subscriber } else { &mut sentinel.command })
+            }
+        }
+    }
+
+    /// Opens `line`'s connection, closing the one it had.
+    fn open_line(&mut self, line: Line, out: &mut Outbox) {
+        if let Some(old) = self.line(line) {
+            self.close(old, out);
+        }
+        let conn = match line {
+            Line::Probe(server) => self.open(server, Purpose::Probe, out),
+            Line::Knock(server) => self.open(server, Purpose::Knock, out),
+            Line::Sentinel { index, subscriber } => {
+                let Some(address) = self.sentinels.get(index).map(|s| s.address.clone()) else { return };
+                Some(self.open_to(None, address, Purpose::Sentinel { index, subscriber }, out))
+            }
+        };
+        if let Some(slot) = self.line_slot(line) {
+            *slot = conn;
+        }
+    }
+
+    /// The server `conn` knocks on, if it is a knock.
+    pub(crate) fn knock_of(&self, conn: ConnId) -> Option<ServerId> {
+        match self.conns.get(conn)?.line()? {
+            Line::Knock(server) => Some(server),
+            _ => None,
+        }
+    }
+
+    /// The sentinel `conn` goes to, by its index in the configuration, if it is a sentinel's.
+    pub(crate) fn sentinel_of(&self, conn: ConnId) -> Option<usize> {
+        match self.conns.get(conn)?.line()? {
+            Line::Sentinel { index, .. } => Some(index),
+            _ => None,
+        }
     }
 
     fn open_to(
@@ -412,11 +574,18 @@ impl Pool {
     pub(crate) fn add_server(&mut self, id: ServerId, address: ServerAddress, auth: Option<Bytes>) {
         let slots = 2 * self.slots_per_protocol;
         self.servers.insert(id, ServerConns { address, shared: vec![None; slots], idle_private: Vec::new(), auth });
+        self.lines.insert(id, ServerLines::default());
+    }
+
+    /// Sentinel mode: the next sentinel of the configuration is at `address` (its index is the count so far).
+    pub(crate) fn add_sentinel(&mut self, address: ServerAddress) {
+        self.sentinels.push(SentinelConns { address, command: None, subscriber: None });
     }
 
     /// Forgets `server`, whose connections are all closed; no other server's id changes.
     pub(crate) fn remove_server(&mut self, server: ServerId) {
         self.servers.remove(server);
+        self.lines.remove(server);
     }
 
     /// The connections to `server` by kind, for the status snapshot.
@@ -443,15 +612,14 @@ impl Pool {
     }
 
     fn detach(&mut self, conn: ConnId, backend: &Backend) {
+        if let Some(slot) = backend.line().and_then(|line| self.line_slot(line)).filter(|slot| **slot == Some(conn)) {
+            *slot = None;
+        }
         let Some(server) = backend.server.and_then(|id| self.servers.get_mut(id)) else { return };
         match backend.purpose {
             Purpose::Shared { slot } if server.shared.get(slot) == Some(&Some(conn)) => server.shared[slot] = None,
-            Purpose::Shared { .. }
-            | Purpose::Probe
-            | Purpose::Knock
-            | Purpose::OutOfBand { .. }
-            | Purpose::Sentinel { .. } => {}
             Purpose::Private { .. } => server.idle_private.retain(|c| *c != conn),
+            _ => {}
         }
     }
 }

@@ -8,15 +8,17 @@
 //! its own `INFO` (the monitor's probe) reports `role:master` after the sentinels agreed. Without a majority the
 //! current master is kept for `majority_lost_after`, then dropped: a majority elsewhere may have promoted another.
 //! The proxy never sends `REPLICAOF` here.
+//!
+//! The sentinels' connections are named by [`Line::Sentinel`] (a sentinel's index in the configuration): what to
+//! open, send and close is recorded as [`Orders`], which the engine hands to the pool.
 
 use crate::address::ServerAddress;
 use crate::auth;
 use crate::config::{Credentials, PasswordSource, SentinelConfig};
-use crate::conn::ConnId;
 use crate::contract::Outbox;
 use crate::event::Event;
 use crate::failover::Decision;
-use crate::pool::{Pool, Purpose, SentinelQuery, Waiter};
+use crate::pool::{Line, Orders, SentinelQuery, Waiter};
 use crate::resp::Request;
 use crate::server_id::ServerId;
 use crate::topology::{Role, Views};
@@ -68,8 +70,10 @@ struct Answer {
 #[derive(Clone, Debug)]
 struct Node {
     address: ServerAddress,
-    command: Option<ConnId>,
-    subscriber: Option<ConnId>,
+    /// Whether its query connection is open: ordered opened, and neither closed nor reported lost since.
+    command_open: bool,
+    /// Whether its subscription connection is open, in the same sense.
+    subscriber_open: bool,
     /// When the connections were last opened (a lost sentinel is retried at most once per `check_period`).
     opened_at: Option<Instant>,
     /// When the round still unanswered was sent.
@@ -101,6 +105,8 @@ pub(crate) struct Sentinels {
     started: Instant,
     /// When the named master that has not confirmed yet was last asked for its `INFO`.
     confirm_asked_at: Option<Instant>,
+    /// What the pool is to do, until the engine hands it over.
+    orders: Orders,
 }
 
 impl Sentinels {
@@ -111,8 +117,8 @@ impl Sentinels {
             .iter()
             .map(|address| Node {
                 address: address.clone(),
-                command: None,
-                subscriber: None,
+                command_open: false,
+                subscriber_open: false,
                 opened_at: None,
                 asked_at: None,
                 pending: 0,
@@ -145,7 +151,13 @@ impl Sentinels {
             lost_reported: false,
             started: now,
             confirm_asked_at: None,
+            orders: Orders::default(),
         }
+    }
+
+    /// What following the sentinels ordered since the pool last carried it out.
+    pub(crate) fn orders(&mut self) -> &mut Orders {
+        &mut self.orders
     }
 
     /// How long an answer counts: a sentinel that stopped answering has no say after it.
@@ -181,7 +193,7 @@ impl Sentinels {
 
     /// Opens the connections that are missing and asks every sentinel with nothing outstanding, when a round is
     /// due. A sentinel whose answer is overdue is reconnected.
-    pub(crate) fn tick(&mut self, now: Instant, pool: &mut Pool, out: &mut Outbox) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         if now < self.next_round {
             return;
         }
@@ -189,32 +201,34 @@ impl Sentinels {
         self.next_round = now + if urgent { URGENT_POLL } else { self.check_period };
         let fresh_for = self.fresh_for();
         for index in 0..self.nodes.len() {
+            let (command, subscriber) =
+                (Line::Sentinel { index, subscriber: false }, Line::Sentinel { index, subscriber: true });
             let node = &mut self.nodes[index];
             if node.asked_at.is_some_and(|at| now.saturating_duration_since(at) > fresh_for) {
                 // A sentinel that does not answer (partitioned, stopped) is asked afresh on a new connection.
-                close_node(node, pool, out);
+                close_node(index, node, &mut self.orders);
             }
             let retry_due = node.opened_at.is_none_or(|at| now.saturating_duration_since(at) >= self.check_period);
-            if node.command.is_none() && retry_due {
-                let purpose = Purpose::Sentinel { index, subscriber: false };
-                let conn = pool.open_sentinel(node.address.clone(), purpose, out);
+            if !node.command_open && retry_due {
+                self.orders.open(command);
                 if let Some(auth) = &self.auth {
                     // The first questions follow at once: a refused AUTH makes them fail too, and is reported.
-                    pool.send(conn, &[Waiter::Sentinel(SentinelQuery::Auth)], auth.clone(), out);
+                    self.orders.send(command, &[Waiter::Sentinel(SentinelQuery::Auth)], auth.clone());
                 }
-                node.command = Some(conn);
+                node.command_open = true;
                 node.opened_at = Some(now);
             }
-            if node.subscriber.is_none() && retry_due {
-                let purpose = Purpose::Sentinel { index, subscriber: true };
-                let conn = pool.open_sentinel(node.address.clone(), purpose, out);
+            if !node.subscriber_open && retry_due {
+                self.orders.open(subscriber);
                 // SUBSCRIBE answers with pushes once HELLO 3 is taken; a refused HELLO is reported, and the
                 // SUBSCRIBE refused after it closes this connection alone.
-                pool.send(conn, &[Waiter::Sentinel(SentinelQuery::Subscribe)], self.hello.clone(), out);
-                node.subscriber = Some(conn);
+                self.orders.send(subscriber, &[Waiter::Sentinel(SentinelQuery::Subscribe)], self.hello.clone());
+                node.subscriber_open = true;
                 node.opened_at = Some(now);
             }
-            let Some(conn) = node.command.filter(|_| node.pending == 0) else { continue };
+            if !node.command_open || node.pending > 0 {
+                continue;
+            }
             let name = self.master_name.as_str();
             let ask = [
                 Request::from_args(&["SENTINEL", "get-master-addr-by-name", name]).frame().clone(),
@@ -222,23 +236,16 @@ impl Sentinels {
             ]
             .concat();
             let waiters = [Waiter::Sentinel(SentinelQuery::MasterAddr), Waiter::Sentinel(SentinelQuery::Replicas)];
-            pool.send(conn, &waiters, ask.into(), out);
+            self.orders.send(command, &waiters, ask.into());
             node.pending += 2;
             node.asked_at = Some(now);
         }
     }
 
-    /// The sentinel whose connection `conn` is, if any.
-    fn node_of(&self, conn: ConnId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.command == Some(conn) || n.subscriber == Some(conn))
-    }
-
-    /// A reply to `query` from the sentinel on `conn`. A reply that makes no sense is reported and counts as no
-    /// answer.
-    pub(crate) fn reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8], out: &mut Outbox) {
-        let Some(index) = self.node_of(conn) else { return };
+    /// A reply to `query` from sentinel `index`. A reply that makes no sense is reported and counts as no answer.
+    pub(crate) fn reply(&mut self, now: Instant, index: usize, query: SentinelQuery, frame: &[u8], out: &mut Outbox) {
         let authenticates = self.auth.is_some();
-        let node = &mut self.nodes[index];
+        let Some(node) = self.nodes.get_mut(index) else { return };
         if query.is_round_question() {
             node.pending = node.pending.saturating_sub(1);
             if node.pending == 0 {
@@ -282,15 +289,14 @@ impl Sentinels {
         }
     }
 
-    /// A push on `conn`: a message on a subscribed channel prompts a round now. Returns whether `conn` is a
-    /// sentinel's.
-    pub(crate) fn push(&mut self, now: Instant, conn: ConnId, frame: &[u8], out: &mut Outbox) -> bool {
-        let Some(index) = self.node_of(conn) else { return false };
+    /// A push from sentinel `index`: a message on a subscribed channel prompts a round now.
+    pub(crate) fn push(&mut self, now: Instant, index: usize, frame: &[u8], out: &mut Outbox) {
+        let Some(node) = self.nodes.get(index) else { return };
         if let Some(Value::Array(items)) = parse(frame) {
             if let [Value::Bulk(kind), Value::Bulk(channel), Value::Bulk(payload)] = items.as_slice() {
                 if kind == b"message" {
                     out.event(Event::SentinelNotice {
-                        sentinel: self.nodes[index].address.clone(),
+                        sentinel: node.address.clone(),
                         channel: String::from_utf8_lossy(channel).into_owned(),
                         payload: String::from_utf8_lossy(payload).into_owned(),
                     });
@@ -299,22 +305,19 @@ impl Sentinels {
                 }
             }
         }
-        true
     }
 
-    /// The connection `conn` is gone (refused, broken, closed): if it was a sentinel's command connection, its
-    /// answer no longer counts and both its connections are reopened at the next round; a lost subscription alone
-    /// is reopened then (the answers stay good). Returns whether it was a sentinel's.
-    pub(crate) fn lost(&mut self, conn: ConnId, pool: &mut Pool, out: &mut Outbox) -> bool {
-        let Some(index) = self.node_of(conn) else { return false };
-        let node = &mut self.nodes[index];
-        if node.command == Some(conn) {
-            node.command = None;
-            close_node(node, pool, out);
+    /// A connection of sentinel `index` is gone (refused, broken, closed): if it was its query connection
+    /// (not the `subscriber`), its answer no longer counts and both its connections are reopened at the next round;
+    /// a lost subscription alone is reopened then (the answers stay good).
+    pub(crate) fn lost(&mut self, index: usize, subscriber: bool) {
+        let Some(node) = self.nodes.get_mut(index) else { return };
+        if subscriber {
+            node.subscriber_open = false;
         } else {
-            node.subscriber = None;
+            node.command_open = false;
+            close_node(index, node, &mut self.orders);
         }
-        true
     }
 
     /// Recomputes what the majority says at `now` from the fresh answers (see [`Sentinels::agreed`]); a new
@@ -447,10 +450,13 @@ impl Sentinels {
     }
 }
 
-/// Closes both connections of `node` (those still open) and forgets its answer.
-fn close_node(node: &mut Node, pool: &mut Pool, out: &mut Outbox) {
-    for conn in [node.command.take(), node.subscriber.take()].into_iter().flatten() {
-        pool.close(conn, out);
+/// Closes both connections of `node`, sentinel `index` (those still open), and forgets its answer.
+fn close_node(index: usize, node: &mut Node, orders: &mut Orders) {
+    for subscriber in [false, true] {
+        let open = if subscriber { &mut node.subscriber_open } else { &mut node.command_open };
+        if std::mem::take(open) {
+            orders.close(Line::Sentinel { index, subscriber });
+        }
     }
     node.pending = 0;
     node.asked_at = None;
@@ -643,6 +649,7 @@ fn replica_reports(value: &Value) -> Option<Vec<ReplicaReport>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Order;
     use proptest::prelude::*;
 
     proptest! {
@@ -667,7 +674,7 @@ mod tests {
     }
 
     /// One sentinel that takes `username`/`password`, after its first round: the connections are asked for.
-    fn one_sentinel_with(username: Option<&str>, password: &str) -> (Sentinels, Pool, Outbox, Instant) {
+    fn one_sentinel_with(username: Option<&str>, password: &str) -> (Sentinels, Vec<Order>, Instant) {
         let config = SentinelConfig {
             sentinels: vec![addr(26000)],
             master_name: "m".into(),
@@ -679,65 +686,65 @@ mod tests {
         };
         let now = Instant::now();
         let mut sentinels = Sentinels::new(&config, Duration::from_secs(1), now);
-        let (mut pool, mut out) = (Pool::new(1, crate::resp::Limits::default()), Outbox::default());
-        sentinels.tick(now, &mut pool, &mut out);
-        (sentinels, pool, out, now)
+        sentinels.tick(now);
+        let orders = sentinels.orders().take().collect();
+        (sentinels, orders, now)
     }
+
+    const QUERY: Line = Line::Sentinel { index: 0, subscriber: false };
+    const SUBSCRIPTION: Line = Line::Sentinel { index: 0, subscriber: true };
 
     #[test]
     fn credentials_go_first_on_both_connections() {
-        use crate::contract::Action;
-        let (mut sentinels, _, mut out, now) = one_sentinel_with(Some("proxy"), "secret");
-        let sent: Vec<Vec<u8>> = out
-            .actions
+        let (mut sentinels, orders, now) = one_sentinel_with(Some("proxy"), "secret");
+        let sent: Vec<(Line, Vec<u8>)> = orders
             .iter()
-            .filter_map(|a| match a {
-                Action::Send { data, .. } => Some(data.to_vec()),
+            .filter_map(|o| match o {
+                Order::Send { line, data, .. } => Some((*line, data.to_vec())),
                 _ => None,
             })
             .collect();
         let auth = Request::from_args(&["AUTH", "proxy", "secret"]).frame().to_vec();
         let hello = Request::from_args(&["HELLO", "3", "AUTH", "proxy", "secret"]).frame().to_vec();
-        assert_eq!(sent[0], auth, "the query connection authenticates first");
-        assert!(sent[1].starts_with(&hello), "the subscription says HELLO 3 with the credentials first");
-        assert!(sent[2].starts_with(b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name"), "then the questions");
+        assert_eq!(orders[0], Order::Open(QUERY), "{orders:?}");
+        assert_eq!(sent[0], (QUERY, auth), "the query connection authenticates first");
+        assert!(sent[1].0 == SUBSCRIPTION && sent[1].1.starts_with(&hello), "the subscription says HELLO 3 first");
+        let question = b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name";
+        assert!(sent[2].0 == QUERY && sent[2].1.starts_with(question), "then the questions");
         assert_eq!(sent.len(), 3);
 
         // A wrong password: every reply is an error, reported once until a good answer comes.
-        let Some(Action::Connect { conn, .. }) = out.actions.front().cloned() else { panic!("a connect first") };
-        out.events.clear();
+        let mut out = Outbox::default();
         let noauth = b"-NOAUTH Authentication required.\r\n";
         for _ in 0..3 {
-            sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+            sentinels.reply(now, 0, SentinelQuery::MasterAddr, noauth, &mut out);
         }
         assert_eq!(out.events.len(), 1, "{:?}", out.events);
         let good = b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n";
-        sentinels.reply(now, conn, SentinelQuery::MasterAddr, good, &mut out);
-        sentinels.reply(now, conn, SentinelQuery::MasterAddr, noauth, &mut out);
+        sentinels.reply(now, 0, SentinelQuery::MasterAddr, good, &mut out);
+        sentinels.reply(now, 0, SentinelQuery::MasterAddr, noauth, &mut out);
         assert_eq!(out.events.len(), 2, "{:?}", out.events);
     }
 
     #[test]
     fn a_refused_subscription_is_reported_and_leaves_the_query_connection_alone() {
-        use crate::contract::Action;
-        let (mut sentinels, mut pool, mut out, now) = one_sentinel_with(None, "wrong");
-        let connects: Vec<ConnId> = out
-            .actions
+        let (mut sentinels, orders, now) = one_sentinel_with(None, "wrong");
+        let opened: Vec<Line> = orders
             .iter()
-            .filter_map(|a| match a {
-                Action::Connect { conn, .. } => Some(*conn),
+            .filter_map(|o| match o {
+                Order::Open(line) => Some(*line),
                 _ => None,
             })
             .collect();
-        let [query, subscription] = connects[..] else { panic!("two connections: {connects:?}") };
-        out.actions.clear();
+        assert_eq!(opened, [QUERY, SUBSCRIPTION]);
+        let mut out = Outbox::default();
         // The subscription's replies can come first: its refused HELLO says why, and the refused SUBSCRIBE after
         // it (a reply nobody waits for) loses that connection alone.
-        sentinels.reply(now, subscription, SentinelQuery::Subscribe, b"-WRONGPASS invalid password\r\n", &mut out);
-        assert!(sentinels.lost(subscription, &mut pool, &mut out));
-        let closed = out.actions.iter().any(|a| matches!(a, Action::Close { conn } if *conn == query));
-        assert!(!closed, "the query connection stays: {:?}", out.actions);
-        sentinels.reply(now, query, SentinelQuery::Auth, b"-WRONGPASS invalid password\r\n", &mut out);
+        sentinels.reply(now, 0, SentinelQuery::Subscribe, b"-WRONGPASS invalid password\r\n", &mut out);
+        sentinels.lost(0, true);
+        let orders: Vec<Order> = sentinels.orders().take().collect();
+        assert!(orders.is_empty(), "the query connection stays: {orders:?}");
+        sentinels.reply(now, 0, SentinelQuery::Auth, b"-WRONGPASS invalid password\r\n", &mut out);
         let said: Vec<String> = out.events.iter().map(|e| format!("{e:?}")).collect();
         assert!(said.iter().any(|e| e.contains("HELLO 3 AUTH failed")), "{said:?}");
         assert!(said.iter().any(|e| e.contains("\"AUTH failed")), "{said:?}");

@@ -94,7 +94,8 @@ impl<T> ServerTable<T> {
         })
     }
 
-    /// Every server with its id, mutable, in slot order.
+    /// Every server with its id, mutable, in slot order (the tests set up views with it).
+    #[cfg(test)]
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ServerId, &mut T)> + '_ {
         self.slots.iter_mut().enumerate().filter_map(|(slot, s)| {
             let generation = s.generation;

@@ -1,7 +1,7 @@
 //! What the proxy knows of each server: reachability from probes, role and replication facts from `INFO`.
 
 use crate::address::ServerAddress;
-use crate::failure::Obstacle;
+use crate::failure::Failures;
 use crate::server_id::ServerTable;
 use std::fmt;
 use std::time::Instant;
@@ -62,6 +62,15 @@ pub(crate) struct ReplicationInfo {
 }
 
 impl ReplicationInfo {
+    /// The facts of an `INFO` reply frame, if it is a bulk string (an error is no facts).
+    pub(crate) fn from_reply(frame: &[u8]) -> Option<ReplicationInfo> {
+        if frame.first() != Some(&b'$') && frame.first() != Some(&b'=') {
+            return None;
+        }
+        let header_end = memchr::memchr(b'\n', frame)? + 1;
+        Some(ReplicationInfo::parse(frame.get(header_end..frame.len().checked_sub(2)?)?))
+    }
+
     /// Parses the text of an `INFO` bulk reply (any sections); unknown fields are ignored.
     pub(crate) fn parse(text: &[u8]) -> ReplicationInfo {
         let mut info = ReplicationInfo { priority: 100, ..ReplicationInfo::default() };
@@ -189,18 +198,15 @@ pub(crate) struct ServerView {
     pub(crate) offset_serial: u64,
     /// Since when a probe has been waiting for its answer (None: none outstanding).
     pub(crate) probe_pending_since: Option<Instant>,
-    /// It refuses the proxy's credentials (`WRONGPASS`, `NOAUTH`): alive but not usable, so nothing is routed to
-    /// it and it is no master or candidate, yet it is not down (nothing fails over because of it).
-    pub(crate) auth_refused: bool,
     /// Sentinel mode: the sentinels do not list it as a healthy replica, so it gets no reads.
     pub(crate) reads_vetoed: bool,
     /// Bumped whenever the process behind the address may have changed: its run id changed, it was counted down,
     /// or a connection to it was refused or lost. What belongs to one process (a `SCAN` cursor) is not used with
     /// another.
     pub(crate) incarnation: u64,
-    /// The last thing that kept it from being used (a refused or failed connect, credentials refused, no reply),
-    /// until it answers a probe again: what a held request's error names.
-    pub(crate) obstacle: Option<Obstacle>,
+    /// What keeps it from being used (a refused or failed connect, credentials refused, no reply): what a held
+    /// request's error names.
+    pub(crate) failures: Failures,
 }
 
 impl ServerView {
@@ -220,11 +226,40 @@ impl ServerView {
             offset_seen: None,
             offset_serial: 0,
             probe_pending_since: None,
-            auth_refused: false,
             reads_vetoed: false,
             incarnation: 0,
-            obstacle: None,
+            failures: Failures::default(),
         }
+    }
+
+    /// Takes the facts of a fresh `INFO` reply, received `now`: a new run id means a new process (a new
+    /// incarnation), and a replica promoted in place is told from a restarted one. Returns the role reported when it
+    /// or the master it names changed (for the log).
+    pub(crate) fn learn(&mut self, info: ReplicationInfo, now: Instant) -> Option<Role> {
+        let last_run_id = self.info.as_ref().and_then(|old| old.run_id.as_deref()).or(self.replica_run_id.as_deref());
+        if last_run_id.is_some_and(|old| info.run_id.as_deref().is_some_and(|new| new != old)) {
+            self.incarnation += 1;
+        }
+        let changed = self.info.as_ref().is_none_or(|old| old.role != info.role || old.master != info.master);
+        match info.role {
+            Some(Role::Replica) => {
+                self.replica_run_id.clone_from(&info.run_id);
+                self.promoted_in_place = false;
+            }
+            Some(Role::Master) => self.promoted_in_place = info.run_id.is_some() && self.replica_run_id == info.run_id,
+            None => self.promoted_in_place = false,
+        }
+        let role = info.role.filter(|_| changed);
+        self.info = Some(info);
+        self.info_at = Some(now);
+        role
+    }
+
+    /// It shows `evidence` that it is alive but busy: busy now if it was up. Returns whether it was.
+    pub(crate) fn seems_busy(&mut self, evidence: &'static str) -> bool {
+        let was_up = self.health == Health::Up;
+        self.worsen(Health::Busy, evidence);
+        was_up
     }
 
     /// Moves it to `health` for the reason `why`, unless it is in a worse state already.
@@ -248,7 +283,7 @@ impl ServerView {
     /// Whether requests may be routed to it: nothing but busyness has shown since its last valid probe reply, and
     /// it accepts the proxy's credentials.
     pub(crate) fn is_routable(&self) -> bool {
-        self.health <= Health::Busy && !self.auth_refused
+        self.health <= Health::Busy && !self.failures.credentials_refused()
     }
 
     /// Whether it is up, known to report `role`, and not being removed (a draining server takes no part in
@@ -310,7 +345,7 @@ impl ServerView {
 /// configuration order; empty when none has one.
 pub(crate) fn obstacles_suffix(views: &Views) -> String {
     let mut parts =
-        views.values().filter_map(|view| Some(format!("{}: {}", view.address, view.obstacle.as_ref()?.brief())));
+        views.values().filter_map(|view| Some(format!("{}: {}", view.address, view.failures.obstacle()?.brief())));
     let Some(first) = parts.next() else { return String::new() };
     let mut suffix = format!(" ({first}");
     for part in parts {

@@ -8,8 +8,8 @@ impl Engine {
     #[cold]
     #[inline(never)]
     pub(super) fn sentinel_reply(&mut self, now: Instant, conn: ConnId, query: SentinelQuery, frame: &[u8]) {
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        sentinels.reply(now, conn, query, frame, &mut self.out);
+        let (Some(sentinels), Some(index)) = (self.sentinels.as_mut(), self.pool.sentinel_of(conn)) else { return };
+        sentinels.reply(now, index, query, frame, &mut self.out);
         if query.is_round_question() {
             self.evaluate_failover(now);
             self.run_all_held(now);
@@ -20,18 +20,19 @@ impl Engine {
     #[cold]
     #[inline(never)]
     pub(super) fn sentinel_push(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
-        let Some(sentinels) = self.sentinels.as_mut() else { return };
-        if sentinels.push(now, conn, frame, &mut self.out) {
-            sentinels.tick(now, &mut self.pool, &mut self.out);
-        }
+        let (Some(sentinels), Some(index)) = (self.sentinels.as_mut(), self.pool.sentinel_of(conn)) else { return };
+        sentinels.push(now, index, frame, &mut self.out);
+        sentinels.tick(now);
+        self.execute_orders();
     }
 
-    /// A sentinel connection is gone: its answer no longer counts.
-    pub(super) fn sentinel_lost(&mut self, now: Instant, conn: ConnId) {
+    /// A connection of sentinel `index` (its `subscriber` one, or its query one) is gone: reopened at the next
+    /// round; a lost query connection's answer no longer counts.
+    pub(super) fn sentinel_lost(&mut self, now: Instant, index: usize, subscriber: bool) {
         let Some(sentinels) = self.sentinels.as_mut() else { return };
-        if sentinels.lost(conn, &mut self.pool, &mut self.out) {
-            self.evaluate_failover(now);
-        }
+        sentinels.lost(index, subscriber);
+        self.execute_orders();
+        self.evaluate_failover(now);
     }
 
     /// The server at `address`, watched from now on if it was not (the sentinels named it).
@@ -84,7 +85,8 @@ impl Engine {
     pub(super) fn confirm_master(&mut self, now: Instant, server: ServerId) {
         let due = self.sentinels.as_mut().is_some_and(|s| s.confirm_due(now));
         if due && self.monitor.views().get(server).is_some_and(|v| v.probe_pending_since.is_none()) {
-            self.monitor.send_probe(now, server, &mut self.pool, &mut self.out);
+            self.monitor.send_probe(now, server);
+            self.execute_orders();
         }
     }
 }

@@ -97,7 +97,8 @@ impl Engine {
         let id = self.monitor.vacant_id();
         let auth = self.config.server_credentials(&address).and_then(auth::auth_request);
         self.pool.add_server(id, address.clone(), auth);
-        self.monitor.add_server(now, id, address.clone(), &mut self.pool, &mut self.out);
+        self.monitor.add_server(now, id, address.clone());
+        self.execute_orders();
         self.out.event(Event::ServerAdded { address });
         Ok(())
     }
@@ -173,15 +174,17 @@ impl Engine {
         match self.failover.advance_switchover(now, self.monitor.views(), in_flight) {
             SwitchoverStep::Wait => {}
             SwitchoverStep::ReadOffsets { master, target } => {
-                self.monitor.request_offset(now, master, &mut self.pool, &mut self.out);
-                self.monitor.request_offset(now, target, &mut self.pool, &mut self.out);
+                self.monitor.request_offset(now, master);
+                self.monitor.request_offset(now, target);
+                self.execute_orders();
             }
             SwitchoverStep::Promote { target, reason } => {
                 let Some(address) = self.monitor.address(target).cloned() else { return };
                 self.history.chose(&address, &reason);
                 self.out.event(Event::PromotionStarted { address, reason });
                 let why = "promoting it: a planned switchover".to_string();
-                self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.pool, &mut self.out);
+                self.monitor.send_replicaof(now, target, ReplicaOf::NoOne, why, &mut self.out);
+                self.execute_orders();
             }
         }
     }

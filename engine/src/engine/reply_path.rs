@@ -218,7 +218,9 @@ impl Engine {
             self.clients.set_upload_blocked(client, false, &mut self.out);
         }
         let Some(lost_server) = lost.server else {
-            self.sentinel_lost(now, conn);
+            if let Purpose::Sentinel { index, subscriber } = lost.purpose {
+                self.sentinel_lost(now, index, subscriber);
+            }
             return;
         };
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
@@ -250,21 +252,25 @@ impl Engine {
         if went_down {
             self.close_backends_of(now, lost_server, false, "server is down");
         }
-        if refused {
-            self.monitor.forget_knock(lost_server, conn);
-        } else if loss == Loss::ConnectFailed && !lost.connected {
-            self.monitor.connect_failed(lost_server, conn);
-        } else {
-            // Closed by the engine itself (it gave up on the server's connections): no evidence either way.
-            self.monitor.forget_knock(lost_server, conn);
+        if lost.purpose == Purpose::Knock {
+            self.monitor.forget_knock(lost_server);
+        }
+        // A refusal was weighed above; one the engine closed itself (it gave up on the server's connections) is
+        // no evidence either way.
+        if loss == Loss::ConnectFailed && !lost.connected {
+            self.monitor.connect_failed(lost_server);
         }
         match lost.purpose {
             Purpose::Knock => {}
-            Purpose::Probe => self.monitor.probe_lost(now, lost_server, &mut self.pool, &mut self.out),
+            Purpose::Probe => {
+                self.monitor.probe_lost(now, lost_server);
+                self.execute_orders();
+            }
             // A connection that never opened, or one lost with requests on it, may mean a dead server. An idle
             // connection closed by the server (its `timeout` setting) is just reopened when needed.
             _ if !lost.connected || failed > 0 => {
-                self.monitor.data_conn_lost(now, lost_server, &mut self.pool, &mut self.out)
+                self.monitor.data_conn_lost(now, lost_server);
+                self.execute_orders();
             }
             _ => {}
         }

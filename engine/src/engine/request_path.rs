@@ -290,8 +290,9 @@ impl Engine {
     /// Asks every server for its replication offset (for `WAIT` and read fences).
     pub(super) fn request_offsets(&mut self, now: Instant) {
         for server in self.monitor.views().ids() {
-            self.monitor.request_offset(now, server, &mut self.pool, &mut self.out);
+            self.monitor.request_offset(now, server);
         }
+        self.execute_orders();
         self.clients.set_next_offset_serial(self.monitor.next_offset_serial());
     }
 
