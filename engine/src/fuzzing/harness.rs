@@ -6,8 +6,11 @@
 //! fuzzed sentinels answering, publishing and stopping as the input says, and checks that the engine connects
 //! only where it was told to and sends writes and reads only to the servers the sentinels named for them.
 
-use super::input::{reload_config, sentinel_json, sentinel_port, Op, Setup, ARGS, COMMANDS, UNIVERSE};
-use super::sentinels::{self, FakeSentinel};
+mod admin_ops;
+mod sentinel_ops;
+
+use super::input::{sentinel_json, sentinel_port, Op, Setup, ARGS, COMMANDS, UNIVERSE};
+use super::sentinels::FakeSentinel;
 use super::servers;
 use crate::address::ServerAddress;
 use crate::conn::ConnId;
@@ -154,19 +157,6 @@ impl Harness {
         self.clients.len() - 1
     }
 
-    /// The admin client, connected on the admin listener at first use (again if the engine closed it).
-    fn admin_client(&mut self) -> usize {
-        if let Some(i) = self.admin.filter(|&i| self.clients[i].open) {
-            return i;
-        }
-        let now = self.driver.clock.now();
-        let id = self.driver.engine.accept_admin(now, "127.0.0.1:1".parse().expect("an address"));
-        let i = self.add_client(id);
-        self.admin = Some(i);
-        self.drain();
-        i
-    }
-
     /// Sends `words` as one request from client `i`.
     fn send_words(&mut self, i: usize, words: &[&str]) {
         self.clients[i].socket.extend_from_slice(Request::from_args(words).frame());
@@ -195,32 +185,11 @@ impl Harness {
                 self.add_client(id);
                 self.drain();
             }
-            Op::AdminAdd { server } | Op::AdminRemove { server } => {
-                let address = self.universe[usize::from(server) % UNIVERSE].to_string();
-                let verb = if matches!(op, Op::AdminAdd { .. }) { "ADD" } else { "REMOVE" };
-                let admin = self.admin_client();
-                self.send_words(admin, &["PROXY", verb, &address]);
-            }
-            Op::AdminFailover { server } => {
-                let address = self.universe[usize::from(server) % UNIVERSE].to_string();
-                let admin = self.admin_client();
-                if server >= 0x80 {
-                    self.send_words(admin, &["PROXY", "FAILOVER"]);
-                } else {
-                    self.send_words(admin, &["PROXY", "FAILOVER", &address]);
-                }
-            }
-            Op::Reload { mask, rotate, flip_mode } => {
-                let universe: Vec<String> = self.universe.iter().map(ToString::to_string).collect();
-                let reads_to_slaves = self.reads_to_slaves != flip_mode;
-                let config = reload_config(&universe, mask, rotate, reads_to_slaves, self.sentinel_json.as_deref());
-                let now = self.driver.clock.now();
-                // A refusal (it would remove the master, or a server still draining) changes nothing.
-                if self.driver.engine.reconfigure(now, config).is_ok() {
-                    self.reads_to_slaves = reads_to_slaves;
-                }
-                self.drain();
-            }
+            Op::AdminAdd { .. }
+            | Op::AdminRemove { .. }
+            | Op::AdminFailover { .. }
+            | Op::AdminQuery { .. }
+            | Op::Reload { .. } => self.admin_op(op),
             Op::ClientScan { client, cursor } => {
                 if let Some(i) = self.open_client(client) {
                     let last = self.clients[i].cursor.clone().unwrap_or_else(|| b"0".to_vec());
@@ -341,69 +310,7 @@ impl Harness {
                     self.deliver_backend(i, &out);
                 }
             }
-            Op::SentinelSays { sentinel, master, replicas, style } => {
-                if self.sentinels.is_empty() {
-                    return;
-                }
-                let says = FakeSentinel {
-                    master: (usize::from(master % 5) < UNIVERSE).then_some(usize::from(master % 5)),
-                    listed: replicas & 0x0F,
-                    healthy: replicas >> 4,
-                    alias: style & 1 != 0,
-                    up: true,
-                };
-                let count = self.sentinels.len();
-                let picked = if sentinel >= 0x80 {
-                    0..count
-                } else {
-                    usize::from(sentinel) % count..usize::from(sentinel) % count + 1
-                };
-                for s in picked {
-                    self.sentinels[s] = FakeSentinel { up: self.sentinels[s].up, ..says.clone() };
-                }
-                if let Some(master) = says.master.filter(|_| style & 2 != 0) {
-                    self.promote(master);
-                }
-            }
-            Op::SentinelPush { sentinel, kind } => {
-                if self.sentinels.is_empty() {
-                    return;
-                }
-                let s = usize::from(sentinel) % self.sentinels.len();
-                let subscription = (0..self.backends.len()).find(|&i| {
-                    let b = &self.backends[i];
-                    b.open && b.connected && b.subscriber && b.peer == Peer::Sentinel(s)
-                });
-                if let Some(i) = subscription {
-                    let master = self.sentinels[s].master.map_or(0, |m| self.universe[m].port);
-                    self.deliver_backend(i, &sentinels::event(kind, master));
-                }
-            }
-            Op::SentinelToggle { sentinel } => {
-                if self.sentinels.is_empty() {
-                    return;
-                }
-                let s = usize::from(sentinel) % self.sentinels.len();
-                self.sentinels[s].up = !self.sentinels[s].up;
-                if !self.sentinels[s].up {
-                    for i in 0..self.backends.len() {
-                        if self.backends[i].open && self.backends[i].peer == Peer::Sentinel(s) {
-                            if self.backends[i].connected {
-                                self.close_backend(i);
-                            } else {
-                                self.backends[i].open = false;
-                                self.driver.refused(self.backends[i].id);
-                                self.drain();
-                            }
-                        }
-                    }
-                }
-            }
-            Op::AdminQuery { which } => {
-                let verb = ["STATUS", "SERVERS", "RELOAD"][usize::from(which) % 3];
-                let admin = self.admin_client();
-                self.send_words(admin, &["PROXY", verb]);
-            }
+            Op::SentinelSays { .. } | Op::SentinelPush { .. } | Op::SentinelToggle { .. } => self.sentinel_op(op),
             Op::Stale { conn, kind } => {
                 let dead: Vec<ConnId> = self
                     .known
@@ -467,58 +374,6 @@ impl Harness {
                 shadow_failed_now,
                 "the engine saw a protocol error on {conn} where an independent scanner saw none"
             );
-        }
-    }
-
-    /// Notes what a sentinel's answer, about to be handed to the engine, named.
-    fn learn(&mut self, named: sentinels::Named) {
-        if let Some(master) = named.master {
-            self.named_masters.insert(master.port);
-            self.named_readable.insert(master.port);
-            self.may_connect.insert(master);
-        }
-        for (replica, healthy) in named.replicas {
-            if healthy {
-                self.named_readable.insert(replica.port);
-            }
-            self.may_connect.insert(replica);
-        }
-    }
-
-    /// Sentinel's failover to universe server `master`: it reports `role:master`, every other server becomes its
-    /// replica.
-    fn promote(&mut self, master: usize) {
-        let address = self.universe[master].clone();
-        for (i, server) in self.servers.iter_mut().enumerate() {
-            let offset = server.info.offset;
-            *server = if i == master {
-                FakeServer::master(address.port)
-            } else {
-                FakeServer::replica_of(self.universe[i].port, &address)
-            }
-            .with_offset(offset);
-        }
-    }
-
-    /// Sentinel mode: what reaches a server must be what the sentinels allow (see [`engine_sentinel`]).
-    fn check_sentinel_rules(&self, port: u16, request: &Request) {
-        if self.sentinels.is_empty() {
-            return;
-        }
-        let name = request.arg(0).unwrap_or_default().to_ascii_uppercase();
-        match name.as_slice() {
-            // One of another arity is Redis's to refuse (the engine forwards it): it changes nothing.
-            b"REPLICAOF" | b"SLAVEOF" if request.arg_count() == 3 => {
-                panic!("REPLICAOF sent to {port} in Sentinel mode")
-            }
-            b"SET" | b"INCR" | b"DEL" => {
-                assert!(self.named_masters.contains(&port), "a write to {port}, which no sentinel named the master")
-            }
-            b"GET" | b"MGET" | b"SCAN" => assert!(
-                self.named_readable.contains(&port),
-                "a read to {port}, which no sentinel named the master or a healthy replica"
-            ),
-            _ => {}
         }
     }
 
