@@ -216,6 +216,13 @@ impl Engine {
         self.out.actions.pop_front()
     }
 
+    /// Whether the monitor or the sentinels ordered something the pool has not carried out yet. Never so once an
+    /// input is handled (the coordinator hands their orders on after each step); the test kit checks it.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn orders_pending(&mut self) -> bool {
+        !self.monitor.orders().is_empty() || self.sentinels.as_mut().is_some_and(|s| !s.orders().is_empty())
+    }
+
     /// The next event to log or count, until None.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -151,6 +151,12 @@ impl Orders {
         self.0.push(Order::Close(line));
     }
 
+    /// Whether no order awaits the pool.
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The orders recorded so far, in order, taken out.
     pub(crate) fn take(&mut self) -> std::vec::Drain<'_, Order> {
         self.0.drain(..)

@@ -401,6 +401,7 @@ impl Harness {
             })
             .collect();
         let removed: BTreeSet<ServerAddress> = self.removed.difference(&added).cloned().collect();
+        assert!(!self.driver.engine.orders_pending(), "the engine left orders for the pool unexecuted");
         while let Some(action) = self.driver.engine.poll_action() {
             if self.trace {
                 eprintln!("  action {action:?}");

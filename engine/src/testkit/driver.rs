@@ -158,8 +158,10 @@ impl Driver {
         self.engine.accept(self.clock.now(), peer)
     }
 
-    /// Every action the engine has queued, in order.
+    /// Every action the engine has queued, in order. Panics if the engine left an order of its monitor or
+    /// sentinels to the pool unexecuted: its actions would come out late or never.
     pub fn drain(&mut self) -> Vec<Action> {
+        assert!(!self.engine.orders_pending(), "the engine left orders for the pool unexecuted");
         std::iter::from_fn(|| self.engine.poll_action()).collect()
     }
 

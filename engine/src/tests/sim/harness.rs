@@ -402,6 +402,9 @@ impl<'a> Sim<'a> {
             events.push(event);
         }
         let (mut resume, mut reconnect) = (Vec::new(), Vec::new());
+        if let Some(driver) = self.engines[e].as_mut() {
+            assert!(!driver.engine.orders_pending(), "the engine left orders for the pool unexecuted");
+        }
         loop {
             let Some(driver) = self.engines[e].as_mut() else { return Ok(()) };
             let Some(action) = driver.engine.poll_action() else { break };
