@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Keys, and members of each collection: enough that every collection is a real hash table (not a listpack),
 /// where cursors depend on the process's hash seed.
-const ITEMS: usize = 1000;
+const ITEMS: usize = 2000;
 
 /// A proxy in `readsToSlaves` with a fast probe, once its probes have seen both replicas linked.
 fn proxy(runtime: Runtime, servers: &[RedisServer], extra: &str) -> Proxy {
