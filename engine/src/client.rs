@@ -145,7 +145,11 @@ impl Clients {
         Clients {
             conns: ConnTable::new(Lane::Client),
             count: 0,
-            holds: HoldQueue::new(config.hold, config.hold_max_bytes),
+            holds: {
+                let mut holds = HoldQueue::new(config.hold, config.hold_max_bytes);
+                holds.cluster = config.cluster.is_some();
+                holds
+            },
             departed: Vec::new(),
             write_answered: false,
             next_offset_serial: 0,

@@ -6,8 +6,9 @@
 
 use crate::address::valid_host;
 use crate::address::ServerAddress;
+use crate::cluster_config::{parse_cluster, ClusterConfig};
 use crate::config_fields::ConfigError;
-use crate::config_fields::{error, get_bool, get_u64, port};
+use crate::config_fields::{address_list, error, get_bool, get_u64, port};
 use crate::event::Level;
 use crate::resp::Limits;
 use crate::tls_config::{parse_client_tls, parse_server_tls, ClientTls, ServerTls};
@@ -127,6 +128,9 @@ pub struct Config {
     pub servers: Vec<ServerAddress>,
     /// Sentinel mode (`sentinel`; default: off, the proxy decides by its own failover rules).
     pub sentinel: Option<SentinelConfig>,
+    /// Cluster mode (`cluster`; default: off): a Redis Cluster behind the proxy, whose nodes are learnt from
+    /// its seeds (`servers` is then left out).
+    pub cluster: Option<ClusterConfig>,
     /// Port the proxy listens on (`listen_port`, default 9999).
     pub listen_port: u16,
     /// Address the proxy listens on (`bind_address`, default `127.0.0.1`).
@@ -222,8 +226,14 @@ impl Config {
             }
         }
         let sentinel = parse_sentinel(map.get("sentinel"))?;
+        let cluster = parse_cluster(map.get("cluster"))?;
+        if cluster.is_some() && (sentinel.is_some() || map.contains_key("servers")) {
+            return Err(error(
+                "`cluster`: the cluster's nodes are learnt from its seeds; leave out `servers` and `sentinel`",
+            ));
+        }
         let (servers, server_auth_overrides) = match map.get("servers") {
-            None if sentinel.is_some() => (Vec::new(), Vec::new()),
+            None if sentinel.is_some() || cluster.is_some() => (Vec::new(), Vec::new()),
             value => parse_servers(value)?,
         };
         let server_auth = map.get("server_auth").map(|v| parse_credentials(v, "server_auth")).transpose()?;
@@ -276,6 +286,11 @@ impl Config {
                 return Err(error(format!("`mode`: expected \"allToMaster\" or \"readsToSlaves\", got {other}")))
             }
         };
+        if cluster.is_some() && mode == Mode::ReadsToSlaves {
+            return Err(error(
+                "`mode`: \"readsToSlaves\" is not available in cluster mode yet; every request goes to its slot's primary",
+            ));
+        }
         let check_period = get_u64(&map, "check_period", 1000, 10)?;
         let down_after = get_u64(&map, "down_after", 3 * check_period, 1)?;
         let hold = get_u64(&map, "hold_ms", down_after + 3 * check_period, 0)?;
@@ -294,6 +309,7 @@ impl Config {
         Ok(Config {
             servers,
             sentinel,
+            cluster,
             listen_port,
             bind_address,
             mode,
@@ -386,6 +402,7 @@ impl Config {
             ("protected_mode", self.protected_mode != new.protected_mode),
             ("tls.port", self.tls.as_ref().map(|t| t.port) != new.tls.as_ref().map(|t| t.port)),
             ("sentinel", self.sentinel != new.sentinel),
+            ("cluster", self.cluster != new.cluster),
         ]
         .into_iter()
         .find_map(|(field, differs)| differs.then_some(field))
@@ -413,6 +430,7 @@ pub const DEFAULT_LARGE_POOL_SIZE: usize = 6;
 const KNOWN_FIELDS: &[&str] = &[
     "servers",
     "sentinel",
+    "cluster",
     "listen_port",
     "bind_address",
     "mode",
@@ -607,39 +625,10 @@ fn parse_servers(value: Option<&Value>) -> Result<ServerList, ConfigError> {
 /// A non-empty list of distinct `{"host", "port"}` objects in `field`, each with a `server_auth` of its own if
 /// `with_auth` allows it.
 fn parse_addresses(value: Option<&Value>, field: &str, with_auth: bool) -> Result<ServerList, ConfigError> {
-    let Some(value) = value else {
-        return Err(error(format!(
-            "missing field `{field}`: list the addresses as [{{\"host\": ..., \"port\": ...}}]"
-        )));
-    };
-    let Value::Array(list) = value else {
-        return Err(error(format!("`{field}`: expected a list of {{\"host\", \"port\"}} objects, got {value}")));
-    };
-    if list.is_empty() {
-        return Err(error(format!("`{field}`: the list is empty; name at least one address")));
-    }
-    let mut servers = Vec::with_capacity(list.len());
+    let extra: &[&str] = if with_auth { &["server_auth"] } else { &[] };
+    let mut servers = Vec::new();
     let mut overrides = Vec::new();
-    for (i, entry) in list.iter().enumerate() {
-        let Value::Object(fields) = entry else {
-            return Err(error(format!("`{field}[{i}]`: expected {{\"host\", \"port\"}}, got {entry}")));
-        };
-        let known: &[&str] = if with_auth { &["host", "port", "server_auth"] } else { &["host", "port"] };
-        if let Some(key) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(error(format!("`{field}[{i}]`: unknown field `{key}`")));
-        }
-        let host = match fields.get("host") {
-            Some(Value::String(h)) if valid_host(h) => h.clone(),
-            None => "127.0.0.1".to_string(),
-            Some(other) => return Err(error(format!("`{field}[{i}].host`: expected a host name, got {other}"))),
-        };
-        let Some(port_value) = fields.get("port") else {
-            return Err(error(format!("`{field}[{i}].port`: missing")));
-        };
-        let address = ServerAddress { host, port: port(port_value, &format!("{field}[{i}].port"))? };
-        if servers.contains(&address) {
-            return Err(error(format!("`{field}[{i}]`: {address} is listed twice")));
-        }
+    for (i, (address, fields)) in address_list(value, field, extra)?.into_iter().enumerate() {
         if let Some(value) = fields.get("server_auth") {
             overrides.push((address.clone(), parse_credentials(value, &format!("{field}[{i}].server_auth"))?));
         }

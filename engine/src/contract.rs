@@ -115,6 +115,8 @@ pub enum TimerReason {
     StreamStall,
     /// Sentinel mode: the sentinels are asked again, or the proxy has been without their majority too long.
     Sentinel,
+    /// Cluster mode: the slot map is read again, or a redirected request is sent again.
+    Cluster,
 }
 
 /// The actions and events the machines produce, in order, until the runtime drains them, and the counters of

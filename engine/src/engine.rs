@@ -10,6 +10,7 @@ use crate::address::ServerAddress;
 use crate::admin::{self, AdminClients};
 use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
+use crate::cluster::Cluster;
 use crate::command::CommandFlags;
 use crate::config::Config;
 use crate::conn::{ConnId, Lane};
@@ -35,11 +36,13 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod cluster_path;
 mod following;
 mod operations;
 mod reply_path;
 mod request_path;
 
+use cluster_path::cluster_unhealthy;
 use reply_path::Loss;
 
 /// The sans-IO proxy. See the crate documentation for the call order.
@@ -71,6 +74,8 @@ pub struct Engine {
     sentinels: Option<Sentinels>,
     /// Samples of the last minutes, for the status page's charts.
     trend: Trend,
+    /// Cluster mode: the slot map and the requests in the cluster (the failover rules are not applied).
+    cluster: Option<Box<Cluster>>,
 }
 
 impl Engine {
@@ -96,6 +101,7 @@ impl Engine {
             admins: AdminClients::default(),
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             trend: Trend::default(),
+            cluster: config.cluster.as_ref().map(|c| Box::new(Cluster::new(c, config.down_after))),
             config,
         };
         for (id, view) in engine.monitor.views().iter() {
@@ -177,7 +183,9 @@ impl Engine {
                 }
             })
             .collect();
+        let cluster = self.cluster_status(now);
         let no_master_reason = match (master, master_view) {
+            _ if self.cluster.is_some() => cluster.as_ref().and_then(cluster_unhealthy),
             (Some(_), Some(m)) if m.is_routable() => None,
             (Some(_), Some(m)) => Some(format!("master {} is {}: {}", m.address, m.health.name(), m.why)),
             (Some(_), None) => Some("no master: the routed master is no longer a server of this proxy".to_string()),
@@ -197,6 +205,7 @@ impl Engine {
         };
         let mut snapshot = self.history.snapshot_into(now, gathered, &self.out.counters);
         snapshot.trend = self.trend.samples(now);
+        snapshot.cluster = cluster;
         snapshot
     }
 
@@ -220,7 +229,9 @@ impl Engine {
     /// input is handled (the coordinator hands their orders on after each step); the test kit checks it.
     #[cfg(any(test, feature = "testkit"))]
     pub fn orders_pending(&mut self) -> bool {
-        !self.monitor.orders().is_empty() || self.sentinels.as_mut().is_some_and(|s| !s.orders().is_empty())
+        !self.monitor.orders().is_empty()
+            || self.sentinels.as_mut().is_some_and(|s| !s.orders().is_empty())
+            || self.cluster.as_mut().is_some_and(|c| !c.orders().is_empty())
     }
 
     /// The next event to log or count, until None.
@@ -242,6 +253,7 @@ impl Engine {
             self.sentinels.as_ref().map(|s| (s.deadline(self.failover.master().is_some()), TimerReason::Sentinel)),
             self.failover.switchover_poll().map(|at| (at, TimerReason::Switchover)),
             self.streams.deadline().map(|at| (at, TimerReason::StreamStall)),
+            self.cluster.as_ref().and_then(|c| c.deadline()).map(|at| (at, TimerReason::Cluster)),
         ]
         .into_iter()
         .flatten()
@@ -337,6 +349,7 @@ impl Engine {
             self.trend.record(now, &snapshot);
         }
         self.monitor.tick(now);
+        self.cluster_tick(now);
         if let Some(sentinels) = self.sentinels.as_mut() {
             sentinels.tick(now);
         }
@@ -452,6 +465,10 @@ impl Engine {
     }
 
     pub(super) fn evaluate_failover(&mut self, now: Instant) {
+        if self.cluster.is_some() {
+            // The cluster fails over by itself: its map is followed instead.
+            return self.cluster_tick(now);
+        }
         if self.sentinels.is_some() {
             self.follow_sentinels(now);
         } else {

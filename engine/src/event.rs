@@ -213,6 +213,22 @@ pub enum Event {
         /// The command as sent.
         command: String,
     },
+    /// Cluster mode: a node's slot map became the one routing follows (logged when it changed).
+    ClusterMapChanged {
+        /// The node that sent it.
+        from: ServerAddress,
+        /// Its shards (primaries serving slots).
+        shards: usize,
+        /// The slots some shard serves (16384 when the whole cluster is served).
+        served_slots: usize,
+    },
+    /// Cluster mode: a node's slot map was refused; the one held stays.
+    ClusterMapRefused {
+        /// The node that sent it.
+        from: ServerAddress,
+        /// Why.
+        reason: String,
+    },
     /// A server was added (`PROXY ADD` or a reload): it is probed now, and made a replica of the master if it is
     /// not one.
     ServerAdded {
@@ -266,6 +282,7 @@ impl Event {
             | Event::RequestsExpired { .. }
             | Event::SentinelNoMajority { .. }
             | Event::SentinelError { .. }
+            | Event::ClusterMapRefused { .. }
             | Event::ConnectFailed { .. } => Level::Warn,
             Event::BackendLost { failed_requests, .. } if *failed_requests > 0 => Level::Warn,
             Event::BackendLost { .. } => Level::Debug,
@@ -343,6 +360,10 @@ impl fmt::Display for Event {
             }
             Event::RequestsExpired { count } => write!(f, "{count} held request(s) got an error: no master in time"),
             Event::AdminCommand { conn, command } => write!(f, "admin client {conn}: {command}"),
+            Event::ClusterMapChanged { from, shards, served_slots } => {
+                write!(f, "cluster: slot map from {from}: {shards} shards serve {served_slots} of 16384 slots")
+            }
+            Event::ClusterMapRefused { from, reason } => write!(f, "cluster: map from {from} refused: {reason}"),
             Event::ServerAdded { address } => write!(f, "server {address} added: probing it"),
             Event::ServerRemoving { address } => {
                 write!(f, "server {address} removing: no new requests; forgotten once those in flight are answered")

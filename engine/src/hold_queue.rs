@@ -78,12 +78,22 @@ pub(crate) struct HoldQueue {
     /// What the error ends with: ` (address: reason; ...)`, why each server cannot be used, or nothing (see
     /// [`HoldQueue::set_obstacles`]).
     obstacles: String,
+    /// Requests wait for a cluster's primary, not for a master (cluster mode): the error says `CLUSTERDOWN`.
+    pub(crate) cluster: bool,
 }
 
 impl HoldQueue {
     /// Nothing held yet; requests are held for `hold`, in at most `max_bytes` over all clients.
     pub(crate) fn new(hold: Duration, max_bytes: usize) -> HoldQueue {
-        HoldQueue { hold, max_bytes, count: 0, bytes: 0, deadlines: VecDeque::new(), obstacles: String::new() }
+        HoldQueue {
+            hold,
+            max_bytes,
+            count: 0,
+            bytes: 0,
+            deadlines: VecDeque::new(),
+            obstacles: String::new(),
+            cluster: false,
+        }
     }
 
     /// Applies reloaded bounds. Deadlines already tracked stay; when one comes, the requests behind it are checked
@@ -123,7 +133,9 @@ impl HoldQueue {
     pub(crate) fn error(&self, master_known: bool) -> String {
         let ms = self.hold.as_millis();
         let why = &self.obstacles;
-        if master_known {
+        if self.cluster {
+            format!("CLUSTERDOWN redis-proxy held the request for {ms} ms: no reachable primary serves its slot{why}")
+        } else if master_known {
             format!("ERR redis-proxy held the request for {ms} ms and could not send it{why}")
         } else {
             format!("MASTERDOWN no master is available: redis-proxy held the request for {ms} ms{why}")

@@ -102,6 +102,9 @@ mod address;
 mod admin;
 mod auth;
 mod client;
+mod cluster;
+mod cluster_config;
+mod cluster_nodes;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]
@@ -116,19 +119,25 @@ mod engine;
 mod event;
 mod failover;
 mod failure;
+mod fanout;
 mod fence;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod hold_queue;
+mod key_slots;
 mod monitor;
 mod offset_poll;
 mod pool;
+mod redirect;
 mod reply_order;
 mod resp;
 mod route;
+mod routed;
 mod sentinel;
 mod server_id;
 mod session;
+mod slot;
+mod slot_map;
 mod status;
 mod stream;
 #[cfg(any(test, feature = "testkit"))]
@@ -142,6 +151,7 @@ mod upload;
 mod wait;
 
 pub use address::ServerAddress;
+pub use cluster_config::ClusterConfig;
 pub use config::{
     ClientUser, Config, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation, SentinelConfig,
     DEFAULT_LARGE_POOL_SIZE,
@@ -154,8 +164,8 @@ pub use event::{Event, Level};
 pub use failure::{CertificateProblem, ConnectFailure};
 pub use resp::Limits;
 pub use status::{
-    BackendCounts, Class, Counters, ErrorCounts, FailoverRecord, LatencyHistogram, ServerStatus, StatusSnapshot,
-    Target, TrendSample, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
+    BackendCounts, Class, ClusterCounts, ClusterStatus, Counters, ErrorCounts, FailoverRecord, LatencyHistogram,
+    ServerStatus, ShardStatus, StatusSnapshot, Target, TrendSample, FAILOVER_HISTORY, LATENCY_BUCKETS, LATENCY_SAMPLE,
 };
 pub use tls_config::{ClientTls, ServerTls, SYSTEM_CA_FILE};
 pub use topology::{Health, Role};

@@ -81,9 +81,12 @@ pub(crate) struct Monitor {
 impl Monitor {
     /// Watching `config.servers` from `now`; the first probes go out at the first tick.
     pub(crate) fn new(config: &Config, now: Instant) -> Monitor {
+        // In cluster mode the seeds are the first servers; the rest are learnt from their map.
+        let first: Vec<&ServerAddress> =
+            config.servers.iter().chain(config.cluster.iter().flat_map(|c| &c.seeds)).collect();
         Monitor {
-            views: config.servers.iter().map(|a| ServerView::new(a.clone(), now)).collect(),
-            watches: config.servers.iter().map(|_| Watch::default()).collect(),
+            views: first.iter().map(|a| ServerView::new((*a).clone(), now)).collect(),
+            watches: first.iter().map(|_| Watch::default()).collect(),
             next_probe: now,
             check_period: config.check_period,
             down_after: config.down_after,

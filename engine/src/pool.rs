@@ -107,6 +107,19 @@ pub(crate) enum Waiter {
     Auth,
     /// A question to a sentinel.
     Sentinel(SentinelQuery),
+    /// A client's request in a cluster, kept under `ticket` (see [`crate::routed`]) until answered, `sent` then.
+    Routed { ticket: u32, sent: Instant },
+    /// A question about the cluster's slot map.
+    ClusterMap(MapQuery),
+}
+
+/// The questions that read a cluster's slot map, sent together on a node's probe connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapQuery {
+    /// `CLUSTER INFO`: whether the node sees a working cluster.
+    Info,
+    /// `CLUSTER NODES`: the nodes, their slots and epochs.
+    Nodes,
 }
 
 /// A connection the monitor or the sentinels use, named by what it is for: the pool keeps its id.
@@ -571,7 +584,9 @@ impl Pool {
         self.conns
             .iter()
             .filter(|(_, b)| b.server == Some(server))
-            .map(|(_, b)| b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. })).count())
+            .map(|(_, b)| {
+                b.waiters.iter().filter(|w| matches!(w, Waiter::Client { .. } | Waiter::Routed { .. })).count()
+            })
             .sum()
     }
 

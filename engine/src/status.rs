@@ -361,6 +361,58 @@ pub struct StatusSnapshot {
     /// Samples of the last [`crate::TREND_WINDOW`], oldest first, one per [`crate::TREND_INTERVAL`]: for the status
     /// page's charts.
     pub trend: Vec<TrendSample>,
+    /// Cluster mode: the slot map and its shards (None in the other modes).
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// Cluster mode: the slot map routing follows, and what following it took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The shards of the map held, by first slot.
+    pub shards: Vec<ShardStatus>,
+    /// The slots some shard serves (16384 when the whole cluster is served).
+    pub served_slots: usize,
+    /// How long ago the map held was read (None: no map yet).
+    pub map_age: Option<Duration>,
+    /// The node it came from.
+    pub map_from: Option<ServerAddress>,
+    /// Requests in the cluster awaiting their reply (including those waiting to be sent again).
+    pub in_flight: usize,
+    /// Redirections, refreshes and fan-outs so far.
+    pub counts: ClusterCounts,
+}
+
+/// One shard of the slot map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// Its primary.
+    pub primary: ServerAddress,
+    /// Its replicas, as the cluster lists them.
+    pub replicas: Vec<ServerAddress>,
+    /// How many slots it serves.
+    pub slots: usize,
+    /// The primary's config epoch (0: learnt from a `MOVED`).
+    pub epoch: u64,
+    /// Whether requests can go to its primary now (the cluster has not failed it and the probes find it
+    /// routable); if not, they are held until the cluster promotes a replica.
+    pub usable: bool,
+}
+
+/// What cluster mode counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    /// Maps read from the nodes.
+    pub refreshes: u64,
+    /// Maps refused (older by config epoch, or from a node that does not see a working cluster).
+    pub maps_refused: u64,
+    /// `MOVED` replies followed.
+    pub moved: u64,
+    /// `ASK` replies followed.
+    pub ask: u64,
+    /// Requests sent again after `TRYAGAIN`, `CLUSTERDOWN` or a connection that never opened.
+    pub retries: u64,
+    /// Requests split over several slots or sent to every primary.
+    pub fanouts: u64,
 }
 
 impl StatusSnapshot {
@@ -398,6 +450,7 @@ impl History {
             held_bytes: gathered.held.1,
             counters: counters.clone(),
             trend: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -9,7 +9,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use redis_proxy_engine::{Class, Health, LatencyHistogram, Role, StatusSnapshot, Target, LATENCY_BUCKETS};
+use redis_proxy_engine::{
+    Class, ClusterStatus, Health, LatencyHistogram, Role, StatusSnapshot, Target, LATENCY_BUCKETS,
+};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -174,9 +176,38 @@ pub fn render(snapshot: &StatusSnapshot) -> String {
     );
     registry.register_with_unit("client_sent", "Bytes sent to clients", Unit::Bytes, ConstCounter::new(c.bytes_out));
     counter(&mut registry, "servers_down", "Times a server was counted down", c.servers_down);
+    if let Some(cluster) = &snapshot.cluster {
+        cluster_metrics(&mut registry, cluster);
+    }
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+/// Cluster mode's metrics: the map's shards and age, and what following it took.
+fn cluster_metrics(registry: &mut Registry, cluster: &ClusterStatus) {
+    let primary = |s: &redis_proxy_engine::ShardStatus| vec![("primary", s.primary.to_string())];
+    let slots = cluster.shards.iter().map(|s| (primary(s), s.slots as i64)).collect();
+    gauges(registry, "cluster_shard_slots", "Slots each shard serves, by its primary", None, slots);
+    let usable = cluster.shards.iter().map(|s| (primary(s), i64::from(s.usable))).collect();
+    gauges(registry, "cluster_shard_usable", "1 while requests can go to the shard's primary", None, usable);
+    let epochs = cluster.shards.iter().map(|s| (primary(s), s.epoch as i64)).collect();
+    gauges(registry, "cluster_shard_epoch", "The config epoch of each shard's primary", None, epochs);
+    gauge(registry, "cluster_served_slots", "Slots some shard serves", cluster.served_slots as i64);
+    registry.register_with_unit(
+        "cluster_map_age",
+        "Time since the slot map held was read",
+        Unit::Seconds,
+        ConstGauge::new(cluster.map_age.map_or(-1.0, |d| d.as_secs_f64())),
+    );
+    gauge(registry, "cluster_in_flight", "Requests in the cluster awaiting a reply", cluster.in_flight as i64);
+    let n = &cluster.counts;
+    let redirections = vec![(vec![("kind", "moved".to_string())], n.moved), (vec![("kind", "ask".to_string())], n.ask)];
+    counters(registry, "cluster_redirections", "MOVED and ASK replies followed", None, redirections);
+    counter(registry, "cluster_retries", "Requests sent again (TRYAGAIN, CLUSTERDOWN, no connection)", n.retries);
+    counter(registry, "cluster_refreshes", "Slot maps read from the nodes", n.refreshes);
+    counter(registry, "cluster_maps_refused", "Slot maps refused (older, or from a minority)", n.maps_refused);
+    counter(registry, "cluster_fanouts", "Requests split by slot or sent to every primary", n.fanouts);
 }
 
 #[cfg(test)]
@@ -200,6 +231,23 @@ mod tests {
             "redis_proxy_master_routable 0",
             "redis_proxy_client_received_bytes_total 0",
             "redis_proxy_held_bytes 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("cluster"), "no cluster metrics outside cluster mode");
+    }
+
+    #[test]
+    fn renders_cluster_metrics_in_cluster_mode() {
+        let config = Config::from_json(r#"{"cluster": {"seeds": [{"port": 1}]}}"#).expect("valid config");
+        let now = Instant::now();
+        let text = render(&Engine::new(config, now).status(now));
+        for name in [
+            "redis_proxy_cluster_served_slots 0",
+            "redis_proxy_cluster_map_age_seconds -1",
+            "redis_proxy_cluster_redirections_total{kind=\"moved\"} 0",
+            "redis_proxy_cluster_refreshes_total 0",
+            "redis_proxy_master_routable 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -69,6 +69,13 @@ impl Engine {
                     }
                     self.deliver(now, client, seq, frame)
                 }
+                Some(Waiter::Routed { ticket, sent }) => {
+                    if ticket % LATENCY_SAMPLE as u32 == 0 {
+                        self.out.counters.latency.observe(now.saturating_duration_since(sent));
+                    }
+                    self.routed_reply(now, ticket, frame);
+                }
+                Some(Waiter::ClusterMap(query)) => self.cluster_map_reply(now, conn, query, &frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
                 Some(Waiter::Auth) => self.backend_auth_reply(now, conn, &frame),
@@ -242,9 +249,21 @@ impl Engine {
         let error = resp::error_reply(&message);
         let mut failed = 0;
         for waiter in &lost.waiters {
-            if let Waiter::Client { conn: client, seq, .. } = *waiter {
-                failed += 1;
-                self.deliver(now, client, seq, error.clone());
+            match *waiter {
+                Waiter::Client { conn: client, seq, .. } => {
+                    failed += 1;
+                    self.deliver(now, client, seq, error.clone());
+                }
+                Waiter::Routed { ticket, .. } => {
+                    failed += usize::from(lost.connected);
+                    self.routed_lost(now, ticket, lost.connected, &error);
+                }
+                Waiter::ClusterMap(_) => {
+                    if let Some(cluster) = self.cluster.as_deref_mut() {
+                        cluster.refresh_lost(lost_server);
+                    }
+                }
+                _ => {}
             }
         }
         self.out.event(Event::BackendLost { address, reason: reason.to_string(), failed_requests: failed });

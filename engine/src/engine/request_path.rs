@@ -116,6 +116,9 @@ impl Engine {
     /// master, or an order barrier.
     /// A `SCAN`-family call whose cursor's server is gone is rewritten in `held` to start its iteration again.
     pub(super) fn execute(&mut self, now: Instant, conn: ConnId, held: &mut HeldRequest) -> bool {
+        if self.cluster.is_some() {
+            return self.execute_in_cluster(now, conn, held);
+        }
         let pin = match &held.handling {
             Handling::Forward(pin) => *pin,
             _ => return self.execute_locally(now, conn, held),
@@ -178,7 +181,7 @@ impl Engine {
     /// one that needs a connection of its own. Returns as [`Engine::execute`] does. Out of line, so that the
     /// forwarding path stays short.
     #[inline(never)]
-    fn execute_locally(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+    pub(super) fn execute_locally(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
         match &held.handling {
             Handling::Local(reply) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));

@@ -4,6 +4,8 @@
 //!
 //! | module | what it tests |
 //! |---|---|
+//! | `cluster_world` | a modelled Redis Cluster: slots, keys, `MOVED`/`ASK`, migrations, failovers |
+//! | `cluster_path` | cluster mode: the map read, routing by slot, redirections followed, multi-key commands split |
 //! | `request_path` | the request path: reply order, order barrier, hold queue, pass-through, `QUIT`, protocol errors |
 //! | `stream_path` | large replies streamed to their client |
 //! | `upload_path` | large requests uploaded to the server |
@@ -13,6 +15,8 @@
 //! | `sentinel_sim` | several proxies in Sentinel mode on random schedules, checked against the Sentinel invariants |
 //! | `sentinel_traffic` | one proxy in Sentinel mode with client traffic while the sentinels' answers change the servers: reply order, `SCAN` completeness, reads only where the sentinels allow |
 
+mod cluster_path;
+mod cluster_world;
 mod request_path;
 mod sentinel;
 mod sentinel_sim;

@@ -1,0 +1,436 @@
+//! Cluster mode's paths: a request routed by its keys' slot (split by slot, or sent to every primary, when it
+//! must be), its reply checked for a redirection and sent again when it is one, and the slot map read from the
+//! nodes.
+
+use super::*;
+use crate::cluster::{Offer, MAX_REDIRECTS};
+use crate::cluster_nodes::NodeEntry;
+use crate::command::CommandSpec;
+use crate::fanout::Fanout;
+use crate::key_slots::{self, KeySlots, Merge};
+use crate::pool::MapQuery;
+use crate::redirect::{redirect_of, Redirect};
+use crate::routed::{Aim, Resend, Routed};
+use crate::slot_map::SlotMap;
+use crate::status::{ClusterStatus, ShardStatus};
+use bytes::Bytes;
+
+/// How a request is carried out in a cluster.
+enum Plan {
+    /// To one slot's primary, or any primary.
+    One(Aim),
+    /// Split by slot, the replies merged.
+    Split(Merge),
+    /// To every primary, the replies merged.
+    Everywhere(Merge),
+    /// Answered here with this error.
+    Refuse(String),
+}
+
+/// What a command means in a cluster when its keys do not decide (whole-keyspace and cluster commands).
+fn keyless_plan(spec: &CommandSpec) -> Option<Plan> {
+    let refuse =
+        |what: &str| Some(Plan::Refuse(format!("ERR redis-proxy: {what} is not supported in cluster mode yet")));
+    match spec.name {
+        "dbsize" => Some(Plan::Everywhere(Merge::Sum)),
+        "flushall" | "flushdb" => Some(Plan::Everywhere(Merge::Ok)),
+        "script|load" | "script|flush" | "function|load" | "function|flush" | "function|delete" => {
+            Some(Plan::Everywhere(Merge::Same))
+        }
+        "scan" => refuse("SCAN over the whole cluster"),
+        "keys" => refuse("KEYS over the whole cluster"),
+        "randomkey" => refuse("RANDOMKEY"),
+        "cluster|slots" | "cluster|shards" | "cluster|nodes" => {
+            refuse("describing the cluster to cluster-aware clients (connect them to the nodes)")
+        }
+        _ => None,
+    }
+}
+
+/// Why the cluster is not wholly served, for `/health` (None: every slot has a usable primary).
+pub(super) fn cluster_unhealthy(status: &ClusterStatus) -> Option<String> {
+    if status.map_age.is_none() {
+        return Some("cluster: no slot map yet (no seed has answered CLUSTER NODES)".to_string());
+    }
+    if let Some(shard) = status.shards.iter().find(|s| !s.usable) {
+        return Some(format!(
+            "cluster: the primary {} of {} slots cannot be used; their requests wait for the cluster to promote a \
+             replica",
+            shard.primary, shard.slots
+        ));
+    }
+    (status.served_slots < crate::slot::SLOTS)
+        .then(|| format!("cluster: only {} of 16384 slots are served", status.served_slots))
+}
+
+/// The delay before resending a request that met `TRYAGAIN` or `CLUSTERDOWN`, or found no primary: short at
+/// first (a migration moves one key at a time), longer as tries add up.
+fn retry_delay(tries: u8) -> Duration {
+    Duration::from_millis((5u64 << tries.min(5)).min(100))
+}
+
+impl Engine {
+    /// Runs a request in cluster mode: as [`Engine::execute`] (true: done; false: hold it).
+    #[inline(never)]
+    pub(super) fn execute_in_cluster(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let plan = match &held.handling {
+            Handling::Forward(Pin::Shared) => self.cluster_plan(held),
+            Handling::Forward(_) => Plan::Refuse(format!(
+                "ERR redis-proxy: {} is not supported in cluster mode yet (it needs a connection of its own: \
+                 transactions, blocking commands and pub/sub do)",
+                held.spec.map_or("this command", |s| s.name).to_uppercase()
+            )),
+            Handling::Wait { .. } => Plan::Refuse("ERR redis-proxy: WAIT is not supported in cluster mode yet".into()),
+            Handling::OutOfBand => Plan::Refuse(
+                "ERR redis-proxy: SCRIPT KILL and FUNCTION KILL are not supported in cluster mode yet".into(),
+            ),
+            _ => return self.execute_locally(now, conn, held),
+        };
+        match plan {
+            Plan::Refuse(message) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
+                self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
+                true
+            }
+            Plan::One(aim) => self.send_one(now, conn, held, aim),
+            Plan::Split(merge) => {
+                let parts = key_slots::split(&held.request, merge);
+                let aims = parts.iter().map(|p| Aim::Slot(p.slot)).collect();
+                let (requests, positions) = parts.into_iter().map(|p| (p.request, p.positions)).unzip();
+                self.send_fanout(now, conn, held, merge, aims, requests, positions)
+            }
+            Plan::Everywhere(merge) => {
+                let Some(primaries) = self.cluster.as_ref().and_then(|c| c.every_primary(self.monitor.views())) else {
+                    return false;
+                };
+                let aims: Vec<Aim> = primaries.into_iter().map(Aim::Server).collect();
+                let requests = vec![held.request.frame().clone(); aims.len()];
+                let positions = vec![Vec::new(); aims.len()];
+                self.send_fanout(now, conn, held, merge, aims, requests, positions)
+            }
+        }
+    }
+
+    /// Where a forwarded request goes in the cluster, by its keys.
+    fn cluster_plan(&self, held: &HeldRequest) -> Plan {
+        let Some(spec) = held.spec else { return Plan::One(Aim::AnyPrimary) };
+        match key_slots::key_slots(&held.request, spec) {
+            KeySlots::One(slot) => Plan::One(Aim::Slot(slot)),
+            KeySlots::Keyless => keyless_plan(spec).unwrap_or(Plan::One(Aim::AnyPrimary)),
+            KeySlots::Cross => match key_slots::split_merge(spec) {
+                Some(merge) => Plan::Split(merge),
+                None => Plan::Refuse("CROSSSLOT Keys in request don't hash to the same slot".to_string()),
+            },
+        }
+    }
+
+    /// The server a routed request goes to now (None: no usable primary, wait).
+    fn cluster_target(&self, aim: Aim, spread: usize) -> Option<ServerId> {
+        let cluster = self.cluster.as_deref()?;
+        let views = self.monitor.views();
+        match aim {
+            Aim::Slot(slot) => cluster.primary_for(slot, views),
+            Aim::AnyPrimary => cluster.any_primary(views, spread),
+            Aim::Server(server) => views.get(server).is_some_and(|v| v.is_routable()).then_some(server),
+        }
+    }
+
+    /// Sends a request to one slot's primary (false: none can be used now; hold it).
+    fn send_one(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, aim: Aim) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let shared_slot = state.shared_slot;
+        let Some(server) = self.cluster_target(aim, conn.index()) else { return false };
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Master, Class::of(held.spec));
+        let routed = Routed {
+            client: conn,
+            seq,
+            request: held.request.frame().clone(),
+            aim,
+            resp3: held.resp3,
+            shared_slot,
+            redirects: 0,
+            since: now,
+            part: None,
+        };
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        let ticket = cluster.requests.add(routed);
+        self.send_routed(now, ticket, Some(server), false);
+        true
+    }
+
+    /// Sends the parts of a split request (false: some part has no usable primary now; hold it whole).
+    #[allow(clippy::too_many_arguments)]
+    fn send_fanout(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        held: &HeldRequest,
+        merge: Merge,
+        aims: Vec<Aim>,
+        requests: Vec<Bytes>,
+        positions: Vec<Vec<usize>>,
+    ) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let shared_slot = state.shared_slot;
+        let targets: Option<Vec<ServerId>> = aims.iter().map(|aim| self.cluster_target(*aim, 0)).collect();
+        let Some(targets) = targets else { return false };
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Master, Class::of(held.spec));
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        cluster.counts.fanouts += 1;
+        let fanout = cluster.requests.add_fanout(Fanout::new(conn, seq, merge, positions));
+        let mut tickets = Vec::with_capacity(targets.len());
+        for (index, (aim, request)) in aims.into_iter().zip(requests).enumerate() {
+            let routed = Routed {
+                client: conn,
+                seq,
+                request,
+                aim,
+                resp3: held.resp3,
+                shared_slot,
+                redirects: 0,
+                since: now,
+                part: Some((fanout, index)),
+            };
+            tickets.push(cluster.requests.add(routed));
+        }
+        for (ticket, server) in tickets.into_iter().zip(targets) {
+            self.send_routed(now, ticket, Some(server), false);
+        }
+        true
+    }
+
+    /// Sends the request of `ticket` to `server` (None: where its aim says now); `asking` sends `ASKING` first on
+    /// the same connection. When no server or connection can be had, it is resent a little later.
+    fn send_routed(&mut self, now: Instant, ticket: u32, server: Option<ServerId>, asking: bool) {
+        let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
+        let (aim, resp3, shared_slot, client) = (routed.aim, routed.resp3, routed.shared_slot, routed.client);
+        let server = server.or_else(|| self.cluster_target(aim, client.index()));
+        let backend = server.and_then(|s| self.pool.shared(s, shared_slot, resp3, &mut self.out));
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
+        let Some(backend) = backend else {
+            let tries = routed.redirects;
+            routed.redirects = routed.redirects.saturating_add(1);
+            cluster.want_refresh();
+            let ask = if asking { server } else { None };
+            cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask });
+            return;
+        };
+        let waiter = Waiter::Routed { ticket, sent: now };
+        if asking {
+            let mut data = bytes::BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+            data.extend_from_slice(&routed.request);
+            self.pool.send(backend, &[Waiter::Ignore, waiter], data.freeze(), &mut self.out);
+        } else {
+            let data = routed.request.clone();
+            self.pool.send(backend, &[waiter], data, &mut self.out);
+        }
+    }
+
+    /// Sends again the requests whose resend is due; those that have waited past `hold_ms` get an error.
+    pub(super) fn resend_due(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        for resend in cluster.requests.due(now) {
+            let Some(cluster) = self.cluster.as_deref_mut() else { return };
+            let Some(routed) = cluster.requests.get_mut(resend.ticket) else { continue };
+            if now.saturating_duration_since(routed.since) >= self.config.hold {
+                let ms = self.config.hold.as_millis();
+                let error = format!(
+                    "CLUSTERDOWN redis-proxy could not send the request within {ms} ms: no reachable primary \
+                     serves its slot"
+                );
+                self.routed_answered(now, resend.ticket, resp::error_reply(&error));
+                continue;
+            }
+            cluster.counts.retries += 1;
+            self.send_routed(now, resend.ticket, resend.ask, resend.ask.is_some());
+        }
+    }
+
+    /// A reply to a routed request: a redirection is followed; anything else goes to the client.
+    pub(super) fn routed_reply(&mut self, now: Instant, ticket: u32, frame: Bytes) {
+        if let Some(redirect) = redirect_of(&frame) {
+            if let Some(error) = self.follow_redirect(now, ticket, redirect, &frame) {
+                self.routed_answered(now, ticket, error);
+            }
+            return;
+        }
+        self.routed_answered(now, ticket, frame);
+    }
+
+    /// Follows a redirection of the request of `ticket`. Returns the error its client gets instead when the
+    /// request has been redirected too often.
+    fn follow_redirect(&mut self, now: Instant, ticket: u32, redirect: Redirect, frame: &[u8]) -> Option<Bytes> {
+        let server_at = |this: &mut Engine, address: &ServerAddress| match this.monitor.find(address) {
+            Some(id) => Some(id),
+            None => this.add_server(now, address.clone()).ok().and_then(|()| this.monitor.find(address)),
+        };
+        let cluster = self.cluster.as_deref_mut()?;
+        let routed = cluster.requests.get_mut(ticket)?;
+        if routed.redirects >= MAX_REDIRECTS {
+            let said = String::from_utf8_lossy(&frame[1..frame.len().saturating_sub(2)]).into_owned();
+            return Some(resp::error_reply(&format!(
+                "ERR redis-proxy: the cluster redirected the request {MAX_REDIRECTS} times (last: {said}); its slot \
+                 map does not settle"
+            )));
+        }
+        let tries = routed.redirects;
+        routed.redirects += 1;
+        match redirect {
+            Redirect::Moved { slot, address } => {
+                let server = server_at(self, &address)?;
+                if let Some(cluster) = self.cluster.as_deref_mut() {
+                    cluster.moved(slot, server);
+                }
+                self.send_routed(now, ticket, Some(server), false);
+            }
+            Redirect::Ask { address, .. } => {
+                let server = server_at(self, &address)?;
+                if let Some(cluster) = self.cluster.as_deref_mut() {
+                    cluster.counts.ask += 1;
+                }
+                self.send_routed(now, ticket, Some(server), true);
+            }
+            Redirect::TryAgain | Redirect::ClusterDown => {
+                if redirect == Redirect::ClusterDown {
+                    cluster.want_refresh();
+                }
+                cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
+            }
+        }
+        None
+    }
+
+    /// The request of `ticket` is answered with `reply` (or a part of it is): the client gets it in its turn.
+    pub(super) fn routed_answered(&mut self, now: Instant, ticket: u32, reply: Bytes) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let Some(routed) = cluster.requests.take(ticket) else { return };
+        let answer = match routed.part {
+            None => Some((routed.client, routed.seq, reply)),
+            Some((fanout, index)) => cluster.requests.part_answered(fanout, index, reply),
+        };
+        if let Some((client, seq, reply)) = answer {
+            self.deliver(now, client, seq, reply);
+        }
+    }
+
+    /// The connection a routed request was on is gone: one that never opened is sent again (the request never
+    /// left); otherwise the client gets `error` (it may or may not have run).
+    pub(super) fn routed_lost(&mut self, now: Instant, ticket: u32, connected: bool, error: &Bytes) {
+        if connected {
+            return self.routed_answered(now, ticket, error.clone());
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        cluster.want_refresh();
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
+        let tries = routed.redirects;
+        routed.redirects = routed.redirects.saturating_add(1);
+        cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
+    }
+
+    /// A reply to a question about the slot map, from the node `conn` leads to.
+    pub(super) fn cluster_map_reply(&mut self, now: Instant, conn: ConnId, query: MapQuery, frame: &[u8]) {
+        let Some(server) = self.pool.server_of(conn) else { return };
+        let Some(address) = self.monitor.address(server).cloned() else { return };
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        match query {
+            MapQuery::Info => cluster.info_reply(server, frame),
+            MapQuery::Nodes => match cluster.nodes_reply(server, &address, frame) {
+                Ok((nodes, state_ok)) => self.offer_map(now, &address, &nodes, state_ok),
+                Err(reason) => self.out.event(Event::ClusterMapRefused { from: address, reason }),
+            },
+        }
+    }
+
+    /// Offers the map `nodes` describe: its nodes become servers of the proxy (probed, pooled); once accepted,
+    /// servers it no longer names are removed and held requests run.
+    fn offer_map(&mut self, now: Instant, from: &ServerAddress, nodes: &[NodeEntry], state_ok: bool) {
+        for address in nodes.iter().filter(|n| !n.failed).filter_map(|n| n.address.as_ref()) {
+            if self.monitor.find(address).is_none() {
+                let _ = self.add_server(now, address.clone());
+            }
+        }
+        let monitor = &self.monitor;
+        let map = SlotMap::from_nodes(nodes, |address| monitor.find(address));
+        let (shards, served_slots) = (map.shards().len(), map.served_slots());
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        match cluster.offer(now, map, from, state_ok) {
+            Offer::Refused(reason) => self.out.event(Event::ClusterMapRefused { from: from.clone(), reason }),
+            Offer::Accepted { changed } => {
+                if changed {
+                    self.out.event(Event::ClusterMapChanged { from: from.clone(), shards, served_slots });
+                }
+                self.forget_unmapped(now);
+                self.run_all_held(now);
+            }
+        }
+    }
+
+    /// Removes the servers the map held does not name: nodes that left the cluster.
+    fn forget_unmapped(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_deref() else { return };
+        let gone: Vec<ServerAddress> = self
+            .monitor
+            .views()
+            .iter()
+            .filter(|(id, view)| !view.draining && !cluster.map().names(*id))
+            .map(|(_, view)| view.address.clone())
+            .collect();
+        for address in gone {
+            if let Some(server) = self.monitor.find(&address) {
+                self.monitor.drain(server);
+                self.out.event(Event::ServerRemoving { address });
+            }
+        }
+        self.finish_removals(now);
+    }
+
+    /// The slot map for the status snapshot (None: not in cluster mode).
+    pub(super) fn cluster_status(&self, now: Instant) -> Option<ClusterStatus> {
+        let cluster = self.cluster.as_deref()?;
+        let views = self.monitor.views();
+        let address = |id: ServerId| {
+            self.monitor
+                .address(id)
+                .cloned()
+                .unwrap_or_else(|| ServerAddress { host: "a removed server".into(), port: 0 })
+        };
+        let map = cluster.map();
+        let mut shards: Vec<(usize, ShardStatus)> = map
+            .shards()
+            .iter()
+            .zip(map.slots_per_shard())
+            .filter(|(_, slots)| *slots > 0)
+            .map(|(shard, slots)| {
+                let usable = !shard.failed && views.get(shard.primary).is_some_and(|v| v.is_routable());
+                let status = ShardStatus {
+                    primary: address(shard.primary),
+                    replicas: shard.replicas.iter().map(|r| address(*r)).collect(),
+                    slots,
+                    epoch: shard.epoch,
+                    usable,
+                };
+                (map.first_slot_of(shard.primary).unwrap_or(0), status)
+            })
+            .collect();
+        shards.sort_by_key(|(first, _)| *first);
+        Some(ClusterStatus {
+            shards: shards.into_iter().map(|(_, s)| s).collect(),
+            served_slots: map.served_slots(),
+            map_age: cluster.accepted().map(|(at, _)| now.saturating_duration_since(*at)),
+            map_from: cluster.accepted().map(|(_, from)| from.clone()),
+            in_flight: cluster.requests.len(),
+            counts: cluster.counts,
+        })
+    }
+
+    /// Moves the cluster machine on: refreshes due, resends due.
+    pub(super) fn cluster_tick(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        cluster.tick(now, self.monitor.views());
+        self.pool.execute(cluster.orders(), &mut self.out);
+        self.resend_due(now);
+    }
+}

@@ -1,0 +1,215 @@
+//! Requests sent into a cluster, kept until they are answered: their bytes, so that a redirection (`MOVED`,
+//! `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) or a connection that never opened sends them again instead of failing them;
+//! the parts of a split request until every part has answered; and the resends waiting for their time.
+//!
+//! A backend connection's waiter names an entry by its ticket, a slot in a table with a free list, so that
+//! keeping a request costs no allocation once the table has grown.
+
+use crate::conn::ConnId;
+use crate::fanout::Fanout;
+use crate::server_id::ServerId;
+use bytes::Bytes;
+use std::time::Instant;
+
+/// Where a routed request must go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Aim {
+    /// To the primary that serves this slot.
+    Slot(u16),
+    /// To any primary (the request names no key).
+    AnyPrimary,
+    /// To this server (a part of a request every primary gets).
+    Server(ServerId),
+}
+
+/// A request in a cluster, until it is answered.
+#[derive(Clone, Debug)]
+pub(crate) struct Routed {
+    /// The client, and its reply slot (for a part: the whole request's).
+    pub(crate) client: ConnId,
+    pub(crate) seq: u64,
+    /// The request as sent.
+    pub(crate) request: Bytes,
+    pub(crate) aim: Aim,
+    /// The client's protocol and shared pool slot when it was sent (its connections are chosen by them).
+    pub(crate) resp3: bool,
+    pub(crate) shared_slot: usize,
+    /// Redirections and retries so far.
+    pub(crate) redirects: u8,
+    /// When it was first sent: retries stop after `hold_ms`.
+    pub(crate) since: Instant,
+    /// For a part of a split request: the fan-out and the part's index in it.
+    pub(crate) part: Option<(u32, usize)>,
+}
+
+/// A resend waiting for its time: to where the map says, or (`ask`) to the node an `ASK` named.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Resend {
+    pub(crate) ticket: u32,
+    pub(crate) ask: Option<ServerId>,
+}
+
+/// A table with a free list: stable small ids for entries that come and go.
+#[derive(Debug)]
+struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Slab<T> {
+        Slab { entries: Vec::new(), free: Vec::new() }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = Some(value);
+                id
+            }
+            None => {
+                self.entries.push(Some(value));
+                (self.entries.len() - 1) as u32
+            }
+        }
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut T> {
+        self.entries.get_mut(id as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, id: u32) -> Option<T> {
+        let value = self.entries.get_mut(id as usize)?.take()?;
+        self.free.push(id);
+        Some(value)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+}
+
+/// The requests in a cluster, their fan-outs and their timed resends.
+#[derive(Debug, Default)]
+pub(crate) struct RoutedRequests {
+    requests: Slab<Routed>,
+    fanouts: Slab<Fanout>,
+    /// (when, what) in no order: few at once, and only while the cluster moves slots or fails over.
+    resends: Vec<(Instant, Resend)>,
+}
+
+impl RoutedRequests {
+    /// Keeps `routed`; returns its ticket.
+    pub(crate) fn add(&mut self, routed: Routed) -> u32 {
+        self.requests.insert(routed)
+    }
+
+    /// The request of `ticket`, to be sent again (it stays kept).
+    pub(crate) fn get_mut(&mut self, ticket: u32) -> Option<&mut Routed> {
+        self.requests.get_mut(ticket)
+    }
+
+    /// The request of `ticket`, answered: it is forgotten.
+    pub(crate) fn take(&mut self, ticket: u32) -> Option<Routed> {
+        self.requests.remove(ticket)
+    }
+
+    /// Keeps a fan-out; returns its id.
+    pub(crate) fn add_fanout(&mut self, fanout: Fanout) -> u32 {
+        self.fanouts.insert(fanout)
+    }
+
+    /// Part `index` of fan-out `id` answered `reply`: the client, its slot and the merged reply once every part
+    /// has answered (the fan-out is then forgotten).
+    pub(crate) fn part_answered(&mut self, id: u32, index: usize, reply: Bytes) -> Option<(ConnId, u64, Bytes)> {
+        let fanout = self.fanouts.get_mut(id)?;
+        let merged = fanout.answered(index, reply)?;
+        let done = self.fanouts.remove(id)?;
+        Some((done.client, done.seq, merged))
+    }
+
+    /// Sends `resend` again at `at`.
+    pub(crate) fn resend_at(&mut self, at: Instant, resend: Resend) {
+        self.resends.push((at, resend));
+    }
+
+    /// The resends due by `now`, taken off the list, oldest first.
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<Resend> {
+        if self.resends.is_empty() {
+            return Vec::new();
+        }
+        self.resends.sort_by_key(|(at, _)| *at);
+        let due = self.resends.iter().take_while(|(at, _)| *at <= now).count();
+        self.resends.drain(..due).map(|(_, resend)| resend).collect()
+    }
+
+    /// When the next resend is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.resends.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Requests kept now (for the status page and tests).
+    pub(crate) fn len(&self) -> usize {
+        self.requests.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_slots::Merge;
+    use std::time::Duration;
+
+    fn routed(seq: u64, part: Option<(u32, usize)>) -> Routed {
+        Routed {
+            client: crate::conn::client_and_backend_ids().0,
+            seq,
+            request: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+            aim: Aim::AnyPrimary,
+            resp3: false,
+            shared_slot: 0,
+            redirects: 0,
+            since: Instant::now(),
+            part,
+        }
+    }
+
+    #[test]
+    fn tickets_are_reused_and_stale_ones_find_nothing() {
+        let mut requests = RoutedRequests::default();
+        let a = requests.add(routed(1, None));
+        let b = requests.add(routed(2, None));
+        assert_ne!(a, b);
+        assert_eq!(requests.take(a).map(|r| r.seq), Some(1));
+        assert!(requests.take(a).is_none());
+        assert_eq!(requests.add(routed(3, None)), a);
+        assert_eq!(requests.len(), 2);
+    }
+
+    #[test]
+    fn a_fanout_answers_once_every_part_has() {
+        let mut requests = RoutedRequests::default();
+        let client = crate::conn::client_and_backend_ids().0;
+        let id = requests.add_fanout(Fanout::new(client, 9, Merge::Sum, vec![vec![0], vec![1]]));
+        assert!(requests.part_answered(id, 0, Bytes::from_static(b":1\r\n")).is_none());
+        let (_, seq, reply) = requests.part_answered(id, 1, Bytes::from_static(b":1\r\n")).expect("complete");
+        assert_eq!((seq, &reply[..]), (9, &b":2\r\n"[..]));
+        assert!(requests.part_answered(id, 1, Bytes::from_static(b":1\r\n")).is_none());
+    }
+
+    #[test]
+    fn resends_come_due_in_time_order() {
+        let mut requests = RoutedRequests::default();
+        let now = Instant::now();
+        requests.resend_at(now + Duration::from_millis(20), Resend { ticket: 2, ask: None });
+        requests.resend_at(now + Duration::from_millis(10), Resend { ticket: 1, ask: None });
+        assert_eq!(requests.deadline(), Some(now + Duration::from_millis(10)));
+        assert!(requests.due(now).is_empty());
+        let due: Vec<u32> = requests.due(now + Duration::from_millis(15)).iter().map(|r| r.ticket).collect();
+        assert_eq!(due, vec![1]);
+        assert_eq!(requests.due(now + Duration::from_millis(30)).len(), 1);
+        assert_eq!(requests.deadline(), None);
+    }
+}

@@ -1,0 +1,170 @@
+//! Cluster mode through the whole engine, against the modelled cluster of `cluster_world`: the map read from a
+//! seed, requests routed by slot, redirections followed and never shown, multi-key commands split by slot and
+//! merged, cross-slot refusals, and a failover followed.
+
+use super::cluster_world::{to_client, ClusterWorld};
+use crate::slot::key_slot;
+use crate::testkit::Driver;
+use crate::ConnId;
+use bytes::Bytes;
+
+fn request(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+/// A proxy in front of a 3-primary world that has read the map.
+fn started() -> (ClusterWorld, Driver) {
+    let mut world = ClusterWorld::new(3);
+    let mut kit = Driver::new(ClusterWorld::config(r#", "check_period": 100"#));
+    world.settle(&mut kit, 5);
+    (world, kit)
+}
+
+/// Sends `args` from `client` and lets the world answer; returns what the client got.
+fn call(world: &mut ClusterWorld, kit: &mut Driver, client: ConnId, args: &[&str]) -> Bytes {
+    kit.feed(client, &request(args));
+    let actions = kit.drain();
+    let out = world.run(kit, actions);
+    to_client(&out, client)
+}
+
+#[test]
+fn the_map_is_read_from_a_seed_and_every_node_is_learnt() {
+    let (world, mut kit) = started();
+    let servers = kit.engine.servers();
+    assert_eq!(servers.len(), 6, "every node is a server of the proxy: {servers:?}");
+    let _ = world;
+    let events = kit.events();
+    assert!(
+        events.iter().any(|e| e.to_string().contains("3 shards serve 16384 of 16384 slots")),
+        "the map was accepted: {events:?}"
+    );
+}
+
+#[test]
+fn keys_go_to_their_slots_primary() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    for i in 0..200 {
+        let key = format!("key:{i}");
+        assert_eq!(&call(&mut world, &mut kit, client, &["SET", &key, "v"])[..], b"+OK\r\n");
+    }
+    for i in 0..200 {
+        let key = format!("key:{i}");
+        let holder = world.holder(key.as_bytes());
+        assert!(world.nodes[holder].keys.contains_key(key.as_bytes()), "{key} is on its slot's primary");
+        assert_eq!(&call(&mut world, &mut kit, client, &["GET", &key])[..], b"$1\r\nv\r\n");
+    }
+    let moved: u64 = world.calls.iter().filter(|((n, c), _)| *n >= 3 && c == "SET").map(|(_, n)| n).sum();
+    assert_eq!(moved, 0, "no request went to a replica");
+}
+
+#[test]
+fn multi_key_commands_split_by_slot_and_merge_in_key_order() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    // Tagged keys share slots: one part carries several keys.
+    let keys: Vec<String> = (0..20).map(|i| format!("{{t{}}}k{i}", i % 7)).collect();
+    let mut mset = vec!["MSET".to_string()];
+    for key in &keys {
+        mset.push(key.clone());
+        mset.push(format!("v-{key}"));
+    }
+    let mset: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(&call(&mut world, &mut kit, client, &mset)[..], b"+OK\r\n");
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    mget.push("missing");
+    let mut expected = format!("*{}\r\n", keys.len() + 1).into_bytes();
+    for key in &keys {
+        let value = format!("v-{key}");
+        expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+    }
+    expected.extend_from_slice(b"$-1\r\n");
+    let before: u64 = world.calls.iter().filter(|((_, c), _)| c == "MGET").map(|(_, n)| n).sum();
+    assert_eq!(call(&mut world, &mut kit, client, &mget), Bytes::from(expected));
+    let after: u64 = world.calls.iter().filter(|((_, c), _)| c == "MGET").map(|(_, n)| n).sum();
+    let mut slots: Vec<u16> = mget[1..].iter().map(|k| key_slot(k.as_bytes())).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(after - before, slots.len() as u64, "one MGET per slot, not one per key");
+    assert!(slots.len() < mget.len() - 1, "some keys share a slot");
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    assert_eq!(&call(&mut world, &mut kit, client, &del)[..], b":20\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["EXISTS", "k1", "k2"])[..], b":0\r\n");
+}
+
+#[test]
+fn cross_slot_commands_get_redis_clusters_error() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    assert_ne!(key_slot(b"a"), key_slot(b"b"));
+    let reply = call(&mut world, &mut kit, client, &["RENAME", "a", "b"]);
+    assert_eq!(&reply[..], b"-CROSSSLOT Keys in request don't hash to the same slot\r\n");
+    let reply = call(&mut world, &mut kit, client, &["MSETNX", "{t}a", "1", "{t}b", "2"]);
+    assert!(!reply.starts_with(b"-CROSSSLOT"), "a shared hash tag is one slot: {reply:?}");
+}
+
+#[test]
+fn moved_is_followed_and_fixes_the_map() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let key = "somekey";
+    let slot = usize::from(key_slot(key.as_bytes()));
+    let owner = world.owners[slot];
+    let other = (owner + 1) % 3;
+    // The slot moves behind the proxy's back, with its key.
+    world.owners[slot] = other;
+    world.nodes[other].epoch = 10;
+    world.nodes[other].keys.insert(key.into(), b"moved".to_vec());
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", key])[..], b"$5\r\nmoved\r\n");
+    let gets_on_old = world.calls.get(&(owner, "GET".to_string())).copied().unwrap_or(0);
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", key])[..], b"$5\r\nmoved\r\n");
+    assert_eq!(world.calls.get(&(owner, "GET".to_string())).copied().unwrap_or(0), gets_on_old, "the map was fixed");
+}
+
+#[test]
+fn ask_is_followed_without_changing_the_map() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let (moved_key, staying_key) = ("{m}moved", "{m}staying");
+    let slot = key_slot(b"m");
+    let from = world.owners[usize::from(slot)];
+    let to = (from + 1) % 3;
+    world.nodes[from].keys.insert(staying_key.into(), b"here".to_vec());
+    world.nodes[to].keys.insert(moved_key.into(), b"there".to_vec());
+    world.migration = Some(super::cluster_world::Migration { slot, from, to });
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", moved_key])[..], b"$5\r\nthere\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", staying_key])[..], b"$4\r\nhere\r\n");
+    assert_eq!(world.calls.get(&(to, "ASKING".to_string())), Some(&1));
+    // MGET of both meets TRYAGAIN until the migration ends.
+    kit.feed(client, &request(&["MGET", moved_key, staying_key]));
+    let actions = kit.drain();
+    let out = world.run(&mut kit, actions);
+    assert!(to_client(&out, client).is_empty(), "TRYAGAIN is not shown: the request waits");
+    let staying = world.nodes[from].keys.remove(staying_key.as_bytes()).expect("there");
+    world.nodes[to].keys.insert(staying_key.into(), staying);
+    world.owners[usize::from(slot)] = to;
+    world.nodes[to].epoch = 20;
+    world.migration = None;
+    let out = world.settle(&mut kit, 2);
+    assert_eq!(&to_client(&out, client)[..], b"*2\r\n$5\r\nthere\r\n$4\r\nhere\r\n");
+}
+
+#[test]
+fn a_failover_is_followed_and_held_requests_go_to_the_new_primary() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let key = "foo";
+    assert_eq!(&call(&mut world, &mut kit, client, &["SET", key, "1"])[..], b"+OK\r\n");
+    let owner = world.owners[usize::from(key_slot(key.as_bytes()))];
+    world.fail_over(&mut kit, owner);
+    world.settle(&mut kit, 10);
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", key])[..], b"$1\r\n1\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["INCR", key])[..], b":2\r\n");
+}
