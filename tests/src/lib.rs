@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod tls;
 
