@@ -6,12 +6,20 @@ use crate::key_slots::Merge;
 use crate::resp::{self, Limits};
 use bytes::{Bytes, BytesMut};
 
+/// Who gets a fan-out's merged reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The client, in this reply slot.
+    Client { conn: ConnId, seq: u64 },
+    /// Part `index` of fan-out `fanout`: a part split again, key by key.
+    Part { fanout: u32, index: usize },
+}
+
 /// A request split into parts, until every part has answered.
 #[derive(Debug)]
 pub(crate) struct Fanout {
-    /// The client and its reply slot.
-    pub(crate) client: ConnId,
-    pub(crate) seq: u64,
+    /// Who gets the merged reply.
+    pub(crate) answer: Answer,
     merge: Merge,
     /// Each part's reply, once it came.
     replies: Vec<Option<Bytes>>,
@@ -22,10 +30,10 @@ pub(crate) struct Fanout {
 }
 
 impl Fanout {
-    /// A fan-out of `positions.len()` parts for reply slot `seq` of `client`.
-    pub(crate) fn new(client: ConnId, seq: u64, merge: Merge, positions: Vec<Vec<usize>>) -> Fanout {
+    /// A fan-out of `positions.len()` parts whose merged reply goes to `answer`.
+    pub(crate) fn new(answer: Answer, merge: Merge, positions: Vec<Vec<usize>>) -> Fanout {
         let parts = positions.len();
-        Fanout { client, seq, merge, replies: vec![None; parts], positions, remaining: parts }
+        Fanout { answer, merge, replies: vec![None; parts], positions, remaining: parts }
     }
 
     /// Part `index` answered `reply`; returns the merged reply once it was the last.
@@ -118,13 +126,13 @@ fn unexpected(replies: &[&Bytes]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn client() -> ConnId {
-        crate::conn::client_and_backend_ids().0
+    fn client() -> Answer {
+        Answer::Client { conn: crate::conn::client_and_backend_ids().0, seq: 7 }
     }
 
     #[test]
     fn values_come_back_in_key_order() {
-        let mut fanout = Fanout::new(client(), 7, Merge::Values, vec![vec![0, 2], vec![1, 3]]);
+        let mut fanout = Fanout::new(client(), Merge::Values, vec![vec![0, 2], vec![1, 3]]);
         assert_eq!(fanout.answered(1, Bytes::from_static(b"*2\r\n$1\r\nb\r\n$-1\r\n")), None);
         let merged = fanout.answered(0, Bytes::from_static(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n"));
         assert_eq!(merged.as_deref(), Some(&b"*4\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$-1\r\n"[..]));
@@ -132,28 +140,28 @@ mod tests {
 
     #[test]
     fn counts_are_summed_and_oks_joined() {
-        let mut sum = Fanout::new(client(), 1, Merge::Sum, vec![vec![0], vec![1, 2]]);
+        let mut sum = Fanout::new(client(), Merge::Sum, vec![vec![0], vec![1, 2]]);
         assert_eq!(sum.answered(0, Bytes::from_static(b":1\r\n")), None);
         assert_eq!(sum.answered(1, Bytes::from_static(b":2\r\n")).as_deref(), Some(&b":3\r\n"[..]));
-        let mut ok = Fanout::new(client(), 1, Merge::Ok, vec![vec![0], vec![1]]);
+        let mut ok = Fanout::new(client(), Merge::Ok, vec![vec![0], vec![1]]);
         assert_eq!(ok.answered(0, Bytes::from_static(b"+OK\r\n")), None);
         assert_eq!(ok.answered(1, Bytes::from_static(b"+OK\r\n")).as_deref(), Some(&b"+OK\r\n"[..]));
     }
 
     #[test]
     fn an_error_part_is_the_reply() {
-        let mut fanout = Fanout::new(client(), 1, Merge::Sum, vec![vec![0], vec![1]]);
+        let mut fanout = Fanout::new(client(), Merge::Sum, vec![vec![0], vec![1]]);
         assert_eq!(fanout.answered(0, Bytes::from_static(b"-OOM no\r\n")), None);
         assert_eq!(fanout.answered(1, Bytes::from_static(b":1\r\n")).as_deref(), Some(&b"-OOM no\r\n"[..]));
     }
 
     #[test]
     fn malformed_parts_are_an_error_not_a_panic() {
-        let mut fanout = Fanout::new(client(), 1, Merge::Values, vec![vec![0], vec![1]]);
+        let mut fanout = Fanout::new(client(), Merge::Values, vec![vec![0], vec![1]]);
         assert_eq!(fanout.answered(0, Bytes::from_static(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n")), None);
         let merged = fanout.answered(1, Bytes::from_static(b"+OK\r\n")).expect("complete");
         assert!(merged.starts_with(b"-ERR redis-proxy: unexpected replies"));
-        let mut same = Fanout::new(client(), 1, Merge::Same, vec![vec![], vec![]]);
+        let mut same = Fanout::new(client(), Merge::Same, vec![vec![], vec![]]);
         assert_eq!(same.answered(0, Bytes::from_static(b"$1\r\na\r\n")), None);
         assert!(same.answered(1, Bytes::from_static(b"$1\r\nb\r\n")).expect("complete").starts_with(b"-ERR"));
     }

@@ -120,6 +120,16 @@ pub(crate) struct Part {
 /// `request` cut into one request per slot, slots in the order their first key comes. `merge` says how the
 /// arguments pair up: `MSET` takes a key and a value, the others keys alone.
 pub(crate) fn split(request: &Request, merge: Merge) -> Vec<Part> {
+    split_by(request, merge, false)
+}
+
+/// `request` cut into one request per key: for a slot being migrated, where the keys of one request may be on two
+/// nodes and the server answers `TRYAGAIN` until the migration ends.
+pub(crate) fn split_per_key(request: &Request, merge: Merge) -> Vec<Part> {
+    split_by(request, merge, true)
+}
+
+fn split_by(request: &Request, merge: Merge, per_key: bool) -> Vec<Part> {
     let step = if merge == Merge::Ok { 2 } else { 1 };
     let Some(name) = request.arg(0) else { return Vec::new() };
     /// One slot's arguments so far, and where its keys stand.
@@ -134,7 +144,7 @@ pub(crate) fn split(request: &Request, merge: Merge) -> Vec<Part> {
     while index + step <= request.arg_count() {
         let Some(key) = request.arg(index) else { break };
         let slot = key_slot(key);
-        let at = match groups.iter().position(|g| g.slot == slot) {
+        let at = match groups.iter().position(|g| g.slot == slot && !per_key) {
             Some(at) => at,
             None => {
                 groups.push(Group { slot, args: vec![name], positions: Vec::new() });
@@ -200,6 +210,10 @@ mod tests {
         assert_eq!(parts[0].request, Request::from_args(&["MGET", "foo", "{foo}x"]).frame().clone());
         assert_eq!(parts[0].positions, vec![0, 2]);
         assert_eq!(parts[1].positions, vec![1, 3]);
+        let per_key = split_per_key(&request, Merge::Values);
+        assert_eq!(per_key.len(), 4);
+        assert_eq!(per_key[2].request, Request::from_args(&["MGET", "{foo}x"]).frame().clone());
+        assert_eq!(per_key[2].positions, vec![2]);
         let mset = Request::from_args(&["MSET", "foo", "1", "bar", "2", "{foo}y", "3"]);
         let parts = split(&mset, Merge::Ok);
         assert_eq!(parts[0].request, Request::from_args(&["MSET", "foo", "1", "{foo}y", "3"]).frame().clone());

@@ -6,7 +6,7 @@
 //! keeping a request costs no allocation once the table has grown.
 
 use crate::conn::ConnId;
-use crate::fanout::Fanout;
+use crate::fanout::{Answer, Fanout};
 use crate::server_id::ServerId;
 use bytes::Bytes;
 use std::time::Instant;
@@ -40,6 +40,8 @@ pub(crate) struct Routed {
     pub(crate) since: Instant,
     /// For a part of a split request: the fan-out and the part's index in it.
     pub(crate) part: Option<(u32, usize)>,
+    /// It only reads: sent again, rather than failed, when its connection breaks before the reply.
+    pub(crate) read_only: bool,
 }
 
 /// A resend waiting for its time: to where the map says, or (`ask`) to the node an `ASK` named.
@@ -122,12 +124,17 @@ impl RoutedRequests {
     }
 
     /// Part `index` of fan-out `id` answered `reply`: the client, its slot and the merged reply once every part
-    /// has answered (the fan-out is then forgotten).
+    /// has answered (the fan-out is then forgotten; one that answers a part of another fills that part).
     pub(crate) fn part_answered(&mut self, id: u32, index: usize, reply: Bytes) -> Option<(ConnId, u64, Bytes)> {
-        let fanout = self.fanouts.get_mut(id)?;
-        let merged = fanout.answered(index, reply)?;
-        let done = self.fanouts.remove(id)?;
-        Some((done.client, done.seq, merged))
+        let (mut id, mut index, mut reply) = (id, index, reply);
+        loop {
+            let fanout = self.fanouts.get_mut(id)?;
+            let merged = fanout.answered(index, reply)?;
+            match self.fanouts.remove(id)?.answer {
+                Answer::Client { conn, seq } => return Some((conn, seq, merged)),
+                Answer::Part { fanout, index: part } => (id, index, reply) = (fanout, part, merged),
+            }
+        }
     }
 
     /// Sends `resend` again at `at`.
@@ -173,6 +180,7 @@ mod tests {
             redirects: 0,
             since: Instant::now(),
             part,
+            read_only: true,
         }
     }
 
@@ -191,10 +199,14 @@ mod tests {
     #[test]
     fn a_fanout_answers_once_every_part_has() {
         let mut requests = RoutedRequests::default();
-        let client = crate::conn::client_and_backend_ids().0;
-        let id = requests.add_fanout(Fanout::new(client, 9, Merge::Sum, vec![vec![0], vec![1]]));
+        let conn = crate::conn::client_and_backend_ids().0;
+        let id = requests.add_fanout(Fanout::new(Answer::Client { conn, seq: 9 }, Merge::Sum, vec![vec![0], vec![1]]));
+        // Part 1 is split again, in two.
+        let inner =
+            requests.add_fanout(Fanout::new(Answer::Part { fanout: id, index: 1 }, Merge::Sum, vec![vec![0], vec![1]]));
+        assert!(requests.part_answered(inner, 0, Bytes::from_static(b":0\r\n")).is_none());
         assert!(requests.part_answered(id, 0, Bytes::from_static(b":1\r\n")).is_none());
-        let (_, seq, reply) = requests.part_answered(id, 1, Bytes::from_static(b":1\r\n")).expect("complete");
+        let (_, seq, reply) = requests.part_answered(inner, 1, Bytes::from_static(b":1\r\n")).expect("complete");
         assert_eq!((seq, &reply[..]), (9, &b":2\r\n"[..]));
         assert!(requests.part_answered(id, 1, Bytes::from_static(b":1\r\n")).is_none());
     }

@@ -311,7 +311,7 @@ impl Rng {
 }
 
 #[test]
-fn an_mget_of_100_random_keys_is_one_mget_per_primary() {
+fn an_mget_of_100_random_keys_is_one_mget_per_slot_on_its_primary() {
     let _serial = exclusive();
     let mut rng = Rng::new();
     for &runtime in Runtime::ALL {
@@ -349,11 +349,19 @@ fn an_mget_of_100_random_keys_is_one_mget_per_primary() {
         let want: Vec<Reply> =
             order.iter().map(|i| if *i < 300 { bulk(i.to_string().as_bytes()) } else { Reply::Bulk(None) }).collect();
         assert_eq!(conn.call(&mget), Reply::Array(Some(want)), "{runtime:?}");
+        // Redis refuses a multi-key command whose keys span slots even when one node serves them all
+        // (-CROSSSLOT), so the split is one MGET per slot: never one per key, and all of a node's parts leave in
+        // one write (the runtimes write what one turn queued for a connection with one writev).
+        let slots = cluster.key_slots(&refs);
         for port in cluster.ports() {
             let (mgets, gets) = (calls(port, "mget"), calls(port, "get"));
-            let expected = u64::from(primaries.contains(&port));
-            eprintln!("{runtime:?}: :{port} got {mgets} MGET, {gets} GET");
-            assert_eq!((mgets, gets), (expected, 0), "{runtime:?}: one MGET per primary, none elsewhere, no GET");
+            let owned: BTreeSet<u16> = slots.iter().copied().filter(|s| map[*s as usize] == port).collect();
+            eprintln!("{runtime:?}: :{port} got {mgets} MGET, {gets} GET for {} slots", owned.len());
+            assert_eq!(
+                (mgets, gets),
+                (owned.len() as u64, 0),
+                "{runtime:?}: one MGET per slot on the slot's primary, none elsewhere, no GET"
+            );
         }
     }
 }
@@ -703,7 +711,13 @@ fn a_sigkilled_primary_stalls_only_its_own_shard_until_the_cluster_promotes_its_
         // and never refused after it.
         let dead = &answers[0];
         let ok = Ok(status("OK"));
-        for a in dead.iter().filter(|a| a.reply != ok) {
+        // A write on its way when the primary died may or may not have run, and its client is told so: only the
+        // one in flight at the kill (the client sends one request at a time). A read is sent again instead.
+        let lost = |a: &Answer| {
+            a.sent < promoted_at && matches!(&a.reply, Ok(Reply::Error(e)) if e.contains("may or may not have run"))
+        };
+        assert!(dead.iter().filter(|a| lost(a)).count() <= 1, "{runtime:?}: more than the write in flight was lost");
+        for a in dead.iter().filter(|a| a.reply != ok && !lost(a)) {
             let refused_in_outage = a.answered < promoted_at + Duration::from_secs(2)
                 && matches!(&a.reply, Ok(Reply::Error(e)) if e.starts_with("CLUSTERDOWN"));
             assert!(

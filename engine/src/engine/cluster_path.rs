@@ -6,7 +6,7 @@ use super::*;
 use crate::cluster::{Offer, MAX_REDIRECTS};
 use crate::cluster_nodes::NodeEntry;
 use crate::command::CommandSpec;
-use crate::fanout::Fanout;
+use crate::fanout::{Answer, Fanout};
 use crate::key_slots::{self, KeySlots, Merge};
 use crate::pool::MapQuery;
 use crate::redirect::{redirect_of, Redirect};
@@ -45,6 +45,11 @@ fn keyless_plan(spec: &CommandSpec) -> Option<Plan> {
         }
         _ => None,
     }
+}
+
+/// Whether `spec` only reads: such a request is sent again when its connection breaks before the reply.
+fn only_reads(spec: Option<&CommandSpec>) -> bool {
+    spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE))
 }
 
 /// Why the cluster is not wholly served, for `/health` (None: every slot has a usable primary).
@@ -152,6 +157,7 @@ impl Engine {
             redirects: 0,
             since: now,
             part: None,
+            read_only: only_reads(held.spec),
         };
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
         let ticket = cluster.requests.add(routed);
@@ -179,7 +185,7 @@ impl Engine {
         self.out.counters.request(Target::Master, Class::of(held.spec));
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
         cluster.counts.fanouts += 1;
-        let fanout = cluster.requests.add_fanout(Fanout::new(conn, seq, merge, positions));
+        let fanout = cluster.requests.add_fanout(Fanout::new(Answer::Client { conn, seq }, merge, positions));
         let mut tickets = Vec::with_capacity(targets.len());
         for (index, (aim, request)) in aims.into_iter().zip(requests).enumerate() {
             let routed = Routed {
@@ -192,6 +198,7 @@ impl Engine {
                 redirects: 0,
                 since: now,
                 part: Some((fanout, index)),
+                read_only: only_reads(held.spec),
             };
             tickets.push(cluster.requests.add(routed));
         }
@@ -293,7 +300,9 @@ impl Engine {
                 }
                 self.send_routed(now, ticket, Some(server), true);
             }
+            Redirect::TryAgain if self.split_per_key(now, ticket) => {}
             Redirect::TryAgain | Redirect::ClusterDown => {
+                let cluster = self.cluster.as_deref_mut()?;
                 if redirect == Redirect::ClusterDown {
                     cluster.want_refresh();
                 }
@@ -301,6 +310,50 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// Splits the request of `ticket`, which met `TRYAGAIN`, into one request per key when it is a command a
+    /// cluster client splits and names several keys: its slot is being migrated, some of its keys are on each
+    /// side, and the server would answer `TRYAGAIN` until the migration ends. Each key then finds its node
+    /// (through `ASK` for one that moved). Returns whether it did.
+    fn split_per_key(&mut self, now: Instant, ticket: u32) -> bool {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return false };
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return false };
+        let mut frame = bytes::BytesMut::from(&routed.request[..]);
+        let Ok(Some(request)) = resp::RequestScanner::new(self.config.limits).next_request(&mut frame) else {
+            return false;
+        };
+        let Some(merge) = request.arg(0).and_then(crate::command::lookup).and_then(key_slots::split_merge) else {
+            return false;
+        };
+        let parts = key_slots::split_per_key(&request, merge);
+        if parts.len() < 2 {
+            return false;
+        }
+        let Some(whole) = cluster.requests.take(ticket) else { return false };
+        let answer = match whole.part {
+            None => Answer::Client { conn: whole.client, seq: whole.seq },
+            Some((fanout, index)) => Answer::Part { fanout, index },
+        };
+        let positions = parts.iter().map(|p| p.positions.clone()).collect();
+        let fanout = cluster.requests.add_fanout(Fanout::new(answer, merge, positions));
+        let tickets: Vec<u32> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, part)| {
+                let routed = Routed {
+                    request: part.request,
+                    aim: Aim::Slot(part.slot),
+                    part: Some((fanout, index)),
+                    ..whole.clone()
+                };
+                cluster.requests.add(routed)
+            })
+            .collect();
+        for ticket in tickets {
+            self.send_routed(now, ticket, None, false);
+        }
+        true
     }
 
     /// The request of `ticket` is answered with `reply` (or a part of it is): the client gets it in its turn.
@@ -317,16 +370,16 @@ impl Engine {
     }
 
     /// The connection a routed request was on is gone: one that never opened is sent again (the request never
-    /// left); otherwise the client gets `error` (it may or may not have run).
+    /// left), and so is a read; a write gets `error` (it may or may not have run).
     pub(super) fn routed_lost(&mut self, now: Instant, ticket: u32, connected: bool, error: &Bytes) {
-        if connected {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
+        if connected && !routed.read_only {
             return self.routed_answered(now, ticket, error.clone());
         }
-        let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        cluster.want_refresh();
-        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
         let tries = routed.redirects;
         routed.redirects = routed.redirects.saturating_add(1);
+        cluster.want_refresh();
         cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
     }
 

@@ -83,8 +83,8 @@ def main():
     try:
         r.msetnx({f"{p}:x1": "1", f"{p}:x2": "2", f"{p}:x3": "3"})
         raise AssertionError("MSETNX across slots was not refused")
-    except redis.ResponseError as e:
-        check(str(e).startswith("CROSSSLOT"), f"MSETNX across slots: {e}")
+    except redis.exceptions.ClusterCrossSlotError:
+        pass  # redis-py raises this class for a -CROSSSLOT reply (and drops the word from the message)
 
     # Keys left for the Rust side to find on their primaries.
     check(r.mset({f"{p}:kept:{i}": i for i in range(300)}) is True, "MSET kept keys")
