@@ -122,6 +122,8 @@ struct ClientLimits {
     client_output_limit: usize,
     allow_topology_commands: bool,
     users: Users,
+    /// Cluster mode: sessions refuse what would pin a connection to one node.
+    cluster: bool,
 }
 
 impl ClientLimits {
@@ -135,6 +137,7 @@ impl ClientLimits {
             client_output_limit: config.client_output_limit,
             allow_topology_commands: config.allow_topology_commands,
             users: Users::new(&config.client_users),
+            cluster: config.cluster.is_some(),
         }
     }
 }
@@ -173,7 +176,7 @@ impl Clients {
     pub(crate) fn accept(&mut self, peer: SocketAddr, shutting_down: bool, out: &mut Outbox) -> ConnId {
         let conn = self.conns.insert(Client {
             scanner: RequestScanner::new(self.config.limits),
-            session: Session::default(),
+            session: Session::new(self.config.cluster),
             auth: ClientAuth::new(&self.config.users),
             replies: ReplyOrder::default(),
             held: ClientHolds::default(),

@@ -20,6 +20,7 @@ use crate::server_id::ServerId;
 use crate::slot_map::SlotMap;
 use crate::status::ClusterCounts;
 use crate::topology::Views;
+use crate::transaction::Transactions;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,8 @@ pub(crate) struct Cluster {
     orders: Orders,
     /// The requests sent into the cluster, until answered.
     pub(crate) requests: RoutedRequests,
+    /// The transactions clients are queuing.
+    pub(crate) transactions: Transactions,
     /// Counters for the status page.
     pub(crate) counts: ClusterCounts,
 }
@@ -83,6 +86,7 @@ impl Cluster {
             rotation: 0,
             orders: Orders::default(),
             requests: RoutedRequests::default(),
+            transactions: Transactions::default(),
             counts: ClusterCounts::default(),
         }
     }

@@ -146,6 +146,7 @@ pub mod testkit;
 mod tests;
 mod tls_config;
 mod topology;
+mod transaction;
 mod trend;
 mod upload;
 mod wait;

@@ -109,6 +109,8 @@ pub(crate) enum Waiter {
     Sentinel(SentinelQuery),
     /// A client's request in a cluster, kept under `ticket` (see [`crate::routed`]) until answered, `sent` then.
     Routed { ticket: u32, sent: Instant },
+    /// A request queued inside the transaction of `ticket` (`+QUEUED`, or the redirection it met).
+    Queued { ticket: u32 },
     /// A question about the cluster's slot map.
     ClusterMap(MapQuery),
 }

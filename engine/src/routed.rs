@@ -7,6 +7,7 @@
 
 use crate::conn::ConnId;
 use crate::fanout::{Answer, Fanout};
+use crate::redirect::Redirect;
 use crate::server_id::ServerId;
 use bytes::Bytes;
 use std::time::Instant;
@@ -34,14 +35,22 @@ pub(crate) struct Routed {
     /// The client's protocol and shared pool slot when it was sent (its connections are chosen by them).
     pub(crate) resp3: bool,
     pub(crate) shared_slot: usize,
-    /// Redirections and retries so far.
+    /// `MOVED` and `ASK` followed so far (bounded by `MAX_REDIRECTS`).
     pub(crate) redirects: u8,
+    /// Resends after waiting so far (`TRYAGAIN`, `CLUSTERDOWN`, no connection): each waits longer; bounded by
+    /// `hold_ms` from `since`.
+    pub(crate) tries: u8,
     /// When it was first sent: retries stop after `hold_ms`.
     pub(crate) since: Instant,
     /// For a part of a split request: the fan-out and the part's index in it.
     pub(crate) part: Option<(u32, usize)>,
     /// It only reads: sent again, rather than failed, when its connection breaks before the reply.
     pub(crate) read_only: bool,
+    /// A transaction (`MULTI`, this many requests, `EXEC`): how many requests it queues.
+    pub(crate) queued: usize,
+    /// The first redirection a queued request of the transaction met: its `EXEC` then fails, and the
+    /// redirection is followed instead.
+    pub(crate) queued_redirect: Option<Redirect>,
 }
 
 /// A resend waiting for its time: to where the map says, or (`ask`) to the node an `ASK` named.
@@ -178,9 +187,12 @@ mod tests {
             resp3: false,
             shared_slot: 0,
             redirects: 0,
+            tries: 0,
             since: Instant::now(),
             part,
             read_only: true,
+            queued: 0,
+            queued_redirect: None,
         }
     }
 

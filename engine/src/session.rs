@@ -80,6 +80,9 @@ pub(crate) struct Session {
     pub(crate) resp3: bool,
     /// The name `CLIENT SETNAME` gave it, kept here so that it pins nothing.
     name: Option<Bytes>,
+    /// Cluster mode: what would tie the client to one node's connection is refused (see
+    /// [`Session::classify_in_cluster`]); a transaction is kept by the proxy and sent whole at `EXEC`.
+    pub(crate) cluster: bool,
 }
 
 /// `CONFIG SET` parameters that would take a server away from the proxy or move it in the topology, with how to
@@ -179,6 +182,11 @@ impl Session {
         pinned: bool,
         allow_topology: bool,
     ) -> Handling {
+        if self.cluster {
+            if let Some(handling) = self.classify_in_cluster(request, spec) {
+                return handling;
+            }
+        }
         let arg1 = request.arg(1);
         let pin = match spec.name {
             "quit" => return Handling::LocalThenClose(Bytes::from_static(b"+OK\r\n")),
@@ -387,6 +395,46 @@ impl Session {
             _ => Pin::Shared,
         };
         Handling::Forward(pin.max(self.current_pin()))
+    }
+}
+
+impl Session {
+    /// A new client's session; `cluster` in cluster mode.
+    pub(crate) fn new(cluster: bool) -> Session {
+        Session { cluster, ..Session::default() }
+    }
+
+    /// Cluster mode's answers to what would tie a client to one node's connection, or None to classify `request`
+    /// as usual. `SELECT` is refused as Redis Cluster refuses it; `CLUSTER` subcommands pass (the engine answers
+    /// or routes them); `READONLY`/`READWRITE` are answered here (a cluster-aware client sends them, and reads
+    /// go to primaries); the rest is refused for now, with the reason.
+    fn classify_in_cluster(&mut self, request: &Request, spec: &'static CommandSpec) -> Option<Handling> {
+        let not_yet = |what: &str| {
+            Some(Handling::Refuse(format!(
+                "ERR redis-proxy does not support {what} in cluster mode yet (see docs/cluster.md)"
+            )))
+        };
+        match spec.name {
+            "select" if request.arg(1) == Some(b"0") => Some(Handling::Local(Bytes::from_static(b"+OK\r\n"))),
+            "select" => Some(Handling::Refuse("ERR SELECT is not allowed in cluster mode".to_string())),
+            "readonly" | "readwrite" => Some(Handling::Local(Bytes::from_static(b"+OK\r\n"))),
+            name if name.starts_with("cluster") => Some(Handling::Forward(self.current_pin())),
+            "watch" | "unwatch" => not_yet("WATCH (a MULTI/EXEC transaction without it works)"),
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+                not_yet("publish/subscribe (PUBLISH works)")
+            }
+            "monitor" | "client|tracking" | "client|reply" | "client|caching" | "client|id" | "client|getredir"
+            | "client|no-evict" | "client|no-touch" | "sync" | "psync" | "replconf" => {
+                not_yet(&spec.name.to_ascii_uppercase().replace('|', " "))
+            }
+            "hello" if request.arg_count() > 2 => not_yet("HELLO with options other than the protocol version"),
+            "client|setname" if self.in_multi => not_yet("CLIENT SETNAME inside MULTI"),
+            _ if spec.flags.contains(CommandFlags::BLOCKING) => not_yet("blocking commands"),
+            "xread" | "xreadgroup" if request.args().skip(1).any(|a| a.eq_ignore_ascii_case(b"block")) => {
+                not_yet("blocking commands")
+            }
+            _ => None,
+        }
     }
 }
 

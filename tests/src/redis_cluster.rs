@@ -503,6 +503,35 @@ impl RedisCluster {
         assert_eq!(reply, Reply::Status("OK".into()), "MIGRATE {:?} to :{to}", String::from_utf8_lossy(key));
     }
 
+    /// Moves `slot` with its keys from the primary on `from` to the one on `to`, step by step as a reshard does
+    /// (importing and migrating states, each key migrated, then the slot given to `to` on every node), and waits
+    /// until the cluster has settled. Returns the new owner.
+    pub fn reshard_slot(&self, slot: u16, from: u16, to: u16) -> u16 {
+        self.freeze_migration(slot, from, to);
+        let slot_text = slot.to_string();
+        loop {
+            let keys = RespConn::connect(from).call(&[b"CLUSTER", b"GETKEYSINSLOT", slot_text.as_bytes(), b"100"]);
+            let Reply::Array(Some(keys)) = keys else { panic!("GETKEYSINSLOT on :{from}: {keys:?}") };
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let Reply::Bulk(Some(key)) = key else { panic!("a key: {key:?}") };
+                self.migrate_key(from, to, &key);
+            }
+        }
+        let to_id = self.node_id(to).as_bytes().to_vec();
+        // The target first, then the source, then the other primaries, as redis-cli does.
+        let mut order = vec![to, from];
+        order.extend(self.primaries().into_iter().filter(|p| *p != to && *p != from));
+        for port in order {
+            let reply = RespConn::connect(port).call(&[b"CLUSTER", b"SETSLOT", slot_text.as_bytes(), b"NODE", &to_id]);
+            assert_eq!(reply, Reply::Status("OK".into()), "SETSLOT NODE on :{port}");
+        }
+        self.wait(SETTLE, "settled after moving one slot", Self::settled_problem);
+        self.owner_of_slot(slot)
+    }
+
     /// Waits until every node is up and the cluster is ready (see [`RedisCluster::ready_problem`]).
     pub fn ready(&self) {
         self.wait(SETTLE, "ready", Self::ready_problem);

@@ -849,3 +849,51 @@ fn redis_py_plain_client_works_across_slots() {
         assert_eq!(SLOTS, cluster.slot_map().len());
     }
 }
+
+#[test]
+fn transactions_run_on_their_slots_primary_and_follow_a_moved_slot() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start();
+        // A long refresh period: the move below is learnt from the MOVED the transaction meets.
+        let proxy = Proxy::start_with_fields(runtime, &cluster.proxy_fields(60_000));
+        let mut conn = proxy.connect();
+        let queued = status("QUEUED");
+        // MULTI ... EXEC on keys of one slot: queued here, run atomically there.
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{tx}a", b"1"]), queued);
+        assert_eq!(ask(&mut conn, &[b"INCR", b"{tx}a"]), queued);
+        assert_eq!(ask(&mut conn, &[b"GET", b"{tx}a"]), queued);
+        let exec = ask(&mut conn, &[b"EXEC"]);
+        assert_eq!(exec, Reply::Array(Some(vec![status("OK"), Reply::Int(2), bulk(b"2")])), "{runtime:?}");
+        let owner = cluster.owner_of_slot(cluster.key_slot(b"{tx}a"));
+        assert_eq!(RespConn::connect(owner).call(&[b"GET", b"{tx}a"]), bulk(b"2"), "run on the slot's primary");
+        // Keys of two slots: refused while queuing, and EXEC aborts, as Redis Cluster does.
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{tx}b", b"1"]), queued);
+        assert_eq!(ask(&mut conn, &[b"SET", b"{other}c", b"1"]), Reply::Error(CROSSSLOT.into()));
+        let aborted = ask(&mut conn, &[b"EXEC"]);
+        assert!(matches!(&aborted, Reply::Error(e) if e.starts_with("EXECABORT")), "{runtime:?}: {aborted:?}");
+        assert_eq!(RespConn::connect(owner).call(&[b"EXISTS", b"{tx}b"]), Reply::Int(0), "nothing ran");
+        // DISCARD drops it; an empty transaction answers an empty array.
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{tx}b", b"1"]), queued);
+        assert_eq!(ask(&mut conn, &[b"DISCARD"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Array(Some(vec![])));
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Error("ERR EXEC without MULTI".into()));
+        // The slot moves behind the proxy's back: the transaction meets MOVED while queuing on the old owner,
+        // which aborts it there; the proxy sends it again to the new owner, and the client sees one EXEC.
+        let slot = cluster.key_slot(b"{tx}a");
+        let to = cluster.primaries().into_iter().find(|p| *p != owner).expect("another primary");
+        let moved = cluster.reshard_slot(slot, owner, to);
+        assert_eq!(moved, to);
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"INCR", b"{tx}a"]), queued);
+        assert_eq!(ask(&mut conn, &[b"INCR", b"{tx}a"]), queued);
+        let exec = ask(&mut conn, &[b"EXEC"]);
+        assert_eq!(exec, Reply::Array(Some(vec![Reply::Int(3), Reply::Int(4)])), "{runtime:?}");
+        assert_eq!(RespConn::connect(to).call(&[b"GET", b"{tx}a"]), bulk(b"4"));
+        assert_no_replicaof(&cluster);
+    }
+}

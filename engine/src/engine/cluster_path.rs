@@ -13,7 +13,9 @@ use crate::redirect::{redirect_of, Redirect};
 use crate::routed::{Aim, Resend, Routed};
 use crate::slot_map::SlotMap;
 use crate::status::{ClusterStatus, ShardStatus};
+use crate::transaction::{Batch, Queued};
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// How a request is carried out in a cluster.
 enum Plan {
@@ -78,11 +80,22 @@ impl Engine {
     /// Runs a request in cluster mode: as [`Engine::execute`] (true: done; false: hold it).
     #[inline(never)]
     pub(super) fn execute_in_cluster(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let transaction_command = held.spec.map(|s| s.name).filter(|n| matches!(*n, "multi" | "exec" | "discard"));
         let plan = match &held.handling {
+            Handling::Forward(_) if transaction_command.is_some() || self.queuing(conn) => {
+                return self.transaction_step(now, conn, held, transaction_command);
+            }
+            Handling::AbortExec => {
+                // A command the proxy refused while queuing: Redis would abort too.
+                if let Some(cluster) = self.cluster.as_deref_mut() {
+                    cluster.transactions.discard(conn);
+                }
+                Plan::Refuse("EXECABORT Transaction discarded because of previous errors.".into())
+            }
             Handling::Forward(Pin::Shared) => self.cluster_plan(held),
             Handling::Forward(_) => Plan::Refuse(format!(
-                "ERR redis-proxy: {} is not supported in cluster mode yet (it needs a connection of its own: \
-                 transactions, blocking commands and pub/sub do)",
+                "ERR redis-proxy: {} is not supported in cluster mode yet (it needs a connection of its own, as \
+                 blocking commands do)",
                 held.spec.map_or("this command", |s| s.name).to_uppercase()
             )),
             Handling::Wait { .. } => Plan::Refuse("ERR redis-proxy: WAIT is not supported in cluster mode yet".into()),
@@ -114,6 +127,90 @@ impl Engine {
                 self.send_fanout(now, conn, held, merge, aims, requests, positions)
             }
         }
+    }
+
+    /// Whether `conn` is queuing a transaction.
+    fn queuing(&self, conn: ConnId) -> bool {
+        self.cluster.as_deref().is_some_and(|c| c.transactions.is_open(conn))
+    }
+
+    /// A step of a transaction: `MULTI` opens it, a request is queued (answered `+QUEUED` here), `DISCARD` drops
+    /// it, `EXEC` sends it whole to its slot's primary (false: none can be used now; hold the `EXEC`).
+    fn transaction_step(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, command: Option<&str>) -> bool {
+        let max_bytes = self.config.limits.max_request_len;
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        let reply = match command {
+            Some("multi") if cluster.transactions.begin(conn) => resp::simple_reply("OK"),
+            Some("multi") => resp::error_reply("ERR MULTI calls can not be nested"),
+            Some("discard") if cluster.transactions.discard(conn) => resp::simple_reply("OK"),
+            Some("discard") => resp::error_reply("ERR DISCARD without MULTI"),
+            Some(_) => return self.exec_transaction(now, conn, held),
+            None => {
+                let slots = match held.spec {
+                    Some(spec) if !spec.accepts_arg_count(held.request.arg_count()) => {
+                        let error = format!("ERR wrong number of arguments for '{}' command", spec.name);
+                        cluster.transactions.queue(conn, held.request.frame(), KeySlots::Cross, 0);
+                        self.clients.reply_local(conn, resp::error_reply(&error), &mut self.out);
+                        return true;
+                    }
+                    Some(spec) => key_slots::key_slots(&held.request, spec),
+                    None => KeySlots::Keyless,
+                };
+                match cluster.transactions.queue(conn, held.request.frame(), slots, max_bytes) {
+                    Queued::Queued => resp::simple_reply("QUEUED"),
+                    Queued::Refused(error) => resp::error_reply(error),
+                }
+            }
+        };
+        self.out.counters.request(Target::Proxy, Class::of(held.spec));
+        self.clients.reply_local(conn, reply, &mut self.out);
+        true
+    }
+
+    /// `EXEC`: the transaction goes whole to its slot's primary (false: none can be used now, and the transaction
+    /// stays queued until the `EXEC` runs again).
+    fn exec_transaction(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let Some(cluster) = self.cluster.as_deref() else { return true };
+        let aim = match cluster.transactions.slot_of(conn) {
+            Some(Some(slot)) => Aim::Slot(slot),
+            _ => Aim::AnyPrimary,
+        };
+        if cluster.transactions.is_open(conn) && self.cluster_target(aim, conn.index()).is_none() {
+            return false;
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        let reply = match cluster.transactions.exec(conn) {
+            Batch::NoTransaction => resp::error_reply("ERR EXEC without MULTI"),
+            Batch::Aborted => resp::error_reply("EXECABORT Transaction discarded because of previous errors."),
+            Batch::Empty => Bytes::from_static(b"*0\r\n"),
+            Batch::Send { data, queued, .. } => {
+                let Some(state) = self.clients.forward_state(conn) else { return true };
+                let shared_slot = state.shared_slot;
+                let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+                self.out.counters.request(Target::Master, Class::Other);
+                let routed = Routed {
+                    client: conn,
+                    seq,
+                    request: data,
+                    aim,
+                    resp3: held.resp3,
+                    shared_slot,
+                    redirects: 0,
+                    tries: 0,
+                    since: now,
+                    part: None,
+                    read_only: false,
+                    queued,
+                    queued_redirect: None,
+                };
+                let ticket = cluster.requests.add(routed);
+                self.send_routed(now, ticket, None, false);
+                return true;
+            }
+        };
+        self.out.counters.request(Target::Proxy, Class::Other);
+        self.clients.reply_local(conn, reply, &mut self.out);
+        true
     }
 
     /// Where a forwarded request goes in the cluster, by its keys.
@@ -155,9 +252,12 @@ impl Engine {
             resp3: held.resp3,
             shared_slot,
             redirects: 0,
+            tries: 0,
             since: now,
             part: None,
             read_only: only_reads(held.spec),
+            queued: 0,
+            queued_redirect: None,
         };
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
         let ticket = cluster.requests.add(routed);
@@ -196,9 +296,12 @@ impl Engine {
                 resp3: held.resp3,
                 shared_slot,
                 redirects: 0,
+                tries: 0,
                 since: now,
                 part: Some((fanout, index)),
                 read_only: only_reads(held.spec),
+                queued: 0,
+                queued_redirect: None,
             };
             tickets.push(cluster.requests.add(routed));
         }
@@ -218,22 +321,41 @@ impl Engine {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };
         let Some(backend) = backend else {
-            let tries = routed.redirects;
-            routed.redirects = routed.redirects.saturating_add(1);
+            let tries = routed.tries;
+            routed.tries = routed.tries.saturating_add(1);
             cluster.want_refresh();
             let ask = if asking { server } else { None };
             cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask });
             return;
         };
-        let waiter = Waiter::Routed { ticket, sent: now };
+        let mut waiters: SmallVec<[Waiter; 4]> = SmallVec::new();
+        let mut data = bytes::BytesMut::new();
         if asking {
-            let mut data = bytes::BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
-            data.extend_from_slice(&routed.request);
-            self.pool.send(backend, &[Waiter::Ignore, waiter], data.freeze(), &mut self.out);
-        } else {
-            let data = routed.request.clone();
-            self.pool.send(backend, &[waiter], data, &mut self.out);
+            waiters.push(Waiter::Ignore);
+            data.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
         }
+        if routed.queued > 0 {
+            // A transaction: MULTI's +OK, then each queued request's +QUEUED (or the redirection it met).
+            waiters.push(Waiter::Ignore);
+            waiters.extend(std::iter::repeat_n(Waiter::Queued { ticket }, routed.queued));
+            routed.queued_redirect = None;
+        }
+        waiters.push(Waiter::Routed { ticket, sent: now });
+        let data = if data.is_empty() {
+            routed.request.clone()
+        } else {
+            data.extend_from_slice(&routed.request);
+            data.freeze()
+        };
+        self.pool.send(backend, &waiters, data, &mut self.out);
+    }
+
+    /// A reply to a request queued in the transaction of `ticket`: the first redirection is kept, for when its
+    /// `EXEC` answers `EXECABORT`.
+    pub(super) fn queued_reply(&mut self, ticket: u32, frame: &[u8]) {
+        let Some(redirect) = redirect_of(frame) else { return };
+        let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
+        routed.queued_redirect.get_or_insert(redirect);
     }
 
     /// Sends again the requests whose resend is due; those that have waited past `hold_ms` get an error.
@@ -258,7 +380,9 @@ impl Engine {
 
     /// A reply to a routed request: a redirection is followed; anything else goes to the client.
     pub(super) fn routed_reply(&mut self, now: Instant, ticket: u32, frame: Bytes) {
-        if let Some(redirect) = redirect_of(&frame) {
+        let queued_redirect =
+            self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)).and_then(|r| r.queued_redirect.take());
+        if let Some(redirect) = queued_redirect.or_else(|| redirect_of(&frame)) {
             if let Some(error) = self.follow_redirect(now, ticket, redirect, &frame) {
                 self.routed_answered(now, ticket, error);
             }
@@ -276,15 +400,21 @@ impl Engine {
         };
         let cluster = self.cluster.as_deref_mut()?;
         let routed = cluster.requests.get_mut(ticket)?;
-        if routed.redirects >= MAX_REDIRECTS {
+        let follows = matches!(redirect, Redirect::Moved { .. })
+            || matches!(redirect, Redirect::Ask { .. }) && routed.queued == 0;
+        if follows && routed.redirects >= MAX_REDIRECTS {
             let said = String::from_utf8_lossy(&frame[1..frame.len().saturating_sub(2)]).into_owned();
             return Some(resp::error_reply(&format!(
                 "ERR redis-proxy: the cluster redirected the request {MAX_REDIRECTS} times (last: {said}); its slot \
                  map does not settle"
             )));
         }
-        let tries = routed.redirects;
-        routed.redirects += 1;
+        let tries = routed.tries;
+        if follows {
+            routed.redirects += 1;
+        } else {
+            routed.tries = routed.tries.saturating_add(1);
+        }
         match redirect {
             Redirect::Moved { slot, address } => {
                 let server = server_at(self, &address)?;
@@ -292,6 +422,11 @@ impl Engine {
                     cluster.moved(slot, server);
                 }
                 self.send_routed(now, ticket, Some(server), false);
+            }
+            // ASKING covers the next command only, and inside MULTI every command but EXEC is queued: a
+            // transaction meeting a migration waits for it to end.
+            Redirect::Ask { .. } if routed.queued > 0 => {
+                cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
             }
             Redirect::Ask { address, .. } => {
                 let server = server_at(self, &address)?;
@@ -377,8 +512,8 @@ impl Engine {
         if connected && !routed.read_only {
             return self.routed_answered(now, ticket, error.clone());
         }
-        let tries = routed.redirects;
-        routed.redirects = routed.redirects.saturating_add(1);
+        let tries = routed.tries;
+        routed.tries = routed.tries.saturating_add(1);
         cluster.want_refresh();
         cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
     }
@@ -482,6 +617,8 @@ impl Engine {
     /// Moves the cluster machine on: refreshes due, resends due.
     pub(super) fn cluster_tick(&mut self, now: Instant) {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let clients = &self.clients;
+        cluster.transactions.retain_clients(|c| clients.contains(c));
         cluster.tick(now, self.monitor.views());
         self.pool.execute(cluster.orders(), &mut self.out);
         self.resend_due(now);

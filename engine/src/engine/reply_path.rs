@@ -75,6 +75,7 @@ impl Engine {
                     }
                     self.routed_reply(now, ticket, frame);
                 }
+                Some(Waiter::Queued { ticket }) => self.queued_reply(ticket, &frame),
                 Some(Waiter::ClusterMap(query)) => self.cluster_map_reply(now, conn, query, &frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
