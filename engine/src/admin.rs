@@ -91,7 +91,7 @@ impl AdminClients {
 
 /// The admin command `request` asks for, or the error reply it gets: not `allowed` (neither the admin listener
 /// nor an admin user), malformed, or, in Sentinel mode (`following_sentinels`), one that the sentinels decide.
-pub(crate) fn admit(request: &Request, allowed: bool, following_sentinels: bool) -> Result<AdminCommand, Bytes> {
+pub(crate) fn admit(request: &Request, allowed: bool, following: Option<&str>) -> Result<AdminCommand, Bytes> {
     if !allowed {
         return Err(resp::error_reply(
             "ERR PROXY commands are accepted only on the admin listener (admin_listen) or from a client user with \
@@ -100,8 +100,8 @@ pub(crate) fn admit(request: &Request, allowed: bool, following_sentinels: bool)
     }
     match parse(request) {
         Err(message) => Err(resp::error_reply(&message)),
-        Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_)) if following_sentinels => {
-            Err(resp::error_reply("ERR in Sentinel mode the sentinels decide the servers and the master: ask them"))
+        Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_)) if following.is_some() => {
+            Err(resp::error_reply(following.unwrap_or_default()))
         }
         Ok(command) => Ok(command),
     }

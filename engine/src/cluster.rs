@@ -14,6 +14,7 @@
 use crate::address::ServerAddress;
 use crate::cluster_config::ClusterConfig;
 use crate::cluster_nodes::{self, NodeEntry};
+use crate::cluster_self::ProxyNode;
 use crate::pool::{Line, MapQuery, Orders, Waiter};
 use crate::routed::RoutedRequests;
 use crate::server_id::ServerId;
@@ -66,15 +67,25 @@ pub(crate) struct Cluster {
     orders: Orders,
     /// The requests sent into the cluster, until answered.
     pub(crate) requests: RoutedRequests,
+    /// Counts the changes of the map's slot ownership (for `SCAN` walks, which start again when it changed).
+    map_version: u64,
     /// The transactions clients are queuing.
     pub(crate) transactions: Transactions,
+    /// The proxy as cluster-aware clients see it.
+    pub(crate) proxy_node: ProxyNode,
+    /// Maps accepted so far.
+    accepted_count: u64,
+    /// A `SCAN` walk finished a primary when this many maps had been accepted: the next step waits for a newer
+    /// one, so that slots moved meanwhile are seen.
+    scan_boundary: u64,
     /// Counters for the status page.
     pub(crate) counts: ClusterCounts,
 }
 
 impl Cluster {
-    /// Cluster mode as `config` says; `refresh_timeout` bounds one refresh. The first refresh is due at once.
-    pub(crate) fn new(config: &ClusterConfig, refresh_timeout: Duration) -> Cluster {
+    /// Cluster mode as `config` says; `refresh_timeout` bounds one refresh; `proxy_node` is the proxy as
+    /// cluster-aware clients see it. The first refresh is due at once.
+    pub(crate) fn new(config: &ClusterConfig, refresh_timeout: Duration, proxy_node: ProxyNode) -> Cluster {
         Cluster {
             refresh_period: config.refresh_period,
             refresh_timeout,
@@ -87,6 +98,10 @@ impl Cluster {
             orders: Orders::default(),
             requests: RoutedRequests::default(),
             transactions: Transactions::default(),
+            proxy_node,
+            map_version: 0,
+            accepted_count: 0,
+            scan_boundary: 0,
             counts: ClusterCounts::default(),
         }
     }
@@ -143,8 +158,37 @@ impl Cluster {
     /// A `MOVED` said `slot` is served by `primary`: the map is fixed for that slot at once, and read again.
     pub(crate) fn moved(&mut self, slot: u16, primary: ServerId) {
         self.counts.moved += 1;
+        if self.map.shard_of(slot).map(|s| s.primary) != Some(primary) {
+            self.map_version += 1;
+        }
         self.map.point(slot, primary);
         self.wanted = true;
+    }
+
+    /// The map version a `SCAN` walk follows, from 1 to 1,023 (0 would make a walk's first cursor 0, which
+    /// ends a walk).
+    pub(crate) fn scan_version(&self) -> u16 {
+        (self.map_version % 1023) as u16 + 1
+    }
+
+    /// A `SCAN` walk finished a primary: its next step waits for a map read from now on.
+    pub(crate) fn scan_finished_primary(&mut self) {
+        self.scan_boundary = self.accepted_count;
+        self.wanted = true;
+    }
+
+    /// Whether a `SCAN` walk may go on to its next primary: a map was read since a walk last finished one (so a
+    /// slot that moved meanwhile, from a primary still to visit to one already visited, restarts the walk).
+    pub(crate) fn scan_may_go_on(&self) -> bool {
+        self.accepted_count > self.scan_boundary
+    }
+
+    /// The primaries a `SCAN` walk visits, in the order of their first slot.
+    pub(crate) fn scan_primaries(&self) -> Vec<ServerId> {
+        let mut primaries: Vec<(usize, ServerId)> =
+            self.map.shards().iter().filter_map(|s| Some((self.map.first_slot_of(s.primary)?, s.primary))).collect();
+        primaries.sort_unstable();
+        primaries.into_iter().map(|(_, primary)| primary).collect()
     }
 
     /// Starts a refresh when one is due: on a node the probes find up, round robin. Also wanted while some
@@ -248,6 +292,10 @@ impl Cluster {
             return refuse(self, format!("{from} gives slot {slot} to a primary with an older config epoch"));
         }
         let changed = map != self.map;
+        if changed {
+            self.map_version += 1;
+        }
+        self.accepted_count += 1;
         self.map = map;
         self.accepted = Some((now, from.clone()));
         Offer::Accepted { changed }
@@ -265,7 +313,7 @@ mod tests {
 
     fn cluster() -> Cluster {
         let config = ClusterConfig { seeds: vec![address(7000)], refresh_period: Duration::from_secs(5) };
-        Cluster::new(&config, Duration::from_secs(1))
+        Cluster::new(&config, Duration::from_secs(1), ProxyNode::new("127.0.0.1", 9999))
     }
 
     /// Three servers, up and answering.

@@ -11,6 +11,7 @@ use crate::admin::{self, AdminClients};
 use crate::auth;
 use crate::client::{Clients, HeldRequest, NextRequest, LARGE_VALUE};
 use crate::cluster::Cluster;
+use crate::cluster_self::ProxyNode;
 use crate::command::CommandFlags;
 use crate::config::Config;
 use crate::conn::{ConnId, Lane};
@@ -101,7 +102,10 @@ impl Engine {
             admins: AdminClients::default(),
             sentinels: config.sentinel.as_ref().map(|s| Sentinels::new(s, config.check_period, now)),
             trend: Trend::default(),
-            cluster: config.cluster.as_ref().map(|c| Box::new(Cluster::new(c, config.down_after))),
+            cluster: config.cluster.as_ref().map(|c| {
+                let node = ProxyNode::new(&config.bind_address, config.listen_port);
+                Box::new(Cluster::new(c, config.down_after, node))
+            }),
             config,
         };
         for (id, view) in engine.monitor.views().iter() {

@@ -105,6 +105,8 @@ mod client;
 mod cluster;
 mod cluster_config;
 mod cluster_nodes;
+mod cluster_scan;
+mod cluster_self;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]

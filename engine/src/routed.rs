@@ -5,6 +5,7 @@
 //! A backend connection's waiter names an entry by its ticket, a slot in a table with a free list, so that
 //! keeping a request costs no allocation once the table has grown.
 
+use crate::cluster_scan::Position;
 use crate::conn::ConnId;
 use crate::fanout::{Answer, Fanout};
 use crate::redirect::Redirect;
@@ -48,6 +49,8 @@ pub(crate) struct Routed {
     pub(crate) read_only: bool,
     /// A transaction (`MULTI`, this many requests, `EXEC`): how many requests it queues.
     pub(crate) queued: usize,
+    /// A `SCAN` of the whole cluster: where its walk was when it was sent.
+    pub(crate) scan: Option<Position>,
     /// The first redirection a queued request of the transaction met: its `EXEC` then fails, and the
     /// redirection is followed instead.
     pub(crate) queued_redirect: Option<Redirect>,
@@ -192,6 +195,7 @@ mod tests {
             part,
             read_only: true,
             queued: 0,
+            scan: None,
             queued_redirect: None,
         }
     }

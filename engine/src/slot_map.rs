@@ -42,13 +42,18 @@ impl SlotMap {
     /// without an address, and replicas of primaries the list lacks, are left out.
     pub(crate) fn from_nodes(nodes: &[NodeEntry], id_of: impl Fn(&ServerAddress) -> Option<ServerId>) -> SlotMap {
         let mut map = SlotMap::default();
-        for node in nodes.iter().filter(|n| n.primary && !n.slots.is_empty()) {
+        // In slot order, replicas sorted: every node lists the nodes in its own order, and two nodes that agree
+        // must give equal maps.
+        let mut primaries: Vec<&NodeEntry> = nodes.iter().filter(|n| n.primary && !n.slots.is_empty()).collect();
+        primaries.sort_by_key(|n| n.slots.iter().map(|(first, _)| *first).min());
+        for node in primaries {
             let Some(primary) = node.address.as_ref().and_then(&id_of) else { continue };
-            let replicas = nodes
+            let mut replicas: SmallVec<[ServerId; 2]> = nodes
                 .iter()
                 .filter(|r| !r.primary && r.primary_id.as_deref() == Some(node.id.as_str()) && !r.failed)
                 .filter_map(|r| r.address.as_ref().and_then(&id_of))
                 .collect();
+            replicas.sort_unstable();
             let index = map.shards.len() as u16;
             map.shards.push(Shard { primary, replicas, epoch: node.config_epoch, failed: node.failed });
             for &(first, last) in &node.slots {
@@ -168,6 +173,14 @@ mod tests {
         assert_eq!(map.shard_of(16383).map(|s| s.primary), id_of(&address(7002)));
         assert_eq!(map.shard_of(0).map(|s| s.replicas.to_vec()), Some(vec![id_of(&address(7003)).unwrap()]));
         assert!(map.shard_of(16384).is_none());
+    }
+
+    #[test]
+    fn nodes_listed_in_another_order_give_an_equal_map() {
+        let (_table, id_of) = ids();
+        let mut shuffled = nodes([1, 2, 3]);
+        shuffled.reverse();
+        assert_eq!(SlotMap::from_nodes(&shuffled, &id_of), SlotMap::from_nodes(&nodes([1, 2, 3]), &id_of));
     }
 
     #[test]

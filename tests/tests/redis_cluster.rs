@@ -897,3 +897,63 @@ fn transactions_run_on_their_slots_primary_and_follow_a_moved_slot() {
         assert_no_replicaof(&cluster);
     }
 }
+
+#[test]
+fn scan_walks_every_primary_with_one_cursor_and_survives_a_reshard() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start();
+        let proxy = proxy_for(runtime, &cluster);
+        let mut conn = proxy.connect();
+        let keys: BTreeSet<String> = (0..3_000).map(|i| format!("walk:{i}")).collect();
+        for chunk in keys.iter().collect::<Vec<_>>().chunks(100) {
+            let mut mset: Vec<&[u8]> = vec![b"MSET"];
+            for key in chunk {
+                mset.extend([key.as_bytes(), b"v"]);
+            }
+            assert_eq!(ask(&mut conn, &mset), status("OK"));
+        }
+        // One walk with a plain SCAN loop, resharding 500 slots half way: every key is seen, some maybe twice.
+        let mut seen = BTreeSet::new();
+        let mut cursor = b"0".to_vec();
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 10_000, "{runtime:?}: the walk does not end");
+            let reply = ask(&mut conn, &[b"SCAN", &cursor, b"MATCH", b"walk:*", b"COUNT", b"100"]);
+            let Reply::Array(Some(parts)) = reply else { panic!("{runtime:?}: SCAN answered {reply:?}") };
+            let [Reply::Bulk(Some(next)), Reply::Array(Some(found))] = &parts[..] else { panic!("{parts:?}") };
+            for key in found {
+                let Reply::Bulk(Some(key)) = key else { panic!("a key: {key:?}") };
+                seen.insert(String::from_utf8_lossy(key).into_owned());
+            }
+            if steps == 10 {
+                let primaries = cluster.primaries();
+                cluster.reshard(primaries[2], primaries[0], 500);
+            }
+            if next == b"0" {
+                break;
+            }
+            cursor = next.clone();
+        }
+        let missed: Vec<&String> = keys.difference(&seen).collect();
+        assert!(missed.is_empty(), "{runtime:?}: the walk missed {} keys, e.g. {:?}", missed.len(), missed.first());
+        eprintln!("{runtime:?}: SCAN walk of 3,000 keys over a reshard: {steps} steps");
+        // redis-cli --scan, unchanged, through the proxy.
+        let output = Command::new("redis-cli")
+            .args(["-p", &proxy.port.to_string(), "--scan", "--pattern", "walk:*"])
+            .output()
+            .expect("redis-cli runs");
+        let listed: BTreeSet<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect();
+        assert_eq!(listed, keys, "{runtime:?}: redis-cli --scan lists every key once");
+        // DBSIZE sums over the primaries; CLUSTER SLOTS describes the proxy holding every slot.
+        assert_eq!(ask(&mut conn, &[b"DBSIZE"]), Reply::Int(3_000));
+        let slots = ask(&mut conn, &[b"CLUSTER", b"SLOTS"]);
+        let Reply::Array(Some(ranges)) = &slots else { panic!("{slots:?}") };
+        assert_eq!(ranges.len(), 1, "{runtime:?}: one range: {slots:?}");
+        let Reply::Array(Some(range)) = &ranges[0] else { panic!("{slots:?}") };
+        assert_eq!(&range[..2], &[Reply::Int(0), Reply::Int(16383)]);
+        let Reply::Array(Some(node)) = &range[2] else { panic!("{slots:?}") };
+        assert_eq!(node[1], Reply::Int(i64::from(proxy.port)), "{runtime:?}: the proxy holds every slot");
+    }
+}

@@ -3,8 +3,10 @@
 //! nodes.
 
 use super::*;
-use crate::cluster::{Offer, MAX_REDIRECTS};
+use crate::cluster::{Cluster, Offer, MAX_REDIRECTS};
 use crate::cluster_nodes::NodeEntry;
+use crate::cluster_scan::{self, Position};
+use crate::cluster_self::ProxyNode;
 use crate::command::CommandSpec;
 use crate::fanout::{Answer, Fanout};
 use crate::key_slots::{self, KeySlots, Merge};
@@ -25,12 +27,17 @@ enum Plan {
     Split(Merge),
     /// To every primary, the replies merged.
     Everywhere(Merge),
+    /// The next step of a `SCAN` over every primary.
+    Scan,
+    /// Answered here with this reply.
+    Local(Bytes),
     /// Answered here with this error.
     Refuse(String),
 }
 
-/// What a command means in a cluster when its keys do not decide (whole-keyspace and cluster commands).
-fn keyless_plan(spec: &CommandSpec) -> Option<Plan> {
+/// What a command means in a cluster when its keys do not decide (whole-keyspace and cluster commands); `node` is
+/// the proxy as cluster-aware clients see it.
+fn keyless_plan(spec: &CommandSpec, request: &crate::resp::Request, node: &ProxyNode) -> Option<Plan> {
     let refuse =
         |what: &str| Some(Plan::Refuse(format!("ERR redis-proxy: {what} is not supported in cluster mode yet")));
     match spec.name {
@@ -39,13 +46,45 @@ fn keyless_plan(spec: &CommandSpec) -> Option<Plan> {
         "script|load" | "script|flush" | "function|load" | "function|flush" | "function|delete" => {
             Some(Plan::Everywhere(Merge::Same))
         }
-        "scan" => refuse("SCAN over the whole cluster"),
-        "keys" => refuse("KEYS over the whole cluster"),
+        "scan" => Some(Plan::Scan),
+        "keys" => refuse("KEYS over the whole cluster (SCAN is)"),
         "randomkey" => refuse("RANDOMKEY"),
-        "cluster|slots" | "cluster|shards" | "cluster|nodes" => {
-            refuse("describing the cluster to cluster-aware clients (connect them to the nodes)")
+        "cluster|slots" => Some(Plan::Local(node.slots())),
+        "cluster|shards" => Some(Plan::Local(node.shards())),
+        "cluster|nodes" => Some(Plan::Local(node.nodes())),
+        "cluster|myid" => Some(Plan::Local(node.myid())),
+        "cluster|info" | "cluster|keyslot" => None,
+        "cluster|countkeysinslot" | "cluster|getkeysinslot" => {
+            let slot = request.arg(2).and_then(|a| std::str::from_utf8(a).ok()?.parse::<u16>().ok());
+            slot.filter(|s| usize::from(*s) < crate::slot::SLOTS).map(|s| Plan::One(Aim::Slot(s)))
         }
+        name if name.starts_with("cluster") => Some(Plan::Refuse(format!(
+            "ERR redis-proxy refuses CLUSTER {}: it would change the cluster or one node; send it to the node \
+             directly",
+            name.trim_start_matches("cluster|").to_uppercase()
+        ))),
         _ => None,
+    }
+}
+
+/// The client's reply to a `SCAN` step sent at `position`: the primary's keys, with the cursor of the walk's next
+/// step (the same primary further on, the next primary, or past the last one; a new walk when the map changed).
+/// The step after a finished primary waits for a fresh map (see [`Cluster::scan_may_go_on`]); so does the end,
+/// which a step past the last primary confirms.
+fn scan_reply(cluster: &mut Cluster, position: Option<Position>, reply: Bytes) -> Bytes {
+    let (Some(position), Some((next, keys))) = (position, cluster_scan::split_reply(&reply)) else { return reply };
+    let version = cluster.scan_version();
+    let cursor = if !position.follows(version) {
+        Position { shard: 0, version, cursor: 0 }.encode()
+    } else if next != 0 {
+        Position { cursor: next, ..position }.encode()
+    } else {
+        cluster.scan_finished_primary();
+        Position { shard: position.shard + 1, version, cursor: 0 }.encode()
+    };
+    match cursor {
+        Some(cursor) => cluster_scan::reply(cursor, keys),
+        None => resp::error_reply("ERR redis-proxy: a primary's SCAN cursor is too large to carry in the cluster's"),
     }
 }
 
@@ -93,9 +132,10 @@ impl Engine {
                 Plan::Refuse("EXECABORT Transaction discarded because of previous errors.".into())
             }
             Handling::Forward(Pin::Shared) => self.cluster_plan(held),
+            Handling::Forward(Pin::Passthrough) => return self.cluster_passthrough(now, conn, held),
             Handling::Forward(_) => Plan::Refuse(format!(
-                "ERR redis-proxy: {} is not supported in cluster mode yet (it needs a connection of its own, as \
-                 blocking commands do)",
+                "ERR redis-proxy: {} is not supported in cluster mode yet (it would hold a connection to one node, \
+                 as blocking commands do)",
                 held.spec.map_or("this command", |s| s.name).to_uppercase()
             )),
             Handling::Wait { .. } => Plan::Refuse("ERR redis-proxy: WAIT is not supported in cluster mode yet".into()),
@@ -110,7 +150,13 @@ impl Engine {
                 self.clients.reply_local(conn, resp::error_reply(&message), &mut self.out);
                 true
             }
-            Plan::One(aim) => self.send_one(now, conn, held, aim),
+            Plan::One(aim) => self.send_one(now, conn, held, aim, None),
+            Plan::Scan => self.scan_step(now, conn, held),
+            Plan::Local(reply) => {
+                self.out.counters.request(Target::Proxy, Class::of(held.spec));
+                self.clients.reply_local(conn, reply, &mut self.out);
+                true
+            }
             Plan::Split(merge) => {
                 let parts = key_slots::split(&held.request, merge);
                 let aims = parts.iter().map(|p| Aim::Slot(p.slot)).collect();
@@ -127,6 +173,30 @@ impl Engine {
                 self.send_fanout(now, conn, held, merge, aims, requests, positions)
             }
         }
+    }
+
+    /// Sends a request of a subscribed client (`SUBSCRIBE`, `PSUBSCRIBE` and what follows them) on its private
+    /// connection, opened to some primary on its first subscription: a cluster delivers every `PUBLISH` to every
+    /// node, and the server's pushes pass straight to the client. False: wait (no primary, or earlier replies
+    /// are still due on other connections).
+    fn cluster_passthrough(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let backend = match state.private {
+            Some(backend) => backend,
+            None if state.in_flight > 0 => return false,
+            None => {
+                let Some(server) = self.cluster_target(Aim::AnyPrimary, conn.index()) else { return false };
+                let Some(backend) = self.pool.acquire_private(server, conn, held.resp3, &mut self.out) else {
+                    return false;
+                };
+                self.clients.set_private(conn, backend);
+                backend
+            }
+        };
+        let Ok(waiter) = self.clients.start_request(now, conn, backend, Pin::Passthrough, None) else { return false };
+        self.out.counters.request(Target::Master, Class::of(held.spec));
+        self.pool.send(backend, waiter.as_slice(), held.request.frame().clone(), &mut self.out);
+        true
     }
 
     /// Whether `conn` is queuing a transaction.
@@ -201,6 +271,7 @@ impl Engine {
                     part: None,
                     read_only: false,
                     queued,
+                    scan: None,
                     queued_redirect: None,
                 };
                 let ticket = cluster.requests.add(routed);
@@ -218,7 +289,10 @@ impl Engine {
         let Some(spec) = held.spec else { return Plan::One(Aim::AnyPrimary) };
         match key_slots::key_slots(&held.request, spec) {
             KeySlots::One(slot) => Plan::One(Aim::Slot(slot)),
-            KeySlots::Keyless => keyless_plan(spec).unwrap_or(Plan::One(Aim::AnyPrimary)),
+            KeySlots::Keyless => {
+                let node = self.cluster.as_deref().map(|c| &c.proxy_node);
+                node.and_then(|node| keyless_plan(spec, &held.request, node)).unwrap_or(Plan::One(Aim::AnyPrimary))
+            }
             KeySlots::Cross => match key_slots::split_merge(spec) {
                 Some(merge) => Plan::Split(merge),
                 None => Plan::Refuse("CROSSSLOT Keys in request don't hash to the same slot".to_string()),
@@ -238,7 +312,47 @@ impl Engine {
     }
 
     /// Sends a request to one slot's primary (false: none can be used now; hold it).
-    fn send_one(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, aim: Aim) -> bool {
+    /// Sends a `SCAN` step of the walk over every primary the client's cursor says (false: no primary can be
+    /// used now; hold it).
+    fn scan_step(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let Some(cluster) = self.cluster.as_deref() else { return true };
+        let Some(cursor) = cluster_scan::cursor_of(&held.request) else {
+            // Not a number: the server answers with its own error.
+            return self.send_one(now, conn, held, Aim::AnyPrimary, None);
+        };
+        let version = cluster.scan_version();
+        let mut position = Position::decode(cursor, version);
+        let primaries = cluster.scan_primaries();
+        if position.cursor == 0 && position.shard > 0 && position.follows(version) && !cluster.scan_may_go_on() {
+            // The walk goes on to another primary (or ends): first a fresh map, to see a slot that moved.
+            if let Some(cluster) = self.cluster.as_deref_mut() {
+                cluster.want_refresh();
+            }
+            return false;
+        }
+        let version = cluster.scan_version();
+        if position.follows(version) && position.cursor == 0 && position.shard == primaries.len() {
+            // Past the last primary, on an unchanged map: the walk is over.
+            self.out.counters.request(Target::Proxy, Class::of(held.spec));
+            self.clients.reply_local(conn, Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"), &mut self.out);
+            return true;
+        }
+        if !position.follows(version) || position.shard >= primaries.len() {
+            // The map changed since the walk began: it starts again, so that no key is missed.
+            position = Position { shard: 0, version, cursor: 0 };
+        }
+        let Some(&server) = primaries.get(position.shard) else { return false };
+        let scan = HeldRequest {
+            request: cluster_scan::with_cursor(&held.request, position.cursor),
+            spec: held.spec,
+            handling: held.handling.clone(),
+            since: held.since,
+            resp3: held.resp3,
+        };
+        self.send_one(now, conn, &scan, Aim::Server(server), Some(position))
+    }
+
+    fn send_one(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, aim: Aim, scan: Option<Position>) -> bool {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let shared_slot = state.shared_slot;
         let Some(server) = self.cluster_target(aim, conn.index()) else { return false };
@@ -257,6 +371,7 @@ impl Engine {
             part: None,
             read_only: only_reads(held.spec),
             queued: 0,
+            scan,
             queued_redirect: None,
         };
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
@@ -301,6 +416,7 @@ impl Engine {
                 part: Some((fanout, index)),
                 read_only: only_reads(held.spec),
                 queued: 0,
+                scan: None,
                 queued_redirect: None,
             };
             tickets.push(cluster.requests.add(routed));
@@ -496,6 +612,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.take(ticket) else { return };
         let answer = match routed.part {
+            None if routed.scan.is_some() => Some((routed.client, routed.seq, scan_reply(cluster, routed.scan, reply))),
             None => Some((routed.client, routed.seq, reply)),
             Some((fanout, index)) => cluster.requests.part_answered(fanout, index, reply),
         };

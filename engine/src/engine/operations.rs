@@ -73,7 +73,18 @@ impl Engine {
     pub(super) fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
         self.out.counters.request(Target::Proxy, Class::Other);
         let allowed = self.admins.contains(conn) || self.clients.is_admin_user(conn);
-        let command = match admin::admit(&held.request, allowed, self.sentinels.is_some()) {
+        // Who decides the servers and the master when the proxy does not: their refusal of ADD, REMOVE, FAILOVER.
+        let following = if self.sentinels.is_some() {
+            Some("ERR in Sentinel mode the sentinels decide the servers and the master: ask them")
+        } else if self.cluster.is_some() {
+            Some(
+                "ERR in cluster mode the cluster decides its nodes and failovers: send CLUSTER commands (CLUSTER \
+                 FAILOVER on a replica) to the node directly",
+            )
+        } else {
+            None
+        };
+        let command = match admin::admit(&held.request, allowed, following) {
             Ok(command) => command,
             Err(reply) => return self.clients.reply_local(conn, reply, &mut self.out),
         };

@@ -1,6 +1,7 @@
 """redis-py's plain client (redis.Redis, not RedisCluster) against redis-proxy in cluster mode: keys over many
-slots, multi-key commands the proxy splits by slot, and pipelines, as if the proxy were one server. Asserts
-results, not just the absence of errors.
+slots, multi-key commands the proxy splits by slot, pipelines, a transaction, SCAN and pub/sub, as if the proxy
+were one server; then redis-py's RedisCluster pointed at the proxy, which sees one node holding every slot.
+Asserts results, not just the absence of errors.
 
 Usage: python3 cluster_check.py PORT PROTOCOL PREFIX   (PROTOCOL 2 or 3)
 Leaves PREFIX:kept:0..299 holding 0..299, for the Rust test to find on the primaries. Exits 0 and prints "ok"
@@ -86,9 +87,39 @@ def main():
     except redis.exceptions.ClusterCrossSlotError:
         pass  # redis-py raises this class for a -CROSSSLOT reply (and drops the word from the message)
 
+    # A transaction (redis-py's pipeline with transaction=True: MULTI ... EXEC), its keys in one slot.
+    tx = r.pipeline(transaction=True)
+    tx.set(f"{{{p}tx}}:a", 1).incr(f"{{{p}tx}}:a").get(f"{{{p}tx}}:a")
+    check(tx.execute() == [True, 2, "2"], "MULTI/EXEC through a transactional pipeline")
+
+    # SCAN over the whole cluster: every key once at least, with the client's own cursor handling.
+    scanned = set(r.scan_iter(match=f"{p}:k*", count=50))
+    check({f"{p}:k{i}" for i in range(500)} <= scanned, f"scan_iter found {len(scanned)} of the 500 keys")
+
+    # Publish/subscribe: a subscriber on the proxy hears a PUBLISH sent through the proxy.
+    sub = r.pubsub()
+    sub.subscribe(f"{p}:channel")
+    check(sub.get_message(timeout=5)["type"] == "subscribe", "SUBSCRIBE confirmed")
+    deadline = time.monotonic() + 5
+    heard = None
+    while heard is None and time.monotonic() < deadline:
+        r.publish(f"{p}:channel", "hello")
+        heard = sub.get_message(timeout=0.5)
+    check(heard is not None and heard["data"] == "hello", f"the PUBLISH was heard: {heard}")
+    sub.close()
+
     # Keys left for the Rust side to find on their primaries.
     check(r.mset({f"{p}:kept:{i}": i for i in range(300)}) is True, "MSET kept keys")
     r.close()
+
+    # A cluster-aware client pointed at the proxy sees one node holding every slot, and works through it.
+    rc = redis.cluster.RedisCluster(host="127.0.0.1", port=PORT, protocol=PROTOCOL, decode_responses=True)
+    nodes = rc.get_nodes()
+    check([n.port for n in nodes] == [PORT], f"RedisCluster sees the proxy alone: {[n.name for n in nodes]}")
+    check(rc.set(f"{p}:rc", "x") is True and rc.get(f"{p}:rc") == "x", "RedisCluster SET/GET through the proxy")
+    # (RedisCluster itself refuses a cross-slot MGET before sending it; its non-atomic one splits by slot.)
+    check(rc.mget_nonatomic([f"{p}:k1", f"{p}:k2"]) == ["1", "2"], "RedisCluster MGET through the proxy")
+    rc.close()
     print(f"ok redis-py {redis.__version__} plain client RESP{PROTOCOL}, cluster mode, in {time.monotonic() - started:.1f}s")
 
 
