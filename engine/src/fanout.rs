@@ -3,7 +3,7 @@
 
 use crate::conn::ConnId;
 use crate::key_slots::Merge;
-use crate::resp::{self, Limits};
+use crate::resp;
 use bytes::{Bytes, BytesMut};
 
 /// Who gets a fan-out's merged reply.
@@ -102,18 +102,33 @@ fn integer(reply: &[u8]) -> Option<i64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
-/// The elements of an array reply, each a whole frame.
+/// The elements of an array of values (an `MGET` reply: bulk strings and nulls), each a whole frame; None for
+/// anything else. A reader of its own, not the reply scanner: a second caller of the scanner changes how the
+/// compiler inlines it into the read path (`bench/instructions.sh`).
 fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
-    let header_end = memchr::memchr(b'\n', reply)? + 1;
-    let count: usize = std::str::from_utf8(reply.strip_prefix(b"*")?.get(..header_end - 3)?).ok()?.parse().ok()?;
-    let mut rest = BytesMut::from(&reply[header_end..]);
-    // Server replies are trusted (see `resp`): the scanner bounds only what it must.
-    let mut scanner = resp::ReplyScanner::new(Limits::default());
-    let mut elements = Vec::with_capacity(count);
+    let line_end = |at: usize| memchr::memchr(b'\r', reply.get(at..)?).map(|p| at + p);
+    let number =
+        |from: usize, to: usize| -> Option<i64> { std::str::from_utf8(reply.get(from..to)?).ok()?.parse().ok() };
+    let end = line_end(0)?;
+    (reply.first() == Some(&b'*')).then_some(())?;
+    let count = usize::try_from(number(1, end)?).ok()?;
+    let mut at = end + 2;
+    let mut elements = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        elements.push(scanner.next_reply(&mut rest).ok()??);
+        let end = line_end(at)?;
+        let next = match reply.get(at)? {
+            b'$' => match number(at + 1, end)? {
+                -1 => end + 2,
+                len => end + 2 + usize::try_from(len).ok()? + 2,
+            },
+            b'_' | b':' | b'+' => end + 2,
+            _ => return None,
+        };
+        (next <= reply.len()).then_some(())?;
+        elements.push(reply.slice(at..next));
+        at = next;
     }
-    rest.is_empty().then_some(elements)
+    (at == reply.len()).then_some(elements)
 }
 
 /// The reply when the parts' replies are not what the command returns.
