@@ -91,6 +91,12 @@ impl Engine {
             ),
             _ => return self.execute_locally(now, conn, held),
         };
+        if !matches!(plan, Plan::Refuse(_))
+            && self.cluster.as_deref().is_some_and(|c| c.requests.resend_waiting_for(conn))
+        {
+            // An earlier request of the client waits to be sent again: this one must not overtake it.
+            return false;
+        }
         match plan {
             Plan::Refuse(message) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));
@@ -239,9 +245,14 @@ impl Engine {
     /// Sends again the requests whose resend is due; those that have waited past `hold_ms` get an error.
     pub(super) fn resend_due(&mut self, now: Instant) {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        for resend in cluster.requests.due(now) {
+        let due = cluster.requests.due(now);
+        let mut clients: Vec<ConnId> = Vec::new();
+        for resend in due {
             let Some(cluster) = self.cluster.as_deref_mut() else { return };
             let Some(routed) = cluster.requests.get_mut(resend.ticket) else { continue };
+            if !clients.contains(&routed.client) {
+                clients.push(routed.client);
+            }
             if now.saturating_duration_since(routed.since) >= self.config.hold {
                 let ms = self.config.hold.as_millis();
                 let error = format!(
@@ -253,6 +264,13 @@ impl Engine {
             }
             cluster.counts.retries += 1;
             self.send_routed(now, resend.ticket, resend.ask, resend.ask.is_some());
+        }
+        // The requests their clients sent later, held behind these, follow them now (unless one waits again).
+        for client in clients {
+            if self.cluster.as_deref().is_some_and(|c| !c.requests.resend_waiting_for(client)) {
+                self.run_held(now, client);
+                self.clients.update_reading(client, &mut self.out);
+            }
         }
     }
 
