@@ -34,8 +34,11 @@ pub(crate) struct Routed {
     /// The client's protocol and shared pool slot when it was sent (its connections are chosen by them).
     pub(crate) resp3: bool,
     pub(crate) shared_slot: usize,
-    /// Redirections and retries so far.
+    /// `MOVED` and `ASK` followed so far: past [`crate::cluster::MAX_REDIRECTS`] the client gets an error.
     pub(crate) redirects: u8,
+    /// Resends after `TRYAGAIN`, `CLUSTERDOWN` or a connection that could not be had: the backoff grows with
+    /// them (they end when `hold_ms` has passed since the request was first sent).
+    pub(crate) retries: u8,
     /// When it was first sent: retries stop after `hold_ms`.
     pub(crate) since: Instant,
     /// For a part of a split request: the fan-out and the part's index in it.
@@ -205,6 +208,7 @@ mod tests {
             resp3: false,
             shared_slot: 0,
             redirects: 0,
+            retries: 0,
             since: Instant::now(),
             part,
             read_only: true,

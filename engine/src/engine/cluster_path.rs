@@ -161,6 +161,7 @@ impl Engine {
             resp3: held.resp3,
             shared_slot,
             redirects: 0,
+            retries: 0,
             since: now,
             part: None,
             read_only: only_reads(held.spec),
@@ -202,6 +203,7 @@ impl Engine {
                 resp3: held.resp3,
                 shared_slot,
                 redirects: 0,
+                retries: 0,
                 since: now,
                 part: Some((fanout, index)),
                 read_only: only_reads(held.spec),
@@ -224,8 +226,8 @@ impl Engine {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };
         let Some(backend) = backend else {
-            let tries = routed.redirects;
-            routed.redirects = routed.redirects.saturating_add(1);
+            let tries = routed.retries;
+            routed.retries = routed.retries.saturating_add(1);
             cluster.want_refresh();
             let ask = if asking { server } else { None };
             cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask });
@@ -294,15 +296,22 @@ impl Engine {
         };
         let cluster = self.cluster.as_deref_mut()?;
         let routed = cluster.requests.get_mut(ticket)?;
-        if routed.redirects >= MAX_REDIRECTS {
+        // `MOVED` and `ASK` are bounded by count; `TRYAGAIN` and `CLUSTERDOWN` by time (`hold_ms`, as a request
+        // for a shard without a primary is held), since a failover or a migration may take a while.
+        let moves = matches!(redirect, Redirect::Moved { .. } | Redirect::Ask { .. });
+        if moves && routed.redirects >= MAX_REDIRECTS {
             let said = String::from_utf8_lossy(&frame[1..frame.len().saturating_sub(2)]).into_owned();
             return Some(resp::error_reply(&format!(
                 "ERR redis-proxy: the cluster redirected the request {MAX_REDIRECTS} times (last: {said}); its slot \
                  map does not settle"
             )));
         }
-        let tries = routed.redirects;
-        routed.redirects += 1;
+        let tries = routed.retries;
+        if moves {
+            routed.redirects += 1;
+        } else {
+            routed.retries = routed.retries.saturating_add(1);
+        }
         match redirect {
             Redirect::Moved { slot, address } => {
                 let server = server_at(self, &address)?;
@@ -395,8 +404,8 @@ impl Engine {
         if connected && !routed.read_only {
             return self.routed_answered(now, ticket, error.clone());
         }
-        let tries = routed.redirects;
-        routed.redirects = routed.redirects.saturating_add(1);
+        let tries = routed.retries;
+        routed.retries = routed.retries.saturating_add(1);
         cluster.want_refresh();
         cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
     }
