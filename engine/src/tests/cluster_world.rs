@@ -103,8 +103,8 @@ pub(crate) struct ClusterWorld {
     pub(crate) history: BTreeMap<Vec<u8>, Vec<Version>>,
     /// Writes executed by a node that did not own the slot (by the majority's map) nor import it after `ASKING`.
     pub(crate) violations: Vec<String>,
-    /// The values of the `SET`s and `MSET`s answered with `MOVED` or `ASK`.
-    pub(crate) redirected_writes: BTreeSet<Vec<u8>>,
+    /// The values of the `SET`s and `MSET`s a node bounced (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`).
+    pub(crate) bounced_writes: BTreeSet<Vec<u8>>,
     /// Print every data command a node answers (`CLUSTER_TRACE` set).
     trace: bool,
 }
@@ -153,7 +153,7 @@ impl ClusterWorld {
             executed: 0,
             history: BTreeMap::new(),
             violations: Vec::new(),
-            redirected_writes: BTreeSet::new(),
+            bounced_writes: BTreeSet::new(),
             trace: std::env::var_os("CLUSTER_TRACE").is_some(),
         }
     }
@@ -294,8 +294,8 @@ impl ClusterWorld {
         let migration = self.migration.filter(|m| m.slot == slot);
         let importing = migration.is_some_and(|m| m.to == node && self.stage != Stage::TargetOwns);
         let migrating = migration.filter(|m| m.from == node && self.stage != Stage::ImportingOnly);
-        let owns = owner == node || migrating.is_some();
-        if !owns && !(importing && asking) {
+        let serves = owner == node || migrating.is_some() || (importing && asking);
+        if !serves {
             return redirect(self, "MOVED", slot, owner);
         }
         let mut distinct = keys.to_vec();
@@ -376,10 +376,11 @@ impl ClusterWorld {
                     String::from_utf8_lossy(&reply)
                 );
             }
-            if reply.starts_with(b"-MOVED") || reply.starts_with(b"-ASK") {
+            let bounced = [&b"-MOVED"[..], b"-ASK", b"-TRYAGAIN", b"-CLUSTERDOWN"].iter().any(|e| reply.starts_with(e));
+            if bounced {
                 match &args[0].to_ascii_uppercase()[..] {
-                    b"SET" => self.redirected_writes.extend(args.get(2).cloned()),
-                    b"MSET" => self.redirected_writes.extend(args.iter().skip(2).step_by(2).cloned()),
+                    b"SET" => self.bounced_writes.extend(args.get(2).cloned()),
+                    b"MSET" => self.bounced_writes.extend(args.iter().skip(2).step_by(2).cloned()),
                     _ => {}
                 }
             }
