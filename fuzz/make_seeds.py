@@ -245,3 +245,101 @@ write("engine_sentinel", "malformed-answers-and-admin", sentinel_setup(sentinels
       + sentinel_push(0, 3) + admin_add(3) + admin_remove(1) + admin_failover() + admin_query(0) + admin_query(1)
       + admin_query(2) + reload(0b1010, 1, True) + answer(2, 2, 63) + sentinel_says(ALL, None, 0, 0) + TIMEOUT
       + echo(0) + advance(1500) + TIMEOUT)
+
+
+# engine_cluster: the setup (its first byte: the number of seeds - 1), then operations (see Op::decode_with_cluster):
+# the base operations, what the cluster's nodes say, bounced requests, commands with keys and numbered ECHO.
+CLUSTER_COMMANDS = ["GET", "SET", "INCR", "MGET", "MSET", "DEL", "EXISTS", "TOUCH", "UNLINK", "RENAME", "MSETNX", "EVAL",
+                    "DBSIZE", "PING", "SCAN", "FLUSHALL", "MULTI", "CLUSTER"]
+CLUSTER_KEYS = ["{a}1", "{a}2", "{b}1", "k", "x", "y", "{a}n", "foo"]
+
+
+def cluster_setup(seeds=1, pool=1, pipeline=7, clients=5, hold_max=9):
+    return setup(servers=seeds, pool=pool, pipeline=pipeline, clients=clients, hold_max=hold_max)
+
+
+def cluster_says(primaries, style=0, epochs=1):
+    """primaries: a mask of the 8 nodes 7000-7007; style bits: 0 minority (cluster_state:fail but for the first
+    primary), 1 uneven ranges with gaps, 2 absurd epochs, 3 a failed node, 4 a node without address, 5 own line
+    without host, 6 migration brackets, 7 a malformed line."""
+    return bytes([14, primaries, style, epochs])
+
+
+def cluster_raw(node, data):
+    return bytes([15, node, len(data)]) + data
+
+
+REDIRECT = {"MOVED": 0, "ASK": 1, "TRYAGAIN": 2, "CLUSTERDOWN": 3, "CROSSSLOT": 4, "ERR": 5, "MALFORMED": 6,
+            "OTHER": 7}
+
+
+def bounce(b, kind, target=0, count=1):
+    """The next `count` requests on backend b bounced; target: the node (index) a redirection names, + 0x80 for
+    its host spelt localhost."""
+    return bytes([16, b, count - 1, REDIRECT[kind], target])
+
+
+def keys(c, name, *names):
+    return bytes([18, c, CLUSTER_COMMANDS.index(name), len(names)] + [CLUSTER_KEYS.index(k) for k in names])
+
+
+def cecho(c):
+    return bytes([20, c])
+
+
+# The seed's probe (backend 0) connects, answers PING and INFO, then CLUSTER INFO and CLUSTER NODES: the map the
+# model holds (by default node 7000 the only primary, 7001-7007 its replicas), whose nodes' probes are opened.
+CLUSTER_UP = TIMEOUT + connected(0) + answer(0, 2) + TIMEOUT + answer(0, 2)
+
+
+def answer_all(flavor=1, backends=12):
+    """Answers up to 4 waiting requests on each of the first `backends` connected backends."""
+    return b"".join(answer(b, 4, flavor) for b in range(backends))
+
+
+def bounce_all(kind, target=0, backends=12):
+    return b"".join(bounce(b, kind, target) for b in range(backends))
+
+
+def connect_all(n=16):
+    return connected() * n
+
+
+REFRESH = advance(150) + TIMEOUT + answer_all(6)
+# Three primaries (7000-7002), their replicas (7003-7007), every probe up.
+THREE_PRIMARIES = cluster_says(0b111, epochs=2) + CLUSTER_UP + connect_all(8) + answer_all(6)
+SPLIT_TRAFFIC = (keys(0, "MSET", "{a}1", "{b}1", "k") + keys(0, "MGET", "{a}1", "{b}1", "k", "{a}2") + cecho(0)
+                 + keys(0, "DEL", "{a}1", "x") + keys(0, "EXISTS", "y", "x", "{a}n") + keys(0, "RENAME", "{a}1", "k")
+                 + keys(0, "EVAL", "x", "y") + keys(0, "GET", "foo") + keys(0, "INCR", "{a}n") + cecho(0))
+write("engine_cluster", "map-read-then-split-traffic", cluster_setup() + THREE_PRIMARIES + ACCEPT + SPLIT_TRAFFIC
+      + connect_all(4) + answer_all(1) + answer_all(2) + TIMEOUT + answer_all(3))
+write("engine_cluster", "moved-ask-tryagain-clusterdown", cluster_setup(seeds=2) + THREE_PRIMARIES + ACCEPT + ACCEPT
+      + SPLIT_TRAFFIC + keys(1, "MGET", "{a}1", "{a}2", "{a}n") + connect_all(4) + bounce_all("MOVED", 5)
+      + connect_all(4) + answer_all(6) + bounce_all("ASK", 0x83) + connect_all(4) + answer_all(6)
+      + bounce_all("TRYAGAIN") + advance(10) + TIMEOUT + connect_all(4) + bounce_all("CLUSTERDOWN") + advance(20)
+      + TIMEOUT + bounce_all("MALFORMED", 1) + bounce_all("CROSSSLOT") + answer_all(1) + REFRESH + answer_all(2)
+      + advance(100) + TIMEOUT + answer_all(1))
+write("engine_cluster", "maps-to-refuse-and-odd-lines", cluster_setup() + THREE_PRIMARIES + ACCEPT + cecho(0)
+      + connect_all(2) + answer_all(1)
+      + cluster_says(0b111, style=0b1, epochs=2) + REFRESH + REFRESH        # a minority's view
+      + cluster_says(0b111, epochs=1) + REFRESH + REFRESH                   # older by epoch
+      + cluster_says(0b111, style=0b100, epochs=3) + REFRESH + REFRESH      # absurd epochs
+      + cluster_says(0b111, epochs=3) + REFRESH + cecho(0) + answer_all(1)  # older than absurd
+      + cluster_says(0) + REFRESH                                           # no slot served
+      + cluster_says(0b111, style=0b10000000, epochs=4) + REFRESH           # a malformed line
+      + cluster_says(0b1101, style=0b01111010, epochs=5) + REFRESH + REFRESH + connect_all(4) + answer_all(6)
+      + cluster_raw(0, b"garbage\nmore garbage") + cluster_raw(1, b"") + cluster_raw(2, bytes(range(0xF0, 0x100)))
+      + REFRESH + REFRESH + REFRESH + SPLIT_TRAFFIC + connect_all(4) + answer_all(1) + REFRESH)
+write("engine_cluster", "addresses-come-and-go", cluster_setup(seeds=3) + THREE_PRIMARIES + ACCEPT + SPLIT_TRAFFIC
+      + connect_all(4) + answer_all(1) + cluster_says(0b11100000, epochs=9) + REFRESH + connect_all(8) + answer_all(6)
+      + SPLIT_TRAFFIC + connect_all(8) + answer_all(1) + cluster_says(0b1001, epochs=20) + REFRESH + REFRESH
+      + connect_all(8) + answer_all(6) + SPLIT_TRAFFIC + connect_all(8) + answer_all(1)
+      + cluster_raw(3, b"n1 127.0.0.9:7100@1 myself,master - 0 0 99 connected 0-16383\n") + REFRESH + REFRESH
+      + connect_all(4) + answer_all(6) + SPLIT_TRAFFIC + connect_all(4) + answer_all(1) + REFRESH)
+write("engine_cluster", "refused-and-closed-mid-flight", cluster_setup() + THREE_PRIMARIES + ACCEPT + ACCEPT
+      + SPLIT_TRAFFIC + keys(1, "MSET", "{a}1", "k", "x") + connected() + bytes([9, 0x80]) + bytes([9, 0])
+      + answer_all(1, 9) + bytes([10, 8]) + bytes([10, 8]) + advance(30) + TIMEOUT + connect_all(2)
+      + bytes([9, 0x81]) + bytes([3, 1]) + advance(50) + TIMEOUT + connect_all(4) + answer_all(1) + bytes([3, 0])
+      + advance(600) + TIMEOUT)
+write("engine_cluster", "no-seed-answers", cluster_setup(seeds=3) + TIMEOUT + ACCEPT + SPLIT_TRAFFIC + connect_all(3)
+      + bytes([10, 0]) + bytes([9, 0x80]) + advance(1000) + TIMEOUT)

@@ -17,6 +17,10 @@
 //! - [`engine_sentinel`]: the admin target in Sentinel mode, with what 1 to 3 fuzzed sentinels answer (masters
 //!   that change, replica lists that add, drop and re-address servers, malformed answers), the events they
 //!   publish and their outages mixed in; the engine must connect, write and read only where the sentinels said.
+//! - [`engine_cluster`]: the engine in cluster mode (1 to 3 seeds) with what the fuzzed nodes answer to
+//!   `CLUSTER INFO` and `CLUSTER NODES`, requests bounced with `MOVED`, `ASK`, `TRYAGAIN` and `CLUSTERDOWN`, and
+//!   commands with keys; the engine must connect only where a seed or a node's answer points, answer every
+//!   request once, and keep no routed request once the clients are gone.
 //!
 //! | module | holds |
 //! |---|---|
@@ -24,15 +28,17 @@
 //! | `input` | how the engine target's input decodes: the setup and the operations |
 //! | `servers` | how the fuzzed servers answer what the engine sends them |
 //! | `sentinels` | how the fuzzed sentinels answer, and the events they publish |
+//! | `cluster` | how the fuzzed cluster's nodes answer: the slot map, and data commands bounced or not |
 //! | `harness` | the engine target: its model of every connection and the checks of the contract |
 
+mod cluster;
 mod harness;
 mod input;
 mod scan;
 mod sentinels;
 mod servers;
 
-pub use harness::{engine_admin, engine_client_bytes, engine_sentinel};
+pub use harness::{engine_admin, engine_client_bytes, engine_cluster, engine_sentinel};
 pub use scan::{resp_reply, resp_request, tiny_limits};
 
 #[cfg(test)]
@@ -44,12 +50,13 @@ mod tests {
     fn fuzz_corpus_replays() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 5] = [
+        let targets: [(&str, Target); 6] = [
             ("resp_request", super::resp_request),
             ("resp_reply", super::resp_reply),
             ("engine_client_bytes", super::engine_client_bytes),
             ("engine_admin", super::engine_admin),
             ("engine_sentinel", super::engine_sentinel),
+            ("engine_cluster", super::engine_cluster),
         ];
         let mut failures = Vec::new();
         for (name, target) in targets {

@@ -36,11 +36,11 @@ pub(crate) struct Routed {
     /// The client's protocol and shared pool slot when it was sent (its connections are chosen by them).
     pub(crate) resp3: bool,
     pub(crate) shared_slot: usize,
-    /// `MOVED` and `ASK` followed so far (bounded by `MAX_REDIRECTS`).
+    /// `MOVED` and `ASK` followed so far: past [`crate::cluster::MAX_REDIRECTS`] the client gets an error.
     pub(crate) redirects: u8,
-    /// Resends after waiting so far (`TRYAGAIN`, `CLUSTERDOWN`, no connection): each waits longer; bounded by
-    /// `hold_ms` from `since`.
-    pub(crate) tries: u8,
+    /// Resends after `TRYAGAIN`, `CLUSTERDOWN` or a connection that could not be had: the backoff grows with
+    /// them (they end when `hold_ms` has passed since the request was first sent).
+    pub(crate) retries: u8,
     /// When it was first sent: retries stop after `hold_ms`.
     pub(crate) since: Instant,
     /// For a part of a split request: the fan-out and the part's index in it.
@@ -88,6 +88,10 @@ impl<T> Slab<T> {
                 (self.entries.len() - 1) as u32
             }
         }
+    }
+
+    fn get(&self, id: u32) -> Option<&T> {
+        self.entries.get(id as usize)?.as_ref()
     }
 
     fn get_mut(&mut self, id: u32) -> Option<&mut T> {
@@ -154,14 +158,37 @@ impl RoutedRequests {
         self.resends.push((at, resend));
     }
 
-    /// The resends due by `now`, taken off the list, oldest first.
+    /// The resends due by `now`, taken off the list, each client's in the order it sent the requests. One whose
+    /// client has an earlier request waiting for a resend not due yet waits until that one's time: a client's
+    /// requests are sent again in the order it sent them.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<Resend> {
         if self.resends.is_empty() {
             return Vec::new();
         }
-        self.resends.sort_by_key(|(at, _)| *at);
-        let due = self.resends.iter().take_while(|(at, _)| *at <= now).count();
-        self.resends.drain(..due).map(|(_, resend)| resend).collect()
+        let requests = &self.requests;
+        let client_seq = |resend: &Resend| requests.get(resend.ticket).map(|r| (r.client, r.seq));
+        let waiting: Vec<(Instant, (ConnId, u64))> =
+            self.resends.iter().filter(|(at, _)| *at > now).filter_map(|(at, r)| Some((*at, client_seq(r)?))).collect();
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        for (at, resend) in self.resends.drain(..) {
+            let Some((client, seq)) = client_seq(&resend) else { continue };
+            let behind = waiting.iter().filter(|(_, (c, s))| *c == client && *s < seq).map(|(at, _)| *at).max();
+            match behind {
+                Some(earlier) => later.push((at.max(earlier), resend)),
+                None if at <= now => due.push((seq, resend)),
+                None => later.push((at, resend)),
+            }
+        }
+        self.resends = later;
+        due.sort_by_key(|(seq, _)| *seq);
+        due.into_iter().map(|(_, resend)| resend).collect()
+    }
+
+    /// Whether a request of `client` waits to be sent again: its later requests wait behind it.
+    pub(crate) fn resend_waiting_for(&self, client: ConnId) -> bool {
+        !self.resends.is_empty()
+            && self.resends.iter().any(|(_, r)| self.requests.get(r.ticket).is_some_and(|q| q.client == client))
     }
 
     /// When the next resend is due.
@@ -190,7 +217,7 @@ mod tests {
             resp3: false,
             shared_slot: 0,
             redirects: 0,
-            tries: 0,
+            retries: 0,
             since: Instant::now(),
             part,
             read_only: true,
@@ -231,13 +258,30 @@ mod tests {
     fn resends_come_due_in_time_order() {
         let mut requests = RoutedRequests::default();
         let now = Instant::now();
-        requests.resend_at(now + Duration::from_millis(20), Resend { ticket: 2, ask: None });
-        requests.resend_at(now + Duration::from_millis(10), Resend { ticket: 1, ask: None });
+        let (first, second) = (requests.add(routed(1, None)), requests.add(routed(2, None)));
+        requests.resend_at(now + Duration::from_millis(20), Resend { ticket: second, ask: None });
+        requests.resend_at(now + Duration::from_millis(10), Resend { ticket: first, ask: None });
         assert_eq!(requests.deadline(), Some(now + Duration::from_millis(10)));
         assert!(requests.due(now).is_empty());
+        assert!(requests.resend_waiting_for(routed(0, None).client));
         let due: Vec<u32> = requests.due(now + Duration::from_millis(15)).iter().map(|r| r.ticket).collect();
-        assert_eq!(due, vec![1]);
+        assert_eq!(due, vec![first]);
         assert_eq!(requests.due(now + Duration::from_millis(30)).len(), 1);
         assert_eq!(requests.deadline(), None);
+        assert!(!requests.resend_waiting_for(routed(0, None).client));
+    }
+
+    #[test]
+    fn a_clients_resends_keep_its_order() {
+        let mut requests = RoutedRequests::default();
+        let now = Instant::now();
+        let (first, second) = (requests.add(routed(1, None)), requests.add(routed(2, None)));
+        // The later request bounced sooner, with a shorter backoff: it waits for the earlier one.
+        requests.resend_at(now + Duration::from_millis(5), Resend { ticket: second, ask: None });
+        requests.resend_at(now + Duration::from_millis(20), Resend { ticket: first, ask: None });
+        assert!(requests.due(now + Duration::from_millis(10)).is_empty());
+        assert_eq!(requests.deadline(), Some(now + Duration::from_millis(20)), "no deadline in the past");
+        let due: Vec<u32> = requests.due(now + Duration::from_millis(20)).iter().map(|r| r.ticket).collect();
+        assert_eq!(due, vec![first, second]);
     }
 }

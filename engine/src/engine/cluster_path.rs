@@ -144,6 +144,12 @@ impl Engine {
             ),
             _ => return self.execute_locally(now, conn, held),
         };
+        if !matches!(plan, Plan::Refuse(_))
+            && self.cluster.as_deref().is_some_and(|c| c.requests.resend_waiting_for(conn))
+        {
+            // An earlier request of the client waits to be sent again: this one must not overtake it.
+            return false;
+        }
         match plan {
             Plan::Refuse(message) => {
                 self.out.counters.request(Target::Proxy, Class::of(held.spec));
@@ -248,7 +254,10 @@ impl Engine {
             Some(Some(slot)) => Aim::Slot(slot),
             _ => Aim::AnyPrimary,
         };
-        if cluster.transactions.is_open(conn) && self.cluster_target(aim, conn.index()).is_none() {
+        // Held while no primary can take it, or while an earlier request of the client waits to be sent again.
+        if cluster.transactions.is_open(conn)
+            && (self.cluster_target(aim, conn.index()).is_none() || cluster.requests.resend_waiting_for(conn))
+        {
             return false;
         }
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
@@ -269,7 +278,7 @@ impl Engine {
                     resp3: held.resp3,
                     shared_slot,
                     redirects: 0,
-                    tries: 0,
+                    retries: 0,
                     since: now,
                     part: None,
                     read_only: false,
@@ -369,7 +378,7 @@ impl Engine {
             resp3: held.resp3,
             shared_slot,
             redirects: 0,
-            tries: 0,
+            retries: 0,
             since: now,
             part: None,
             read_only: only_reads(held.spec),
@@ -414,7 +423,7 @@ impl Engine {
                 resp3: held.resp3,
                 shared_slot,
                 redirects: 0,
-                tries: 0,
+                retries: 0,
                 since: now,
                 part: Some((fanout, index)),
                 read_only: only_reads(held.spec),
@@ -440,8 +449,8 @@ impl Engine {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };
         let Some(backend) = backend else {
-            let tries = routed.tries;
-            routed.tries = routed.tries.saturating_add(1);
+            let tries = routed.retries;
+            routed.retries = routed.retries.saturating_add(1);
             cluster.want_refresh();
             let ask = if asking { server } else { None };
             cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask });
@@ -482,9 +491,14 @@ impl Engine {
     #[inline(never)]
     pub(super) fn resend_due(&mut self, now: Instant) {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        for resend in cluster.requests.due(now) {
+        let due = cluster.requests.due(now);
+        let mut clients: Vec<ConnId> = Vec::new();
+        for resend in due {
             let Some(cluster) = self.cluster.as_deref_mut() else { return };
             let Some(routed) = cluster.requests.get_mut(resend.ticket) else { continue };
+            if !clients.contains(&routed.client) {
+                clients.push(routed.client);
+            }
             if now.saturating_duration_since(routed.since) >= self.config.hold {
                 let ms = self.config.hold.as_millis();
                 let error = format!(
@@ -496,6 +510,13 @@ impl Engine {
             }
             cluster.counts.retries += 1;
             self.send_routed(now, resend.ticket, resend.ask, resend.ask.is_some());
+        }
+        // The requests their clients sent later, held behind these, follow them now (unless one waits again).
+        for client in clients {
+            if self.cluster.as_deref().is_some_and(|c| !c.requests.resend_waiting_for(client)) {
+                self.run_held(now, client);
+                self.clients.update_reading(client, &mut self.out);
+            }
         }
     }
 
@@ -524,20 +545,23 @@ impl Engine {
         };
         let cluster = self.cluster.as_deref_mut()?;
         let routed = cluster.requests.get_mut(ticket)?;
-        let follows = matches!(redirect, Redirect::Moved { .. })
+        // `MOVED` and `ASK` are bounded by count; `TRYAGAIN` and `CLUSTERDOWN` by time (`hold_ms`, as a request
+        // for a shard without a primary is held), since a failover or a migration may take a while.
+        // An ASK met inside a transaction is waited out, not followed (see below).
+        let moves = matches!(redirect, Redirect::Moved { .. })
             || matches!(redirect, Redirect::Ask { .. }) && routed.queued == 0;
-        if follows && routed.redirects >= MAX_REDIRECTS {
+        if moves && routed.redirects >= MAX_REDIRECTS {
             let said = String::from_utf8_lossy(&frame[1..frame.len().saturating_sub(2)]).into_owned();
             return Some(resp::error_reply(&format!(
                 "ERR redis-proxy: the cluster redirected the request {MAX_REDIRECTS} times (last: {said}); its slot \
                  map does not settle"
             )));
         }
-        let tries = routed.tries;
-        if follows {
+        let tries = routed.retries;
+        if moves {
             routed.redirects += 1;
         } else {
-            routed.tries = routed.tries.saturating_add(1);
+            routed.retries = routed.retries.saturating_add(1);
         }
         match redirect {
             Redirect::Moved { slot, address } => {
@@ -636,8 +660,8 @@ impl Engine {
         if connected && !routed.read_only {
             return self.routed_answered(now, ticket, error.clone());
         }
-        let tries = routed.tries;
-        routed.tries = routed.tries.saturating_add(1);
+        let tries = routed.retries;
+        routed.retries = routed.retries.saturating_add(1);
         cluster.want_refresh();
         cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
     }

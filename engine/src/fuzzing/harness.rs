@@ -7,9 +7,11 @@
 //! only where it was told to and sends writes and reads only to the servers the sentinels named for them.
 
 mod admin_ops;
+mod cluster_ops;
 mod sentinel_ops;
 
-use super::input::{sentinel_json, sentinel_port, Op, Setup, ARGS, COMMANDS, UNIVERSE};
+use super::cluster::ClusterModel;
+use super::input::{sentinel_json, sentinel_port, Op, Setup, ARGS, CLUSTER_UNIVERSE, COMMANDS, UNIVERSE};
 use super::sentinels::FakeSentinel;
 use super::servers;
 use crate::address::ServerAddress;
@@ -41,6 +43,8 @@ struct ClientModel {
     echoes: u32,
     /// The last `SCAN` cursor this client was sent back, if seen.
     cursor: Option<Vec<u8>>,
+    /// The requests the engine was handed whole (as the shadow scanner splits them; empty inline lines left out).
+    requests: usize,
 }
 
 /// What a backend connection reaches.
@@ -101,23 +105,47 @@ struct Harness {
     may_connect: BTreeSet<ServerAddress>,
     named_masters: BTreeSet<u16>,
     named_readable: BTreeSet<u16>,
+    /// Cluster mode: what the nodes say of the cluster (None in the other modes). The engine may connect only to
+    /// the seeds and to addresses a `CLUSTER NODES` answer or a redirection it was handed named (`may_connect`).
+    cluster: Option<ClusterModel>,
+}
+
+/// Which engine target a harness runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Servers configured, or added by the admin client.
+    Servers,
+    /// Sentinel mode, with the byte that decodes to the `sentinel` object.
+    Sentinel(u8),
+    /// Cluster mode.
+    Cluster,
 }
 
 impl Harness {
-    /// A harness for `setup`; in Sentinel mode with `sentinels` (the byte that decodes to the `sentinel` object).
-    fn new(setup: &Setup, sentinels: Option<u8>) -> Harness {
-        let (count, sentinel_json) = match sentinels.map(sentinel_json) {
-            Some((count, json)) => (count, Some(json)),
-            None => (0, None),
+    /// A harness for `setup` in `mode`.
+    fn new(setup: &Setup, mode: Mode) -> Harness {
+        let (count, sentinel_json) = match mode {
+            Mode::Sentinel(byte) => {
+                let (count, json) = sentinel_json(byte);
+                (count, Some(json))
+            }
+            _ => (0, None),
         };
-        let config = setup.config(sentinel_json.as_deref());
-        let universe: Vec<ServerAddress> = (0..UNIVERSE)
+        let (config, cluster, universe_size) = match mode {
+            Mode::Cluster => {
+                let (seeds, config) = setup.cluster_config();
+                (config, Some(ClusterModel::new(CLUSTER_UNIVERSE, seeds)), CLUSTER_UNIVERSE)
+            }
+            _ => (setup.config(sentinel_json.as_deref()), None, UNIVERSE),
+        };
+        let universe: Vec<ServerAddress> = (0..universe_size)
             .map(|i| ServerAddress { host: "127.0.0.1".into(), port: crate::testkit::port_of(i) })
             .collect();
         assert!(config.servers.iter().zip(&universe).all(|(a, b)| a == b), "configured servers come first");
         let servers = master_and_replicas(&universe);
         let sentinel_addresses = (0..count).map(|i| ServerAddress { host: "127.0.0.1".into(), port: sentinel_port(i) });
-        let may_connect = config.servers.iter().cloned().chain(sentinel_addresses).collect();
+        let seeds = config.cluster.iter().flat_map(|c| c.seeds.iter().cloned());
+        let may_connect = config.servers.iter().cloned().chain(sentinel_addresses).chain(seeds).collect();
         Harness {
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
             driver: Driver::new(config),
@@ -134,6 +162,7 @@ impl Harness {
             may_connect,
             named_masters: BTreeSet::new(),
             named_readable: BTreeSet::new(),
+            cluster,
         }
     }
 
@@ -153,6 +182,7 @@ impl Harness {
             closed_by_engine: false,
             echoes: 0,
             cursor: None,
+            requests: 0,
         });
         self.clients.len() - 1
     }
@@ -190,6 +220,9 @@ impl Harness {
             | Op::AdminFailover { .. }
             | Op::AdminQuery { .. }
             | Op::Reload { .. } => self.admin_op(op),
+            Op::ClusterSays { .. } | Op::ClusterRaw { .. } | Op::BackendRedirect { .. } | Op::ClientKeys { .. } => {
+                self.cluster_op(op)
+            }
             Op::ClientScan { client, cursor } => {
                 if let Some(i) = self.open_client(client) {
                     let last = self.clients[i].cursor.clone().unwrap_or_else(|| b"0".to_vec());
@@ -298,6 +331,9 @@ impl Harness {
                     for _ in 0..usize::from(count % 4) + 1 {
                         let Some(request) = self.backends[i].unanswered.pop_front() else { break };
                         match self.backends[i].peer {
+                            Peer::Server(server) if self.cluster.is_some() => {
+                                self.answer_in_cluster(i, server, &request, flavor % 8, 0, &mut out)
+                            }
                             Peer::Server(server) => {
                                 servers::answer(&mut self.servers[server], &request, flavor, &mut out)
                             }
@@ -355,7 +391,7 @@ impl Harness {
             client.shadow.push(&bytes);
             loop {
                 match client.shadow.next_request() {
-                    Ok(Some(_)) => {}
+                    Ok(Some(request)) => client.requests += usize::from(!request.is_empty()),
                     Ok(None) => break,
                     Err(_) => {
                         client.shadow_error = true;
@@ -412,15 +448,16 @@ impl Harness {
                     assert!(!removed.contains(&address), "Connect to the removed server {address}");
                     let peer = match (0..self.sentinels.len()).find(|&s| address.port == sentinel_port(s)) {
                         Some(s) => Peer::Sentinel(s),
-                        None => Peer::Server(
-                            self.universe
-                                .iter()
-                                .position(|s| address.is_named(&s.host, s.port))
-                                .expect("Connect to a known server"),
-                        ),
+                        None => Peer::Server(self.server_index(&address)),
                     };
                     if !self.sentinels.is_empty() {
                         assert!(self.may_connect.contains(&address), "Connect to {address}, which no sentinel named");
+                    }
+                    if self.cluster.is_some() {
+                        assert!(
+                            self.may_connect.contains(&address),
+                            "Connect to {address}, which is no seed and which no node named"
+                        );
                     }
                     self.known.insert(conn, Kind::Backend(self.backends.len()));
                     self.backends.push(BackendModel {
@@ -591,14 +628,14 @@ fn scan_cursor(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Runs an engine through the operations encoded in `data`, checking the connection contract throughout.
 pub fn engine_client_bytes(data: &[u8]) {
-    run_ops(data, false, Op::decode);
+    run_ops(data, Mode::Servers, Op::decode);
 }
 
 /// Like [`engine_client_bytes`], with admin commands, reloads, `SCAN` cursors and numbered `ECHO`s mixed in:
 /// besides the connection contract, replies stay in order per client and a removed server gets no new
 /// connection or request.
 pub fn engine_admin(data: &[u8]) {
-    run_ops(data, false, Op::decode_with_admin);
+    run_ops(data, Mode::Servers, Op::decode_with_admin);
 }
 
 /// Like [`engine_admin`] in Sentinel mode: after the setup, a byte picks 1 to 3 sentinels; the operations add
@@ -608,20 +645,32 @@ pub fn engine_admin(data: &[u8]) {
 /// sentinels and to servers a sentinel's answer named; no `REPLICAOF` reaches a server; a write reaches only a
 /// server an answer named the master, and a read only one named the master or listed as a healthy replica.
 pub fn engine_sentinel(data: &[u8]) {
-    run_ops(data, true, Op::decode_with_sentinels);
+    run_ops(data, Mode::Sentinel(0), Op::decode_with_sentinels);
 }
 
-fn run_ops(data: &[u8], sentinel_mode: bool, decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<Op>) {
+/// The engine in cluster mode, seeded with 1 to 3 nodes: the operations add what the nodes answer to
+/// `CLUSTER INFO` and `CLUSTER NODES` (maps that change, malformed lines, absurd epochs, addresses that come and
+/// go, no slots, raw bytes), requests bounced with `MOVED`, `ASK` (to any address), `TRYAGAIN`, `CLUSTERDOWN` or
+/// malformed redirections, commands with keys (single-key, split by slot, refused across slots) and numbered
+/// `ECHO`s. Besides the connection contract and the order of `ECHO` replies: the engine connects only to the
+/// seeds and to addresses a `CLUSTER NODES` answer or a redirection handed to it named; every request a client
+/// that stayed connected sent gets exactly one reply; and once the clients are gone and the backends closed,
+/// no request is left in the engine's table of routed requests.
+pub fn engine_cluster(data: &[u8]) {
+    run_ops(data, Mode::Cluster, Op::decode_with_cluster);
+}
+
+fn run_ops(data: &[u8], mode: Mode, decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<Op>) {
     let mut input = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut input) else { return };
-    let sentinels = match sentinel_mode {
-        true => match input.arbitrary::<u8>() {
-            Ok(byte) => Some(byte),
+    let mode = match mode {
+        Mode::Sentinel(_) => match input.arbitrary::<u8>() {
+            Ok(byte) => Mode::Sentinel(byte),
             Err(_) => return,
         },
-        false => None,
+        other => other,
     };
-    let mut harness = Harness::new(&setup, sentinels);
+    let mut harness = Harness::new(&setup, mode);
     harness.driver.advance(Duration::ZERO);
     harness.drain();
     let mut steps = 0;
@@ -633,4 +682,7 @@ fn run_ops(data: &[u8], sentinel_mode: bool, decode: fn(&mut Unstructured<'_>) -
     harness.settle();
     harness.check_protocol_errors();
     harness.check_reply_order();
+    if mode == Mode::Cluster {
+        harness.check_cluster_end();
+    }
 }

@@ -86,6 +86,20 @@ pub(super) const COMMANDS: &[&str] = &[
 pub(super) const ARGS: &[&str] =
     &["k", "0", "1", "2", "ch", "SETNAME", "TRACKING", "on", "off", "NO", "ONE", "3", "v", "SET"];
 
+/// How many node addresses the cluster target knows at first (ports 7000 and up); a node's `CLUSTER NODES`
+/// answer may name more.
+pub(super) const CLUSTER_UNIVERSE: usize = 8;
+
+/// Commands the cluster target's clients send with keys of [`CLUSTER_KEYS`]: single-key, split by slot, refused
+/// across slots, keyless, whole-keyspace, and refused in cluster mode.
+pub(super) const CLUSTER_COMMANDS: &[&str] = &[
+    "GET", "SET", "INCR", "MGET", "MSET", "DEL", "EXISTS", "TOUCH", "UNLINK", "RENAME", "MSETNX", "EVAL", "DBSIZE",
+    "PING", "SCAN", "FLUSHALL", "MULTI", "CLUSTER",
+];
+
+/// Keys for [`CLUSTER_COMMANDS`]: some share a hash tag.
+pub(super) const CLUSTER_KEYS: &[&str] = &["{a}1", "{a}2", "{b}1", "k", "x", "y", "{a}n", "foo"];
+
 /// The engine's configuration, decoded first.
 #[derive(Arbitrary, Debug)]
 pub(super) struct Setup {
@@ -129,6 +143,29 @@ impl Setup {
             usize::from(self.hold_budget % 10) * 256,
         );
         Config::from_json(&json).expect("the harness writes valid configurations")
+    }
+}
+
+impl Setup {
+    /// The cluster target's configuration: cluster mode seeded with 1 to 3 nodes (ports 7000 and up), refreshing
+    /// every 100 ms; returns the number of seeds too.
+    pub(super) fn cluster_config(&self) -> (usize, Config) {
+        let seeds = usize::from(self.servers % 3) + 1;
+        let list: Vec<String> = (0..seeds)
+            .map(|i| format!("{{\"host\": \"127.0.0.1\", \"port\": {}}}", crate::testkit::port_of(i)))
+            .collect();
+        let limits = if self.small_limits { ", \"max_bulk_len\": 64, \"max_request_len\": 1024" } else { "" };
+        let json = format!(
+            "{{\"cluster\": {{\"seeds\": [{}], \"refresh_period\": 100}}, \"check_period\": 100, \
+             \"down_after\": 300, \"hold_ms\": 500, \"pool_size\": {}, \"max_pipeline\": {}, \"max_clients\": {}, \
+             \"hold_max_bytes\": {}, \"client_output_limit\": 1024{limits}}}",
+            list.join(","),
+            self.pool_size % 3 + 1,
+            self.max_pipeline % 8 + 1,
+            self.max_clients % 6 + 1,
+            usize::from(self.hold_budget % 10) * 256,
+        );
+        (seeds, Config::from_json(&json).expect("the harness writes valid configurations"))
     }
 }
 
@@ -249,6 +286,32 @@ pub(super) enum Op {
     AdminQuery {
         which: u8,
     },
+    /// What the cluster's nodes answer to `CLUSTER NODES` and `CLUSTER INFO` from now on: the primaries (a mask of
+    /// the cluster universe), the shape of the text and the epochs (see `fuzzing::cluster::ClusterModel`).
+    ClusterSays {
+        primaries: u8,
+        style: u8,
+        epochs: u8,
+    },
+    /// Node `node` answers these bytes to `CLUSTER NODES` from now on (until the next `ClusterSays`).
+    ClusterRaw {
+        node: u8,
+        data: Vec<u8>,
+    },
+    /// The next `count` requests on backend `backend` are bounced as `flavor` says (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CLUSTERDOWN` ...), a redirection naming address `target`.
+    BackendRedirect {
+        backend: u8,
+        count: u8,
+        flavor: u8,
+        target: u8,
+    },
+    /// Command `command` of the cluster commands with the cluster keys `keys` picks.
+    ClientKeys {
+        client: u8,
+        command: u8,
+        keys: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -298,6 +361,25 @@ impl Op {
             17 => Op::Reload { mask: byte(u)?, rotate: byte(u)?, flip_mode: u.arbitrary()? },
             18 | 19 => Op::ClientScan { client: byte(u)?, cursor: byte(u)? },
             20 | 21 => Op::ClientEcho { client: byte(u)? },
+            other => Op::decode_fields(other, u)?,
+        })
+    }
+
+    /// Like [`Op::decode`], with what the cluster's nodes say, bounced requests, commands with keys and numbered
+    /// `ECHO`s among the tags.
+    pub(super) fn decode_with_cluster(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
+        let tag: u8 = u.arbitrary()?;
+        let byte = |u: &mut Unstructured<'_>| u.arbitrary::<u8>();
+        let bytes = |u: &mut Unstructured<'_>| -> arbitrary::Result<Vec<u8>> {
+            let len = u.arbitrary::<u8>()?;
+            Ok(u.bytes(usize::from(len).min(u.len()))?.to_vec())
+        };
+        Ok(match tag % 21 {
+            14 => Op::ClusterSays { primaries: byte(u)?, style: byte(u)?, epochs: byte(u)? },
+            15 => Op::ClusterRaw { node: byte(u)?, data: bytes(u)? },
+            16 | 17 => Op::BackendRedirect { backend: byte(u)?, count: byte(u)?, flavor: byte(u)?, target: byte(u)? },
+            18 | 19 => Op::ClientKeys { client: byte(u)?, command: byte(u)?, keys: bytes(u)? },
+            20 => Op::ClientEcho { client: byte(u)? },
             other => Op::decode_fields(other, u)?,
         })
     }
