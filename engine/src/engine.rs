@@ -37,13 +37,15 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod cluster_map;
 mod cluster_path;
+mod cluster_transaction;
 mod following;
 mod operations;
 mod reply_path;
 mod request_path;
 
-use cluster_path::cluster_unhealthy;
+use cluster_map::cluster_unhealthy;
 use reply_path::Loss;
 
 /// The sans-IO proxy. See the crate documentation for the call order.

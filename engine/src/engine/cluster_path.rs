@@ -1,21 +1,17 @@
-//! Cluster mode's paths: a request routed by its keys' slot (split by slot, or sent to every primary, when it
-//! must be), its reply checked for a redirection and sent again when it is one, and the slot map read from the
-//! nodes.
+//! Cluster mode's request and reply paths: a request routed by its keys' slot (split by slot, or sent to every
+//! primary, when it must be; `SCAN` walked over the primaries), its reply checked for a redirection and the
+//! request sent again when it is one. Transactions are in `cluster_transaction`, following the map in
+//! `cluster_map`.
 
 use super::*;
-use crate::cluster::{Cluster, Offer, MAX_REDIRECTS};
-use crate::cluster_nodes::NodeEntry;
+use crate::cluster::{Cluster, MAX_REDIRECTS};
 use crate::cluster_scan::{self, Position};
 use crate::cluster_self::ProxyNode;
 use crate::command::CommandSpec;
 use crate::fanout::{Answer, Fanout};
 use crate::key_slots::{self, KeySlots, Merge};
-use crate::pool::MapQuery;
 use crate::redirect::{redirect_of, Redirect};
 use crate::routed::{Aim, Resend, Routed};
-use crate::slot_map::SlotMap;
-use crate::status::{ClusterStatus, ShardStatus};
-use crate::transaction::{Batch, Queued};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
@@ -91,22 +87,6 @@ fn scan_reply(cluster: &mut Cluster, position: Option<Position>, reply: Bytes) -
 /// Whether `spec` only reads: such a request is sent again when its connection breaks before the reply.
 fn only_reads(spec: Option<&CommandSpec>) -> bool {
     spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE))
-}
-
-/// Why the cluster is not wholly served, for `/health` (None: every slot has a usable primary).
-pub(super) fn cluster_unhealthy(status: &ClusterStatus) -> Option<String> {
-    if status.map_age.is_none() {
-        return Some("cluster: no slot map yet (no seed has answered CLUSTER NODES)".to_string());
-    }
-    if let Some(shard) = status.shards.iter().find(|s| !s.usable) {
-        return Some(format!(
-            "cluster: the primary {} of {} slots cannot be used; their requests wait for the cluster to promote a \
-             replica",
-            shard.primary, shard.slots
-        ));
-    }
-    (status.served_slots < crate::slot::SLOTS)
-        .then(|| format!("cluster: only {} of 16384 slots are served", status.served_slots))
 }
 
 /// The delay before resending a request that met `TRYAGAIN` or `CLUSTERDOWN`, or found no primary: short at
@@ -208,94 +188,6 @@ impl Engine {
         true
     }
 
-    /// Whether `conn` is queuing a transaction.
-    fn queuing(&self, conn: ConnId) -> bool {
-        self.cluster.as_deref().is_some_and(|c| c.transactions.is_open(conn))
-    }
-
-    /// A step of a transaction: `MULTI` opens it, a request is queued (answered `+QUEUED` here), `DISCARD` drops
-    /// it, `EXEC` sends it whole to its slot's primary (false: none can be used now; hold the `EXEC`).
-    fn transaction_step(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, command: Option<&str>) -> bool {
-        let max_bytes = self.config.limits.max_request_len;
-        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
-        let reply = match command {
-            Some("multi") if cluster.transactions.begin(conn) => resp::simple_reply("OK"),
-            Some("multi") => resp::error_reply("ERR MULTI calls can not be nested"),
-            Some("discard") if cluster.transactions.discard(conn) => resp::simple_reply("OK"),
-            Some("discard") => resp::error_reply("ERR DISCARD without MULTI"),
-            Some(_) => return self.exec_transaction(now, conn, held),
-            None => {
-                let slots = match held.spec {
-                    Some(spec) if !spec.accepts_arg_count(held.request.arg_count()) => {
-                        let error = format!("ERR wrong number of arguments for '{}' command", spec.name);
-                        cluster.transactions.queue(conn, held.request.frame(), KeySlots::Cross, 0);
-                        self.clients.reply_local(conn, resp::error_reply(&error), &mut self.out);
-                        return true;
-                    }
-                    Some(spec) => key_slots::key_slots(&held.request, spec),
-                    None => KeySlots::Keyless,
-                };
-                match cluster.transactions.queue(conn, held.request.frame(), slots, max_bytes) {
-                    Queued::Queued => resp::simple_reply("QUEUED"),
-                    Queued::Refused(error) => resp::error_reply(error),
-                }
-            }
-        };
-        self.out.counters.request(Target::Proxy, Class::of(held.spec));
-        self.clients.reply_local(conn, reply, &mut self.out);
-        true
-    }
-
-    /// `EXEC`: the transaction goes whole to its slot's primary (false: none can be used now, and the transaction
-    /// stays queued until the `EXEC` runs again).
-    fn exec_transaction(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
-        let Some(cluster) = self.cluster.as_deref() else { return true };
-        let aim = match cluster.transactions.slot_of(conn) {
-            Some(Some(slot)) => Aim::Slot(slot),
-            _ => Aim::AnyPrimary,
-        };
-        // Held while no primary can take it, or while an earlier request of the client waits to be sent again.
-        if cluster.transactions.is_open(conn)
-            && (self.cluster_target(aim, conn.index()).is_none() || cluster.requests.resend_waiting_for(conn))
-        {
-            return false;
-        }
-        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
-        let reply = match cluster.transactions.exec(conn) {
-            Batch::NoTransaction => resp::error_reply("ERR EXEC without MULTI"),
-            Batch::Aborted => resp::error_reply("EXECABORT Transaction discarded because of previous errors."),
-            Batch::Empty => Bytes::from_static(b"*0\r\n"),
-            Batch::Send { data, queued, .. } => {
-                let Some(state) = self.clients.forward_state(conn) else { return true };
-                let shared_slot = state.shared_slot;
-                let Some(seq) = self.clients.reserve_slot(conn) else { return true };
-                self.out.counters.request(Target::Master, Class::Other);
-                let routed = Routed {
-                    client: conn,
-                    seq,
-                    request: data,
-                    aim,
-                    resp3: held.resp3,
-                    shared_slot,
-                    redirects: 0,
-                    retries: 0,
-                    since: now,
-                    part: None,
-                    read_only: false,
-                    queued,
-                    scan: None,
-                    queued_redirect: None,
-                };
-                let ticket = cluster.requests.add(routed);
-                self.send_routed(now, ticket, None, false);
-                return true;
-            }
-        };
-        self.out.counters.request(Target::Proxy, Class::Other);
-        self.clients.reply_local(conn, reply, &mut self.out);
-        true
-    }
-
     /// Where a forwarded request goes in the cluster, by its keys.
     fn cluster_plan(&self, held: &HeldRequest) -> Plan {
         let Some(spec) = held.spec else { return Plan::One(Aim::AnyPrimary) };
@@ -313,7 +205,7 @@ impl Engine {
     }
 
     /// The server a routed request goes to now (None: no usable primary, wait).
-    fn cluster_target(&self, aim: Aim, spread: usize) -> Option<ServerId> {
+    pub(super) fn cluster_target(&self, aim: Aim, spread: usize) -> Option<ServerId> {
         let cluster = self.cluster.as_deref()?;
         let views = self.monitor.views();
         match aim {
@@ -441,7 +333,7 @@ impl Engine {
 
     /// Sends the request of `ticket` to `server` (None: where its aim says now); `asking` sends `ASKING` first on
     /// the same connection. When no server or connection can be had, it is resent a little later.
-    fn send_routed(&mut self, now: Instant, ticket: u32, server: Option<ServerId>, asking: bool) {
+    pub(super) fn send_routed(&mut self, now: Instant, ticket: u32, server: Option<ServerId>, asking: bool) {
         let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
         let (aim, resp3, shared_slot, client) = (routed.aim, routed.resp3, routed.shared_slot, routed.client);
         let server = server.or_else(|| self.cluster_target(aim, client.index()));
@@ -476,15 +368,6 @@ impl Engine {
             data.freeze()
         };
         self.pool.send(backend, &waiters, data, &mut self.out);
-    }
-
-    /// A reply to a request queued in the transaction of `ticket`: the first redirection is kept, for when its
-    /// `EXEC` answers `EXECABORT`.
-    #[inline(never)]
-    pub(super) fn queued_reply(&mut self, ticket: u32, frame: &[u8]) {
-        let Some(redirect) = redirect_of(frame) else { return };
-        let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
-        routed.queued_redirect.get_or_insert(redirect);
     }
 
     /// Sends again the requests whose resend is due; those that have waited past `hold_ms` get an error.
@@ -664,113 +547,5 @@ impl Engine {
         routed.retries = routed.retries.saturating_add(1);
         cluster.want_refresh();
         cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
-    }
-
-    /// A reply to a question about the slot map, from the node `conn` leads to.
-    #[inline(never)]
-    pub(super) fn cluster_map_reply(&mut self, now: Instant, conn: ConnId, query: MapQuery, frame: &[u8]) {
-        let Some(server) = self.pool.server_of(conn) else { return };
-        let Some(address) = self.monitor.address(server).cloned() else { return };
-        let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        match query {
-            MapQuery::Info => cluster.info_reply(server, frame),
-            MapQuery::Nodes => match cluster.nodes_reply(server, &address, frame) {
-                Ok((nodes, state_ok)) => self.offer_map(now, &address, &nodes, state_ok),
-                Err(reason) => self.out.event(Event::ClusterMapRefused { from: address, reason }),
-            },
-        }
-    }
-
-    /// Offers the map `nodes` describe: its nodes become servers of the proxy (probed, pooled); once accepted,
-    /// servers it no longer names are removed and held requests run.
-    fn offer_map(&mut self, now: Instant, from: &ServerAddress, nodes: &[NodeEntry], state_ok: bool) {
-        for address in nodes.iter().filter(|n| !n.failed).filter_map(|n| n.address.as_ref()) {
-            if self.monitor.find(address).is_none() {
-                let _ = self.add_server(now, address.clone());
-            }
-        }
-        let monitor = &self.monitor;
-        let map = SlotMap::from_nodes(nodes, |address| monitor.find(address));
-        let (shards, served_slots) = (map.shards().len(), map.served_slots());
-        let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        match cluster.offer(now, map, from, state_ok) {
-            Offer::Refused(reason) => self.out.event(Event::ClusterMapRefused { from: from.clone(), reason }),
-            Offer::Accepted { changed } => {
-                if changed {
-                    self.out.event(Event::ClusterMapChanged { from: from.clone(), shards, served_slots });
-                }
-                self.forget_unmapped(now);
-                self.run_all_held(now);
-            }
-        }
-    }
-
-    /// Removes the servers the map held does not name: nodes that left the cluster.
-    fn forget_unmapped(&mut self, now: Instant) {
-        let Some(cluster) = self.cluster.as_deref() else { return };
-        let gone: Vec<ServerAddress> = self
-            .monitor
-            .views()
-            .iter()
-            .filter(|(id, view)| !view.draining && !cluster.map().names(*id))
-            .map(|(_, view)| view.address.clone())
-            .collect();
-        for address in gone {
-            if let Some(server) = self.monitor.find(&address) {
-                self.monitor.drain(server);
-                self.out.event(Event::ServerRemoving { address });
-            }
-        }
-        self.finish_removals(now);
-    }
-
-    /// The slot map for the status snapshot (None: not in cluster mode).
-    pub(super) fn cluster_status(&self, now: Instant) -> Option<ClusterStatus> {
-        let cluster = self.cluster.as_deref()?;
-        let views = self.monitor.views();
-        let address = |id: ServerId| {
-            self.monitor
-                .address(id)
-                .cloned()
-                .unwrap_or_else(|| ServerAddress { host: "a removed server".into(), port: 0 })
-        };
-        let map = cluster.map();
-        let mut shards: Vec<(usize, ShardStatus)> = map
-            .shards()
-            .iter()
-            .zip(map.slots_per_shard())
-            .filter(|(_, slots)| *slots > 0)
-            .map(|(shard, slots)| {
-                let usable = !shard.failed && views.get(shard.primary).is_some_and(|v| v.is_routable());
-                let status = ShardStatus {
-                    primary: address(shard.primary),
-                    replicas: shard.replicas.iter().map(|r| address(*r)).collect(),
-                    slots,
-                    epoch: shard.epoch,
-                    usable,
-                };
-                (map.first_slot_of(shard.primary).unwrap_or(0), status)
-            })
-            .collect();
-        shards.sort_by_key(|(first, _)| *first);
-        Some(ClusterStatus {
-            shards: shards.into_iter().map(|(_, s)| s).collect(),
-            served_slots: map.served_slots(),
-            map_age: cluster.accepted().map(|(at, _)| now.saturating_duration_since(*at)),
-            map_from: cluster.accepted().map(|(_, from)| from.clone()),
-            in_flight: cluster.requests.len(),
-            counts: cluster.counts,
-        })
-    }
-
-    /// Moves the cluster machine on: refreshes due, resends due.
-    #[inline(never)]
-    pub(super) fn cluster_tick(&mut self, now: Instant) {
-        let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        let clients = &self.clients;
-        cluster.transactions.retain_clients(|c| clients.contains(c));
-        cluster.tick(now, self.monitor.views());
-        self.pool.execute(cluster.orders(), &mut self.out);
-        self.resend_due(now);
     }
 }
