@@ -183,6 +183,15 @@ fn single_key_commands_reach_the_primary_of_their_slot() {
         assert_eq!(per_owner.len(), 3, "the keys spread over the 3 primaries: {per_owner:?}");
         eprintln!("{runtime:?}: 1,000 keys by primary {per_owner:?}");
 
+        // Large values (past the sizes at which the proxy streams replies and uploads requests in the other
+        // modes): whole and byte-exact, on their slot's primary.
+        let large: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(conn.call(&[b"SET", b"basic:large", &large]), status("OK"), "{runtime:?}");
+        assert_eq!(conn.call(&[b"GET", b"basic:large"]), bulk(&large), "{runtime:?}: the 3 MiB value comes back");
+        let owner = cluster.owner_of_slot(cluster.key_slot(b"basic:large"));
+        assert_eq!(RespConn::connect(owner).call(&[b"STRLEN", b"basic:large"]), Reply::Int(3 * 1024 * 1024));
+        assert_eq!(conn.call(&[b"GET", b"basic:0"]), bulk(value(0).as_bytes()), "the connection goes on");
+
         // Hash tags: 20 keys with one tag share a slot, and its primary holds them all.
         let tagged: Vec<String> = (0..20).map(|i| format!("{{basic-tag}}:{i}")).collect();
         for key in &tagged {

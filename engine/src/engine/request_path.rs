@@ -44,6 +44,10 @@ impl Engine {
     #[cold]
     #[inline(never)]
     pub(super) fn start_upload(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) -> bool {
+        if self.cluster.is_some() {
+            // A cluster request is kept whole until answered (a redirection sends it again): never uploaded.
+            return false;
+        }
         let Some(mut head) = self.clients.upload_head(now, conn, buf) else { return false };
         // Its read buffer may never hold 64 KiB at once: the value leaves it as it comes.
         self.clients.moves_large_values(conn);
