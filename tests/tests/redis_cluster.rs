@@ -966,3 +966,26 @@ fn scan_walks_every_primary_with_one_cursor_and_survives_a_reshard() {
         assert_eq!(node[1], Reply::Int(i64::from(proxy.port)), "{runtime:?}: the proxy holds every slot");
     }
 }
+
+#[test]
+fn ioredis_and_node_redis_plain_clients_work_across_slots() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start();
+        let proxy = proxy_for(runtime, &cluster);
+        let output: Output = Command::new("node")
+            .args(["node/cluster_check.js", &proxy.port.to_string()])
+            .current_dir(clients_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node (is it installed? .ci/run installs it): {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{runtime:?}: cluster_check.js failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("{runtime:?}: {}", stdout.trim());
+        assert_no_replicaof(&cluster);
+    }
+}

@@ -84,6 +84,11 @@ fn scan_reply(cluster: &mut Cluster, position: Option<Position>, reply: Bytes) -
     }
 }
 
+/// The client's error when a redirection names a node the proxy cannot take as a server.
+fn unreachable_node(address: &ServerAddress) -> Bytes {
+    resp::error_reply(&format!("ERR redis-proxy: the cluster sent the request to {address}, which it cannot use"))
+}
+
 /// Whether `spec` only reads: such a request is sent again when its connection breaks before the reply.
 fn only_reads(spec: Option<&CommandSpec>) -> bool {
     spec.is_some_and(|s| s.flags.contains(CommandFlags::READONLY) && !s.flags.contains(CommandFlags::WRITE))
@@ -448,7 +453,7 @@ impl Engine {
         }
         match redirect {
             Redirect::Moved { slot, address } => {
-                let server = server_at(self, &address)?;
+                let Some(server) = server_at(self, &address) else { return Some(unreachable_node(&address)) };
                 if let Some(cluster) = self.cluster.as_deref_mut() {
                     cluster.moved(slot, server);
                 }
@@ -460,7 +465,7 @@ impl Engine {
                 cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
             }
             Redirect::Ask { address, .. } => {
-                let server = server_at(self, &address)?;
+                let Some(server) = server_at(self, &address) else { return Some(unreachable_node(&address)) };
                 if let Some(cluster) = self.cluster.as_deref_mut() {
                     cluster.counts.ask += 1;
                 }
