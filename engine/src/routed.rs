@@ -56,6 +56,37 @@ pub(crate) struct Routed {
     pub(crate) queued_redirect: Option<Redirect>,
 }
 
+impl Routed {
+    /// A request of `client` in reply slot `seq`, first sent at `since`, on the client's protocol and shared pool
+    /// slot; not a part, not a transaction, not a `SCAN` step, no redirection or retry yet, not a read.
+    pub(crate) fn new(
+        client: ConnId,
+        seq: u64,
+        request: Bytes,
+        aim: Aim,
+        resp3: bool,
+        shared_slot: usize,
+        since: Instant,
+    ) -> Routed {
+        Routed {
+            client,
+            seq,
+            request,
+            aim,
+            resp3,
+            shared_slot,
+            redirects: 0,
+            retries: 0,
+            since,
+            part: None,
+            read_only: false,
+            queued: 0,
+            scan: None,
+            queued_redirect: None,
+        }
+    }
+}
+
 /// A resend waiting for its time: to where the map says, or (`ask`) to the node an `ASK` named.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Resend {
@@ -209,22 +240,9 @@ mod tests {
     use std::time::Duration;
 
     fn routed(seq: u64, part: Option<(u32, usize)>) -> Routed {
-        Routed {
-            client: crate::conn::client_and_backend_ids().0,
-            seq,
-            request: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
-            aim: Aim::AnyPrimary,
-            resp3: false,
-            shared_slot: 0,
-            redirects: 0,
-            retries: 0,
-            since: Instant::now(),
-            part,
-            read_only: true,
-            queued: 0,
-            scan: None,
-            queued_redirect: None,
-        }
+        let client = crate::conn::client_and_backend_ids().0;
+        let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+        Routed { part, read_only: true, ..Routed::new(client, seq, ping, Aim::AnyPrimary, false, 0, Instant::now()) }
     }
 
     #[test]

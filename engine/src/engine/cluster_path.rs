@@ -268,20 +268,9 @@ impl Engine {
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         self.out.counters.request(Target::Master, Class::of(held.spec));
         let routed = Routed {
-            client: conn,
-            seq,
-            request: held.request.frame().clone(),
-            aim,
-            resp3: held.resp3,
-            shared_slot,
-            redirects: 0,
-            retries: 0,
-            since: now,
-            part: None,
             read_only: only_reads(held.spec),
-            queued: 0,
             scan,
-            queued_redirect: None,
+            ..Routed::new(conn, seq, held.request.frame().clone(), aim, held.resp3, shared_slot, now)
         };
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
         let ticket = cluster.requests.add(routed);
@@ -313,20 +302,9 @@ impl Engine {
         let mut tickets = Vec::with_capacity(targets.len());
         for (index, (aim, request)) in aims.into_iter().zip(requests).enumerate() {
             let routed = Routed {
-                client: conn,
-                seq,
-                request,
-                aim,
-                resp3: held.resp3,
-                shared_slot,
-                redirects: 0,
-                retries: 0,
-                since: now,
                 part: Some((fanout, index)),
                 read_only: only_reads(held.spec),
-                queued: 0,
-                scan: None,
-                queued_redirect: None,
+                ..Routed::new(conn, seq, request, aim, held.resp3, shared_slot, now)
             };
             tickets.push(cluster.requests.add(routed));
         }

@@ -78,22 +78,7 @@ impl Engine {
                 let shared_slot = state.shared_slot;
                 let Some(seq) = self.clients.reserve_slot(conn) else { return true };
                 self.out.counters.request(Target::Master, Class::Other);
-                let routed = Routed {
-                    client: conn,
-                    seq,
-                    request: data,
-                    aim,
-                    resp3: held.resp3,
-                    shared_slot,
-                    redirects: 0,
-                    retries: 0,
-                    since: now,
-                    part: None,
-                    read_only: false,
-                    queued,
-                    scan: None,
-                    queued_redirect: None,
-                };
+                let routed = Routed { queued, ..Routed::new(conn, seq, data, aim, held.resp3, shared_slot, now) };
                 let ticket = cluster.requests.add(routed);
                 self.send_routed(now, ticket, None, false);
                 return true;
