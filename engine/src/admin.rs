@@ -89,22 +89,42 @@ impl AdminClients {
     }
 }
 
+/// Who decides the servers and the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decider {
+    /// The proxy's own failover rules.
+    Proxy,
+    /// The sentinels (Sentinel mode).
+    Sentinels,
+    /// The cluster (cluster mode): the proxy may only ask a replica to take over.
+    Cluster,
+}
+
 /// The admin command `request` asks for, or the error reply it gets: not `allowed` (neither the admin listener
-/// nor an admin user), malformed, or, in Sentinel mode (`following_sentinels`), one that the sentinels decide.
-pub(crate) fn admit(request: &Request, allowed: bool, following: Option<&str>) -> Result<AdminCommand, Bytes> {
+/// nor an admin user), malformed, or one that `decider`, not the proxy, decides.
+pub(crate) fn admit(request: &Request, allowed: bool, decider: Decider) -> Result<AdminCommand, Bytes> {
     if !allowed {
         return Err(resp::error_reply(
             "ERR PROXY commands are accepted only on the admin listener (admin_listen) or from a client user with \
              \"admin\": true",
         ));
     }
-    match parse(request) {
-        Err(message) => Err(resp::error_reply(&message)),
-        Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_)) if following.is_some() => {
-            Err(resp::error_reply(following.unwrap_or_default()))
+    let refusal = match (parse(request), decider) {
+        (Err(message), _) => message,
+        (Ok(AdminCommand::Add(_) | AdminCommand::Remove(_) | AdminCommand::Failover(_)), Decider::Sentinels) => {
+            "ERR in Sentinel mode the sentinels decide the servers and the master: ask them".to_string()
         }
-        Ok(command) => Ok(command),
-    }
+        (Ok(AdminCommand::Add(_) | AdminCommand::Remove(_)), Decider::Cluster) => {
+            "ERR in cluster mode the cluster decides its nodes: add or remove them with CLUSTER MEET / CLUSTER \
+             FORGET on the nodes"
+                .to_string()
+        }
+        (Ok(AdminCommand::Failover(None)), Decider::Cluster) => {
+            "ERR in cluster mode name the replica to promote: PROXY FAILOVER host:port".to_string()
+        }
+        (Ok(command), _) => return Ok(command),
+    };
+    Err(resp::error_reply(&refusal))
 }
 
 /// `request` as text, for the log.

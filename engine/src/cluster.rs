@@ -15,6 +15,7 @@ use crate::address::ServerAddress;
 use crate::cluster_config::ClusterConfig;
 use crate::cluster_nodes::{self, NodeEntry};
 use crate::cluster_self::ProxyNode;
+use crate::cluster_switchover::Switchover;
 use crate::pool::{Line, MapQuery, Orders, Waiter};
 use crate::routed::RoutedRequests;
 use crate::server_id::ServerId;
@@ -80,6 +81,8 @@ pub(crate) struct Cluster {
     scan_boundary: u64,
     /// Counters for the status page.
     pub(crate) counts: ClusterCounts,
+    /// The planned switchover under way (`PROXY FAILOVER host:port`).
+    pub(crate) switchover: Option<Switchover>,
 }
 
 impl Cluster {
@@ -103,6 +106,7 @@ impl Cluster {
             accepted_count: 0,
             scan_boundary: 0,
             counts: ClusterCounts::default(),
+            switchover: None,
         }
     }
 
@@ -192,7 +196,8 @@ impl Cluster {
     }
 
     /// Starts a refresh when one is due: on a node the probes find up, round robin. Also wanted while some
-    /// shard has no usable primary, so that a promotion is seen within [`REFRESH_GAP`] of the cluster making it.
+    /// shard has no usable primary, or a switchover the proxy asked for is under way, so that a promotion is seen
+    /// within [`REFRESH_GAP`] of the cluster making it.
     pub(crate) fn tick(&mut self, now: Instant, views: &Views) {
         if self.asking.is_some_and(|a| now.saturating_duration_since(a.since) >= self.refresh_timeout) {
             self.asking = None;
@@ -226,7 +231,8 @@ impl Cluster {
     /// When the next refresh may start (None: none has started yet, so at once).
     fn next_refresh(&self) -> Option<Instant> {
         let last = self.last_started?;
-        Some(last + if self.wanted { REFRESH_GAP } else { self.refresh_period })
+        let soon = self.wanted || self.switchover.as_ref().is_some_and(Switchover::is_accepted);
+        Some(last + if soon { REFRESH_GAP } else { self.refresh_period })
     }
 
     /// When [`Cluster::tick`] next has something to do, or a resend is due. Before the first refresh there is
@@ -236,7 +242,8 @@ impl Cluster {
             Some(asking) => Some(asking.since + self.refresh_timeout),
             None => self.next_refresh(),
         };
-        [refresh, self.requests.deadline()].into_iter().flatten().min()
+        let switchover = self.switchover.as_ref().map(Switchover::deadline);
+        [refresh, self.requests.deadline(), switchover].into_iter().flatten().min()
     }
 
     /// A `CLUSTER INFO` reply from `node`.

@@ -229,6 +229,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Cluster mode: a planned switchover began, `CLUSTER FAILOVER` sent to the replica `to` of primary `from`.
+    ClusterSwitchoverStarted {
+        /// The primary.
+        from: ServerAddress,
+        /// The replica asked to take over.
+        to: ServerAddress,
+    },
     /// A server was added (`PROXY ADD` or a reload): it is probed now, and made a replica of the master if it is
     /// not one.
     ServerAdded {
@@ -373,6 +380,11 @@ impl fmt::Display for Event {
                 f,
                 "failover: planned switchover from {from} to {to} (PROXY FAILOVER); holding new requests until \
                  {to} has every write {from} acknowledged"
+            ),
+            Event::ClusterSwitchoverStarted { from, to } => write!(
+                f,
+                "cluster: planned switchover from {from} to {to} (PROXY FAILOVER): sent CLUSTER FAILOVER to {to}, \
+                 which takes over once it has every write {from} acknowledged"
             ),
             Event::SwitchoverEnded { outcome } => write!(f, "failover: planned switchover {outcome}"),
             Event::ReloadRequested => write!(f, "PROXY RELOAD: re-reading the configuration file"),

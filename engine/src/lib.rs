@@ -107,6 +107,7 @@ mod cluster_config;
 mod cluster_nodes;
 mod cluster_scan;
 mod cluster_self;
+mod cluster_switchover;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]

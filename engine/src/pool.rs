@@ -113,6 +113,8 @@ pub(crate) enum Waiter {
     Queued { ticket: u32 },
     /// A question about the cluster's slot map.
     ClusterMap(MapQuery),
+    /// The `CLUSTER FAILOVER` of a planned switchover in cluster mode.
+    ClusterFailover,
 }
 
 /// The questions that read a cluster's slot map, sent together on a node's probe connection.

@@ -8,7 +8,8 @@
 //! count and in time. The first test checks the harness itself, with no proxy.
 
 use redis_proxy_tests::redis_cluster::{RedisCluster, SLOTS};
-use redis_proxy_tests::{bulk, calls, encode_command, exclusive, status, wait_until, Proxy, RedisServer, Reply};
+use redis_proxy_tests::Reply;
+use redis_proxy_tests::{bulk, calls, encode_command, exclusive, free_port, status, wait_until, Proxy, RedisServer};
 use redis_proxy_tests::{RespConn, Runtime};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -582,22 +583,47 @@ fn a_reshard_of_1000_slots_under_load_costs_no_error_and_no_increment() {
 }
 
 #[test]
-fn a_planned_failover_under_load_costs_no_error() {
+fn planned_failovers_under_load_cost_no_error_whether_the_proxy_or_an_operator_asks() {
     let _serial = exclusive();
     for &runtime in Runtime::ALL {
         let cluster = RedisCluster::start();
-        let proxy = proxy_for(runtime, &cluster);
+        let admin_port = free_port();
+        let fields = format!(r#"{}, "admin_listen": "127.0.0.1:{admin_port}""#, cluster.proxy_fields(5000));
+        let proxy = Proxy::start_with_fields(runtime, &fields);
         let old = cluster.primaries()[0];
         let replica = cluster.replica_of(old);
         let shard: BTreeSet<u16> = cluster.slots_of(old).into_iter().collect();
         let load = Load::start(proxy.port, key_sets(&cluster, "failover", 8, 3, &shard));
+        cluster.settled();
+        // Through the proxy: it sends CLUSTER FAILOVER to the replica and answers once its map shows the result.
         let before = load.ops();
-        cluster.failover(replica);
-        let during = load.ops() - before;
+        let mut admin = RespConn::connect(admin_port);
+        let target = format!("127.0.0.1:{replica}");
+        let asked = Instant::now();
+        let reply = admin.call(&[b"PROXY", b"FAILOVER", target.as_bytes()]);
+        let answered_in = asked.elapsed();
+        let done = format!("OK done: {target} is the primary of {} slots now", shard.len());
+        assert_eq!(reply, status(&done), "{runtime:?}: {}", tail(&proxy.log(), 20));
+        assert!(cluster.own_view(replica).is_some_and(|v| v.is_primary()), "{runtime:?}: :{replica} leads");
+        cluster.settled();
+        let through_proxy = load.ops() - before;
+        let reply = admin.call(&[b"PROXY", b"FAILOVER", target.as_bytes()]);
+        let refused = Reply::Error(format!("ERR cannot fail over: {target} is a primary already"));
+        assert_eq!(reply, refused, "{runtime:?}");
+        let add = admin.call(&[b"PROXY", b"ADD", b"127.0.0.1:1"]);
+        assert!(matches!(&add, Reply::Error(e) if e.contains("the cluster decides its nodes")), "{add:?}");
+        // Behind the proxy's back: an operator sends CLUSTER FAILOVER to the old primary, now a replica.
+        let before = load.ops();
+        cluster.failover(old);
+        let by_operator = load.ops() - before;
         load.wait_for(200);
         let reports = load.finish();
-        eprintln!("{runtime:?}: {during} operations during the failover");
-        assert_eq!(cluster.owner_of_slot(*shard.first().expect("a slot")), replica);
+        eprintln!(
+            "{runtime:?}: PROXY FAILOVER answered in {} ms; {through_proxy} operations during it, {by_operator} \
+             during CLUSTER FAILOVER",
+            answered_in.as_millis()
+        );
+        assert_eq!(cluster.owner_of_slot(*shard.first().expect("a slot")), old);
         check_load(runtime, &cluster, &proxy, &reports);
         // The cluster failed over; the proxy sent no REPLICAOF of its own.
         assert_no_replicaof(&cluster);

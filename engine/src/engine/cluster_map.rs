@@ -5,7 +5,8 @@
 use super::*;
 use crate::cluster::Offer;
 use crate::cluster_nodes::NodeEntry;
-use crate::pool::MapQuery;
+use crate::cluster_switchover::{Progress, Switchover};
+use crate::pool::{Line, MapQuery};
 use crate::slot_map::SlotMap;
 use crate::status::{ClusterStatus, ShardStatus};
 
@@ -60,6 +61,9 @@ impl Engine {
                     self.out.event(Event::ClusterMapChanged { from: from.clone(), shards, served_slots });
                 }
                 self.forget_unmapped(now);
+                let switchover =
+                    self.cluster.as_deref().and_then(|c| Some(c.switchover.as_ref()?.map_accepted(c.map())));
+                self.end_cluster_switchover(now, switchover);
                 self.run_all_held(now);
             }
         }
@@ -131,6 +135,74 @@ impl Engine {
         cluster.transactions.retain_clients(|c| clients.contains(c));
         cluster.tick(now, self.monitor.views());
         self.pool.execute(cluster.orders(), &mut self.out);
+        let switchover = cluster.switchover.as_ref().map(|s| s.expired(now));
+        self.end_cluster_switchover(now, switchover);
         self.resend_due(now);
+    }
+
+    /// Starts a planned switchover in cluster mode (`PROXY FAILOVER host:port`): `CLUSTER FAILOVER` to that
+    /// replica, the admin `conn` answered once a map shows it as a primary, or with the error that ended it.
+    pub(super) fn begin_cluster_switchover(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        target: ServerAddress,
+    ) -> Result<(), String> {
+        let Some(cluster) = self.cluster.as_deref() else { return Err("ERR not in cluster mode".into()) };
+        if cluster.switchover.is_some() {
+            return Err("ERR a planned switchover is under way: wait for its reply".into());
+        }
+        let replica = self.monitor.find(&target).ok_or_else(|| format!("ERR {target} is not a node of the cluster"))?;
+        if !self.monitor.views().get(replica).is_some_and(|v| v.last_ok.is_some() && v.is_routable()) {
+            return Err(format!("ERR {target} does not answer the proxy's probes now"));
+        }
+        let Some(seq) = self.clients.reserve_slot(conn) else { return Ok(()) };
+        let switchover = match Switchover::begin(cluster.map(), replica, target.clone(), (conn, seq), now) {
+            Ok(switchover) => switchover,
+            Err(why) => {
+                self.deliver(now, conn, seq, resp::error_reply(&format!("ERR cannot fail over: {why}")));
+                return Ok(());
+            }
+        };
+        let from = self.monitor.address(switchover.primary).cloned();
+        let Some(cluster) = self.cluster.as_deref_mut() else { return Ok(()) };
+        cluster.orders().send(Line::Probe(replica), &[Waiter::ClusterFailover], Switchover::request());
+        cluster.switchover = Some(switchover);
+        self.pool.execute(cluster.orders(), &mut self.out);
+        if let Some(from) = from {
+            self.out.event(Event::ClusterSwitchoverStarted { from, to: target });
+        }
+        Ok(())
+    }
+
+    /// The replica's reply to the switchover's `CLUSTER FAILOVER`: once it accepted, a fresh map shows the outcome.
+    pub(super) fn cluster_failover_reply(&mut self, now: Instant, frame: &[u8]) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let progress = cluster.switchover.as_mut().map(|s| s.answered(frame));
+        if progress == Some(Progress::Waiting) {
+            cluster.want_refresh();
+        }
+        self.end_cluster_switchover(now, progress);
+    }
+
+    /// The connection that carried the switchover's `CLUSTER FAILOVER` broke before its reply.
+    pub(super) fn cluster_failover_lost(&mut self, now: Instant) {
+        let progress = self.cluster.as_deref().and_then(|c| Some(c.switchover.as_ref()?.lost()));
+        self.end_cluster_switchover(now, progress);
+    }
+
+    /// Answers the admin when the switchover is `Done`.
+    fn end_cluster_switchover(&mut self, now: Instant, progress: Option<Progress>) {
+        let Some(Progress::Done(outcome)) = progress else { return };
+        let Some(switchover) = self.cluster.as_deref_mut().and_then(|c| c.switchover.take()) else { return };
+        let (reply, outcome) = match outcome {
+            Ok(text) => (resp::simple_reply(&format!("OK {text}")), text),
+            Err(text) => {
+                (resp::error_reply(&format!("ERR planned switchover failed: {text}")), format!("failed: {text}"))
+            }
+        };
+        self.out.event(Event::SwitchoverEnded { outcome });
+        let (client, seq) = switchover.requester;
+        self.deliver(now, client, seq, reply);
     }
 }

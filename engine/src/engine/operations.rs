@@ -73,18 +73,14 @@ impl Engine {
     pub(super) fn admin_command(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) {
         self.out.counters.request(Target::Proxy, Class::Other);
         let allowed = self.admins.contains(conn) || self.clients.is_admin_user(conn);
-        // Who decides the servers and the master when the proxy does not: their refusal of ADD, REMOVE, FAILOVER.
-        let following = if self.sentinels.is_some() {
-            Some("ERR in Sentinel mode the sentinels decide the servers and the master: ask them")
+        let decider = if self.sentinels.is_some() {
+            admin::Decider::Sentinels
         } else if self.cluster.is_some() {
-            Some(
-                "ERR in cluster mode the cluster decides its nodes and failovers: send CLUSTER commands (CLUSTER \
-                 FAILOVER on a replica) to the node directly",
-            )
+            admin::Decider::Cluster
         } else {
-            None
+            admin::Decider::Proxy
         };
-        let command = match admin::admit(&held.request, allowed, following) {
+        let command = match admin::admit(&held.request, allowed, decider) {
             Ok(command) => command,
             Err(reply) => return self.clients.reply_local(conn, reply, &mut self.out),
         };
@@ -152,6 +148,9 @@ impl Engine {
 
     /// Starts a planned switchover for the admin client `conn` (its reply comes when it ends).
     fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
+        if let (Some(_), Some(target)) = (&self.cluster, &target) {
+            return self.begin_cluster_switchover(now, conn, target.clone());
+        }
         if self.monitor.draining().next().is_some() {
             return Err("ERR a server is being removed: try again in a moment".to_string());
         }

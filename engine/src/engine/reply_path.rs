@@ -77,6 +77,7 @@ impl Engine {
                 }
                 Some(Waiter::Queued { ticket }) => self.queued_reply(ticket, &frame),
                 Some(Waiter::ClusterMap(query)) => self.cluster_map_reply(now, conn, query, &frame),
+                Some(Waiter::ClusterFailover) => self.cluster_failover_reply(now, &frame),
                 Some(Waiter::Reset) => self.pool.reset_done(conn, &frame, self.failover.master(), &mut self.out),
                 Some(Waiter::Ignore) => {}
                 Some(Waiter::Auth) => self.backend_auth_reply(now, conn, &frame),
@@ -264,6 +265,7 @@ impl Engine {
                         cluster.refresh_lost(lost_server);
                     }
                 }
+                Waiter::ClusterFailover => self.cluster_failover_lost(now),
                 _ => {}
             }
         }

@@ -165,3 +165,33 @@ fn a_failover_is_followed_and_held_requests_go_to_the_new_primary() {
     assert_eq!(&call(&mut world, &mut kit, client, &["GET", key])[..], b"$1\r\n1\r\n");
     assert_eq!(&call(&mut world, &mut kit, client, &["INCR", key])[..], b":2\r\n");
 }
+
+#[test]
+fn proxy_failover_asks_the_replica_and_answers_once_the_map_shows_it_as_primary() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    assert_eq!(&call(&mut world, &mut kit, client, &["SET", "foo", "1"])[..], b"+OK\r\n");
+    let owner = world.owners[usize::from(key_slot(b"foo"))];
+    let replica = world.nodes.iter().position(|n| n.replica_of == Some(owner)).expect("a replica");
+    let admin = kit.engine.accept_admin(kit.clock.now(), "127.0.0.1:40000".parse().expect("an address"));
+    let target = format!("127.0.0.1:{}", world.nodes[replica].port);
+    let refused = call(&mut world, &mut kit, admin, &["PROXY", "FAILOVER"]);
+    assert_eq!(&refused[..], &b"-ERR in cluster mode name the replica to promote: PROXY FAILOVER host:port\r\n"[..]);
+    let primary = format!("127.0.0.1:{}", world.nodes[owner].port);
+    let refused = call(&mut world, &mut kit, admin, &["PROXY", "FAILOVER", &primary]);
+    assert_eq!(refused, Bytes::from(format!("-ERR cannot fail over: {primary} is a primary already\r\n")));
+    let mut answer = call(&mut world, &mut kit, admin, &["PROXY", "FAILOVER", &target]);
+    for _ in 0..20 {
+        if !answer.is_empty() {
+            break;
+        }
+        kit.advance(std::time::Duration::from_millis(100));
+        let actions = kit.drain();
+        answer = to_client(&world.run(&mut kit, actions), admin);
+    }
+    assert_eq!(world.owners[usize::from(key_slot(b"foo"))], replica, "the cluster moved the slots");
+    let slots = world.owners.iter().filter(|o| **o == replica).count();
+    assert_eq!(answer, Bytes::from(format!("+OK done: {target} is the primary of {slots} slots now\r\n")));
+    assert_eq!(&call(&mut world, &mut kit, client, &["INCR", "foo"])[..], b":2\r\n");
+    assert_eq!(world.calls.get(&(replica, "INCR".to_string())).copied(), Some(1), "the write went to the new primary");
+}

@@ -262,6 +262,16 @@ impl ClusterWorld {
                 return match String::from_utf8_lossy(&args[1]).to_uppercase().as_str() {
                     "INFO" => bulk(format!("cluster_state:{state}\r\ncluster_enabled:1\r\n").as_bytes()),
                     "NODES" => bulk(stale.cloned().unwrap_or_else(|| self.nodes_text()).as_bytes()),
+                    // A manual failover: the replica takes over at once here (Redis first has the primary stop
+                    // its clients until the replica caught up, which loses nothing either).
+                    "FAILOVER" => match self.nodes[node].replica_of {
+                        Some(primary) => {
+                            let replica = self.promote_replica_of(primary);
+                            self.nodes[primary].replica_of = Some(replica);
+                            b"+OK\r\n".to_vec()
+                        }
+                        None => b"-ERR You should send CLUSTER FAILOVER to a replica\r\n".to_vec(),
+                    },
                     other => format!("-ERR unknown CLUSTER {other}\r\n").into_bytes(),
                 };
             }
