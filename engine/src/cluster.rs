@@ -16,6 +16,7 @@ use crate::cluster_config::ClusterConfig;
 use crate::cluster_nodes::{self, NodeEntry};
 use crate::cluster_self::ProxyNode;
 use crate::cluster_switchover::Switchover;
+use crate::cluster_writes::Writes;
 use crate::pool::{Line, MapQuery, Orders, Waiter};
 use crate::routed::RoutedRequests;
 use crate::server_id::ServerId;
@@ -83,6 +84,8 @@ pub(crate) struct Cluster {
     pub(crate) counts: ClusterCounts,
     /// The planned switchover under way (`PROXY FAILOVER host:port`).
     pub(crate) switchover: Option<Switchover>,
+    /// Where each client wrote (for its `WAIT`).
+    pub(crate) writes: Writes,
 }
 
 impl Cluster {
@@ -107,7 +110,13 @@ impl Cluster {
             scan_boundary: 0,
             counts: ClusterCounts::default(),
             switchover: None,
+            writes: Writes::default(),
         }
+    }
+
+    /// Whether `server` leads a shard in the map held.
+    pub(crate) fn is_primary(&self, server: ServerId) -> bool {
+        self.map.shards().iter().any(|s| s.primary == server)
     }
 
     /// The map held.

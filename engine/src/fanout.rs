@@ -71,6 +71,9 @@ impl Fanout {
                 Some(first) if replies.iter().all(|r| r == first) => (*first).clone(),
                 _ => resp::error_reply("ERR redis-proxy: the cluster's primaries answered differently"),
             },
+            Merge::Concat => concat(&replies).unwrap_or_else(|| unexpected(&replies)),
+            Merge::AnyKey => any_key(&replies).unwrap_or_else(|| unexpected(&replies)),
+            Merge::Keyspace => keyspace(&replies).unwrap_or_else(|| unexpected(&replies)),
         }
     }
 
@@ -131,6 +134,90 @@ fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
     (at == reply.len()).then_some(elements)
 }
 
+/// The parts' arrays as one array, in the parts' order.
+fn concat(replies: &[&Bytes]) -> Option<Bytes> {
+    let arrays: Vec<Vec<Bytes>> = replies.iter().map(|r| array_elements(r)).collect::<Option<_>>()?;
+    let total: usize = arrays.iter().map(Vec::len).sum();
+    let mut out = BytesMut::with_capacity(16 + arrays.iter().flatten().map(Bytes::len).sum::<usize>());
+    out.extend_from_slice(format!("*{total}\r\n").as_bytes());
+    for element in arrays.iter().flatten() {
+        out.extend_from_slice(element);
+    }
+    Some(out.freeze())
+}
+
+/// One of the parts' keys, or the null they all gave. Which part's: chosen by the keys drawn, so that it varies
+/// from call to call as they do (the engine has no random source of its own).
+fn any_key(replies: &[&Bytes]) -> Option<Bytes> {
+    let is_null = |r: &Bytes| matches!(r.as_ref(), b"$-1\r\n" | b"_\r\n");
+    if !replies.iter().all(|r| r.first() == Some(&b'$') || is_null(r)) {
+        return None;
+    }
+    let keys: Vec<&Bytes> = replies.iter().copied().filter(|r| !is_null(r)).collect();
+    // FNV-1a over the keys drawn; its high bits, which every byte stirs.
+    let hash = keys
+        .iter()
+        .flat_map(|k| k.iter())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    let pick = usize::try_from(hash >> 33).unwrap_or(0) % keys.len().max(1);
+    match keys.get(pick) {
+        Some(key) => Some((*key).clone()),
+        None => replies.first().map(|r| (*r).clone()),
+    }
+}
+
+/// The parts' `INFO keyspace` texts as one: per database, `keys` and `expires` summed, `avg_ttl` averaged over the
+/// expiring keys. Framed as the first part's (a bulk string, or RESP3's verbatim string).
+fn keyspace(replies: &[&Bytes]) -> Option<Bytes> {
+    let mut dbs: Vec<(String, u64, u64, u128)> = Vec::new();
+    let mut verbatim = false;
+    for reply in replies {
+        let (text, is_verbatim) = info_text(reply)?;
+        verbatim |= is_verbatim;
+        for line in text.lines().filter(|l| l.starts_with("db")) {
+            let (db, fields) = line.split_once(':')?;
+            let field = |name: &str| -> Option<u64> {
+                fields.split(',').find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.trim().parse().ok())
+            };
+            let (keys, expires, ttl) = (field("keys")?, field("expires")?, field("avg_ttl")?);
+            let at = match dbs.iter().position(|d| d.0 == db) {
+                Some(at) => at,
+                None => {
+                    dbs.push((db.to_string(), 0, 0, 0));
+                    dbs.len() - 1
+                }
+            };
+            let entry = &mut dbs[at];
+            entry.1 += keys;
+            entry.2 += expires;
+            entry.3 += u128::from(ttl) * u128::from(expires);
+        }
+    }
+    dbs.sort_by_key(|d| d.0[2..].parse::<u32>().unwrap_or(u32::MAX));
+    let mut text = String::from("# Keyspace\r\n");
+    for (db, keys, expires, ttl_sum) in dbs {
+        let avg_ttl = ttl_sum.checked_div(u128::from(expires)).unwrap_or(0);
+        text.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"));
+    }
+    Some(if verbatim {
+        Bytes::from(format!("={}\r\ntxt:{text}\r\n", text.len() + 4))
+    } else {
+        Bytes::from(format!("${}\r\n{text}\r\n", text.len()))
+    })
+}
+
+/// The text of an `INFO` reply, and whether it came as RESP3's verbatim string.
+fn info_text(reply: &[u8]) -> Option<(&str, bool)> {
+    let header_end = memchr::memchr(b'\n', reply)?;
+    let body = reply.get(header_end + 1..reply.len().checked_sub(2)?)?;
+    let text = std::str::from_utf8(body).ok()?;
+    match reply.first()? {
+        b'$' => Some((text, false)),
+        b'=' => Some((text.strip_prefix("txt:")?, true)),
+        _ => None,
+    }
+}
+
 /// The reply when the parts' replies are not what the command returns.
 fn unexpected(replies: &[&Bytes]) -> Bytes {
     let shown: Vec<String> = replies.iter().map(|r| String::from_utf8_lossy(&r[..r.len().min(40)]).into()).collect();
@@ -168,6 +255,43 @@ mod tests {
         let mut fanout = Fanout::new(client(), Merge::Sum, vec![vec![0], vec![1]]);
         assert_eq!(fanout.answered(0, Bytes::from_static(b"-OOM no\r\n")), None);
         assert_eq!(fanout.answered(1, Bytes::from_static(b":1\r\n")).as_deref(), Some(&b"-OOM no\r\n"[..]));
+    }
+
+    #[test]
+    fn keys_are_joined_and_randomkey_is_null_only_when_every_part_is_empty() {
+        let mut keys = Fanout::new(client(), Merge::Concat, vec![vec![], vec![], vec![]]);
+        assert_eq!(keys.answered(0, Bytes::from_static(b"*1\r\n$1\r\na\r\n")), None);
+        assert_eq!(keys.answered(1, Bytes::from_static(b"*0\r\n")), None);
+        let joined = keys.answered(2, Bytes::from_static(b"*2\r\n$1\r\nb\r\n$1\r\nc\r\n"));
+        assert_eq!(joined.as_deref(), Some(&b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"[..]));
+        let mut empty = Fanout::new(client(), Merge::AnyKey, vec![vec![], vec![]]);
+        assert_eq!(empty.answered(0, Bytes::from_static(b"$-1\r\n")), None);
+        assert_eq!(empty.answered(1, Bytes::from_static(b"$-1\r\n")).as_deref(), Some(&b"$-1\r\n"[..]));
+        let mut one = Fanout::new(client(), Merge::AnyKey, vec![vec![], vec![], vec![]]);
+        assert_eq!(one.answered(0, Bytes::from_static(b"_\r\n")), None);
+        assert_eq!(one.answered(1, Bytes::from_static(b"$3\r\nkey\r\n")), None);
+        assert_eq!(one.answered(2, Bytes::from_static(b"_\r\n")).as_deref(), Some(&b"$3\r\nkey\r\n"[..]));
+        let mut drawn = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            let mut two = Fanout::new(client(), Merge::AnyKey, vec![vec![], vec![]]);
+            two.answered(0, Bytes::from(format!("$2\r\na{i}\r\n")));
+            drawn.insert(two.answered(1, Bytes::from(format!("$2\r\nb{i}\r\n"))).expect("complete")[4]);
+        }
+        assert_eq!(drawn.into_iter().collect::<Vec<u8>>(), b"ab", "both primaries' keys are drawn");
+    }
+
+    #[test]
+    fn keyspace_counts_are_summed_per_database() {
+        let part = |text: &str| Bytes::from(format!("${}\r\n{text}\r\n", text.len()));
+        let mut info = Fanout::new(client(), Merge::Keyspace, vec![vec![], vec![], vec![]]);
+        info.answered(0, part("# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n"));
+        info.answered(1, part("# Keyspace\r\n"));
+        let merged = info.answered(2, part("# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\n"));
+        assert_eq!(merged, Some(part("# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=2000\r\n")));
+        let mut resp3 = Fanout::new(client(), Merge::Keyspace, vec![vec![]]);
+        let text = "txt:# Keyspace\r\ndb0:keys=1,expires=0,avg_ttl=0\r\n";
+        let verbatim = Bytes::from(format!("={}\r\n{text}\r\n", text.len()));
+        assert_eq!(resp3.answered(0, verbatim.clone()), Some(verbatim));
     }
 
     #[test]

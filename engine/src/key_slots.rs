@@ -94,6 +94,12 @@ pub(crate) enum Merge {
     Sum,
     /// `SCRIPT LOAD` and the like over every primary: the reply they all gave.
     Same,
+    /// `KEYS` over every primary: their arrays joined.
+    Concat,
+    /// `RANDOMKEY` over every primary: one of the keys they drew (null only when every primary is empty).
+    AnyKey,
+    /// `INFO keyspace` over every primary: each database's key and expiring-key counts summed.
+    Keyspace,
 }
 
 /// How a command is split by slot, if it is one a cluster client splits.

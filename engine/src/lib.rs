@@ -108,6 +108,7 @@ mod cluster_nodes;
 mod cluster_scan;
 mod cluster_self;
 mod cluster_switchover;
+mod cluster_writes;
 #[cfg(feature = "command-table")]
 pub mod command;
 #[cfg(not(feature = "command-table"))]

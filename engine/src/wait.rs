@@ -9,7 +9,12 @@
 //! The count can be lower than Redis's own (a replica's offset is read, not pushed), never higher. When some of
 //! the client's writes since its last `WAIT` went to a master that has since been replaced (a failover), they may
 //! have been lost with it, and no replica of the new master can vouch for them: that `WAIT` answers 0.
+//!
+//! In cluster mode a client's writes go to the primaries of their slots: its `WAIT` counts, for each primary it
+//! wrote to, the replicas that reached that primary's offset, and answers the fewest (a primary the map no longer
+//! shows leading its shard counts 0: it was failed over, and its writes may be lost with it).
 
+use crate::cluster_writes::Written;
 use crate::conn::ConnId;
 use crate::offset_poll::PollSchedule;
 use crate::server_id::ServerId;
@@ -33,6 +38,8 @@ struct PendingWait {
     void: bool,
     /// The master epoch it began in; a failover before it is answered makes it void too.
     epoch: u64,
+    /// Cluster mode: the primaries whose replicas are counted (the master and epoch above do not apply).
+    primaries: Option<Written>,
 }
 
 /// A `WAIT` that is answered: `reply` (`:count`) goes to reply slot `seq` of `client`.
@@ -85,7 +92,32 @@ impl Waits {
         epoch: u64,
     ) {
         let deadline = timeout.map(|t| now + t);
-        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline, void, epoch });
+        self.pending.push(PendingWait { client, seq, replicas, since: now, deadline, void, epoch, primaries: None });
+    }
+
+    /// Cluster mode: starts a `WAIT` for `replicas` replicas of each of `primaries`, for `client`'s reply slot
+    /// `seq`.
+    pub(crate) fn add_in_cluster(
+        &mut self,
+        now: Instant,
+        client: ConnId,
+        seq: u64,
+        replicas: u64,
+        timeout: Option<Duration>,
+        primaries: Written,
+    ) {
+        let deadline = timeout.map(|t| now + t);
+        let primaries = Some(primaries);
+        self.pending.push(PendingWait {
+            client,
+            seq,
+            replicas,
+            since: now,
+            deadline,
+            void: false,
+            epoch: 0,
+            primaries,
+        });
     }
 
     /// Whether the offsets should be read now (and the next poll is scheduled).
@@ -100,13 +132,13 @@ impl Waits {
     }
 
     /// Answers every `WAIT` that has its replicas, or whose time is up, or whose client is gone (`alive` says);
-    /// `master` is the routed master of master `epoch`.
+    /// `master` is the routed master of master `epoch`; in cluster mode `leads` says which servers lead a shard.
     pub(crate) fn settle(
         &mut self,
         now: Instant,
         views: &Views,
-        master: Option<ServerId>,
-        epoch: u64,
+        (master, epoch): (Option<ServerId>, u64),
+        leads: impl Fn(ServerId) -> bool,
         alive: impl Fn(ConnId) -> bool,
     ) -> Vec<WaitDone> {
         let mut done = Vec::new();
@@ -114,15 +146,31 @@ impl Waits {
             if !alive(wait.client) {
                 return false;
             }
-            // The client's writes went to the master of the epoch it began in, which another has since replaced.
-            wait.void |= wait.epoch != epoch;
-            let count = match master {
-                Some(m) if !wait.void => acknowledged(views, m, wait.since),
-                _ => 0,
+            let (count, target_known) = match &wait.primaries {
+                Some(primaries) => {
+                    let leading = || primaries.iter().copied().filter(|p| leads(*p));
+                    let count = if leading().count() < primaries.len() {
+                        0
+                    } else {
+                        primaries.iter().map(|p| acknowledged(views, *p, wait.since)).min().unwrap_or(0)
+                    };
+                    let known = leading().all(|p| views.get(p).is_some_and(|v| target_offset(v, wait.since).is_some()));
+                    (count, known)
+                }
+                None => {
+                    // The client's writes went to the master of the epoch it began in, which another has since
+                    // replaced.
+                    wait.void |= wait.epoch != epoch;
+                    let count = match master {
+                        Some(m) if !wait.void => acknowledged(views, m, wait.since),
+                        _ => 0,
+                    };
+                    let known = wait.void
+                        || master.and_then(|m| views.get(m)).is_some_and(|v| target_offset(v, wait.since).is_some());
+                    (count, known)
+                }
             };
             let timed_out = wait.deadline.is_some_and(|at| now >= at);
-            let target_known =
-                wait.void || master.and_then(|m| views.get(m)).is_some_and(|v| target_offset(v, wait.since).is_some());
             if (target_known && count >= wait.replicas) || timed_out {
                 let reply = Bytes::from(format!(":{count}\r\n"));
                 done.push(WaitDone { client: wait.client, seq: wait.seq, reply });
@@ -212,13 +260,22 @@ mod tests {
         // Offsets read before the WAIT began do not count, however high.
         views[0].offset_seen = reading(t0, None, 100);
         views[1].offset_seen = reading(t0, Some(1), 500);
-        assert!(waits.settle(since, &views, Some(ServerId::first(0)), 0, |_| true).is_empty());
+        assert!(waits.settle(since, &views, (Some(ServerId::first(0)), 0), |_| false, |_| true).is_empty());
         let later = since + Duration::from_millis(1);
         views[0].offset_seen = reading(later, None, 120);
         views[1].offset_seen = reading(later, Some(1), 120);
         views[2].offset_seen = reading(later, Some(1), 119);
-        assert!(waits.settle(later, &views, Some(ServerId::first(0)), 0, |_| true).is_empty(), "one replica is behind");
-        let done = waits.settle(since + Duration::from_millis(100), &views, Some(ServerId::first(0)), 0, |_| true);
+        assert!(
+            waits.settle(later, &views, (Some(ServerId::first(0)), 0), |_| false, |_| true).is_empty(),
+            "one replica is behind"
+        );
+        let done = waits.settle(
+            since + Duration::from_millis(100),
+            &views,
+            (Some(ServerId::first(0)), 0),
+            |_| false,
+            |_| true,
+        );
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].seq, &done[0].reply[..]), (7, &b":1\r\n"[..]), "at the timeout: the one that applied it");
     }
@@ -233,8 +290,9 @@ mod tests {
         views[0].offset_seen = reading(t0, None, 100);
         views[1].offset_seen = reading(t0, None, 900);
         views[2].offset_seen = reading(t0, Some(2), 900);
-        assert!(waits.settle(t0, &views, Some(ServerId::first(0)), 0, |_| true).is_empty());
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
+        assert!(waits.settle(t0, &views, (Some(ServerId::first(0)), 0), |_| false, |_| true).is_empty());
+        let done =
+            waits.settle(t0 + Duration::from_millis(50), &views, (Some(ServerId::first(0)), 0), |_| false, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
@@ -254,7 +312,8 @@ mod tests {
         }
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
+        let done =
+            waits.settle(t0 + Duration::from_millis(50), &views, (Some(ServerId::first(0)), 0), |_| false, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
@@ -268,7 +327,7 @@ mod tests {
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), false, 0);
         // Server 1 is the master of epoch 1; server 0, its synced replica, may have lost the client's writes.
         let later = t0 + Duration::from_millis(50);
-        let done = waits.settle(later, &views, Some(ServerId::first(1)), 1, |_| true);
+        let done = waits.settle(later, &views, (Some(ServerId::first(1)), 1), |_| false, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
@@ -280,8 +339,12 @@ mod tests {
         views[1].offset_seen = reading(t0, Some(1), 10);
         let mut waits = Waits::default();
         waits.add(t0, client(), 1, 1, Some(Duration::from_millis(50)), true, 0);
-        assert!(waits.settle(t0, &views, Some(ServerId::first(0)), 0, |_| true).is_empty(), "it waits for its timeout");
-        let done = waits.settle(t0 + Duration::from_millis(50), &views, Some(ServerId::first(0)), 0, |_| true);
+        assert!(
+            waits.settle(t0, &views, (Some(ServerId::first(0)), 0), |_| false, |_| true).is_empty(),
+            "it waits for its timeout"
+        );
+        let done =
+            waits.settle(t0 + Duration::from_millis(50), &views, (Some(ServerId::first(0)), 0), |_| false, |_| true);
         assert_eq!(&done[0].reply[..], b":0\r\n");
     }
 
@@ -306,5 +369,38 @@ mod tests {
         assert_eq!(waits.epoch(), epoch + 2, "another master");
         waits.follow_master(&views, None);
         assert_eq!(waits.epoch(), epoch + 3, "no master");
+    }
+
+    #[test]
+    fn in_a_cluster_the_fewest_replicas_of_the_primaries_written_to_is_the_answer() {
+        let t0 = Instant::now();
+        // Primaries on ports 1 and 3, each with its replica on 2 and 4.
+        let mut views: Views = Views::from_iter([view(1, t0), view(2, t0), view(3, t0), view(4, t0)]);
+        let (first, second) = (ServerId::first(0), ServerId::first(2));
+        let mut waits = Waits::default();
+        let written: Written = [first, second].into_iter().collect();
+        waits.add_in_cluster(t0, client(), 3, 1, Some(Duration::from_millis(100)), written.clone());
+        let later = t0 + Duration::from_millis(1);
+        views[0].offset_seen = reading(later, None, 100);
+        views[1].offset_seen = reading(later, Some(1), 100);
+        views[2].offset_seen = reading(later, None, 50);
+        views[3].offset_seen = reading(later, Some(3), 40);
+        let leads = |s: ServerId| s == first || s == second;
+        let settle = |waits: &mut Waits, at, views: &Views, leads: &dyn Fn(ServerId) -> bool| {
+            waits.settle(at, views, (None, 0), leads, |_| true)
+        };
+        assert!(settle(&mut waits, later, &views, &leads).is_empty(), "the second primary's replica is behind");
+        views[3].offset_seen = reading(later, Some(3), 50);
+        let done = settle(&mut waits, later, &views, &leads);
+        assert_eq!((done.len(), &done[0].reply[..]), (1, &b":1\r\n"[..]));
+        // A primary written to that the map no longer shows leading: its writes may be lost, it counts 0.
+        waits.add_in_cluster(later, client(), 4, 1, Some(Duration::from_millis(100)), written);
+        let only_first = |s: ServerId| s == first;
+        let again = later + Duration::from_millis(1);
+        views[0].offset_seen = reading(again, None, 100);
+        views[1].offset_seen = reading(again, Some(1), 100);
+        assert!(settle(&mut waits, again, &views, &only_first).is_empty(), "it waits for its timeout");
+        let done = settle(&mut waits, later + Duration::from_millis(100), &views, &only_first);
+        assert_eq!((done.len(), &done[0].reply[..]), (1, &b":0\r\n"[..]));
     }
 }

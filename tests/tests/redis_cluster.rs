@@ -209,6 +209,80 @@ fn single_key_commands_reach_the_primary_of_their_slot() {
     }
 }
 
+/// The names in an array reply, sorted.
+fn sorted_names(reply: Reply) -> Vec<String> {
+    let Reply::Array(Some(items)) = reply else { panic!("an array: {reply:?}") };
+    let mut names: Vec<String> = items
+        .into_iter()
+        .map(|item| match item {
+            Reply::Bulk(Some(name)) => String::from_utf8(name).expect("a UTF-8 name"),
+            other => panic!("a name: {other:?}"),
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn whole_keyspace_commands_and_wait_cover_every_primary() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut cluster = RedisCluster::start();
+        let proxy = proxy_for(runtime, &cluster);
+        let mut conn = proxy.connect();
+        let mut keys: Vec<String> = (0..30).map(|i| format!("whole:{i}")).collect();
+        for key in &keys {
+            assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"v"]), status("OK"), "{runtime:?}");
+        }
+        keys.sort();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let map = cluster.slot_map();
+        let owners: BTreeSet<u16> = cluster.key_slots(&refs).into_iter().map(|s| map[usize::from(s)]).collect();
+        assert_eq!(owners.len(), 3, "the keys are on every primary");
+        // KEYS joins every primary's keys; DBSIZE and INFO keyspace sum their counts.
+        assert_eq!(sorted_names(conn.call(&[b"KEYS", b"whole:*"])), keys, "{runtime:?}");
+        assert_eq!(sorted_names(conn.call(&[b"KEYS", b"whole:1*"])).len(), 11, "whole:1 and whole:10-19");
+        assert_eq!(conn.call(&[b"DBSIZE"]), Reply::Int(30));
+        let Reply::Bulk(Some(info)) = conn.call(&[b"INFO", b"keyspace"]) else { panic!("INFO keyspace") };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        assert!(info.contains("db0:keys=30,expires=0,avg_ttl=0"), "{runtime:?}: {info}");
+        // RANDOMKEY draws from every primary's keys, not one primary's.
+        let mut drawn_on = BTreeSet::new();
+        for _ in 0..30 {
+            let Reply::Bulk(Some(key)) = conn.call(&[b"RANDOMKEY"]) else { panic!("{runtime:?}: RANDOMKEY") };
+            assert!(keys.iter().any(|k| k.as_bytes() == key.as_slice()), "a key of ours: {key:?}");
+            drawn_on.insert(map[usize::from(cluster.key_slot(&key))]);
+        }
+        assert!(drawn_on.len() >= 2, "{runtime:?}: RANDOMKEY drew from {drawn_on:?} only");
+
+        // WAIT counts the replicas of every primary the client wrote to, and answers the fewest.
+        let primaries = cluster.primaries();
+        let (a, b) = (primaries[0], primaries[1]);
+        let key_on =
+            |port: u16, label: &str| cluster.keys_where(label, 1, |s| map[usize::from(s)] == port)[0].0.clone();
+        let (on_a, on_b) = (key_on(a, "wait:a"), key_on(b, "wait:b"));
+        let mut both = proxy.connect();
+        assert_eq!(both.call(&[b"SET", on_a.as_bytes(), b"1"]), status("OK"));
+        assert_eq!(both.call(&[b"SET", on_b.as_bytes(), b"1"]), status("OK"));
+        assert_eq!(both.call(&[b"WAIT", b"1", b"5000"]), Reply::Int(1), "{runtime:?}: each replica has them");
+        let started = Instant::now();
+        assert_eq!(both.call(&[b"WAIT", b"2", b"300"]), Reply::Int(1), "one replica per primary");
+        assert!(started.elapsed() >= Duration::from_millis(300), "WAIT 2 waited for its timeout");
+        cluster.kill(cluster.replica_of(b));
+        assert_eq!(both.call(&[b"SET", on_b.as_bytes(), b"2"]), status("OK"));
+        assert_eq!(both.call(&[b"WAIT", b"1", b"300"]), Reply::Int(0), "{runtime:?}: b's replica is gone");
+        let mut only_a = proxy.connect();
+        assert_eq!(only_a.call(&[b"SET", on_a.as_bytes(), b"2"]), status("OK"));
+        assert_eq!(only_a.call(&[b"WAIT", b"1", b"5000"]), Reply::Int(1), "{runtime:?}: a's replica is there");
+
+        // FLUSHALL empties every primary: then RANDOMKEY has nothing to draw.
+        assert_eq!(conn.call(&[b"FLUSHALL"]), status("OK"));
+        assert_eq!(conn.call(&[b"RANDOMKEY"]), Reply::Bulk(None), "{runtime:?}");
+        assert_eq!(conn.call(&[b"KEYS", b"*"]), Reply::Array(Some(vec![])));
+        assert_no_replicaof(&cluster);
+    }
+}
+
 /// Sends `args` to the proxy and to a standalone reference server and asserts the same reply.
 fn same(proxy: &mut RespConn, reference: &mut RespConn, args: &[&[u8]]) -> Reply {
     let want = reference.call(args);

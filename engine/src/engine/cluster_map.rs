@@ -133,6 +133,7 @@ impl Engine {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let clients = &self.clients;
         cluster.transactions.retain_clients(|c| clients.contains(c));
+        cluster.writes.tidy(clients.count(), |c| clients.contains(c));
         cluster.tick(now, self.monitor.views());
         self.pool.execute(cluster.orders(), &mut self.out);
         let switchover = cluster.switchover.as_ref().map(|s| s.expired(now));

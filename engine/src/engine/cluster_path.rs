@@ -34,8 +34,6 @@ enum Plan {
 /// What a command means in a cluster when its keys do not decide (whole-keyspace and cluster commands); `node` is
 /// the proxy as cluster-aware clients see it.
 fn keyless_plan(spec: &CommandSpec, request: &crate::resp::Request, node: &ProxyNode) -> Option<Plan> {
-    let refuse =
-        |what: &str| Some(Plan::Refuse(format!("ERR redis-proxy: {what} is not supported in cluster mode yet")));
     match spec.name {
         "dbsize" => Some(Plan::Everywhere(Merge::Sum)),
         "flushall" | "flushdb" => Some(Plan::Everywhere(Merge::Ok)),
@@ -43,8 +41,11 @@ fn keyless_plan(spec: &CommandSpec, request: &crate::resp::Request, node: &Proxy
             Some(Plan::Everywhere(Merge::Same))
         }
         "scan" => Some(Plan::Scan),
-        "keys" => refuse("KEYS over the whole cluster (SCAN is)"),
-        "randomkey" => refuse("RANDOMKEY"),
+        "keys" => Some(Plan::Everywhere(Merge::Concat)),
+        "randomkey" => Some(Plan::Everywhere(Merge::AnyKey)),
+        "info" if request.arg_count() == 2 && request.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"keyspace")) => {
+            Some(Plan::Everywhere(Merge::Keyspace))
+        }
         "cluster|slots" => Some(Plan::Local(node.slots())),
         "cluster|shards" => Some(Plan::Local(node.shards())),
         "cluster|nodes" => Some(Plan::Local(node.nodes())),
@@ -123,7 +124,7 @@ impl Engine {
                  as blocking commands do)",
                 held.spec.map_or("this command", |s| s.name).to_uppercase()
             )),
-            Handling::Wait { .. } => Plan::Refuse("ERR redis-proxy: WAIT is not supported in cluster mode yet".into()),
+            Handling::Wait { replicas, timeout } => return self.start_cluster_wait(now, conn, *replicas, *timeout),
             Handling::OutOfBand => Plan::Refuse(
                 "ERR redis-proxy: SCRIPT KILL and FUNCTION KILL are not supported in cluster mode yet".into(),
             ),
@@ -164,6 +165,26 @@ impl Engine {
                 self.send_fanout(now, conn, held, merge, aims, requests, positions)
             }
         }
+    }
+
+    /// Starts a `WAIT` once every earlier request of the client is answered (false: hold it until then): it
+    /// counts the replicas of every primary the client wrote to, or of every primary when it wrote nothing yet
+    /// (see [`crate::wait`]).
+    fn start_cluster_wait(&mut self, now: Instant, conn: ConnId, replicas: u64, timeout: Option<Duration>) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let Some(cluster) = self.cluster.as_deref() else { return true };
+        if state.in_flight > 0 || cluster.map().shards().is_empty() {
+            return false;
+        }
+        let mut primaries = cluster.writes.of(conn);
+        if primaries.is_empty() {
+            primaries = cluster.map().shards().iter().map(|s| s.primary).collect();
+        }
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Proxy, Class::Other);
+        self.waits.add_in_cluster(now, conn, seq, replicas, timeout, primaries);
+        self.request_offsets(now);
+        true
     }
 
     /// Sends a request of a subscribed client (`SUBSCRIBE`, `PSUBSCRIBE` and what follows them) on its private
@@ -322,6 +343,10 @@ impl Engine {
         let server = server.or_else(|| self.cluster_target(aim, client.index()));
         let backend = server.and_then(|s| self.pool.shared(s, shared_slot, resp3, &mut self.out));
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
+        if let (false, Some(server), Some(_)) = (routed.read_only, server, backend) {
+            cluster.writes.wrote(client, server);
+        }
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };
         let Some(backend) = backend else {
             let tries = routed.retries;

@@ -321,9 +321,10 @@ impl Engine {
 
     /// Answers the `WAIT`s that are done.
     pub(super) fn settle_waits(&mut self, now: Instant) {
-        let clients = &self.clients;
+        let (clients, cluster) = (&self.clients, self.cluster.as_deref());
         let (views, master, epoch) = (self.monitor.views(), self.failover.master(), self.waits.epoch());
-        let done = self.waits.settle(now, views, master, epoch, |c| clients.contains(c));
+        let leads = |server| cluster.is_some_and(|c| c.is_primary(server));
+        let done = self.waits.settle(now, views, (master, epoch), leads, |c| clients.contains(c));
         for wait in done {
             self.deliver(now, wait.client, wait.seq, wait.reply);
         }
