@@ -286,11 +286,6 @@ impl Config {
                 return Err(error(format!("`mode`: expected \"allToMaster\" or \"readsToSlaves\", got {other}")))
             }
         };
-        if cluster.is_some() && mode == Mode::ReadsToSlaves {
-            return Err(error(
-                "`mode`: \"readsToSlaves\" is not available in cluster mode yet; every request goes to its slot's primary",
-            ));
-        }
         let check_period = get_u64(&map, "check_period", 1000, 10)?;
         let down_after = get_u64(&map, "down_after", 3 * check_period, 1)?;
         let hold = get_u64(&map, "hold_ms", down_after + 3 * check_period, 0)?;

@@ -117,6 +117,7 @@ impl Engine {
         for address in engine.config.sentinel.iter().flat_map(|s| &s.sentinels) {
             engine.pool.add_sentinel(address.clone());
         }
+        engine.pool.set_readonly(engine.cluster.is_some() && engine.config.mode == crate::Mode::ReadsToSlaves);
         if engine.sentinels.is_some() {
             // Reads reach a replica only once the sentinels list it as healthy.
             for id in engine.monitor.views().ids() {

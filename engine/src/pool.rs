@@ -250,6 +250,9 @@ pub(crate) struct Pool {
     limits: Limits,
     /// Shared slots per server and protocol: `pool_size` + `large_pool_size`.
     slots_per_protocol: usize,
+    /// Cluster mode with reads to replicas: every connection that carries clients' requests starts with
+    /// `READONLY`, without which a replica redirects every read to its primary.
+    readonly: bool,
 }
 
 impl Pool {
@@ -257,7 +260,14 @@ impl Pool {
     pub(crate) fn new(slots_per_protocol: usize, limits: Limits) -> Pool {
         let servers = ServerTable::default();
         let lines = ServerTable::default();
-        Pool { conns: ConnTable::new(Lane::Backend), servers, lines, sentinels: Vec::new(), limits, slots_per_protocol }
+        let conns = ConnTable::new(Lane::Backend);
+        Pool { conns, servers, lines, sentinels: Vec::new(), limits, slots_per_protocol, readonly: false }
+    }
+
+    /// Whether new connections that carry clients' requests start with `READONLY` (cluster mode with reads to
+    /// replicas); connections open already keep what they were.
+    pub(crate) fn set_readonly(&mut self, readonly: bool) {
+        self.readonly = readonly;
     }
 
     /// Opens a connection to `server`, logged in first if the server has credentials (a knock sends nothing); the
@@ -358,7 +368,18 @@ impl Pool {
         if purpose != Purpose::Knock {
             self.authenticate(conn, server, out);
         }
+        if matches!(purpose, Purpose::Shared { .. } | Purpose::Private { .. }) {
+            self.declare_readonly(conn, out);
+        }
         conn
+    }
+
+    /// Sends `READONLY` on `conn` when reads go to cluster replicas. A primary accepts it and is unchanged; an
+    /// error (a server without cluster support) is ignored: its reads are then answered as without it.
+    fn declare_readonly(&mut self, conn: ConnId, out: &mut Outbox) {
+        if self.readonly {
+            self.send(conn, &[Waiter::Ignore], Bytes::from_static(b"*1\r\n$8\r\nREADONLY\r\n"), out);
+        }
     }
 
     /// Sends `server`'s `AUTH` on `conn`, if it has credentials. A sentinel connection (no server) logs in with
@@ -440,8 +461,9 @@ impl Pool {
         backend.waiters.push_back(Waiter::Reset);
         let server = backend.server;
         out.send(conn, Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n"));
-        // RESET logged it out: the next owner must find it logged in again.
+        // RESET logged it out and turned READONLY off: the next owner must find it as a new one.
         self.authenticate(conn, server, out);
+        self.declare_readonly(conn, out);
     }
 
     /// A `RESET` reply arrived on `conn`: pool it for reuse if it is clean and goes to the routed `master`.

@@ -165,6 +165,27 @@ impl Router {
         why_no_reads(views.get(server)?, views.get(master)?, &policy)
     }
 
+    /// Cluster mode: the next of `replicas` of the shard led by `primary` fit to serve reads, round robin (None:
+    /// none is; read from the primary).
+    pub(crate) fn cluster_replica(
+        &mut self,
+        now: Instant,
+        views: &Views,
+        primary: ServerId,
+        replicas: &[ServerId],
+    ) -> Option<ServerId> {
+        let primary_view = views.get(primary)?;
+        let policy = ReadPolicy { now, max_lag: self.max_lag, probe_late_after: self.probe_late_after };
+        let count = replicas.len();
+        let found = (0..count).find_map(|step| {
+            let replica = replicas[(self.cursor + step) % count];
+            views.get(replica).is_some_and(|v| is_readable_replica(v, primary_view, &policy)).then_some((step, replica))
+        });
+        let (step, replica) = found?;
+        self.cursor = self.cursor.wrapping_add(step + 1);
+        Some(replica)
+    }
+
     /// Whether clients' writes fence their reads (`read_your_writes` in `readsToSlaves`).
     pub(crate) fn read_your_writes(&self) -> bool {
         self.read_your_writes

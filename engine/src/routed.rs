@@ -18,6 +18,9 @@ use std::time::Instant;
 pub(crate) enum Aim {
     /// To the primary that serves this slot.
     Slot(u16),
+    /// To a replica of the shard that serves this slot, fit to serve reads, round robin; to its primary when none
+    /// is (`readsToSlaves`).
+    Replica(u16),
     /// To any primary (the request names no key).
     AnyPrimary,
     /// To this server (a part of a request every primary gets).

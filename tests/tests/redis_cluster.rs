@@ -283,6 +283,51 @@ fn whole_keyspace_commands_and_wait_cover_every_primary() {
     }
 }
 
+#[test]
+fn reads_to_slaves_reads_from_each_shards_replica_and_a_writer_reads_its_writes_on_the_primary() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut cluster = RedisCluster::start();
+        let fields = format!(r#"{}, "mode": "readsToSlaves", "check_period": 100"#, cluster.proxy_fields(5000));
+        let proxy = Proxy::start_with_fields(runtime, &fields);
+        let keys: Vec<String> = (0..60).map(|i| format!("replica-read:{i}")).collect();
+        let mut writer = proxy.connect();
+        for key in &keys {
+            assert_eq!(writer.call(&[b"SET", key.as_bytes(), key.as_bytes()]), status("OK"), "{runtime:?}");
+        }
+        assert_eq!(writer.call(&[b"WAIT", b"1", b"5000"]), Reply::Int(1), "{runtime:?}: every replica has them");
+        let reset = |port: u16| assert_eq!(RespConn::connect(port).call(&[b"CONFIG", b"RESETSTAT"]), status("OK"));
+        cluster.ports().into_iter().for_each(reset);
+        // A client that only reads: every GET is answered by a replica, right, and none by a primary.
+        let mut reader = proxy.connect();
+        let read_all = |conn: &mut RespConn| {
+            for key in &keys {
+                assert_eq!(conn.call(&[b"GET", key.as_bytes()]), bulk(key.as_bytes()), "{runtime:?} GET {key}");
+            }
+        };
+        read_all(&mut reader);
+        let primaries = cluster.primaries();
+        let replicas: Vec<u16> = primaries.iter().map(|p| cluster.replica_of(*p)).collect();
+        let gets = |ports: &[u16]| ports.iter().map(|p| calls(*p, "get")).sum::<u64>();
+        assert_eq!((gets(&primaries), gets(&replicas)), (0, 60), "{runtime:?}: GETs by primaries, by replicas");
+        assert!(replicas.iter().all(|r| calls(*r, "get") > 0), "{runtime:?}: every shard's replica read");
+        assert!(replicas.iter().all(|r| calls(*r, "readonly") > 0), "{runtime:?}: READONLY on their connections");
+        // The writer's reads of the shards it wrote to stay on their primaries (read_your_writes).
+        read_all(&mut writer);
+        assert_eq!(gets(&primaries), 60, "{runtime:?}: the writer read on the primaries");
+        // A replica gone: its shard's reads go to the primary, without an error.
+        let lost = replicas[0];
+        cluster.kill(lost);
+        let before = calls(primaries[0], "get");
+        let mut late = proxy.connect();
+        read_all(&mut late);
+        let on_primary = calls(primaries[0], "get") - before;
+        eprintln!("{runtime:?}: with :{lost} gone, {on_primary} reads went to its primary");
+        assert!(on_primary > 0, "{runtime:?}: the shard without a replica is read on its primary");
+        assert_no_replicaof(&cluster);
+    }
+}
+
 /// Sends `args` to the proxy and to a standalone reference server and asserts the same reply.
 fn same(proxy: &mut RespConn, reference: &mut RespConn, args: &[&[u8]]) -> Reply {
     let want = reference.call(args);

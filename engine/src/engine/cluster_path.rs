@@ -117,8 +117,8 @@ impl Engine {
                 }
                 Plan::Refuse("EXECABORT Transaction discarded because of previous errors.".into())
             }
-            Handling::Forward(Pin::Shared) => self.cluster_plan(held),
-            Handling::Forward(Pin::Passthrough) => return self.cluster_passthrough(conn, held),
+            Handling::Forward(Pin::Shared) => self.cluster_plan(conn, held),
+            Handling::Forward(Pin::Passthrough) => return self.cluster_passthrough(now, conn, held),
             Handling::Forward(_) => Plan::Refuse(format!(
                 "ERR redis-proxy: {} is not supported in cluster mode yet (it would hold a connection to one node, \
                  as blocking commands do)",
@@ -191,13 +191,13 @@ impl Engine {
     /// connection, opened to some primary on its first subscription: a cluster delivers every `PUBLISH` to every
     /// node, and the server's pushes pass straight to the client. False: wait (no primary, or earlier replies
     /// are still due on other connections).
-    fn cluster_passthrough(&mut self, conn: ConnId, held: &HeldRequest) -> bool {
+    fn cluster_passthrough(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let backend = match state.private {
             Some(backend) => backend,
             None if state.in_flight > 0 => return false,
             None => {
-                let Some(server) = self.cluster_target(Aim::AnyPrimary, conn.index()) else { return false };
+                let Some(server) = self.cluster_target(now, Aim::AnyPrimary, conn.index()) else { return false };
                 let Some(backend) = self.pool.acquire_private(server, conn, held.resp3, &mut self.out) else {
                     return false;
                 };
@@ -214,10 +214,21 @@ impl Engine {
         true
     }
 
-    /// Where a forwarded request goes in the cluster, by its keys.
-    fn cluster_plan(&self, held: &HeldRequest) -> Plan {
+    /// Where a forwarded request of `conn` goes in the cluster, by its keys (in `readsToSlaves`, a read to a
+    /// replica of its slot's shard, unless the client wrote to that shard and `read_your_writes` keeps its reads
+    /// on the primary).
+    fn cluster_plan(&self, conn: ConnId, held: &HeldRequest) -> Plan {
         let Some(spec) = held.spec else { return Plan::One(Aim::AnyPrimary) };
         match key_slots::key_slots(&held.request, spec) {
+            KeySlots::One(slot) if self.router.replica_read(held.spec, false) => {
+                let cluster = self.cluster.as_deref();
+                let wrote_there = cluster.is_some_and(|c| {
+                    let primary = c.map().shard_of(slot).map(|s| s.primary);
+                    primary.is_some_and(|p| c.writes.of(conn).contains(&p))
+                });
+                let replica = !(wrote_there && self.router.read_your_writes());
+                Plan::One(if replica { Aim::Replica(slot) } else { Aim::Slot(slot) })
+            }
             KeySlots::One(slot) => Plan::One(Aim::Slot(slot)),
             KeySlots::Keyless => {
                 let node = self.cluster.as_deref().map(|c| &c.proxy_node);
@@ -231,11 +242,16 @@ impl Engine {
     }
 
     /// The server a routed request goes to now (None: no usable primary, wait).
-    pub(super) fn cluster_target(&self, aim: Aim, spread: usize) -> Option<ServerId> {
+    pub(super) fn cluster_target(&mut self, now: Instant, aim: Aim, spread: usize) -> Option<ServerId> {
         let cluster = self.cluster.as_deref()?;
         let views = self.monitor.views();
         match aim {
             Aim::Slot(slot) => cluster.primary_for(slot, views),
+            Aim::Replica(slot) => {
+                let primary = cluster.primary_for(slot, views)?;
+                let replicas = cluster.map().shard_of(slot).map_or(&[][..], |s| &s.replicas[..]);
+                Some(self.router.cluster_replica(now, views, primary, replicas).unwrap_or(primary))
+            }
             Aim::AnyPrimary => cluster.any_primary(views, spread),
             Aim::Server(server) => views.get(server).is_some_and(|v| v.is_routable()).then_some(server),
         }
@@ -285,7 +301,7 @@ impl Engine {
     fn send_one(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, aim: Aim, scan: Option<Position>) -> bool {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let shared_slot = state.shared_slot;
-        let Some(server) = self.cluster_target(aim, conn.index()) else { return false };
+        let Some(server) = self.cluster_target(now, aim, conn.index()) else { return false };
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         self.out.counters.request(Target::Master, Class::of(held.spec));
         let routed = Routed {
@@ -313,8 +329,11 @@ impl Engine {
     ) -> bool {
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let shared_slot = state.shared_slot;
-        let targets: Option<Vec<ServerId>> = aims.iter().map(|aim| self.cluster_target(*aim, 0)).collect();
-        let Some(targets) = targets else { return false };
+        let mut targets = Vec::with_capacity(aims.len());
+        for aim in &aims {
+            let Some(target) = self.cluster_target(now, *aim, 0) else { return false };
+            targets.push(target);
+        }
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };
         self.out.counters.request(Target::Master, Class::of(held.spec));
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
@@ -340,7 +359,7 @@ impl Engine {
     pub(super) fn send_routed(&mut self, now: Instant, ticket: u32, server: Option<ServerId>, asking: bool) {
         let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
         let (aim, resp3, shared_slot, client) = (routed.aim, routed.resp3, routed.shared_slot, routed.client);
-        let server = server.or_else(|| self.cluster_target(aim, client.index()));
+        let server = server.or_else(|| self.cluster_target(now, aim, client.index()));
         let backend = server.and_then(|s| self.pool.shared(s, shared_slot, resp3, &mut self.out));
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };

@@ -63,9 +63,8 @@ impl Engine {
             _ => Aim::AnyPrimary,
         };
         // Held while no primary can take it, or while an earlier request of the client waits to be sent again.
-        if cluster.transactions.is_open(conn)
-            && (self.cluster_target(aim, conn.index()).is_none() || cluster.requests.resend_waiting_for(conn))
-        {
+        let (open, resend_waiting) = (cluster.transactions.is_open(conn), cluster.requests.resend_waiting_for(conn));
+        if open && (resend_waiting || self.cluster_target(now, aim, conn.index()).is_none()) {
             return false;
         }
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };

@@ -52,6 +52,7 @@ impl Engine {
         }
         self.clients.set_limits(&new);
         self.router = Router::new(&new);
+        self.pool.set_readonly(self.cluster.is_some() && new.mode == crate::Mode::ReadsToSlaves);
         self.failover.set_switchover_bound(new.hold / 2);
         self.config = new;
         Ok(changes)
