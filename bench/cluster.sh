@@ -13,6 +13,8 @@
 #        persistence, joined with `redis-cli --cluster create --cluster-replicas 1` (3 primaries, 3 replicas);
 #        ready when every node says cluster_state:ok and every replica's link is up
 #        redis-proxy :BASE_PORT+10, the mio runtime, "cluster": {"seeds": [the 6 nodes], "refresh_period": 5000}
+#        and, to compare the proxy's CPU per request with standalone mode, a plain redis-server :BASE_PORT+7 with
+#        redis-proxy :BASE_PORT+11 in front of it ("servers": [that one])
 #      with redis-benchmark on CPU CLI_CPU (0) and every server and the proxy on CPU SRV_CPU (1) (PIN=none: no
 #      pinning), as bench/run.sh does, so the proxy's CPU cost shows up as lost throughput;
 #   3. runs, targets interleaved (direct proxy direct proxy ...) over REPS repetitions, keys random over
@@ -20,9 +22,14 @@
 #        c50_P1    -t set,get -c 50 -P 1
 #        c50_P16   -t set,get -c 50 -P 16
 #      direct = `redis-benchmark --cluster` against the cluster (it learns the slots and sends each client's keys
-#      to their node); proxy = plain redis-benchmark against the proxy;
+#      to their node); proxy = plain redis-benchmark against the proxy; standalone = the same against the
+#      standalone proxy;
 #   4. prints the median requests/s of each, the median over repetitions of proxy/direct in the same repetition,
-#      and the proxy's CPU per request (utime+stime from /proc/PID/stat over its runs).
+#      the proxy's CPU per request (utime+stime from /proc/PID/stat over its runs) in cluster mode and in
+#      standalone mode, and their ratio (the goal: at most 1.10);
+#   5. sends MGET_ROUNDS (20) MGETs of 100 random keys through the proxy and prints how many reads each primary
+#      made to serve one (`total_reads_processed`, bench/mget_reads.py): 1 means the proxy wrote each primary's
+#      parts (one MGET per slot) in one write.
 #
 # Knobs (environment): REPS=3 N=100000 RANDOM_KEYS=100000 BASE_PORT=7600 PIN=split|none CLI_CPU=0 SRV_CPU=1
 #   NODE_TIMEOUT=5000 (cluster-node-timeout, ms: long enough that a busy node is not failed over mid-run)
@@ -86,9 +93,9 @@ bench_on_exit() { ((BENCH_STOPPED)) && log "stopped the $BENCH_STOPPED processes
 
 NODES=() BUSES=()
 for i in 1 2 3 4 5 6; do NODES+=($((BASE_PORT + i))); BUSES+=($((BASE_PORT + 100 + i))); done
-P_PROXY=$((BASE_PORT + 10))
+P_PROXY=$((BASE_PORT + 10)) P_SOLO=$((BASE_PORT + 7)) P_SOLO_PROXY=$((BASE_PORT + 11))
 PORT_HINT="set BASE_PORT to move every port"
-port_free_or_die "${NODES[@]}" "${BUSES[@]}" "$P_PROXY"
+port_free_or_die "${NODES[@]}" "${BUSES[@]}" "$P_PROXY" "$P_SOLO" "$P_SOLO_PROXY"
 
 # ---------------------------------------------------------------- the cluster
 ticks() { # utime+stime of a process, in clock ticks
@@ -136,6 +143,12 @@ if [ "$DIRECT_ONLY" != 1 ]; then
     PROXY_PID=$LAST_PID
     log "redis-proxy :$P_PROXY (pid $PROXY_PID), cluster mode"
     TARGETS+=" proxy:$P_PROXY:$PROXY_PID"
+    start_redis "$P_SOLO"
+    printf '{ "servers": [{"host": "127.0.0.1", "port": %s}], "listen_port": %s, "bind_address": "127.0.0.1" }\n' \
+        "$P_SOLO" "$P_SOLO_PROXY" >"$W/redis-proxy-standalone.json"
+    start_proxy "$PROXY_BIN" "$W/redis-proxy-standalone.json" "$P_SOLO_PROXY"
+    log "redis-proxy :$P_SOLO_PROXY (pid $LAST_PID), standalone mode in front of :$P_SOLO"
+    TARGETS+=" standalone:$P_SOLO_PROXY:$LAST_PID"
 fi
 
 # ---------------------------------------------------------------- runs
@@ -192,6 +205,11 @@ for rep in $(seq "$REPS"); do
     log "repetition $rep/$REPS done"
 done
 ((skipped)) && log "WARNING: BUDGET=${BUDGET}s exceeded: $skipped runs skipped"
+MGET_READS=
+if [ "$DIRECT_ONLY" != 1 ]; then
+    MGET_READS=$(python3 "$ROOT/bench/mget_reads.py" "$P_PROXY" "${MGET_ROUNDS:-20}" "${PRIMARIES[@]}") ||
+        log "the MGET read count failed"
+fi
 
 # ---------------------------------------------------------------- report
 {
@@ -210,26 +228,37 @@ NR == 1 { next }
     k = $2 SUBSEP $4
     if (!(k in seen)) { seen[k] = 1; order[++no] = k }
     RPS[k, $3] = RPS[k, $3] " " $5; BY[$1, $2, $3, $4] = $5
-    if ($6 != "NA") US[k] = US[k] " " $6
+    if ($6 != "NA") US[k, $3] = US[k, $3] " " $6
 }
 END {
-    printf "%-8s %-4s %12s %12s %14s %10s\n", "workload", "test", "direct req/s", "proxy req/s", "proxy/direct", "proxy us"
+    printf "%-8s %-4s %12s %12s %14s %10s %14s %12s\n", "workload", "test", "direct req/s", "proxy req/s", "proxy/direct",
+        "proxy us", "standalone us", "cluster/solo"
     for (i = 1; i <= no; i++) {
         split(order[i], f, SUBSEP); w = f[1]; test = f[2]
         ratios = ""
         for (r = 1; r <= reps; r++)
             if ((r, w, "proxy", test) in BY && (r, w, "direct", test) in BY && BY[r, w, "direct", test] > 0)
                 ratios = ratios " " BY[r, w, "proxy", test] / BY[r, w, "direct", test]
-        d = med(RPS[order[i], "direct"]); p = med(RPS[order[i], "proxy"]); q = med(ratios); u = med(US[order[i]])
-        printf "%-8s %-4s %12s %12s %14s %10s\n", w, test, (d == "") ? "-" : sprintf("%.0f", d),
+        d = med(RPS[order[i], "direct"]); p = med(RPS[order[i], "proxy"]); q = med(ratios)
+        u = med(US[order[i], "proxy"]); s = med(US[order[i], "standalone"])
+        printf "%-8s %-4s %12s %12s %14s %10s %14s %12s\n", w, test, (d == "") ? "-" : sprintf("%.0f", d),
             (p == "") ? "-" : sprintf("%.0f", p), (q == "") ? "-" : sprintf("%.2f", q),
-            (u == "") ? "-" : sprintf("%.2f", u)
+            (u == "") ? "-" : sprintf("%.2f", u), (s == "") ? "-" : sprintf("%.2f", s),
+            (u == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", u / s)
     }
 }' "$RESULTS"
 echo
 echo "   direct = redis-benchmark --cluster against the nodes; proxy = redis-benchmark against redis-proxy (mio)."
 echo "   proxy/direct = median over repetitions of the ratio in the same repetition (the goal: >= 0.8)."
-echo "   proxy us = proxy process CPU (user+system, 1/${HZ} s ticks) per request (SET and GET runs together), median."
+echo "   proxy us = proxy process CPU (user+system, 1/${HZ} s ticks) per request (SET and GET runs together), median;"
+echo "   standalone us = the same for the standalone proxy in front of one plain redis-server; cluster/solo = their"
+echo "   ratio (the goal: <= 1.10)."
+if [ -n "$MGET_READS" ]; then
+    echo
+    echo "   MGET of 100 random keys through the proxy, ${MGET_ROUNDS:-20} rounds: reads per primary to serve one"
+    echo "   (total_reads_processed; 1 = the primary's parts came in one write), median and largest:"
+    while read -r port median largest; do echo "     :$port  median $median  largest $largest"; done <<<"$MGET_READS"
+fi
 echo "   failed runs: $failed; skipped over budget: $skipped; measurement $((SECONDS - MEAS_T0)) s; raw: $W/raw/"
 } | tee "$W/report.txt"
 ((failed == 0)) || exit 1

@@ -57,6 +57,18 @@ pub(crate) struct Routed {
     /// The first redirection a queued request of the transaction met: its `EXEC` then fails, and the
     /// redirection is followed instead.
     pub(crate) queued_redirect: Option<Redirect>,
+    /// A `WATCH`, or the `EXEC` of a watched transaction, on the client's private connection: never sent
+    /// elsewhere (see [`crate::transaction`]).
+    pub(crate) watched: Option<Watched>,
+}
+
+/// What a request on a watching client's private connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The `WATCH` itself.
+    Watch,
+    /// The watched transaction's `MULTI` ... `EXEC`.
+    Exec,
 }
 
 impl Routed {
@@ -86,6 +98,7 @@ impl Routed {
             queued: 0,
             scan: None,
             queued_redirect: None,
+            watched: None,
         }
     }
 }

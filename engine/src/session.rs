@@ -117,11 +117,12 @@ impl Session {
         self.lasting_pin.is_some_and(Pin::passes_through)
     }
 
-    /// The privacy the client's state demands right now.
+    /// The privacy the client's state demands right now. In cluster mode a transaction is queued by the proxy
+    /// and a `WATCH` keeps only its own private connection: the client's other requests are routed as usual.
     pub(crate) fn current_pin(&self) -> Pin {
         match self.lasting_pin {
             Some(pin) => pin,
-            None if self.is_clean() => Pin::Shared,
+            None if self.cluster || self.is_clean() => Pin::Shared,
             None => Pin::Transient,
         }
     }
@@ -420,7 +421,6 @@ impl Session {
             "select" => Some(Handling::Refuse("ERR SELECT is not allowed in cluster mode".to_string())),
             "readonly" | "readwrite" => Some(Handling::Local(Bytes::from_static(b"+OK\r\n"))),
             name if name.starts_with("cluster") => Some(Handling::Forward(self.current_pin())),
-            "watch" | "unwatch" => not_yet("WATCH (a MULTI/EXEC transaction without it works)"),
             "ssubscribe" | "sunsubscribe" => not_yet("sharded publish/subscribe (SUBSCRIBE and PSUBSCRIBE work)"),
             "monitor" | "client|tracking" | "client|reply" | "client|caching" | "client|id" | "client|getredir"
             | "client|no-evict" | "client|no-touch" | "sync" | "psync" | "replconf" => {

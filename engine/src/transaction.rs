@@ -2,6 +2,11 @@
 //! sent whole, as one batch, to the primary of its keys' slot. Redis runs a batch `MULTI` ... `EXEC` from one
 //! connection atomically, so it may share a pipelined connection with other clients, and the proxy can send it
 //! again elsewhere when the slot has moved (no command of it ran: queuing on the wrong node only queues errors).
+//!
+//! `WATCH` is the exception: Redis keeps watched keys per connection, so a client's `WATCH` goes to its keys'
+//! primary on a private connection, and its transaction, held to the same slot, is sent on that connection. If
+//! the slot was not where the map said (a redirection), its `EXEC` cannot be checked against the `WATCH`: it is
+//! doomed, and answers null, as when a watched key changed, for the client to try again.
 
 use crate::conn::ConnId;
 use crate::key_slots::KeySlots;
@@ -43,10 +48,20 @@ pub(crate) enum Batch {
     Send { slot: Option<u16>, data: Bytes, queued: usize },
 }
 
-/// The transactions being queued, by client.
+/// A client's `WATCH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Watch {
+    /// The slot of the watched keys.
+    pub(crate) slot: u16,
+    /// A `WATCH` met a redirection: the `EXEC` answers null without running.
+    pub(crate) doomed: bool,
+}
+
+/// The transactions being queued, by client, and the clients' `WATCH`es.
 #[derive(Debug, Default)]
 pub(crate) struct Transactions {
     open: HashMap<ConnId, Transaction>,
+    watches: HashMap<ConnId, Watch>,
 }
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
@@ -58,8 +73,36 @@ impl Transactions {
         if self.open.contains_key(&client) {
             return false;
         }
-        self.open.insert(client, Transaction::default());
+        let slot = self.watches.get(&client).map(|w| w.slot);
+        self.open.insert(client, Transaction { slot, ..Transaction::default() });
         true
+    }
+
+    /// `WATCH` of keys in `slot` by `client`: refused when it watches keys of another slot already (Redis Cluster
+    /// refuses keys of several slots in one `WATCH` alike).
+    pub(crate) fn watch(&mut self, client: ConnId, slot: u16) -> Result<(), &'static str> {
+        let watch = self.watches.entry(client).or_insert(Watch { slot, doomed: false });
+        if watch.slot != slot {
+            return Err("CROSSSLOT Keys in request don't hash to the same slot");
+        }
+        Ok(())
+    }
+
+    /// The `WATCH` of `client`, if it has one.
+    pub(crate) fn watching(&self, client: ConnId) -> Option<Watch> {
+        self.watches.get(&client).copied()
+    }
+
+    /// A `WATCH` of `client` met a redirection: its `EXEC` answers null.
+    pub(crate) fn doom(&mut self, client: ConnId) {
+        if let Some(watch) = self.watches.get_mut(&client) {
+            watch.doomed = true;
+        }
+    }
+
+    /// `UNWATCH`, or the end of `client`'s transaction: its `WATCH` is over.
+    pub(crate) fn unwatch(&mut self, client: ConnId) -> Option<Watch> {
+        self.watches.remove(&client)
     }
 
     /// The slot of the keys `client`'s transaction has queued so far (None: it queues none; Some(None): no key
@@ -127,6 +170,9 @@ impl Transactions {
         if !self.open.is_empty() {
             self.open.retain(|client, _| connected(*client));
         }
+        if !self.watches.is_empty() {
+            self.watches.retain(|client, _| connected(*client));
+        }
     }
 }
 
@@ -169,5 +215,20 @@ mod tests {
         assert!(transactions.discard(c));
         transactions.begin(c);
         assert_eq!(transactions.exec(c), Batch::Empty);
+    }
+
+    #[test]
+    fn a_watch_holds_the_transaction_to_its_slot_until_it_ends() {
+        let mut transactions = Transactions::default();
+        let c = client();
+        assert_eq!(transactions.watch(c, 5), Ok(()));
+        assert_eq!(transactions.watch(c, 5), Ok(()), "more keys of the same slot");
+        assert!(transactions.watch(c, 6).is_err(), "another slot");
+        transactions.begin(c);
+        assert!(matches!(transactions.queue(c, &set("b"), KeySlots::One(6), 1 << 20), Queued::Refused(_)));
+        transactions.discard(c);
+        transactions.doom(c);
+        assert_eq!(transactions.unwatch(c), Some(Watch { slot: 5, doomed: true }));
+        assert_eq!(transactions.watching(c), None);
     }
 }

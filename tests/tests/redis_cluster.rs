@@ -1053,6 +1053,97 @@ fn transactions_run_on_their_slots_primary_and_follow_a_moved_slot() {
 }
 
 #[test]
+fn watch_guards_a_transaction_on_its_keys_primary_and_a_moved_slot_fails_it_safely() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start();
+        let proxy = Proxy::start_with_fields(runtime, &cluster.proxy_fields(60_000));
+        let (mut conn, mut other) = (proxy.connect(), proxy.connect());
+        let queued = status("QUEUED");
+        assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"1"]), status("OK"));
+        // Unchanged since WATCH: EXEC runs.
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k", b"{w}j"]), status("OK"), "{runtime:?}");
+        assert_eq!(ask(&mut conn, &[b"GET", b"{w}k"]), bulk(b"1"));
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"2"]), queued);
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Array(Some(vec![status("OK")])), "{runtime:?}");
+        // Changed by another client after WATCH: EXEC answers null and nothing runs.
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k"]), status("OK"));
+        assert_eq!(ask(&mut other, &[b"SET", b"{w}k", b"other"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"3"]), queued);
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Array(None), "{runtime:?}: the watched key changed");
+        assert_eq!(ask(&mut conn, &[b"GET", b"{w}k"]), bulk(b"other"));
+        // UNWATCH forgets it; watched keys of two slots are refused, as Redis Cluster refuses them.
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"UNWATCH"]), status("OK"));
+        assert_eq!(ask(&mut other, &[b"SET", b"{w}k", b"again"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"4"]), queued);
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Array(Some(vec![status("OK")])), "{runtime:?}: unwatched");
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k", b"{x}k"]), Reply::Error(CROSSSLOT.into()));
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{x}k"]), Reply::Error(CROSSSLOT.into()), "another slot later");
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(
+            ask(&mut conn, &[b"WATCH", b"{w}k"]),
+            Reply::Error("ERR Command not allowed inside a transaction".into())
+        );
+        let aborted = ask(&mut conn, &[b"EXEC"]);
+        assert!(matches!(&aborted, Reply::Error(e) if e.starts_with("EXECABORT")), "{runtime:?}: {aborted:?}");
+        // The slot moves after WATCH: the EXEC cannot be checked where the key was watched, so it answers null
+        // (nothing ran); the client's next try runs on the new owner.
+        let slot = cluster.key_slot(b"{w}k");
+        let owner = cluster.owner_of_slot(slot);
+        let to = cluster.primaries().into_iter().find(|p| *p != owner).expect("another primary");
+        assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k"]), status("OK"));
+        assert_eq!(cluster.reshard_slot(slot, owner, to), to);
+        assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+        assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"5"]), queued);
+        assert_eq!(ask(&mut conn, &[b"EXEC"]), Reply::Array(None), "{runtime:?}: the slot moved");
+        assert_eq!(RespConn::connect(to).call(&[b"GET", b"{w}k"]), bulk(b"4"), "nothing ran");
+        let mut tries = 0;
+        let done = loop {
+            tries += 1;
+            assert!(tries <= 3, "{runtime:?}: the retries kept failing");
+            assert_eq!(ask(&mut conn, &[b"WATCH", b"{w}k"]), status("OK"));
+            assert_eq!(ask(&mut conn, &[b"MULTI"]), status("OK"));
+            assert_eq!(ask(&mut conn, &[b"SET", b"{w}k", b"5"]), queued);
+            match ask(&mut conn, &[b"EXEC"]) {
+                Reply::Array(None) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(done, Reply::Array(Some(vec![status("OK")])), "{runtime:?}");
+        assert_eq!(RespConn::connect(to).call(&[b"GET", b"{w}k"]), bulk(b"5"));
+        // Optimistic locking under contention: 4 redis-crate clients each add 25 to one counter with
+        // redis::transaction (WATCH, GET, MULTI, SET, EXEC, again on a null EXEC): no increment is lost.
+        let workers: Vec<JoinHandle<u64>> = (0..4)
+            .map(|_| {
+                let mut client = proxy.client();
+                std::thread::spawn(move || {
+                    let mut retries = 0u64;
+                    for _ in 0..25 {
+                        let _: () = redis::transaction(&mut client, &["{w}counter"], |con, pipe| {
+                            let n: Option<u64> = redis::cmd("GET").arg("{w}counter").query(con)?;
+                            let result: Option<()> = pipe.set("{w}counter", n.unwrap_or(0) + 1).ignore().query(con)?;
+                            retries += u64::from(result.is_none());
+                            Ok(result)
+                        })
+                        .expect("a transaction");
+                    }
+                    retries
+                })
+            })
+            .collect();
+        let retries: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+        eprintln!("{runtime:?}: 100 increments by WATCH/MULTI/EXEC, {retries} retried after a null EXEC");
+        assert_eq!(ask(&mut conn, &[b"GET", b"{w}counter"]), bulk(b"100"), "{runtime:?}: no increment lost");
+        assert_no_replicaof(&cluster);
+    }
+}
+
+#[test]
 fn scan_walks_every_primary_with_one_cursor_and_survives_a_reshard() {
     let _serial = exclusive();
     for &runtime in Runtime::ALL {

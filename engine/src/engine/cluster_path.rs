@@ -110,6 +110,9 @@ impl Engine {
             Handling::Forward(_) if transaction_command.is_some() || self.queuing(conn) => {
                 return self.transaction_step(now, conn, held, transaction_command);
             }
+            Handling::Forward(_) if held.spec.is_some_and(|s| matches!(s.name, "watch" | "unwatch" | "reset")) => {
+                return self.watch_step(now, conn, held);
+            }
             Handling::AbortExec => {
                 // A command the proxy refused while queuing: Redis would abort too.
                 if let Some(cluster) = self.cluster.as_deref_mut() {
@@ -435,8 +438,11 @@ impl Engine {
     /// (`bench/instructions.sh`).
     #[inline(never)]
     pub(super) fn routed_reply(&mut self, now: Instant, ticket: u32, frame: Bytes) {
-        let queued_redirect =
-            self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)).and_then(|r| r.queued_redirect.take());
+        let routed = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket));
+        let (queued_redirect, watched) = routed.map_or((None, None), |r| (r.queued_redirect.take(), r.watched));
+        if let Some(watched) = watched {
+            return self.watched_reply(now, ticket, watched, queued_redirect.or_else(|| redirect_of(&frame)), frame);
+        }
         if let Some(redirect) = queued_redirect.or_else(|| redirect_of(&frame)) {
             if let Some(error) = self.follow_redirect(now, ticket, redirect, &frame) {
                 self.routed_answered(now, ticket, error);
@@ -567,7 +573,8 @@ impl Engine {
     pub(super) fn routed_lost(&mut self, now: Instant, ticket: u32, connected: bool, error: &Bytes) {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         let Some(routed) = cluster.requests.get_mut(ticket) else { return };
-        if connected && !routed.read_only {
+        // A watched request lived on the client's private connection, which is gone with its WATCH.
+        if (connected && !routed.read_only) || routed.watched.is_some() {
             return self.routed_answered(now, ticket, error.clone());
         }
         let tries = routed.retries;

@@ -1,11 +1,12 @@
 //! Cluster mode's transactions through the engine: `MULTI` opens one, requests are queued (answered `+QUEUED`
 //! here), `EXEC` sends the whole batch to its slot's primary (see [`crate::transaction`]), and the first
-//! redirection a queued request met is kept for when the batch's `EXEC` answers `EXECABORT`.
+//! redirection a queued request met is kept for when the batch's `EXEC` answers `EXECABORT`. A `WATCH` goes to
+//! its keys' primary on the client's private connection, and the transaction after it goes there too.
 
 use super::*;
 use crate::key_slots::{self, KeySlots};
-use crate::redirect::redirect_of;
-use crate::routed::{Aim, Routed};
+use crate::redirect::{redirect_of, Redirect};
+use crate::routed::{Aim, Routed, Watched};
 use crate::transaction::{Batch, Queued};
 use bytes::Bytes;
 
@@ -29,7 +30,11 @@ impl Engine {
         let reply = match command {
             Some("multi") if cluster.transactions.begin(conn) => resp::simple_reply("OK"),
             Some("multi") => resp::error_reply("ERR MULTI calls can not be nested"),
-            Some("discard") if cluster.transactions.discard(conn) => resp::simple_reply("OK"),
+            Some("discard") if cluster.transactions.discard(conn) => {
+                // DISCARD ends a WATCH too; the private connection is handed back once the replies are out.
+                cluster.transactions.unwatch(conn);
+                resp::simple_reply("OK")
+            }
             Some("discard") => resp::error_reply("ERR DISCARD without MULTI"),
             Some(_) => return self.exec_transaction(now, conn, held),
             None => {
@@ -38,6 +43,13 @@ impl Engine {
                         let error = format!("ERR wrong number of arguments for '{}' command", spec.name);
                         cluster.transactions.queue(conn, held.request.frame(), KeySlots::Cross, 0);
                         self.clients.reply_local(conn, resp::error_reply(&error), &mut self.out);
+                        return true;
+                    }
+                    Some(spec) if spec.name == "watch" => {
+                        // Redis refuses WATCH inside MULTI, and the transaction fails at EXEC.
+                        cluster.transactions.queue(conn, held.request.frame(), KeySlots::Cross, 0);
+                        let error = resp::error_reply("ERR Command not allowed inside a transaction");
+                        self.clients.reply_local(conn, error, &mut self.out);
                         return true;
                     }
                     Some(spec) => key_slots::key_slots(&held.request, spec),
@@ -62,10 +74,14 @@ impl Engine {
             Some(Some(slot)) => Aim::Slot(slot),
             _ => Aim::AnyPrimary,
         };
+        let watching = cluster.transactions.watching(conn).is_some();
         // Held while no primary can take it, or while an earlier request of the client waits to be sent again.
         let (open, resend_waiting) = (cluster.transactions.is_open(conn), cluster.requests.resend_waiting_for(conn));
-        if open && (resend_waiting || self.cluster_target(now, aim, conn.index()).is_none()) {
+        if open && !watching && (resend_waiting || self.cluster_target(now, aim, conn.index()).is_none()) {
             return false;
+        }
+        if watching {
+            return self.exec_watched(now, conn, held, aim);
         }
         let Some(cluster) = self.cluster.as_deref_mut() else { return true };
         let reply = match cluster.transactions.exec(conn) {
@@ -88,6 +104,144 @@ impl Engine {
         true
     }
 
+    /// `WATCH` (its keys' primary, on the client's private connection; false: hold it while none can be had),
+    /// `UNWATCH` or the `RESET` of a watching client (answered here; the private connection is handed back once
+    /// the replies are out).
+    pub(super) fn watch_step(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        let Some(spec) = held.spec else { return true };
+        let class = Class::of(held.spec);
+        if matches!(spec.name, "unwatch" | "reset") {
+            self.out.counters.request(Target::Proxy, class);
+            if let Some(cluster) = self.cluster.as_deref_mut() {
+                cluster.transactions.unwatch(conn);
+                if spec.name == "reset" {
+                    cluster.transactions.discard(conn);
+                }
+            }
+            let reply = if spec.name == "reset" { "RESET" } else { "OK" };
+            self.clients.reply_local(conn, resp::simple_reply(reply), &mut self.out);
+            return true;
+        }
+        let slot = match key_slots::key_slots(&held.request, spec) {
+            KeySlots::One(slot) if spec.accepts_arg_count(held.request.arg_count()) => slot,
+            _ if !spec.accepts_arg_count(held.request.arg_count()) => {
+                self.out.counters.request(Target::Proxy, class);
+                let error = resp::error_reply("ERR wrong number of arguments for 'watch' command");
+                self.clients.reply_local(conn, error, &mut self.out);
+                return true;
+            }
+            _ => {
+                self.out.counters.request(Target::Proxy, class);
+                let error = resp::error_reply("CROSSSLOT Keys in request don't hash to the same slot");
+                self.clients.reply_local(conn, error, &mut self.out);
+                return true;
+            }
+        };
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let watched_slot = self.cluster.as_deref().and_then(|c| c.transactions.watching(conn)).map(|w| w.slot);
+        if watched_slot.is_some_and(|s| s != slot) {
+            self.out.counters.request(Target::Proxy, class);
+            let error = resp::error_reply("CROSSSLOT Keys in request don't hash to the same slot");
+            self.clients.reply_local(conn, error, &mut self.out);
+            return true;
+        }
+        let backend = match state.private {
+            Some(backend) => backend,
+            None => {
+                let Some(server) = self.cluster_target(now, Aim::Slot(slot), conn.index()) else { return false };
+                let Some(backend) = self.pool.acquire_private(server, conn, held.resp3, &mut self.out) else {
+                    return false;
+                };
+                self.clients.set_private(conn, backend);
+                backend
+            }
+        };
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        self.out.counters.request(Target::Master, class);
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        let _ = cluster.transactions.watch(conn, slot);
+        let request = held.request.frame().clone();
+        let routed = Routed {
+            watched: Some(Watched::Watch),
+            ..Routed::new(conn, seq, request.clone(), Aim::Slot(slot), held.resp3, state.shared_slot, now)
+        };
+        let ticket = cluster.requests.add(routed);
+        self.pool.send(backend, &[Waiter::Routed { ticket, sent: now }], request, &mut self.out);
+        true
+    }
+
+    /// `EXEC` of a watching client: its transaction (maybe empty) goes to the watched keys' primary on the
+    /// client's private connection, where Redis checks the watched keys; or, when its `WATCH` met a redirection,
+    /// it answers null at once, as when a watched key changed.
+    fn exec_watched(&mut self, now: Instant, conn: ConnId, held: &HeldRequest, aim: Aim) -> bool {
+        let Some(state) = self.clients.forward_state(conn) else { return true };
+        let Some(cluster) = self.cluster.as_deref_mut() else { return true };
+        let watch = cluster.transactions.unwatch(conn);
+        let (data, queued) = match cluster.transactions.exec(conn) {
+            Batch::NoTransaction => {
+                self.clients.reply_local(conn, resp::error_reply("ERR EXEC without MULTI"), &mut self.out);
+                return true;
+            }
+            Batch::Aborted => {
+                let error = resp::error_reply("EXECABORT Transaction discarded because of previous errors.");
+                self.clients.reply_local(conn, error, &mut self.out);
+                return true;
+            }
+            Batch::Empty => (Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n"), 0),
+            Batch::Send { data, queued, .. } => (data, queued),
+        };
+        self.out.counters.request(Target::Master, Class::Other);
+        let (Some(backend), Some(false)) = (state.private, watch.map(|w| w.doomed)) else {
+            self.clients.reply_local(conn, null_reply(held.resp3), &mut self.out);
+            return true;
+        };
+        let Some(seq) = self.clients.reserve_slot(conn) else { return true };
+        let routed = Routed {
+            queued,
+            watched: Some(Watched::Exec),
+            ..Routed::new(conn, seq, data.clone(), aim, held.resp3, state.shared_slot, now)
+        };
+        let ticket = cluster.requests.add(routed);
+        let mut waiters = vec![Waiter::Ignore];
+        waiters.extend(std::iter::repeat_n(Waiter::Queued { ticket }, queued));
+        waiters.push(Waiter::Routed { ticket, sent: now });
+        self.pool.send(backend, &waiters, data, &mut self.out);
+        true
+    }
+
+    /// The reply to a `WATCH` or a watched `EXEC` (`redirect`: the redirection it, or a queued request, met). It
+    /// is never sent elsewhere: a redirection dooms the transaction (a `WATCH` is answered `+OK` all the same,
+    /// and its `EXEC` null), and a `MOVED` fixes the map for the client's next try.
+    pub(super) fn watched_reply(
+        &mut self,
+        now: Instant,
+        ticket: u32,
+        watched: Watched,
+        redirect: Option<Redirect>,
+        frame: Bytes,
+    ) {
+        let Some(redirect) = redirect else { return self.routed_answered(now, ticket, frame) };
+        if let Redirect::Moved { slot, address } = &redirect {
+            if let Some(server) = self.monitor.find(address) {
+                if let Some(cluster) = self.cluster.as_deref_mut() {
+                    cluster.moved(*slot, server);
+                }
+            }
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let Some(routed) = cluster.requests.get_mut(ticket) else { return };
+        let (client, resp3) = (routed.client, routed.resp3);
+        cluster.want_refresh();
+        let reply = match watched {
+            Watched::Watch => {
+                cluster.transactions.doom(client);
+                resp::simple_reply("OK")
+            }
+            Watched::Exec => null_reply(resp3),
+        };
+        self.routed_answered(now, ticket, reply);
+    }
+
     /// A reply to a request queued in the transaction of `ticket`: the first redirection is kept, for when its
     /// `EXEC` answers `EXECABORT`.
     #[inline(never)]
@@ -96,4 +250,9 @@ impl Engine {
         let Some(routed) = self.cluster.as_deref_mut().and_then(|c| c.requests.get_mut(ticket)) else { return };
         routed.queued_redirect.get_or_insert(redirect);
     }
+}
+
+/// The null reply of an `EXEC` whose watched keys changed (or may have).
+fn null_reply(resp3: bool) -> Bytes {
+    Bytes::from_static(if resp3 { b"_\r\n" } else { b"*-1\r\n" })
 }
