@@ -7,11 +7,16 @@
 //! `nodes.conf` and log (`--loglevel notice`: elections, failovers, state changes) are in the cluster's scratch
 //! directory, kept and named on stderr when a test panics.
 //!
+//! A cluster may want a password ([`RedisCluster::start_with_password`]) or talk TLS
+//! ([`RedisCluster::start_tls`]); the helpers here log in, and reach a TLS cluster's nodes on plain ports of their
+//! own, so that every helper works the same on every kind.
+//!
 //! The helpers ask the nodes, never a cached map: [`RedisCluster::owner_of_slot`] trusts each node's claim on its
 //! own slots (its `myself` line), the highest config epoch winning, and [`RedisCluster::settled`] waits until
 //! every live node agrees on one map.
 
-use crate::{free_port, info_field, scratch_dir, wait_until, RedisServer, Reply, RespConn};
+use crate::tls::Certs;
+use crate::{free_port, scratch_dir, wait_until, RedisServer, Reply, RespConn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -109,23 +114,6 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<NodeView> {
         .collect()
 }
 
-/// `CLUSTER NODES` as the node on `port` sees it; None when it does not answer within a second.
-pub fn cluster_nodes(port: u16) -> Option<Vec<NodeView>> {
-    let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
-    match conn.try_call(&[b"CLUSTER", b"NODES"]).ok()? {
-        Reply::Bulk(Some(text)) => Some(parse_cluster_nodes(&String::from_utf8_lossy(&text))),
-        _ => None,
-    }
-}
-
-/// `cluster_state` from the `CLUSTER INFO` of the node on `port` (`ok` or `fail`); None when it does not answer.
-pub fn cluster_state(port: u16) -> Option<String> {
-    let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
-    let Reply::Bulk(Some(text)) = conn.try_call(&[b"CLUSTER", b"INFO"]).ok()? else { return None };
-    let text = String::from_utf8_lossy(&text).into_owned();
-    text.lines().find_map(|l| l.strip_prefix("cluster_state:")).map(|s| s.trim().to_string())
-}
-
 /// Runs `redis-cli` with `args`, its output to `log` (a reshard prints a line per slot, more than a pipe holds),
 /// killed after `timeout`; panics with that output unless it exits 0. Returns the output.
 pub fn redis_cli(args: &[&str], log: &Path, timeout: Duration) -> String {
@@ -160,15 +148,32 @@ pub fn redis_cli(args: &[&str], log: &Path, timeout: Duration) -> String {
 
 struct Node {
     server: RedisServer,
+    /// Its TLS port, in a TLS cluster.
+    tls_port: Option<u16>,
     id: String,
     /// Set by [`RedisCluster::kill`]: when, and the slots it served then.
     killed: Option<(Instant, Vec<u16>)>,
+}
+
+/// What the nodes ask of their clients, set when the cluster starts.
+#[derive(Clone, Copy)]
+enum Access<'a> {
+    /// Nothing: plain TCP, no password.
+    Open,
+    /// This password (`--requirepass`).
+    Password(&'a str),
+    /// TLS with these certificates, on a port of its own (the plain port stays, for the harness).
+    Tls(&'a Certs),
 }
 
 /// A running Redis Cluster; see the module documentation.
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// The nodes' password, if they want one.
+    password: Option<String>,
+    /// What `redis-cli` needs to reach the nodes: `-a password` or `--tls --cacert ca.crt`.
+    cli_access: Vec<String>,
 }
 
 impl RedisCluster {
@@ -180,6 +185,26 @@ impl RedisCluster {
     /// Like [`RedisCluster::start`], every node started with `extra_args` too (e.g.
     /// `["--cluster-require-full-coverage", "no"]`).
     pub fn start_with(extra_args: &[&str]) -> RedisCluster {
+        Self::launch(extra_args, Access::Open)
+    }
+
+    /// Like [`RedisCluster::start`], every node wanting `password` from its clients and its replicas giving it to
+    /// their primary (`--requirepass`, `--masterauth`). The helpers here, and `redis-cli`, log in with it.
+    pub fn start_with_password(password: &str) -> RedisCluster {
+        Self::launch(&[], Access::Password(password))
+    }
+
+    /// Like [`RedisCluster::start`], the nodes speaking TLS with `certs`' server certificate: to clients on a TLS
+    /// port of their own (`--tls-port`, see [`RedisCluster::tls_port`]), to each other on the cluster bus
+    /// (`--tls-cluster yes`) and for replication (`--tls-replication yes`); clients need no certificate.
+    ///
+    /// Each node keeps a plain port too (its port here), which only the helpers use. A node tells a client that
+    /// came over TLS the TLS ports (`CLUSTER NODES`, `MOVED`, ...) and a plain client the plain ones.
+    pub fn start_tls(certs: &Certs) -> RedisCluster {
+        Self::launch(&[], Access::Tls(certs))
+    }
+
+    fn launch(extra_args: &[&str], access: Access<'_>) -> RedisCluster {
         // Fail on a missing redis-cli before starting anything.
         if let Err(e) = Command::new("redis-cli").arg("--version").output() {
             panic!(
@@ -190,29 +215,56 @@ impl RedisCluster {
         let dir = scratch_dir("redis-cluster");
         let started = Instant::now();
         let timeout = NODE_TIMEOUT_MS.to_string();
+        let tls_files = match access {
+            Access::Tls(certs) => ["server.crt", "server.key", "ca.crt"].map(|f| certs.path(f)),
+            _ => Default::default(),
+        };
         let mut nodes = Vec::new();
         for i in 0..6 {
             let bus_port = free_port().to_string();
+            let tls_port = matches!(access, Access::Tls(_)).then(free_port);
+            let tls_port_text = tls_port.map(|p| p.to_string()).unwrap_or_default();
             let conf = dir.join(format!("nodes-{i}.conf")).display().to_string();
             let log = dir.join(format!("node-{i}.log")).display().to_string();
             let mut args =
                 vec!["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-port", &bus_port];
             args.extend(["--cluster-node-timeout", &timeout, "--repl-diskless-sync-delay", "0"]);
             args.extend(["--appendonly", "no", "--save", "", "--loglevel", "notice", "--logfile", &log]);
+            match access {
+                Access::Open => {}
+                Access::Password(password) => args.extend(["--requirepass", password, "--masterauth", password]),
+                Access::Tls(_) => {
+                    let [cert, key, ca] = &tls_files;
+                    args.extend(["--tls-port", &tls_port_text, "--tls-cert-file", cert, "--tls-key-file", key]);
+                    args.extend(["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]);
+                    args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                }
+            }
             args.extend_from_slice(extra_args);
             let server = RedisServer::start_with(&args);
-            nodes.push(Node { server, id: String::new(), killed: None });
+            nodes.push(Node { server, tls_port, id: String::new(), killed: None });
         }
-        let mut cluster = RedisCluster { nodes, dir };
-        for node in &mut cluster.nodes {
-            node.id = match node.server.connect().call(&[b"CLUSTER", b"MYID"]) {
+        let (password, cli_access) = match access {
+            Access::Open => (None, vec![]),
+            Access::Password(password) => {
+                (Some(password.to_string()), ["-a", password, "--no-auth-warning"].map(String::from).to_vec())
+            }
+            Access::Tls(_) => (None, vec!["--tls".to_string(), "--cacert".to_string(), tls_files[2].clone()]),
+        };
+        let mut cluster = RedisCluster { nodes, dir, password, cli_access };
+        for i in 0..cluster.nodes.len() {
+            let port = cluster.nodes[i].server.port;
+            cluster.nodes[i].id = match cluster.connect(port).call(&[b"CLUSTER", b"MYID"]) {
                 Reply::Bulk(Some(id)) => String::from_utf8(id).expect("node id"),
-                other => panic!("CLUSTER MYID on :{}: {other:?}", node.server.port),
+                other => panic!("CLUSTER MYID on :{port}: {other:?}"),
             };
         }
         let up = started.elapsed();
-        let addresses: Vec<String> = cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        // Joined the way an operator would: on the ports clients use (TLS ones in a TLS cluster).
+        let addresses: Vec<String> =
+            cluster.ports().iter().map(|p| format!("127.0.0.1:{}", cluster.client_port(*p))).collect();
+        let mut args: Vec<&str> = cluster.cli_access.iter().map(String::as_str).collect();
+        args.extend(["--cluster", "create"]);
         args.extend(addresses.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
         redis_cli(&args, &cluster.dir.join("create.log"), Duration::from_secs(60));
@@ -240,10 +292,24 @@ impl RedisCluster {
         self.nodes.iter().filter(|n| n.server.pid().is_some()).map(|n| n.server.port).collect()
     }
 
-    /// The proxy config members for this cluster: `"cluster": {"seeds": [every node], "refresh_period": ...}`.
+    /// The TLS port of the node on `port`, in a TLS cluster (see [`RedisCluster::start_tls`]).
+    pub fn tls_port(&self, port: u16) -> Option<u16> {
+        self.node(port).tls_port
+    }
+
+    /// The port the clients of the node on `port` use: its TLS port in a TLS cluster, else `port`.
+    fn client_port(&self, port: u16) -> u16 {
+        self.tls_port(port).unwrap_or(port)
+    }
+
+    /// The proxy config members for this cluster: `"cluster": {"seeds": [every node], "refresh_period": ...}`
+    /// (a TLS cluster's nodes on their TLS ports).
     pub fn proxy_fields(&self, refresh_period_ms: u64) -> String {
-        let seeds: Vec<String> =
-            self.ports().iter().map(|p| format!(r#"{{"host": "127.0.0.1", "port": {p}}}"#)).collect();
+        let seeds: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, self.client_port(*p)))
+            .collect();
         format!(r#""cluster": {{"seeds": [{}], "refresh_period": {refresh_period_ms}}}"#, seeds.join(", "))
     }
 
@@ -260,6 +326,47 @@ impl RedisCluster {
         self.nodes.iter_mut().find(|n| n.server.port == port).unwrap_or_else(|| panic!("no cluster node on :{port}"))
     }
 
+    /// A connection to the node on `port` (its plain port), logged in when the cluster has a password.
+    pub fn connect(&self, port: u16) -> RespConn {
+        let mut conn = RespConn::connect(port);
+        if let Some(password) = &self.password {
+            assert_eq!(conn.call(&[b"AUTH", password.as_bytes()]), Reply::Status("OK".into()), "AUTH on :{port}");
+        }
+        conn
+    }
+
+    /// Like [`RedisCluster::connect`], with a 1 s read timeout; None when the node does not answer.
+    fn try_connect(&self, port: u16) -> Option<RespConn> {
+        let mut conn = RespConn::try_connect(port, Duration::from_secs(1)).ok()?;
+        if let Some(password) = &self.password {
+            if conn.try_call(&[b"AUTH", password.as_bytes()]).ok()? != Reply::Status("OK".into()) {
+                return None;
+            }
+        }
+        Some(conn)
+    }
+
+    /// `CLUSTER NODES` as the node on `port` sees it; None when it does not answer within a second.
+    pub fn cluster_nodes(&self, port: u16) -> Option<Vec<NodeView>> {
+        match self.try_connect(port)?.try_call(&[b"CLUSTER", b"NODES"]).ok()? {
+            Reply::Bulk(Some(text)) => Some(parse_cluster_nodes(&String::from_utf8_lossy(&text))),
+            _ => None,
+        }
+    }
+
+    /// `cluster_state` from the `CLUSTER INFO` of the node on `port` (`ok` or `fail`); None when it does not
+    /// answer.
+    pub fn cluster_state(&self, port: u16) -> Option<String> {
+        self.info_line(port, &[b"CLUSTER", b"INFO"], "cluster_state")
+    }
+
+    /// The value of the `name:value` line of the text that `command` answers on the node on `port`.
+    fn info_line(&self, port: u16, command: &[&[u8]], name: &str) -> Option<String> {
+        let Reply::Bulk(Some(text)) = self.try_connect(port)?.try_call(command).ok()? else { return None };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string())
+    }
+
     /// The node id of the node on `port`.
     pub fn node_id(&self, port: u16) -> &str {
         &self.node(port).id
@@ -272,7 +379,7 @@ impl RedisCluster {
 
     /// What the node on `port` says of itself (its `myself` line), if it answers.
     pub fn own_view(&self, port: u16) -> Option<NodeView> {
-        cluster_nodes(port)?.into_iter().find(NodeView::is_myself)
+        self.cluster_nodes(port)?.into_iter().find(NodeView::is_myself)
     }
 
     /// The live nodes that say they are primaries, by port.
@@ -342,7 +449,7 @@ impl RedisCluster {
 
     /// The slots of `keys`, by one pipeline of `CLUSTER KEYSLOT` on a live node.
     pub fn key_slots(&self, keys: &[&[u8]]) -> Vec<u16> {
-        let mut conn = RespConn::connect(self.any_live());
+        let mut conn = self.connect(self.any_live());
         let mut batch = Vec::new();
         for key in keys {
             batch.extend_from_slice(&crate::encode_command(&[b"CLUSTER", b"KEYSLOT", key]));
@@ -424,27 +531,15 @@ impl RedisCluster {
         self.wait(SETTLE, "settled before a reshard", Self::settled_problem);
         let before = self.slots_of(from);
         let started = Instant::now();
-        let address = format!("127.0.0.1:{from}");
+        let address = format!("127.0.0.1:{}", self.client_port(from));
         let count = slots.to_string();
         static RESHARDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RESHARDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(format!("reshard-{n}-{from}-{to}.log"));
-        redis_cli(
-            &[
-                "--cluster",
-                "reshard",
-                &address,
-                "--cluster-from",
-                self.node_id(from),
-                "--cluster-to",
-                self.node_id(to),
-                "--cluster-slots",
-                &count,
-                "--cluster-yes",
-            ],
-            &log,
-            Duration::from_secs(300),
-        );
+        let mut args: Vec<&str> = self.cli_access.iter().map(String::as_str).collect();
+        args.extend(["--cluster", "reshard", &address, "--cluster-from", self.node_id(from)]);
+        args.extend(["--cluster-to", self.node_id(to), "--cluster-slots", &count, "--cluster-yes"]);
+        redis_cli(&args, &log, Duration::from_secs(300));
         let ran = started.elapsed();
         self.wait(SETTLE, "settled after a reshard", Self::settled_problem);
         let after: BTreeSet<u16> = self.slots_of(from).into_iter().collect();
@@ -467,7 +562,7 @@ impl RedisCluster {
             &self.own_view(replica).and_then(|v| v.master_id).unwrap_or_else(|| panic!(":{replica} is no replica")),
         );
         let started = Instant::now();
-        let reply = RespConn::connect(replica).call(&[b"CLUSTER", b"FAILOVER"]);
+        let reply = self.connect(replica).call(&[b"CLUSTER", b"FAILOVER"]);
         assert_eq!(reply, Reply::Status("OK".into()), "CLUSTER FAILOVER on :{replica}");
         let switched = wait_until(SETTLE, || {
             self.own_view(replica).is_some_and(|v| v.is_primary())
@@ -491,15 +586,20 @@ impl RedisCluster {
         let slot = slot.to_string();
         let ok = Reply::Status("OK".into());
         let importing = [&b"CLUSTER"[..], b"SETSLOT", slot.as_bytes(), b"IMPORTING", self.node_id(from).as_bytes()];
-        assert_eq!(RespConn::connect(to).call(&importing), ok, "SETSLOT IMPORTING on :{to}");
+        assert_eq!(self.connect(to).call(&importing), ok, "SETSLOT IMPORTING on :{to}");
         let migrating = [&b"CLUSTER"[..], b"SETSLOT", slot.as_bytes(), b"MIGRATING", self.node_id(to).as_bytes()];
-        assert_eq!(RespConn::connect(from).call(&migrating), ok, "SETSLOT MIGRATING on :{from}");
+        assert_eq!(self.connect(from).call(&migrating), ok, "SETSLOT MIGRATING on :{from}");
     }
 
-    /// `MIGRATE`s `key` from the node on `from` to the node on `to` (as a reshard moves each key).
+    /// `MIGRATE`s `key` from the node on `from` to the node on `to` (as a reshard moves each key; in a TLS
+    /// cluster the source reaches the target's TLS port over TLS, with the cluster's password if it has one).
     pub fn migrate_key(&self, from: u16, to: u16, key: &[u8]) {
-        let to = to.to_string();
-        let reply = RespConn::connect(from).call(&[b"MIGRATE", b"127.0.0.1", to.as_bytes(), key, b"0", b"5000"]);
+        let to = self.client_port(to).to_string();
+        let mut migrate: Vec<&[u8]> = vec![b"MIGRATE", b"127.0.0.1", to.as_bytes(), key, b"0", b"5000"];
+        if let Some(password) = &self.password {
+            migrate.extend([&b"AUTH"[..], password.as_bytes()]);
+        }
+        let reply = self.connect(from).call(&migrate);
         assert_eq!(reply, Reply::Status("OK".into()), "MIGRATE {:?} to :{to}", String::from_utf8_lossy(key));
     }
 
@@ -510,7 +610,7 @@ impl RedisCluster {
         self.freeze_migration(slot, from, to);
         let slot_text = slot.to_string();
         loop {
-            let keys = RespConn::connect(from).call(&[b"CLUSTER", b"GETKEYSINSLOT", slot_text.as_bytes(), b"100"]);
+            let keys = self.connect(from).call(&[b"CLUSTER", b"GETKEYSINSLOT", slot_text.as_bytes(), b"100"]);
             let Reply::Array(Some(keys)) = keys else { panic!("GETKEYSINSLOT on :{from}: {keys:?}") };
             if keys.is_empty() {
                 break;
@@ -525,7 +625,7 @@ impl RedisCluster {
         let mut order = vec![to, from];
         order.extend(self.primaries().into_iter().filter(|p| *p != to && *p != from));
         for port in order {
-            let reply = RespConn::connect(port).call(&[b"CLUSTER", b"SETSLOT", slot_text.as_bytes(), b"NODE", &to_id]);
+            let reply = self.connect(port).call(&[b"CLUSTER", b"SETSLOT", slot_text.as_bytes(), b"NODE", &to_id]);
             assert_eq!(reply, Reply::Status("OK".into()), "SETSLOT NODE on :{port}");
         }
         self.wait(SETTLE, "settled after moving one slot", Self::settled_problem);
@@ -561,7 +661,7 @@ impl RedisCluster {
             return Some(format!(":{} is not running", node.server.port));
         }
         for port in self.ports() {
-            let Some(views) = cluster_nodes(port) else { return Some(format!(":{port} does not answer")) };
+            let Some(views) = self.cluster_nodes(port) else { return Some(format!(":{port} does not answer")) };
             if views.len() != self.nodes.len() {
                 return Some(format!(":{port} knows {} nodes", views.len()));
             }
@@ -580,11 +680,11 @@ impl RedisCluster {
         let live = self.live_ports();
         let mut maps = Vec::new();
         for &port in &live {
-            match cluster_state(port) {
+            match self.cluster_state(port) {
                 Some(state) if state == "ok" => {}
                 state => return Some(format!(":{port} cluster_state is {state:?}")),
             }
-            let Some(views) = cluster_nodes(port) else { return Some(format!(":{port} does not answer")) };
+            let Some(views) = self.cluster_nodes(port) else { return Some(format!(":{port} does not answer")) };
             if let Some(me) = views.iter().find(|v| v.is_myself()) {
                 if !me.open_slots.is_empty() {
                     return Some(format!(":{port} has open slots {:?}", me.open_slots));
@@ -614,7 +714,7 @@ impl RedisCluster {
             let Some(me) = self.own_view(port) else { return Some(format!(":{port} does not answer")) };
             let Some(master) = me.master_id else { continue };
             if live.iter().any(|p| self.node_id(*p) == master)
-                && info_field(port, "replication", "master_link_status").as_deref() != Some("up")
+                && self.info_line(port, &[b"INFO", b"replication"], "master_link_status").as_deref() != Some("up")
             {
                 return Some(format!("replica :{port}'s link to its primary is not up"));
             }
@@ -626,7 +726,7 @@ impl RedisCluster {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for port in self.ports() {
-            let Ok(mut conn) = RespConn::try_connect(port, Duration::from_secs(1)) else {
+            let Some(mut conn) = self.try_connect(port) else {
                 out.push_str(&format!("--- :{port} does not answer\n"));
                 continue;
             };
@@ -634,7 +734,7 @@ impl RedisCluster {
                 Ok(Reply::Bulk(Some(text))) => String::from_utf8_lossy(&text).into_owned(),
                 other => format!("{other:?}\n"),
             };
-            out.push_str(&format!("--- :{port} cluster_state:{:?}\n{nodes}", cluster_state(port)));
+            out.push_str(&format!("--- :{port} cluster_state:{:?}\n{nodes}", self.cluster_state(port)));
         }
         out.push_str(&format!("(node logs in {})", self.dir.display()));
         out

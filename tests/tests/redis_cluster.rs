@@ -1,16 +1,17 @@
 //! Issue 22 end to end: the proxy in cluster mode in front of a real Redis Cluster of 3 primaries and 3 replicas
 //! (`redis_proxy_tests::redis_cluster`), on both runtimes, with clients that know nothing of slots: `MOVED`, `ASK`
 //! and `TRYAGAIN` never reach them, multi-key commands are split by slot or refused with `-CROSSSLOT`, and
-//! reshards, planned failovers and a SIGKILLed primary cost them no error.
+//! reshards, planned failovers and a SIGKILLed primary cost them no error. A cluster whose nodes want a password is
+//! served with `server_auth` (and refused with the reason without it), and one that speaks TLS with `server_tls`.
 //!
 //! Every scenario starts a fresh cluster for each runtime and runs alone (`exclusive`): several clusters at once
 //! on a 2-core machine could starve a node long enough for its peers to fail it over. Every loop is bounded in
 //! count and in time. The first test checks the harness itself, with no proxy.
 
 use redis_proxy_tests::redis_cluster::{RedisCluster, SLOTS};
-use redis_proxy_tests::Reply;
-use redis_proxy_tests::{bulk, calls, encode_command, exclusive, free_port, status, wait_until, Proxy, RedisServer};
-use redis_proxy_tests::{RespConn, Runtime};
+use redis_proxy_tests::tls::Certs;
+use redis_proxy_tests::{bulk, calls, encode_command, exclusive, free_port, http_get, status, wait_until, Proxy};
+use redis_proxy_tests::{RedisServer, Reply, RespConn, Runtime};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -40,7 +41,13 @@ fn ask(conn: &mut RespConn, args: &[&[u8]]) -> Reply {
 /// Asserts that no live node was sent `REPLICAOF` or `SLAVEOF`: the harness never sends them, the proxy must not.
 fn assert_no_replicaof(cluster: &RedisCluster) {
     for port in cluster.live_ports() {
-        assert_eq!(calls(port, "replicaof") + calls(port, "slaveof"), 0, ":{port} was sent REPLICAOF");
+        let stats = cluster.connect(port).call(&[b"INFO", b"commandstats"]);
+        let Reply::Bulk(Some(stats)) = stats else { panic!("INFO commandstats on :{port}: {stats:?}") };
+        let stats = String::from_utf8_lossy(&stats);
+        assert!(
+            !stats.contains("cmdstat_replicaof:") && !stats.contains("cmdstat_slaveof:"),
+            ":{port} was sent REPLICAOF:\n{stats}"
+        );
     }
 }
 
@@ -1223,5 +1230,268 @@ fn ioredis_and_node_redis_plain_clients_work_across_slots() {
         );
         eprintln!("{runtime:?}: {}", stdout.trim());
         assert_no_replicaof(&cluster);
+    }
+}
+
+/// The password of the protected cluster's nodes.
+const CLUSTER_PASSWORD: &str = "cluster-Pass-6b2e";
+
+/// The proxy config members for `cluster` with a single seed, the node on `seed` (its TLS port in a TLS
+/// cluster): every other node is learnt from the map, and reached the way `server_auth` and `server_tls` say.
+fn one_seed(cluster: &RedisCluster, seed: u16, refresh_period_ms: u64) -> String {
+    let port = cluster.tls_port(seed).unwrap_or(seed);
+    format!(
+        r#""cluster": {{"seeds": [{{"host": "127.0.0.1", "port": {port}}}], "refresh_period": {refresh_period_ms}}}"#
+    )
+}
+
+/// `/status.json` from the status listener on `port` ("" when it does not answer).
+fn status_json(port: u16) -> String {
+    http_get(port, "/status.json").map(|(_, body)| body).unwrap_or_default()
+}
+
+/// `n` keys on each primary of `cluster`, `{prefix}{shard}:{i}`, by shard in the order of `primaries`.
+fn keys_per_shard(cluster: &RedisCluster, primaries: &[u16], prefix: &str, n: usize) -> Vec<Vec<String>> {
+    let map = cluster.slot_map();
+    primaries
+        .iter()
+        .enumerate()
+        .map(|(shard, primary)| {
+            let keys = cluster.keys_where(&format!("{prefix}{shard}"), n, |s| map[s as usize] == *primary);
+            keys.into_iter().map(|(key, _)| key).collect()
+        })
+        .collect()
+}
+
+/// Writes `value(key)` to every key through `conn` with SET, then with one MSET across every slot, reads each back
+/// with GET and all of them, interleaved by shard, with one MGET (a missing key among them); asserts every
+/// value, and that each key holds it on the primary serving its slot (read there directly).
+fn write_and_read_across_shards(
+    runtime: Runtime,
+    cluster: &RedisCluster,
+    conn: &mut RespConn,
+    shards: &[Vec<String>],
+    value: impl Fn(&str) -> String,
+) {
+    let first = |key: &str| format!("first:{}", value(key));
+    for key in shards.iter().flatten() {
+        assert_eq!(ask(conn, &[b"SET", key.as_bytes(), first(key).as_bytes()]), status("OK"), "{runtime:?}: SET {key}");
+        assert_eq!(ask(conn, &[b"GET", key.as_bytes()]), bulk(first(key).as_bytes()), "{runtime:?}: GET {key}");
+    }
+    // Interleaved: shard 0's first key, shard 1's first key ... so that the slots of one MGET alternate.
+    let interleaved: Vec<&String> = (0..shards[0].len()).flat_map(|i| shards.iter().map(move |s| &s[i])).collect();
+    let values: Vec<String> = interleaved.iter().map(|k| value(k)).collect();
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    for (key, value) in interleaved.iter().zip(&values) {
+        mset.extend([key.as_bytes(), value.as_bytes()]);
+    }
+    assert_eq!(ask(conn, &mset), status("OK"), "{runtime:?}: MSET across every shard");
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(interleaved.iter().map(|k| k.as_bytes()));
+    mget.push(b"nobody:wrote:this");
+    let mut want: Vec<Reply> = values.iter().map(|v| bulk(v.as_bytes())).collect();
+    want.push(Reply::Bulk(None));
+    assert_eq!(ask(conn, &mget), Reply::Array(Some(want)), "{runtime:?}: MGET across every shard");
+    let map = cluster.slot_map();
+    for (key, value) in interleaved.iter().zip(&values) {
+        let owner = map[cluster.key_slot(key.as_bytes()) as usize];
+        assert_eq!(cluster.connect(owner).call(&[b"GET", key.as_bytes()]), bulk(value.as_bytes()), "{key} on :{owner}");
+    }
+}
+
+#[test]
+fn with_server_auth_a_password_protected_cluster_is_served_and_followed_through_a_sigkill() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut cluster = RedisCluster::start_with_password(CLUSTER_PASSWORD);
+        let primaries = cluster.primaries();
+        // One seed, a replica: the primaries are learnt from its map, and logged in to as the seed is.
+        let seed = cluster.replica_of(primaries[2]);
+        let auth = format!(r#""server_auth": {{"password": "{CLUSTER_PASSWORD}"}}"#);
+        let proxy = Proxy::start_with_fields(runtime, &format!("{}, {auth}", one_seed(&cluster, seed, 5000)));
+        let mut conn = RespConn::try_connect(proxy.port, Duration::from_secs(10)).expect("connect to the proxy");
+        let shards = keys_per_shard(&cluster, &primaries, "auth", 5);
+        write_and_read_across_shards(runtime, &cluster, &mut conn, &shards, |k| format!("{k}:before"));
+        let log = proxy.log();
+        assert!(!log.contains("refuses the proxy's credentials"), "{runtime:?}: every node took the password:\n{log}");
+        // A slot moved behind the proxy's back (its keys migrated with the password): the proxy follows it.
+        let moved = &shards[1][0];
+        let slot = cluster.key_slot(moved.as_bytes());
+        assert_eq!(cluster.reshard_slot(slot, primaries[1], primaries[2]), primaries[2]);
+        let want = bulk(format!("{moved}:before").as_bytes());
+        assert_eq!(ask(&mut conn, &[b"GET", moved.as_bytes()]), want, "{runtime:?}: a key whose slot moved");
+
+        // SIGKILL of a primary once its replica has its keys (replication is asynchronous): the cluster promotes
+        // the replica, and the proxy, logged in to it already, sends the shard's writes there.
+        let victim = primaries[0];
+        let replica = cluster.replica_of(victim);
+        let mut on_replica = cluster.connect(replica);
+        assert_eq!(on_replica.call(&[b"READONLY"]), status("OK"));
+        for key in &shards[0] {
+            let want = bulk(format!("{key}:before").as_bytes());
+            assert!(
+                wait_until(Duration::from_secs(10), || on_replica.call(&[b"GET", key.as_bytes()]) == want),
+                "{runtime:?}: the replica :{replica} has {key}"
+            );
+        }
+        cluster.kill(victim);
+        assert_eq!(cluster.wait_for_promotion(victim), replica);
+        let started = Instant::now();
+        for key in &shards[0] {
+            let after = format!("{key}:after");
+            assert_eq!(ask(&mut conn, &[b"SET", key.as_bytes(), after.as_bytes()]), status("OK"), "{runtime:?}");
+        }
+        eprintln!(
+            "{runtime:?}: the dead shard's 5 writes answered {} ms after the cluster had promoted :{replica}",
+            started.elapsed().as_millis()
+        );
+        for key in &shards[0] {
+            let after = format!("{key}:after");
+            assert_eq!(ask(&mut conn, &[b"GET", key.as_bytes()]), bulk(after.as_bytes()), "{runtime:?}: {key}");
+            assert_eq!(cluster.connect(replica).call(&[b"GET", key.as_bytes()]), bulk(after.as_bytes()));
+        }
+        // The other shards kept their values; every shard serves writes and reads across slots.
+        let mut mget: Vec<&[u8]> = vec![b"MGET"];
+        mget.extend(shards[1..].iter().flatten().map(|k| k.as_bytes()));
+        let want = shards[1..].iter().flatten().map(|k| bulk(format!("{k}:before").as_bytes())).collect();
+        assert_eq!(ask(&mut conn, &mget), Reply::Array(Some(want)), "{runtime:?}");
+        let live: Vec<u16> = vec![replica, primaries[1], primaries[2]];
+        write_and_read_across_shards(runtime, &cluster, &mut conn, &keys_per_shard(&cluster, &live, "auth", 5), |k| {
+            format!("{k}:again")
+        });
+        assert_no_replicaof(&cluster);
+    }
+}
+
+/// The number after `"name":` in `json` (0 when absent).
+fn json_count(json: &str, name: &str) -> u64 {
+    let Some(at) = json.find(&format!("\"{name}\":")) else { return 0 };
+    let digits: String = json[at + name.len() + 3..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(0)
+}
+
+#[test]
+fn with_server_tls_a_tls_cluster_is_served_on_the_tls_ports_it_announces() {
+    let _serial = exclusive();
+    let certs = Certs::generate("cluster");
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start_tls(&certs);
+        let primaries = cluster.primaries();
+        let seed = cluster.replica_of(primaries[2]);
+        let status_port = free_port();
+        // A long refresh period: the slot moved below is learnt from the MOVED the proxy meets.
+        let fields = format!(
+            r#"{}, "server_tls": {{"ca_file": "{}"}}, "status_listen": "127.0.0.1:{status_port}""#,
+            one_seed(&cluster, seed, 60_000),
+            certs.path("ca.crt")
+        );
+        let proxy = Proxy::start_with_fields(runtime, &fields);
+        let mut conn = RespConn::try_connect(proxy.port, Duration::from_secs(10)).expect("connect to the proxy");
+        let shards = keys_per_shard(&cluster, &primaries, "tls", 5);
+        let value = |key: &str| format!("{key}:over-tls");
+        write_and_read_across_shards(runtime, &cluster, &mut conn, &shards, value);
+
+        // Asked over TLS, the seed names the TLS ports in CLUSTER NODES: the map the proxy holds and the servers
+        // it watches are the nodes on their TLS ports, each shard usable; their plain ports appear nowhere.
+        let tls = |port: u16| format!("127.0.0.1:{}", cluster.tls_port(port).expect("a TLS port"));
+        let mut wanted: Vec<String> = primaries
+            .iter()
+            .map(|p| format!(r#""primary":"{}","replicas":["{}"]"#, tls(*p), tls(cluster.replica_of(*p))))
+            .collect();
+        wanted.extend(cluster.ports().into_iter().map(|p| format!(r#""address":"{}""#, tls(p))));
+        wanted.push(r#""served_slots":16384"#.to_string());
+        let mut json = String::new();
+        let shown = wait_until(Duration::from_secs(10), || {
+            json = status_json(status_port);
+            wanted.iter().all(|w| json.contains(w.as_str())) && json.matches(r#""usable":true"#).count() == 3
+        });
+        assert!(shown, "{runtime:?}: /status.json does not show the TLS map {wanted:#?}:\n{json}");
+        for port in cluster.ports() {
+            assert!(!json.contains(&format!("127.0.0.1:{port}\"")), "{runtime:?}: the plain port {port} in:\n{json}");
+        }
+        assert!(!proxy.log().contains("TLS with server"), "{runtime:?}: no handshake failed:\n{}", proxy.log());
+
+        // A slot moved behind the proxy's back: the old owner's MOVED names the new owner's TLS port too, and the
+        // proxy follows it there.
+        let key = &shards[0][0];
+        let slot = cluster.key_slot(key.as_bytes());
+        assert_eq!(cluster.reshard_slot(slot, primaries[0], primaries[1]), primaries[1]);
+        assert_eq!(json_count(&status_json(status_port), "moved"), 0, "{runtime:?}: no MOVED yet");
+        assert_eq!(ask(&mut conn, &[b"GET", key.as_bytes()]), bulk(value(key).as_bytes()), "{runtime:?}: moved key");
+        assert_eq!(ask(&mut conn, &[b"SET", key.as_bytes(), b"moved"]), status("OK"), "{runtime:?}");
+        assert_eq!(cluster.connect(primaries[1]).call(&[b"GET", key.as_bytes()]), bulk(b"moved"));
+        let json = status_json(status_port);
+        assert!(json_count(&json, "moved") >= 1, "{runtime:?}: the proxy met MOVED:\n{json}");
+        assert_no_replicaof(&cluster);
+    }
+}
+
+#[test]
+fn without_server_auth_a_password_protected_cluster_is_refused_with_the_reason() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let cluster = RedisCluster::start_with_password(CLUSTER_PASSWORD);
+        let status_port = free_port();
+        let fields =
+            format!(r#"{}, "hold_ms": 500, "status_listen": "127.0.0.1:{status_port}""#, cluster.proxy_fields(5000));
+        let proxy = Proxy::start_with_fields(runtime, &fields);
+        let ports = cluster.ports();
+        // The log says, once per node, which node refuses and what to check.
+        let refusal = |p: u16| {
+            format!(
+                "server 127.0.0.1:{p} refuses the proxy's credentials (-NOAUTH Authentication required.): check \
+                 server_auth (username and password) against its requirepass or ACL users; nothing is routed to it \
+                 until it accepts them"
+            )
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || ports.iter().all(|p| proxy.log().contains(&refusal(*p)))),
+            "{runtime:?}: the log does not say that every node refuses the proxy:\n{}",
+            proxy.log()
+        );
+        // A client is answered, after hold_ms, with the reason of each node.
+        let mut conn = proxy.connect();
+        let reasons: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}: NOAUTH")).collect();
+        let refused = Reply::Error(format!(
+            "CLUSTERDOWN redis-proxy held the request for 500 ms: no reachable primary serves its slot ({})",
+            reasons.join("; ")
+        ));
+        assert_eq!(ask(&mut conn, &[b"SET", b"k", b"v"]), refused, "{runtime:?}");
+        assert_eq!(ask(&mut conn, &[b"GET", b"k"]), refused, "{runtime:?}");
+        assert_eq!(ask(&mut conn, &[b"PING"]), status("PONG"), "{runtime:?}: the proxy itself answers");
+        // The status page names the reason for every node, and /health why nothing is served.
+        let json = status_json(status_port);
+        let why = r#""why":"it refuses the proxy's credentials (WRONGPASS or NOAUTH): see server_auth""#;
+        assert_eq!(json.matches(why).count(), 6, "{runtime:?}: every node's reason:\n{json}");
+        assert!(json.contains(r#""served_slots":0"#), "{runtime:?}: no slot served:\n{json}");
+        let health = http_get(status_port, "/health");
+        let no_map = "cluster: no slot map yet (no seed has answered CLUSTER NODES)\n".to_string();
+        assert_eq!(health, Some((503, no_map)), "{runtime:?}");
+        let log = proxy.log();
+        for port in &ports {
+            assert_eq!(log.matches(&refusal(*port)).count(), 1, "{runtime:?}: once per node:\n{log}");
+        }
+        assert!(!log.contains("is down"), "{runtime:?}: a node refusing the credentials is not down:\n{log}");
+        assert_eq!(
+            cluster.connect(cluster.owner_of_slot(cluster.key_slot(b"k"))).call(&[b"EXISTS", b"k"]),
+            Reply::Int(0)
+        );
+
+        // A reload (here one that adds server_auth) keeps every node: in cluster mode the file lists none, and the
+        // servers are the map's nodes.
+        let config = std::fs::read_to_string(proxy.config_path()).expect("read the proxy config");
+        let auth = format!(r#""server_auth": {{"password": "{CLUSTER_PASSWORD}"}}, "hold_ms""#);
+        std::fs::write(proxy.config_path(), config.replacen(r#""hold_ms""#, &auth, 1)).expect("rewrite the config");
+        proxy.signal("HUP");
+        let applied = "reload: applied: server credentials (for new connections)";
+        assert!(
+            wait_until(Duration::from_secs(10), || proxy.log().contains(applied)),
+            "{runtime:?}: the reload is applied:\n{}",
+            proxy.log()
+        );
+        let log = proxy.log();
+        assert!(!log.contains("removing") && !log.contains("refused"), "{runtime:?}: no node removed:\n{log}");
+        let json = status_json(status_port);
+        assert_eq!(json.matches(r#""address":"127.0.0.1:"#).count(), 6, "{runtime:?}: every node is kept:\n{json}");
     }
 }

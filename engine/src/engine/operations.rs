@@ -13,8 +13,9 @@ impl Engine {
             return Err(format!("`{field}` cannot change while the proxy runs (restart it to change it)"));
         }
         let current = self.servers();
-        // In Sentinel mode the servers are the ones the sentinels name: the configured list is only a first view.
-        let following = self.sentinels.is_some();
+        // In Sentinel mode the servers are the ones the sentinels name (the configured list is only a first view);
+        // in cluster mode they are the nodes of the map (the file lists none).
+        let following = self.sentinels.is_some() || self.cluster.is_some();
         let removed: Vec<ServerAddress> =
             current.iter().filter(|s| !following && !new.servers.contains(s)).cloned().collect();
         let added: Vec<ServerAddress> =

@@ -46,6 +46,23 @@ fn the_map_is_read_from_a_seed_and_every_node_is_learnt() {
 }
 
 #[test]
+fn a_reload_keeps_the_nodes_of_the_map_and_applies_server_auth() {
+    let (mut world, mut kit) = started();
+    let before = kit.engine.servers();
+    assert_eq!(before.len(), 6);
+    // The file lists no server in cluster mode: a reload must not remove the nodes learnt from the map.
+    let config = ClusterWorld::config(r#", "check_period": 100, "server_auth": {"password": "pw"}"#);
+    let changes = kit.engine.reconfigure(kit.clock.now(), config).expect("the reload is taken");
+    assert_eq!(changes, vec!["server credentials (for new connections)".to_string()]);
+    assert_eq!(kit.engine.servers(), before, "every node is still a server");
+    let events = kit.events();
+    assert!(!events.iter().any(|e| e.to_string().contains("removing")), "no node is removed: {events:?}");
+    let client = kit.accept();
+    assert_eq!(&call(&mut world, &mut kit, client, &["SET", "k", "v"])[..], b"+OK\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", "k"])[..], b"$1\r\nv\r\n");
+}
+
+#[test]
 fn keys_go_to_their_slots_primary() {
     let (mut world, mut kit) = started();
     let client = kit.accept();
