@@ -593,6 +593,23 @@ impl Clients {
         }
     }
 
+    /// Cluster mode: the subscriber connection `lost` of `owner` was replaced by `backend`, on another node; false
+    /// when `lost` was not its private connection.
+    pub(crate) fn private_moved(&mut self, owner: ConnId, lost: ConnId, backend: ConnId) -> bool {
+        let Some(client) = self.conns.get_mut(owner) else { return false };
+        if client.private != Some(lost) {
+            return false;
+        }
+        client.private = Some(backend);
+        client.last_backend = Some(backend);
+        true
+    }
+
+    /// Whether `conn` speaks RESP3 (`HELLO 3`).
+    pub(crate) fn speaks_resp3(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.session.resp3)
+    }
+
     /// The private connection `backend` of `owner` is lost: the state the client built on it is gone, so the
     /// client is closed once its remaining replies (errors among them) are out. Returns whether it was its own.
     pub(crate) fn private_lost(&mut self, owner: ConnId, backend: ConnId) -> bool {

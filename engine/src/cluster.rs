@@ -14,6 +14,7 @@
 use crate::address::ServerAddress;
 use crate::cluster_config::ClusterConfig;
 use crate::cluster_nodes::{self, NodeEntry};
+use crate::cluster_pubsub::Subscriptions;
 use crate::cluster_self::ProxyNode;
 use crate::cluster_switchover::Switchover;
 use crate::cluster_writes::Writes;
@@ -86,6 +87,8 @@ pub(crate) struct Cluster {
     pub(crate) switchover: Option<Switchover>,
     /// Where each client wrote (for its `WAIT`).
     pub(crate) writes: Writes,
+    /// What each subscribed client follows (to subscribe it again when its node is lost).
+    pub(crate) subscriptions: Subscriptions,
 }
 
 impl Cluster {
@@ -111,6 +114,7 @@ impl Cluster {
             counts: ClusterCounts::default(),
             switchover: None,
             writes: Writes::default(),
+            subscriptions: Subscriptions::default(),
         }
     }
 

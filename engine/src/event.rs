@@ -229,6 +229,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Cluster mode: a subscribed client's node was lost, and it was subscribed again on another primary.
+    SubscriberMoved {
+        /// The client.
+        client: ConnId,
+        /// The primary it follows its channels on now.
+        to: ServerAddress,
+        /// How many channels and patterns it follows.
+        subscriptions: usize,
+    },
     /// Cluster mode: a planned switchover began, `CLUSTER FAILOVER` sent to the replica `to` of primary `from`.
     ClusterSwitchoverStarted {
         /// The primary.
@@ -380,6 +389,11 @@ impl fmt::Display for Event {
                 f,
                 "failover: planned switchover from {from} to {to} (PROXY FAILOVER); holding new requests until \
                  {to} has every write {from} acknowledged"
+            ),
+            Event::SubscriberMoved { client, to, subscriptions } => write!(
+                f,
+                "cluster: client {client}'s subscriber connection was lost with its node; its {subscriptions} \
+                 channels and patterns are followed on {to} now"
             ),
             Event::ClusterSwitchoverStarted { from, to } => write!(
                 f,

@@ -105,6 +105,7 @@ mod client;
 mod cluster;
 mod cluster_config;
 mod cluster_nodes;
+mod cluster_pubsub;
 mod cluster_scan;
 mod cluster_self;
 mod cluster_switchover;

@@ -1150,6 +1150,80 @@ fn watch_guards_a_transaction_on_its_keys_primary_and_a_moved_slot_fails_it_safe
     }
 }
 
+/// A pub/sub message as a RESP2 subscriber receives it.
+fn message(channel: &[u8], payload: &[u8]) -> Reply {
+    Reply::Array(Some(vec![bulk(b"message"), bulk(channel), bulk(payload)]))
+}
+
+#[test]
+fn a_subscriber_whose_node_dies_is_subscribed_again_elsewhere_and_misses_no_later_message() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut cluster = RedisCluster::start();
+        let proxy = proxy_for(runtime, &cluster);
+        // A short read timeout: the loop below waits for a message that may not come each time.
+        let mut subscriber = RespConn::try_connect(proxy.port, Duration::from_millis(300)).expect("connect");
+        subscriber.send(&[b"SUBSCRIBE", b"news", b"weather"]);
+        for (n, channel) in [(1, &b"news"[..]), (2, b"weather")] {
+            let confirmation = Reply::Array(Some(vec![bulk(b"subscribe"), bulk(channel), Reply::Int(n)]));
+            assert_eq!(subscriber.read_reply(), confirmation, "{runtime:?}");
+        }
+        subscriber.send(&[b"PSUBSCRIBE", b"sport.*"]);
+        let confirmation = Reply::Array(Some(vec![bulk(b"psubscribe"), bulk(b"sport.*"), Reply::Int(3)]));
+        assert_eq!(subscriber.read_reply(), confirmation);
+        let mut publisher = proxy.connect();
+        // In a cluster PUBLISH counts the receivers on the node it reached only: the count is not checked.
+        let published = |publisher: &mut RespConn, channel: &[u8], payload: &[u8]| {
+            let reply = ask(publisher, &[b"PUBLISH", channel, payload]);
+            assert!(matches!(reply, Reply::Int(_)), "PUBLISH: {reply:?}");
+        };
+        published(&mut publisher, b"news", b"before");
+        assert_eq!(subscriber.read_reply(), message(b"news", b"before"));
+        // The primary holding the subscriber connection (the one with subscriptions in CLIENT LIST) dies.
+        let holder = cluster
+            .primaries()
+            .into_iter()
+            .find(|p| {
+                let Reply::Bulk(Some(list)) = RespConn::connect(*p).call(&[b"CLIENT", b"LIST"]) else { return false };
+                String::from_utf8_lossy(&list).lines().any(|l| l.contains(" sub=2 psub=1 "))
+            })
+            .expect("a primary holds the subscriber connection");
+        cluster.kill(holder);
+        // Published until it arrives (a PUBLISH meeting the dead node may fail): the first frame the subscriber
+        // gets is a message, never the confirmations of its second subscription.
+        let mut first = None;
+        let arrived = wait_until(Duration::from_secs(15), || {
+            let _ = publisher.try_call(&[b"PUBLISH", b"weather", b"after"]);
+            match subscriber.try_read_reply() {
+                Ok(reply) => {
+                    first = Some(reply);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        assert!(arrived, "{runtime:?}: no message after the node died: {}", tail(&proxy.log(), 20));
+        assert_eq!(first, Some(message(b"weather", b"after")), "{runtime:?}");
+        assert!(proxy.log().contains("subscriber connection was lost with its node; its 3 channels"), "{runtime:?}");
+        // Still subscribed to all three, on one connection, which still takes commands.
+        let mut drained = 0;
+        while subscriber.try_read_reply().is_ok() {
+            drained += 1;
+            assert!(drained < 100, "the duplicates stop");
+        }
+        published(&mut publisher, b"sport.tennis", b"ace");
+        let pmessage =
+            Reply::Array(Some(vec![bulk(b"pmessage"), bulk(b"sport.*"), bulk(b"sport.tennis"), bulk(b"ace")]));
+        assert_eq!(subscriber.read_reply(), pmessage);
+        published(&mut publisher, b"news", b"later");
+        assert_eq!(subscriber.read_reply(), message(b"news", b"later"));
+        subscriber.send(&[b"UNSUBSCRIBE", b"news"]);
+        let unsubscribed = Reply::Array(Some(vec![bulk(b"unsubscribe"), bulk(b"news"), Reply::Int(2)]));
+        assert_eq!(subscriber.read_reply(), unsubscribed, "{runtime:?}");
+        assert_no_replicaof(&cluster);
+    }
+}
+
 #[test]
 fn scan_walks_every_primary_with_one_cursor_and_survives_a_reshard() {
     let _serial = exclusive();

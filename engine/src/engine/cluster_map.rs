@@ -134,6 +134,7 @@ impl Engine {
         let clients = &self.clients;
         cluster.transactions.retain_clients(|c| clients.contains(c));
         cluster.writes.tidy(clients.count(), |c| clients.contains(c));
+        cluster.subscriptions.retain_clients(|c| clients.contains(c));
         cluster.tick(now, self.monitor.views());
         self.pool.execute(cluster.orders(), &mut self.out);
         let switchover = cluster.switchover.as_ref().map(|s| s.expired(now));

@@ -212,8 +212,44 @@ impl Engine {
             return false;
         }
         self.out.counters.request(Target::Master, Class::of(held.spec));
+        if let Some(cluster) = self.cluster.as_deref_mut() {
+            cluster.subscriptions.sent(conn, &held.request);
+        }
         // Every frame the server sends on it goes to the client as it comes: no waiter.
         self.pool.send(backend, &[], held.request.frame().clone(), &mut self.out);
+        true
+    }
+
+    /// The subscriber connection `lost` of `owner`, to the node `lost_server`, is gone: subscribes the client
+    /// again, to what it follows, on another usable primary; the server's confirmations are read by nobody (the
+    /// client had them). False when that cannot be done (not a subscriber in cluster mode, nothing followed, no
+    /// other primary): then the client is closed, as in the other modes.
+    pub(super) fn subscribe_elsewhere(&mut self, owner: ConnId, lost: ConnId, lost_server: ServerId) -> bool {
+        let Some(cluster) = self.cluster.as_deref() else { return false };
+        if !self.clients.is_passthrough(owner) {
+            return false;
+        }
+        let Some(again) = cluster.subscriptions.resubscribe(owner) else { return false };
+        let others: Vec<ServerId> = cluster
+            .map()
+            .shards()
+            .iter()
+            .filter(|s| !s.failed && s.primary != lost_server)
+            .map(|s| s.primary)
+            .filter(|p| self.monitor.views().get(*p).is_some_and(|v| v.is_routable()))
+            .collect();
+        let Some(&server) = others.get(owner.index() % others.len().max(1)) else { return false };
+        let resp3 = self.clients.speaks_resp3(owner);
+        let Some(backend) = self.pool.acquire_private(server, owner, resp3, &mut self.out) else { return false };
+        if !self.clients.private_moved(owner, lost, backend) {
+            self.pool.release_private(backend, false, &mut self.out);
+            return false;
+        }
+        let waiters = vec![Waiter::Ignore; again.confirmations];
+        self.pool.send(backend, &waiters, again.data, &mut self.out);
+        if let Some(address) = self.monitor.address(server).cloned() {
+            self.out.event(Event::SubscriberMoved { client: owner, to: address, subscriptions: again.confirmations });
+        }
         true
     }
 
