@@ -1557,7 +1557,8 @@ fn without_server_auth_a_password_protected_cluster_is_refused_with_the_reason()
         let auth = format!(r#""server_auth": {{"password": "{CLUSTER_PASSWORD}"}}, "hold_ms""#);
         std::fs::write(proxy.config_path(), config.replacen(r#""hold_ms""#, &auth, 1)).expect("rewrite the config");
         proxy.signal("HUP");
-        let applied = "reload: applied: server credentials (for new connections)";
+        let applied = "reload: applied: server credentials (for new connections, and at once on the 6 server(s) \
+                       that turned the old ones down)";
         assert!(
             wait_until(Duration::from_secs(10), || proxy.log().contains(applied)),
             "{runtime:?}: the reload is applied:\n{}",
@@ -1567,5 +1568,13 @@ fn without_server_auth_a_password_protected_cluster_is_refused_with_the_reason()
         assert!(!log.contains("removing") && !log.contains("refused"), "{runtime:?}: no node removed:\n{log}");
         let json = status_json(status_port);
         assert_eq!(json.matches(r#""address":"127.0.0.1:"#).count(), 6, "{runtime:?}: every node is kept:\n{json}");
+        // The nodes that refused the old credentials are asked again with the new ones: the cluster is served.
+        let served = wait_until(
+            Duration::from_secs(10),
+            || matches!(conn.try_call(&[b"SET", b"k", b"v"]), Ok(reply) if reply == status("OK")),
+        );
+        assert!(served, "{runtime:?}: served after the reload:\n{}", proxy.log());
+        assert_eq!(ask(&mut conn, &[b"GET", b"k"]), bulk(b"v"));
+        assert_eq!(http_get(status_port, "/health").map(|(code, _)| code), Some(200), "{runtime:?}");
     }
 }

@@ -42,11 +42,26 @@ impl Engine {
         }
         if new.server_auth != self.config.server_auth || new.server_auth_overrides != self.config.server_auth_overrides
         {
-            // New connections log in with the new credentials; open ones stay logged in as they are.
+            // New connections log in with the new credentials; open ones stay logged in as they are, so that a
+            // rotation (the server takes both passwords meanwhile) fails no request. A server that refused the old
+            // credentials keeps refusing on the connections that sent them: those are closed and opened again.
             for (id, view) in self.monitor.views().iter() {
                 self.pool.set_auth(id, new.server_credentials(&view.address).and_then(auth::auth_request));
             }
-            changes.push("server credentials (for new connections)".to_string());
+            let refusing: Vec<ServerId> = self
+                .monitor
+                .views()
+                .iter()
+                .filter(|(_, v)| v.failures.credentials_refused())
+                .map(|(id, _)| id)
+                .collect();
+            for server in &refusing {
+                self.close_backends_of(now, *server, false, "logging in again with the new server credentials");
+            }
+            changes.push(format!(
+                "server credentials (for new connections, and at once on the {} server(s) that turned the old ones down)",
+                refusing.len()
+            ));
         }
         if new.client_users != self.config.client_users {
             changes.push("client users (for new logins)".to_string());

@@ -53,7 +53,9 @@ fn a_reload_keeps_the_nodes_of_the_map_and_applies_server_auth() {
     // The file lists no server in cluster mode: a reload must not remove the nodes learnt from the map.
     let config = ClusterWorld::config(r#", "check_period": 100, "server_auth": {"password": "pw"}"#);
     let changes = kit.engine.reconfigure(kit.clock.now(), config).expect("the reload is taken");
-    assert_eq!(changes, vec!["server credentials (for new connections)".to_string()]);
+    let applied =
+        "server credentials (for new connections, and at once on the 0 server(s) that turned the old ones down)";
+    assert_eq!(changes, vec![applied.to_string()]);
     assert_eq!(kit.engine.servers(), before, "every node is still a server");
     let events = kit.events();
     assert!(!events.iter().any(|e| e.to_string().contains("removing")), "no node is removed: {events:?}");
