@@ -221,10 +221,17 @@ impl Engine {
     }
 
     /// The subscriber connection `lost` of `owner`, to the node `lost_server`, is gone: subscribes the client
-    /// again, to what it follows, on another usable primary; the server's confirmations are read by nobody (the
-    /// client had them). False when that cannot be done (not a subscriber in cluster mode, nothing followed, no
-    /// other primary): then the client is closed, as in the other modes.
-    pub(super) fn subscribe_elsewhere(&mut self, owner: ConnId, lost: ConnId, lost_server: ServerId) -> bool {
+    /// again, to what it follows, on another usable primary. The server's confirmations are read by nobody when
+    /// the lost connection was `connected` (the client had them), and go to the client when it never opened (its
+    /// subscriptions never reached a server). False when that cannot be done (not a subscriber in cluster mode,
+    /// nothing followed, no other primary): then the client is closed, as in the other modes.
+    pub(super) fn subscribe_elsewhere(
+        &mut self,
+        owner: ConnId,
+        lost: ConnId,
+        lost_server: ServerId,
+        connected: bool,
+    ) -> bool {
         let Some(cluster) = self.cluster.as_deref() else { return false };
         if !self.clients.is_passthrough(owner) {
             return false;
@@ -245,7 +252,7 @@ impl Engine {
             self.pool.release_private(backend, false, &mut self.out);
             return false;
         }
-        let waiters = vec![Waiter::Ignore; again.confirmations];
+        let waiters = vec![Waiter::Ignore; if connected { again.confirmations } else { 0 }];
         self.pool.send(backend, &waiters, again.data, &mut self.out);
         if let Some(address) = self.monitor.address(server).cloned() {
             self.out.event(Event::SubscriberMoved { client: owner, to: address, subscriptions: again.confirmations });

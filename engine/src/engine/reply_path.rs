@@ -235,7 +235,11 @@ impl Engine {
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
         let orphaned = match lost.purpose {
-            Purpose::Private { owner: Some(owner) } if self.subscribe_elsewhere(owner, conn, lost_server) => None,
+            Purpose::Private { owner: Some(owner) }
+                if self.subscribe_elsewhere(owner, conn, lost_server, lost.connected) =>
+            {
+                None
+            }
             Purpose::Private { owner: Some(owner) } if self.clients.private_lost(owner, conn) => Some(owner),
             _ => None,
         };

@@ -214,3 +214,24 @@ fn proxy_failover_asks_the_replica_and_answers_once_the_map_shows_it_as_primary(
     assert_eq!(&call(&mut world, &mut kit, client, &["INCR", "foo"])[..], b":2\r\n");
     assert_eq!(world.calls.get(&(replica, "INCR".to_string())).copied(), Some(1), "the write went to the new primary");
 }
+
+#[test]
+fn a_subscriber_whose_node_crashes_is_subscribed_again_elsewhere_without_a_second_confirmation() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let confirmed = call(&mut world, &mut kit, client, &["SUBSCRIBE", "a", "b"]);
+    assert_eq!(&confirmed[..], b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n");
+    let holder = (0..world.nodes.len())
+        .find(|n| world.calls.contains_key(&(*n, "SUBSCRIBE".to_string())))
+        .expect("a node took the subscription");
+    let out = world.crash(&mut kit, holder);
+    let again: Vec<usize> = (0..world.nodes.len())
+        .filter(|n| *n != holder && world.calls.contains_key(&(*n, "SUBSCRIBE".to_string())))
+        .collect();
+    assert_eq!(again.len(), 1, "subscribed again on one other node");
+    assert!(world.nodes[again[0]].replica_of.is_none(), "on a primary");
+    assert!(to_client(&out, client).is_empty(), "the client does not see the second confirmations");
+    assert!(!out.iter().any(|a| matches!(a, crate::Action::Close { conn } if *conn == client)), "nor is closed");
+    let events = kit.events();
+    assert!(events.iter().any(|e| e.to_string().contains("its 2 channels and patterns are followed on")), "{events:?}");
+}

@@ -276,6 +276,17 @@ impl ClusterWorld {
                 };
             }
             "ASKING" => return b"+OK\r\n".to_vec(),
+            // A subscription: one confirmation per channel (the count is not modelled).
+            "SUBSCRIBE" | "PSUBSCRIBE" => {
+                let kind = name.to_lowercase();
+                let mut out = Vec::new();
+                for (n, channel) in args[1..].iter().enumerate() {
+                    out.extend(format!("*3\r\n${}\r\n{kind}\r\n", kind.len()).into_bytes());
+                    out.extend(bulk(channel));
+                    out.extend(format!(":{}\r\n", n + 1).into_bytes());
+                }
+                return out;
+            }
             _ => {}
         }
         if self.nodes[node].minority.is_some() {
