@@ -29,13 +29,15 @@ impl Engine {
             return Err(format!("it adds {draining}, which is still being removed: reload again in a moment"));
         }
         let mut changes = Vec::new();
-        for address in removed {
-            self.remove_server(now, &address)?;
-            changes.push(format!("removing server {address}"));
-        }
+        // Added before the others are removed: removing every configured server first would meet "the last
+        // server cannot be removed" half way, with some already gone.
         for address in added {
             self.add_server(now, address.clone())?;
             changes.push(format!("added server {address}"));
+        }
+        for address in removed {
+            self.remove_server(now, &address)?;
+            changes.push(format!("removing server {address}"));
         }
         if new.mode != self.config.mode {
             changes.push(format!("mode {:?} -> {:?}", self.config.mode, new.mode));

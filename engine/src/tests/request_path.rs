@@ -260,3 +260,15 @@ fn an_over_budget_error_waits_behind_held_requests() {
         ]
     );
 }
+
+#[test]
+fn a_reload_that_replaces_every_server_before_a_master_is_known_applies_whole() {
+    let mut kit = Driver::new(config(2));
+    let replaced = crate::Config::with_servers(
+        (5..7).map(|i| crate::ServerAddress { host: "127.0.0.1".into(), port: port_of(i) }).collect(),
+    );
+    let changes = kit.engine.reconfigure(kit.clock.now(), replaced).expect("the reload is taken");
+    assert_eq!(changes.len(), 4, "two added, two removed: {changes:?}");
+    let ports: Vec<u16> = kit.engine.servers().iter().map(|s| s.port).collect();
+    assert_eq!(ports, vec![port_of(5), port_of(6)], "the new servers only, none of the old left");
+}
