@@ -312,7 +312,7 @@ impl Clients {
             self.update_reading(conn, out);
         }
         if expired > 0 {
-            out.event(Event::RequestsExpired { count: expired });
+            out.event(Event::RequestsExpired { count: expired, cluster: self.holds.cluster });
         }
     }
 

@@ -192,7 +192,9 @@ impl Engine {
             .collect();
         let cluster = self.cluster_status(now);
         let no_master_reason = match (master, master_view) {
-            _ if self.cluster.is_some() => cluster.as_ref().and_then(cluster_unhealthy),
+            _ if self.cluster.is_some() => {
+                cluster.as_ref().and_then(|c| cluster_unhealthy(c, &topology::obstacles_suffix(views)))
+            }
             (Some(_), Some(m)) if m.is_routable() => None,
             (Some(_), Some(m)) => Some(format!("master {} is {}: {}", m.address, m.health.name(), m.why)),
             (Some(_), None) => Some("no master: the routed master is no longer a server of this proxy".to_string()),

@@ -279,6 +279,8 @@ pub enum Event {
     RequestsExpired {
         /// How many.
         count: usize,
+        /// Cluster mode: they waited for their slot's primary.
+        cluster: bool,
     },
 }
 
@@ -374,7 +376,12 @@ impl fmt::Display for Event {
                     "connection to {address} lost ({reason}); {failed_requests} request(s) in flight got an error"
                 )
             }
-            Event::RequestsExpired { count } => write!(f, "{count} held request(s) got an error: no master in time"),
+            Event::RequestsExpired { count, cluster: false } => {
+                write!(f, "{count} held request(s) got an error: no master in time")
+            }
+            Event::RequestsExpired { count, cluster: true } => {
+                write!(f, "{count} held request(s) got an error: no usable primary of their slot in time")
+            }
             Event::AdminCommand { conn, command } => write!(f, "admin client {conn}: {command}"),
             Event::ClusterMapChanged { from, shards, served_slots } => {
                 write!(f, "cluster: slot map from {from}: {shards} shards serve {served_slots} of 16384 slots")

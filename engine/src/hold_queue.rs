@@ -156,7 +156,7 @@ impl HoldQueue {
         if self.bytes + held.cost() <= self.max_bytes {
             return Admission::Hold(held);
         }
-        out.event(Event::RequestsExpired { count: 1 });
+        out.event(Event::RequestsExpired { count: 1, cluster: self.cluster });
         let message = self.error(master_known);
         if nothing_held {
             return Admission::Refuse(message);

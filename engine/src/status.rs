@@ -158,7 +158,7 @@ impl Counters {
             Event::ClientProtocolError { .. } => self.errors.protocol += 1,
             Event::ClientOutputLimit { .. } => self.errors.output_limit += 1,
             Event::BackendLost { failed_requests, .. } => self.errors.backend_lost += *failed_requests as u64,
-            Event::RequestsExpired { count } => self.errors.hold_expired += *count as u64,
+            Event::RequestsExpired { count, .. } => self.errors.hold_expired += *count as u64,
             Event::ServerDown { .. } => self.servers_down += 1,
             _ => {}
         }

@@ -30,6 +30,9 @@ async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     if let Some(address) = proxy.tls_addr().transpose()? {
         logger.log(Level::Info, &format!("TLS clients on {address}"));
     }
+    if shown.server_tls.is_some() {
+        logger.log(Level::Info, &"connections to the servers use TLS (server_tls)");
+    }
     if let Some(address) = proxy.status_addr().transpose()? {
         logger.log(Level::Info, &format!("status page, /status.json, /metrics and /health on http://{address}/"));
     }

@@ -1539,7 +1539,7 @@ fn without_server_auth_a_password_protected_cluster_is_refused_with_the_reason()
         assert_eq!(json.matches(why).count(), 6, "{runtime:?}: every node's reason:\n{json}");
         assert!(json.contains(r#""served_slots":0"#), "{runtime:?}: no slot served:\n{json}");
         let health = http_get(status_port, "/health");
-        let no_map = "cluster: no slot map yet (no seed has answered CLUSTER NODES)\n".to_string();
+        let no_map = format!("cluster: no slot map yet: no node has answered CLUSTER NODES ({})\n", reasons.join("; "));
         assert_eq!(health, Some((503, no_map)), "{runtime:?}");
         let log = proxy.log();
         for port in &ports {

@@ -10,10 +10,11 @@ use crate::pool::{Line, MapQuery};
 use crate::slot_map::SlotMap;
 use crate::status::{ClusterStatus, ShardStatus};
 
-/// Why the cluster is not wholly served, for `/health` (None: every slot has a usable primary).
-pub(super) fn cluster_unhealthy(status: &ClusterStatus) -> Option<String> {
+/// Why the cluster is not wholly served, for `/health` (None: every slot has a usable primary); `obstacles` says
+/// what stands in the way of each server that has an obstacle (see [`topology::obstacles_suffix`]).
+pub(super) fn cluster_unhealthy(status: &ClusterStatus, obstacles: &str) -> Option<String> {
     if status.map_age.is_none() {
-        return Some("cluster: no slot map yet (no seed has answered CLUSTER NODES)".to_string());
+        return Some(format!("cluster: no slot map yet: no node has answered CLUSTER NODES{obstacles}"));
     }
     if let Some(shard) = status.shards.iter().find(|s| !s.usable) {
         return Some(format!(
