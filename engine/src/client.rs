@@ -40,7 +40,10 @@ pub(crate) struct ForwardState {
 
 /// A client that is gone, with the private connection it leaves behind.
 pub(crate) struct Departed {
-    pub(crate) private: ConnId,
+    /// The client.
+    pub(crate) client: ConnId,
+    /// Its private connection, if it held one.
+    pub(crate) private: Option<ConnId>,
     /// The server may still push frames at the private connection: it cannot be cleaned for reuse.
     pub(crate) passthrough: bool,
 }
@@ -655,8 +658,9 @@ impl Clients {
             out.close(conn);
         }
         out.event(Event::ClientClosed { conn });
-        if let Some(private) = client.private {
-            self.departed.push(Departed { private, passthrough: client.is_passthrough() });
+        // A client in pass-through may hold cluster mode's subscriber lines without a private connection.
+        if client.private.is_some() || client.passthrough {
+            self.departed.push(Departed { client: conn, private: client.private, passthrough: client.passthrough });
         }
     }
 
@@ -835,7 +839,7 @@ pub(super) mod tests {
         assert!(out.events.iter().any(|e| matches!(e, Event::ClientOutputLimit { .. })));
         let departed = clients.take_departed();
         assert_eq!(departed.len(), 1);
-        assert!(departed[0].private == private && departed[0].passthrough);
+        assert!(departed[0].private == Some(private) && departed[0].passthrough);
     }
 
     #[test]

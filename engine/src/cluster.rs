@@ -16,6 +16,7 @@ use crate::cluster_config::ClusterConfig;
 use crate::cluster_nodes::{self, NodeEntry};
 use crate::cluster_pubsub::Subscriptions;
 use crate::cluster_self::ProxyNode;
+use crate::cluster_shard_pubsub::ShardSubscriptions;
 use crate::cluster_switchover::Switchover;
 use crate::cluster_writes::Writes;
 use crate::pool::{Line, MapQuery, Orders, Waiter};
@@ -89,6 +90,8 @@ pub(crate) struct Cluster {
     pub(crate) writes: Writes,
     /// What each subscribed client follows (to subscribe it again when its node is lost).
     pub(crate) subscriptions: Subscriptions,
+    /// The shard channels each client follows, and the connections they are followed on.
+    pub(crate) shard_subscriptions: ShardSubscriptions,
 }
 
 impl Cluster {
@@ -115,6 +118,7 @@ impl Cluster {
             switchover: None,
             writes: Writes::default(),
             subscriptions: Subscriptions::default(),
+            shard_subscriptions: ShardSubscriptions::default(),
         }
     }
 

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 mod cluster_map;
 mod cluster_path;
+mod cluster_shard_pubsub;
 mod cluster_transaction;
 mod following;
 mod operations;
@@ -453,7 +454,12 @@ impl Engine {
     #[inline(never)]
     pub(super) fn release_privates_of_departed(&mut self) {
         for departed in self.clients.take_departed() {
-            self.pool.release_private(departed.private, departed.passthrough, &mut self.out);
+            if let Some(private) = departed.private {
+                self.pool.release_private(private, departed.passthrough, &mut self.out);
+            }
+            if departed.passthrough {
+                self.close_lines_of(departed.client);
+            }
         }
         if !self.uploads.is_empty() {
             // Their connections were closed with them: they hold part of a request.

@@ -238,6 +238,16 @@ pub enum Event {
         /// How many channels and patterns it follows.
         subscriptions: usize,
     },
+    /// Cluster mode: shard channels of a client, lost with their node or dropped by it when their slot moved,
+    /// are followed on their slot's primary now.
+    ShardChannelsMoved {
+        /// The client.
+        client: ConnId,
+        /// The primary they are followed on now.
+        to: ServerAddress,
+        /// How many channels.
+        channels: usize,
+    },
     /// Cluster mode: a planned switchover began, `CLUSTER FAILOVER` sent to the replica `to` of primary `from`.
     ClusterSwitchoverStarted {
         /// The primary.
@@ -401,6 +411,11 @@ impl fmt::Display for Event {
                 f,
                 "cluster: client {client}'s subscriber connection was lost with its node; its {subscriptions} \
                  channels and patterns are followed on {to} now"
+            ),
+            Event::ShardChannelsMoved { client, to, channels } => write!(
+                f,
+                "cluster: client {client}'s {channels} shard channel(s) lost their node or slot; they are followed \
+                 on {to} now"
             ),
             Event::ClusterSwitchoverStarted { from, to } => write!(
                 f,

@@ -108,6 +108,7 @@ mod cluster_nodes;
 mod cluster_pubsub;
 mod cluster_scan;
 mod cluster_self;
+mod cluster_shard_pubsub;
 mod cluster_switchover;
 mod cluster_writes;
 #[cfg(feature = "command-table")]

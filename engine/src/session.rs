@@ -408,8 +408,8 @@ impl Session {
     /// Cluster mode's answers to what would tie a client to one node's connection, or None to classify `request`
     /// as usual. `SELECT` is refused as Redis Cluster refuses it; `CLUSTER` subcommands pass (the engine answers
     /// or routes them); `READONLY`/`READWRITE` are answered here (a cluster-aware client sends them, and reads
-    /// go to primaries); `SUBSCRIBE` and `PSUBSCRIBE` pass (a cluster delivers every `PUBLISH` to every node); the
-    /// rest is refused for now, with the reason.
+    /// go to primaries); the `SUBSCRIBE` family passes (the engine follows shard channels on their slot's
+    /// primary); the rest is refused for now, with the reason.
     fn classify_in_cluster(&mut self, request: &Request, spec: &'static CommandSpec) -> Option<Handling> {
         let not_yet = |what: &str| {
             Some(Handling::Refuse(format!(
@@ -421,7 +421,6 @@ impl Session {
             "select" => Some(Handling::Refuse("ERR SELECT is not allowed in cluster mode".to_string())),
             "readonly" | "readwrite" => Some(Handling::Local(Bytes::from_static(b"+OK\r\n"))),
             name if name.starts_with("cluster") => Some(Handling::Forward(self.current_pin())),
-            "ssubscribe" | "sunsubscribe" => not_yet("sharded publish/subscribe (SUBSCRIBE and PSUBSCRIBE work)"),
             "monitor" | "client|tracking" | "client|reply" | "client|caching" | "client|id" | "client|getredir"
             | "client|no-evict" | "client|no-touch" | "sync" | "psync" | "replconf" => {
                 not_yet(&spec.name.to_ascii_uppercase().replace('|', " "))

@@ -1224,6 +1224,115 @@ fn a_subscriber_whose_node_dies_is_subscribed_again_elsewhere_and_misses_no_late
     }
 }
 
+/// A shard channel message as a RESP2 subscriber receives it.
+fn smessage(channel: &[u8], payload: &[u8]) -> Reply {
+    Reply::Array(Some(vec![bulk(b"smessage"), bulk(channel), bulk(payload)]))
+}
+
+/// A sharded (un)subscription confirmation as a RESP2 subscriber receives it.
+fn shard_confirmation(kind: &[u8], channel: &[u8], count: i64) -> Reply {
+    Reply::Array(Some(vec![bulk(kind), bulk(channel), Reply::Int(count)]))
+}
+
+/// `SPUBLISH`es `payload` on `channel` until `subscriber` gets a frame (a node lost or a slot moved may cost the
+/// first ones), and returns that first frame; None after 15 s.
+fn first_frame_after(
+    publisher: &mut RespConn,
+    subscriber: &mut RespConn,
+    channel: &[u8],
+    payload: &[u8],
+) -> Option<Reply> {
+    let mut first = None;
+    wait_until(Duration::from_secs(15), || {
+        let _ = publisher.try_call(&[b"SPUBLISH", channel, payload]);
+        match subscriber.try_read_reply() {
+            Ok(reply) => {
+                first = Some(reply);
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    first
+}
+
+#[test]
+fn shard_channels_are_followed_on_their_slots_primary_through_a_reshard_and_a_sigkill() {
+    let _serial = exclusive();
+    for &runtime in Runtime::ALL {
+        let mut cluster = RedisCluster::start();
+        let proxy = proxy_for(runtime, &cluster);
+        let primaries = cluster.primaries();
+        // Two channels on two primaries, and a third primary to move the first one's slot to.
+        let (moving, moving_slot) = cluster.keys_where("orders", 1, |_| true)[0].clone();
+        let from = cluster.owner_of_slot(moving_slot);
+        let (killed, killed_slot) = cluster.keys_where("prices", 1, |s| cluster.owner_of_slot(s) != from)[0].clone();
+        let holder = cluster.owner_of_slot(killed_slot);
+        let to = *primaries.iter().find(|p| **p != from && **p != holder).expect("a third primary");
+        let (moving, killed) = (moving.as_bytes(), killed.as_bytes());
+
+        let mut subscriber = RespConn::try_connect(proxy.port, Duration::from_millis(300)).expect("connect");
+        subscriber.send(&[b"SSUBSCRIBE", moving]);
+        assert_eq!(subscriber.read_reply(), shard_confirmation(b"ssubscribe", moving, 1), "{runtime:?}");
+        // The second line's node counts one channel; the client is told its own count, as one Redis would.
+        subscriber.send(&[b"SSUBSCRIBE", killed]);
+        assert_eq!(subscriber.read_reply(), shard_confirmation(b"ssubscribe", killed, 2), "{runtime:?}");
+        let mut refused = proxy.connect();
+        assert_eq!(refused.call(&[b"SSUBSCRIBE", b"a", b"b"]), Reply::Error(CROSSSLOT.into()), "{runtime:?}");
+        let mut publisher = proxy.connect();
+        assert_eq!(ask(&mut publisher, &[b"SPUBLISH", moving, b"one"]), Reply::Int(1), "{runtime:?}");
+        assert_eq!(subscriber.read_reply(), smessage(moving, b"one"));
+        assert_eq!(ask(&mut publisher, &[b"SPUBLISH", killed, b"two"]), Reply::Int(1));
+        assert_eq!(subscriber.read_reply(), smessage(killed, b"two"));
+
+        // The slot moves: its old owner drops the channel with a `sunsubscribe` of its own, which the client
+        // never sees; the next frame it gets is a message published on the new owner.
+        cluster.reshard_slot(moving_slot, from, to);
+        let first = first_frame_after(&mut publisher, &mut subscriber, moving, b"moved");
+        assert_eq!(first, Some(smessage(moving, b"moved")), "{runtime:?}: {}", tail(&proxy.log(), 20));
+        let on_new_owner = cluster.connect(to).call(&[b"PUBSUB", b"SHARDNUMSUB", moving]);
+        assert_eq!(on_new_owner, Reply::Array(Some(vec![bulk(moving), Reply::Int(1)])), "{runtime:?}");
+
+        // The other channel's primary is SIGKILLed: followed again on the replica the cluster promotes.
+        cluster.kill(holder);
+        let promoted = cluster.wait_for_promotion(holder);
+        let first = first_frame_after(&mut publisher, &mut subscriber, killed, b"promoted");
+        assert_eq!(first, Some(smessage(killed, b"promoted")), "{runtime:?}: {}", tail(&proxy.log(), 20));
+        let on_promoted = cluster.connect(promoted).call(&[b"PUBSUB", b"SHARDNUMSUB", killed]);
+        assert_eq!(on_promoted, Reply::Array(Some(vec![bulk(killed), Reply::Int(1)])), "{runtime:?}");
+        assert!(proxy.log().contains("shard channel(s) lost their node or slot"), "{runtime:?}");
+        // Duplicates of the messages published while waiting, then nothing else.
+        let mut drained = 0;
+        while let Ok(reply) = subscriber.try_read_reply() {
+            assert!(reply == smessage(killed, b"promoted") || reply == smessage(moving, b"moved"), "{reply:?}");
+            drained += 1;
+            assert!(drained < 100, "the duplicates stop");
+        }
+
+        // Leaving a channel is answered with the client's count, and its messages stop at once.
+        subscriber.send(&[b"SUNSUBSCRIBE", moving]);
+        assert_eq!(subscriber.read_reply(), shard_confirmation(b"sunsubscribe", moving, 1), "{runtime:?}");
+        assert!(wait_until(Duration::from_secs(5), || {
+            cluster.connect(to).call(&[b"PUBSUB", b"SHARDNUMSUB", moving])
+                == Reply::Array(Some(vec![bulk(moving), Reply::Int(0)]))
+        }));
+        assert_eq!(ask(&mut publisher, &[b"SPUBLISH", moving, b"gone"]), Reply::Int(0));
+        assert_eq!(ask(&mut publisher, &[b"SPUBLISH", killed, b"last"]), Reply::Int(1));
+        assert_eq!(subscriber.read_reply(), smessage(killed, b"last"), "{runtime:?}: nothing of the channel left");
+        subscriber.send(&[b"PING"]);
+        assert_eq!(subscriber.read_reply(), Reply::Array(Some(vec![bulk(b"pong"), bulk(b"")])), "{runtime:?}");
+        subscriber.send(&[b"SUNSUBSCRIBE"]);
+        assert_eq!(subscriber.read_reply(), shard_confirmation(b"sunsubscribe", killed, 0), "{runtime:?}");
+        // Every line is closed with the client.
+        drop(subscriber);
+        assert!(wait_until(Duration::from_secs(5), || {
+            cluster.connect(promoted).call(&[b"PUBSUB", b"SHARDNUMSUB", killed])
+                == Reply::Array(Some(vec![bulk(killed), Reply::Int(0)]))
+        }));
+        assert_no_replicaof(&cluster);
+    }
+}
+
 #[test]
 fn scan_walks_every_primary_with_one_cursor_and_survives_a_reshard() {
     let _serial = exclusive();

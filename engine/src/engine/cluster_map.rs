@@ -66,6 +66,7 @@ impl Engine {
                     self.cluster.as_deref().and_then(|c| Some(c.switchover.as_ref()?.map_accepted(c.map())));
                 self.end_cluster_switchover(now, switchover);
                 self.run_all_held(now);
+                self.place_shard_batches(now);
             }
         }
     }

@@ -195,6 +195,9 @@ impl Engine {
     /// node, and the server's pushes pass straight to the client. False: wait (no primary, or earlier replies
     /// are still due on other connections).
     fn cluster_passthrough(&mut self, now: Instant, conn: ConnId, held: &HeldRequest) -> bool {
+        if let Some(done) = self.shard_pubsub_step(now, conn, held) {
+            return done;
+        }
         let Some(state) = self.clients.forward_state(conn) else { return true };
         let backend = match state.private {
             Some(backend) => backend,

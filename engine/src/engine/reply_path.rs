@@ -46,6 +46,10 @@ impl Engine {
                     Some(_) => continue,
                     None => {}
                 }
+                if self.cluster.as_deref().is_some_and(|c| c.shard_subscriptions.is_line(conn)) {
+                    self.shard_line_frame(now, conn, owner, frame);
+                    continue;
+                }
                 if frame.first() == Some(&b'>') || self.clients.is_passthrough(owner) {
                     self.clients.push(owner, frame, &mut self.out);
                     continue;
@@ -235,6 +239,7 @@ impl Engine {
         // The owner loses its private connection before any error is delivered: delivering runs the owner's held
         // requests, which must not be sent on (or wait forever for) this connection.
         let orphaned = match lost.purpose {
+            Purpose::Private { owner: Some(_) } if self.shard_line_lost(conn) => None,
             Purpose::Private { owner: Some(owner) }
                 if self.subscribe_elsewhere(owner, conn, lost_server, lost.connected) =>
             {

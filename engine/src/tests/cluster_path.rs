@@ -1,6 +1,6 @@
 //! Cluster mode through the whole engine, against the modelled cluster of `cluster_world`: the map read from a
 //! seed, requests routed by slot, redirections followed and never shown, multi-key commands split by slot and
-//! merged, cross-slot refusals, and a failover followed.
+//! merged, cross-slot refusals, a failover followed, and shard channels moved with their slot.
 
 use super::cluster_world::{to_client, ClusterWorld};
 use crate::slot::key_slot;
@@ -234,4 +234,77 @@ fn a_subscriber_whose_node_crashes_is_subscribed_again_elsewhere_without_a_secon
     assert!(!out.iter().any(|a| matches!(a, crate::Action::Close { conn } if *conn == client)), "nor is closed");
     let events = kit.events();
     assert!(events.iter().any(|e| e.to_string().contains("its 2 channels and patterns are followed on")), "{events:?}");
+}
+
+/// The first of `prefix0`, `prefix1` ... whose slot `wanted` takes.
+fn channel_where(prefix: &str, wanted: impl Fn(u16) -> bool) -> String {
+    (0..).map(|i| format!("{prefix}{i}")).find(|c| wanted(key_slot(c.as_bytes()))).expect("a channel")
+}
+
+fn shard_push(kind: &str, channel: &str, last: &str) -> String {
+    let last = if last.starts_with(':') { format!("{last}\r\n") } else { format!("${}\r\n{last}\r\n", last.len()) };
+    format!("*3\r\n${}\r\n{kind}\r\n${}\r\n{channel}\r\n{last}", kind.len(), channel.len())
+}
+
+#[test]
+fn shard_channels_follow_their_slot_through_a_stale_map_a_moved_slot_and_a_crash_unseen_by_the_client() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let owner_of = |world: &ClusterWorld, channel: &str| world.owners[usize::from(key_slot(channel.as_bytes()))];
+    let first = channel_where("orders", |_| true);
+    let home = owner_of(&world, &first);
+    let second = channel_where("prices", |s| world.owners[usize::from(s)] != home);
+    // A third channel whose slot moved behind the proxy's back: the node it asks answers MOVED.
+    let third = channel_where("trades", |s| world.owners[usize::from(s)] == home && s != key_slot(first.as_bytes()));
+    let third_slot = key_slot(third.as_bytes());
+    let elsewhere = (0..3).find(|n| *n != home && *n != owner_of(&world, &second)).expect("a third primary");
+
+    let got = call(&mut world, &mut kit, client, &["SSUBSCRIBE", &first]);
+    assert_eq!(got, Bytes::from(shard_push("ssubscribe", &first, ":1")));
+    // Each node counts its own connection's channels; the client is told its count over both.
+    let got = call(&mut world, &mut kit, client, &["SSUBSCRIBE", &second]);
+    assert_eq!(got, Bytes::from(shard_push("ssubscribe", &second, ":2")));
+    world.owners[usize::from(third_slot)] = elsewhere;
+    world.bump_epoch(elsewhere);
+    let got = call(&mut world, &mut kit, client, &["SSUBSCRIBE", &third]);
+    assert_eq!(got, Bytes::from(shard_push("ssubscribe", &third, ":3")), "MOVED was followed, unseen");
+    assert_eq!(world.calls.get(&(elsewhere, "SSUBSCRIBE".to_string())), Some(&1));
+    let out = world.spublish(&mut kit, second.as_bytes(), b"hello");
+    assert_eq!(to_client(&out, client), Bytes::from(shard_push("smessage", &second, "hello")));
+
+    // The first channel's slot moves: the old owner's `sunsubscribe` is swallowed, and the next map puts the
+    // channel on the new owner, whose confirmation is swallowed too.
+    let out = world.move_slot(&mut kit, key_slot(first.as_bytes()), elsewhere);
+    assert!(to_client(&out, client).is_empty(), "{:?}", to_client(&out, client));
+    let out = world.settle(&mut kit, 5);
+    assert!(to_client(&out, client).is_empty(), "{:?}", to_client(&out, client));
+    assert_eq!(world.calls.get(&(elsewhere, "SSUBSCRIBE".to_string())), Some(&2), "subscribed again there");
+    let out = world.spublish(&mut kit, first.as_bytes(), b"moved");
+    assert_eq!(to_client(&out, client), Bytes::from(shard_push("smessage", &first, "moved")));
+
+    // The second channel's node crashes and the cluster promotes its replica: followed there.
+    let crashed = owner_of(&world, &second);
+    world.fail_over(&mut kit, crashed);
+    let out = world.settle(&mut kit, 10);
+    assert!(to_client(&out, client).is_empty(), "{:?}", to_client(&out, client));
+    let promoted = owner_of(&world, &second);
+    assert_ne!(promoted, crashed);
+    assert_eq!(world.calls.get(&(promoted, "SSUBSCRIBE".to_string())), Some(&1));
+    let out = world.spublish(&mut kit, second.as_bytes(), b"promoted");
+    assert_eq!(to_client(&out, client), Bytes::from(shard_push("smessage", &second, "promoted")));
+    let events: Vec<String> = kit.events().iter().map(ToString::to_string).collect();
+    assert_eq!(events.iter().filter(|e| e.contains("shard channel(s) lost their node or slot")).count(), 2);
+
+    // Leaving is answered at once with the client's count; the proxy leaves the channel on its node too.
+    let got = call(&mut world, &mut kit, client, &["SUNSUBSCRIBE", &first, "never"]);
+    let expected = shard_push("sunsubscribe", &first, ":2") + &shard_push("sunsubscribe", "never", ":2");
+    assert_eq!(got, Bytes::from(expected));
+    assert_eq!(world.calls.get(&(elsewhere, "SUNSUBSCRIBE".to_string())), Some(&1));
+    assert!(to_client(&world.spublish(&mut kit, first.as_bytes(), b"gone"), client).is_empty());
+    let got = call(&mut world, &mut kit, client, &["SUNSUBSCRIBE"]);
+    // All of them, in the channels' order, each with the count left after it.
+    let (low, high) = if second < third { (&second, &third) } else { (&third, &second) };
+    let expected = shard_push("sunsubscribe", low, ":1") + &shard_push("sunsubscribe", high, ":0");
+    assert_eq!(got, Bytes::from(expected));
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
 }

@@ -105,6 +105,8 @@ pub(crate) struct ClusterWorld {
     pub(crate) violations: Vec<String>,
     /// The values of the `SET`s and `MSET`s a node bounced (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`).
     pub(crate) bounced_writes: BTreeSet<Vec<u8>>,
+    /// The shard channels each connection is subscribed to (on its node).
+    shard_channels: BTreeMap<ConnId, BTreeSet<Vec<u8>>>,
     /// Print every data command a node answers (`CLUSTER_TRACE` set).
     trace: bool,
 }
@@ -154,6 +156,7 @@ impl ClusterWorld {
             history: BTreeMap::new(),
             violations: Vec::new(),
             bounced_writes: BTreeSet::new(),
+            shard_channels: BTreeMap::new(),
             trace: std::env::var_os("CLUSTER_TRACE").is_some(),
         }
     }
@@ -387,7 +390,13 @@ impl ClusterWorld {
             entry.1.drain(..len);
             let asking = std::mem::take(&mut entry.2);
             let is_asking = args[0].eq_ignore_ascii_case(b"ASKING");
-            let reply = self.answer(node, &args, asking);
+            let reply = match &args[0].to_ascii_uppercase()[..] {
+                b"SSUBSCRIBE" | b"SUNSUBSCRIBE" => {
+                    *self.calls.entry((node, String::from_utf8_lossy(&args[0]).to_uppercase())).or_default() += 1;
+                    self.shard_subscription(conn, node, &args)
+                }
+                _ => self.answer(node, &args, asking),
+            };
             if self.trace && !matches!(&args[0][..], b"PING" | b"INFO" | b"CLUSTER") {
                 let words: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
                 eprintln!(
@@ -505,6 +514,80 @@ impl ClusterWorld {
             out.extend(self.deliver_due(kit));
         }
         out
+    }
+
+    /// `SSUBSCRIBE` or `SUNSUBSCRIBE` on `conn` to `node`, answered as Redis does: the channels must share a slot
+    /// the node owns (or `MOVED`), one confirmation per channel with the connection's count.
+    fn shard_subscription(&mut self, conn: ConnId, node: usize, args: &[Vec<u8>]) -> Vec<u8> {
+        let subscribe = args[0].eq_ignore_ascii_case(b"SSUBSCRIBE");
+        if let Some(first) = args.get(1) {
+            let slot = key_slot(first);
+            if args[1..].iter().any(|c| key_slot(c) != slot) {
+                return b"-CROSSSLOT Keys in request don't hash to the same slot\r\n".to_vec();
+            }
+            let owner = self.owners[usize::from(slot)];
+            if subscribe && owner != node {
+                return format!("-MOVED {slot} 127.0.0.1:{}\r\n", self.nodes[owner].port).into_bytes();
+            }
+        }
+        let kind = if subscribe { "ssubscribe" } else { "sunsubscribe" };
+        let channels = self.shard_channels.entry(conn).or_default();
+        let mut out = Vec::new();
+        for channel in &args[1..] {
+            if subscribe {
+                channels.insert(channel.clone());
+            } else {
+                channels.remove(channel);
+            }
+            out.extend(format!("*3\r\n${}\r\n{kind}\r\n", kind.len()).into_bytes());
+            out.extend(bulk(channel));
+            out.extend(format!(":{}\r\n", channels.len()).into_bytes());
+        }
+        out
+    }
+
+    /// `SPUBLISH` of `payload` on `channel`, as its slot's owner would deliver it: an `smessage` on every
+    /// connection to that node subscribed to it. Returns what the engine then did that the world did not consume.
+    pub(crate) fn spublish(&mut self, kit: &mut Driver, channel: &[u8], payload: &[u8]) -> Vec<Action> {
+        let owner = self.owners[usize::from(key_slot(channel))];
+        let mut message = b"*3\r\n$8\r\nsmessage\r\n".to_vec();
+        message.extend(bulk(channel));
+        message.extend(bulk(payload));
+        for (conn, channels) in &self.shard_channels {
+            if channels.contains(channel) && self.conns.get(conn).is_some_and(|(n, _, _)| *n == owner) {
+                kit.feed(*conn, &message);
+            }
+        }
+        let actions = kit.drain();
+        self.run(kit, actions)
+    }
+
+    /// Moves `slot` to the primary `to` (its keys too), as a finished reshard leaves it; the old owner drops
+    /// the slot's shard channels with a `sunsubscribe` on each subscribed connection, as Redis does.
+    pub(crate) fn move_slot(&mut self, kit: &mut Driver, slot: u16, to: usize) -> Vec<Action> {
+        let from = std::mem::replace(&mut self.owners[usize::from(slot)], to);
+        self.bump_epoch(to);
+        let moving: Vec<Vec<u8>> = self.nodes[from].keys.keys().filter(|k| key_slot(k) == slot).cloned().collect();
+        for key in moving {
+            if let Some(value) = self.nodes[from].keys.remove(&key) {
+                self.nodes[to].keys.insert(key, value);
+            }
+        }
+        for (conn, channels) in &mut self.shard_channels {
+            if self.conns.get(conn).is_none_or(|(n, _, _)| *n != from) {
+                continue;
+            }
+            let dropped: Vec<Vec<u8>> = channels.iter().filter(|c| key_slot(c) == slot).cloned().collect();
+            for channel in dropped {
+                channels.remove(&channel);
+                let mut push = b"*3\r\n$12\r\nsunsubscribe\r\n".to_vec();
+                push.extend(bulk(&channel));
+                push.extend(format!(":{}\r\n", channels.len()).into_bytes());
+                kit.feed(*conn, &push);
+            }
+        }
+        let actions = kit.drain();
+        self.run(kit, actions)
     }
 
     /// Stops `node`'s process: its connections break (what travels on them is lost), new ones are refused.
