@@ -119,7 +119,8 @@ fn keys_of(request: &Request) -> Vec<&[u8]> {
     match name.as_slice() {
         b"MSET" | b"MSETNX" => args.iter().step_by(2).copied().collect(),
         b"MGET" | b"DEL" | b"EXISTS" | b"TOUCH" | b"UNLINK" | b"RENAME" => args,
-        b"GET" | b"SET" | b"INCR" => args.into_iter().take(1).collect(),
+        b"GET" | b"SET" | b"INCR" | b"SPUBLISH" => args.into_iter().take(1).collect(),
+        b"SSUBSCRIBE" | b"SUNSUBSCRIBE" => args,
         _ => Vec::new(),
     }
 }
@@ -166,6 +167,26 @@ pub(super) fn answer_data(request: &Request, flavor: u8, target: u8, universe: &
                 out.extend_from_slice(format!(":{}\r\n", usize::from(flavor) % (keys.len() + 1)).as_bytes())
             }
             b"ECHO" => out.extend_from_slice(&bulk(request.arg(1).unwrap_or_default())),
+            // A confirmation per channel; on flavor 7, then a message and the node dropping the channel (its
+            // slot moved away).
+            b"SSUBSCRIBE" | b"SUNSUBSCRIBE" => {
+                let kind = String::from_utf8_lossy(&name).to_ascii_lowercase();
+                for (n, channel) in keys.iter().enumerate() {
+                    out.extend_from_slice(format!("*3\r\n${}\r\n{kind}\r\n", kind.len()).as_bytes());
+                    out.extend_from_slice(&bulk(channel));
+                    out.extend_from_slice(format!(":{}\r\n", n + 1).as_bytes());
+                }
+                if flavor % 8 == 7 {
+                    for channel in &keys {
+                        out.extend_from_slice(b"*3\r\n$8\r\nsmessage\r\n");
+                        out.extend_from_slice(&bulk(channel));
+                        out.extend_from_slice(b"$1\r\nm\r\n*3\r\n$12\r\nsunsubscribe\r\n");
+                        out.extend_from_slice(&bulk(channel));
+                        out.extend_from_slice(b":0\r\n");
+                    }
+                }
+            }
+            b"SPUBLISH" => out.extend_from_slice(b":1\r\n"),
             b"PING" => out.extend_from_slice(b"+PONG\r\n"),
             b"DBSIZE" => out.extend_from_slice(b":3\r\n"),
             _ => out.extend_from_slice(b"+OK\r\n"),

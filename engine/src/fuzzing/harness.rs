@@ -45,6 +45,9 @@ struct ClientModel {
     cursor: Option<Vec<u8>>,
     /// The requests the engine was handed whole (as the shadow scanner splits them; empty inline lines left out).
     requests: usize,
+    /// It sent a sharded (un)subscription: its replies are not one per request (a confirmation per channel,
+    /// messages).
+    subscribed: bool,
 }
 
 /// What a backend connection reaches.
@@ -183,6 +186,7 @@ impl Harness {
             echoes: 0,
             cursor: None,
             requests: 0,
+            subscribed: false,
         });
         self.clients.len() - 1
     }

@@ -91,10 +91,29 @@ pub(super) const ARGS: &[&str] =
 pub(super) const CLUSTER_UNIVERSE: usize = 8;
 
 /// Commands the cluster target's clients send with keys of [`CLUSTER_KEYS`]: single-key, split by slot, refused
-/// across slots, keyless, whole-keyspace, and refused in cluster mode.
+/// across slots, keyless, whole-keyspace, refused in cluster mode, and sharded pub/sub (the keys as channels).
 pub(super) const CLUSTER_COMMANDS: &[&str] = &[
-    "GET", "SET", "INCR", "MGET", "MSET", "DEL", "EXISTS", "TOUCH", "UNLINK", "RENAME", "MSETNX", "EVAL", "DBSIZE",
-    "PING", "SCAN", "FLUSHALL", "MULTI", "CLUSTER",
+    "GET",
+    "SET",
+    "INCR",
+    "MGET",
+    "MSET",
+    "DEL",
+    "EXISTS",
+    "TOUCH",
+    "UNLINK",
+    "RENAME",
+    "MSETNX",
+    "EVAL",
+    "DBSIZE",
+    "PING",
+    "SCAN",
+    "FLUSHALL",
+    "MULTI",
+    "CLUSTER",
+    "SSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "SPUBLISH",
 ];
 
 /// Keys for [`CLUSTER_COMMANDS`]: some share a hash tag.

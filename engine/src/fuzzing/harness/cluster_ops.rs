@@ -46,6 +46,11 @@ impl Harness {
                     "EVAL" => words.extend(["return 1", count.as_str()].into_iter().chain(keys.iter().copied())),
                     "SCAN" => words.push("0"),
                     "CLUSTER" => words.push(["SLOTS", "NODES", "INFO"][keys.len() % 3]),
+                    "SPUBLISH" => words.extend([keys.first().copied().unwrap_or("ch"), "m"]),
+                    "SSUBSCRIBE" | "SUNSUBSCRIBE" => {
+                        self.clients[i].subscribed = true;
+                        words.extend(keys.iter().copied());
+                    }
                     _ => words.extend(keys.iter().copied()),
                 }
                 self.send_words(i, &words);
@@ -109,7 +114,7 @@ impl Harness {
     /// The end of the cluster target, after the harness settled: every client that stayed connected got one
     /// reply per request; then, once every client is gone and every backend closed, nothing is left in flight.
     pub(super) fn check_cluster_end(&mut self) {
-        for client in self.clients.iter().filter(|c| c.open && !c.shadow_error) {
+        for client in self.clients.iter().filter(|c| c.open && !c.shadow_error && !c.subscribed) {
             let mut scanner = ReplyScanner::new(Limits::default());
             let mut buf = BytesMut::new();
             for piece in &client.sends {
