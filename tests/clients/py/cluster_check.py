@@ -1,6 +1,6 @@
 """redis-py's plain client (redis.Redis, not RedisCluster) against redis-proxy in cluster mode: keys over many
-slots, multi-key commands the proxy splits by slot, pipelines, a transaction, SCAN and pub/sub, as if the proxy
-were one server; then redis-py's RedisCluster pointed at the proxy, which sees one node holding every slot.
+slots, multi-key commands the proxy splits by slot, pipelines, a transaction, SCAN, pub/sub and sharded pub/sub,
+as if the proxy were one server; then redis-py's RedisCluster pointed at the proxy, which sees one node holding every slot.
 Asserts results, not just the absence of errors.
 
 Usage: python3 cluster_check.py PORT PROTOCOL PREFIX   (PROTOCOL 2 or 3)
@@ -107,6 +107,31 @@ def main():
         heard = sub.get_message(timeout=0.5)
     check(heard is not None and heard["data"] == "hello", f"the PUBLISH was heard: {heard}")
     sub.close()
+
+    # Sharded publish/subscribe: shard channels on several primaries, through one client connection. The
+    # confirmations count the client's shard channels over every primary, as one Redis connection would.
+    shard = r.pubsub()
+    channels = [f"{p}:shard{i}" for i in range(6)]
+    for n, channel in enumerate(channels, start=1):
+        shard.ssubscribe(channel)
+        confirmed = shard.get_sharded_message(timeout=5)
+        check(confirmed is not None and confirmed["type"] == "ssubscribe", f"SSUBSCRIBE {channel}: {confirmed}")
+        check(confirmed["data"] == n, f"SSUBSCRIBE {channel} counted {confirmed['data']}, not {n}")
+    for channel in channels:
+        check(r.spublish(channel, f"to {channel}") == 1, f"SPUBLISH {channel} reached its subscriber")
+    heard = []
+    deadline = time.monotonic() + 5
+    while len(heard) < len(channels) and time.monotonic() < deadline:
+        message = shard.get_sharded_message(timeout=0.5)
+        if message is not None:
+            heard.append((message["type"], message["channel"], message["data"]))
+    want = [("smessage", c, f"to {c}") for c in channels]
+    check(sorted(heard) == sorted(want), f"each shard channel's message heard once: {heard}")
+    shard.sunsubscribe(channels[0])
+    left = shard.get_sharded_message(timeout=5)
+    check(left is not None and left["type"] == "sunsubscribe" and left["data"] == 5, f"SUNSUBSCRIBE: {left}")
+    check(r.spublish(channels[0], "gone") == 0, "nobody follows a channel left")
+    shard.close()
 
     # Keys left for the Rust side to find on their primaries.
     check(r.mset({f"{p}:kept:{i}": i for i in range(300)}) is True, "MSET kept keys")
