@@ -14,6 +14,7 @@ use crate::server_id::ServerId;
 use crate::slot::key_slot;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 /// One `SSUBSCRIBE` of channels of one slot, sent or to be sent on a line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,13 +26,20 @@ pub(crate) struct Batch {
     pub(crate) for_client: bool,
     /// How many times a node refused it (a redirection, `CLUSTERDOWN` ...).
     pub(crate) refusals: u8,
+    /// When the client sent it (for the client's own): it waits for a usable primary no longer than `hold_ms`.
+    pub(crate) since: Option<Instant>,
     confirmed: usize,
 }
 
 impl Batch {
-    /// A batch of `channels` (of one slot), sent by the client or not.
-    pub(crate) fn new(channels: Vec<Bytes>, for_client: bool) -> Batch {
-        Batch { channels, for_client, refusals: 0, confirmed: 0 }
+    /// The proxy's own batch of `channels` (of one slot), which the client follows already.
+    pub(crate) fn new(channels: Vec<Bytes>) -> Batch {
+        Batch { channels, for_client: false, refusals: 0, since: None, confirmed: 0 }
+    }
+
+    /// The client's `SSUBSCRIBE` of `channels` (of one slot), sent at `now`.
+    pub(crate) fn of_client(channels: Vec<Bytes>, now: Instant) -> Batch {
+        Batch { for_client: true, since: Some(now), ..Batch::new(channels) }
     }
 
     /// The slot of its channels.
@@ -82,6 +90,9 @@ pub(crate) enum LineFrame {
     Refused { client: ConnId, batch: Batch, frame: Bytes },
     /// The proxy's own subscription came back for a channel the client left meanwhile: send this on the line.
     Send(Bytes),
+    /// The proxy's own subscription of `channels` channels of `client` is confirmed by `server`: they were moved
+    /// there.
+    Moved { client: ConnId, server: ServerId, channels: usize },
 }
 
 /// The sharded subscriptions of every client.
@@ -158,9 +169,11 @@ impl ShardSubscriptions {
                 }
             }
             b"ssubscribe" => {
+                let server = line.server;
                 let Some(batch) = line.awaiting.front_mut() else { return LineFrame::Nothing };
                 batch.confirmed += 1;
                 let (for_client, done) = (batch.for_client, batch.confirmed >= batch.channels.len());
+                let batch_size = batch.channels.len();
                 if done {
                     line.awaiting.pop_front();
                 }
@@ -171,7 +184,11 @@ impl ShardSubscriptions {
                     LineFrame::ToClient { client, frame, confirmed: done }
                 } else if let Some(on) = followed.channels.get_mut(&channel) {
                     *on = Some(conn);
-                    LineFrame::Nothing
+                    if done {
+                        LineFrame::Moved { client, server, channels: batch_size }
+                    } else {
+                        LineFrame::Nothing
+                    }
                 } else {
                     LineFrame::Send(Request::from_args(&[&b"SUNSUBSCRIBE"[..], &channel]).frame().clone())
                 }
@@ -181,7 +198,7 @@ impl ShardSubscriptions {
                 match followed.channels.get_mut(&channel) {
                     Some(on) if *on == Some(conn) => {
                         *on = None;
-                        unplace(followed, Batch::new(vec![channel], false));
+                        unplace(followed, Batch::new(vec![channel]));
                         LineFrame::Dropped
                     }
                     // The answer to the proxy's own `SUNSUBSCRIBE`, or a channel being moved already.
@@ -299,7 +316,7 @@ impl ShardSubscriptions {
         }
         for (_, mut channels) in moving {
             channels.dedup();
-            unplace(followed, Batch::new(channels, false));
+            unplace(followed, Batch::new(channels));
         }
         Some((line.client, line.server))
     }
@@ -402,12 +419,12 @@ mod tests {
         let mut shards = ShardSubscriptions::default();
         shards.add_line(client, server(0), line_a);
         shards.add_line(client, server(1), line_b);
-        shards.sent(line_a, Batch::new(vec![Bytes::from("a")], true));
+        shards.sent(line_a, Batch::of_client(vec![Bytes::from("a")], Instant::now()));
         assert!(shards.awaits_confirmation(client, Some(line_b)));
         assert!(!shards.awaits_confirmation(client, Some(line_a)), "the same line keeps its order by itself");
         let got = shards.frame(line_a, push("ssubscribe", "a", ":1"), false);
         assert_eq!(got, LineFrame::ToClient { client, frame: push("ssubscribe", "a", ":1"), confirmed: true });
-        shards.sent(line_b, Batch::new(vec![Bytes::from("b")], true));
+        shards.sent(line_b, Batch::of_client(vec![Bytes::from("b")], Instant::now()));
         // The node counts its own channels (1); the client is told the count over both lines.
         let got = shards.frame(line_b, push("ssubscribe", "b", ":1"), false);
         assert_eq!(got, LineFrame::ToClient { client, frame: push("ssubscribe", "b", ":2"), confirmed: true });
@@ -436,7 +453,7 @@ mod tests {
         let [client, line, other] = ids(3)[..] else { unreachable!() };
         let mut shards = ShardSubscriptions::default();
         shards.add_line(client, server(0), line);
-        shards.sent(line, Batch::new(vec![Bytes::from("{x}1"), Bytes::from("{x}2")], true));
+        shards.sent(line, Batch::of_client(vec![Bytes::from("{x}1"), Bytes::from("{x}2")], Instant::now()));
         assert!(matches!(shards.frame(line, push("ssubscribe", "{x}1", ":1"), false), LineFrame::ToClient { .. }));
         assert!(matches!(shards.frame(line, push("ssubscribe", "{x}2", ":2"), false), LineFrame::ToClient { .. }));
         // The slot moved away: the server drops both channels, one push each.
@@ -455,10 +472,16 @@ mod tests {
         assert!(sends.is_empty(), "not on a line yet");
         let leave = Request::from_args(&["SUNSUBSCRIBE", "{x}2"]).frame().clone();
         assert_eq!(shards.frame(other, push("ssubscribe", "{x}2", ":2"), false), LineFrame::Send(leave));
-        // The node is lost: what it carried waits again, and a refused batch is given up with the client told.
+        // The node is lost: what it carried waits again, and is moved once a node confirms it.
         assert_eq!(shards.lost(other), Some((client, server(1))));
         let (_, batch) = shards.take_unplaced().pop().expect("the channel left waits");
         assert_eq!(batch.channels, vec![Bytes::from("{x}1")]);
+        let third = ids(4)[3];
+        shards.add_line(client, server(2), third);
+        shards.sent(third, batch.clone());
+        let moved = LineFrame::Moved { client, server: server(2), channels: 1 };
+        assert_eq!(shards.frame(third, push("ssubscribe", "{x}1", ":1"), false), moved);
+        // A batch refused too often is given up, and the client told.
         assert_eq!(shards.give_up(client, &batch, false), push("sunsubscribe", "{x}1", ":0"));
         assert!(!shards.any_unplaced());
     }

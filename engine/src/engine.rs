@@ -381,6 +381,10 @@ impl Engine {
             // Why no server can be used, for the errors of the held requests that expire.
             self.clients.set_obstacles(topology::obstacles_suffix(self.monitor.views()));
         }
+        if self.cluster.as_deref().is_some_and(|c| c.shard_subscriptions.any_unplaced()) {
+            // A client's own SSUBSCRIBE past `hold_ms` gets its error before the requests it sent after it.
+            self.place_shard_batches(now);
+        }
         self.clients.expire_held(now, self.failover.master().is_some(), &mut self.out);
         for backend in self.streams.stalled(now) {
             self.out.actions.push_back(Action::SetReadable { conn: backend, readable: true });

@@ -73,7 +73,7 @@ impl Engine {
         }
         self.out.counters.request(Target::Master, Class::of(held.spec));
         let channels = held.request.args().skip(1).map(Bytes::copy_from_slice).collect();
-        self.send_batch(line, Batch::new(channels, true));
+        self.send_batch(line, Batch::of_client(channels, now));
         true
     }
 
@@ -129,6 +129,11 @@ impl Engine {
             // Placed again once a map shows the slot's owner: the refresh is prompted now.
             LineFrame::Dropped => cluster.want_refresh(),
             LineFrame::Send(data) => self.pool.send(conn, &[], data, &mut self.out),
+            LineFrame::Moved { client, server, channels } => {
+                if let Some(to) = self.monitor.address(server).cloned() {
+                    self.out.event(Event::ShardChannelsMoved { client, to, channels });
+                }
+            }
             LineFrame::Refused { client, batch, frame } => self.shard_batch_refused(now, client, batch, &frame),
         }
     }
@@ -179,18 +184,22 @@ impl Engine {
             let server = self.cluster_target(now, Aim::Slot(batch.slot()), client.index());
             let Some(cluster) = self.cluster.as_deref_mut() else { return };
             let line = server.and_then(|s| cluster.shard_subscriptions.line_to(client, s));
-            let Some((server, line)) = server.and_then(|s| Some((s, line.or_else(|| self.open_line(client, s))?)))
-            else {
-                if let Some(cluster) = self.cluster.as_deref_mut() {
+            let Some(line) = server.and_then(|s| line.or_else(|| self.open_line(client, s))) else {
+                if batch.since.is_some_and(|since| now.saturating_duration_since(since) >= self.config.hold) {
+                    // The client's own SSUBSCRIBE waits no longer than a held request.
+                    let ms = self.config.hold.as_millis();
+                    let error = format!(
+                        "CLUSTERDOWN redis-proxy could not subscribe within {ms} ms: no reachable primary serves \
+                         the channels' slot"
+                    );
+                    self.clients.push(client, resp::error_reply(&error), &mut self.out);
+                    self.run_held(now, client);
+                    self.clients.update_reading(client, &mut self.out);
+                } else if let Some(cluster) = self.cluster.as_deref_mut() {
                     cluster.shard_subscriptions.unplace(client, batch);
                 }
                 continue;
             };
-            if !batch.for_client {
-                if let Some(to) = self.monitor.address(server).cloned() {
-                    self.out.event(Event::ShardChannelsMoved { client, to, channels: batch.channels.len() });
-                }
-            }
             self.send_batch(line, batch);
         }
         if let Some(cluster) = self.cluster.as_deref_mut() {

@@ -308,3 +308,31 @@ fn shard_channels_follow_their_slot_through_a_stale_map_a_moved_slot_and_a_crash
     assert_eq!(got, Bytes::from(expected));
     assert!(world.violations.is_empty(), "{:?}", world.violations);
 }
+
+#[test]
+fn a_shard_subscription_lost_before_its_confirmation_waits_for_a_primary_no_longer_than_hold_ms() {
+    let mut world = ClusterWorld::new(3);
+    let mut kit = Driver::new(ClusterWorld::config(r#", "check_period": 100, "hold_ms": 1000"#));
+    world.settle(&mut kit, 5);
+    let client = kit.accept();
+    let channel = channel_where("orders", |_| true);
+    let owner = world.owners[usize::from(key_slot(channel.as_bytes()))];
+    // The SSUBSCRIBE is on its way when its node dies, and the cluster promotes nobody.
+    world.latency = std::time::Duration::from_millis(5);
+    kit.feed(client, &request(&["SSUBSCRIBE", &channel]));
+    let actions = kit.drain();
+    let mut got = to_client(&world.run(&mut kit, actions), client).to_vec();
+    got.extend_from_slice(&to_client(&world.crash(&mut kit, owner), client));
+    kit.feed(client, &request(&["PING"]));
+    let actions = kit.drain();
+    got.extend_from_slice(&to_client(&world.run(&mut kit, actions), client));
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    for _ in 0..15 {
+        got.extend_from_slice(&to_client(&world.settle(&mut kit, 1), client));
+    }
+    let refused = "-CLUSTERDOWN redis-proxy could not subscribe within 1000 ms: no reachable primary serves the \
+                   channels' slot\r\n";
+    // The PING held behind it is answered after it, as a subscribed RESP2 connection answers it.
+    let expected = [refused, "*2\r\n$4\r\npong\r\n$0\r\n\r\n"].concat();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
