@@ -1,6 +1,6 @@
 // ioredis's and node-redis's plain clients (not their cluster clients) against redis-proxy in cluster mode: keys
-// over many slots, multi-key commands the proxy splits by slot, pipelines, a transaction, SCAN and pub/sub, as if
-// the proxy were one server. Asserts results, not just the absence of errors.
+// over many slots, multi-key commands the proxy splits by slot, pipelines, a transaction, SCAN, pub/sub and sharded
+// pub/sub, as if the proxy were one server. Asserts results, not just the absence of errors.
 //
 // Usage: node cluster_check.js PORT
 // Exits 0 and prints "ok ..." when every check passed; 1 with the failing check otherwise; 2 when the libraries are
@@ -60,6 +60,28 @@ async function ioredisChecks() {
   await redis.publish(`${p}:chan`, "hello");
   assert.deepEqual(await received, [`${p}:chan`, "hello"], "the message arrives");
   sub.disconnect();
+
+  // Sharded pub/sub: channels on several primaries through one connection; the count is the client's own.
+  const shard = new Redis({ port });
+  const channels = Array.from({ length: 6 }, (_, i) => `${p}:shard${i}`);
+  const heard = [];
+  const allHeard = new Promise((resolve) =>
+    shard.on("smessage", (channel, message) => {
+      heard.push([channel, message]);
+      if (heard.length === channels.length) resolve();
+    }),
+  );
+  for (const [i, channel] of channels.entries()) {
+    assert.equal(await shard.ssubscribe(channel), i + 1, `ssubscribe ${channel} count`);
+  }
+  for (const channel of channels) {
+    assert.equal(await redis.spublish(channel, `to ${channel}`), 1, `spublish ${channel} reached its subscriber`);
+  }
+  await allHeard;
+  assert.deepEqual(heard.sort(), channels.map((c) => [c, `to ${c}`]).sort(), "each shard message heard once");
+  assert.equal(await shard.sunsubscribe(channels[0]), 5, "sunsubscribe count");
+  assert.equal(await redis.spublish(channels[0], "gone"), 0, "nobody follows a channel left");
+  shard.disconnect();
   redis.disconnect();
 }
 
@@ -73,6 +95,16 @@ async function nodeRedisChecks() {
   const results = await client.multi().set(`{${p}}:t`, "1").incrBy(`{${p}}:t`, 5).exec();
   assert.deepEqual(results, ["OK", 6], "multi on one slot");
   assert.equal(await client.dbSize() >= 200, true, "DBSIZE sums the primaries");
+  // Sharded pub/sub through a duplicate connection.
+  const subscriber = client.duplicate();
+  await subscriber.connect();
+  let resolveMessage;
+  const message = new Promise((resolve) => (resolveMessage = resolve));
+  // Resolves once the subscription is confirmed: a publish after it must reach the subscriber.
+  await subscriber.sSubscribe(`${p}:shard`, (received) => resolveMessage(received));
+  assert.equal(await client.sPublish(`${p}:shard`, "hello"), 1, "sPublish reached the subscriber");
+  assert.equal(await message, "hello", "the shard message arrives");
+  await subscriber.quit();
   await client.quit();
 }
 
