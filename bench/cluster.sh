@@ -14,7 +14,9 @@
 #        ready when every node says cluster_state:ok and every replica's link is up
 #        redis-proxy :BASE_PORT+10, the mio runtime, "cluster": {"seeds": [the 6 nodes], "refresh_period": 5000}
 #        and, to compare the proxy's CPU per request with standalone mode, a plain redis-server :BASE_PORT+7 with
-#        redis-proxy :BASE_PORT+11 in front of it ("servers": [that one])
+#        redis-proxy :BASE_PORT+11 in front of it ("servers": [that one]); and a one-node cluster :BASE_PORT+8 (bus
+#        :BASE_PORT+108, every slot added with CLUSTER ADDSLOTSRANGE) with redis-proxy :BASE_PORT+12 in front of it,
+#        in cluster mode: the cluster path's own cost, without the fan-out to three primaries
 #      with redis-benchmark on CPU CLI_CPU (0) and every server and the proxy on CPU SRV_CPU (1) (PIN=none: no
 #      pinning), as bench/run.sh does, so the proxy's CPU cost shows up as lost throughput;
 #   3. runs, targets interleaved (direct proxy direct proxy ...) over REPS repetitions, keys random over
@@ -23,10 +25,10 @@
 #        c50_P16   -t set,get -c 50 -P 16
 #      direct = `redis-benchmark --cluster` against the cluster (it learns the slots and sends each client's keys
 #      to their node); proxy = plain redis-benchmark against the proxy; standalone = the same against the
-#      standalone proxy;
+#      standalone proxy; onenode = the same against the one-node cluster's proxy;
 #   4. prints the median requests/s of each, the median over repetitions of proxy/direct in the same repetition,
 #      the proxy's CPU per request (utime+stime from /proc/PID/stat over its runs) in cluster mode and in
-#      standalone mode, and their ratio (the goal: at most 1.10);
+#      standalone mode, and their ratio (the goal: at most 1.10); and the one-node cluster's, and its ratio;
 #   5. sends MGET_ROUNDS (20) MGETs of 100 random keys through the proxy and prints how many reads each primary
 #      made to serve one (`total_reads_processed`, bench/mget_reads.py): 1 means the proxy wrote each primary's
 #      parts (one MGET per slot) in one write.
@@ -94,8 +96,9 @@ bench_on_exit() { ((BENCH_STOPPED)) && log "stopped the $BENCH_STOPPED processes
 NODES=() BUSES=()
 for i in 1 2 3 4 5 6; do NODES+=($((BASE_PORT + i))); BUSES+=($((BASE_PORT + 100 + i))); done
 P_PROXY=$((BASE_PORT + 10)) P_SOLO=$((BASE_PORT + 7)) P_SOLO_PROXY=$((BASE_PORT + 11))
+P_ONE=$((BASE_PORT + 8)) P_ONE_BUS=$((BASE_PORT + 108)) P_ONE_PROXY=$((BASE_PORT + 12))
 PORT_HINT="set BASE_PORT to move every port"
-port_free_or_die "${NODES[@]}" "${BUSES[@]}" "$P_PROXY" "$P_SOLO" "$P_SOLO_PROXY"
+port_free_or_die "${NODES[@]}" "${BUSES[@]}" "$P_PROXY" "$P_SOLO" "$P_SOLO_PROXY" "$P_ONE" "$P_ONE_BUS" "$P_ONE_PROXY"
 
 # ---------------------------------------------------------------- the cluster
 ticks() { # utime+stime of a process, in clock ticks
@@ -149,6 +152,17 @@ if [ "$DIRECT_ONLY" != 1 ]; then
     start_proxy "$PROXY_BIN" "$W/redis-proxy-standalone.json" "$P_SOLO_PROXY"
     log "redis-proxy :$P_SOLO_PROXY (pid $LAST_PID), standalone mode in front of :$P_SOLO"
     TARGETS+=" standalone:$P_SOLO_PROXY:$LAST_PID"
+    # A cluster of one node holding every slot: the proxy's cluster path without the fan-out to three primaries
+    # (its cost beside standalone mode is the engine's; the rest of cluster/solo is the topology's).
+    start_redis "$P_ONE" --cluster-enabled yes --cluster-config-file "$W/nodes-$P_ONE.conf" --cluster-port "$P_ONE_BUS"
+    cli "$P_ONE" cluster addslotsrange 0 16383 >/dev/null || die "CLUSTER ADDSLOTSRANGE on :$P_ONE failed"
+    one_ready() { cli "$P_ONE" cluster info | grep -q '^cluster_state:ok'; }
+    wait_for 30 one_ready || die "the one-node cluster :$P_ONE was not ready within 30 s"
+    printf '{ "cluster": {"seeds": [{"host": "127.0.0.1", "port": %s}]}, "listen_port": %s, "bind_address": "127.0.0.1" }\n' \
+        "$P_ONE" "$P_ONE_PROXY" >"$W/redis-proxy-one-node.json"
+    start_proxy "$PROXY_BIN" "$W/redis-proxy-one-node.json" "$P_ONE_PROXY"
+    log "redis-proxy :$P_ONE_PROXY (pid $LAST_PID), cluster mode in front of the one-node cluster :$P_ONE"
+    TARGETS+=" onenode:$P_ONE_PROXY:$LAST_PID"
 fi
 
 # ---------------------------------------------------------------- runs
@@ -231,8 +245,8 @@ NR == 1 { next }
     if ($6 != "NA") US[k, $3] = US[k, $3] " " $6
 }
 END {
-    printf "%-8s %-4s %12s %12s %14s %10s %14s %12s\n", "workload", "test", "direct req/s", "proxy req/s", "proxy/direct",
-        "proxy us", "standalone us", "cluster/solo"
+    printf "%-8s %-4s %12s %12s %13s %9s %13s %12s %12s %9s\n", "workload", "test", "direct req/s", "proxy req/s",
+        "proxy/direct", "proxy us", "standalone us", "cluster/solo", "one-node us", "one/solo"
     for (i = 1; i <= no; i++) {
         split(order[i], f, SUBSEP); w = f[1]; test = f[2]
         ratios = ""
@@ -240,11 +254,12 @@ END {
             if ((r, w, "proxy", test) in BY && (r, w, "direct", test) in BY && BY[r, w, "direct", test] > 0)
                 ratios = ratios " " BY[r, w, "proxy", test] / BY[r, w, "direct", test]
         d = med(RPS[order[i], "direct"]); p = med(RPS[order[i], "proxy"]); q = med(ratios)
-        u = med(US[order[i], "proxy"]); s = med(US[order[i], "standalone"])
-        printf "%-8s %-4s %12s %12s %14s %10s %14s %12s\n", w, test, (d == "") ? "-" : sprintf("%.0f", d),
+        u = med(US[order[i], "proxy"]); s = med(US[order[i], "standalone"]); o = med(US[order[i], "onenode"])
+        printf "%-8s %-4s %12s %12s %13s %9s %13s %12s %12s %9s\n", w, test, (d == "") ? "-" : sprintf("%.0f", d),
             (p == "") ? "-" : sprintf("%.0f", p), (q == "") ? "-" : sprintf("%.2f", q),
             (u == "") ? "-" : sprintf("%.2f", u), (s == "") ? "-" : sprintf("%.2f", s),
-            (u == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", u / s)
+            (u == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", u / s),
+            (o == "") ? "-" : sprintf("%.2f", o), (o == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", o / s)
     }
 }' "$RESULTS"
 echo
@@ -252,7 +267,8 @@ echo "   direct = redis-benchmark --cluster against the nodes; proxy = redis-ben
 echo "   proxy/direct = median over repetitions of the ratio in the same repetition (the goal: >= 0.8)."
 echo "   proxy us = proxy process CPU (user+system, 1/${HZ} s ticks) per request (SET and GET runs together), median;"
 echo "   standalone us = the same for the standalone proxy in front of one plain redis-server; cluster/solo = their"
-echo "   ratio (the goal: <= 1.10)."
+echo "   ratio (the goal: <= 1.10); one-node us = the proxy in cluster mode in front of a cluster of one node that"
+echo "   holds every slot: its cluster path without the fan-out to three primaries; one/solo = its ratio to standalone."
 if [ -n "$MGET_READS" ]; then
     echo
     echo "   MGET of 100 random keys through the proxy, ${MGET_ROUNDS:-20} rounds: reads per primary to serve one"
