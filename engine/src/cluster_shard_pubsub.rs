@@ -24,8 +24,8 @@ pub(crate) struct Batch {
     /// The client sent it and awaits its confirmations; otherwise the proxy subscribes again what the client
     /// follows already, and the confirmations are not the client's.
     pub(crate) for_client: bool,
-    /// How many times a node refused it (a redirection, `CLUSTERDOWN` ...).
-    pub(crate) refusals: u8,
+    /// How many `MOVED`s it met: past [`crate::cluster::MAX_REDIRECTS`] the map does not settle.
+    pub(crate) redirects: u8,
     /// When the client sent it (for the client's own): it waits for a usable primary no longer than `hold_ms`.
     pub(crate) since: Option<Instant>,
     confirmed: usize,
@@ -34,7 +34,7 @@ pub(crate) struct Batch {
 impl Batch {
     /// The proxy's own batch of `channels` (of one slot), which the client follows already.
     pub(crate) fn new(channels: Vec<Bytes>) -> Batch {
-        Batch { channels, for_client: false, refusals: 0, since: None, confirmed: 0 }
+        Batch { channels, for_client: false, redirects: 0, since: None, confirmed: 0 }
     }
 
     /// The client's `SSUBSCRIBE` of `channels` (of one slot), sent at `now`.
@@ -259,7 +259,7 @@ impl ShardSubscriptions {
         }
     }
 
-    /// The channels of `batch` are given up (refused too often): the client follows them no more. Returns the
+    /// The channels of `batch` are given up (redirected too often, or refused): the client follows them no more. Returns the
     /// `sunsubscribe` frames that tell it so, as Redis tells a client whose channel's slot it lost.
     pub(crate) fn give_up(&mut self, client: ConnId, batch: &Batch, resp3: bool) -> Bytes {
         let Some(followed) = self.clients.get_mut(&client) else { return Bytes::new() };
@@ -342,7 +342,7 @@ fn unplace(followed: &mut Followed, batch: Batch) {
                     same.channels.push(channel);
                 }
             }
-            same.refusals = same.refusals.max(batch.refusals);
+            same.redirects = same.redirects.max(batch.redirects);
             return;
         }
     }
@@ -481,7 +481,7 @@ mod tests {
         shards.sent(third, batch.clone());
         let moved = LineFrame::Moved { client, server: server(2), channels: 1 };
         assert_eq!(shards.frame(third, push("ssubscribe", "{x}1", ":1"), false), moved);
-        // A batch refused too often is given up, and the client told.
+        // A batch redirected too often is given up, and the client told.
         assert_eq!(shards.give_up(client, &batch, false), push("sunsubscribe", "{x}1", ":0"));
         assert!(!shards.any_unplaced());
     }

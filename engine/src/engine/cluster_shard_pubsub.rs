@@ -138,23 +138,30 @@ impl Engine {
         }
     }
 
-    /// A node refused `batch` of `client` with `frame`. A redirection (or `CLUSTERDOWN`, `TRYAGAIN`) sends it
-    /// where the map, fixed or refreshed, says; after [`MAX_REDIRECTS`] refusals, or on another error, the
-    /// client's own `SSUBSCRIBE` gets the error, and the proxy's gives its channels up, telling the client with
-    /// `sunsubscribe` as Redis does when a channel's slot leaves the node.
+    /// A node refused `batch` of `client` with `frame`. `MOVED` fixes the map (the node it names is learnt if need
+    /// be) and sends the batch there; after [`MAX_REDIRECTS`] of them the map does not settle, and the batch is
+    /// ended. `CLUSTERDOWN`, `TRYAGAIN` and `ASK` (the slot is changing hands) wait for the next map, without a
+    /// count: the client's own `SSUBSCRIBE` waits no longer than `hold_ms`, the proxy's for as long as it takes.
+    /// Another error ends the batch. Ending it gives the client's own `SSUBSCRIBE` an error, and gives the proxy's
+    /// channels up, telling the client with `sunsubscribe` as Redis does when a channel's slot leaves the node.
     fn shard_batch_refused(&mut self, now: Instant, client: ConnId, mut batch: Batch, frame: &Bytes) {
-        batch.refusals = batch.refusals.saturating_add(1);
         let redirect = redirect_of(frame);
-        let Some(cluster) = self.cluster.as_deref_mut() else { return };
-        if redirect.is_none() || batch.refusals > MAX_REDIRECTS {
+        if let Some(Redirect::Moved { .. }) = redirect {
+            batch.redirects = batch.redirects.saturating_add(1);
+        }
+        if redirect.is_none() || batch.redirects > MAX_REDIRECTS {
             let told = match (batch.for_client, redirect) {
                 (true, None) => frame.clone(),
                 (true, Some(_)) => resp::error_reply(&format!(
-                    "ERR redis-proxy: the cluster refused the SSUBSCRIBE {MAX_REDIRECTS} times (last: {}); its slot \
-                     map does not settle",
+                    "ERR redis-proxy: the cluster redirected the SSUBSCRIBE {MAX_REDIRECTS} times (last: {}); its \
+                     slot map does not settle",
                     String::from_utf8_lossy(&frame[1..frame.len().saturating_sub(2)])
                 )),
-                (false, _) => cluster.shard_subscriptions.give_up(client, &batch, self.clients.speaks_resp3(client)),
+                (false, _) => {
+                    let resp3 = self.clients.speaks_resp3(client);
+                    let Some(cluster) = self.cluster.as_deref_mut() else { return };
+                    cluster.shard_subscriptions.give_up(client, &batch, resp3)
+                }
             };
             self.clients.push(client, told, &mut self.out);
             if batch.for_client {
@@ -163,14 +170,24 @@ impl Engine {
             }
             return;
         }
+        let mut fixed = false;
         if let Some(Redirect::Moved { slot, address }) = redirect {
-            if let Some(server) = self.monitor.find(&address) {
+            // A node the map held no longer names (failed, then back) may own the slot again: learnt here.
+            let server = match self.monitor.find(&address) {
+                Some(server) => Some(server),
+                None => self.add_server(now, address.clone()).ok().and_then(|()| self.monitor.find(&address)),
+            };
+            if let (Some(server), Some(cluster)) = (server, self.cluster.as_deref_mut()) {
                 cluster.moved(slot, server);
+                fixed = true;
             }
         }
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
         cluster.want_refresh();
         cluster.shard_subscriptions.unplace(client, batch);
-        self.place_shard_batches(now);
+        if fixed {
+            self.place_shard_batches(now);
+        }
     }
 
     /// Sends the batches waiting for a usable primary of their slot that has one now; the rest wait for the

@@ -550,13 +550,48 @@ impl ClusterWorld {
     /// connection to that node subscribed to it. Returns what the engine then did that the world did not consume.
     pub(crate) fn spublish(&mut self, kit: &mut Driver, channel: &[u8], payload: &[u8]) -> Vec<Action> {
         let owner = self.owners[usize::from(key_slot(channel))];
+        let mut pushes = Vec::new();
         let mut message = b"*3\r\n$8\r\nsmessage\r\n".to_vec();
         message.extend(bulk(channel));
         message.extend(bulk(payload));
         for (conn, channels) in &self.shard_channels {
             if channels.contains(channel) && self.conns.get(conn).is_some_and(|(n, _, _)| *n == owner) {
-                kit.feed(*conn, &message);
+                pushes.push((*conn, message.clone()));
             }
+        }
+        self.push_to_engine(kit, pushes)
+    }
+
+    /// Every node drops the shard channels of slots the majority gives to another node, with a `sunsubscribe` on
+    /// each subscribed connection, as Redis does when it learns a slot left it. Returns what the engine then did
+    /// that the world did not consume.
+    pub(crate) fn drop_unowned_shard_channels(&mut self, kit: &mut Driver) -> Vec<Action> {
+        let mut pushes = Vec::new();
+        for (conn, channels) in &mut self.shard_channels {
+            let Some(node) = self.conns.get(conn).map(|(n, _, _)| *n) else { continue };
+            let dropped: Vec<Vec<u8>> =
+                channels.iter().filter(|c| self.owners[usize::from(key_slot(c))] != node).cloned().collect();
+            for channel in dropped {
+                channels.remove(&channel);
+                pushes.push((*conn, sunsubscribe_push(&channel, channels.len())));
+            }
+        }
+        self.push_to_engine(kit, pushes)
+    }
+
+    /// Sends pushes of the nodes to the engine: behind the replies already on their way on the same connection
+    /// (after [`ClusterWorld::latency`]), or at once. Returns what the engine did that the world did not consume.
+    fn push_to_engine(&mut self, kit: &mut Driver, pushes: Vec<(ConnId, Vec<u8>)>) -> Vec<Action> {
+        if pushes.is_empty() {
+            return Vec::new();
+        }
+        if self.latency > Duration::ZERO {
+            let at = kit.clock.now() + self.latency;
+            self.wire.extend(pushes.into_iter().map(|(conn, data)| (at, conn, Packet::ToEngine(data))));
+            return Vec::new();
+        }
+        for (conn, data) in pushes {
+            kit.feed(conn, &data);
         }
         let actions = kit.drain();
         self.run(kit, actions)
@@ -573,6 +608,7 @@ impl ClusterWorld {
                 self.nodes[to].keys.insert(key, value);
             }
         }
+        let mut pushes = Vec::new();
         for (conn, channels) in &mut self.shard_channels {
             if self.conns.get(conn).is_none_or(|(n, _, _)| *n != from) {
                 continue;
@@ -580,14 +616,10 @@ impl ClusterWorld {
             let dropped: Vec<Vec<u8>> = channels.iter().filter(|c| key_slot(c) == slot).cloned().collect();
             for channel in dropped {
                 channels.remove(&channel);
-                let mut push = b"*3\r\n$12\r\nsunsubscribe\r\n".to_vec();
-                push.extend(bulk(&channel));
-                push.extend(format!(":{}\r\n", channels.len()).into_bytes());
-                kit.feed(*conn, &push);
+                pushes.push((*conn, sunsubscribe_push(&channel, channels.len())));
             }
         }
-        let actions = kit.drain();
-        self.run(kit, actions)
+        self.push_to_engine(kit, pushes)
     }
 
     /// Stops `node`'s process: its connections break (what travels on them is lost), new ones are refused.
@@ -660,6 +692,14 @@ fn split_request(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
         }
     }
     Some((args, at))
+}
+
+/// A node's `sunsubscribe` of `channel`, with `left` shard channels left on the connection.
+fn sunsubscribe_push(channel: &[u8], left: usize) -> Vec<u8> {
+    let mut push = b"*3\r\n$12\r\nsunsubscribe\r\n".to_vec();
+    push.extend(bulk(channel));
+    push.extend(format!(":{left}\r\n").into_bytes());
+    push
 }
 
 /// The bytes sent to `client` in `actions`, joined.
