@@ -232,7 +232,8 @@ impl Session {
                 self.in_multi = true;
                 Pin::Transient
             }
-            "exec" | "discard" if pinned => {
+            // In cluster mode the proxy queues the transaction: it ends here though no connection is held.
+            "exec" | "discard" if pinned || self.cluster => {
                 let abort = spec.name == "exec" && self.multi_refused;
                 self.in_multi = false;
                 self.multi_refused = false;
@@ -421,6 +422,13 @@ impl Session {
             "select" => Some(Handling::Refuse("ERR SELECT is not allowed in cluster mode".to_string())),
             "readonly" | "readwrite" => Some(Handling::Local(Bytes::from_static(b"+OK\r\n"))),
             name if name.starts_with("cluster") => Some(Handling::Forward(self.current_pin())),
+            // The proxy queues a transaction and sends it at EXEC on a shared connection, which a subscription
+            // would take over.
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe"
+                if self.in_multi =>
+            {
+                not_yet("the SUBSCRIBE family inside MULTI")
+            }
             "monitor" | "client|tracking" | "client|reply" | "client|caching" | "client|id" | "client|getredir"
             | "client|no-evict" | "client|no-touch" | "sync" | "psync" | "replconf" => {
                 not_yet(&spec.name.to_ascii_uppercase().replace('|', " "))
@@ -649,6 +657,20 @@ mod tests {
         assert!(s.is_clean());
         classify(&mut s, &["MULTI"], false);
         assert_eq!(classify(&mut s, &["EXEC"], true), Handling::Forward(Pin::Transient));
+    }
+
+    #[test]
+    fn in_cluster_mode_a_subscription_inside_multi_is_refused_and_aborts_exec() {
+        let mut s = Session::new(true);
+        assert_eq!(classify(&mut s, &["MULTI"], false), Handling::Forward(Pin::Transient));
+        for command in ["SUBSCRIBE", "SSUBSCRIBE", "sunsubscribe"] {
+            assert!(matches!(classify(&mut s, &[command, "ch"], false), Handling::Refuse(e) if e.contains("MULTI")));
+        }
+        // In cluster mode a transaction holds no connection: `pinned` is false.
+        assert_eq!(classify(&mut s, &["EXEC"], false), Handling::AbortExec);
+        // Nothing was subscribed: the client's requests are routed as before.
+        assert_eq!(s.current_pin(), Pin::Shared);
+        assert_eq!(classify(&mut s, &["SSUBSCRIBE", "ch"], false), Handling::Forward(Pin::Passthrough));
     }
 
     #[test]

@@ -336,3 +336,26 @@ fn a_shard_subscription_lost_before_its_confirmation_waits_for_a_primary_no_long
     let expected = [refused, "*2\r\n$4\r\npong\r\n$0\r\n\r\n"].concat();
     assert_eq!(String::from_utf8_lossy(&got), expected);
 }
+
+#[test]
+fn a_command_refused_inside_multi_aborts_the_transaction_at_exec() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    assert_eq!(&call(&mut world, &mut kit, client, &["MULTI"])[..], b"+OK\r\n");
+    let refused = call(&mut world, &mut kit, client, &["SUBSCRIBE", "ch"]);
+    assert!(refused.starts_with(b"-ERR redis-proxy does not support the SUBSCRIBE family inside MULTI"), "{refused:?}");
+    assert_eq!(&call(&mut world, &mut kit, client, &["SET", "foo", "1"])[..], b"+QUEUED\r\n");
+    let exec = call(&mut world, &mut kit, client, &["EXEC"]);
+    assert_eq!(&exec[..], b"-EXECABORT Transaction discarded because of previous errors.\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["GET", "foo"])[..], b"$-1\r\n", "the SET never ran");
+    assert!((0..world.nodes.len()).all(|n| !world.calls.contains_key(&(n, "SUBSCRIBE".to_string()))));
+    // The transaction is over for the proxy too: what it answers outside MULTI, it answers again.
+    assert_eq!(&call(&mut world, &mut kit, client, &["CLIENT", "SETNAME", "app"])[..], b"+OK\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["CLIENT", "GETNAME"])[..], b"$3\r\napp\r\n");
+    let waited = call(&mut world, &mut kit, client, &["WAIT", "0", "0"]);
+    assert!(waited.starts_with(b":"), "WAIT is answered by the proxy: {waited:?}");
+    // DISCARD ends one as EXEC does.
+    assert_eq!(&call(&mut world, &mut kit, client, &["MULTI"])[..], b"+OK\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["DISCARD"])[..], b"+OK\r\n");
+    assert_eq!(&call(&mut world, &mut kit, client, &["CLIENT", "GETNAME"])[..], b"$3\r\napp\r\n");
+}
