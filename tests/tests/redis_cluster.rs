@@ -1155,6 +1155,23 @@ fn message(channel: &[u8], payload: &[u8]) -> Reply {
     Reply::Array(Some(vec![bulk(b"message"), bulk(channel), bulk(payload)]))
 }
 
+/// Sends `publish` (a `PUBLISH` or `SPUBLISH`) until `subscriber` gets a frame (a node lost or a slot moved may
+/// cost the first ones), and returns that first frame; None after 15 s.
+fn first_frame_after(publisher: &mut RespConn, subscriber: &mut RespConn, publish: &[&[u8]]) -> Option<Reply> {
+    let mut first = None;
+    wait_until(Duration::from_secs(15), || {
+        let _ = publisher.try_call(publish);
+        match subscriber.try_read_reply() {
+            Ok(reply) => {
+                first = Some(reply);
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    first
+}
+
 #[test]
 fn a_subscriber_whose_node_dies_is_subscribed_again_elsewhere_and_misses_no_later_message() {
     let _serial = exclusive();
@@ -1191,18 +1208,8 @@ fn a_subscriber_whose_node_dies_is_subscribed_again_elsewhere_and_misses_no_late
         cluster.kill(holder);
         // Published until it arrives (a PUBLISH meeting the dead node may fail): the first frame the subscriber
         // gets is a message, never the confirmations of its second subscription.
-        let mut first = None;
-        let arrived = wait_until(Duration::from_secs(15), || {
-            let _ = publisher.try_call(&[b"PUBLISH", b"weather", b"after"]);
-            match subscriber.try_read_reply() {
-                Ok(reply) => {
-                    first = Some(reply);
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        assert!(arrived, "{runtime:?}: no message after the node died: {}", tail(&proxy.log(), 20));
+        let first = first_frame_after(&mut publisher, &mut subscriber, &[b"PUBLISH", b"weather", b"after"]);
+        assert!(first.is_some(), "{runtime:?}: no message after the node died: {}", tail(&proxy.log(), 20));
         assert_eq!(first, Some(message(b"weather", b"after")), "{runtime:?}");
         assert!(proxy.log().contains("subscriber connection was lost with its node; its 3 channels"), "{runtime:?}");
         // Still subscribed to all three, on one connection, which still takes commands.
@@ -1232,28 +1239,6 @@ fn smessage(channel: &[u8], payload: &[u8]) -> Reply {
 /// A sharded (un)subscription confirmation as a RESP2 subscriber receives it.
 fn shard_confirmation(kind: &[u8], channel: &[u8], count: i64) -> Reply {
     Reply::Array(Some(vec![bulk(kind), bulk(channel), Reply::Int(count)]))
-}
-
-/// `SPUBLISH`es `payload` on `channel` until `subscriber` gets a frame (a node lost or a slot moved may cost the
-/// first ones), and returns that first frame; None after 15 s.
-fn first_frame_after(
-    publisher: &mut RespConn,
-    subscriber: &mut RespConn,
-    channel: &[u8],
-    payload: &[u8],
-) -> Option<Reply> {
-    let mut first = None;
-    wait_until(Duration::from_secs(15), || {
-        let _ = publisher.try_call(&[b"SPUBLISH", channel, payload]);
-        match subscriber.try_read_reply() {
-            Ok(reply) => {
-                first = Some(reply);
-                true
-            }
-            Err(_) => false,
-        }
-    });
-    first
 }
 
 #[test]
@@ -1288,7 +1273,7 @@ fn shard_channels_are_followed_on_their_slots_primary_through_a_reshard_and_a_si
         // The slot moves: its old owner drops the channel with a `sunsubscribe` of its own, which the client
         // never sees; the next frame it gets is a message published on the new owner.
         cluster.reshard_slot(moving_slot, from, to);
-        let first = first_frame_after(&mut publisher, &mut subscriber, moving, b"moved");
+        let first = first_frame_after(&mut publisher, &mut subscriber, &[b"SPUBLISH", moving, b"moved"]);
         assert_eq!(first, Some(smessage(moving, b"moved")), "{runtime:?}: {}", tail(&proxy.log(), 20));
         let on_new_owner = cluster.connect(to).call(&[b"PUBSUB", b"SHARDNUMSUB", moving]);
         assert_eq!(on_new_owner, Reply::Array(Some(vec![bulk(moving), Reply::Int(1)])), "{runtime:?}");
@@ -1296,7 +1281,7 @@ fn shard_channels_are_followed_on_their_slots_primary_through_a_reshard_and_a_si
         // The other channel's primary is SIGKILLed: followed again on the replica the cluster promotes.
         cluster.kill(holder);
         let promoted = cluster.wait_for_promotion(holder);
-        let first = first_frame_after(&mut publisher, &mut subscriber, killed, b"promoted");
+        let first = first_frame_after(&mut publisher, &mut subscriber, &[b"SPUBLISH", killed, b"promoted"]);
         assert_eq!(first, Some(smessage(killed, b"promoted")), "{runtime:?}: {}", tail(&proxy.log(), 20));
         let on_promoted = cluster.connect(promoted).call(&[b"PUBSUB", b"SHARDNUMSUB", killed]);
         assert_eq!(on_promoted, Reply::Array(Some(vec![bulk(killed), Reply::Int(1)])), "{runtime:?}");

@@ -24,10 +24,7 @@ impl Engine {
             _ if shards.awaits_confirmation(conn, None) => Some(false),
             "reset" => {
                 // RESET leaves every channel, shard channels too.
-                let lines = self.cluster.as_deref_mut()?.shard_subscriptions.forget(conn);
-                for line in lines {
-                    self.pool.release_private(line, true, &mut self.out);
-                }
+                self.close_lines_of(conn);
                 None
             }
             // Without a subscriber connection, nothing would answer as a subscribed RESP2 connection does.
@@ -236,7 +233,7 @@ impl Engine {
         true
     }
 
-    /// Closes the lines of `client`, which left.
+    /// Closes the lines of `client` (it left, or sent `RESET`).
     pub(super) fn close_lines_of(&mut self, client: ConnId) {
         let Some(cluster) = self.cluster.as_deref_mut() else { return };
         for line in cluster.shard_subscriptions.forget(client) {

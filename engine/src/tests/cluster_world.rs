@@ -608,18 +608,7 @@ impl ClusterWorld {
                 self.nodes[to].keys.insert(key, value);
             }
         }
-        let mut pushes = Vec::new();
-        for (conn, channels) in &mut self.shard_channels {
-            if self.conns.get(conn).is_none_or(|(n, _, _)| *n != from) {
-                continue;
-            }
-            let dropped: Vec<Vec<u8>> = channels.iter().filter(|c| key_slot(c) == slot).cloned().collect();
-            for channel in dropped {
-                channels.remove(&channel);
-                pushes.push((*conn, sunsubscribe_push(&channel, channels.len())));
-            }
-        }
-        self.push_to_engine(kit, pushes)
+        self.drop_unowned_shard_channels(kit)
     }
 
     /// Stops `node`'s process: its connections break (what travels on them is lost), new ones are refused.
