@@ -1,5 +1,6 @@
 //! A fake Redis server for the probe: [`Info`] lays out what `INFO` reports, [`FakeServer`] answers `PING`,
-//! `INFO`, `REPLICAOF`, `RESET`, `AUTH` and `CONFIG SET` from it.
+//! `INFO`, `REPLICAOF`, `RESET`, `AUTH` and `CONFIG SET` from it (and, as a node of a cluster, `CLUSTER INFO` and
+//! `CLUSTER NODES`).
 
 use crate::address::ServerAddress;
 use crate::resp::bulk_reply;
@@ -134,6 +135,8 @@ pub struct FakeServer {
     authenticated: bool,
     /// The `CONFIG SET masterauth` value it was given last.
     pub masterauth: Option<Vec<u8>>,
+    /// As a node of a healthy cluster: the `CLUSTER NODES` text it answers (None: not in a cluster).
+    pub cluster_nodes: Option<String>,
 }
 
 impl FakeServer {
@@ -145,7 +148,13 @@ impl FakeServer {
             password: None,
             authenticated: false,
             masterauth: None,
+            cluster_nodes: None,
         }
+    }
+
+    /// A primary on `port` in a healthy cluster whose `CLUSTER NODES` says `nodes`.
+    pub fn cluster_node(port: u16, nodes: &str) -> FakeServer {
+        FakeServer { cluster_nodes: Some(nodes.to_string()), ..FakeServer::master(port) }
     }
 
     /// A replica on `port` of the master at `master`, its link up, priority 100.
@@ -207,6 +216,12 @@ impl FakeServer {
             b"PING" => Bytes::from_static(b"+PONG\r\n"),
             b"INFO" => self.info.reply(),
             b"RESET" => Bytes::from_static(b"+RESET\r\n"),
+            b"CLUSTER" => match (&self.cluster_nodes, arg(1).map(<[u8]>::to_ascii_uppercase).as_deref()) {
+                (None, _) => Bytes::from_static(b"-ERR This instance has cluster support disabled\r\n"),
+                (Some(_), Some(b"INFO")) => bulk_reply(b"cluster_state:ok\r\ncluster_enabled:1\r\n"),
+                (Some(nodes), Some(b"NODES")) => bulk_reply(nodes.as_bytes()),
+                (Some(_), _) => Bytes::from_static(b"-ERR unknown CLUSTER subcommand\r\n"),
+            },
             b"REPLICAOF" | b"SLAVEOF" => match (arg(1), arg(2)) {
                 (Some(host), Some(port)) if host.eq_ignore_ascii_case(b"NO") && port.eq_ignore_ascii_case(b"ONE") => {
                     self.info.replica_of = None;
