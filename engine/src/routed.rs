@@ -103,6 +103,16 @@ impl Routed {
     }
 }
 
+/// Where the reply to an answered request goes: its client and reply slot, or its fan-out part; a `SCAN` step's
+/// reply is rewritten first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReplyTo {
+    pub(crate) client: ConnId,
+    pub(crate) seq: u64,
+    pub(crate) part: Option<(u32, usize)>,
+    pub(crate) scan: Option<Position>,
+}
+
 /// A resend waiting for its time: to where the map says, or (`ask`) to the node an `ASK` named.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Resend {
@@ -145,6 +155,14 @@ impl<T> Slab<T> {
         self.entries.get_mut(id as usize)?.as_mut()
     }
 
+    /// Drops the entry `id` where it lies (cheaper than moving it out when its value is not needed).
+    fn discard(&mut self, id: u32) {
+        if let Some(entry) = self.entries.get_mut(id as usize).filter(|e| e.is_some()) {
+            *entry = None;
+            self.free.push(id);
+        }
+    }
+
     fn remove(&mut self, id: u32) -> Option<T> {
         let value = self.entries.get_mut(id as usize)?.take()?;
         self.free.push(id);
@@ -179,6 +197,14 @@ impl RoutedRequests {
     /// The request of `ticket`, answered: it is forgotten.
     pub(crate) fn take(&mut self, ticket: u32) -> Option<Routed> {
         self.requests.remove(ticket)
+    }
+
+    /// Where the reply to the request of `ticket` goes; the request, answered, is forgotten.
+    pub(crate) fn answered(&mut self, ticket: u32) -> Option<ReplyTo> {
+        let routed = self.requests.get(ticket)?;
+        let to = ReplyTo { client: routed.client, seq: routed.seq, part: routed.part, scan: routed.scan };
+        self.requests.discard(ticket);
+        Some(to)
     }
 
     /// Keeps a fan-out; returns its id.
@@ -271,6 +297,18 @@ mod tests {
         assert!(requests.take(a).is_none());
         assert_eq!(requests.add(routed(3, None)), a);
         assert_eq!(requests.len(), 2);
+    }
+
+    #[test]
+    fn an_answered_request_says_where_its_reply_goes_and_frees_its_ticket() {
+        let mut requests = RoutedRequests::default();
+        let a = requests.add(routed(7, Some((4, 1))));
+        let to = requests.answered(a).expect("kept");
+        assert_eq!((to.seq, to.part, to.scan), (7, Some((4, 1)), None));
+        assert!(requests.answered(a).is_none(), "a stale ticket finds nothing");
+        assert_eq!(requests.len(), 0);
+        assert_eq!(requests.add(routed(8, None)), a, "its ticket is used again, once");
+        assert_ne!(requests.add(routed(9, None)), a);
     }
 
     #[test]
