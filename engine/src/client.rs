@@ -12,7 +12,7 @@ use crate::event::Event;
 use crate::fence::{ReadFence, ReadFloor};
 use crate::hold_queue::{Admission, ClientHolds, HoldQueue};
 use crate::pool::Waiter;
-use crate::reply_order::ReplyOrder;
+use crate::reply_order::{ReadBatches, ReplyOrder};
 use crate::resp::{self, RequestScanner};
 use crate::session::{Pin, Session};
 use bytes::Bytes;
@@ -55,6 +55,8 @@ struct Client {
     auth: ClientAuth,
     /// Its replies, in request order.
     replies: ReplyOrder,
+    /// Cluster mode: where its reads begin among its replies, so that one read's replies go out together.
+    batches: Option<Box<ReadBatches>>,
     /// Its requests waiting to go out, in the [`HoldQueue`].
     held: ClientHolds,
     /// The private backend connection, if the session needs one.
@@ -182,6 +184,7 @@ impl Clients {
             session: Session::new(self.config.cluster),
             auth: ClientAuth::new(&self.config.users),
             replies: ReplyOrder::default(),
+            batches: self.config.cluster.then(Box::default),
             held: ClientHolds::default(),
             private: None,
             last_backend: None,
@@ -488,6 +491,25 @@ impl Clients {
                 self.write_answered = true;
             }
         }
+        if let Some(batches) = client.batches.as_deref_mut() {
+            if client.replies.len() == 1 && client.replies.take_if_next(seq) {
+                // The only reply owed (a client that waits for each reply): out at once.
+                batches.clear();
+                self.send(conn, reply, out);
+                return true;
+            }
+            let index = seq.wrapping_sub(client.replies.first_seq());
+            client.replies.fill_later(seq, reply);
+            if index != batches.ready as u64 {
+                // Not the oldest reply awaited: nothing more is in order to go out.
+                return false;
+            }
+            batches.ready = client.replies.ready_from(batches.ready);
+            if !batches.may_release(client.replies.first_seq(), batches.ready, client.replies.len()) {
+                return false;
+            }
+            return self.release_ready(conn, true, out);
+        }
         if !client.replies.take_if_next(seq) {
             client.replies.fill_later(seq, reply);
             return false;
@@ -498,6 +520,35 @@ impl Clients {
             self.send(conn, ready, out);
         }
         true
+    }
+
+    /// Cluster mode: a read of `conn` begins (its replies will go out together).
+    pub(crate) fn begin_read(&mut self, conn: ConnId) {
+        if let Some(client) = self.conns.get_mut(conn) {
+            let next_seq = client.replies.next_seq();
+            if let Some(batches) = client.batches.as_deref_mut() {
+                batches.begin(next_seq);
+            }
+        }
+    }
+
+    /// Cluster mode: sends the replies of `conn` that are in and next in order: those of its reads whose every
+    /// reply is in (`by_read`), or all of them (a reply it awaits may be long: a request waits to be sent again).
+    /// Returns whether replies went out.
+    #[inline(never)]
+    pub(crate) fn release_ready(&mut self, conn: ConnId, by_read: bool, out: &mut Outbox) -> bool {
+        let Some(client) = self.conns.get_mut(conn) else { return false };
+        let Some(batches) = client.batches.as_deref_mut() else { return false };
+        let (first, owed) = (client.replies.first_seq(), client.replies.len());
+        let ready = client.replies.ready_from(batches.ready);
+        let count = if by_read || ready == owed { batches.releasable(first, ready, owed) } else { ready };
+        batches.ready = ready - count;
+        for _ in 0..count {
+            // Looked up again after each reply: writing one may remove the client (its output limit).
+            let Some(ready) = self.conns.get_mut(conn).and_then(|c| c.replies.pop_ready()) else { break };
+            self.send(conn, ready, out);
+        }
+        count > 0
     }
 
     /// Whether reply slot `seq` of `conn` is the next reply it is owed (every earlier one is out), so a large reply

@@ -419,7 +419,7 @@ impl Engine {
     /// needs, runs held requests, resumes reading and finishes a pending close.
     #[inline(always)]
     pub(super) fn deliver(&mut self, now: Instant, conn: ConnId, seq: u64, reply: bytes::Bytes) {
-        if !self.clients.deliver(conn, seq, reply, &mut self.out) {
+        if !self.clients.deliver(conn, seq, reply, &mut self.out) && !self.release_ready_while_resending(conn) {
             return;
         }
         if let Some(private) = self.clients.settle(conn) {
@@ -430,6 +430,13 @@ impl Engine {
             self.clients.update_reading(conn, &mut self.out);
             self.clients.close_if_done(conn, &mut self.out);
         }
+    }
+
+    /// Cluster mode: when a request of `conn` waits to be sent again, its replies that are in go out without
+    /// waiting for the rest of their read (see [`crate::reply_order::ReadBatches`]). Returns whether any did.
+    fn release_ready_while_resending(&mut self, conn: ConnId) -> bool {
+        self.cluster.as_deref().is_some_and(|c| c.requests.resend_waiting_for(conn))
+            && self.clients.release_ready(conn, false, &mut self.out)
     }
 
     /// Replies that answered fenced clients' writes need the offsets that prove where the writes have

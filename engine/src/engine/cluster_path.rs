@@ -421,7 +421,7 @@ impl Engine {
             routed.retries = routed.retries.saturating_add(1);
             cluster.want_refresh();
             let ask = if asking { server } else { None };
-            cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask });
+            self.resend_later(now + retry_delay(tries), Resend { ticket, ask });
             return;
         };
         if !asking && routed.queued == 0 {
@@ -451,6 +451,19 @@ impl Engine {
             data.freeze()
         };
         self.pool.send(backend, &waiters, data, &mut self.out);
+    }
+
+    /// Sends the request of `resend` again at `at`. Its client's replies that are in go out now, rather than wait
+    /// for the rest of their read (see [`crate::reply_order::ReadBatches`]): this one may wait long.
+    fn resend_later(&mut self, at: Instant, resend: Resend) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        let client = cluster.requests.get_mut(resend.ticket).map(|r| r.client);
+        cluster.requests.resend_at(at, resend);
+        if let Some(client) = client {
+            if self.clients.release_ready(client, false, &mut self.out) {
+                self.clients.update_reading(client, &mut self.out);
+            }
+        }
     }
 
     /// Sends again the requests whose resend is due; those that have waited past `hold_ms` get an error.
@@ -543,7 +556,7 @@ impl Engine {
             // ASKING covers the next command only, and inside MULTI every command but EXEC is queued: a
             // transaction meeting a migration waits for it to end.
             Redirect::Ask { .. } if routed.queued > 0 => {
-                cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
+                self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
             }
             Redirect::Ask { address, .. } => {
                 let Some(server) = server_at(self, &address) else { return Some(unreachable_node(&address)) };
@@ -558,7 +571,7 @@ impl Engine {
                 if redirect == Redirect::ClusterDown {
                     cluster.want_refresh();
                 }
-                cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
+                self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
             }
         }
         None
@@ -633,6 +646,6 @@ impl Engine {
         let tries = routed.retries;
         routed.retries = routed.retries.saturating_add(1);
         cluster.want_refresh();
-        cluster.requests.resend_at(now + retry_delay(tries), Resend { ticket, ask: None });
+        self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
     }
 }

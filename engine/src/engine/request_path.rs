@@ -19,6 +19,9 @@ impl Engine {
         if !self.uploads.is_empty() && self.upload_data(now, conn, buf) {
             return;
         }
+        if self.cluster.is_some() {
+            self.clients.begin_read(conn);
+        }
         loop {
             while let NextRequest::Request { mut held, behind_held } =
                 self.clients.next_request(now, conn, buf, &mut self.out)

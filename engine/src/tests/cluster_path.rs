@@ -5,7 +5,7 @@
 use super::cluster_world::{to_client, ClusterWorld};
 use crate::slot::key_slot;
 use crate::testkit::Driver;
-use crate::ConnId;
+use crate::{Action, ConnId};
 use bytes::Bytes;
 
 fn request(args: &[&str]) -> Vec<u8> {
@@ -358,4 +358,88 @@ fn a_command_refused_inside_multi_aborts_the_transaction_at_exec() {
     assert_eq!(&call(&mut world, &mut kit, client, &["MULTI"])[..], b"+OK\r\n");
     assert_eq!(&call(&mut world, &mut kit, client, &["DISCARD"])[..], b"+OK\r\n");
     assert_eq!(&call(&mut world, &mut kit, client, &["CLIENT", "GETNAME"])[..], b"$3\r\napp\r\n");
+}
+
+/// Keys that hash to `primary`'s slots.
+fn keys_on(world: &ClusterWorld, primary: usize, count: usize) -> Vec<String> {
+    (0..).map(|i| format!("key:{i}")).filter(|k| world.holder(k.as_bytes()) == primary).take(count).collect()
+}
+
+/// Takes the requests in `actions` that go to `node`.
+fn sends_to(world: &ClusterWorld, actions: &mut Vec<Action>, node: usize) -> Vec<Action> {
+    let (mine, rest) = std::mem::take(actions)
+        .into_iter()
+        .partition(|a| matches!(a, Action::Send { conn, .. } if world.node_of(*conn) == Some(node)));
+    *actions = rest;
+    mine
+}
+
+/// Sends `pipeline` from `client` in one read, then lets the nodes answer one connection at a time, in the order
+/// of `nodes`; returns what the client got after each node's answer. The client's connections to those nodes
+/// must be open already.
+fn answered_node_by_node(
+    world: &mut ClusterWorld,
+    kit: &mut Driver,
+    client: ConnId,
+    pipeline: &[Vec<u8>],
+    nodes: &[usize],
+) -> Vec<Bytes> {
+    kit.feed(client, &pipeline.concat());
+    let mut sends = kit.drain();
+    let mut got = Vec::new();
+    for node in nodes {
+        let mine = sends_to(world, &mut sends, *node);
+        got.push(to_client(&world.run(kit, mine), client));
+    }
+    assert!(sends.iter().all(|a| !matches!(a, Action::Send { .. })), "every request went to one of {nodes:?}");
+    got
+}
+
+#[test]
+fn a_reads_replies_from_several_primaries_go_out_together_once_the_last_is_in() {
+    let (mut world, mut kit) = started();
+    let client = kit.accept();
+    let keys: Vec<Vec<String>> = (0..3).map(|p| keys_on(&world, p, 4)).collect();
+    for on_primary in &keys {
+        assert_eq!(&call(&mut world, &mut kit, client, &["SET", &on_primary[0], "v"])[..], b"+OK\r\n");
+    }
+    // Interleaved over the primaries, as random keys are.
+    let pipeline: Vec<Vec<u8>> = (0..12).map(|i| request(&["SET", &keys[i % 3][i / 3], "v"])).collect();
+    let got = answered_node_by_node(&mut world, &mut kit, client, &pipeline, &[2, 0, 1]);
+    assert_eq!(got[..2], [Bytes::new(), Bytes::new()], "nothing goes out before the read's last reply is in");
+    assert_eq!(&got[2][..], "+OK\r\n".repeat(12).as_bytes());
+    // Two reads: the first's replies go out once they are all in, though the second's are not.
+    kit.feed(client, &[request(&["GET", &keys[0][0]]), request(&["GET", &keys[1][0]])].concat());
+    let mut first = kit.drain();
+    kit.feed(client, &request(&["GET", &keys[2][0]]));
+    let second = kit.drain();
+    let on_node_0 = sends_to(&world, &mut first, 0);
+    assert!(to_client(&world.run(&mut kit, on_node_0), client).is_empty(), "the first read's second reply is awaited");
+    let on_node_1 = sends_to(&world, &mut first, 1);
+    assert_eq!(&to_client(&world.run(&mut kit, on_node_1), client)[..], "$1\r\nv\r\n".repeat(2).as_bytes());
+    assert_eq!(&to_client(&world.run(&mut kit, second), client)[..], b"$1\r\nv\r\n");
+}
+
+#[test]
+fn replies_in_go_out_at_once_when_a_request_of_their_read_waits_to_be_sent_again() {
+    for down_first in [true, false] {
+        let (mut world, mut kit) = started();
+        let client = kit.accept();
+        let (up, down) = (keys_on(&world, 0, 1).remove(0), keys_on(&world, 1, 1).remove(0));
+        assert_eq!(&call(&mut world, &mut kit, client, &["SET", &up, "u"])[..], b"+OK\r\n");
+        assert_eq!(&call(&mut world, &mut kit, client, &["SET", &down, "d"])[..], b"+OK\r\n");
+        // Node 1 answers CLUSTERDOWN (cut off in a minority): its request is sent again later, and may wait long.
+        world.nodes[1].minority = Some(world.nodes_text());
+        let pipeline = [request(&["GET", &up]), request(&["GET", &down]), request(&["GET", &up])];
+        let order = if down_first { [1, 0] } else { [0, 1] };
+        let got = answered_node_by_node(&mut world, &mut kit, client, &pipeline, &order);
+        assert_eq!(
+            &got.concat()[..],
+            b"$1\r\nu\r\n",
+            "the reply before the waiting one is out (down first: {down_first})"
+        );
+        world.nodes[1].minority = None;
+        let out = world.settle(&mut kit, 3);
+        assert_eq!(&to_client(&out, client)[..], b"$1\r\nd\r\n$1\r\nu\r\n", "the rest follows once node 1 answers");
+    }
 }

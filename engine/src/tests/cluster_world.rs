@@ -207,6 +207,11 @@ impl ClusterWorld {
         text
     }
 
+    /// The node a connection of the engine's goes to (None: not one the world knows).
+    pub(crate) fn node_of(&self, conn: ConnId) -> Option<usize> {
+        self.conns.get(&conn).map(|(node, _, _)| *node)
+    }
+
     /// The node at `port`.
     fn node_at(&self, port: u16) -> Option<usize> {
         self.nodes.iter().position(|n| n.port == port)
