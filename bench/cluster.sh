@@ -33,6 +33,9 @@
 #      made to serve one (`total_reads_processed`, bench/mget_reads.py): 1 means the proxy wrote each primary's
 #      parts (one MGET per slot) in one write.
 #
+#   With SYSCALLS=1 (needs `perf` and tracepoint access: root, or kernel.perf_event_paranoid <= -1), the system
+#   calls each proxy made per request in its runs are counted too (`perf stat` on its write, read and poll calls).
+#
 # Knobs (environment): REPS=3 N=100000 RANDOM_KEYS=100000 BASE_PORT=7600 PIN=split|none CLI_CPU=0 SRV_CPU=1
 #   NODE_TIMEOUT=5000 (cluster-node-timeout, ms: long enough that a busy node is not failed over mid-run)
 #   RUN_TIMEOUT=60 BUDGET=300 (seconds of measurement, then the rest is skipped) SKIP_BUILD=0 DIRECT_ONLY=0
@@ -56,6 +59,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-60}
 BUDGET=${BUDGET:-300}
 SKIP_BUILD=${SKIP_BUILD:-0}
 DIRECT_ONLY=${DIRECT_ONLY:-0}
+SYSCALLS=${SYSCALLS:-0}
 for knob in REPS N RANDOM_KEYS BASE_PORT NODE_TIMEOUT RUN_TIMEOUT BUDGET; do
     [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -gt 0 ] || { echo "$knob must be a positive number" >&2; exit 2; }
 done
@@ -67,6 +71,11 @@ T0=$SECONDS
 log() { printf '[%4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 
 install_if_missing redis-server redis-benchmark:redis-tools redis-cli:redis-tools taskset:util-linux timeout:coreutils
+SYSCALL_EVENTS=syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
+if [ "$SYSCALLS" = 1 ]; then
+    command -v perf >/dev/null || die "SYSCALLS=1 needs perf (apt-get install linux-perf)"
+    perf stat -e "$SYSCALL_EVENTS" true >/dev/null 2>&1 || die "SYSCALLS=1: perf cannot count system calls here"
+fi
 
 # ---------------------------------------------------------------- build
 PROXY_BIN=${PROXY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/redis-proxy}
@@ -182,7 +191,7 @@ done
 
 WORKLOADS=("c50_P1|-t set,get -c 50 -P 1" "c50_P16|-t set,get -c 50 -P 16")
 RESULTS=$W/results.tsv
-printf 'rep\tworkload\ttarget\ttest\trps\tproxy_us\n' >"$RESULTS"
+printf 'rep\tworkload\ttarget\ttest\trps\tproxy_us\tsyscalls\twrites\n' >"$RESULTS"
 MEAS_T0=$SECONDS skipped=0 failed=0
 for rep in $(seq "$REPS"); do
     for workload in "${WORKLOADS[@]}"; do
@@ -194,8 +203,20 @@ for rep in $(seq "$REPS"); do
             out=$W/raw/r${rep}_${name}_${label}.csv
             t0=NA
             [ -n "$pid" ] && t0=$(ticks "$pid")
+            perf_pid=
+            if [ "$SYSCALLS" = 1 ] && [ -n "$pid" ]; then
+                perf stat -x, -e "$SYSCALL_EVENTS" -p "$pid" -o "$out.perf" &
+                perf_pid=$!
+            fi
             rc=0
             bench "$out" "$label" "$port" -n "$N" -r "$RANDOM_KEYS" "${bench_args[@]}" || rc=$?
+            calls="NA NA"
+            if [ -n "$perf_pid" ]; then # system calls per request, all and writes, SET and GET runs together
+                kill -INT "$perf_pid" 2>/dev/null || true
+                wait "$perf_pid" 2>/dev/null || true
+                calls=$(awk -F, -v n=$((2 * N)) '$3 ~ /syscalls/ { all += $1 } $3 ~ /writev|sendto/ { writes += $1 }
+                    END { if (all > 0) printf "%.3f %.3f", all / n, writes / n; else print "NA NA" }' "$out.perf")
+            fi
             us=NA
             if [ -n "$pid" ] && [ "$t0" != NA ]; then
                 t1=$(ticks "$pid")
@@ -210,9 +231,11 @@ for rep in $(seq "$REPS"); do
                 continue
             fi
             # redis-benchmark 7 --csv: "test","rps","avg_latency_ms",...
-            tr -d '"\r' <"$out" | awk -F, -v rep="$rep" -v w="$name" -v t="$label" -v us="$us" '
+            tr -d '"\r' <"$out" | awk -F, -v rep="$rep" -v w="$name" -v t="$label" -v us="$us" -v calls="${calls% *}" \
+                -v writes="${calls#* }" '
                 $1 == "test" { for (k = 1; k <= NF; k++) col[$k] = k; next }
-                $1 == "SET" || $1 == "GET" { printf "%s\t%s\t%s\t%s\t%s\t%s\n", rep, w, t, $1, $(col["rps"]), us }' \
+                $1 == "SET" || $1 == "GET" {
+                    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rep, w, t, $1, $(col["rps"]), us, calls, writes }' \
                 >>"$RESULTS"
         done
     done
@@ -243,6 +266,8 @@ NR == 1 { next }
     if (!(k in seen)) { seen[k] = 1; order[++no] = k }
     RPS[k, $3] = RPS[k, $3] " " $5; BY[$1, $2, $3, $4] = $5
     if ($6 != "NA") US[k, $3] = US[k, $3] " " $6
+    if ($7 != "NA") CALLS[k, $3] = CALLS[k, $3] " " $7
+    if ($8 != "NA") WRITES[k, $3] = WRITES[k, $3] " " $8
 }
 END {
     printf "%-8s %-4s %12s %12s %13s %9s %13s %12s %12s %9s\n", "workload", "test", "direct req/s", "proxy req/s",
@@ -260,6 +285,14 @@ END {
             (u == "") ? "-" : sprintf("%.2f", u), (s == "") ? "-" : sprintf("%.2f", s),
             (u == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", u / s),
             (o == "") ? "-" : sprintf("%.2f", o), (o == "" || s == "" || s == 0) ? "-" : sprintf("%.2f", o / s)
+    }
+    for (i = 1; i <= no; i++) {
+        c = med(CALLS[order[i], "proxy"]); split(order[i], f, SUBSEP)
+        if (c == "" || f[2] != "GET") continue
+        if (!said++) printf "\nproxy system calls per request (writev, send, recv, epoll_wait; SET and GET runs together), median, all (writes):\n"
+        printf "  %-8s  cluster %.3f (%.3f)  standalone %.3f (%.3f)  one-node %.3f (%.3f)\n", f[1],
+            c, med(WRITES[order[i], "proxy"]), med(CALLS[order[i], "standalone"]), med(WRITES[order[i], "standalone"]),
+            med(CALLS[order[i], "onenode"]), med(WRITES[order[i], "onenode"])
     }
 }' "$RESULTS"
 echo
