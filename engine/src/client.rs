@@ -481,8 +481,9 @@ impl Clients {
         client.replies.push_local(reply);
     }
 
-    /// Fills the reply slot `seq` of `conn` and sends every reply now next in order. Returns whether replies went
-    /// out (the client may then have room for held requests, or be done).
+    /// Fills the reply slot `seq` of `conn` and sends every reply now next in order (in cluster mode, those of reads
+    /// whose every reply is in: see [`ReadBatches`]). Returns whether replies went out (the client may then have
+    /// room for held requests, or be done).
     pub(crate) fn deliver(&mut self, conn: ConnId, seq: u64, reply: Bytes, out: &mut Outbox) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
         if let Some(reads) = client.reads.as_deref_mut().filter(|_| client.replies.owes(seq)) {

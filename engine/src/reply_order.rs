@@ -352,8 +352,8 @@ mod tests {
 
     proptest::proptest! {
         /// Reads, slots taken and replies filled in any order, as the client machine does it in cluster mode:
-        /// the quick test agrees with the count, replies go out in request order, and a read's replies go out
-        /// only once all of them are in, or with the replies of a later read.
+        /// the quick test agrees with the count, replies go out in request order, and a reply that is in waits
+        /// only for an awaited reply of its own read.
         #[test]
         fn replies_go_out_in_order_and_a_read_at_a_time(ops in proptest::collection::vec((0u8..3, 0usize..8), 0..60)) {
             let mut order = ReplyOrder::default();
