@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") & 16383);
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
         assert_eq!(key_slot(b"foo{bar"), crc16(b"foo{bar") & 16383);
-        // A brace in the first eight bytes, in the last ones, and in neither.
+        // A brace after the last whole eight bytes, in the first eight, and after two whole eights.
         assert_eq!(key_slot(b"0123456789{tag}"), key_slot(b"tag"));
         assert_eq!(key_slot(b"0123{tag}456789abcdef"), key_slot(b"tag"));
         assert_eq!(key_slot(b"0123456789abcdef{tag}"), key_slot(b"tag"));
