@@ -499,17 +499,8 @@ impl Clients {
                 self.send(conn, reply, out);
                 return true;
             }
-            let index = seq.wrapping_sub(client.replies.first_seq());
-            client.replies.fill_later(seq, reply);
-            if index != batches.ready as u64 {
-                // Not the oldest reply awaited: nothing more is in order to go out.
-                return false;
-            }
-            batches.ready = client.replies.ready_from(batches.ready);
-            if !batches.may_release(client.replies.first_seq(), batches.ready, client.replies.len()) {
-                return false;
-            }
-            return self.release_ready(conn, true, out);
+            let count = batches.fill(&mut client.replies, seq, reply);
+            return count > 0 && self.send_ready(conn, count, out);
         }
         if !client.replies.take_if_next(seq) {
             client.replies.fill_later(seq, reply);
@@ -533,17 +524,18 @@ impl Clients {
         }
     }
 
-    /// Cluster mode: sends the replies of `conn` that are in and next in order: those of its reads whose every
-    /// reply is in (`by_read`), or all of them (a reply it awaits may be long: a request waits to be sent again).
-    /// Returns whether replies went out.
-    #[inline(never)]
-    pub(crate) fn release_ready(&mut self, conn: ConnId, by_read: bool, out: &mut Outbox) -> bool {
+    /// Cluster mode: sends every reply of `conn` that is in and next in order, without waiting for the rest of
+    /// its read (a reply it awaits may be long: a request waits to be sent again). Returns whether any went out.
+    pub(crate) fn release_ready(&mut self, conn: ConnId, out: &mut Outbox) -> bool {
         let Some(client) = self.conns.get_mut(conn) else { return false };
         let Some(batches) = client.batches.as_deref_mut() else { return false };
-        let (first, owed) = (client.replies.first_seq(), client.replies.len());
-        let ready = client.replies.ready_from(batches.ready);
-        let count = if by_read || ready == owed { batches.releasable(first, ready, owed) } else { ready };
-        batches.ready = ready - count;
+        let count = batches.release(&client.replies, false);
+        self.send_ready(conn, count, out)
+    }
+
+    /// Sends the next `count` replies of `conn`, which are in (see [`ReadBatches`]). Returns whether any went out.
+    #[inline(never)]
+    fn send_ready(&mut self, conn: ConnId, count: usize, out: &mut Outbox) -> bool {
         for _ in 0..count {
             // Looked up again after each reply: writing one may remove the client (its output limit).
             let Some(ready) = self.conns.get_mut(conn).and_then(|c| c.replies.pop_ready()) else { break };

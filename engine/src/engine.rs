@@ -436,7 +436,7 @@ impl Engine {
     /// waiting for the rest of their read (see [`crate::reply_order::ReadBatches`]). Returns whether any did.
     fn release_ready_while_resending(&mut self, conn: ConnId) -> bool {
         self.cluster.as_deref().is_some_and(|c| c.requests.resend_waiting_for(conn))
-            && self.clients.release_ready(conn, false, &mut self.out)
+            && self.clients.release_ready(conn, &mut self.out)
     }
 
     /// Replies that answered fenced clients' writes need the offsets that prove where the writes have

@@ -122,7 +122,7 @@ pub(crate) struct ReadBatches {
     starts: Vec<u64>,
     /// How many of the oldest replies owed are in, counted as they fill (counting them again at each reply
     /// would cost a pipeline of n replies n²/2 steps).
-    pub(crate) ready: usize,
+    ready: usize,
 }
 
 impl ReadBatches {
@@ -139,9 +139,35 @@ impl ReadBatches {
         self.ready = 0;
     }
 
+    /// Fills slot `seq` of `order` with `reply`; returns how many replies may be written now (the caller takes
+    /// them with [`ReplyOrder::pop_ready`]).
+    pub(crate) fn fill(&mut self, order: &mut ReplyOrder, seq: u64, reply: Bytes) -> usize {
+        let index = seq.wrapping_sub(order.first_seq());
+        order.fill_later(seq, reply);
+        if index != self.ready as u64 {
+            // Not the oldest reply awaited: nothing more is in order to go out.
+            return 0;
+        }
+        self.ready = order.ready_from(self.ready);
+        if !self.may_release(order.first_seq(), self.ready, order.len()) {
+            return 0;
+        }
+        self.release(order, true)
+    }
+
+    /// How many replies of `order` that are in may be written now: those of reads whose every reply is in
+    /// (`by_read`), or all of them. They are counted off as written.
+    pub(crate) fn release(&mut self, order: &ReplyOrder, by_read: bool) -> usize {
+        let (first, owed) = (order.first_seq(), order.len());
+        let ready = order.ready_from(self.ready);
+        let count = if by_read || ready == owed { self.releasable(first, ready, owed) } else { ready };
+        self.ready = ready - count;
+        count
+    }
+
     /// Whether [`ReadBatches::releasable`] would give any: every reply owed is in, or a read that began after the
     /// oldest reply owed begins at or before the first awaited one (the reads before it are complete).
-    pub(crate) fn may_release(&self, first_seq: u64, ready: usize, owed: usize) -> bool {
+    fn may_release(&self, first_seq: u64, ready: usize, owed: usize) -> bool {
         let awaited = first_seq + ready as u64;
         ready == owed || self.starts.iter().any(|start| *start > first_seq && *start <= awaited)
     }
@@ -149,7 +175,7 @@ impl ReadBatches {
     /// How many of the `ready` replies in from slot `first_seq` on may be written now, when `owed` replies are
     /// owed in all: every one when none is awaited after them; otherwise those of the reads before the read of
     /// the first awaited reply (that read's replies wait for it).
-    pub(crate) fn releasable(&mut self, first_seq: u64, ready: usize, owed: usize) -> usize {
+    fn releasable(&mut self, first_seq: u64, ready: usize, owed: usize) -> usize {
         if ready == owed {
             // Every reply owed goes: the reads recorded so far are over.
             self.starts.clear();
@@ -184,10 +210,7 @@ mod tests {
 
     /// Fills `seq` as the `client` machine does in cluster mode, and returns what may be written now, in order.
     fn fill_in_batches(order: &mut ReplyOrder, batches: &mut ReadBatches, seq: u64, text: &'static str) -> Vec<Bytes> {
-        order.fill_later(seq, reply(text));
-        batches.ready = order.ready_from(batches.ready);
-        let count = batches.releasable(order.first_seq(), batches.ready, order.len());
-        batches.ready -= count;
+        let count = batches.fill(order, seq, reply(text));
         (0..count).filter_map(|_| order.pop_ready()).collect()
     }
 

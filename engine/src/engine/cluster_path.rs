@@ -460,7 +460,7 @@ impl Engine {
         let client = cluster.requests.get_mut(resend.ticket).map(|r| r.client);
         cluster.requests.resend_at(at, resend);
         if let Some(client) = client {
-            if self.clients.release_ready(client, false, &mut self.out) {
+            if self.clients.release_ready(client, &mut self.out) {
                 self.clients.update_reading(client, &mut self.out);
             }
         }
