@@ -22,6 +22,7 @@ use crate::failover::{Decision, Failover, SwitchoverStep};
 use crate::fence::{FencePoll, ReadFloor};
 use crate::monitor::{Monitor, ProbeOutcome, ReplicaOf};
 use crate::pool::{Pool, Purpose, SentinelQuery, Waiter};
+use crate::publication::{Following, Publisher};
 use crate::resp;
 use crate::route::{Demand, Route, Router};
 use crate::sentinel::Sentinels;
@@ -45,6 +46,7 @@ mod following;
 mod operations;
 mod reply_path;
 mod request_path;
+mod workers;
 
 use cluster_map::cluster_unhealthy;
 use reply_path::Loss;
@@ -80,6 +82,10 @@ pub struct Engine {
     trend: Trend,
     /// Cluster mode: the slot map and the requests in the cluster (the failover rules are not applied).
     cluster: Option<Box<Cluster>>,
+    /// Deciding for worker engines: what was published to them and what they confirmed.
+    publisher: Option<Box<Publisher>>,
+    /// A worker engine: the topology it follows instead of deciding.
+    following: Option<Box<Following>>,
 }
 
 impl Engine {
@@ -109,6 +115,8 @@ impl Engine {
                 let node = ProxyNode::new(&config.bind_address, config.listen_port);
                 Box::new(Cluster::new(c, config.down_after, node))
             }),
+            publisher: None,
+            following: None,
             config,
         };
         for (id, view) in engine.monitor.views().iter() {
@@ -254,7 +262,7 @@ impl Engine {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         [
-            Some(self.monitor.deadline()),
+            self.monitor.deadline(),
             self.failover.deadline().map(|at| (at, TimerReason::FailoverDeadline)),
             self.clients.hold_deadline().map(|at| (at, TimerReason::HoldExpiry)),
             self.waits.deadline().map(|at| (at, TimerReason::Wait)),
@@ -497,6 +505,9 @@ impl Engine {
         }
         if self.sentinels.is_some() {
             self.follow_sentinels(now);
+        } else if self.is_worker() {
+            // Its decider's topology is followed instead (Engine::follow).
+            self.drop_master_seen_down(now);
         } else {
             for decision in self.failover.evaluate(self.monitor.views(), now) {
                 self.carry_out(now, decision);

@@ -134,6 +134,7 @@ mod key_slots;
 mod monitor;
 mod offset_poll;
 mod pool;
+mod publication;
 mod redirect;
 mod reply_order;
 mod resp;
@@ -169,6 +170,7 @@ pub use contract::{Action, Input, TimerReason};
 pub use engine::Engine;
 pub use event::{Event, Level};
 pub use failure::{CertificateProblem, ConnectFailure};
+pub use publication::Topology;
 pub use resp::Limits;
 pub use status::{
     BackendCounts, Class, ClusterCounts, ClusterStatus, Counters, ErrorCounts, FailoverRecord, LatencyHistogram,

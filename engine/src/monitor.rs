@@ -76,6 +76,10 @@ pub(crate) struct Monitor {
     offset_serial: u64,
     /// What the pool is to do, until the engine hands it over.
     orders: Orders,
+    /// A worker's monitor: the deciding engine probes and judges the servers, and its views are taken in
+    /// ([`Monitor::adopt`]); this one only asks for replication offsets (for `WAIT` and read fences), on a line
+    /// opened when first needed.
+    passive: bool,
 }
 
 impl Monitor {
@@ -93,7 +97,41 @@ impl Monitor {
             busy_down_after: config.busy_down_after,
             offset_serial: 1,
             orders: Orders::default(),
+            passive: false,
         }
+    }
+
+    /// Makes this a worker's monitor, which neither probes nor judges (see [`Monitor::adopt`]).
+    pub(crate) fn make_passive(&mut self) {
+        self.passive = true;
+    }
+
+    /// A worker's monitor takes the deciding engine's `views` as its own, keeping what it read itself of the
+    /// replication offsets. Returns the servers it did not watch before, and those it no longer watches.
+    pub(crate) fn adopt(&mut self, views: &Views) -> (Vec<ServerId>, Vec<ServerId>) {
+        let added: Vec<ServerId> = views.ids().into_iter().filter(|id| !self.views.contains(*id)).collect();
+        let gone: Vec<ServerId> = self.views.ids().into_iter().filter(|id| !views.contains(*id)).collect();
+        for server in &gone {
+            self.remove_server(*server);
+        }
+        for (server, decided) in views.iter() {
+            let mut view = decided.clone();
+            match self.views.get(server) {
+                Some(local) => {
+                    view.offset_seen.clone_from(&local.offset_seen);
+                    view.offset_serial = local.offset_serial;
+                    view.probe_pending_since = local.probe_pending_since;
+                }
+                None => {
+                    view.offset_seen = None;
+                    view.offset_serial = 0;
+                    view.probe_pending_since = None;
+                    self.watches.insert(server, Watch::default());
+                }
+            }
+            self.views.insert(server, view);
+        }
+        (added, gone)
     }
 
     /// What the monitor ordered since the pool last carried it out.
@@ -110,7 +148,9 @@ impl Monitor {
     pub(crate) fn add_server(&mut self, now: Instant, id: ServerId, address: ServerAddress) {
         self.views.insert(id, ServerView::new(address, now));
         self.watches.insert(id, Watch::default());
-        self.open_probe(now, id);
+        if !self.passive {
+            self.open_probe(now, id);
+        }
     }
 
     /// Sentinel mode: whether the sentinels keep reads off `server` (they do not list it as a healthy replica).
@@ -169,21 +209,24 @@ impl Monitor {
         Some(if awaiting_knock { knock_timeout } else { deadline.min(knock_timeout) })
     }
 
-    /// The next instant the monitor must act: a probe round, or a server's deadline.
-    pub(crate) fn deadline(&self) -> (Instant, TimerReason) {
+    /// The next instant the monitor must act: a probe round, or a server's deadline (never, for a worker's).
+    pub(crate) fn deadline(&self) -> Option<(Instant, TimerReason)> {
+        if self.passive {
+            return None;
+        }
         let mut best = (self.next_probe, TimerReason::Probe);
         for (server, _) in self.views.iter() {
             if let Some(at) = self.down_deadline(server).filter(|at| *at < best.0) {
                 best = (at, TimerReason::DownCheck(server.slot()));
             }
         }
-        best
+        Some(best)
     }
 
     /// Probes every server when a round is due. A server whose probe is late gets a knock: is it still accepting
     /// connections?
     pub(crate) fn tick(&mut self, now: Instant) {
-        if now < self.next_probe {
+        if self.passive || now < self.next_probe {
             return;
         }
         self.next_probe = now + self.check_period;
@@ -248,7 +291,16 @@ impl Monitor {
     /// Asks `server` for its replication offset now (for `WAIT` and read fences), unless such a question is
     /// outstanding.
     pub(crate) fn request_offset(&mut self, now: Instant, server: ServerId) {
-        let Some(watch) = self.watches.get_mut(server).filter(|w| w.probe_open && !w.offset_pending) else { return };
+        let passive = self.passive;
+        let Some(watch) = self.watches.get_mut(server).filter(|w| (passive || w.probe_open) && !w.offset_pending)
+        else {
+            return;
+        };
+        if !watch.probe_open {
+            // A worker's line for offsets, opened when first needed.
+            watch.probe_open = true;
+            self.orders.open(Line::Probe(server));
+        }
         watch.offset_pending = true;
         let probe = Probe::Offset { sent_at: now, serial: self.offset_serial };
         self.offset_serial += 1;
@@ -327,6 +379,10 @@ impl Monitor {
                 let Some(info) = ReplicationInfo::from_reply(frame) else { return ProbeOutcome::Nothing };
                 view.offset_seen = Some((sent_at, info));
                 view.offset_serial = serial;
+                if self.passive {
+                    // The deciding engine judges whether it is up.
+                    return ProbeOutcome::Offset;
+                }
                 if self.answered(now, server, out) {
                     ProbeOutcome::Recovered
                 } else {
@@ -481,6 +537,10 @@ impl Monitor {
         watch.probe_open = false;
         watch.offset_pending = false;
         view.probe_pending_since = None;
+        if self.passive {
+            // Only a worker's line for offsets: opened again when next needed.
+            return;
+        }
         view.incarnation += 1;
         view.worsen(Health::Unreachable, "its probe connection failed or broke");
         let recently = watch.reopened_at.is_some_and(|at| now.saturating_duration_since(at) < self.check_period);
@@ -496,7 +556,7 @@ impl Monitor {
         let Some(view) = self.views.get_mut(server) else { return };
         view.incarnation += 1;
         view.worsen(Health::Suspect, "a data connection to it was refused or lost");
-        if view.probe_pending_since.is_none() {
+        if !self.passive && view.probe_pending_since.is_none() {
             self.send_probe(now, server);
         }
     }
@@ -505,6 +565,9 @@ impl Monitor {
     /// server now down. Returns the servers that went down.
     pub(crate) fn detect_down(&mut self, now: Instant, out: &mut Outbox) -> SmallVec<[ServerId; 2]> {
         let mut newly_down = SmallVec::new();
+        if self.passive {
+            return newly_down;
+        }
         for server in self.views.ids() {
             if self.watches.get(server).and_then(|w| w.knock_started).is_some_and(|at| now >= at + self.check_period) {
                 // No proof of life.

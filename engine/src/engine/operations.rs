@@ -15,7 +15,7 @@ impl Engine {
         let current = self.servers();
         // In Sentinel mode the servers are the ones the sentinels name (the configured list is only a first view);
         // in cluster mode they are the nodes of the map (the file lists none).
-        let following = self.sentinels.is_some() || self.cluster.is_some();
+        let following = self.sentinels.is_some() || self.cluster.is_some() || self.is_worker();
         let removed: Vec<ServerAddress> =
             current.iter().filter(|s| !following && !new.servers.contains(s)).cloned().collect();
         let added: Vec<ServerAddress> =
@@ -199,7 +199,9 @@ impl Engine {
     /// Moves a planned switchover on (see [`Failover::advance_switchover`]).
     pub(super) fn advance_switchover(&mut self, now: Instant) {
         let Some((master, _)) = self.failover.switching() else { return };
-        let in_flight = self.pool.in_flight(master);
+        // Until every worker holds its writes and has its requests to the master answered, the master's offset is
+        // not final: count that as a request in flight.
+        let in_flight = self.pool.in_flight(master) + usize::from(self.workers_letting_go());
         match self.failover.advance_switchover(now, self.monitor.views(), in_flight) {
             SwitchoverStep::Wait => {}
             SwitchoverStep::ReadOffsets { master, target } => {
@@ -226,14 +228,17 @@ impl admin::Operations for Engine {
     }
 
     fn add_server(&mut self, now: Instant, address: ServerAddress) -> Result<(), String> {
+        self.refuse_on_worker("PROXY ADD")?;
         Engine::add_server(self, now, address)
     }
 
     fn remove_server(&mut self, now: Instant, address: &ServerAddress) -> Result<(), String> {
+        self.refuse_on_worker("PROXY REMOVE")?;
         Engine::remove_server(self, now, address)
     }
 
     fn begin_switchover(&mut self, now: Instant, conn: ConnId, target: Option<ServerAddress>) -> Result<(), String> {
+        self.refuse_on_worker("PROXY FAILOVER")?;
         Engine::begin_switchover(self, now, conn, target)
     }
 

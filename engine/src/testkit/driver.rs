@@ -95,15 +95,14 @@ impl Driver {
 
     /// An engine for `config` made at `clock`'s time, which it keeps.
     pub fn with_clock(config: Config, clock: FakeClock) -> Driver {
+        let engine = Engine::new(config.clone(), clock.now());
+        Driver::with_engine(engine, config, clock)
+    }
+
+    /// Drives `engine`, made for `config` (a decider's or a worker's) at `clock`'s time.
+    pub fn with_engine(engine: Engine, config: Config, clock: FakeClock) -> Driver {
         let probes = vec![None; config.servers.len()];
-        Driver {
-            engine: Engine::new(config.clone(), clock.now()),
-            clock,
-            config,
-            bufs: BTreeMap::new(),
-            probes,
-            accepted: 0,
-        }
+        Driver { engine, clock, config, bufs: BTreeMap::new(), probes, accepted: 0 }
     }
 
     /// An engine whose server 0 is adopted as master, every other server answering as its replica (link up,

@@ -59,12 +59,17 @@
 //!     each get one reply (`+OK` or an error). Membership counts for the other invariants: a server no engine
 //!     watches (a spare, a removed one) may be anything. With one engine, a planned switchover (`PROXY FAILOVER`)
 //!     promotes a server holding every write of the master it replaces, if that master runs.
+//! 12. With [`Scenario::workers`], one deciding engine and its workers (see [`workers`]): no worker decides, and
+//!     no write reaches an old master once any worker has written to a newer one. The decider and its workers are
+//!     one host: a partition cuts them all off. Invariant 7 allows a worker the time it takes to pick up its
+//!     decider's word.
 
 mod admin;
 mod clients;
 mod faults;
 mod invariants;
 mod network;
+mod workers;
 
 use self::clients::Client;
 use self::network::{Net, NetConn};
@@ -156,6 +161,8 @@ struct Sim<'a> {
     scan_traces: Vec<Vec<network::ScanExec>>,
     /// Per client, which server process (server, incarnation) returned each of its cursors.
     scan_issued: Vec<BTreeMap<u64, (usize, u32)>>,
+    /// With workers: what the decider published last, and each worker's confirmed epoch.
+    workers: workers::Workers,
 }
 
 impl<'a> Sim<'a> {
@@ -180,16 +187,18 @@ impl<'a> Sim<'a> {
         let converge_at = heal_at + SETTLE_MS;
         let max_slow =
             faults.iter().filter_map(|(_, f)| if let Fault::Slow { ms, .. } = f { Some(*ms) } else { None }).max();
-        let engine_start: Vec<u64> =
-            (0..scenario.engines).map(|e| if e == 0 { 0 } else { scenario.second_engine_delay_ms }).collect();
+        let engine_count = if scenario.workers > 0 { 1 + scenario.workers } else { scenario.engines };
+        let engine_start: Vec<u64> = (0..engine_count)
+            .map(|e| if e == 0 || scenario.workers > 0 { 0 } else { scenario.second_engine_delay_ms })
+            .collect();
         let mut cluster = Cluster::new(&scenario.master_of, &scenario.priorities, scenario.spares);
         let operator_address = cluster.servers.iter().map(|s| s.address.clone()).collect();
         cluster.replicate(0);
         Sim {
             scenario,
             clock: FakeClock::new(),
-            configs: vec![config; scenario.engines],
-            engines: (0..scenario.engines).map(|_| None).collect(),
+            configs: vec![config; engine_count],
+            engines: (0..engine_count).map(|_| None).collect(),
             engine_start,
             cluster,
             conns: BTreeMap::new(),
@@ -213,20 +222,21 @@ impl<'a> Sim<'a> {
             max_slow: max_slow.unwrap_or(0),
             last_probe_answer: BTreeMap::new(),
             disturbed_at: vec![None; count],
-            crashed_master: vec![None; scenario.engines],
+            crashed_master: vec![None; engine_count],
             excused: Vec::new(),
             late_failures: Vec::new(),
             trace: VecDeque::new(),
             outcome: Outcome::default(),
             admin_ops,
             next_admin: 0,
-            admins: (0..scenario.engines).map(|_| None).collect(),
+            admins: (0..engine_count).map(|_| None).collect(),
             operator_address,
             removed: BTreeSet::new(),
-            switching_from: vec![None; scenario.engines],
-            timeout_spun: vec![None; scenario.engines],
+            switching_from: vec![None; engine_count],
+            timeout_spun: vec![None; engine_count],
             scan_traces: Vec::new(),
             scan_issued: Vec::new(),
+            workers: workers::Workers::new(scenario, engine_count),
         }
     }
 
@@ -365,8 +375,9 @@ impl<'a> Sim<'a> {
     }
 
     fn start_engine(&mut self, e: usize) -> Result<(), String> {
-        self.engines[e] = Some(Driver::with_clock(self.configs[e].clone(), self.clock));
-        for _ in 0..self.scenario.clients_per_engine {
+        self.engines[e] = Some(self.new_driver(e)?);
+        let (serves_clients, serves_admin) = self.workers.serves(e);
+        for _ in 0..self.scenario.clients_per_engine * usize::from(serves_clients) {
             let conn = self.driver(e).accept();
             let index = self.clients.len();
             self.client_of.insert((e, conn), index);
@@ -376,9 +387,11 @@ impl<'a> Sim<'a> {
             self.scan_traces.push(Vec::new());
             self.scan_issued.push(BTreeMap::new());
         }
-        let now = self.clock.now();
-        let conn = self.driver(e).engine.accept_admin(now, "127.0.0.1:40000".parse().expect("an address"));
-        self.admins[e] = Some(admin::AdminClient::new(conn));
+        if serves_admin {
+            let now = self.clock.now();
+            let conn = self.driver(e).engine.accept_admin(now, "127.0.0.1:40000".parse().expect("an address"));
+            self.admins[e] = Some(admin::AdminClient::new(conn));
+        }
         self.drain(e)
     }
 
@@ -469,6 +482,14 @@ impl<'a> Sim<'a> {
                 }
                 Event::SwitchoverStarted { from, .. } => self.switching_from[e] = self.cluster.server_at(from),
                 Event::SwitchoverEnded { .. } => self.switching_from[e] = None,
+                Event::MasterAdopted { address, .. } if e == 0 => {
+                    if let Some(server) = self.cluster.server_at(address) {
+                        self.workers.adopted(server);
+                    }
+                }
+                Event::PromotionStarted { .. } | Event::ReplicaOfSent { .. } if self.workers.is_worker(e) => {
+                    return Err(format!("worker engine {e} decided something: {event}"));
+                }
                 _ => {}
             }
             if matches!(
@@ -495,6 +516,7 @@ impl<'a> Sim<'a> {
         for client in resume {
             self.feed_client(client)?;
         }
-        self.feed_admin(e)
+        self.feed_admin(e)?;
+        self.pass_topology(e)
     }
 }

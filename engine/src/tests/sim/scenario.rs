@@ -111,6 +111,9 @@ pub(crate) struct Scenario {
     pub(crate) priorities: Vec<i64>,
     /// How many engines watch the servers (1 or 2).
     pub(crate) engines: usize,
+    /// With more than 0: instead of `engines`, one deciding engine (engine 0, which serves the admin client) and
+    /// this many worker engines following it (engines 1 and up, which serve the clients), as `workers: N` runs.
+    pub(crate) workers: usize,
     /// When the second engine starts (ms), so the two probe out of step.
     pub(crate) second_engine_delay_ms: u64,
     /// Clients per engine.

@@ -49,18 +49,31 @@ impl Sim<'_> {
             Fault::Slow { server, ms } => self.cluster.servers[server].slow_ms = ms,
             Fault::Partition { engine, server } => {
                 self.disturbed_at[server] = Some(self.clock.ms());
-                if self.partitions.insert((engine, server)) {
-                    self.kill_conns(|e, s| e == engine && s == server);
+                for engine in self.one_host(engine) {
+                    if self.partitions.insert((engine, server)) {
+                        self.kill_conns(|e, s| e == engine && s == server);
+                    }
                 }
             }
             Fault::Heal { engine, server } => {
                 self.disturbed_at[server] = Some(self.clock.ms());
-                if self.partitions.remove(&(engine, server)) && self.partitions.is_empty() {
-                    self.partition_healed_at = Some(self.clock.ms());
+                for engine in self.one_host(engine) {
+                    if self.partitions.remove(&(engine, server)) && self.partitions.is_empty() {
+                        self.partition_healed_at = Some(self.clock.ms());
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The engines on engine `e`'s host: a decider and its workers are one process, so a partition cuts off all of
+    /// them; independent engines are proxies of their own.
+    fn one_host(&self, e: usize) -> Vec<usize> {
+        match self.scenario.workers {
+            0 => vec![e],
+            _ => (0..self.engines.len()).collect(),
+        }
     }
 
     pub(super) fn heal(&mut self) -> Result<(), String> {

@@ -23,11 +23,12 @@ impl Sim<'_> {
         started.iter().flat_map(|d| d.engine.servers()).filter_map(|a| self.cluster.server_at(&a)).collect()
     }
 
-    /// With one engine, a planned switchover promotes a server that holds every write of the master it moves
+    /// With one engine (or one decider for workers), a planned switchover promotes a server that holds every write of the master it moves
     /// away from, while that master runs (new writes are held, those in flight are awaited, and the target must
     /// catch up first).
     pub(super) fn check_switchover_promotion(&self, p: usize) -> Result<(), String> {
-        let Some(from) = self.switching_from[0].filter(|&m| m != p && self.engines.len() == 1) else { return Ok(()) };
+        let one_decider = self.engines.len() == 1 || self.scenario.workers > 0;
+        let Some(from) = self.switching_from[0].filter(|&m| m != p && one_decider) else { return Ok(()) };
         let servers = &self.cluster.servers;
         if servers[from].health != Health::Up {
             return Ok(());
@@ -105,7 +106,7 @@ impl Sim<'_> {
             let cut_off = self.partitions.contains(&(e, s));
             if self.routed_master(e) != Some(s) || self.cluster.servers[s].health != Health::Crashed || cut_off {
                 self.crashed_master[e] = None;
-            } else if self.clock.ms() > crashed_at + CRASH_ACTED_ON_MS {
+            } else if self.clock.ms() > crashed_at + CRASH_ACTED_ON_MS + self.workers.publication_delay(e) {
                 return Err(format!("engine {e} still routes to server {s}, which crashed at {crashed_at} ms"));
             }
         }

@@ -39,6 +39,15 @@ pub(super) enum Net {
     Drain {
         server: usize,
     },
+    /// A worker engine takes the topology its decider published.
+    Publish {
+        worker: usize,
+        topology: Box<crate::Topology>,
+    },
+    /// The decider hears the epoch every worker has confirmed.
+    Confirm {
+        epoch: u64,
+    },
     ToEngine {
         key: Key,
         what: Delivery,
@@ -136,6 +145,8 @@ impl Sim<'_> {
 
     pub(super) fn deliver(&mut self, net: Net) -> Result<(), String> {
         match net {
+            Net::Publish { worker, topology } => self.publish_to(worker, &topology)?,
+            Net::Confirm { epoch } => self.confirm_to_decider(epoch)?,
             Net::Connect { key } => {
                 let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
                 let server = conn.server;
@@ -255,14 +266,14 @@ impl Sim<'_> {
                 } else {
                     let mut out = BytesMut::from(format!("*{}\r\n", transaction.queued.len()).as_bytes());
                     for queued in &transaction.queued {
-                        out.extend_from_slice(&self.execute_one(s, queued)?);
+                        out.extend_from_slice(&self.execute_one(key, s, queued)?);
                     }
                     out.freeze()
                 }
             }
             (b"RESET", _) => {
                 conn.transaction = None;
-                self.execute_one(s, request)?
+                self.execute_one(key, s, request)?
             }
             (_, Some(transaction)) => {
                 let write = name == b"SET";
@@ -278,7 +289,7 @@ impl Sim<'_> {
                 }
             }
             (b"SCAN", None) => return self.execute_scan(key, s, request),
-            (_, None) => self.execute_one(s, request)?,
+            (_, None) => self.execute_one(key, s, request)?,
         };
         Ok(reply)
     }
@@ -286,7 +297,7 @@ impl Sim<'_> {
     /// Server `s` executes a `SCAN`; one of a client's iteration (`MATCH c<client>:*`) is checked and recorded:
     /// a cursor other than 0 must reach the server process that returned it (anywhere else it skips keys).
     fn execute_scan(&mut self, key: Key, s: usize, request: &Request) -> Result<Bytes, String> {
-        let reply = self.execute_one(s, request)?;
+        let reply = self.execute_one(key, s, request)?;
         let Some(client) = scan_client(request) else { return Ok(reply) };
         let Some(cursor) = std::str::from_utf8(request.arg(1).unwrap_or_default()).ok().and_then(|c| c.parse().ok())
         else {
@@ -334,7 +345,7 @@ impl Sim<'_> {
     }
 
     /// Server `s` executes one request outside a transaction, with the harness's bookkeeping of its effect.
-    fn execute_one(&mut self, s: usize, request: &Request) -> Result<Bytes, String> {
+    fn execute_one(&mut self, key: Key, s: usize, request: &Request) -> Result<Bytes, String> {
         let (reply, effect) = self.cluster.execute(s, self.clock.ms(), request);
         if effect.duplicate_write {
             return Err(format!(
@@ -344,6 +355,8 @@ impl Sim<'_> {
         }
         if let Some(id) = effect.wrote {
             self.write_executed(s, id);
+            let open = self.conns.get(&key).is_some_and(|c| c.engine_open);
+            self.workers.check_write(key.0, s, open)?;
         }
         if effect.promoted {
             self.outcome.promotions += 1;

@@ -1,0 +1,149 @@
+//! Many workers, one decision: the deciding engine publishes the servers as it sees them ([`Topology`]) and
+//! hears which epoch every worker confirmed; a worker engine follows what it is handed instead of deciding.
+
+use super::*;
+use crate::publication::{Publisher, Topology};
+
+/// Why an engine of this mode cannot be split into a decider and workers yet.
+const WORKERS_STANDALONE_ONLY: &str = "several workers are supported with `servers` only (not with `sentinel` or \
+                                       `cluster`): set `workers` to 1";
+
+impl Engine {
+    /// An engine that decides for worker engines: it probes the servers, applies the failover rules and sends
+    /// `REPLICAOF` as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what the workers follow. It
+    /// serves the admin listener; data clients belong on the workers.
+    pub fn new_decider(config: Config, now: Instant) -> Result<Engine, String> {
+        if config.sentinel.is_some() || config.cluster.is_some() {
+            return Err(WORKERS_STANDALONE_ONLY.to_string());
+        }
+        let mut engine = Engine::new(config, now);
+        engine.publisher = Some(Box::default());
+        Ok(engine)
+    }
+
+    /// A worker engine: it serves clients as [`Engine::new`] does, but it neither probes nor decides: it routes
+    /// by the `topology` its decider published, and by each later one handed to [`Engine::follow`].
+    pub fn new_worker(config: Config, now: Instant, topology: &Topology) -> Result<Engine, String> {
+        if config.sentinel.is_some() || config.cluster.is_some() {
+            return Err(WORKERS_STANDALONE_ONLY.to_string());
+        }
+        let mut engine = Engine::new(config, now);
+        engine.monitor.make_passive();
+        engine.following = Some(Box::default());
+        engine.follow(now, topology);
+        Ok(engine)
+    }
+
+    /// A deciding engine: the topology to hand to every worker, when it changed since the last one (call it after
+    /// every input, as [`Engine::poll_action`]). A different master is handed out only once every worker has
+    /// confirmed the topology that took the old one away ([`Engine::workers_confirmed`]).
+    #[must_use]
+    pub fn poll_topology(&mut self) -> Option<Topology> {
+        let switching_from = self.failover.switching().map(|(master, _)| master);
+        self.publisher.as_mut()?.next(self.monitor.views(), self.failover.master(), switching_from)
+    }
+
+    /// A deciding engine: every worker has confirmed `epoch` (the least of their [`Engine::confirmed_epoch`]s).
+    /// A new master may be handed out now, and a planned switchover may go on.
+    pub fn workers_confirmed(&mut self, now: Instant, epoch: u64) {
+        let Some(publisher) = self.publisher.as_mut() else { return };
+        publisher.confirmed(epoch);
+        self.advance_switchover(now);
+    }
+
+    /// A worker engine: routes by `topology` from now on (an older one than the last is ignored). Servers it did
+    /// not know are added, those gone are closed, a server gone down has its requests in flight failed, and a
+    /// master taken away (not by a planned switchover) has them failed too, as one engine does when it loses its
+    /// master.
+    pub fn follow(&mut self, now: Instant, topology: &Topology) {
+        if !self.following.as_ref().is_some_and(|f| f.is_new(topology)) {
+            return;
+        }
+        let old_master = self.failover.master();
+        let views = self.monitor.views();
+        let newly_down: Vec<ServerId> = topology
+            .views
+            .iter()
+            .filter(|(id, v)| v.is_down() && views.get(*id).is_some_and(|local| !local.is_down()))
+            .map(|(id, _)| id)
+            .collect();
+        let (added, gone) = self.monitor.adopt(&topology.views);
+        for server in added {
+            let Some(address) = self.monitor.address(server).cloned() else { continue };
+            let auth = self.config.server_credentials(&address).and_then(auth::auth_request);
+            self.pool.add_server(server, address, auth);
+        }
+        for server in gone {
+            self.close_backends_of(now, server, false, "server removed");
+            self.pool.remove_server(server);
+            self.failover.remove_server(server);
+        }
+        for server in newly_down {
+            self.close_backends_of(now, server, false, "server is down");
+        }
+        let master = self.following.as_mut().and_then(|f| f.master_of(topology));
+        let master = master.filter(|m| self.monitor.views().contains(*m));
+        if master != old_master {
+            if let Some(old) = old_master.filter(|old| topology.switching_from != Some(*old)) {
+                // Requests in flight on the old master get errors now rather than hanging (a planned switchover
+                // lets them finish: it waits for them).
+                self.close_backends_of(now, old, true, "master lost");
+            }
+            self.failover.follow(master, now);
+            self.master_since = master.map(|_| now);
+            self.waits.follow_master(self.monitor.views(), master);
+        }
+        if let Some(following) = self.following.as_mut() {
+            following.applied(topology, old_master.filter(|_| master != old_master));
+        }
+        self.run_all_held(now);
+        self.after_replies(now);
+        self.release_departed();
+    }
+
+    /// A worker engine: the greatest epoch it confirms, to report to its decider (0 for any other engine). It
+    /// confirms an epoch once it follows it and, if that took its master away, once none of its requests is in
+    /// flight to the old master any more. Call it after every input, as [`Engine::poll_action`].
+    #[must_use]
+    pub fn confirmed_epoch(&mut self) -> u64 {
+        let Some(letting_go) = self.following.as_ref().map(|f| f.letting_go()) else { return 0 };
+        let in_flight = letting_go.map_or(0, |old| self.pool.in_flight(old));
+        self.following.as_mut().map_or(0, |f| f.confirm(in_flight))
+    }
+
+    /// A worker engine refuses the admin commands that change the servers: its decider carries them out.
+    pub(super) fn refuse_on_worker(&self, command: &str) -> Result<(), String> {
+        match self.is_worker() {
+            true => {
+                Err(format!("ERR {command} is carried out by the admin listener: one engine decides for the workers"))
+            }
+            false => Ok(()),
+        }
+    }
+
+    /// A worker engine decides one thing alone: it stops writing to a master it saw gone (a refused connection)
+    /// at once, as one engine does, rather than wait for its decider to see it too.
+    pub(super) fn drop_master_seen_down(&mut self, now: Instant) {
+        let Some(master) = self.failover.master() else { return };
+        if !self.monitor.views().get(master).is_some_and(|v| v.is_down()) {
+            return;
+        }
+        if let Some(following) = self.following.as_mut() {
+            following.drop_master(master, now);
+        }
+        self.failover.follow(None, now);
+        self.close_backends_of(now, master, true, "master lost");
+        self.waits.follow_master(self.monitor.views(), None);
+    }
+
+    /// Whether this engine follows a decider instead of deciding.
+    pub(super) fn is_worker(&self) -> bool {
+        self.following.is_some()
+    }
+
+    /// A deciding engine: whether a worker may still send to the master that a planned switchover moves away
+    /// from (so its offset cannot be read as final yet).
+    pub(super) fn workers_letting_go(&self) -> bool {
+        self.publisher.as_deref().is_some_and(Publisher::letting_go)
+    }
+}
