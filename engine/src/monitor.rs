@@ -106,8 +106,8 @@ impl Monitor {
         self.passive = true;
     }
 
-    /// A worker's monitor takes the deciding engine's `views` as its own, keeping what it read itself of the
-    /// replication offsets. Returns the servers it did not watch before, and those it no longer watches.
+    /// A worker's monitor takes the deciding engine's `views` as its own (a probe late there keeps reads off the
+    /// server here too), keeping what it read itself of the replication offsets. Returns the servers it did not watch before, and those it no longer watches.
     pub(crate) fn adopt(&mut self, views: &Views) -> (Vec<ServerId>, Vec<ServerId>) {
         let added: Vec<ServerId> = views.ids().into_iter().filter(|id| !self.views.contains(*id)).collect();
         let gone: Vec<ServerId> = self.views.ids().into_iter().filter(|id| !views.contains(*id)).collect();
@@ -120,12 +120,10 @@ impl Monitor {
                 Some(local) => {
                     view.offset_seen.clone_from(&local.offset_seen);
                     view.offset_serial = local.offset_serial;
-                    view.probe_pending_since = local.probe_pending_since;
                 }
                 None => {
                     view.offset_seen = None;
                     view.offset_serial = 0;
-                    view.probe_pending_since = None;
                     self.watches.insert(server, Watch::default());
                 }
             }

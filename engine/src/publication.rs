@@ -40,6 +40,8 @@ struct Facts {
     incarnation: u64,
     info_at: Option<Instant>,
     last_ok: Option<Instant>,
+    /// Workers judge a late probe by it, as the decider does (reads stay off a server whose probe is late).
+    probe_pending_since: Option<Instant>,
 }
 
 fn facts(views: &Views) -> Vec<Facts> {
@@ -52,6 +54,7 @@ fn facts(views: &Views) -> Vec<Facts> {
             incarnation: v.incarnation,
             info_at: v.info_at,
             last_ok: v.last_ok,
+            probe_pending_since: v.probe_pending_since,
         })
         .collect()
 }
