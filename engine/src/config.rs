@@ -161,6 +161,9 @@ pub struct Config {
     pub large_pool_size: usize,
     /// Most client connections at once (`max_clients`, default 10000).
     pub max_clients: usize,
+    /// Worker threads serving the clients (`workers`, default 1, at most [`MAX_WORKERS`]). Above 1, one more
+    /// engine probes and decides for them ([`crate::Engine::new_decider`]); `servers` mode only for now.
+    pub workers: usize,
     /// Unanswered requests one client may have in flight before the proxy stops reading it
     /// (`max_pipeline`, default 4096).
     pub max_pipeline: usize,
@@ -295,6 +298,17 @@ impl Config {
                 "`busy_down_after` ({busy_down_after} ms) must not be shorter than `down_after` ({down_after} ms)"
             )));
         }
+        let workers = get_u64(&map, "workers", 1, 1)?;
+        if workers > MAX_WORKERS as u64 {
+            return Err(error(format!("`workers`: at most {MAX_WORKERS}, got {workers}")));
+        }
+        if workers > 1 && (map.contains_key("sentinel") || map.contains_key("cluster")) {
+            return Err(error(
+                "`workers` above 1 is supported with `servers` only for now (not with `sentinel` or `cluster`)"
+                    .to_string(),
+            ));
+        }
+        let workers = workers as usize;
         let defaults = Limits::default();
         let limits = Limits {
             max_bulk_len: get_u64(&map, "max_bulk_len", defaults.max_bulk_len as u64, 1)? as usize,
@@ -316,6 +330,7 @@ impl Config {
             pool_size: get_u64(&map, "pool_size", 2, 1)? as usize,
             large_pool_size: get_u64(&map, "large_pool_size", DEFAULT_LARGE_POOL_SIZE as u64, 0)? as usize,
             max_clients: get_u64(&map, "max_clients", 10_000, 1)? as usize,
+            workers,
             max_pipeline: get_u64(&map, "max_pipeline", 4096, 1)? as usize,
             client_output_limit: get_u64(&map, "client_output_limit", 32 * 1024 * 1024, 1024)? as usize,
             limits,
@@ -335,6 +350,20 @@ impl Config {
             server_tls: parse_server_tls(map.get("server_tls"))?,
             warnings,
         })
+    }
+
+    /// The configuration of one of `workers` worker engines: the totals (`pool_size`, `large_pool_size`,
+    /// `max_clients`, `hold_max_bytes`) shared out among them, rounded down so that together they stay within
+    /// them, except that each keeps at least one shared connection per server (and one for large values, if any).
+    pub fn worker_share(&self) -> Config {
+        let share = |total: usize, least: usize| (total / self.workers.max(1)).max(least);
+        Config {
+            pool_size: share(self.pool_size, 1),
+            large_pool_size: share(self.large_pool_size, usize::from(self.large_pool_size > 0)),
+            max_clients: share(self.max_clients, 1),
+            hold_max_bytes: share(self.hold_max_bytes, 0),
+            ..self.clone()
+        }
     }
 
     /// The credentials the proxy presents to the server at `address`: its own override, else `server_auth`.
@@ -387,6 +416,7 @@ impl Config {
             ("status_listen", self.status_listen != new.status_listen),
             ("admin_listen", self.admin_listen != new.admin_listen),
             ("pool_size", self.pool_size != new.pool_size),
+            ("workers", self.workers != new.workers),
             ("large_pool_size", self.large_pool_size != new.large_pool_size),
             ("check_period", self.check_period != new.check_period),
             ("down_after", self.down_after != new.down_after),
@@ -422,6 +452,9 @@ impl Config {
 /// small GETs and SETs about 7%; 16 did worse on both.
 pub const DEFAULT_LARGE_POOL_SIZE: usize = 6;
 
+/// The most worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 64;
+
 const KNOWN_FIELDS: &[&str] = &[
     "servers",
     "sentinel",
@@ -437,6 +470,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "pool_size",
     "large_pool_size",
     "max_clients",
+    "workers",
     "max_pipeline",
     "client_output_limit",
     "max_bulk_len",
@@ -660,6 +694,7 @@ mod tests {
         assert_eq!(config.check_period, Duration::from_millis(1000));
         assert_eq!(config.hold, Duration::from_millis(6000));
         assert_eq!((config.pool_size, config.large_pool_size), (2, DEFAULT_LARGE_POOL_SIZE));
+        assert_eq!(config.workers, 1);
         let none = Config::from_json(r#"{"servers": [{"port": 1}], "large_pool_size": 0}"#).unwrap();
         assert_eq!(none.large_pool_size, 0);
         assert!(config.read_your_writes);
@@ -742,5 +777,25 @@ mod tests {
         assert!(err(r#"{"servers": [{"port": 1}], "client_users": [{"name": "a", "password_sha256": "xyz"}]}"#)
             .contains("64 hexadecimal"));
         assert!(err(r#"{"servers": [{"port": 1, "server_auth": {"pass": "x"}}]}"#).contains("servers[0].server_auth"));
+    }
+
+    #[test]
+    fn workers_share_the_totals_and_are_refused_where_not_supported_yet() {
+        let config = Config::from_json(
+            r#"{"servers": [{"port": 1}], "workers": 4, "pool_size": 6, "max_clients": 1000, "hold_max_bytes": 8}"#,
+        )
+        .unwrap();
+        assert_eq!(config.workers, 4);
+        let share = config.worker_share();
+        assert_eq!((share.pool_size, share.max_clients, share.hold_max_bytes), (1, 250, 2));
+        assert_eq!(share.large_pool_size, 1, "at least one connection for large values, as configured");
+        let err = |text: &str| Config::from_json(text).unwrap_err().0;
+        assert!(err(r#"{"servers": [{"port": 1}], "workers": 0}"#).contains("`workers`"));
+        assert!(err(r#"{"servers": [{"port": 1}], "workers": 65}"#).contains("at most 64"));
+        let sentinel = r#"{"sentinel": {"master_name": "m", "sentinels": [{"port": 2}]}, "workers": 2}"#;
+        assert!(err(sentinel).contains("`servers` only"), "{}", err(sentinel));
+        let mut reloaded = config.clone();
+        reloaded.workers = 2;
+        assert_eq!(config.unchangeable_difference(&reloaded), Some("workers"));
     }
 }

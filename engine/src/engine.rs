@@ -86,6 +86,8 @@ pub struct Engine {
     publisher: Option<Box<Publisher>>,
     /// A worker engine: the topology it follows instead of deciding.
     following: Option<Box<Following>>,
+    /// A deciding engine: the status each worker engine last reported, added to its own.
+    workers_status: Vec<Option<StatusSnapshot>>,
 }
 
 impl Engine {
@@ -117,6 +119,7 @@ impl Engine {
             }),
             publisher: None,
             following: None,
+            workers_status: Vec::new(),
             config,
         };
         for (id, view) in engine.monitor.views().iter() {
@@ -222,6 +225,9 @@ impl Engine {
             held: self.clients.held_stats(),
         };
         let mut snapshot = self.history.snapshot_into(now, gathered, &self.out.counters);
+        for worker in self.workers_status.iter().flatten() {
+            snapshot.add_worker(worker);
+        }
         snapshot.trend = self.trend.samples(now);
         snapshot.cluster = cluster;
         snapshot

@@ -162,7 +162,7 @@ pub use address::ServerAddress;
 pub use cluster_config::ClusterConfig;
 pub use config::{
     ClientUser, Config, Credentials, LogFormat, Mode, PasswordSource, Secret, SecretLocation, SentinelConfig,
-    DEFAULT_LARGE_POOL_SIZE,
+    DEFAULT_LARGE_POOL_SIZE, MAX_WORKERS,
 };
 pub use config_fields::ConfigError;
 pub use conn::ConnId;

@@ -420,6 +420,44 @@ impl StatusSnapshot {
     pub fn healthy(&self) -> bool {
         self.no_master_reason.is_none()
     }
+
+    /// Adds what a worker engine counted to this snapshot of its deciding engine, so that the proxy's status is one
+    /// whole: its clients, held requests, counters and connections to each server. The servers, the master and the
+    /// failovers are the decider's (a worker's own judgement of a server, or a server it counted down, is not).
+    pub fn add_worker(&mut self, worker: &StatusSnapshot) {
+        self.clients += worker.clients;
+        self.held_requests += worker.held_requests;
+        self.held_bytes += worker.held_bytes;
+        self.counters.add(&worker.counters);
+        for server in &mut self.servers {
+            let Some(theirs) = worker.servers.iter().find(|s| s.address == server.address) else { continue };
+            server.connections.shared += theirs.connections.shared;
+            server.connections.private += theirs.connections.private;
+            server.connections.probe += theirs.connections.probe;
+        }
+    }
+}
+
+impl Counters {
+    /// Adds a worker's counts (not its servers counted down: the decider counts those).
+    fn add(&mut self, other: &Counters) {
+        self.clients_accepted += other.clients_accepted;
+        for (mine, theirs) in self.requests.iter_mut().flatten().zip(other.requests.iter().flatten()) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.latency.counts.iter_mut().zip(&other.latency.counts) {
+            *mine += theirs;
+        }
+        self.latency.sum_micros += other.latency.sum_micros;
+        let (errors, theirs) = (&mut self.errors, &other.errors);
+        errors.protocol += theirs.protocol;
+        errors.backend_lost += theirs.backend_lost;
+        errors.hold_expired += theirs.hold_expired;
+        errors.client_rejected += theirs.client_rejected;
+        errors.output_limit += theirs.output_limit;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
 }
 
 /// What the coordinator gathers from the machines for [`History::snapshot_into`].

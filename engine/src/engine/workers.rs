@@ -51,6 +51,19 @@ impl Engine {
         self.advance_switchover(now);
     }
 
+    /// A deciding engine: worker `worker` (numbered from 0) reported its status (its [`Engine::status`]); from
+    /// now on this engine's status adds it (its clients, counters and connections), so that the status page,
+    /// the metrics and `PROXY STATUS` describe the whole proxy.
+    pub fn worker_status(&mut self, worker: usize, snapshot: StatusSnapshot) {
+        if self.publisher.is_none() {
+            return;
+        }
+        if self.workers_status.len() <= worker {
+            self.workers_status.resize_with(worker + 1, || None);
+        }
+        self.workers_status[worker] = Some(snapshot);
+    }
+
     /// A worker engine: routes by `topology` from now on (an older one than the last is ignored). Servers it did
     /// not know are added, those gone are closed, a server gone down has its requests in flight failed, and a
     /// master taken away (not by a planned switchover) has them failed too, as one engine does when it loses its
@@ -145,5 +158,46 @@ impl Engine {
     /// from (so its offset cannot be read as final yet).
     pub(super) fn workers_letting_go(&self) -> bool {
         self.publisher.as_deref().is_some_and(Publisher::letting_go)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Class, Target};
+    use crate::testkit::{config, connects, master_and_replicas, sent_on, Driver};
+
+    #[test]
+    fn a_worker_routes_by_its_deciders_topology_without_probing_and_the_decider_counts_its_requests() {
+        let config = config(2);
+        let clock = crate::testkit::FakeClock::new();
+        let decider = Engine::new_decider(config.clone(), clock.now()).expect("servers mode");
+        let mut decider = Driver::with_engine(decider, config.clone(), clock);
+        decider.probe_round(&mut master_and_replicas(&config.servers));
+        assert_eq!(decider.engine.master(), Some(&config.servers[0]));
+        let topology = decider.engine.poll_topology().expect("the first publication");
+        assert!(decider.engine.poll_topology().is_none(), "nothing changed since");
+
+        let worker = Engine::new_worker(config.worker_share(), clock.now(), &topology).expect("servers mode");
+        let mut worker = Driver::with_engine(worker, config.clone(), clock);
+        assert_eq!(worker.engine.master(), Some(&config.servers[0]), "the worker routes as published");
+        assert_eq!(worker.engine.confirmed_epoch(), topology.epoch());
+        let client = worker.accept();
+        worker.feed(client, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let actions = worker.drain();
+        let [(shared, address)] = &connects(&actions)[..] else { panic!("one data connection: {actions:?}") };
+        assert_eq!(address, &config.servers[0], "to the master, and no probe connection");
+        worker.connected(*shared);
+        worker.feed(*shared, b"$1\r\nv\r\n");
+        assert_eq!(sent_on(&worker.drain(), client), b"$1\r\nv\r\n");
+        worker.advance(config.check_period * 5);
+        assert!(connects(&worker.drain()).is_empty(), "a worker never probes");
+
+        let now = clock.now();
+        decider.engine.worker_status(0, worker.engine.status(now));
+        let status = decider.engine.status(now);
+        assert_eq!(status.clients, 1);
+        assert_eq!(status.counters.requests[Target::Master as usize][Class::Read as usize], 1);
+        assert_eq!(status.servers[0].connections.shared, 1, "the worker's connection is counted");
     }
 }
