@@ -79,6 +79,18 @@ pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Resul
 /// that needs a restart). The TLS files are read again too: new connections use the new certificates (`tls`,
 /// replaced in place). Clients stay connected either way.
 pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSetup) {
+    reload_as(engine, path, logger, tls, |config| config);
+}
+
+/// [`reload`] for an engine made for a part of the configuration: `part` makes that part of the file's (a worker
+/// engine's share of the totals, [`Config::worker_share`]). Returns whether the new configuration was applied.
+pub fn reload_as(
+    engine: &mut Engine,
+    path: &str,
+    logger: &Logger,
+    tls: &mut TlsSetup,
+    part: impl FnOnce(Config) -> Config,
+) -> bool {
     logger.log(Level::Info, &format!("reload: re-reading {path}"));
     let outcome = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {path}: {error}"))
@@ -86,7 +98,7 @@ pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSet
         .and_then(|config| Ok((TlsSetup::load(&config).map_err(|error| format!("{path}: {error}"))?, config)))
         .and_then(|(setup, config)| {
             let log_level = config.log_level;
-            let mut changes = engine.reconfigure(Instant::now(), config)?;
+            let mut changes = engine.reconfigure(Instant::now(), part(config))?;
             if setup.acceptor.is_some() || setup.connector.is_some() {
                 changes.push("TLS files re-read (new connections use them)".to_string());
             }
@@ -105,9 +117,11 @@ pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSet
             } else {
                 logger.log(Level::Info, &format!("reload: applied: {}", changes.join(", ")));
             }
+            true
         }
         Err(reason) => {
-            logger.log(Level::Error, &format!("reload refused, the running configuration is kept: {reason}"))
+            logger.log(Level::Error, &format!("reload refused, the running configuration is kept: {reason}"));
+            false
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The event loop: accept, read until WouldBlock, hand bytes to the engine, perform its actions with vectored
 //! writes, sleep until I/O or the engine's next timeout. No Redis semantics live here.
 
+use crate::crew::{self, Handoff, Role, WorkerStart, WAKER};
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, ServerAddress};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
-use redis_proxy_runtime_common::reload as runtime_common_reload;
+use redis_proxy_runtime_common::reload_as;
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, ReadBuffers, SocketTable,
@@ -87,6 +88,11 @@ struct Runtime {
     config_path: String,
     /// The certificates and keys of `tls` and `server_tls`, read again on reload.
     tls: TlsSetup,
+    /// Whether this thread is the only one, the deciding one or a worker (`workers`).
+    role: Role,
+    /// A shutdown began: the loop ends once every client is closed (and, on the deciding thread, every worker's
+    /// loop has ended).
+    stopping: bool,
 }
 
 /// Runs the proxy until a fatal error (binding the listen address, or the poller failing), or until a shutdown
@@ -128,9 +134,20 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
     if config.server_tls.is_some() {
         logger.log(Level::Info, &"connections to the servers use TLS (server_tls)");
     }
+    let (engine, role, workers) = if config.workers > 1 {
+        logger.log(Level::Info, &format!("{} worker threads; this one probes and decides", config.workers));
+        crew::assemble(&config, &poll)?
+    } else {
+        (Engine::new(config, Instant::now()), Role::Alone, Vec::new())
+    };
+    let threads = workers
+        .into_iter()
+        .enumerate()
+        .map(|(index, start)| spawn_worker(index, start, &logger, &config_path, &tls))
+        .collect::<io::Result<Vec<_>>>()?;
     let mut runtime = Runtime {
         poll,
-        engine: Engine::new(config, Instant::now()),
+        engine,
         sockets: SocketTable::new(),
         read_buffers: ReadBuffers::default(),
         closing: Vec::new(),
@@ -140,9 +157,50 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         exchanges: Vec::new(),
         config_path,
         tls,
+        role,
+        stopping: false,
     };
     let listeners = Listeners { clients: Some(listener), tls: tls_listener, admin: admin.map(|(l, _)| l) };
-    runtime.event_loop(listeners, signals, status.map(|(l, _)| l))
+    let outcome = runtime.event_loop(listeners, Some(signals), status.map(|(l, _)| l));
+    // Asked to stop (a second signal, or a failed poller): the workers stop with the process.
+    for thread in threads.into_iter().filter(|t| t.is_finished()) {
+        let _ = thread.join();
+    }
+    outcome
+}
+
+/// Starts worker `index`'s thread: its event loop over the clients the deciding thread hands it.
+fn spawn_worker(
+    index: usize,
+    start: WorkerStart,
+    logger: &Logger,
+    config_path: &str,
+    tls: &TlsSetup,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (logger, config_path, tls) = (logger.clone(), config_path.to_string(), tls.clone());
+    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+        let WorkerStart { poll, engine, role } = start;
+        let mut runtime = Runtime {
+            poll,
+            engine,
+            sockets: SocketTable::new(),
+            read_buffers: ReadBuffers::default(),
+            closing: Vec::new(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            logger: logger.clone(),
+            exchanges: Vec::new(),
+            config_path,
+            tls,
+            role,
+            stopping: false,
+        };
+        let listeners = Listeners { clients: None, tls: None, admin: None };
+        if let Err(error) = runtime.event_loop(listeners, None, None) {
+            logger.log(Level::Error, &format!("worker {index} stopped: {error}"));
+        }
+        runtime.role.finished();
+    })
 }
 
 /// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
@@ -174,7 +232,7 @@ impl Runtime {
     fn event_loop(
         &mut self,
         listeners: Listeners,
-        mut signals: Signals,
+        mut signals: Option<Signals>,
         status: Option<TcpListener>,
     ) -> io::Result<()> {
         let Listeners { clients: mut listener, tls: mut tls_listener, mut admin } = listeners;
@@ -183,11 +241,16 @@ impl Runtime {
             self.drain_engine();
             self.flush_dirty();
             let now = Instant::now();
-            if listener.is_none() && shutdown_complete(&self.engine, self.closing_count()) {
-                self.logger.log(Level::Info, &"shutdown complete");
+            self.role.after_turn(&mut self.engine, now);
+            let done = shutdown_complete(&self.engine, self.closing_count()) && self.role.workers_finished();
+            if self.stopping && done {
+                if signals.is_some() {
+                    self.logger.log(Level::Info, &"shutdown complete");
+                }
                 return Ok(());
             }
             let deadline = earliest(self.engine.poll_timeout().map(|(at, _)| at), self.closing_deadline());
+            let deadline = earliest(deadline, self.role.deadline());
             let deadline = earliest(deadline, self.exchanges.iter().flatten().map(|(_, e)| e.deadline()).min());
             let timeout = if !self.read_again.is_empty() {
                 Some(Duration::ZERO)
@@ -201,8 +264,10 @@ impl Runtime {
                 }
                 return Err(error);
             }
+            self.role.gather_status(&mut self.engine);
             for event in events.iter() {
                 match event.token() {
+                    WAKER => self.woken(),
                     LISTENER => {
                         if let Some(listener) = &listener {
                             self.accept_all(listener, Entry::Plain);
@@ -224,6 +289,7 @@ impl Runtime {
                         }
                     }
                     SIGNALS => {
+                        let Some(signals) = signals.as_mut() else { continue };
                         let pending: Vec<i32> = signals.pending().collect();
                         if pending.contains(&SIGHUP) {
                             self.logger.log(Level::Info, &"SIGHUP: reloading the configuration");
@@ -240,6 +306,8 @@ impl Runtime {
                         for mut other in [admin.take(), tls_listener.take()].into_iter().flatten() {
                             let _ = self.poll.registry().deregister(&mut other);
                         }
+                        self.stopping = true;
+                        self.role.shut_down_workers();
                         self.engine.begin_shutdown(Instant::now());
                     }
                     Token(token) if token & CLOSING != 0 => {
@@ -309,9 +377,12 @@ impl Runtime {
     /// Reads a status request, answers it from a fresh snapshot, and closes once the answer is written.
     fn serve_exchange(&mut self, slot: usize) {
         let Some((stream, exchange)) = self.exchanges.get_mut(slot).and_then(Option::as_mut) else { return };
-        let engine = &self.engine;
-        let step =
-            exchange.advance(|buf| (&*stream).read(buf), |buf| (&*stream).write(buf), || engine.status(Instant::now()));
+        let (engine, role) = (&mut self.engine, &self.role);
+        let snapshot = || {
+            role.fresh_status(engine);
+            engine.status(Instant::now())
+        };
+        let step = exchange.advance(|buf| (&*stream).read(buf), |buf| (&*stream).write(buf), snapshot);
         match step {
             ExchangeStep::Wait => {}
             ExchangeStep::Done | ExchangeStep::Drop => {
@@ -341,33 +412,11 @@ impl Runtime {
     fn accept_all(&mut self, listener: &TcpListener, entry: Entry) {
         loop {
             match listener.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let tls = match self.tls.accept(entry, &peer.to_string()) {
-                        None => None,
-                        Some(Ok(tls)) => Some(Box::new(tls)),
-                        Some(Err(error)) => {
-                            self.logger.log(Level::Warn, &format!("{error}; connection closed"));
-                            continue;
-                        }
-                    };
-                    let id = if entry == Entry::Admin {
-                        self.engine.accept_admin(Instant::now(), peer)
-                    } else {
-                        self.engine.accept(Instant::now(), peer)
-                    };
-                    let registered = self.poll.registry().register(
-                        &mut stream,
-                        Token(id.index()),
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
-                    if let Err(error) = registered {
-                        self.logger.log(Level::Error, &format!("cannot register client {peer}: {error}"));
-                        self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
-                        continue;
+                    if let Some(client) = self.role.hand_off(Handoff { stream, peer, entry }) {
+                        self.take_client(client);
                     }
-                    self.sockets.insert(id, Socket::new(stream, tls, false));
-                    self.drain_engine();
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -378,6 +427,52 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// What the thread's waker brought: on a worker, the clients handed to it, a new topology, a reload or a
+    /// shutdown; on the deciding thread, the workers' confirmations and a reload one of their clients asked for.
+    fn woken(&mut self) {
+        let woken = self.role.woken(&mut self.engine, Instant::now());
+        for client in woken.clients {
+            if !self.stopping {
+                self.take_client(client);
+            }
+        }
+        if woken.reload {
+            self.reload();
+        }
+        if woken.shutdown && !self.stopping {
+            self.stopping = true;
+            self.engine.begin_shutdown(Instant::now());
+        }
+        self.drain_engine();
+    }
+
+    /// Serves a client accepted on this thread or handed to it: its TLS state, its engine connection, its socket.
+    fn take_client(&mut self, client: Handoff) {
+        let Handoff { mut stream, peer, entry } = client;
+        let tls = match self.tls.accept(entry, &peer.to_string()) {
+            None => None,
+            Some(Ok(tls)) => Some(Box::new(tls)),
+            Some(Err(error)) => {
+                self.logger.log(Level::Warn, &format!("{error}; connection closed"));
+                return;
+            }
+        };
+        let id = if entry == Entry::Admin {
+            self.engine.accept_admin(Instant::now(), peer)
+        } else {
+            self.engine.accept(Instant::now(), peer)
+        };
+        let registered =
+            self.poll.registry().register(&mut stream, Token(id.index()), Interest::READABLE | Interest::WRITABLE);
+        if let Err(error) = registered {
+            self.logger.log(Level::Error, &format!("cannot register client {peer}: {error}"));
+            self.engine.handle_input(Instant::now(), Input::Closed { conn: id });
+            return;
+        }
+        self.sockets.insert(id, Socket::new(stream, tls, false));
+        self.drain_engine();
     }
 
     fn on_writable(&mut self, id: ConnId) {
@@ -536,14 +631,21 @@ impl Runtime {
             reload |= event == Event::ReloadRequested;
             self.logger.log(event.level(), &event);
         }
-        if reload {
+        // A worker passes a client's `PROXY RELOAD` to the deciding thread, which reloads first.
+        if reload && self.role.reload_requested() {
             self.reload();
         }
     }
 
-    /// Re-reads the configuration file and applies it (see `runtime_common::reload`).
+    /// Re-reads the configuration file and applies it (see `runtime_common::reload`); on the deciding thread, the
+    /// workers reload once it has.
     fn reload(&mut self) {
-        runtime_common_reload(&mut self.engine, &self.config_path, &self.logger, &mut self.tls);
+        let role = &self.role;
+        let applied =
+            reload_as(&mut self.engine, &self.config_path, &self.logger, &mut self.tls, |config| role.part(config));
+        if applied {
+            self.role.reloaded();
+        }
         self.drain_engine();
     }
 

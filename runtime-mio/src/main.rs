@@ -1,5 +1,7 @@
-//! `redis-proxy`: the engine driven by a single-threaded mio event loop.
+//! `redis-proxy`: the engine driven by a mio event loop, on one thread or (`workers`) on several.
 
+mod board;
+mod crew;
 mod event_loop;
 
 use std::process::ExitCode;

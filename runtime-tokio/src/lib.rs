@@ -101,6 +101,13 @@ impl Proxy {
     /// field). Secrets the configuration points at (`password_file`, `password_env`) are read here if they were
     /// not yet.
     pub async fn bind(mut config: Config) -> io::Result<Proxy> {
+        if config.workers > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "`workers` above 1 is run by redis-proxy (the mio runtime) only for now; redis-proxy-tokio runs one \
+                 engine: set `workers` to 1",
+            ));
+        }
         config
             .resolve_secrets(redis_proxy_runtime_common::cli::read_secret)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
