@@ -8,6 +8,7 @@
 #   RESP3=1   (environment) every client says HELLO 3 first, as redis-benchmark -3 does
 #   CLUSTER=N (environment) the engine in cluster mode in front of a cluster of N primaries (keys spread over
 #             the slots), to compare with standalone mode (the default, CLUSTER=0)
+#   WORKER=1  (environment) a worker engine (`workers` above 1) following a deciding engine, standalone mode
 #
 # Builds the engine micro-benchmark (release profile, which keeps symbols), then runs it twice under
 # `valgrind --tool=callgrind`, collecting only while the program is inside the named functions:
@@ -43,6 +44,7 @@ ARGS=(--mode "$MODE" --requests "$REQUESTS" --pipeline "$PIPELINE")
 CLUSTER=${CLUSTER:-0}
 [[ $CLUSTER =~ ^[0-9]+$ ]] || { echo "CLUSTER must be a number of primaries" >&2; exit 2; }
 [ "$CLUSTER" -gt 0 ] && ARGS+=(--cluster "$CLUSTER")
+[ "${WORKER:-0}" = 1 ] && ARGS+=(--worker)
 TRIPS=$("$BIN" "${ARGS[@]}" | sed -n 's/.*round_trips=\([0-9]*\).*/\1/p')
 [ -n "$TRIPS" ] && [ "$TRIPS" -gt 0 ] || { echo "bench_engine did not report its round trips" >&2; exit 1; }
 
@@ -57,7 +59,7 @@ collected() { # out-file toggle-pattern...
 ENGINE_IR=$(collected "$WORK/engine.out" '*Engine::handle_input*' '*Engine::poll_action*')
 HARNESS_IR=$(collected "$WORK/harness.out" '*bench_engine::round_trips*')
 
-echo "== engine instructions per round trip: mode=$MODE${RESP3:+ resp3=$RESP3}$( ((CLUSTER > 0)) && echo " cluster=$CLUSTER") pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
+echo "== engine instructions per round trip: mode=$MODE${RESP3:+ resp3=$RESP3}$( ((CLUSTER > 0)) && echo " cluster=$CLUSTER")${WORKER:+ worker=$WORKER} pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
 echo "   $(valgrind --version), $(rustc --version)"
 awk -v e="$ENGINE_IR" -v h="$HARNESS_IR" -v n="$TRIPS" 'BEGIN {
     printf "   engine (handle_input + poll_action): %8.0f instructions per round trip\n", e / n

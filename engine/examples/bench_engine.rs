@@ -9,8 +9,11 @@
 //!
 //! ```text
 //! cargo run --release -p redis-proxy-engine --example bench_engine -- [--mode get|set|mix] [--requests N]
-//!     [--clients C] [--pipeline P] [--value-size B] [--resp3] [--cluster N] [--quiet]
+//!     [--clients C] [--pipeline P] [--value-size B] [--resp3] [--cluster N] [--worker] [--quiet]
 //! ```
+//!
+//! With `--worker` the engine is a worker engine (`workers` above 1) that follows a deciding engine, which adopted
+//! the master.
 //!
 //! With `--resp3` every client says `HELLO 3` first (as `redis-benchmark -3` does), so its requests go on the
 //! proxy's RESP3 shared connections.
@@ -25,7 +28,7 @@
 
 use bytes::BytesMut;
 use redis_proxy_engine::testkit::{self, Driver, FakeServer};
-use redis_proxy_engine::{Action, Config, ConnId, Input};
+use redis_proxy_engine::{Action, Config, ConnId, Engine, Input};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -47,6 +50,8 @@ struct Options {
     resp3: bool,
     /// Primaries of the cluster in front of which the engine runs (0: standalone mode, one master).
     cluster: usize,
+    /// Standalone mode: the engine is a worker engine following a deciding engine (`workers` above 1).
+    worker: bool,
     quiet: bool,
 }
 
@@ -59,6 +64,7 @@ fn parse_options() -> Options {
         value_size: 3,
         resp3: false,
         cluster: 0,
+        worker: false,
         quiet: false,
     };
     let mut args = std::env::args().skip(1);
@@ -79,6 +85,7 @@ fn parse_options() -> Options {
             "--value-size" => options.value_size = value().parse().unwrap_or_else(|_| usage("bad --value-size")),
             "--resp3" => options.resp3 = true,
             "--cluster" => options.cluster = value().parse().unwrap_or_else(|_| usage("bad --cluster")),
+            "--worker" => options.worker = true,
             "--quiet" => options.quiet = true,
             "--help" | "-h" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -96,7 +103,7 @@ fn usage(problem: &str) -> ! {
     }
     eprintln!(
         "usage: bench_engine [--mode get|set|mix] [--requests N] [--clients C] [--pipeline P] [--value-size B] \
-         [--resp3] [--cluster N] [--quiet]"
+         [--resp3] [--cluster N] [--worker] [--quiet]"
     );
     std::process::exit(2);
 }
@@ -138,6 +145,17 @@ const KEYS: u64 = 100_000;
 /// Where a request's 12 key digits start: after `*2\r\n$3\r\nGET\r\n$16\r\nkey:` (or `*3` and `SET`).
 const KEY_DIGITS: std::ops::Range<usize> = 22..34;
 
+/// A worker engine for `config`, following a deciding engine that adopted server 0 as master.
+fn worker_driver(config: Config) -> Driver {
+    let clock = testkit::FakeClock::new();
+    let decider = Engine::new_decider(config.clone(), clock.now()).expect("standalone mode");
+    let mut decider = Driver::with_engine(decider, config.clone(), clock);
+    decider.probe_round(&mut testkit::master_and_replicas(&config.servers));
+    let topology = decider.engine.poll_topology().expect("the decider publishes");
+    let worker = Engine::new_worker(config.worker_share(), clock.now(), &topology).expect("standalone mode");
+    Driver::with_engine(worker, config, clock)
+}
+
 /// A cluster configuration seeded with its first node.
 fn cluster_config() -> Config {
     let json = format!(r#"{{"cluster": {{"seeds": [{{"host": "127.0.0.1", "port": {CLUSTER_PORT}}}]}}}}"#);
@@ -171,7 +189,7 @@ fn set_key(request: &mut [u8], n: u64) {
 }
 
 impl Rig {
-    fn new(clients: usize, value_size: usize, resp3: bool, cluster: usize) -> Rig {
+    fn new(clients: usize, value_size: usize, resp3: bool, cluster: usize, worker: bool) -> Rig {
         let mut config = if cluster > 0 { cluster_config() } else { testkit::config(1) };
         config.max_clients = clients.max(config.max_clients);
         let value = vec![b'x'; value_size];
@@ -182,7 +200,11 @@ impl Rig {
         get_reply.extend_from_slice(&value);
         get_reply.extend_from_slice(b"\r\n");
         let check_period = config.check_period;
-        let driver = if cluster > 0 { Driver::new(config) } else { Driver::with_master(config) };
+        let driver = match (cluster, worker) {
+            (0, false) => Driver::with_master(config),
+            (0, true) => worker_driver(config),
+            _ => Driver::new(config),
+        };
         let mut rig = Rig {
             now: driver.clock.now(),
             driver,
@@ -339,7 +361,7 @@ fn round_trips(rig: &mut Rig, turns: u64, pipeline: usize, mix: Mix) -> u64 {
 
 fn main() {
     let options = parse_options();
-    let mut rig = Rig::new(options.clients, options.value_size, options.resp3, options.cluster);
+    let mut rig = Rig::new(options.clients, options.value_size, options.resp3, options.cluster, options.worker);
     let per_turn = (options.clients * options.pipeline) as u64;
     let turns = options.requests.div_ceil(per_turn);
     // Warm up (opens the shared backend connections) outside the measured part, unless asked for nothing.

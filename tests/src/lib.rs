@@ -267,6 +267,16 @@ pub fn binary(runtime: Runtime) -> PathBuf {
     binaries_dir().join(runtime.binary_name())
 }
 
+/// The worker threads `REDIS_PROXY_TEST_WORKERS` asks for, where they apply: `redis-proxy` (mio) in `servers`
+/// mode, when the test sets no `workers` of its own.
+pub fn test_workers(runtime: Runtime, fields: &str) -> Option<usize> {
+    let workers: usize = std::env::var("REDIS_PROXY_TEST_WORKERS").ok()?.parse().ok()?;
+    let applies = runtime == Runtime::Mio
+        && workers > 1
+        && !["\"sentinel\"", "\"cluster\"", "\"workers\""].iter().any(|field| fields.contains(field));
+    applies.then_some(workers)
+}
+
 /// A proxy process of one runtime with a config written for it, killed by PID on drop.
 pub struct Proxy {
     /// The port it listens on (127.0.0.1).
@@ -294,10 +304,14 @@ impl Proxy {
 
     /// Starts a proxy whose config is `fields` (JSON object members, e.g. a `"sentinel"` section) with
     /// `listen_port` chosen here; waits until it answers PING.
+    ///
+    /// With `REDIS_PROXY_TEST_WORKERS=N` in the environment, a `redis-proxy` (mio) in `servers` mode runs `N`
+    /// worker threads (`"workers": N`) unless the test sets `workers` itself: CI runs the end-to-end suites so too.
     pub fn start_with_fields(runtime: Runtime, fields: &str) -> Proxy {
         let port = free_port();
         let dir = scratch_dir(&format!("proxy-{port}"));
-        let config = format!(r#"{{{fields}, "listen_port": {port}, "bind_address": "127.0.0.1"}}"#);
+        let workers = test_workers(runtime, fields).map(|n| format!(r#", "workers": {n}"#)).unwrap_or_default();
+        let config = format!(r#"{{{fields}, "listen_port": {port}, "bind_address": "127.0.0.1"{workers}}}"#);
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config).expect("write proxy config");
         let stderr_path = dir.join("stderr.log");
