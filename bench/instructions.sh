@@ -59,7 +59,7 @@ collected() { # out-file toggle-pattern...
 ENGINE_IR=$(collected "$WORK/engine.out" '*Engine::handle_input*' '*Engine::poll_action*')
 HARNESS_IR=$(collected "$WORK/harness.out" '*bench_engine::round_trips*')
 
-echo "== engine instructions per round trip: mode=$MODE${RESP3:+ resp3=$RESP3}$( ((CLUSTER > 0)) && echo " cluster=$CLUSTER")${WORKER:+ worker=$WORKER} pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
+echo "== engine instructions per round trip: mode=$MODE${RESP3:+ resp3=$RESP3}$( ((CLUSTER > 0)) && echo " cluster=$CLUSTER")$( [ "${WORKER:-0}" = 1 ] && echo " worker=1") pipeline=$PIPELINE clients=50 round_trips=$TRIPS"
 echo "   $(valgrind --version), $(rustc --version)"
 awk -v e="$ENGINE_IR" -v h="$HARNESS_IR" -v n="$TRIPS" 'BEGIN {
     printf "   engine (handle_input + poll_action): %8.0f instructions per round trip\n", e / n

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# bench/workers.sh - redis-proxy with `workers: 1` against `workers: 2`, interleaved: throughput and the proxy
+# process's CPU per request (user + system, from /proc) for `redis-benchmark -c 50` SET and GET at -P 1 and -P 16,
+# in front of one redis-server. Prints one line per run, then the medians per row.
+#
+# Usage: [REPS=3] [N=200000] [BASE_PORT=7800] bench/workers.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+REPS=${REPS:-3}
+N=${N:-200000}
+BASE_PORT=${BASE_PORT:-7800}
+install_if_missing redis-server redis-benchmark:redis-tools
+cargo build --release --quiet -p redis-proxy-mio
+BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-workers.XXXXXX")
+BENCH_WORK_REMOVE=1
+redis_port=$((BASE_PORT + 1)) proxy_port=$BASE_PORT
+port_free_or_die "$redis_port" "$proxy_port"
+start_redis "$redis_port"
+tick=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+results=$BENCH_WORK/results
+for rep in $(seq 1 "$REPS"); do
+    for workers in 1 2; do
+        proxy_config "$BENCH_WORK/w$workers.json" "$proxy_port" "$redis_port" "\"workers\": $workers"
+        start_proxy "$ROOT/target/release/redis-proxy" "$BENCH_WORK/w$workers.json" "$proxy_port"
+        pid=$LAST_PID
+        for pipeline in 1 16; do
+            for test in set get; do
+                before=$(cpu_ticks "$pid")
+                rps=$(redis-benchmark -p "$proxy_port" -c 50 -n "$N" -t "$test" -P "$pipeline" -q 2>/dev/null |
+                    grep -o '[0-9.]* requests per second' | cut -d' ' -f1)
+                after=$(cpu_ticks "$pid")
+                us=$(awk -v t=$((after - before)) -v k="$tick" -v n="$N" 'BEGIN { printf "%.2f", t / k * 1e6 / n }')
+                echo "rep=$rep workers=$workers P=$pipeline $test rps=$rps cpu_us_per_request=$us" | tee -a "$results"
+            done
+        done
+        stop_pid "$pid"
+    done
+done
+echo
+echo "medians over $REPS repetitions (requests/s, proxy CPU µs per request):"
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for pipeline in 1 16; do
+    for test in set get; do
+        for workers in 1 2; do
+            rows=$(grep " workers=$workers P=$pipeline $test " "$results")
+            rps=$(sed 's/.*rps=\([0-9.]*\).*/\1/' <<<"$rows" | median)
+            us=$(sed 's/.*cpu_us_per_request=\([0-9.]*\).*/\1/' <<<"$rows" | median)
+            printf "  -P %-2s %s workers=%s: %10.0f req/s  %5.2f us\n" "$pipeline" "$test" "$workers" "$rps" "$us"
+        done
+    done
+done
