@@ -65,6 +65,9 @@ pub(crate) struct Publisher {
     /// The last epoch published (0: none yet).
     epoch: u64,
     published_master: Option<ServerId>,
+    /// The last master published (kept while none is): that one may come back without a wait, since no worker
+    /// has written to another since.
+    last_master: Option<ServerId>,
     published_switching: Option<ServerId>,
     published_facts: Vec<Facts>,
     /// The epoch that took the last master away: every worker confirms it before another master is published.
@@ -75,8 +78,10 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// The topology to publish now, if it differs from the last one: `master` as the failover rules route it,
-    /// except that a different master than the one published waits until every worker let go of the old one
-    /// (the workers meanwhile hold their writes).
+    /// except that a different master than the one published last waits until every worker let go of the old one
+    /// (the workers meanwhile hold their writes). The same master back (a planned switchover aborted, a master
+    /// lost and found again) needs no wait: no worker has written to another meanwhile, and one still letting go
+    /// of it (a blocking command in flight) would otherwise hold every write until its command ends.
     pub(crate) fn next(
         &mut self,
         views: &Views,
@@ -85,7 +90,7 @@ impl Publisher {
     ) -> Option<Topology> {
         let master = match (self.published_master, master) {
             (Some(old), Some(new)) if old != new => None,
-            (None, Some(_)) if self.confirmed < self.barrier => None,
+            (None, Some(new)) if Some(new) != self.last_master && self.confirmed < self.barrier => None,
             (_, wanted) => wanted,
         };
         let facts = facts(views);
@@ -100,6 +105,9 @@ impl Publisher {
             self.barrier = self.epoch;
         }
         self.published_master = master;
+        if master.is_some() {
+            self.last_master = master;
+        }
         self.published_switching = switching_from;
         self.published_facts = facts;
         Some(Topology { epoch: self.epoch, views: views.clone(), master, switching_from })
@@ -229,14 +237,18 @@ mod tests {
     }
 
     #[test]
-    fn a_master_lost_then_adopted_again_also_waits_for_the_confirmation() {
-        let (views, ids) = views(1);
+    fn the_same_master_back_needs_no_wait_but_another_after_it_does() {
+        let (views, ids) = views(2);
         let mut publisher = Publisher::default();
         let _ = publisher.next(&views, Some(ids[0]), None);
-        assert_eq!(publisher.next(&views, None, None).map(|t| t.master), Some(None));
-        assert!(publisher.next(&views, Some(ids[0]), None).is_none());
-        publisher.confirmed(99);
-        assert_eq!(publisher.next(&views, Some(ids[0]), None).map(|t| (t.epoch(), t.master)), Some((3, Some(ids[0]))));
+        assert_eq!(publisher.next(&views, None, Some(ids[0])).map(|t| t.master), Some(None), "a switchover holds");
+        assert!(publisher.letting_go());
+        let back = publisher.next(&views, Some(ids[0]), None).expect("aborted: the old master back at once");
+        assert_eq!((back.epoch(), back.master), (3, Some(ids[0])));
+        assert_eq!(publisher.next(&views, Some(ids[1]), None).map(|t| t.master), Some(None));
+        assert!(publisher.next(&views, Some(ids[1]), None).is_none(), "another master waits for the workers");
+        publisher.confirmed(4);
+        assert_eq!(publisher.next(&views, Some(ids[1]), None).map(|t| (t.epoch(), t.master)), Some((5, Some(ids[1]))));
     }
 
     #[test]

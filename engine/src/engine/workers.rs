@@ -200,4 +200,52 @@ mod tests {
         assert_eq!(status.counters.requests[Target::Master as usize][Class::Read as usize], 1);
         assert_eq!(status.servers[0].connections.shared, 1, "the worker's connection is counted");
     }
+
+    /// A planned switchover waits for a worker whose blocking command is in flight to the master; when it is
+    /// aborted at its bound, the master is handed out again at once, though that worker never confirmed.
+    #[test]
+    fn an_aborted_switchover_hands_the_master_back_without_waiting_for_a_blocked_worker() {
+        let config = config(2);
+        let clock = crate::testkit::FakeClock::new();
+        let decider = Engine::new_decider(config.clone(), clock.now()).expect("servers mode");
+        let mut decider = Driver::with_engine(decider, config.clone(), clock);
+        let mut servers = master_and_replicas(&config.servers);
+        decider.probe_round(&mut servers);
+        let first = decider.engine.poll_topology().expect("the first publication");
+        let worker = Engine::new_worker(config.worker_share(), clock.now(), &first).expect("servers mode");
+        let mut worker = Driver::with_engine(worker, config.clone(), clock);
+        let blocked = worker.accept();
+        worker.feed(blocked, b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n");
+        let actions = worker.drain();
+        let [(private, _)] = &connects(&actions)[..] else { panic!("a private connection: {actions:?}") };
+        worker.connected(*private);
+        worker.drain();
+        decider.engine.workers_confirmed(clock.now(), worker.engine.confirmed_epoch());
+
+        let admin = decider.engine.accept_admin(clock.now(), "127.0.0.1:40000".parse().expect("an address"));
+        let target = format!("127.0.0.1:{}", config.servers[1].port);
+        let failover = format!("*3\r\n$5\r\nPROXY\r\n$8\r\nFAILOVER\r\n${}\r\n{target}\r\n", target.len());
+        decider.feed(admin, failover.as_bytes());
+        decider.drain();
+        let holding = decider.engine.poll_topology().expect("writes are held");
+        assert_eq!(holding.master, None);
+        worker.engine.follow(clock.now(), &holding);
+        assert_eq!(worker.engine.confirmed_epoch(), first.epoch(), "its BLPOP is still in flight to the master");
+
+        // Past the switchover's bound (hold_ms / 2), answering probes all along: aborted, nothing promoted.
+        for _ in 0..10 {
+            decider.advance(config.check_period);
+            let actions = decider.probe_round(&mut servers);
+            let promoted = actions
+                .iter()
+                .any(|a| matches!(a, Action::Send { data, .. } if data.windows(9).any(|w| w == b"REPLICAOF")));
+            assert!(!promoted, "no promotion while a worker may still write to the master");
+        }
+        assert_eq!(decider.engine.master(), Some(&config.servers[0]), "the switchover was aborted");
+        let back = decider.engine.poll_topology().expect("the master is handed out again");
+        assert_eq!(back.master, holding.views.ids().first().copied());
+        worker.engine.follow(clock.now(), &back);
+        assert_eq!(worker.engine.master(), Some(&config.servers[0]), "the worker writes again");
+        assert_eq!(worker.engine.confirmed_epoch(), back.epoch());
+    }
 }
