@@ -145,21 +145,7 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         .enumerate()
         .map(|(index, start)| spawn_worker(index, start, &logger, &config_path, &tls))
         .collect::<io::Result<Vec<_>>>()?;
-    let mut runtime = Runtime {
-        poll,
-        engine,
-        sockets: SocketTable::new(),
-        read_buffers: ReadBuffers::default(),
-        closing: Vec::new(),
-        dirty: Vec::new(),
-        read_again: Vec::new(),
-        logger,
-        exchanges: Vec::new(),
-        config_path,
-        tls,
-        role,
-        stopping: false,
-    };
+    let mut runtime = Runtime::new(poll, engine, role, logger, config_path, tls);
     let listeners = Listeners { clients: Some(listener), tls: tls_listener, admin: admin.map(|(l, _)| l) };
     let outcome = runtime.event_loop(listeners, Some(signals), status.map(|(l, _)| l));
     // Asked to stop (a second signal, or a failed poller): the workers stop with the process.
@@ -180,21 +166,7 @@ fn spawn_worker(
     let (logger, config_path, tls) = (logger.clone(), config_path.to_string(), tls.clone());
     std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
         let WorkerStart { poll, engine, role } = start;
-        let mut runtime = Runtime {
-            poll,
-            engine,
-            sockets: SocketTable::new(),
-            read_buffers: ReadBuffers::default(),
-            closing: Vec::new(),
-            dirty: Vec::new(),
-            read_again: Vec::new(),
-            logger: logger.clone(),
-            exchanges: Vec::new(),
-            config_path,
-            tls,
-            role,
-            stopping: false,
-        };
+        let mut runtime = Runtime::new(poll, engine, role, logger.clone(), config_path, tls);
         let listeners = Listeners { clients: None, tls: None, admin: None };
         if let Err(error) = runtime.event_loop(listeners, None, None) {
             logger.log(Level::Error, &format!("worker {index} stopped: {error}"));
@@ -227,6 +199,25 @@ struct Listeners {
 }
 
 impl Runtime {
+    /// A thread's loop over `poll`, driving `engine` in `role`, with nothing connected yet.
+    fn new(poll: Poll, engine: Engine, role: Role, logger: Logger, config_path: String, tls: TlsSetup) -> Runtime {
+        Runtime {
+            poll,
+            engine,
+            sockets: SocketTable::new(),
+            read_buffers: ReadBuffers::default(),
+            closing: Vec::new(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            logger,
+            exchanges: Vec::new(),
+            config_path,
+            tls,
+            role,
+            stopping: false,
+        }
+    }
+
     /// Runs until the poller fails, or until a shutdown (SIGINT/SIGTERM) is complete: the engine has closed every
     /// client and every closed socket has written what was queued for it. A second signal ends the wait.
     fn event_loop(
