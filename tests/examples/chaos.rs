@@ -206,15 +206,18 @@ fn main() -> ExitCode {
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
         |a| a.parse().expect("SEED is a number"),
     );
+    let fields = format!(r#""check_period": {CHECK_PERIOD_MS}"#);
+    // REDIS_PROXY_TEST_WORKERS (see Proxy::start_with_fields) runs the proxy with worker threads.
+    let workers = redis_proxy_tests::test_workers(runtime, &fields).map_or(String::new(), |n| format!(", {n} workers"));
     println!(
-        "chaos: {} for {seconds} s, seed {seed} (repeat with: -- {seconds} {runtime_name} {seed})",
+        "chaos: {}{workers} for {seconds} s, seed {seed} (repeat with: -- {seconds} {runtime_name} {seed})",
         runtime.binary_name()
     );
     let mut rng = Rng(seed);
 
     let mut servers = synced_cluster(2, &["--enable-debug-command", "local", "--busy-reply-threshold", "1000"]);
     let all = ports(&servers);
-    let mut proxy = Proxy::start(runtime, &all, &format!(r#""check_period": {CHECK_PERIOD_MS}"#));
+    let mut proxy = Proxy::start(runtime, &all, &fields);
     let started = Instant::now();
     let started_utc =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() % 86_400.0);
@@ -332,7 +335,7 @@ fn main() -> ExitCode {
     let long_runs: Vec<&Duration> = samples.two_master_runs.iter().filter(|d| **d > cycle).collect();
     let longest = samples.two_master_runs.iter().max().copied().unwrap_or_default();
 
-    println!("--- chaos report: {} for {seconds} s, seed {seed}", runtime.binary_name());
+    println!("--- chaos report: {}{workers} for {seconds} s, seed {seed}", runtime.binary_name());
     println!("faults: {faults:?}; topology not settled within {SETTLE:?} after a fault: {unsettled}");
     println!("failovers (promotions in the proxy log): {}", promotions(&proxy));
     println!("false failovers (promotion while the master was alive and busy < 2 s): {false_failovers} (must be 0)");
