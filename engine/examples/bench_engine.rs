@@ -28,7 +28,7 @@
 
 use bytes::BytesMut;
 use redis_proxy_engine::testkit::{self, Driver, FakeServer};
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Input};
+use redis_proxy_engine::{Action, Config, ConnId, Input};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -145,17 +145,6 @@ const KEYS: u64 = 100_000;
 /// Where a request's 12 key digits start: after `*2\r\n$3\r\nGET\r\n$16\r\nkey:` (or `*3` and `SET`).
 const KEY_DIGITS: std::ops::Range<usize> = 22..34;
 
-/// A worker engine for `config`, following a deciding engine that adopted server 0 as master.
-fn worker_driver(config: Config) -> Driver {
-    let clock = testkit::FakeClock::new();
-    let decider = Engine::new_decider(config.clone(), clock.now()).expect("standalone mode");
-    let mut decider = Driver::with_engine(decider, config.clone(), clock);
-    decider.probe_round(&mut testkit::master_and_replicas(&config.servers));
-    let topology = decider.engine.poll_topology().expect("the decider publishes");
-    let worker = Engine::new_worker(config.worker_share(), clock.now(), &topology).expect("standalone mode");
-    Driver::with_engine(worker, config, clock)
-}
-
 /// A cluster configuration seeded with its first node.
 fn cluster_config() -> Config {
     let json = format!(r#"{{"cluster": {{"seeds": [{{"host": "127.0.0.1", "port": {CLUSTER_PORT}}}]}}}}"#);
@@ -202,7 +191,7 @@ impl Rig {
         let check_period = config.check_period;
         let driver = match (cluster, worker) {
             (0, false) => Driver::with_master(config),
-            (0, true) => worker_driver(config),
+            (0, true) => Driver::decider_with_master(config).new_worker().0,
             _ => Driver::new(config),
         };
         let mut rig = Rig {

@@ -9,7 +9,8 @@
 //!   with given offsets, run id, priority and link state), and a responder for the probe's `PING` + `INFO`, for
 //!   `REPLICAOF` and `RESET`.
 //! - [`Driver`]: an engine with its clock, per-connection read buffers, helpers to drain actions, report connects,
-//!   feed replies, run a probe round, and [`Driver::with_master`] for an engine whose server 0 is adopted; several
+//!   feed replies, run a probe round, and [`Driver::with_master`] for an engine whose server 0 is adopted
+//!   ([`Driver::decider_with_master`] and [`Driver::new_worker`] for a deciding engine and its workers); several
 //!   drivers follow one shared clock with [`Driver::catch_up`] (the simulation, the Sentinel-mode tests).
 
 mod clock;

@@ -170,16 +170,10 @@ mod tests {
     #[test]
     fn a_worker_routes_by_its_deciders_topology_without_probing_and_the_decider_counts_its_requests() {
         let config = config(2);
-        let clock = crate::testkit::FakeClock::new();
-        let decider = Engine::new_decider(config.clone(), clock.now()).expect("servers mode");
-        let mut decider = Driver::with_engine(decider, config.clone(), clock);
-        decider.probe_round(&mut master_and_replicas(&config.servers));
-        assert_eq!(decider.engine.master(), Some(&config.servers[0]));
-        let topology = decider.engine.poll_topology().expect("the first publication");
+        let mut decider = Driver::decider_with_master(config.clone());
+        let clock = decider.clock;
+        let (mut worker, topology) = decider.new_worker();
         assert!(decider.engine.poll_topology().is_none(), "nothing changed since");
-
-        let worker = Engine::new_worker(config.worker_share(), clock.now(), &topology).expect("servers mode");
-        let mut worker = Driver::with_engine(worker, config.clone(), clock);
         assert_eq!(worker.engine.master(), Some(&config.servers[0]), "the worker routes as published");
         assert_eq!(worker.engine.confirmed_epoch(), topology.epoch());
         let client = worker.accept();
@@ -206,14 +200,10 @@ mod tests {
     #[test]
     fn an_aborted_switchover_hands_the_master_back_without_waiting_for_a_blocked_worker() {
         let config = config(2);
-        let clock = crate::testkit::FakeClock::new();
-        let decider = Engine::new_decider(config.clone(), clock.now()).expect("servers mode");
-        let mut decider = Driver::with_engine(decider, config.clone(), clock);
+        let mut decider = Driver::decider_with_master(config.clone());
+        let clock = decider.clock;
         let mut servers = master_and_replicas(&config.servers);
-        decider.probe_round(&mut servers);
-        let first = decider.engine.poll_topology().expect("the first publication");
-        let worker = Engine::new_worker(config.worker_share(), clock.now(), &first).expect("servers mode");
-        let mut worker = Driver::with_engine(worker, config.clone(), clock);
+        let (mut worker, first) = decider.new_worker();
         let blocked = worker.accept();
         worker.feed(blocked, b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n");
         let actions = worker.drain();

@@ -3,7 +3,7 @@
 
 use super::clock::FakeClock;
 use super::server::FakeServer;
-use crate::{Action, Config, ConnId, ConnectFailure, Engine, Event, Input, ServerAddress};
+use crate::{Action, Config, ConnId, ConnectFailure, Engine, Event, Input, ServerAddress, Topology};
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -108,14 +108,36 @@ impl Driver {
     /// An engine whose server 0 is adopted as master, every other server answering as its replica (link up,
     /// offset 0); the actions and events of getting there are drained.
     pub fn with_master(config: Config) -> Driver {
-        let mut driver = Driver::new(config);
-        let master = driver.config.servers[0].clone();
-        let mut servers = master_and_replicas(&driver.config.servers);
-        driver.probe_round(&mut servers);
-        assert_eq!(driver.engine.master(), Some(&master), "server 0 was not adopted as master");
-        driver.drain();
-        driver.events();
-        driver
+        Driver::new(config).adopting_server_0()
+    }
+
+    /// A deciding engine (`workers` above 1, [`Engine::new_decider`]) whose server 0 is adopted as master, as
+    /// [`Driver::with_master`] does.
+    pub fn decider_with_master(config: Config) -> Driver {
+        let clock = FakeClock::new();
+        let decider = Engine::new_decider(config.clone(), clock.now()).expect("a configuration of servers");
+        Driver::with_engine(decider, config, clock).adopting_server_0()
+    }
+
+    /// A worker engine ([`Engine::new_worker`], with its share of the configuration) on this deciding engine's
+    /// clock, made from the topology it publishes now, which is returned with it.
+    pub fn new_worker(&mut self) -> (Driver, Topology) {
+        let topology = self.engine.poll_topology().expect("a deciding engine with something to publish");
+        let share = self.config.worker_share();
+        let worker = Engine::new_worker(share, self.clock.now(), &topology).expect("a configuration of servers");
+        (Driver::with_engine(worker, self.config.clone(), self.clock), topology)
+    }
+
+    /// Runs a probe round answered by a master (server 0) and its replicas, checks that server 0 is adopted, and
+    /// drains what getting there did.
+    fn adopting_server_0(mut self) -> Driver {
+        let master = self.config.servers[0].clone();
+        let mut servers = master_and_replicas(&self.config.servers);
+        self.probe_round(&mut servers);
+        assert_eq!(self.engine.master(), Some(&master), "server 0 was not adopted as master");
+        self.drain();
+        self.events();
+        self
     }
 
     /// Runs a probe round now: every server's probe connection is opened (and reported connected) if it is not
