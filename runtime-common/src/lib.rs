@@ -17,13 +17,16 @@
 //!   kind, a refused TLS certificate's in plain words from [`server_cert`]);
 //! - [`tls`]: TLS with rustls on both sides ([`TlsSetup`] from the configuration's files, [`TlsConn`] for one
 //!   connection, driven by the runtime's own sockets);
+//! - [`crew`]: `workers` above 1, the deciding loop and the worker loops, and what passes between them;
 //! - [`http`] and [`metrics`]: the status listener's answers (`/`, `/status.json`, `/metrics`, `/health`),
 //!   rendered from the engine's status snapshot.
 //!
 //! Nothing here knows about Redis, and nothing here is an event loop.
 
+mod board;
 pub mod cli;
 pub mod closing;
+pub mod crew;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -73,18 +76,14 @@ pub fn main(program: &str, run: impl FnOnce(Config, Logger, String) -> io::Resul
     }
 }
 
-/// Re-reads the configuration file at `path` (on `SIGHUP` or `PROXY RELOAD`) and hands it to the engine
-/// ([`Engine::reconfigure`]), then applies its `log_level` to `logger`; logs what changed, or why the new file was
-/// refused and the running configuration kept (unreadable, invalid, a TLS file that does not load, or a change
-/// that needs a restart). The TLS files are read again too: new connections use the new certificates (`tls`,
-/// replaced in place). Clients stay connected either way.
-pub fn reload(engine: &mut Engine, path: &str, logger: &Logger, tls: &mut TlsSetup) {
-    reload_as(engine, path, logger, tls, |config| config);
-}
-
-/// [`reload`] for an engine made for a part of the configuration: `part` makes that part of the file's (a worker
-/// engine's share of the totals, [`Config::worker_share`]). Returns whether the new configuration was applied.
-pub fn reload_as(
+/// Re-reads the configuration file at `path` (on `SIGHUP` or `PROXY RELOAD`) and hands the engine its part of it
+/// ([`Engine::reconfigure`]): `part` makes that part of the file's (the whole file for the only or deciding engine,
+/// a worker engine's share of the totals, [`Config::worker_share`]). Then applies its `log_level` to `logger`; logs
+/// what changed, or why the new file was refused and the running configuration kept (unreadable, invalid, a TLS
+/// file that does not load, or a change that needs a restart). The TLS files are read again too: new connections
+/// use the new certificates (`tls`, replaced in place). Clients stay connected either way. Returns whether the new
+/// configuration was applied.
+pub fn reload(
     engine: &mut Engine,
     path: &str,
     logger: &Logger,

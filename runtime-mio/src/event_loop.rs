@@ -1,13 +1,12 @@
 //! The event loop: accept, read until WouldBlock, hand bytes to the engine, perform its actions with vectored
 //! writes, sleep until I/O or the engine's next timeout. No Redis semantics live here.
 
-use crate::crew::{self, Handoff, Role, WorkerStart, WAKER};
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, ServerAddress};
+use redis_proxy_runtime_common::crew::{self, Handoff, Wake};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
-use redis_proxy_runtime_common::reload_as;
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
     connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, ReadBuffers, SocketTable,
@@ -24,6 +23,8 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const STATUS_LISTENER: Token = Token(usize::MAX - 2);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 const TLS_LISTENER: Token = Token(usize::MAX - 4);
+/// The token of a thread's waker: the other threads of `workers` have news for it.
+const WAKER: Token = Token(usize::MAX - 5);
 /// Set in the token of a status (HTTP) connection, over its index in `Runtime::exchanges`.
 const EXCHANGE: usize = 1 << (usize::BITS - 3);
 /// Set in the token of a closing socket, over its index in `Runtime::closing`: the engine hands a closed
@@ -136,7 +137,12 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
     }
     let (engine, role, workers) = if config.workers > 1 {
         logger.log(Level::Info, &format!("{} worker threads; this one probes and decides", config.workers));
-        crew::assemble(&config, &poll)?
+        let polls = (0..config.workers).map(|_| Poll::new()).collect::<io::Result<Vec<_>>>()?;
+        let wakes = polls.iter().map(|poll| waker(poll)).collect::<io::Result<Vec<_>>>()?;
+        let crew = crew::assemble(&config, waker(&poll)?, wakes)?;
+        let workers =
+            polls.into_iter().zip(crew.workers).map(|(poll, (engine, role))| WorkerStart { poll, engine, role });
+        (crew.decider.0, crew.decider.1, workers.collect())
     } else {
         (Engine::new(config, Instant::now()), Role::Alone, Vec::new())
     };
@@ -153,6 +159,25 @@ pub fn run(config: Config, logger: Logger, config_path: String) -> io::Result<()
         let _ = thread.join();
     }
     outcome
+}
+
+/// What a mio thread plays in `workers` (the clients it is handed are mio sockets).
+type Role = crew::Role<TcpStream>;
+
+/// A worker thread, ready to run: its poller (whose waker is shared), its engine and its place.
+struct WorkerStart {
+    poll: Poll,
+    engine: Engine,
+    role: Role,
+}
+
+/// A wake-up of the thread polling `poll`, through its [`WAKER`].
+fn waker(poll: &Poll) -> io::Result<Wake> {
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    Ok(Box::new(move || {
+        // Fails only if the poller is gone, and then its thread has ended.
+        let _ = waker.wake();
+    }))
 }
 
 /// Starts worker `index`'s thread: its event loop over the clients the deciding thread hands it.
@@ -440,7 +465,7 @@ impl Runtime {
     }
 
     /// Serves a client accepted on this thread or handed to it: its TLS state, its engine connection, its socket.
-    fn take_client(&mut self, client: Handoff) {
+    fn take_client(&mut self, client: Handoff<TcpStream>) {
         let Handoff { mut stream, peer, entry } = client;
         let tls = match self.tls.accept(entry, &peer.to_string()) {
             None => None,
@@ -632,8 +657,8 @@ impl Runtime {
     /// workers reload once it has.
     fn reload(&mut self) {
         let role = &self.role;
-        let applied =
-            reload_as(&mut self.engine, &self.config_path, &self.logger, &mut self.tls, |config| role.part(config));
+        let (engine, path, tls) = (&mut self.engine, &self.config_path, &mut self.tls);
+        let applied = redis_proxy_runtime_common::reload(engine, path, &self.logger, tls, |config| role.part(config));
         if applied {
             self.role.reloaded();
         }

@@ -1,7 +1,5 @@
 //! `redis-proxy`: the engine driven by a mio event loop, on one thread or (`workers`) on several.
 
-mod board;
-mod crew;
 mod event_loop;
 
 use std::process::ExitCode;

@@ -1,7 +1,8 @@
 //! The engine task and the per-connection I/O tasks. No Redis semantics live here: bytes in, actions out, time.
 
 use bytes::BytesMut;
-use redis_proxy_engine::{Action, Config, ConnId, Engine, Event, Input, Level, StatusSnapshot};
+use redis_proxy_engine::{Action, ConnId, Engine, Event, Input, Level, StatusSnapshot};
+use redis_proxy_runtime_common::crew::{self, Handoff, Wake};
 use redis_proxy_runtime_common::http;
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
@@ -100,7 +101,16 @@ struct Socket {
     readable: bool,
 }
 
-/// The sockets the proxy listens on.
+/// What an engine task plays in `workers` (the clients it is handed are tokio sockets of the decider's reactor).
+pub(crate) type Role = crew::Role<TcpStream>;
+
+/// The wake-up of an engine task from another one (see [`crew`]): a permit stored in its `Notify` until it looks.
+pub(crate) fn wake(notify: &Arc<Notify>) -> Wake {
+    let notify = notify.clone();
+    Box::new(move || notify.notify_one())
+}
+
+/// The sockets the deciding (or only) engine task listens on; a worker's task has none.
 pub(crate) struct Listeners {
     /// Clients.
     pub(crate) clients: TcpListener,
@@ -130,19 +140,33 @@ pub(crate) struct Driver {
     config_path: Option<String>,
     /// The certificates and keys of `tls` and `server_tls`, read again on reload.
     tls: TlsSetup,
+    /// Whether this task's engine is the only one, the deciding one or a worker (`workers`).
+    role: Role,
+    /// Woken by the other engine tasks of `workers` when they have news for this one.
+    woken: Arc<Notify>,
+    /// A shutdown began: the task ends once every client is closed (and, on the deciding task, every worker's has
+    /// ended).
+    stopping: bool,
+}
+
+/// What an engine task is made of besides its sockets.
+pub(crate) struct Parts {
+    pub(crate) engine: Engine,
+    pub(crate) role: Role,
+    /// Notified by [`wake`] (never, for `Role::Alone`).
+    pub(crate) woken: Arc<Notify>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) logger: Option<Logger>,
+    pub(crate) config_path: Option<String>,
+    pub(crate) tls: TlsSetup,
 }
 
 impl Driver {
-    pub(crate) fn new(
-        config: Config,
-        events: broadcast::Sender<Event>,
-        logger: Option<Logger>,
-        config_path: Option<String>,
-        tls: TlsSetup,
-    ) -> Driver {
+    pub(crate) fn new(parts: Parts) -> Driver {
+        let Parts { engine, role, woken, events, logger, config_path, tls } = parts;
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         Driver {
-            engine: Engine::new(config, Instant::now()),
+            engine,
             events,
             logger,
             sockets: SocketTable::new(),
@@ -153,14 +177,32 @@ impl Driver {
             closers: JoinSet::new(),
             config_path,
             tls,
+            role,
+            woken,
+            stopping: false,
         }
     }
 
     /// Runs until `shutdown` completes and the shutdown it starts is over: the engine stops reading clients and
     /// closes each once the replies it awaits are out (at the latest after its `shutdown_grace`), and every closed
-    /// connection writes what is queued for it.
-    pub(crate) async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Listeners { clients: listener, status, admin, tls: tls_listener } = listeners;
+    /// connection writes what is queued for it. A worker's task (no `listeners`) shuts down when the decider's does.
+    pub(crate) async fn run(
+        mut self,
+        listeners: Option<Listeners>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let outcome = self.serve(listeners, shutdown).await;
+        // A worker's end lets the decider finish.
+        self.role.finished();
+        outcome
+    }
+
+    /// [`Driver::run`]'s loop.
+    async fn serve(&mut self, listeners: Option<Listeners>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let (listener, status, admin, tls_listener) = match listeners {
+            Some(Listeners { clients, status, admin, tls }) => (Some(clients), status, admin, tls),
+            None => (None, None, None, None),
+        };
         // None once shutdown began, as `listener`.
         let mut admin = admin;
         let mut tls_listener = tls_listener;
@@ -168,12 +210,15 @@ impl Driver {
         // Status connections ask this task for a snapshot; the engine is only ever touched here.
         let (snapshots, mut snapshot_requests) = mpsc::channel::<oneshot::Sender<StatusSnapshot>>(http::MAX_EXCHANGES);
         let _status_task = status.map(|listener| TaskGuard(tokio::spawn(serve_status(listener, snapshots))));
+        // SIGHUP belongs to the task with the listeners (the only or the deciding one).
         let mut hangups = match self.config_path {
-            Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
-            None => None,
+            Some(_) if listener.is_some() => {
+                Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?)
+            }
+            _ => None,
         };
-        // None once shutdown began: nobody new is accepted.
-        let mut listener = Some(listener);
+        // None once shutdown began (and always on a worker): nobody new is accepted here.
+        let mut listener = listener;
         let mut timer = pin!(tokio::time::sleep(FAR_FUTURE));
         let mut armed = None;
         let mut batch = Vec::with_capacity(MESSAGES_PER_TURN);
@@ -181,10 +226,16 @@ impl Driver {
         let mut accept_paused_until = None;
         loop {
             self.finish_turn();
-            if listener.is_none() && shutdown_complete(&self.engine, self.closers.len()) {
+            self.role.after_turn(&mut self.engine, Instant::now());
+            let done = shutdown_complete(&self.engine, self.closers.len()) && self.role.workers_finished();
+            if self.stopping && done {
                 return Ok(());
             }
             let deadline = self.engine.poll_timeout().map(|(at, _)| at);
+            let deadline = match (deadline, self.role.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if deadline != armed {
                 armed = deadline;
                 timer.as_mut().reset(tokio_deadline(deadline));
@@ -194,8 +245,11 @@ impl Driver {
                     listener = None;
                     admin = None;
                     tls_listener = None;
+                    self.stopping = true;
+                    self.role.shut_down_workers();
                     self.engine.begin_shutdown(Instant::now());
                 }
+                () = self.woken.notified() => self.on_woken(),
                 _ = self.receiver.recv_many(&mut batch, MESSAGES_PER_TURN) => {
                     for message in batch.drain(..) {
                         self.handle_message(message);
@@ -228,10 +282,13 @@ impl Driver {
                     self.reload();
                 }
                 Some(reply) = snapshot_requests.recv() => {
+                    // Blocks this task briefly (at most `crew`'s wait) for the workers' fresh counts.
+                    self.role.fresh_status(&mut self.engine);
                     let _ = reply.send(self.engine.status(Instant::now()));
                 }
                 () = &mut timer => {}
             }
+            self.role.gather_status(&mut self.engine);
             // By the clock, not by which branch woke us: a timer polled with the cooperative budget spent reports
             // Pending even when due.
             if fire_due_timer(&mut self.engine, Instant::now(), self.logger.as_ref()) {
@@ -298,10 +355,42 @@ impl Driver {
         }
     }
 
-    /// A client connected (`Entry::Admin`: on the admin listener, so it may send `PROXY` commands; `Entry::Tls`: on
-    /// the TLS listener, so it speaks TLS).
+    /// What the other engine tasks of `workers` brought: on a worker, the clients handed to it, a new topology, a
+    /// reload or a shutdown; on the deciding task, the workers' confirmations and a reload one of their clients
+    /// asked for.
+    fn on_woken(&mut self) {
+        let woken = self.role.woken(&mut self.engine, Instant::now());
+        for Handoff { stream, peer, entry } in woken.clients {
+            if self.stopping {
+                continue;
+            }
+            // From the decider's reactor to this task's.
+            match stream.into_std().and_then(TcpStream::from_std) {
+                Ok(stream) => self.take_client(stream, peer, entry),
+                Err(error) => self.log(Level::Warn, &format!("cannot take client {peer}: {error}; connection closed")),
+            }
+        }
+        if woken.reload {
+            self.reload();
+        }
+        if woken.shutdown && !self.stopping {
+            self.stopping = true;
+            self.engine.begin_shutdown(Instant::now());
+        }
+        self.drain_engine();
+    }
+
+    /// A client connected: handed to the next worker, or (alone, or on the admin listener) served here.
     fn accepted(&mut self, stream: TcpStream, peer: SocketAddr, entry: Entry) {
         let _ = stream.set_nodelay(true);
+        if let Some(Handoff { stream, peer, entry }) = self.role.hand_off(Handoff { stream, peer, entry }) {
+            self.take_client(stream, peer, entry);
+        }
+    }
+
+    /// Serves a client accepted here or handed to this task (`Entry::Admin`: from the admin listener, so it may
+    /// send `PROXY` commands; `Entry::Tls`: from the TLS listener, so it speaks TLS).
+    fn take_client(&mut self, stream: TcpStream, peer: SocketAddr, entry: Entry) {
         let tls = match self.tls.accept(entry, &peer.to_string()) {
             None => None,
             Some(Ok(tls)) => Some(Box::new(tls)),
@@ -393,15 +482,19 @@ impl Driver {
             // No subscriber is not an error.
             let _ = self.events.send(event);
         }
-        if reload {
+        if reload && self.role.reload_requested() {
             self.reload();
         }
     }
 
-    /// Re-reads the configuration file, if one is set, and applies it (see `runtime_common::reload`).
+    /// Re-reads the configuration file, if one is set, and applies this engine's part of it (see
+    /// `runtime_common::reload`); the deciding task then has every worker reload too.
     fn reload(&mut self) {
         let (Some(path), Some(logger)) = (self.config_path.clone(), self.logger.clone()) else { return };
-        redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger, &mut self.tls);
+        let role = &self.role;
+        if redis_proxy_runtime_common::reload(&mut self.engine, &path, &logger, &mut self.tls, |c| role.part(c)) {
+            self.role.reloaded();
+        }
         self.drain_engine();
     }
 

@@ -32,6 +32,17 @@
 //! rather than trusting the timer branch, so tokio's cooperative budget (which may make a due timer report
 //! `Pending`) can delay a timeout by at most one turn, never lose it.
 //!
+//! # Worker engines (`workers`)
+//!
+//! With `workers` above 1, the engine task of [`Proxy::run`] is the deciding one (`Engine::new_decider`: it
+//! probes, fails over, serves the admin and status listeners and SIGHUP, and accepts the clients), and each accepted
+//! client is handed to one of `workers` worker engine tasks in turn (`Engine::new_worker`). They share what
+//! `redis-proxy` (mio) shares between its threads (`redis_proxy_runtime_common::crew`), each task woken by a
+//! `Notify`. Where the worker tasks run follows the runtime [`Proxy::run`] is awaited on: on a current-thread
+//! runtime (the `redis-proxy-tokio` binary's), each worker gets a thread of its own with its own current-thread
+//! runtime; on a multi-thread runtime, they are tasks of it (the `multi_thread` example). A client's socket moves
+//! from the decider's reactor to its worker's once, when it is handed over.
+//!
 //! # TLS
 //!
 //! With `tls` or `server_tls` configured, a connection's rustls state
@@ -64,11 +75,16 @@
 
 mod driver;
 
+use redis_proxy_engine::Engine;
+use redis_proxy_runtime_common::crew;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::runtime::RuntimeFlavor;
+use tokio::sync::{broadcast, Notify};
 
 pub use redis_proxy_engine::{Config, Event, Level};
 use redis_proxy_runtime_common::TlsSetup;
@@ -101,13 +117,6 @@ impl Proxy {
     /// field). Secrets the configuration points at (`password_file`, `password_env`) are read here if they were
     /// not yet.
     pub async fn bind(mut config: Config) -> io::Result<Proxy> {
-        if config.workers > 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "`workers` above 1 is run by redis-proxy (the mio runtime) only for now; redis-proxy-tokio runs one \
-                 engine: set `workers` to 1",
-            ));
-        }
         config
             .resolve_secrets(redis_proxy_runtime_common::cli::read_secret)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -184,10 +193,49 @@ impl Proxy {
             admin: self.admin,
             tls: self.tls_listener,
         };
-        driver::Driver::new(self.config, self.events, self.logger, self.config_path, self.tls)
-            .run(listeners, shutdown)
-            .await
+        let Proxy { config, events, logger, config_path, tls, .. } = self;
+        let parts = |engine, role, woken| driver::Parts {
+            engine,
+            role,
+            woken,
+            events: events.clone(),
+            logger: logger.clone(),
+            config_path: config_path.clone(),
+            tls: tls.clone(),
+        };
+        let woken = Arc::new(Notify::new());
+        let (engine, role) = if config.workers > 1 {
+            let notifies: Vec<_> = (0..config.workers).map(|_| Arc::new(Notify::new())).collect();
+            let wakes = notifies.iter().map(driver::wake).collect();
+            let crew = crew::assemble(&config, driver::wake(&woken), wakes)?;
+            for (index, ((engine, role), notify)) in crew.workers.into_iter().zip(notifies).enumerate() {
+                start_worker(index, driver::Driver::new(parts(engine, role, notify)))?;
+            }
+            crew.decider
+        } else {
+            (Engine::new(config, Instant::now()), driver::Role::Alone)
+        };
+        driver::Driver::new(parts(engine, role, woken)).run(Some(listeners), shutdown).await
     }
+}
+
+/// Starts worker `index`'s engine task: on a current-thread runtime (the binary's), on a thread of its own with
+/// its own current-thread runtime, so the workers run in parallel; on a multi-thread runtime, as a task of it.
+fn start_worker(index: usize, worker: driver::Driver) -> io::Result<()> {
+    // Without listeners, nothing in a worker's task can fail (its errors come from setting up SIGHUP).
+    let run = async move {
+        let _ = worker.run(None, std::future::pending()).await;
+    };
+    if tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+        tokio::spawn(run);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot start worker {index}'s runtime: {error}")))?;
+    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || runtime.block_on(run))?;
+    Ok(())
 }
 
 /// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.

@@ -1,4 +1,5 @@
-//! `redis-proxy-tokio`: the engine driven by tokio on a current-thread runtime; same command line as `redis-proxy`.
+//! `redis-proxy-tokio`: the engine driven by tokio on a current-thread runtime (one per thread, with `workers`); same
+//! command line as `redis-proxy`.
 
 use redis_proxy_engine::{Config, Level};
 use redis_proxy_runtime_common::Logger;
@@ -27,6 +28,10 @@ async fn run(config: Config, logger: Logger, path: String) -> io::Result<()> {
     proxy.set_logger(logger.clone());
     proxy.set_config_file(path);
     logger.listening(proxy.local_addr()?, &shown);
+    if shown.workers > 1 {
+        let workers = shown.workers;
+        logger.log(Level::Info, &format!("{workers} worker threads, each on a runtime of its own; this one decides"));
+    }
     if let Some(address) = proxy.tls_addr().transpose()? {
         logger.log(Level::Info, &format!("TLS clients on {address}"));
     }

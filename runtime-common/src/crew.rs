@@ -1,58 +1,65 @@
-//! `workers` above 1: the thread that decides and the worker threads, and what passes between them. The deciding
-//! thread runs the deciding engine (probes, failover, the admin and status listeners, the signals) and accepts the
-//! clients, which it hands to the workers in turn; each worker thread runs a worker engine over its own clients.
-//! Between them pass only the topology the decider publishes, the epoch each worker confirms, the clients, the
-//! workers' status, and requests to reload or shut down; each side is woken by a `mio::Waker`. Nothing here
-//! decides: the engines do.
+//! `workers` above 1: the loop that decides and the worker loops, and what passes between them, for every runtime.
+//! The deciding loop runs the deciding engine (probes, failover, the admin and status listeners, the signals) and
+//! accepts the clients, which it hands to the workers in turn; each worker loop runs a worker engine over its own
+//! clients. Between them pass only the topology the decider publishes, the epoch each worker confirms, the clients,
+//! the workers' status, and requests to reload or shut down; each side is woken by the other through its runtime's
+//! own wake-up ([`Wake`]: a `mio::Waker`, a `tokio::sync::Notify`). Nothing here decides: the engines do.
 
 use crate::board::Board;
-use mio::net::TcpStream;
-use mio::{Poll, Token, Waker};
+use crate::tls::Entry;
 use redis_proxy_engine::{Config, Engine, StatusSnapshot, Topology};
-use redis_proxy_runtime_common::tls::Entry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The token of a thread's waker.
-pub(crate) const WAKER: Token = Token(usize::MAX - 5);
+/// Wakes one loop (the decider's or a worker's) from another thread; the loop then calls [`Role::woken`].
+pub type Wake = Box<dyn Fn() + Send + Sync>;
+
 /// How often a busy worker reports its status to the decider at most, unasked (for the trend and `PROXY STATUS`).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// How long the status page waits for every worker's fresh status (a worker inside a long turn answers late; its
 /// last report is used then).
 const STATUS_WAIT: Duration = Duration::from_millis(100);
 
-/// A client the decider accepted for a worker.
-pub(crate) struct Handoff {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
-    pub(crate) entry: Entry,
+/// A client accepted by the decider, as the runtime's socket `S`, for a worker.
+pub struct Handoff<S> {
+    /// The accepted socket.
+    pub stream: S,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener it came through.
+    pub entry: Entry,
 }
 
 /// What the decider leaves for one worker until it wakes.
-#[derive(Default)]
-struct Inbox {
-    clients: Vec<Handoff>,
+struct Inbox<S> {
+    clients: Vec<Handoff<S>>,
     reload: bool,
     shutdown: bool,
 }
 
+impl<S> Default for Inbox<S> {
+    fn default() -> Inbox<S> {
+        Inbox { clients: Vec::new(), reload: false, shutdown: false }
+    }
+}
+
 /// One worker's side of what is shared.
-struct Link {
-    waker: Waker,
-    inbox: Mutex<Inbox>,
+struct Link<S> {
+    wake: Wake,
+    inbox: Mutex<Inbox<S>>,
     /// The worker's status, when it has a newer one than the decider took, with the round it answers.
     status: Mutex<Option<(u64, StatusSnapshot)>>,
 }
 
 /// What the decider and its workers share.
-pub(crate) struct Shared {
+pub struct Shared<S> {
     /// The decider's last publication and the epochs the workers confirmed.
     board: Board<Topology>,
-    decider: Waker,
-    links: Vec<Link>,
+    decider: Wake,
+    links: Vec<Link<S>>,
     /// A worker's client asked for `PROXY RELOAD`: the decider reloads, and then every worker.
     reload_asked: AtomicBool,
     /// Workers whose loop has ended.
@@ -68,57 +75,56 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What part a thread's event loop plays.
-pub(crate) enum Role {
-    /// The only thread (`workers: 1`).
+/// What part a loop plays. Made by [`assemble`], or `Alone`; its fields are the loop's own bookkeeping.
+pub enum Role<S> {
+    /// The only loop (`workers: 1`).
     Alone,
-    /// The deciding thread of `workers` worker threads.
+    /// The deciding loop of `workers` worker loops.
     Decider {
-        shared: Arc<Shared>,
+        /// What it shares with the workers.
+        shared: Arc<Shared<S>>,
         /// The worker the next client goes to.
         next: usize,
         /// The least confirmation handed to the engine so far.
         told: u64,
     },
-    /// Worker `index`.
+    /// A worker loop.
     Worker {
-        shared: Arc<Shared>,
+        /// What it shares with the decider.
+        shared: Arc<Shared<S>>,
+        /// Which worker it is.
         index: usize,
         /// The epoch it last reported confirmed.
         confirmed: u64,
-        /// When it last reported its status, and whether anything happened since.
+        /// When it last reported its status.
         status_at: Instant,
+        /// Whether anything happened since.
         busy: bool,
         /// The last round of the status page's requests it answered.
         answered: u64,
     },
 }
 
-/// A worker thread, ready to run: its poller (whose waker is shared), its engine and its place.
-pub(crate) struct WorkerStart {
-    pub(crate) poll: Poll,
-    pub(crate) engine: Engine,
-    pub(crate) role: Role,
+/// The engines of `workers` above 1, each with the part it plays.
+pub struct Crew<S> {
+    /// The deciding engine.
+    pub decider: (Engine, Role<S>),
+    /// The worker engines, in the order of the wake-ups given to [`assemble`].
+    pub workers: Vec<(Engine, Role<S>)>,
 }
 
-/// Makes the deciding engine for `config` and `config.workers` worker engines that follow it; `decider_poll` is
-/// the deciding thread's poller.
-pub(crate) fn assemble(config: &Config, decider_poll: &Poll) -> io::Result<(Engine, Role, Vec<WorkerStart>)> {
+/// Makes the deciding engine for `config` and one worker engine that follows it per wake-up in `workers` (as many
+/// as `config.workers`); `decider` wakes the deciding loop.
+pub fn assemble<S>(config: &Config, decider: Wake, workers: Vec<Wake>) -> io::Result<Crew<S>> {
     let now = Instant::now();
-    let mut decider = Engine::new_decider(config.clone(), now).map_err(io::Error::other)?;
-    let first = decider.poll_topology().ok_or_else(|| io::Error::other("the deciding engine published nothing"))?;
-    let mut polls = Vec::new();
-    let mut links = Vec::new();
-    for _ in 0..config.workers {
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let link = Link { waker, inbox: Mutex::default(), status: Mutex::default() };
-        polls.push(poll);
-        links.push(link);
-    }
+    let mut engine = Engine::new_decider(config.clone(), now).map_err(io::Error::other)?;
+    let first = engine.poll_topology().ok_or_else(|| io::Error::other("the deciding engine published nothing"))?;
+    let count = workers.len();
+    let links =
+        workers.into_iter().map(|wake| Link { wake, inbox: Mutex::default(), status: Mutex::default() }).collect();
     let shared = Arc::new(Shared {
-        board: Board::new(first.clone(), config.workers),
-        decider: Waker::new(decider_poll.registry(), WAKER)?,
+        board: Board::new(first.clone(), count),
+        decider,
         links,
         reload_asked: AtomicBool::new(false),
         finished: AtomicUsize::new(0),
@@ -127,19 +133,19 @@ pub(crate) fn assemble(config: &Config, decider_poll: &Poll) -> io::Result<(Engi
     });
     let share = config.worker_share();
     let mut workers = Vec::new();
-    for (index, poll) in polls.into_iter().enumerate() {
+    for index in 0..count {
         let engine = Engine::new_worker(share.clone(), now, &first).map_err(io::Error::other)?;
         let role =
             Role::Worker { shared: shared.clone(), index, confirmed: 0, status_at: now, busy: false, answered: 0 };
-        workers.push(WorkerStart { poll, engine, role });
+        workers.push((engine, role));
     }
-    Ok((decider, Role::Decider { shared, next: 0, told: 0 }, workers))
+    Ok(Crew { decider: (engine, Role::Decider { shared, next: 0, told: 0 }), workers })
 }
 
-impl Role {
+impl<S> Role<S> {
     /// The decider hands a client to the next worker in turn (Some: kept here, as `Alone` or for the admin
     /// listener).
-    pub(crate) fn hand_off(&mut self, client: Handoff) -> Option<Handoff> {
+    pub fn hand_off(&mut self, client: Handoff<S>) -> Option<Handoff<S>> {
         let Role::Decider { shared, next, .. } = self else { return Some(client) };
         if client.entry == Entry::Admin {
             return Some(client);
@@ -147,13 +153,13 @@ impl Role {
         let link = &shared.links[*next % shared.links.len()];
         *next = next.wrapping_add(1);
         lock(&link.inbox).clients.push(client);
-        let _ = link.waker.wake();
+        (link.wake)();
         None
     }
 
     /// After a turn of the loop: the decider publishes a new topology to every worker; a worker reports the epoch
     /// it confirms (waking the decider when it grew) and, now and then, its status.
-    pub(crate) fn after_turn(&mut self, engine: &mut Engine, now: Instant) {
+    pub fn after_turn(&mut self, engine: &mut Engine, now: Instant) {
         match self {
             Role::Alone => {}
             Role::Decider { shared, .. } => {
@@ -164,7 +170,7 @@ impl Role {
                 if let Some(topology) = newest {
                     shared.board.publish(topology);
                     for link in &shared.links {
-                        let _ = link.waker.wake();
+                        (link.wake)();
                     }
                 }
             }
@@ -174,7 +180,7 @@ impl Role {
                 if epoch > *confirmed {
                     *confirmed = epoch;
                     shared.board.confirm(*index, epoch);
-                    let _ = shared.decider.wake();
+                    (shared.decider)();
                 }
                 *busy = true;
                 if now.saturating_duration_since(*status_at) >= STATUS_EVERY {
@@ -187,17 +193,17 @@ impl Role {
     }
 
     /// When this thread must wake even without I/O: a worker whose status changed since it last reported it.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
         match self {
             Role::Worker { status_at, busy: true, .. } => Some(*status_at + STATUS_EVERY),
             _ => None,
         }
     }
 
-    /// The thread's waker fired. The decider takes the workers' confirmations and status; a worker takes the
+    /// The loop was woken ([`Wake`]). The decider takes the workers' confirmations and status; a worker takes the
     /// newest topology, its new clients, and requests to reload or shut down.
-    pub(crate) fn woken(&mut self, engine: &mut Engine, now: Instant) -> Woken {
-        let mut woken = Woken::default();
+    pub fn woken(&mut self, engine: &mut Engine, now: Instant) -> Woken<S> {
+        let mut woken = Woken { clients: Vec::new(), reload: false, shutdown: false };
         match self {
             Role::Alone => {}
             Role::Decider { shared, told, .. } => {
@@ -226,7 +232,7 @@ impl Role {
     }
 
     /// The decider takes the status each worker reported since (into its engine's status).
-    pub(crate) fn gather_status(&self, engine: &mut Engine) {
+    pub fn gather_status(&self, engine: &mut Engine) {
         let Role::Decider { shared, .. } = self else { return };
         for (index, link) in shared.links.iter().enumerate() {
             if let Some((_, status)) = lock(&link.status).take() {
@@ -237,11 +243,11 @@ impl Role {
 
     /// The decider asks every worker for its status now and waits for the answers (at most [`STATUS_WAIT`]), so
     /// that the status page counts what the clients were just answered.
-    pub(crate) fn fresh_status(&self, engine: &mut Engine) {
+    pub fn fresh_status(&self, engine: &mut Engine) {
         let Role::Decider { shared, .. } = self else { return };
         let round = shared.status_round.fetch_add(1, Ordering::AcqRel) + 1;
         for link in &shared.links {
-            let _ = link.waker.wake();
+            (link.wake)();
         }
         let deadline = Instant::now() + STATUS_WAIT;
         let (mutex, signal) = &shared.status_in;
@@ -260,39 +266,39 @@ impl Role {
 
     /// A reload was applied on the decider: every worker reloads too. On a worker, a client's `PROXY RELOAD` is
     /// passed to the decider, which reloads first. Returns whether this thread reloads itself now.
-    pub(crate) fn reload_requested(&self) -> bool {
+    pub fn reload_requested(&self) -> bool {
         match self {
             Role::Alone | Role::Decider { .. } => true,
             Role::Worker { shared, .. } => {
                 shared.reload_asked.store(true, Ordering::Release);
-                let _ = shared.decider.wake();
+                (shared.decider)();
                 false
             }
         }
     }
 
     /// The decider reloaded: every worker re-reads the file too.
-    pub(crate) fn reloaded(&self) {
+    pub fn reloaded(&self) {
         if let Role::Decider { shared, .. } = self {
             for link in &shared.links {
                 lock(&link.inbox).reload = true;
-                let _ = link.waker.wake();
+                (link.wake)();
             }
         }
     }
 
     /// The decider begins a shutdown: so does every worker.
-    pub(crate) fn shut_down_workers(&self) {
+    pub fn shut_down_workers(&self) {
         if let Role::Decider { shared, .. } = self {
             for link in &shared.links {
                 lock(&link.inbox).shutdown = true;
-                let _ = link.waker.wake();
+                (link.wake)();
             }
         }
     }
 
     /// Whether every worker's loop has ended (always, for the other roles).
-    pub(crate) fn workers_finished(&self) -> bool {
+    pub fn workers_finished(&self) -> bool {
         match self {
             Role::Decider { shared, .. } => shared.finished.load(Ordering::Acquire) == shared.links.len(),
             _ => true,
@@ -300,15 +306,15 @@ impl Role {
     }
 
     /// A worker's loop ended: the decider may finish once every worker's has.
-    pub(crate) fn finished(&self) {
+    pub fn finished(&self) {
         if let Role::Worker { shared, .. } = self {
             shared.finished.fetch_add(1, Ordering::AcqRel);
-            let _ = shared.decider.wake();
+            (shared.decider)();
         }
     }
 
     /// The part a worker engine has of `config`, for a reload (the whole of it otherwise).
-    pub(crate) fn part(&self, config: Config) -> Config {
+    pub fn part(&self, config: Config) -> Config {
         match self {
             Role::Worker { .. } => config.worker_share(),
             _ => config,
@@ -317,17 +323,19 @@ impl Role {
 }
 
 /// Worker `link` puts its status in, answering `round` of the status page's requests.
-fn report_status(shared: &Shared, link: &Link, round: u64, engine: &Engine, now: Instant) {
+fn report_status<S>(shared: &Shared<S>, link: &Link<S>, round: u64, engine: &Engine, now: Instant) {
     *lock(&link.status) = Some((round, engine.status(now)));
     let (mutex, signal) = &shared.status_in;
     let _guard = lock(mutex);
     signal.notify_all();
 }
 
-/// What a worker's waker brought.
-#[derive(Default)]
-pub(crate) struct Woken {
-    pub(crate) clients: Vec<Handoff>,
-    pub(crate) reload: bool,
-    pub(crate) shutdown: bool,
+/// What a wake-up brought.
+pub struct Woken<S> {
+    /// Clients the decider handed over.
+    pub clients: Vec<Handoff<S>>,
+    /// Re-read the configuration file: on a worker, the decider did; on the decider, a worker's client asked.
+    pub reload: bool,
+    /// Begin a shutdown (the decider did).
+    pub shutdown: bool,
 }
