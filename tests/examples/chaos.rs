@@ -208,7 +208,7 @@ fn main() -> ExitCode {
     );
     let fields = format!(r#""check_period": {CHECK_PERIOD_MS}"#);
     // REDIS_PROXY_TEST_WORKERS (see Proxy::start_with_fields) runs the proxy with worker threads.
-    let workers = redis_proxy_tests::test_workers(runtime, &fields).map_or(String::new(), |n| format!(", {n} workers"));
+    let workers = redis_proxy_tests::test_workers(&fields).map_or(String::new(), |n| format!(", {n} workers"));
     println!(
         "chaos: {}{workers} for {seconds} s, seed {seed} (repeat with: -- {seconds} {runtime_name} {seed})",
         runtime.binary_name()

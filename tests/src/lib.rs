@@ -267,13 +267,12 @@ pub fn binary(runtime: Runtime) -> PathBuf {
     binaries_dir().join(runtime.binary_name())
 }
 
-/// The worker threads `REDIS_PROXY_TEST_WORKERS` asks for, where they apply: `redis-proxy` (mio) in `servers`
-/// mode, when the test sets no `workers` of its own.
-pub fn test_workers(runtime: Runtime, fields: &str) -> Option<usize> {
+/// The worker threads `REDIS_PROXY_TEST_WORKERS` asks for, where they apply: `servers` mode, when the test sets no
+/// `workers` of its own.
+pub fn test_workers(fields: &str) -> Option<usize> {
     let workers: usize = std::env::var("REDIS_PROXY_TEST_WORKERS").ok()?.parse().ok()?;
-    let applies = runtime == Runtime::Mio
-        && workers > 1
-        && !["\"sentinel\"", "\"cluster\"", "\"workers\""].iter().any(|field| fields.contains(field));
+    let applies =
+        workers > 1 && !["\"sentinel\"", "\"cluster\"", "\"workers\""].iter().any(|field| fields.contains(field));
     applies.then_some(workers)
 }
 
@@ -310,7 +309,7 @@ impl Proxy {
     pub fn start_with_fields(runtime: Runtime, fields: &str) -> Proxy {
         let port = free_port();
         let dir = scratch_dir(&format!("proxy-{port}"));
-        let workers = test_workers(runtime, fields).map(|n| format!(r#", "workers": {n}"#)).unwrap_or_default();
+        let workers = test_workers(fields).map(|n| format!(r#", "workers": {n}"#)).unwrap_or_default();
         let config = format!(r#"{{{fields}, "listen_port": {port}, "bind_address": "127.0.0.1"{workers}}}"#);
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config).expect("write proxy config");

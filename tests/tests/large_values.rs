@@ -158,7 +158,7 @@ fn clients_that_move_large_values_get_connections_of_their_own() {
         let fields = r#""pool_size": 1, "large_pool_size": 3"#;
         let proxy = Proxy::start(runtime, &[master.port], fields);
         // With worker threads, each keeps one shared connection of its own (4 clients reach every worker).
-        let shared = redis_proxy_tests::test_workers(runtime, fields).unwrap_or(1);
+        let shared = redis_proxy_tests::test_workers(fields).unwrap_or(1);
         let small: Vec<RespConn> = (0..4).map(|_| proxy.connect()).collect();
         for (i, mut conn) in small.into_iter().enumerate() {
             let key = format!("small:{i}");
