@@ -53,12 +53,14 @@
 //! # Which tokio runtime
 //!
 //! Any: the futures are `Send`, so [`Proxy::run`] can be spawned on a multi-thread runtime. The
-//! `redis-proxy-tokio` binary uses a **current-thread** runtime: every byte goes through the one engine task
-//! anyway, so more worker threads add cross-thread wake-ups (futex calls, cache-line traffic) and no parallelism.
-//! On the benchmark machine (2 cores: the load generator on one, servers and proxy on the other) a second worker
-//! would only compete with `redis-server` for its core; measured there (`redis-benchmark -t set,get -n 200000
-//! -c 50`), the default multi-thread runtime spent 4.3-4.6 s of CPU per run against 3.4-3.9 s for current-thread,
-//! with lower throughput.
+//! `redis-proxy-tokio` binary uses a **current-thread** runtime, and with `workers` one more per worker thread:
+//! every byte of a client goes through its one engine task anyway, so a thread pool adds cross-thread wake-ups
+//! (futex calls, cache-line traffic) and no parallelism. Measured on the benchmark machine (2 cores) with one
+//! engine (`redis-benchmark -t set,get -n 200000 -c 50`), the default multi-thread runtime spent 4.3-4.6 s of CPU
+//! per run against 3.4-3.9 s for current-thread, with lower throughput. With two workers (`VARIANTS="tokio:2
+//! tokio-multi:2" bench/workers.sh`, against the `multi_thread` example), a multi-thread runtime of two threads
+//! cost 1.00 µs of proxy CPU per request at `-P 16` against 0.70-0.80 µs for a current-thread runtime per worker,
+//! and carried 1-14 % fewer requests; at `-P 1` neither was ahead (SET 1.16 times the throughput, GET 0.93).
 //!
 //! # Closing and shutdown
 //!
