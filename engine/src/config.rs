@@ -162,7 +162,7 @@ pub struct Config {
     /// Most client connections at once (`max_clients`, default 10000).
     pub max_clients: usize,
     /// Worker threads serving the clients (`workers`, default 1, at most [`MAX_WORKERS`]). Above 1, one more
-    /// engine probes and decides for them ([`crate::Engine::new_decider`]); `servers` mode only for now.
+    /// engine probes and decides for them ([`crate::Engine::new_decider`]); not in cluster mode for now.
     pub workers: usize,
     /// Unanswered requests one client may have in flight before the proxy stops reading it
     /// (`max_pipeline`, default 4096).
@@ -302,9 +302,9 @@ impl Config {
         if workers > MAX_WORKERS as u64 {
             return Err(error(format!("`workers`: at most {MAX_WORKERS}, got {workers}")));
         }
-        if workers > 1 && (map.contains_key("sentinel") || map.contains_key("cluster")) {
+        if workers > 1 && map.contains_key("cluster") {
             return Err(error(
-                "`workers` above 1 is supported with `servers` only for now (not with `sentinel` or `cluster`)"
+                "`workers` above 1 is supported with `servers` and `sentinel` only for now (not with `cluster`)"
                     .to_string(),
             ));
         }
@@ -355,9 +355,11 @@ impl Config {
     /// The configuration of one of `workers` worker engines: the totals (`pool_size`, `large_pool_size`,
     /// `max_clients`, `hold_max_bytes`) shared out among them, rounded down so that together they stay within
     /// them, except that each keeps at least one shared connection per server (and one for large values, if any).
+    /// Without `sentinel`: the decider follows the sentinels, its workers follow the decider.
     pub fn worker_share(&self) -> Config {
         let share = |total: usize, least: usize| (total / self.workers.max(1)).max(least);
         Config {
+            sentinel: None,
             pool_size: share(self.pool_size, 1),
             large_pool_size: share(self.large_pool_size, usize::from(self.large_pool_size > 0)),
             max_clients: share(self.max_clients, 1),
@@ -793,7 +795,13 @@ mod tests {
         assert!(err(r#"{"servers": [{"port": 1}], "workers": 0}"#).contains("`workers`"));
         assert!(err(r#"{"servers": [{"port": 1}], "workers": 65}"#).contains("at most 64"));
         let sentinel = r#"{"sentinel": {"master_name": "m", "sentinels": [{"port": 2}]}, "workers": 2}"#;
-        assert!(err(sentinel).contains("`servers` only"), "{}", err(sentinel));
+        let sentinel = Config::from_json(sentinel).unwrap();
+        assert!(
+            sentinel.sentinel.is_some() && sentinel.worker_share().sentinel.is_none(),
+            "workers follow the decider"
+        );
+        let cluster = r#"{"cluster": {"seeds": [{"port": 2}]}, "workers": 2}"#;
+        assert!(err(cluster).contains("not with `cluster`"), "{}", err(cluster));
         let mut reloaded = config.clone();
         reloaded.workers = 2;
         assert_eq!(config.unchangeable_difference(&reloaded), Some("workers"));

@@ -42,6 +42,8 @@ struct Facts {
     last_ok: Option<Instant>,
     /// Workers judge a late probe by it, as the decider does (reads stay off a server whose probe is late).
     probe_pending_since: Option<Instant>,
+    /// Sentinel mode: whether the sentinels keep reads off it.
+    reads_vetoed: bool,
 }
 
 fn facts(views: &Views) -> Vec<Facts> {
@@ -55,6 +57,7 @@ fn facts(views: &Views) -> Vec<Facts> {
             info_at: v.info_at,
             last_ok: v.last_ok,
             probe_pending_since: v.probe_pending_since,
+            reads_vetoed: v.reads_vetoed,
         })
         .collect()
 }

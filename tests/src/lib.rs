@@ -267,12 +267,11 @@ pub fn binary(runtime: Runtime) -> PathBuf {
     binaries_dir().join(runtime.binary_name())
 }
 
-/// The worker threads `REDIS_PROXY_TEST_WORKERS` asks for, where they apply: `servers` mode, when the test sets no
-/// `workers` of its own.
+/// The worker threads `REDIS_PROXY_TEST_WORKERS` asks for, where they apply: `servers` and `sentinel` mode, when
+/// the test sets no `workers` of its own.
 pub fn test_workers(fields: &str) -> Option<usize> {
     let workers: usize = std::env::var("REDIS_PROXY_TEST_WORKERS").ok()?.parse().ok()?;
-    let applies =
-        workers > 1 && !["\"sentinel\"", "\"cluster\"", "\"workers\""].iter().any(|field| fields.contains(field));
+    let applies = workers > 1 && !["\"cluster\"", "\"workers\""].iter().any(|field| fields.contains(field));
     applies.then_some(workers)
 }
 
@@ -304,7 +303,7 @@ impl Proxy {
     /// Starts a proxy whose config is `fields` (JSON object members, e.g. a `"sentinel"` section) with
     /// `listen_port` chosen here; waits until it answers PING.
     ///
-    /// With `REDIS_PROXY_TEST_WORKERS=N` in the environment, a `redis-proxy` (mio) in `servers` mode runs `N`
+    /// With `REDIS_PROXY_TEST_WORKERS=N` in the environment, a proxy in `servers` or `sentinel` mode runs `N`
     /// worker threads (`"workers": N`) unless the test sets `workers` itself: CI runs the end-to-end suites so too.
     pub fn start_with_fields(runtime: Runtime, fields: &str) -> Proxy {
         let port = free_port();

@@ -4,28 +4,32 @@
 use super::*;
 use crate::publication::{Publisher, Topology};
 
-/// Why an engine of this mode cannot be split into a decider and workers yet.
-const WORKERS_STANDALONE_ONLY: &str = "several workers are supported with `servers` only (not with `sentinel` or \
-                                       `cluster`): set `workers` to 1";
+/// Why an engine in cluster mode cannot be split into a decider and workers yet.
+const WORKERS_NOT_IN_CLUSTER_MODE: &str = "several workers are supported with `servers` and `sentinel` only (not \
+                                           with `cluster`): set `workers` to 1";
 
 impl Engine {
     /// An engine that decides for worker engines: it probes the servers, applies the failover rules and sends
-    /// `REPLICAOF` as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what the workers follow. It
-    /// serves the admin listener; data clients belong on the workers.
+    /// `REPLICAOF` (or follows the sentinels) as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what
+    /// the workers follow. It serves the admin listener; data clients belong on the workers.
     pub fn new_decider(config: Config, now: Instant) -> Result<Engine, String> {
-        if config.sentinel.is_some() || config.cluster.is_some() {
-            return Err(WORKERS_STANDALONE_ONLY.to_string());
+        if config.cluster.is_some() {
+            return Err(WORKERS_NOT_IN_CLUSTER_MODE.to_string());
         }
         let mut engine = Engine::new(config, now);
         engine.publisher = Some(Box::default());
         Ok(engine)
     }
 
-    /// A worker engine: it serves clients as [`Engine::new`] does, but it neither probes nor decides: it routes
-    /// by the `topology` its decider published, and by each later one handed to [`Engine::follow`].
+    /// A worker engine: it serves clients as [`Engine::new`] does, but it neither probes nor decides (nor asks the
+    /// sentinels): it routes by the `topology` its decider published, and by each later one handed to
+    /// [`Engine::follow`]. `config` is the worker's share ([`Config::worker_share`]).
     pub fn new_worker(config: Config, now: Instant, topology: &Topology) -> Result<Engine, String> {
-        if config.sentinel.is_some() || config.cluster.is_some() {
-            return Err(WORKERS_STANDALONE_ONLY.to_string());
+        if config.cluster.is_some() {
+            return Err(WORKERS_NOT_IN_CLUSTER_MODE.to_string());
+        }
+        if config.sentinel.is_some() {
+            return Err("a worker engine follows its decider, not the sentinels: give it `Config::worker_share`".into());
         }
         let mut engine = Engine::new(config, now);
         engine.monitor.make_passive();

@@ -219,3 +219,48 @@ fn a_proxy_cut_off_from_the_majority_stops_writing_to_the_old_master_after_the_b
     let held_and_new = world.take("SET");
     assert!(held_and_new.iter().all(|port| *port == 7001), "{held_and_new:?}");
 }
+
+/// With worker engines: the deciding engine follows the sentinels and its workers follow it. No worker asks a
+/// sentinel anything (the world asserts it), reads stay off the replica the sentinels do not list as healthy on
+/// every worker, and a Sentinel failover moves every worker's writes to the new master without a `REPLICAOF`.
+#[test]
+fn workers_follow_the_sentinels_through_their_decider() {
+    let mut world = World::with_workers(3, 2, ", \"mode\": \"readsToSlaves\", \"read_your_writes\": false");
+    for sentinel in world.sentinels.values_mut() {
+        sentinel.replicas = vec![(7001, "slave", "ok"), (7002, "s_down,slave", "ok")];
+    }
+    world.run(Duration::from_millis(1500));
+    assert_eq!([world.master_port(0), world.master_port(1), world.master_port(2)], [Some(7000); 3]);
+    let clients = [world.client(1), world.client(2)];
+    for client in clients {
+        world.send(client, SET);
+        for _ in 0..3 {
+            world.send(client, GET);
+        }
+    }
+    assert_eq!(world.landings.iter().map(|l| l.proxy).collect::<Vec<_>>(), [1, 1, 1, 1, 2, 2, 2, 2]);
+    assert_eq!(world.take("SET"), [7000, 7000]);
+    assert_eq!(world.take("GET"), [7001; 6], "the workers read only from the replica the sentinels list");
+
+    // Sentinel fails over: 7000 dies, 7001 is promoted, 7002 follows it; a majority names 7001.
+    world.kill(7000);
+    world.set_role(7001, None);
+    world.set_role(7002, Some(7001));
+    for sentinel in world.sentinels.values_mut() {
+        sentinel.master = Some(7001);
+        sentinel.replicas = vec![(7002, "slave", "ok")];
+    }
+    world.publish(26000, "+switch-master", "mymaster 127.0.0.1 7000 127.0.0.1 7001");
+    world.run(Duration::from_millis(1500));
+    assert_eq!([world.master_port(0), world.master_port(1), world.master_port(2)], [Some(7001); 3]);
+    for client in clients {
+        world.send(client, SET);
+        world.send(client, GET);
+    }
+    assert_eq!(world.take("SET"), [7001, 7001]);
+    assert_eq!(world.take("GET"), [7002, 7002]);
+    assert!(world.take("REPLICAOF").is_empty());
+    for proxy in &world.proxies {
+        assert!(!proxy.events.iter().any(|e| matches!(e, Event::ReplicaOfSent { .. })));
+    }
+}

@@ -22,6 +22,10 @@
 //!    windows; and no write ever lands on the server only the lying sentinel names.
 //! 4. After everything heals, every proxy routes to Sentinel's master within [`LIVENESS_MS`] and every write it is
 //!    sent from then on lands there.
+//!
+//! The same schedules run against one proxy made of a deciding engine and [`WORKERS`] workers
+//! ([`World::with_workers`]): the decider is the one that is cut from sentinels, every worker's client writes, and
+//! each worker's writes are held to the proxy's standing.
 
 use super::sentinel_world::{Client, Cut, World, MAJORITY_LOST_AFTER_MS, STEP_MS};
 use crate::testkit::FakeServer;
@@ -31,6 +35,8 @@ use std::time::Duration;
 
 const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
 const PROXIES: usize = 3;
+/// The worker engines of the one proxy of the schedules run with workers.
+const WORKERS: usize = 3;
 const SENTINELS: u16 = 3;
 /// The proxies' `check_period`: how often they ask the sentinels (every 100 ms while a change is under way).
 const CHECK_PERIOD_MS: u64 = 200;
@@ -142,20 +148,44 @@ struct Sim {
     heard: Vec<BTreeMap<u16, (u16, u64)>>,
     /// How many landings were checked.
     checked: usize,
+    /// The proxies are one deciding engine (engine 0) and its workers.
+    workers: bool,
 }
 
 impl Sim {
-    fn new(liar: bool) -> Sim {
+    fn new(liar: bool, workers: bool) -> Sim {
         let extra = format!(", \"check_period\": {CHECK_PERIOD_MS}, \"hold_ms\": 2000");
-        let mut world = World::new(PROXIES, SENTINELS as usize, &extra);
+        let mut world = match workers {
+            true => World::with_workers(SENTINELS as usize, WORKERS, &extra),
+            false => World::new(PROXIES, SENTINELS as usize, &extra),
+        };
         if liar {
             world.servers.insert(LIAR_MASTER, FakeServer::master(LIAR_MASTER));
             world.sentinels.get_mut(&LIAR).unwrap().master = Some(LIAR_MASTER);
         }
-        let clients = (0..PROXIES).map(|proxy| world.client(proxy)).collect();
+        let (proxies, serving) = match workers {
+            true => (1, 1..WORKERS + 1),
+            false => (PROXIES, 0..PROXIES),
+        };
+        let clients = serving.map(|engine| world.client(engine)).collect();
         // At the start no proxy has heard anything: they may route only once they hear the majority.
-        let standings = vec![Standing::Hears { excused_until: REGAIN_MS }; PROXIES];
-        Sim { world, clients, master: 7000, liar, standings, heard: vec![BTreeMap::new(); PROXIES], checked: 0 }
+        let standings = vec![Standing::Hears { excused_until: REGAIN_MS }; proxies];
+        let heard = vec![BTreeMap::new(); proxies];
+        Sim { world, clients, master: 7000, liar, standings, heard, checked: 0, workers }
+    }
+
+    /// How many proxies there are: with workers, one.
+    fn proxies(&self) -> usize {
+        self.standings.len()
+    }
+
+    /// The proxy engine `engine` belongs to (with workers, the decider's: 0).
+    fn proxy_of(&self, engine: usize) -> usize {
+        if self.workers {
+            0
+        } else {
+            engine
+        }
     }
 
     fn honest(&self, sentinel: u16) -> bool {
@@ -175,7 +205,7 @@ impl Sim {
     /// Notes which server each sentinel a proxy reaches names now.
     fn note_heard(&mut self) {
         let now = self.world.clock.ms();
-        for proxy in 0..PROXIES {
+        for proxy in 0..self.proxies() {
             for (port, sentinel) in &self.world.sentinels {
                 if let Some(named) = sentinel.master.filter(|_| self.world.reaches(proxy, *port)) {
                     self.heard[proxy].insert(*port, (named, now));
@@ -189,7 +219,7 @@ impl Sim {
     fn update(&mut self, switched: bool, healed: &[usize]) {
         let now = self.world.clock.ms();
         self.note_heard();
-        for proxy in 0..PROXIES {
+        for proxy in 0..self.proxies() {
             let hears = self.hears(proxy);
             // The bound from the last moment by which it had heard two sentinels naming the master.
             let mut times: Vec<u64> =
@@ -221,7 +251,7 @@ impl Sim {
         for landing in &self.world.landings[self.checked..] {
             let (at, port, proxy) = (landing.at, landing.port, landing.proxy);
             prop_assert_ne!(port, LIAR_MASTER, "proxy {} wrote to the liar's master at {} ms", proxy, at);
-            let ok = match self.standings[proxy] {
+            let ok = match self.standings[self.proxy_of(proxy)] {
                 Standing::Hears { excused_until } => port == self.master || at <= excused_until,
                 Standing::Lost { excused_until } => at <= excused_until,
             };
@@ -296,11 +326,13 @@ impl Sim {
                 }
             }
             Step::Cut { proxy, sentinel, how } => {
+                let proxy = self.proxy_of(proxy);
                 for port in sentinel.map_or(26000..26000 + SENTINELS, |s| s..s + 1) {
                     self.world.cut(proxy, port, how);
                 }
             }
             Step::Heal { proxy, sentinel } => {
+                let proxy = self.proxy_of(proxy);
                 for port in sentinel.map_or(26000..26000 + SENTINELS, |s| s..s + 1) {
                     self.world.heal(proxy, port);
                 }
@@ -339,7 +371,7 @@ impl Sim {
 
     /// Heals everything (the liar goes on lying) and checks invariant 4.
     fn heal_and_check_liveness(&mut self) -> Result<(), TestCaseError> {
-        for proxy in 0..PROXIES {
+        for proxy in 0..self.proxies() {
             for port in 26000..26000 + SENTINELS {
                 self.world.heal(proxy, port);
             }
@@ -347,18 +379,19 @@ impl Sim {
         self.catch_up();
         self.world.set_role(self.master, None);
         self.demote();
-        self.update(false, &(0..PROXIES).collect::<Vec<_>>());
+        self.update(false, &(0..self.proxies()).collect::<Vec<_>>());
         self.wait(LIVENESS_MS)?;
-        for proxy in 0..PROXIES {
-            prop_assert_eq!(self.world.master_port(proxy), Some(self.master), "proxy {}", proxy);
+        for engine in 0..self.world.proxies.len() {
+            prop_assert_eq!(self.world.master_port(engine), Some(self.master), "engine {}", engine);
         }
         let from = self.world.landings.len();
         self.wait(10 * WRITE_EVERY_MS)?;
-        for proxy in 0..PROXIES {
+        for client in &self.clients {
+            let engine = client.engine();
             let writes: Vec<u16> =
-                self.world.landings[from..].iter().filter(|l| l.proxy == proxy).map(|l| l.port).collect();
-            prop_assert!(writes.len() >= 10, "proxy {} landed {:?}", proxy, writes);
-            prop_assert!(writes.iter().all(|port| *port == self.master), "proxy {} landed {:?}", proxy, writes);
+                self.world.landings[from..].iter().filter(|l| l.proxy == engine).map(|l| l.port).collect();
+            prop_assert!(writes.len() >= 10, "engine {} landed {:?}", engine, writes);
+            prop_assert!(writes.iter().all(|port| *port == self.master), "engine {} landed {:?}", engine, writes);
         }
         Ok(())
     }
@@ -370,8 +403,8 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(128)
 }
 
-fn run_schedule(steps: &[Step], liar: bool) -> Result<(), TestCaseError> {
-    let mut sim = Sim::new(liar);
+fn run_schedule(steps: &[Step], liar: bool, workers: bool) -> Result<(), TestCaseError> {
+    let mut sim = Sim::new(liar, workers);
     sim.wait(500)?;
     for &step in steps {
         sim.apply(step)?;
@@ -388,7 +421,16 @@ proptest! {
         steps in proptest::collection::vec(step(), 1..30),
         liar in any::<bool>(),
     ) {
-        run_schedule(&steps, liar)?;
+        run_schedule(&steps, liar, false)?;
+    }
+
+    /// The same, against one proxy of a deciding engine and its workers.
+    #[test]
+    fn a_decider_following_sentinel_keeps_its_workers_within_the_same_bounds(
+        steps in proptest::collection::vec(step(), 1..30),
+        liar in any::<bool>(),
+    ) {
+        run_schedule(&steps, liar, true)?;
     }
 }
 
@@ -407,5 +449,5 @@ fn regression_a_lagging_sentinels_answer_counts_once_sentinel_fails_over_to_the_
         Step::Failover { to: 7000, old_stays_up: false, lagging: None, promoted: false },
         Step::Wait(2870),
     ];
-    run_schedule(&steps, false).unwrap();
+    run_schedule(&steps, false, false).unwrap();
 }

@@ -9,9 +9,13 @@
 //! Each proxy's engine is driven by a [`Driver`], as the simulation drives its engines: the driver keeps the
 //! engine's read buffers and a copy of the world's one [`FakeClock`], brought to the world's time before every
 //! call ([`World::driver`]); this module adds only the network.
+//!
+//! [`World::with_workers`] makes the engines one proxy instead: engine 0 decides (it follows the sentinels) and the
+//! others are its workers, each publication carried to them and their confirmations back as soon as the engines
+//! settle. A worker never connects to a sentinel.
 
 use crate::testkit::{Driver, FakeClock, FakeServer};
-use crate::{Action, Config, ConnId, Event, ServerAddress};
+use crate::{Action, Config, ConnId, Engine, Event, ServerAddress};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -59,6 +63,13 @@ pub(crate) struct Client {
     conn: ConnId,
 }
 
+impl Client {
+    /// The engine it is connected to.
+    pub(crate) fn engine(&self) -> usize {
+        self.proxy
+    }
+}
+
 /// A data request (anything but the probe's) a server received.
 #[derive(Clone, Debug)]
 pub(crate) struct Landing {
@@ -100,20 +111,48 @@ pub(crate) struct World {
     pub(crate) proxies: Vec<Proxy>,
     /// Every data request the servers received, in order.
     pub(crate) landings: Vec<Landing>,
+    /// How many of the engines are workers of engine 0 (0: every engine is a proxy of its own).
+    workers: usize,
+    /// The least epoch the workers confirmed that engine 0 was told of.
+    told_decider: u64,
 }
 
 impl World {
     /// `proxies` engines configured with `sentinels` sentinels (and `extra` settings); three servers (7000 master,
     /// 7001 and 7002 its replicas) and every sentinel naming 7000.
     pub(crate) fn new(proxies: usize, sentinels: usize, extra: &str) -> World {
+        let (config, clock) = Self::config(sentinels, extra);
+        let drivers = (0..proxies).map(|_| Driver::with_clock(config.clone(), clock)).collect();
+        Self::with_drivers(drivers, sentinels, clock, 0)
+    }
+
+    /// One proxy with `sentinels` sentinels (and `extra` settings): engine 0 decides, engines 1 to `workers` are
+    /// its workers. The servers and sentinels are as in [`World::new`].
+    pub(crate) fn with_workers(sentinels: usize, workers: usize, extra: &str) -> World {
+        let (config, clock) = Self::config(sentinels, extra);
+        let mut decider = Engine::new_decider(config.clone(), clock.now()).expect("a deciding engine");
+        let first = decider.poll_topology().expect("a first publication");
+        let mut drivers = vec![Driver::with_engine(decider, config.clone(), clock)];
+        for _ in 0..workers {
+            let worker = Engine::new_worker(config.worker_share(), clock.now(), &first).expect("a worker engine");
+            drivers.push(Driver::with_engine(worker, config.worker_share(), clock));
+        }
+        Self::with_drivers(drivers, sentinels, clock, workers)
+    }
+
+    /// The configuration of `sentinels` sentinels and `extra` settings, and the world's clock.
+    fn config(sentinels: usize, extra: &str) -> (Config, FakeClock) {
         let list: Vec<String> =
             (0..sentinels).map(|i| format!("{{\"host\": \"127.0.0.1\", \"port\": {}}}", 26000 + i)).collect();
         let text = format!(
             "{{\"sentinel\": {{\"sentinels\": [{}], \"master_name\": \"mymaster\", \"majority_lost_after\": {MAJORITY_LOST_AFTER_MS}}}{extra}}}",
             list.join(",")
         );
-        let config = Config::from_json(&text).unwrap();
-        let clock = FakeClock::new();
+        (Config::from_json(&text).unwrap(), FakeClock::new())
+    }
+
+    /// The world of the engines `drivers` drive (`workers` of them workers of the first).
+    fn with_drivers(drivers: Vec<Driver>, sentinels: usize, clock: FakeClock, workers: usize) -> World {
         let mut servers = BTreeMap::new();
         servers.insert(7000, FakeServer::master(7000));
         servers.insert(7001, FakeServer::replica_of(7001, &addr(7000)));
@@ -124,9 +163,10 @@ impl World {
                 (26000 + i as u16, FakeSentinel { host: "127.0.0.1", master: Some(7000), replicas, up: true })
             })
             .collect();
-        let proxies = (0..proxies)
-            .map(|_| Proxy {
-                driver: Driver::with_clock(config.clone(), clock),
+        let proxies = drivers
+            .into_iter()
+            .map(|driver| Proxy {
+                driver,
                 peers: BTreeMap::new(),
                 subscribers: BTreeMap::new(),
                 received: BTreeMap::new(),
@@ -137,14 +177,46 @@ impl World {
                 removed: BTreeSet::new(),
             })
             .collect();
-        World { clock, servers, down: Vec::new(), sentinels, proxies, landings: Vec::new() }
+        World { clock, servers, down: Vec::new(), sentinels, proxies, landings: Vec::new(), workers, told_decider: 0 }
     }
 
-    /// Performs what every engine asks until none asks anything more.
+    /// Performs what every engine asks until none asks anything more, carrying the decider's publications to its
+    /// workers and their confirmations back.
     pub(crate) fn settle(&mut self) {
-        for proxy in 0..self.proxies.len() {
-            self.settle_proxy(proxy);
+        for _ in 0..100 {
+            for proxy in 0..self.proxies.len() {
+                self.settle_proxy(proxy);
+            }
+            if !self.carry_topology() {
+                return;
+            }
         }
+        panic!("the decider and its workers never settled");
+    }
+
+    /// With workers: hands them the decider's newest publication and the decider their least confirmation, if
+    /// either is new. Returns whether one was.
+    fn carry_topology(&mut self) -> bool {
+        if self.workers == 0 {
+            return false;
+        }
+        let mut newest = None;
+        while let Some(topology) = self.proxies[0].driver.engine.poll_topology() {
+            newest = Some(topology);
+        }
+        let now = self.clock.now();
+        if let Some(topology) = &newest {
+            for worker in 1..=self.workers {
+                self.driver(worker).engine.follow(now, topology);
+            }
+        }
+        let least = (1..=self.workers).map(|w| self.proxies[w].driver.engine.confirmed_epoch()).min().unwrap_or(0);
+        let told = least > self.told_decider;
+        if told {
+            self.told_decider = least;
+            self.driver(0).engine.workers_confirmed(now, least);
+        }
+        newest.is_some() || told
     }
 
     /// Performs what engine `proxy` asks until it asks nothing more (what it asks touches only its own
@@ -185,6 +257,8 @@ impl World {
             Action::Connect { conn, address } => {
                 let port = address.port;
                 assert!(!self.proxies[proxy].removed.contains(&port), "proxy {proxy} connects to removed {address}");
+                let worker = self.workers > 0 && proxy > 0;
+                assert!(!(worker && port >= 26000), "worker engine {proxy} connects to the sentinel {address}");
                 let cut = self.proxies[proxy].cuts.get(&port).copied();
                 let (peer, up) = if port >= 26000 {
                     (Peer::Sentinel(port), self.sentinels.get(&port).is_some_and(|s| s.up))
@@ -272,8 +346,8 @@ impl World {
             let now = self.clock.advance(Duration::from_millis(STEP_MS));
             for proxy in 0..self.proxies.len() {
                 self.proxies[proxy].driver.advance_to(now);
-                self.settle_proxy(proxy);
             }
+            self.settle();
         }
     }
 
