@@ -1124,7 +1124,12 @@ fn watch_guards_a_transaction_on_its_keys_primary_and_a_moved_slot_fails_it_safe
         assert_eq!(done, Reply::Array(Some(vec![status("OK")])), "{runtime:?}");
         assert_eq!(RespConn::connect(to).call(&[b"GET", b"{w}k"]), bulk(b"5"));
         // Optimistic locking under contention: 4 redis-crate clients each add 25 to one counter with
-        // redis::transaction (WATCH, GET, MULTI, SET, EXEC, again on a null EXEC): no increment is lost.
+        // redis::transaction (WATCH, GET, MULTI, SET, EXEC, again on a null EXEC): no increment is lost. The slot
+        // moves once more first, behind the proxy's back, so that their first WATCHes meet MOVED: each client's
+        // retry must then go to the new owner (it once went on retrying on the old one's connection forever).
+        let owner = cluster.owner_of_slot(slot);
+        let to = cluster.primaries().into_iter().find(|p| *p != owner).expect("another primary");
+        assert_eq!(cluster.reshard_slot(slot, owner, to), to);
         let workers: Vec<JoinHandle<u64>> = (0..4)
             .map(|_| {
                 let mut client = proxy.client();

@@ -62,8 +62,23 @@ impl Engine {
             }
         };
         self.out.counters.request(Target::Proxy, Class::of(held.spec));
-        self.clients.reply_local(conn, reply, &mut self.out);
+        if command == Some("discard") {
+            self.reply_ending_watch(conn, reply);
+        } else {
+            self.clients.reply_local(conn, reply, &mut self.out);
+        }
         true
+    }
+
+    /// Answers `conn` here as its `WATCH` ends (`UNWATCH`, `RESET`, `DISCARD`, or an `EXEC` the proxy answers
+    /// itself), and hands its private connection back if no reply is awaited any more: no reply from a server
+    /// may come to do it ([`Engine::deliver`]), and the client's next `WATCH` must go where the map says now, not
+    /// to the node the last one met a redirection on.
+    fn reply_ending_watch(&mut self, conn: ConnId, reply: Bytes) {
+        self.clients.reply_local(conn, reply, &mut self.out);
+        if let Some(private) = self.clients.settle(conn) {
+            self.pool.release_private(private, false, &mut self.out);
+        }
     }
 
     /// `EXEC`: the transaction goes whole to its slot's primary (false: none can be used now, and the transaction
@@ -119,7 +134,7 @@ impl Engine {
                 }
             }
             let reply = if spec.name == "reset" { "RESET" } else { "OK" };
-            self.clients.reply_local(conn, resp::simple_reply(reply), &mut self.out);
+            self.reply_ending_watch(conn, resp::simple_reply(reply));
             return true;
         }
         let slot = match key_slots::key_slots(&held.request, spec) {
@@ -179,12 +194,12 @@ impl Engine {
         let watch = cluster.transactions.unwatch(conn);
         let (data, queued) = match cluster.transactions.exec(conn) {
             Batch::NoTransaction => {
-                self.clients.reply_local(conn, resp::error_reply("ERR EXEC without MULTI"), &mut self.out);
+                self.reply_ending_watch(conn, resp::error_reply("ERR EXEC without MULTI"));
                 return true;
             }
             Batch::Aborted => {
                 let error = resp::error_reply("EXECABORT Transaction discarded because of previous errors.");
-                self.clients.reply_local(conn, error, &mut self.out);
+                self.reply_ending_watch(conn, error);
                 return true;
             }
             Batch::Empty => (Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n"), 0),
@@ -192,7 +207,7 @@ impl Engine {
         };
         self.out.counters.request(Target::Master, Class::Other);
         let (Some(backend), Some(false)) = (state.private, watch.map(|w| w.doomed)) else {
-            self.clients.reply_local(conn, null_reply(held.resp3), &mut self.out);
+            self.reply_ending_watch(conn, null_reply(held.resp3));
             return true;
         };
         let Some(seq) = self.clients.reserve_slot(conn) else { return true };

@@ -443,3 +443,57 @@ fn replies_in_go_out_at_once_when_a_request_of_their_read_waits_to_be_sent_again
         assert_eq!(&to_client(&out, client)[..], b"$1\r\nd\r\n$1\r\nu\r\n", "the rest follows once node 1 answers");
     }
 }
+
+/// Found with the real cluster: four clients retrying a watched transaction (`WATCH`, `GET`, then `MULTI`, `SET`,
+/// `EXEC` in one write, again after a null `EXEC`, as `redis::transaction` does) while the proxy's map is stale
+/// for their slot. The first `WATCH` of each meets `MOVED` (its transaction is doomed: `EXEC` answers null), and
+/// the private connection it was sent on led to the old owner. Every retry went there again, forever: the
+/// doomed `EXEC` was answered by the proxy itself, so the connection was never handed back. Each client's
+/// second try must run.
+#[test]
+fn watched_transactions_retried_against_a_stale_map_run_on_the_second_try() {
+    let (mut world, mut kit) = started();
+    let key = "{w}counter";
+    let slot = usize::from(key_slot(key.as_bytes()));
+    let owner = world.owners[slot];
+    let other = (owner + 1) % 3;
+    world.owners[slot] = other;
+    world.nodes[other].epoch = 10;
+    let clients: Vec<ConnId> = (0..4).map(|_| kit.accept()).collect();
+    let mut pipe = request(&["MULTI"]);
+    pipe.extend(request(&["SET", key, "v"]));
+    pipe.extend(request(&["EXEC"]));
+    for round in 0..6 {
+        if round == 3 {
+            // The slot moves on while the clients retry.
+            world.owners[slot] = owner;
+            world.nodes[owner].epoch = 20;
+        }
+        let mut got: std::collections::BTreeMap<ConnId, Vec<u8>> = Default::default();
+        for step in 0..3 {
+            for &client in &clients {
+                match step {
+                    0 => kit.feed(client, &request(&["WATCH", key])),
+                    1 => kit.feed(client, &request(&["GET", key])),
+                    _ => kit.feed(client, &pipe),
+                }
+            }
+            let actions = kit.drain();
+            let mut out = world.run(&mut kit, actions);
+            out.extend(world.settle(&mut kit, 1));
+            for &client in &clients {
+                got.entry(client).or_default().extend_from_slice(&to_client(&out, client));
+            }
+        }
+        for &client in &clients {
+            let replies = String::from_utf8_lossy(&got[&client]).into_owned();
+            assert!(
+                replies.starts_with("+OK\r\n$") && replies.contains("+QUEUED\r\n"),
+                "{round}, {client}: {replies:?}"
+            );
+            // The first try of each round after the slot moved is doomed (null); every other one runs.
+            let doomed = round == 0 || round == 3;
+            assert_eq!(replies.ends_with("*-1\r\n"), doomed, "round {round}, client {client}: {replies:?}");
+        }
+    }
+}

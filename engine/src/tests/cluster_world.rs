@@ -90,6 +90,10 @@ pub(crate) struct ClusterWorld {
     pub(crate) stage: Stage,
     /// Per connection: its node, what arrived and is not a whole request yet, and whether `ASKING` came before.
     conns: BTreeMap<ConnId, (usize, Vec<u8>, bool)>,
+    /// Connections inside `MULTI`: the replies their queued commands will give at `EXEC` (the model runs each
+    /// command when it is queued; nothing else runs in between here), and whether one was refused (a redirection:
+    /// `EXEC` then answers `EXECABORT`, as Redis does).
+    multi: BTreeMap<ConnId, (Vec<Vec<u8>>, bool)>,
     /// What each node's command counts reached, by upper-case command name.
     pub(crate) calls: BTreeMap<(usize, String), u64>,
     /// How long a request takes to reach a node, and its reply the engine (zero: at once, within
@@ -149,6 +153,7 @@ impl ClusterWorld {
             migration: None,
             stage: Stage::default(),
             conns: BTreeMap::new(),
+            multi: BTreeMap::new(),
             calls: BTreeMap::new(),
             latency: Duration::ZERO,
             wire: Vec::new(),
@@ -343,6 +348,8 @@ impl ClusterWorld {
         self.executed += 1;
         match name.as_str() {
             "GET" => self.nodes[node].keys.get(first).map_or(b"$-1\r\n".to_vec(), |v| bulk(v)),
+            // Which keys are watched is not modelled: a watched transaction always runs.
+            "WATCH" => b"+OK\r\n".to_vec(),
             "SET" => {
                 self.nodes[node].keys.insert(args[1].clone(), args[2].clone());
                 self.log_write(node, slot, asking, &args[1], Some(args[2].clone()));
@@ -399,6 +406,30 @@ impl ClusterWorld {
                 b"SSUBSCRIBE" | b"SUNSUBSCRIBE" => {
                     *self.calls.entry((node, String::from_utf8_lossy(&args[0]).to_uppercase())).or_default() += 1;
                     self.shard_subscription(conn, node, &args)
+                }
+                b"MULTI" => {
+                    self.multi.insert(conn, (Vec::new(), false));
+                    b"+OK\r\n".to_vec()
+                }
+                b"EXEC" => match self.multi.remove(&conn) {
+                    Some((_, true)) => b"-EXECABORT Transaction discarded because of previous errors.\r\n".to_vec(),
+                    Some((replies, false)) => {
+                        let mut out = format!("*{}\r\n", replies.len()).into_bytes();
+                        replies.into_iter().for_each(|r| out.extend(r));
+                        out
+                    }
+                    None => b"-ERR EXEC without MULTI\r\n".to_vec(),
+                },
+                _ if self.multi.contains_key(&conn) => {
+                    let reply = self.answer(node, &args, asking);
+                    let queue = self.multi.entry(conn).or_default();
+                    if reply.starts_with(b"-") {
+                        queue.1 = true;
+                        reply
+                    } else {
+                        queue.0.push(reply);
+                        b"+QUEUED\r\n".to_vec()
+                    }
                 }
                 _ => self.answer(node, &args, asking),
             };
