@@ -10,6 +10,10 @@
 //! A map is refused when the node that sent it does not see a working cluster (`cluster_state` other than `ok`:
 //! it may be in a minority partition), once a map is held; or when it gives a slot to a primary with a lower
 //! config epoch than the map held does (the node has not heard of a failover or migration yet).
+//!
+//! A worker engine's cluster is *passive* (`workers` above 1): it never reads the map from the nodes. It adopts
+//! the map its deciding engine publishes ([`MapPublication`]), fixes a slot on a `MOVED` as any engine does, and
+//! passes on its wish for a refresh ([`Cluster::take_refresh_wanted`]) for the decider to carry out.
 
 use crate::address::ServerAddress;
 use crate::cluster_config::ClusterConfig;
@@ -43,6 +47,16 @@ struct Asking {
     since: Instant,
     /// What its `CLUSTER INFO` said, once it answered.
     state_ok: Option<bool>,
+}
+
+/// The map a deciding engine hands its workers with a topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MapPublication {
+    pub(crate) map: SlotMap,
+    /// The decider's count of changes to the map, and of maps read: a worker adopts a publication that differs
+    /// from the last one it adopted in either (so a slot it fixed itself after a `MOVED` stays fixed until then).
+    pub(crate) version: (u64, u64),
+    pub(crate) accepted: Option<(Instant, ServerAddress)>,
 }
 
 /// What became of a map a node sent.
@@ -92,6 +106,10 @@ pub(crate) struct Cluster {
     pub(crate) subscriptions: Subscriptions,
     /// The shard channels each client follows, and the connections they are followed on.
     pub(crate) shard_subscriptions: ShardSubscriptions,
+    /// A worker's: the map comes from the decider (see the module documentation).
+    passive: bool,
+    /// The version of the last publication adopted (passive only).
+    adopted: (u64, u64),
 }
 
 impl Cluster {
@@ -119,7 +137,47 @@ impl Cluster {
             writes: Writes::default(),
             subscriptions: Subscriptions::default(),
             shard_subscriptions: ShardSubscriptions::default(),
+            passive: false,
+            adopted: (0, 0),
         }
+    }
+
+    /// Makes this a worker's cluster: it reads no map itself from now on (its decider has read the first).
+    pub(crate) fn make_passive(&mut self) {
+        self.passive = true;
+        self.wanted = false;
+    }
+
+    /// What a deciding engine publishes of its map.
+    pub(crate) fn publication(&self) -> MapPublication {
+        MapPublication { map: self.map.clone(), version: self.version(), accepted: self.accepted.clone() }
+    }
+
+    /// The map's version for [`MapPublication`]: its changes, and the maps read.
+    pub(crate) fn version(&self) -> (u64, u64) {
+        (self.map_version, self.accepted_count)
+    }
+
+    /// A worker adopts its decider's map, unless it adopted that version already. Returns whether the slots'
+    /// owners changed.
+    pub(crate) fn adopt(&mut self, published: &MapPublication) -> bool {
+        if published.version == self.adopted {
+            return false;
+        }
+        self.adopted = published.version;
+        let changed = published.map != self.map;
+        if changed {
+            self.map_version += 1;
+            self.map.clone_from(&published.map);
+        }
+        self.accepted_count += 1;
+        self.accepted.clone_from(&published.accepted);
+        changed
+    }
+
+    /// A worker's wish for a fresh map since it was last taken, for its decider to read one.
+    pub(crate) fn take_refresh_wanted(&mut self) -> bool {
+        self.passive && std::mem::take(&mut self.wanted)
     }
 
     /// Whether `server` leads a shard in the map held.
@@ -216,6 +274,9 @@ impl Cluster {
     /// shard has no usable primary, or a switchover the proxy asked for is under way, so that a promotion is seen
     /// within [`REFRESH_GAP`] of the cluster making it.
     pub(crate) fn tick(&mut self, now: Instant, views: &Views) {
+        if self.passive {
+            return;
+        }
         if self.asking.is_some_and(|a| now.saturating_duration_since(a.since) >= self.refresh_timeout) {
             self.asking = None;
             self.wanted = true;
@@ -257,6 +318,7 @@ impl Cluster {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let refresh = match self.asking {
             Some(asking) => Some(asking.since + self.refresh_timeout),
+            None if self.passive => None,
             None => self.next_refresh(),
         };
         let switchover = self.switchover.as_ref().map(Switchover::deadline);

@@ -162,7 +162,7 @@ pub struct Config {
     /// Most client connections at once (`max_clients`, default 10000).
     pub max_clients: usize,
     /// Worker threads serving the clients (`workers`, default 1, at most [`MAX_WORKERS`]). Above 1, one more
-    /// engine probes and decides for them ([`crate::Engine::new_decider`]); not in cluster mode for now.
+    /// engine probes and decides for them ([`crate::Engine::new_decider`]).
     pub workers: usize,
     /// Unanswered requests one client may have in flight before the proxy stops reading it
     /// (`max_pipeline`, default 4096).
@@ -301,12 +301,6 @@ impl Config {
         let workers = get_u64(&map, "workers", 1, 1)?;
         if workers > MAX_WORKERS as u64 {
             return Err(error(format!("`workers`: at most {MAX_WORKERS}, got {workers}")));
-        }
-        if workers > 1 && map.contains_key("cluster") {
-            return Err(error(
-                "`workers` above 1 is supported with `servers` and `sentinel` only for now (not with `cluster`)"
-                    .to_string(),
-            ));
         }
         let workers = workers as usize;
         let defaults = Limits::default();
@@ -801,7 +795,8 @@ mod tests {
             "workers follow the decider"
         );
         let cluster = r#"{"cluster": {"seeds": [{"port": 2}]}, "workers": 2}"#;
-        assert!(err(cluster).contains("not with `cluster`"), "{}", err(cluster));
+        let cluster = Config::from_json(cluster).unwrap();
+        assert!(cluster.worker_share().cluster.is_some(), "a worker routes by the slots");
         let mut reloaded = config.clone();
         reloaded.workers = 2;
         assert_eq!(config.unchangeable_difference(&reloaded), Some("workers"));

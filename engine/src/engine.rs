@@ -225,11 +225,11 @@ impl Engine {
             held: self.clients.held_stats(),
         };
         let mut snapshot = self.history.snapshot_into(now, gathered, &self.out.counters);
+        snapshot.cluster = cluster;
         for worker in self.workers_status.iter().flatten() {
             snapshot.add_worker(worker);
         }
         snapshot.trend = self.trend.samples(now);
-        snapshot.cluster = cluster;
         snapshot
     }
 

@@ -2,18 +2,21 @@
 //! threads, the [`Publisher`] that numbers it and holds a new master back until every worker has let go of the
 //! old one, and the [`Following`] a worker keeps of what it applied and may confirm.
 //!
-//! The decider probes, applies the failover rules and sends `REPLICAOF`; workers only route. A worker confirms an
+//! The decider probes, applies the failover rules and sends `REPLICAOF` (or follows the sentinels, or reads the
+//! cluster's slot map); workers only route. A worker confirms an
 //! epoch once it has applied it and, if that epoch took its master away, once none of its requests is still in
 //! flight to the old master. The decider publishes a different master only after every worker confirmed the
 //! epoch that took the old one away, and a planned switchover reads the offsets only after that too: so no worker
 //! writes to an old master after any worker has written to the new one.
 
+use crate::cluster::{Cluster, MapPublication};
 use crate::server_id::ServerId;
 use crate::topology::{Health, Views};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The servers as the deciding engine sees them, for the worker engines: every server's view, the master writes
-/// go to, and whether a planned switchover holds writes. Each publication has a greater epoch. Immutable once
+/// go to, whether a planned switchover holds writes, and in cluster mode the slot map. Each publication has a greater epoch. Immutable once
 /// published: share it between threads in an `Arc`.
 #[derive(Clone, Debug)]
 pub struct Topology {
@@ -22,6 +25,8 @@ pub struct Topology {
     pub(crate) master: Option<ServerId>,
     /// A planned switchover holds writes away from this master: its requests in flight run to the end.
     pub(crate) switching_from: Option<ServerId>,
+    /// Cluster mode: the slot map.
+    pub(crate) cluster: Option<Arc<MapPublication>>,
 }
 
 impl Topology {
@@ -73,6 +78,8 @@ pub(crate) struct Publisher {
     last_master: Option<ServerId>,
     published_switching: Option<ServerId>,
     published_facts: Vec<Facts>,
+    /// The version of the slot map published last (cluster mode).
+    published_map: Option<(u64, u64)>,
     /// The epoch that took the last master away: every worker confirms it before another master is published.
     barrier: u64,
     /// The greatest epoch every worker has confirmed.
@@ -90,6 +97,7 @@ impl Publisher {
         views: &Views,
         master: Option<ServerId>,
         switching_from: Option<ServerId>,
+        cluster: Option<&Cluster>,
     ) -> Option<Topology> {
         let master = match (self.published_master, master) {
             (Some(old), Some(new)) if old != new => None,
@@ -97,8 +105,10 @@ impl Publisher {
             (_, wanted) => wanted,
         };
         let facts = facts(views);
+        let map_version = cluster.map(Cluster::version);
         let same = master == self.published_master
             && switching_from == self.published_switching
+            && map_version == self.published_map
             && facts == self.published_facts;
         if self.epoch > 0 && same {
             return None;
@@ -113,7 +123,10 @@ impl Publisher {
         }
         self.published_switching = switching_from;
         self.published_facts = facts;
-        Some(Topology { epoch: self.epoch, views: views.clone(), master, switching_from })
+        self.published_map = map_version;
+        // The map is copied only when published (not on every input the decider takes).
+        let cluster = cluster.map(|c| Arc::new(c.publication()));
+        Some(Topology { epoch: self.epoch, views: views.clone(), master, switching_from, cluster })
     }
 
     /// Every worker has confirmed `epoch` (the least of their confirmations).
@@ -214,28 +227,28 @@ mod tests {
     fn publishes_only_what_changed() {
         let (mut views, ids) = views(2);
         let mut publisher = Publisher::default();
-        let first = publisher.next(&views, Some(ids[0]), None).expect("the first is always published");
+        let first = publisher.next(&views, Some(ids[0]), None, None).expect("the first is always published");
         assert_eq!((first.epoch(), first.master), (1, Some(ids[0])));
-        assert!(publisher.next(&views, Some(ids[0]), None).is_none());
+        assert!(publisher.next(&views, Some(ids[0]), None, None).is_none());
         views.get_mut(ids[1]).expect("watched").health = Health::Down;
-        assert_eq!(publisher.next(&views, Some(ids[0]), None).map(|t| t.epoch()), Some(2));
+        assert_eq!(publisher.next(&views, Some(ids[0]), None, None).map(|t| t.epoch()), Some(2));
     }
 
     #[test]
     fn a_new_master_waits_until_every_worker_let_go_of_the_old_one() {
         let (views, ids) = views(2);
         let mut publisher = Publisher::default();
-        let _ = publisher.next(&views, Some(ids[0]), None);
+        let _ = publisher.next(&views, Some(ids[0]), None, None);
         publisher.confirmed(1);
-        let away = publisher.next(&views, Some(ids[1]), None).expect("the old master is taken away first");
+        let away = publisher.next(&views, Some(ids[1]), None, None).expect("the old master is taken away first");
         assert_eq!((away.epoch(), away.master), (2, None));
         assert!(publisher.letting_go());
-        assert!(publisher.next(&views, Some(ids[1]), None).is_none(), "nothing new until the workers confirm");
+        assert!(publisher.next(&views, Some(ids[1]), None, None).is_none(), "nothing new until the workers confirm");
         publisher.confirmed(1);
-        assert!(publisher.next(&views, Some(ids[1]), None).is_none(), "an older confirmation is not enough");
+        assert!(publisher.next(&views, Some(ids[1]), None, None).is_none(), "an older confirmation is not enough");
         publisher.confirmed(2);
         assert!(!publisher.letting_go());
-        let new = publisher.next(&views, Some(ids[1]), None).expect("now the new master");
+        let new = publisher.next(&views, Some(ids[1]), None, None).expect("now the new master");
         assert_eq!((new.epoch(), new.master), (3, Some(ids[1])));
     }
 
@@ -243,15 +256,22 @@ mod tests {
     fn the_same_master_back_needs_no_wait_but_another_after_it_does() {
         let (views, ids) = views(2);
         let mut publisher = Publisher::default();
-        let _ = publisher.next(&views, Some(ids[0]), None);
-        assert_eq!(publisher.next(&views, None, Some(ids[0])).map(|t| t.master), Some(None), "a switchover holds");
+        let _ = publisher.next(&views, Some(ids[0]), None, None);
+        assert_eq!(
+            publisher.next(&views, None, Some(ids[0]), None).map(|t| t.master),
+            Some(None),
+            "a switchover holds"
+        );
         assert!(publisher.letting_go());
-        let back = publisher.next(&views, Some(ids[0]), None).expect("aborted: the old master back at once");
+        let back = publisher.next(&views, Some(ids[0]), None, None).expect("aborted: the old master back at once");
         assert_eq!((back.epoch(), back.master), (3, Some(ids[0])));
-        assert_eq!(publisher.next(&views, Some(ids[1]), None).map(|t| t.master), Some(None));
-        assert!(publisher.next(&views, Some(ids[1]), None).is_none(), "another master waits for the workers");
+        assert_eq!(publisher.next(&views, Some(ids[1]), None, None).map(|t| t.master), Some(None));
+        assert!(publisher.next(&views, Some(ids[1]), None, None).is_none(), "another master waits for the workers");
         publisher.confirmed(4);
-        assert_eq!(publisher.next(&views, Some(ids[1]), None).map(|t| (t.epoch(), t.master)), Some((5, Some(ids[1]))));
+        assert_eq!(
+            publisher.next(&views, Some(ids[1]), None, None).map(|t| (t.epoch(), t.master)),
+            Some((5, Some(ids[1])))
+        );
     }
 
     #[test]
@@ -259,10 +279,10 @@ mod tests {
         let (views, ids) = views(2);
         let mut publisher = Publisher::default();
         let mut following = Following::default();
-        let first = publisher.next(&views, Some(ids[0]), None).expect("published");
+        let first = publisher.next(&views, Some(ids[0]), None, None).expect("published");
         following.applied(&first, None);
         assert_eq!(following.confirm(3), 1, "no master was let go of");
-        let away = publisher.next(&views, None, Some(ids[0])).expect("a switchover holds writes");
+        let away = publisher.next(&views, None, Some(ids[0]), None).expect("a switchover holds writes");
         following.applied(&away, Some(ids[0]));
         assert_eq!(following.letting_go(), Some(ids[0]));
         assert_eq!(following.confirm(2), 1, "two requests still in flight to the old master");

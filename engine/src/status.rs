@@ -429,6 +429,14 @@ impl StatusSnapshot {
         self.held_requests += worker.held_requests;
         self.held_bytes += worker.held_bytes;
         self.counters.add(&worker.counters);
+        if let (Some(mine), Some(theirs)) = (self.cluster.as_mut(), worker.cluster.as_ref()) {
+            // The map, its refreshes and refusals are the decider's; the requests are the workers'.
+            mine.in_flight += theirs.in_flight;
+            mine.counts.moved += theirs.counts.moved;
+            mine.counts.ask += theirs.counts.ask;
+            mine.counts.retries += theirs.counts.retries;
+            mine.counts.fanouts += theirs.counts.fanouts;
+        }
         for server in &mut self.servers {
             let Some(theirs) = worker.servers.iter().find(|s| s.address == server.address) else { continue };
             server.connections.shared += theirs.connections.shared;

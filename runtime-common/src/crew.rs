@@ -62,6 +62,8 @@ pub struct Shared<S> {
     links: Vec<Link<S>>,
     /// A worker's client asked for `PROXY RELOAD`: the decider reloads, and then every worker.
     reload_asked: AtomicBool,
+    /// Cluster mode: a worker wants a fresh slot map (a `MOVED`, a node it does not know): the decider reads one.
+    refresh_asked: AtomicBool,
     /// Workers whose loop has ended.
     finished: AtomicUsize,
     /// The status page's requests for fresh status: each worker answers the latest round when woken.
@@ -127,6 +129,7 @@ pub fn assemble<S>(config: &Config, decider: Wake, workers: Vec<Wake>) -> io::Re
         decider,
         links,
         reload_asked: AtomicBool::new(false),
+        refresh_asked: AtomicBool::new(false),
         finished: AtomicUsize::new(0),
         status_round: AtomicU64::new(0),
         status_in: (Mutex::new(()), Condvar::new()),
@@ -158,7 +161,8 @@ impl<S> Role<S> {
     }
 
     /// After a turn of the loop: the decider publishes a new topology to every worker; a worker reports the epoch
-    /// it confirms (waking the decider when it grew) and, now and then, its status.
+    /// it confirms (waking the decider when it grew), its wish for a fresh slot map (cluster mode) and, now and
+    /// then, its status.
     pub fn after_turn(&mut self, engine: &mut Engine, now: Instant) {
         match self {
             Role::Alone => {}
@@ -182,6 +186,9 @@ impl<S> Role<S> {
                     shared.board.confirm(*index, epoch);
                     (shared.decider)();
                 }
+                if engine.cluster_refresh_wanted() && !shared.refresh_asked.swap(true, Ordering::AcqRel) {
+                    (shared.decider)();
+                }
                 *busy = true;
                 if now.saturating_duration_since(*status_at) >= STATUS_EVERY {
                     let round = shared.status_round.load(Ordering::Acquire);
@@ -200,8 +207,9 @@ impl<S> Role<S> {
         }
     }
 
-    /// The loop was woken ([`Wake`]). The decider takes the workers' confirmations and status; a worker takes the
-    /// newest topology, its new clients, and requests to reload or shut down.
+    /// The loop was woken ([`Wake`]). The decider takes the workers' confirmations, a wish for a fresh slot map
+    /// and a reload one of their clients asked for; a worker takes the newest topology, its new clients, and
+    /// requests to reload or shut down.
     pub fn woken(&mut self, engine: &mut Engine, now: Instant) -> Woken<S> {
         let mut woken = Woken { clients: Vec::new(), reload: false, shutdown: false };
         match self {
@@ -213,6 +221,9 @@ impl<S> Role<S> {
                     engine.workers_confirmed(now, least);
                 }
                 woken.reload = shared.reload_asked.swap(false, Ordering::AcqRel);
+                if shared.refresh_asked.swap(false, Ordering::AcqRel) {
+                    engine.refresh_cluster_map(now);
+                }
             }
             Role::Worker { shared, index, status_at, busy, answered, .. } => {
                 engine.follow(now, &shared.board.latest());

@@ -1,8 +1,8 @@
 //! Worker threads (`workers`), end to end, on both runtimes: a deciding thread and four workers in front of a
 //! master and two replicas. Clients spread over the workers and are counted as one proxy's; a SIGKILL of the master
 //! is failed over once; a planned switchover under a write load from every worker loses no acknowledged write and
-//! gives no error. Cluster mode, which does not support workers yet, refuses them with a clear error. (Sentinel
-//! mode with workers: CI runs the Sentinel suite with `REDIS_PROXY_TEST_WORKERS=2`.)
+//! gives no error. More than 64 workers are refused. (Sentinel and cluster mode with workers: CI runs their suites
+//! with `REDIS_PROXY_TEST_WORKERS=2`.)
 
 use redis_proxy_tests::cluster::{cluster, converged_master, ports, wait_caught_up, CONVERGE};
 use redis_proxy_tests::{
@@ -175,7 +175,7 @@ fn four_workers_serve_as_one_proxy_fail_over_once_and_switch_over_without_losing
 }
 
 #[test]
-fn cluster_mode_and_too_many_workers_are_refused_with_a_clear_error() {
+fn too_many_workers_are_refused_with_a_clear_error() {
     let dir = scratch_dir("workers-refused");
     let run = |name: &str, config: &str| {
         let path = dir.join(name);
@@ -186,10 +186,6 @@ fn cluster_mode_and_too_many_workers_are_refused_with_a_clear_error() {
     };
     let port = free_port();
     let servers = format!(r#"{{"servers": [{{"port": 1}}], "listen_port": {port}, "workers": 2}}"#);
-    let cluster = r#"{"cluster": {"seeds": [{"port": 2}]}, "workers": 2}"#;
-    let (code, stderr) = run("cluster.json", cluster);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("`workers` above 1 is supported with `servers` and `sentinel` only"), "{stderr}");
     let (code, stderr) = run("many.json", &servers.replace("\"workers\": 2", "\"workers\": 65"));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("`workers`: at most 64"), "{stderr}");

@@ -521,10 +521,6 @@ impl Engine {
     /// Follows a redirection of the request of `ticket`. Returns the error its client gets instead when the
     /// request has been redirected too often.
     fn follow_redirect(&mut self, now: Instant, ticket: u32, redirect: Redirect, frame: &[u8]) -> Option<Bytes> {
-        let server_at = |this: &mut Engine, address: &ServerAddress| match this.monitor.find(address) {
-            Some(id) => Some(id),
-            None => this.add_server(now, address.clone()).ok().and_then(|()| this.monitor.find(address)),
-        };
         let cluster = self.cluster.as_deref_mut()?;
         let routed = cluster.requests.get_mut(ticket)?;
         // `MOVED` and `ASK` are bounded by count; `TRYAGAIN` and `CLUSTERDOWN` by time (`hold_ms`, as a request
@@ -547,7 +543,7 @@ impl Engine {
         }
         match redirect {
             Redirect::Moved { slot, address } => {
-                let Some(server) = server_at(self, &address) else { return Some(unreachable_node(&address)) };
+                let Some(server) = self.node_at(now, &address) else { return self.node_unknown(now, ticket, &address) };
                 if let Some(cluster) = self.cluster.as_deref_mut() {
                     cluster.moved(slot, server);
                 }
@@ -559,7 +555,7 @@ impl Engine {
                 self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
             }
             Redirect::Ask { address, .. } => {
-                let Some(server) = server_at(self, &address) else { return Some(unreachable_node(&address)) };
+                let Some(server) = self.node_at(now, &address) else { return self.node_unknown(now, ticket, &address) };
                 if let Some(cluster) = self.cluster.as_deref_mut() {
                     cluster.counts.ask += 1;
                 }
@@ -574,6 +570,36 @@ impl Engine {
                 self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
             }
         }
+        None
+    }
+
+    /// The node at `address`, to which a redirection points: a server already, or learnt now. A worker engine
+    /// learns no node itself (its decider numbers the servers): None then, and it asks for a fresh map, which
+    /// will name the node.
+    pub(super) fn node_at(&mut self, now: Instant, address: &ServerAddress) -> Option<ServerId> {
+        if let Some(server) = self.monitor.find(address) {
+            return Some(server);
+        }
+        if self.is_worker() {
+            self.cluster.as_deref_mut()?.want_refresh();
+            return None;
+        }
+        self.add_server(now, address.clone()).ok().and_then(|()| self.monitor.find(address))
+    }
+
+    /// A redirection of the request of `ticket` pointed to a node that has no server: on a worker engine, the
+    /// request waits for its decider's next map (bounded by `hold_ms`, as a request meeting `CLUSTERDOWN`; the
+    /// redirection is not counted against it); elsewhere the node could not be added, and the client gets the
+    /// error returned.
+    fn node_unknown(&mut self, now: Instant, ticket: u32, address: &ServerAddress) -> Option<Bytes> {
+        if !self.is_worker() {
+            return Some(unreachable_node(address));
+        }
+        let routed = self.cluster.as_deref_mut()?.requests.get_mut(ticket)?;
+        routed.redirects = routed.redirects.saturating_sub(1);
+        let tries = routed.retries;
+        routed.retries = routed.retries.saturating_add(1);
+        self.resend_later(now + retry_delay(tries), Resend { ticket, ask: None });
         None
     }
 

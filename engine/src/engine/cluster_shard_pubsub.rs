@@ -170,10 +170,7 @@ impl Engine {
         let mut fixed = false;
         if let Some(Redirect::Moved { slot, address }) = redirect {
             // A node the map held no longer names (failed, then back) may own the slot again: learnt here.
-            let server = match self.monitor.find(&address) {
-                Some(server) => Some(server),
-                None => self.add_server(now, address.clone()).ok().and_then(|()| self.monitor.find(&address)),
-            };
+            let server = self.node_at(now, &address);
             if let (Some(server), Some(cluster)) = (server, self.cluster.as_deref_mut()) {
                 cluster.moved(slot, server);
                 fixed = true;

@@ -4,35 +4,28 @@
 use super::*;
 use crate::publication::{Publisher, Topology};
 
-/// Why an engine in cluster mode cannot be split into a decider and workers yet.
-const WORKERS_NOT_IN_CLUSTER_MODE: &str = "several workers are supported with `servers` and `sentinel` only (not \
-                                           with `cluster`): set `workers` to 1";
-
 impl Engine {
     /// An engine that decides for worker engines: it probes the servers, applies the failover rules and sends
     /// `REPLICAOF` (or follows the sentinels) as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what
     /// the workers follow. It serves the admin listener; data clients belong on the workers.
     pub fn new_decider(config: Config, now: Instant) -> Result<Engine, String> {
-        if config.cluster.is_some() {
-            return Err(WORKERS_NOT_IN_CLUSTER_MODE.to_string());
-        }
         let mut engine = Engine::new(config, now);
         engine.publisher = Some(Box::default());
         Ok(engine)
     }
 
     /// A worker engine: it serves clients as [`Engine::new`] does, but it neither probes nor decides (nor asks the
-    /// sentinels): it routes by the `topology` its decider published, and by each later one handed to
-    /// [`Engine::follow`]. `config` is the worker's share ([`Config::worker_share`]).
+    /// sentinels, nor reads the cluster's slot map): it routes by the `topology` its decider published, and by
+    /// each later one handed to [`Engine::follow`]. `config` is the worker's share ([`Config::worker_share`]).
     pub fn new_worker(config: Config, now: Instant, topology: &Topology) -> Result<Engine, String> {
-        if config.cluster.is_some() {
-            return Err(WORKERS_NOT_IN_CLUSTER_MODE.to_string());
-        }
         if config.sentinel.is_some() {
             return Err("a worker engine follows its decider, not the sentinels: give it `Config::worker_share`".into());
         }
         let mut engine = Engine::new(config, now);
         engine.monitor.make_passive();
+        if let Some(cluster) = engine.cluster.as_deref_mut() {
+            cluster.make_passive();
+        }
         engine.following = Some(Box::default());
         engine.follow(now, topology);
         Ok(engine)
@@ -44,7 +37,24 @@ impl Engine {
     #[must_use]
     pub fn poll_topology(&mut self) -> Option<Topology> {
         let switching_from = self.failover.switching().map(|(master, _)| master);
-        self.publisher.as_mut()?.next(self.monitor.views(), self.failover.master(), switching_from)
+        let cluster = self.cluster.as_deref();
+        self.publisher.as_mut()?.next(self.monitor.views(), self.failover.master(), switching_from, cluster)
+    }
+
+    /// A worker engine in cluster mode: whether it wants a fresh slot map (a `MOVED`, a lost connection,
+    /// `CLUSTERDOWN`, a node it does not know yet) since this was last asked. Hand it to the deciding engine
+    /// ([`Engine::refresh_cluster_map`]). Call it after every input, as [`Engine::poll_action`].
+    #[must_use]
+    pub fn cluster_refresh_wanted(&mut self) -> bool {
+        self.cluster.as_deref_mut().is_some_and(Cluster::take_refresh_wanted)
+    }
+
+    /// A deciding engine in cluster mode: a worker wants a fresh slot map; one is read as soon as the gap between
+    /// refreshes allows (they are coalesced).
+    pub fn refresh_cluster_map(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_deref_mut() else { return };
+        cluster.want_refresh();
+        self.cluster_tick(now);
     }
 
     /// A deciding engine: every worker has confirmed `epoch` (the least of their [`Engine::confirmed_epoch`]s).
@@ -112,6 +122,11 @@ impl Engine {
         }
         if let Some(following) = self.following.as_mut() {
             following.applied(topology, old_master.filter(|_| master != old_master));
+        }
+        if let (Some(cluster), Some(published)) = (self.cluster.as_deref_mut(), topology.cluster.as_deref()) {
+            if cluster.adopt(published) {
+                self.place_shard_batches(now);
+            }
         }
         self.run_all_held(now);
         self.after_replies(now);

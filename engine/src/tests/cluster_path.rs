@@ -497,3 +497,71 @@ fn watched_transactions_retried_against_a_stale_map_run_on_the_second_try() {
         }
     }
 }
+
+/// With workers: the deciding engine reads the map and a worker routes by the map it publishes, reading none
+/// itself. A `MOVED` the worker meets is followed at once and passed on as a wish for a fresh map; once the
+/// decider has read and published it, the worker's requests go straight to the new owner.
+#[test]
+fn a_worker_routes_by_its_deciders_map_and_passes_its_wish_for_a_refresh_on() {
+    let config = ClusterWorld::config(r#", "check_period": 100, "workers": 2"#);
+    let clock = crate::testkit::FakeClock::new();
+    let engine = crate::Engine::new_decider(config.clone(), clock.now()).expect("a deciding engine");
+    let mut decider = Driver::with_engine(engine, config.clone(), clock);
+    let mut world = ClusterWorld::new(3);
+    world.settle(&mut decider, 5);
+    let newest = |decider: &mut Driver| std::iter::from_fn(|| decider.engine.poll_topology()).last();
+    let published = newest(&mut decider).expect("the map is published");
+    // The worker's connections reach the same cluster, modelled apart (each engine numbers its own connections).
+    let mut seen = ClusterWorld::new(3);
+    let share = config.worker_share();
+    let engine = crate::Engine::new_worker(share.clone(), decider.clock.now(), &published).expect("a worker");
+    let mut worker = Driver::with_engine(engine, share, decider.clock);
+    let client = worker.accept();
+    let key = "somekey";
+    let slot = usize::from(key_slot(key.as_bytes()));
+    let owner = seen.owners[slot];
+    assert_eq!(&call(&mut seen, &mut worker, client, &["SET", key, "v"])[..], b"+OK\r\n");
+    assert!(seen.nodes[owner].keys.contains_key(key.as_bytes()), "routed by the published map at once");
+    assert!(!worker.engine.cluster_refresh_wanted());
+
+    // The slot moves; the worker meets MOVED, follows it, and wants a fresh map.
+    let other = (owner + 1) % 3;
+    for cluster in [&mut world, &mut seen] {
+        cluster.owners[slot] = other;
+        cluster.nodes[other].epoch = 10;
+        cluster.nodes[other].keys.insert(key.into(), b"moved".to_vec());
+    }
+    assert_eq!(&call(&mut seen, &mut worker, client, &["GET", key])[..], b"$5\r\nmoved\r\n");
+    assert!(worker.engine.cluster_refresh_wanted(), "the MOVED is passed on");
+    assert!(!worker.engine.cluster_refresh_wanted(), "once");
+    let now = decider.clock.now();
+    decider.engine.worker_status(0, worker.engine.status(now));
+    let counts = decider.engine.status(now).cluster.expect("cluster status").counts;
+    assert_eq!((counts.moved, counts.refreshes), (1, 1), "the worker's MOVED in the decider's status, its refresh");
+    let maps_read =
+        |cluster: &ClusterWorld| (0..6).filter_map(|n| cluster.calls.get(&(n, "CLUSTER".into()))).sum::<u64>();
+    assert_eq!(maps_read(&seen), 0, "a worker never reads the map itself");
+
+    // Another slot moves too, unseen by the worker so far.
+    let (key2, slot2) = ("otherkey", usize::from(key_slot(b"otherkey")));
+    let (owner2, other2) = (seen.owners[slot2], (seen.owners[slot2] + 2) % 3);
+    for cluster in [&mut world, &mut seen] {
+        cluster.owners[slot2] = other2;
+        cluster.nodes[other2].epoch = 11;
+        cluster.nodes[other2].keys.insert(key2.into(), b"also".to_vec());
+    }
+
+    // The decider reads a map at the worker's wish and publishes it: the worker adopts it.
+    let before = maps_read(&world);
+    decider.engine.refresh_cluster_map(decider.clock.now());
+    world.settle(&mut decider, 3);
+    assert!(maps_read(&world) > before, "the decider read the map");
+    let published = newest(&mut decider).expect("the new map is published");
+    worker.catch_up(decider.clock.now()).engine.follow(decider.clock.now(), &published);
+    let gets_on_old = seen.calls.get(&(owner, "GET".to_string())).copied().unwrap_or(0);
+    assert_eq!(&call(&mut seen, &mut worker, client, &["GET", key])[..], b"$5\r\nmoved\r\n");
+    assert_eq!(seen.calls.get(&(owner, "GET".to_string())).copied().unwrap_or(0), gets_on_old, "no redirection");
+    assert_eq!(&call(&mut seen, &mut worker, client, &["GET", key2])[..], b"$4\r\nalso\r\n");
+    assert_eq!(seen.calls.get(&(owner2, "GET".to_string())), None, "straight to the new owner, by the new map");
+    assert_eq!(maps_read(&seen), 0);
+}
