@@ -186,8 +186,9 @@ impl Proxy {
 
     /// Runs the proxy until `shutdown` completes, then closes the clients cleanly (see the crate docs).
     ///
-    /// Errors only if the runtime fails; I/O errors on single connections are reported to the engine as closes,
-    /// and a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
+    /// Errors only if the runtime fails, or with `workers` above 1 if a worker cannot be started (see the crate
+    /// docs for where the workers run); I/O errors on single connections are reported to the engine as closes, and
+    /// a failing `accept` (e.g. out of file descriptors) is retried after a short pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let listeners = driver::Listeners {
             clients: self.listener,
@@ -232,12 +233,23 @@ fn start_worker(index: usize, worker: driver::Driver) -> io::Result<()> {
         tokio::spawn(run);
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| io::Error::new(error.kind(), format!("cannot start worker {index}'s runtime: {error}")))?;
-    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || runtime.block_on(run))?;
-    Ok(())
+    // The runtime is made on the worker's own thread: one dropped inside the caller's runtime (were the thread not
+    // to start) would panic there.
+    let (started, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => {
+                let _ = started.send(Ok(()));
+                runtime.block_on(run);
+            }
+            Err(error) => {
+                let _ = started.send(Err(error));
+            }
+        }
+    })?;
+    // Answered at once: the thread has made its runtime, or failed to.
+    let made = outcome.recv().map_err(|_| io::Error::other(format!("worker {index}'s thread ended at its start")))?;
+    made.map_err(|error| io::Error::new(error.kind(), format!("cannot start worker {index}'s runtime: {error}")))
 }
 
 /// Binds the optional listener `field` names (`"host:port"`); None when it is not configured.
