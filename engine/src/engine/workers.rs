@@ -6,7 +6,7 @@ use crate::publication::{Publisher, Topology};
 
 impl Engine {
     /// An engine that decides for worker engines: it probes the servers, applies the failover rules and sends
-    /// `REPLICAOF` (or follows the sentinels) as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what
+    /// `REPLICAOF` (or follows the sentinels, or reads the cluster's slot map) as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what
     /// the workers follow. It serves the admin listener; data clients belong on the workers.
     pub fn new_decider(config: Config, now: Instant) -> Result<Engine, String> {
         let mut engine = Engine::new(config, now);
@@ -81,7 +81,7 @@ impl Engine {
     /// A worker engine: routes by `topology` from now on (an older one than the last is ignored). Servers it did
     /// not know are added, those gone are closed, a server gone down has its requests in flight failed, and a
     /// master taken away (not by a planned switchover) has them failed too, as one engine does when it loses its
-    /// master.
+    /// master. In cluster mode, a new version of the slot map is adopted.
     pub fn follow(&mut self, now: Instant, topology: &Topology) {
         if !self.following.as_ref().is_some_and(|f| f.is_new(topology)) {
             return;
