@@ -163,7 +163,7 @@ impl<S> Role<S> {
     /// After a turn of the loop: the decider publishes a new topology to every worker; a worker reports the epoch
     /// it confirms (waking the decider when it grew), its wish for a fresh slot map (cluster mode) and, now and
     /// then, its status.
-    pub fn after_turn(&mut self, engine: &mut Engine, now: Instant) {
+    pub fn after_turn(&mut self, engine: &mut Engine) {
         match self {
             Role::Alone => {}
             Role::Decider { shared, .. } => {
@@ -190,6 +190,8 @@ impl<S> Role<S> {
                     (shared.decider)();
                 }
                 *busy = true;
+                // Read on a worker only: a lone loop (the hot path of `workers: 1`) reads no clock for this.
+                let now = Instant::now();
                 if now.saturating_duration_since(*status_at) >= STATUS_EVERY {
                     let round = shared.status_round.load(Ordering::Acquire);
                     report_status(shared, link, round, engine, now);

@@ -165,6 +165,14 @@ pub fn connect_failure(error: &io::Error) -> ConnectFailure {
     }
 }
 
+/// The earlier of two optional deadlines (None: no deadline), for a run loop that sleeps until the first of several.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Whether a shutdown that began with [`Engine::begin_shutdown`] is over: the engine has closed every client
 /// (its `shutdown_grace` bounds how long replies in flight may take) and no closed connection still has bytes
 /// to write (`closing`: how many do; each is bounded by [`CLOSE_STALL`]).

@@ -9,8 +9,8 @@ use redis_proxy_runtime_common::crew::{self, Handoff, Wake};
 use redis_proxy_runtime_common::http::{self, Exchange, ExchangeStep};
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
-    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, ReadBuffers, SocketTable,
-    WriteQueue,
+    connect_failed, earliest, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, ReadBuffers,
+    SocketTable, WriteQueue,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -257,7 +257,7 @@ impl Runtime {
             self.drain_engine();
             self.flush_dirty();
             let now = Instant::now();
-            self.role.after_turn(&mut self.engine, now);
+            self.role.after_turn(&mut self.engine);
             let done = shutdown_complete(&self.engine, self.closing_count()) && self.role.workers_finished();
             if self.stopping && done {
                 if signals.is_some() {
@@ -806,13 +806,6 @@ impl Socket {
             connecting,
             readable: true,
         }
-    }
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -6,7 +6,8 @@ use redis_proxy_runtime_common::crew::{self, Handoff, Wake};
 use redis_proxy_runtime_common::http;
 use redis_proxy_runtime_common::tls::{self, Entry, TlsConn, TlsSetup};
 use redis_proxy_runtime_common::{
-    connect_failed, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable, WriteQueue,
+    connect_failed, earliest, fire_due_timer, shutdown_complete, CloseStep, Closing, Discarded, Logger, SocketTable,
+    WriteQueue,
 };
 use socket2::SockRef;
 use std::future::Future;
@@ -226,16 +227,12 @@ impl Driver {
         let mut accept_paused_until = None;
         loop {
             self.finish_turn();
-            self.role.after_turn(&mut self.engine, Instant::now());
+            self.role.after_turn(&mut self.engine);
             let done = shutdown_complete(&self.engine, self.closers.len()) && self.role.workers_finished();
             if self.stopping && done {
                 return Ok(());
             }
-            let deadline = self.engine.poll_timeout().map(|(at, _)| at);
-            let deadline = match (deadline, self.role.deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = earliest(self.engine.poll_timeout().map(|(at, _)| at), self.role.deadline());
             if deadline != armed {
                 armed = deadline;
                 timer.as_mut().reset(tokio_deadline(deadline));
