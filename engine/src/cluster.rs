@@ -50,7 +50,7 @@ struct Asking {
 }
 
 /// The map a deciding engine hands its workers with a topology.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct MapPublication {
     pub(crate) map: SlotMap,
     /// The decider's count of changes to the map, and of maps read: a worker adopts a publication that differs

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The servers as the deciding engine sees them, for the worker engines: every server's view, the master writes
-/// go to, whether a planned switchover holds writes, and in cluster mode the slot map. Each publication has a greater epoch. Immutable once
-/// published: share it between threads in an `Arc`.
+/// go to, whether a planned switchover holds writes, and in cluster mode the slot map. Each publication has a
+/// greater epoch. Immutable once published: share it between threads in an `Arc`.
 #[derive(Clone, Debug)]
 pub struct Topology {
     epoch: u64,

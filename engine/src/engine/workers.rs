@@ -6,8 +6,9 @@ use crate::publication::{Publisher, Topology};
 
 impl Engine {
     /// An engine that decides for worker engines: it probes the servers, applies the failover rules and sends
-    /// `REPLICAOF` (or follows the sentinels, or reads the cluster's slot map) as [`Engine::new`] does, and [`Engine::poll_topology`] hands out what
-    /// the workers follow. It serves the admin listener; data clients belong on the workers.
+    /// `REPLICAOF` (or follows the sentinels, or reads the cluster's slot map) as [`Engine::new`] does, and
+    /// [`Engine::poll_topology`] hands out what the workers follow. It serves the admin listener; data clients
+    /// belong on the workers.
     pub fn new_decider(config: Config, now: Instant) -> Result<Engine, String> {
         let mut engine = Engine::new(config, now);
         engine.publisher = Some(Box::default());
