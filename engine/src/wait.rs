@@ -195,7 +195,8 @@ fn target_offset(view: &ServerView, since: Instant) -> Option<i64> {
 /// Replicas of `master` that have applied everything the master had at `since` (0 while that is unknown): each
 /// said, in the same fresh reply, that it replicates `master` over a link that is up, not in a sync, in the
 /// master's replication history (the same `master_replid`: offsets of another history, such as a re-pointed
-/// server's own before its resync, mean nothing), and how far it has processed that stream.
+/// server's own before its resync, mean nothing), and how far it has processed that stream. A process reached under
+/// two addresses counts once.
 fn acknowledged(views: &Views, master: ServerId, since: Instant) -> u64 {
     let Some(master_view) = views.get(master) else { return 0 };
     let Some(target) = target_offset(master_view, since) else { return 0 };
@@ -219,7 +220,16 @@ fn acknowledged(views: &Views, master: ServerId, since: Instant) -> u64 {
                 && info.repl_offset >= target
         })
     };
-    views.iter().filter(|(id, v)| *id != master && applied(v)).count() as u64
+    // One process under two addresses (a server re-addressed by a reload while the old address drains) is one
+    // replica: counted once by the run id its probe reported.
+    let mut counted: Vec<Option<&str>> = Vec::new();
+    for (_, view) in views.iter().filter(|(id, v)| *id != master && applied(v)) {
+        let run_id = view.info.as_ref().and_then(|info| info.run_id.as_deref());
+        if run_id.is_none() || !counted.contains(&run_id) {
+            counted.push(run_id);
+        }
+    }
+    counted.len() as u64
 }
 
 #[cfg(test)]
